@@ -1,0 +1,122 @@
+// Package auth verifies and issues the HS256 JSON Web Tokens that users
+// present to ingest (Authorization: Bearer) and to the notifier (the token
+// connect param or the Phoenix subprotocol bearer). It wraps
+// github.com/golang-jwt/jwt/v5, which gets the subtle parts right: the
+// algorithm is pinned to HS256 (no "none", no RS256-with-the-HMAC-key
+// confusion), exp is required and checked with a little leeway.
+package auth
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/beamline/beamline/pkg/envelope"
+)
+
+// EnvSecret is the environment variable every binary reads the secret from.
+// Secrets never come from flags, which show in ps.
+const EnvSecret = "BEAMLINE_AUTH_SECRET"
+
+// MinSecretLen is the shortest secret accepted.
+const MinSecretLen = 16
+
+// Sentinel errors.
+var (
+	ErrNoSecret     = errors.New("auth: secret missing or shorter than 16 bytes")
+	ErrInvalidToken = errors.New("auth: invalid token")
+	ErrExpired      = errors.New("auth: token expired")
+)
+
+// Principal is who a verified token speaks for.
+type Principal struct {
+	User  string
+	Admin bool
+}
+
+type claims struct {
+	Admin bool `json:"admin,omitempty"`
+	jwt.RegisteredClaims
+}
+
+// Verifier checks tokens against one secret.
+type Verifier struct {
+	secret []byte
+	parser *jwt.Parser
+}
+
+// NewVerifier returns a Verifier for secret.
+func NewVerifier(secret []byte) (*Verifier, error) {
+	if len(secret) < MinSecretLen {
+		return nil, ErrNoSecret
+	}
+	return &Verifier{
+		secret: append([]byte(nil), secret...),
+		parser: jwt.NewParser(
+			jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+			jwt.WithExpirationRequired(),
+			jwt.WithLeeway(5*time.Second),
+		),
+	}, nil
+}
+
+// Verify parses and checks a token. The error wraps ErrExpired for an
+// expired token and ErrInvalidToken for anything else; it never contains
+// the token itself.
+func (v *Verifier) Verify(token string) (Principal, error) {
+	if token == "" {
+		return Principal{}, fmt.Errorf("%w: empty", ErrInvalidToken)
+	}
+	var c claims
+	_, err := v.parser.ParseWithClaims(token, &c, func(*jwt.Token) (any, error) { return v.secret, nil })
+	switch {
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return Principal{}, ErrExpired
+	case err != nil:
+		return Principal{}, fmt.Errorf("%w: %s", ErrInvalidToken, reason(err))
+	}
+	if err := envelope.ValidateID("sub", c.Subject); err != nil {
+		return Principal{}, fmt.Errorf("%w: sub: %v", ErrInvalidToken, err)
+	}
+	return Principal{User: c.Subject, Admin: c.Admin}, nil
+}
+
+// reason names the class of a jwt error without echoing token content.
+func reason(err error) string {
+	switch {
+	case errors.Is(err, jwt.ErrTokenMalformed):
+		return "malformed"
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
+		return "bad signature"
+	case errors.Is(err, jwt.ErrTokenUnverifiable):
+		return "unverifiable (algorithm not allowed)"
+	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
+		return "required claim missing"
+	case errors.Is(err, jwt.ErrTokenNotValidYet):
+		return "not valid yet"
+	}
+	return "rejected"
+}
+
+// Issue signs a token for user, valid for ttl. devstack and tests use it;
+// in production the host application issues tokens with the same secret.
+func Issue(secret []byte, user string, admin bool, ttl time.Duration) (string, error) {
+	if len(secret) < MinSecretLen {
+		return "", ErrNoSecret
+	}
+	if err := envelope.ValidateID("user", user); err != nil {
+		return "", err
+	}
+	now := time.Now()
+	c := claims{
+		Admin: admin,
+		RegisteredClaims: jwt.RegisteredClaims{
+			Subject:   user,
+			IssuedAt:  jwt.NewNumericDate(now),
+			ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
+		},
+	}
+	return jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(secret)
+}

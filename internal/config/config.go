@@ -1,0 +1,111 @@
+// Package config holds what the binaries share on their command lines: the
+// NATS URL, the log format, the replica count and the kinds that exist.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/beamline/beamline/internal/natsx"
+	"github.com/beamline/beamline/internal/telemetry"
+	"github.com/beamline/beamline/pkg/envelope"
+)
+
+// ErrInvalid is wrapped by every configuration error.
+var ErrInvalid = errors.New("config: invalid")
+
+// DefaultKinds is the kinds served out of the box.
+const DefaultKinds = "image,video"
+
+// EnvKinds lets ingest and processor share the kind list without repeating
+// it on both command lines.
+const EnvKinds = "BEAMLINE_KINDS"
+
+// Kind is one kind of job and the provider that serves it ("" means the
+// processor's default provider).
+type Kind struct {
+	Name     string
+	Provider string
+}
+
+// ParseKinds reads "image,video=http": a comma-separated list of kinds, each
+// optionally naming its provider. Kinds must be unique and valid tokens.
+func ParseKinds(s string) ([]Kind, error) {
+	var out []Kind
+	seen := map[string]bool{}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		name, provider, _ := strings.Cut(part, "=")
+		if err := envelope.ValidateKind(name); err != nil {
+			return nil, fmt.Errorf("%w: kinds: %w", ErrInvalid, err)
+		}
+		if seen[name] {
+			return nil, fmt.Errorf("%w: kinds: %q listed twice", ErrInvalid, name)
+		}
+		seen[name] = true
+		out = append(out, Kind{Name: name, Provider: provider})
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%w: kinds: none given", ErrInvalid)
+	}
+	return out, nil
+}
+
+// KindNames returns the names of ks.
+func KindNames(ks []Kind) []string {
+	out := make([]string, len(ks))
+	for i, k := range ks {
+		out[i] = k.Name
+	}
+	return out
+}
+
+// Common is the configuration every binary has.
+type Common struct {
+	NATSURL   string
+	LogFormat string
+	LogLevel  string
+	Replicas  int
+	Kinds     string
+}
+
+// Register adds -nats, -log-format, -log-level, -replicas and -kinds to fs.
+func (c *Common) Register(fs *flag.FlagSet) {
+	fs.StringVar(&c.NATSURL, "nats", natsx.URLFromEnv(), "NATS server URL (user:password may ride in it; default $NATS_URL)")
+	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text (tint, coloured on a terminal) or json")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.IntVar(&c.Replicas, "replicas", 1, "stream replicas when applying streams/ (3 on a cluster)")
+	kinds := os.Getenv(EnvKinds)
+	if kinds == "" {
+		kinds = DefaultKinds
+	}
+	fs.StringVar(&c.Kinds, "kinds", kinds, "job kinds served, comma-separated, each optionally kind=provider (default $"+EnvKinds+")")
+}
+
+// Logger builds the logger the flags ask for, writing to stderr.
+func (c *Common) Logger() (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return nil, fmt.Errorf("%w: log-level: %v", ErrInvalid, err)
+	}
+	return telemetry.NewLogger(c.LogFormat, os.Stderr, lvl)
+}
+
+// ParsedKinds parses the -kinds flag.
+func (c *Common) ParsedKinds() ([]Kind, error) { return ParseKinds(c.Kinds) }
+
+// Secret reads the auth secret from the environment.
+func Secret(env string) ([]byte, error) {
+	s := os.Getenv(env)
+	if s == "" {
+		return nil, fmt.Errorf("%w: $%s is not set", ErrInvalid, env)
+	}
+	return []byte(s), nil
+}

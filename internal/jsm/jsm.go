@@ -1,0 +1,177 @@
+// Package jsm applies the JetStream definitions of streams/ idempotently: a
+// stream or consumer that is missing is created, one that exists is updated
+// when the change is compatible, and an incompatible change (a different
+// retention or storage, say) is refused with ErrIncompatible instead of being
+// forced through.
+package jsm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"strings"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/beamline/beamline/pkg/envelope"
+	"github.com/beamline/beamline/streams"
+)
+
+// Sentinel errors.
+var (
+	// ErrIncompatible: the server holds a definition that cannot be changed
+	// into the one in streams/ without deleting data.
+	ErrIncompatible = errors.New("jsm: incompatible definition")
+	// ErrDefinition: a file in streams/ cannot be read.
+	ErrDefinition = errors.New("jsm: bad definition")
+)
+
+// streamFiles are applied in this order.
+var streamFiles = []string{"jobs.json", "events.json", "dlq.json", "kv_job_status.json"}
+
+// templateKind is the kind whose committed consumer files serve as the
+// template for every other configured kind.
+const templateKind = "image"
+
+// Options tune what Apply writes. Zero values keep what the files say.
+type Options struct {
+	// Replicas overrides num_replicas of every stream (3 on a cluster).
+	Replicas int
+}
+
+// Streams returns the stream definitions of streams/, with opts applied.
+func Streams(opts Options) ([]jetstream.StreamConfig, error) {
+	out := make([]jetstream.StreamConfig, 0, len(streamFiles))
+	for _, f := range streamFiles {
+		var cfg jetstream.StreamConfig
+		if err := readJSON(f, &cfg); err != nil {
+			return nil, err
+		}
+		if opts.Replicas > 0 {
+			cfg.Replicas = opts.Replicas
+		}
+		out = append(out, cfg)
+	}
+	return out, nil
+}
+
+// ConsumerName is the durable name of the processor's consumer for one
+// priority and kind: proc-<priority>-<kind>.
+func ConsumerName(p envelope.Priority, kind string) string {
+	return "proc-" + string(p) + "-" + kind
+}
+
+// Consumer returns the definition of the durable consumer for p and kind:
+// the committed file when there is one, otherwise the template of the same
+// priority with its names rewritten.
+func Consumer(p envelope.Priority, kind string) (jetstream.ConsumerConfig, error) {
+	var cfg jetstream.ConsumerConfig
+	if err := envelope.ValidateKind(kind); err != nil {
+		return cfg, err
+	}
+	if err := envelope.ValidatePriority(p); err != nil {
+		return cfg, err
+	}
+	name := ConsumerName(p, kind)
+	err := readJSON(path.Join("consumers", name+".json"), &cfg)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err = readJSON(path.Join("consumers", ConsumerName(p, templateKind)+".json"), &cfg); err == nil {
+			cfg.Durable = name
+			cfg.FilterSubject = envelope.JobSubject(p, kind)
+			cfg.Description = strings.Replace(cfg.Description, templateKind, kind, 1)
+		}
+	}
+	return cfg, err
+}
+
+func readJSON(name string, v any) error {
+	b, err := streams.FS.ReadFile(name)
+	if err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrDefinition, name, err)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrDefinition, name, err)
+	}
+	return nil
+}
+
+// ApplyStreams creates or updates JOBS, EVENTS, DLQ and the job_status KV
+// bucket. It is safe to call from many processes at once.
+func ApplyStreams(ctx context.Context, js jetstream.JetStream, opts Options) error {
+	cfgs, err := Streams(opts)
+	if err != nil {
+		return err
+	}
+	for _, cfg := range cfgs {
+		if err := applyStream(ctx, js, cfg); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func applyStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) error {
+	for range 3 { // a concurrent creator can win the race; then update
+		s, err := js.Stream(ctx, cfg.Name)
+		switch {
+		case errors.Is(err, jetstream.ErrStreamNotFound):
+			_, err = js.CreateStream(ctx, cfg)
+			if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("jsm: create stream %s: %w", cfg.Name, err)
+			}
+			return nil
+		case err != nil:
+			return fmt.Errorf("jsm: look up stream %s: %w", cfg.Name, err)
+		}
+		have := s.CachedInfo().Config
+		if have.Retention != cfg.Retention {
+			return fmt.Errorf("%w: stream %s has retention %s, streams/ wants %s (delete or migrate it first)",
+				ErrIncompatible, cfg.Name, have.Retention, cfg.Retention)
+		}
+		if have.Storage != cfg.Storage {
+			return fmt.Errorf("%w: stream %s has %s storage, streams/ wants %s",
+				ErrIncompatible, cfg.Name, have.Storage, cfg.Storage)
+		}
+		if _, err := js.UpdateStream(ctx, cfg); err != nil {
+			return fmt.Errorf("%w: update stream %s: %w", ErrIncompatible, cfg.Name, err)
+		}
+		return nil
+	}
+	return fmt.Errorf("jsm: stream %s: gave up after concurrent creates", cfg.Name)
+}
+
+// ApplyConsumer creates or updates one durable consumer on JOBS. mutate, if
+// not nil, adjusts the definition first (the processor sizes
+// max_ack_pending from its worker count).
+func ApplyConsumer(ctx context.Context, js jetstream.JetStream, p envelope.Priority, kind string,
+	mutate func(*jetstream.ConsumerConfig)) (jetstream.Consumer, error) {
+	cfg, err := Consumer(p, kind)
+	if err != nil {
+		return nil, err
+	}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	c, err := js.CreateOrUpdateConsumer(ctx, streams.Jobs, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("%w: consumer %s: %w", ErrIncompatible, cfg.Durable, err)
+	}
+	return c, nil
+}
+
+// JobStatus opens the job_status KV bucket (ApplyStreams must have run).
+func JobStatus(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
+	kv, err := js.KeyValue(ctx, streams.JobStatus)
+	if err != nil {
+		return nil, fmt.Errorf("jsm: open KV %s: %w", streams.JobStatus, err)
+	}
+	return kv, nil
+}

@@ -1,0 +1,71 @@
+package envelope
+
+import (
+	"strconv"
+
+	"github.com/nats-io/nats.go"
+)
+
+// NATS header names that travel with Beamline messages.
+const (
+	// HeaderMsgID is JetStream's de-duplication id.
+	HeaderMsgID = nats.MsgIdHdr
+	// HeaderTraceparent and HeaderTracestate carry W3C trace context.
+	HeaderTraceparent = "traceparent"
+	HeaderTracestate  = "tracestate"
+	// HeaderSeq carries an event's seq so readers can filter without decoding.
+	HeaderSeq = "Beamline-Seq"
+	// HeaderType carries the envelope type, for the same reason.
+	HeaderType = "Beamline-Type"
+)
+
+// NewJobMsg builds the NATS message that submits j: subject
+// jobs.<priority>.<kind>, the encoded envelope, and Nats-Msg-Id = job id so a
+// re-publish within the stream's duplicate window creates no second job.
+// traceparent may be empty.
+func NewJobMsg(j Job, source, traceparent string) (*nats.Msg, error) {
+	b, err := EncodeJob(j, source)
+	if err != nil {
+		return nil, err
+	}
+	m := nats.NewMsg(j.Subject())
+	m.Data = b
+	m.Header.Set(HeaderMsgID, j.ID)
+	m.Header.Set(HeaderType, string(TypeSubmitted))
+	if traceparent != "" {
+		m.Header.Set(HeaderTraceparent, traceparent)
+	}
+	return m, nil
+}
+
+// NewEventMsg builds the NATS message of an event: subject
+// events.<user>.<job>, Nats-Msg-Id = EventID, and the Beamline-Seq header.
+func NewEventMsg(t Type, s Snapshot, source, traceparent string) (*nats.Msg, error) {
+	e, err := NewEvent(t, s, source)
+	if err != nil {
+		return nil, err
+	}
+	b, err := e.Encode()
+	if err != nil {
+		return nil, err
+	}
+	m := nats.NewMsg(EventSubject(s.User, s.ID))
+	m.Data = b
+	m.Header.Set(HeaderMsgID, e.ID)
+	m.Header.Set(HeaderSeq, strconv.FormatUint(s.Seq, 10))
+	m.Header.Set(HeaderType, string(t))
+	if traceparent != "" {
+		m.Header.Set(HeaderTraceparent, traceparent)
+	}
+	return m, nil
+}
+
+// SeqOf reads the Beamline-Seq header; ok is false when it is absent or bad.
+func SeqOf(h nats.Header) (seq uint64, ok bool) {
+	v := h.Get(HeaderSeq)
+	if v == "" {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	return n, err == nil
+}

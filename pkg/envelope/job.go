@@ -1,0 +1,98 @@
+package envelope
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Job is the data of a beamline.job.submitted envelope: what a service asks
+// the pipeline to do.
+type Job struct {
+	ID       string   `json:"id"`
+	User     string   `json:"user"`
+	Kind     string   `json:"kind"`
+	Priority Priority `json:"priority"`
+	// Input is handed to the provider as it is. It must be a JSON object when set.
+	Input     json.RawMessage `json:"input,omitempty"`
+	CreatedAt time.Time       `json:"created_at"`
+}
+
+// Validate checks the tokens of j and that Input, if set, is a JSON object.
+func (j *Job) Validate() error {
+	if err := ValidateID("id", j.ID); err != nil {
+		return err
+	}
+	if err := ValidateID("user", j.User); err != nil {
+		return err
+	}
+	if err := ValidateKind(j.Kind); err != nil {
+		return err
+	}
+	if err := ValidatePriority(j.Priority); err != nil {
+		return err
+	}
+	if len(j.Input) > 0 && !isObject(j.Input) {
+		return fieldErr("input", ErrMalformed, "must be a JSON object")
+	}
+	if j.CreatedAt.IsZero() {
+		return fieldErr("created_at", ErrMissingAttribute, "")
+	}
+	return nil
+}
+
+// Subject is the subject the job is published to.
+func (j *Job) Subject() string { return JobSubject(j.Priority, j.Kind) }
+
+// NewJobEnvelope wraps a validated job in a submitted envelope. source names
+// the submitting service as a URI reference, e.g. "/beamline/ingest".
+func NewJobEnvelope(j Job, source string) (*Envelope, error) {
+	if err := j.Validate(); err != nil {
+		return nil, err
+	}
+	data, err := json.Marshal(j)
+	if err != nil {
+		return nil, fieldErr("input", ErrMalformed, "%v", err)
+	}
+	return &Envelope{
+		SpecVersion:     SpecVersion,
+		ID:              j.ID,
+		Source:          source,
+		Type:            TypeSubmitted,
+		Subject:         j.ID,
+		Time:            j.CreatedAt,
+		DataContentType: ContentType,
+		Data:            data,
+	}, nil
+}
+
+// EncodeJob is NewJobEnvelope followed by Encode.
+func EncodeJob(j Job, source string) ([]byte, error) {
+	e, err := NewJobEnvelope(j, source)
+	if err != nil {
+		return nil, err
+	}
+	return e.Encode()
+}
+
+// DecodeJob decodes a submitted envelope and validates its job. The envelope
+// id must equal the job id, so a message cannot claim one id and carry another.
+func DecodeJob(b []byte) (*Envelope, Job, error) {
+	e, err := Decode(b)
+	if err != nil {
+		return nil, Job{}, err
+	}
+	if e.Type != TypeSubmitted {
+		return nil, Job{}, fieldErr("type", ErrUnknownType, "%q is not %q", string(e.Type), string(TypeSubmitted))
+	}
+	var j Job
+	if err := json.Unmarshal(e.Data, &j); err != nil {
+		return nil, Job{}, fieldErr("data", ErrMalformed, "%v", err)
+	}
+	if err := j.Validate(); err != nil {
+		return nil, Job{}, err
+	}
+	if e.ID != j.ID {
+		return nil, Job{}, fieldErr("id", ErrMalformed, "envelope id %q differs from job id %q", e.ID, j.ID)
+	}
+	return e, j, nil
+}

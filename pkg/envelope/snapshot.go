@@ -1,0 +1,181 @@
+package envelope
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Status is where a job is in its lifecycle:
+//
+//	queued → running → (progress)* → succeeded | failed | retrying → running … | dead | cancelled
+type Status string
+
+// The statuses.
+const (
+	StatusQueued    Status = "queued"
+	StatusRunning   Status = "running"
+	StatusRetrying  Status = "retrying"
+	StatusSucceeded Status = "succeeded"
+	StatusFailed    Status = "failed"
+	StatusDead      Status = "dead"
+	StatusCancelled Status = "cancelled"
+)
+
+// Terminal reports whether s is final: no later event may change it.
+func (s Status) Terminal() bool {
+	return s == StatusSucceeded || s == StatusFailed || s == StatusDead || s == StatusCancelled
+}
+
+// Valid reports whether s is one of the statuses.
+func (s Status) Valid() bool {
+	switch s {
+	case StatusQueued, StatusRunning, StatusRetrying:
+		return true
+	}
+	return s.Terminal()
+}
+
+// Snapshot is the state of one job, as stored in the job_status KV bucket,
+// returned by GET /v1/jobs/{id}, carried by every event and by the notifier's
+// join reply. Seq grows by one with every event of the job, so clients
+// de-duplicate and resume by it.
+type Snapshot struct {
+	ID        string          `json:"id"`
+	User      string          `json:"user"`
+	Kind      string          `json:"kind"`
+	Priority  Priority        `json:"priority"`
+	Status    Status          `json:"status"`
+	Progress  int             `json:"progress"`
+	Attempt   int             `json:"attempt"`
+	Result    json.RawMessage `json:"result,omitempty"`
+	Error     string          `json:"error,omitempty"`
+	Seq       uint64          `json:"seq"`
+	CreatedAt time.Time       `json:"created_at"`
+	UpdatedAt time.Time       `json:"updated_at"`
+}
+
+// NewSnapshot is the queued snapshot (seq 0) of a job that was just accepted.
+func NewSnapshot(j Job) Snapshot {
+	return Snapshot{
+		ID:        j.ID,
+		User:      j.User,
+		Kind:      j.Kind,
+		Priority:  j.Priority,
+		Status:    StatusQueued,
+		CreatedAt: j.CreatedAt,
+		UpdatedAt: j.CreatedAt,
+	}
+}
+
+// Validate checks the tokens, the status and the progress range.
+func (s *Snapshot) Validate() error {
+	if err := ValidateID("id", s.ID); err != nil {
+		return err
+	}
+	if err := ValidateID("user", s.User); err != nil {
+		return err
+	}
+	if err := ValidateKind(s.Kind); err != nil {
+		return err
+	}
+	if err := ValidatePriority(s.Priority); err != nil {
+		return err
+	}
+	if !s.Status.Valid() {
+		return fieldErr("status", ErrMalformed, "unknown status %q", string(s.Status))
+	}
+	if s.Progress < 0 || s.Progress > 100 {
+		return fieldErr("progress", ErrMalformed, "%d is outside 0..100", s.Progress)
+	}
+	if len(s.Result) > 0 && !json.Valid(s.Result) {
+		return fieldErr("result", ErrMalformed, "not JSON")
+	}
+	return nil
+}
+
+// Marshal encodes a snapshot (for the KV bucket).
+func (s *Snapshot) Marshal() ([]byte, error) { return json.Marshal(s) }
+
+// DecodeSnapshot parses and validates a snapshot from the KV bucket.
+func DecodeSnapshot(b []byte) (Snapshot, error) {
+	if len(b) > MaxSize {
+		return Snapshot{}, fieldErr("snapshot", ErrTooLarge, "%d bytes, limit %d", len(b), MaxSize)
+	}
+	var s Snapshot
+	if err := json.Unmarshal(b, &s); err != nil {
+		return Snapshot{}, fieldErr("snapshot", ErrMalformed, "%v", err)
+	}
+	return s, s.Validate()
+}
+
+// EventID is the envelope id (and Nats-Msg-Id) of a job's event number seq.
+// Publishing the same event twice is therefore de-duplicated by JetStream.
+func EventID(job string, seq uint64) string { return fmt.Sprintf("%s:%d", job, seq) }
+
+// NewEvent wraps a snapshot in an event envelope of type t. The envelope id
+// is EventID(s.ID, s.Seq).
+func NewEvent(t Type, s Snapshot, source string) (*Envelope, error) {
+	if t == TypeSubmitted || !t.Known() {
+		return nil, fieldErr("type", ErrUnknownType, "%q is not an event type", string(t))
+	}
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	data, err := json.Marshal(s)
+	if err != nil {
+		return nil, fieldErr("data", ErrMalformed, "%v", err)
+	}
+	at := s.UpdatedAt
+	if at.IsZero() {
+		at = time.Now().UTC()
+	}
+	return &Envelope{
+		SpecVersion:     SpecVersion,
+		ID:              EventID(s.ID, s.Seq),
+		Source:          source,
+		Type:            t,
+		Subject:         s.ID,
+		Time:            at,
+		DataContentType: ContentType,
+		Data:            data,
+	}, nil
+}
+
+// DecodeEvent decodes an event envelope and its snapshot.
+func DecodeEvent(b []byte) (*Envelope, Snapshot, error) {
+	e, err := Decode(b)
+	if err != nil {
+		return nil, Snapshot{}, err
+	}
+	if e.Type == TypeSubmitted {
+		return nil, Snapshot{}, fieldErr("type", ErrUnknownType, "%q is not an event type", string(e.Type))
+	}
+	s, err := DecodeSnapshot(e.Data)
+	if err != nil {
+		return nil, Snapshot{}, err
+	}
+	return e, s, nil
+}
+
+// EventType is the envelope type for a transition into s. progress reports a
+// running job's progress; started a running job's first event of an attempt.
+func EventType(s Status) Type {
+	switch s {
+	case StatusQueued:
+		return TypeSubmitted
+	case StatusRunning:
+		return TypeStarted
+	case StatusRetrying:
+		return TypeRetrying
+	case StatusSucceeded:
+		return TypeSucceeded
+	case StatusFailed:
+		return TypeFailed
+	case StatusDead:
+		return TypeDead
+	case StatusCancelled:
+		return TypeCancelled
+	}
+	return ""
+}

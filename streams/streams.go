@@ -1,0 +1,25 @@
+// Package streams embeds the JetStream definitions in this folder: the JOBS,
+// EVENTS and DLQ streams, the job_status KV bucket (as its backing stream
+// KV_job_status) and the processor's durable consumers. The files are in the
+// JSON form that the nats CLI reads, so operators can apply them by hand:
+//
+//	nats stream add --config streams/jobs.json
+//	nats consumer add JOBS --config streams/consumers/proc-normal-image.json
+//
+// The binaries apply them at start through internal/jsm.
+package streams
+
+import "embed"
+
+// FS holds every *.json definition of this folder.
+//
+//go:embed *.json consumers/*.json
+var FS embed.FS
+
+// Stream and bucket names, as written in the files.
+const (
+	Jobs      = "JOBS"
+	Events    = "EVENTS"
+	DLQ       = "DLQ"
+	JobStatus = "job_status" // KV bucket; backing stream KV_job_status
+)
