@@ -1,0 +1,178 @@
+// Package jobstore is the one place where a job's state changes. Every change
+// is a compare-and-set of the job's snapshot in the job_status KV bucket
+// followed by the event that announces it on events.<user>.<job>, so:
+//
+//   - terminal states are final: a late or duplicate change finds the stored
+//     snapshot terminal and writes nothing (ErrTerminal);
+//   - seq grows by exactly one per change, and the event's Nats-Msg-Id is
+//     <job>:<seq>, so publishing an event again (after a crash between the KV
+//     write and the publish) is de-duplicated by JetStream;
+//   - the KV write comes first: an event is never published for a change that
+//     lost its compare-and-set.
+//
+// Ingest creates the queued snapshot and cancels; the processor runs the
+// lifecycle; the notifier and GET /v1/jobs/{id} read.
+package jobstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/beamline/beamline/pkg/envelope"
+)
+
+// Sentinel errors.
+var (
+	ErrNotFound = errors.New("jobstore: job not found")
+	ErrTerminal = errors.New("jobstore: job is already in a terminal state")
+	ErrExists   = errors.New("jobstore: job exists")
+	ErrConflict = errors.New("jobstore: too many concurrent writers")
+)
+
+// Config configures a Store.
+type Config struct {
+	// Source is the CloudEvents source of the events this store publishes,
+	// e.g. "/beamline/processor".
+	Source string
+	// Traceparent, when set, returns the W3C traceparent to put on an event
+	// published under ctx.
+	Traceparent func(ctx context.Context) string
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Store reads and changes job snapshots.
+type Store struct {
+	kv  jetstream.KeyValue
+	js  jetstream.JetStream
+	cfg Config
+}
+
+// New returns a Store on the job_status bucket kv.
+func New(js jetstream.JetStream, kv jetstream.KeyValue, cfg Config) *Store {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Source == "" {
+		cfg.Source = "/beamline"
+	}
+	return &Store{kv: kv, js: js, cfg: cfg}
+}
+
+// Get returns a job's snapshot and its KV revision.
+func (s *Store) Get(ctx context.Context, id string) (envelope.Snapshot, uint64, error) {
+	e, err := s.kv.Get(ctx, id)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return envelope.Snapshot{}, 0, ErrNotFound
+	}
+	if err != nil {
+		return envelope.Snapshot{}, 0, fmt.Errorf("jobstore: get %s: %w", id, err)
+	}
+	snap, err := envelope.DecodeSnapshot(e.Value())
+	if err != nil {
+		return envelope.Snapshot{}, 0, fmt.Errorf("jobstore: decode %s: %w", id, err)
+	}
+	return snap, e.Revision(), nil
+}
+
+// Create stores the queued snapshot (seq 0) of a newly accepted job. It
+// publishes no event: the job's first event is started. ErrExists means the
+// job is already known (a re-submission, or the processor got there first).
+func (s *Store) Create(ctx context.Context, j envelope.Job) (envelope.Snapshot, error) {
+	snap := envelope.NewSnapshot(j)
+	b, err := snap.Marshal()
+	if err != nil {
+		return snap, err
+	}
+	if _, err := s.kv.Create(ctx, j.ID, b); err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return snap, ErrExists
+		}
+		return snap, fmt.Errorf("jobstore: create %s: %w", j.ID, err)
+	}
+	return snap, nil
+}
+
+// Mutation changes a snapshot in place. Returning an error aborts the change.
+type Mutation func(*envelope.Snapshot) error
+
+// Apply loads the job's snapshot, applies mutate, bumps seq and updated_at,
+// writes it back by compare-and-set (retrying on a concurrent write) and then
+// publishes the event of type t. When the job is unknown and seed is not nil
+// (a job published straight to its subject, never seen by ingest), the
+// queued snapshot is created from seed first. A stored terminal snapshot is
+// returned unchanged with ErrTerminal.
+func (s *Store) Apply(ctx context.Context, id string, seed *envelope.Job, t envelope.Type, mutate Mutation) (envelope.Snapshot, error) {
+	for range 10 {
+		cur, rev, err := s.Get(ctx, id)
+		if errors.Is(err, ErrNotFound) && seed != nil {
+			if _, err = s.Create(ctx, *seed); err != nil && !errors.Is(err, ErrExists) {
+				return envelope.Snapshot{}, err
+			}
+			continue
+		}
+		if err != nil {
+			return envelope.Snapshot{}, err
+		}
+		if cur.Status.Terminal() {
+			return cur, ErrTerminal
+		}
+		next := cur
+		if err := mutate(&next); err != nil {
+			return cur, err
+		}
+		next.Seq = cur.Seq + 1
+		next.UpdatedAt = s.cfg.Now().UTC()
+		b, err := next.Marshal()
+		if err != nil {
+			return cur, err
+		}
+		if _, err := s.kv.Update(ctx, id, b, rev); err != nil {
+			if isWrongRevision(err) {
+				continue
+			}
+			return cur, fmt.Errorf("jobstore: update %s: %w", id, err)
+		}
+		return next, s.Publish(ctx, t, next)
+	}
+	return envelope.Snapshot{}, fmt.Errorf("%w: %s", ErrConflict, id)
+}
+
+// Publish publishes the event of a stored snapshot. It is idempotent within
+// the EVENTS duplicate window, which is what makes re-publishing the current
+// snapshot after a crash safe.
+func (s *Store) Publish(ctx context.Context, t envelope.Type, snap envelope.Snapshot) error {
+	tp := ""
+	if s.cfg.Traceparent != nil {
+		tp = s.cfg.Traceparent(ctx)
+	}
+	msg, err := envelope.NewEventMsg(t, snap, s.cfg.Source, tp)
+	if err != nil {
+		return err
+	}
+	if _, err := s.js.PublishMsg(ctx, msg); err != nil {
+		return fmt.Errorf("jobstore: publish %s seq %d: %w", snap.ID, snap.Seq, err)
+	}
+	return nil
+}
+
+// EventTypeOf is the event type that announces a stored snapshot: what to
+// re-publish when the snapshot is all one has.
+func EventTypeOf(snap envelope.Snapshot) envelope.Type {
+	if snap.Status == envelope.StatusRunning && snap.Progress > 0 {
+		return envelope.TypeProgress
+	}
+	return envelope.EventType(snap.Status)
+}
+
+func isWrongRevision(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		return true
+	}
+	return errors.Is(err, jetstream.ErrKeyExists)
+}

@@ -1,0 +1,32 @@
+// Package provider defines how the processor calls the outside service that
+// does a job's work (a GPU farm, Replicate, Modal, ...), and holds the
+// implementations: sim (a simulated provider driven by input.sim) and http.
+package provider
+
+import (
+	"context"
+	"encoding/json"
+
+	"github.com/beamline/beamline/pkg/envelope"
+)
+
+// Request is one attempt at one job.
+type Request struct {
+	Job envelope.Job
+	// Attempt is 1 for the first delivery of the job, 2 for the second, ...
+	Attempt int
+	// Progress reports progress in percent (0..100). It may be nil. It must
+	// be cheap to call; the processor turns calls into progress events.
+	Progress func(percent int)
+}
+
+// Provider does the work of a job. Call returns the job's result (a JSON
+// value) or an error classified with flow.Retryable / flow.Terminal: a
+// transient failure (timeout, 5xx, 429, connection error) is retryable,
+// with flow.RetryAfterHint set when the provider said when to come back; a
+// failure that retrying cannot fix (4xx, invalid input) is terminal. An
+// unclassified error counts as retryable. Call must return when ctx ends.
+type Provider interface {
+	Name() string
+	Call(ctx context.Context, req Request) (json.RawMessage, error)
+}
