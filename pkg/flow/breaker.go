@@ -1,0 +1,233 @@
+package flow
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+)
+
+// BreakerState is the state of a Breaker.
+type BreakerState int
+
+// Breaker states.
+const (
+	// BreakerClosed lets every call through and counts failures.
+	BreakerClosed BreakerState = iota
+	// BreakerHalfOpen lets MaxRequests probe calls through; their success
+	// closes the breaker, a failure opens it again.
+	BreakerHalfOpen
+	// BreakerOpen refuses every call until OpenTimeout has passed.
+	BreakerOpen
+)
+
+func (s BreakerState) String() string {
+	switch s {
+	case BreakerClosed:
+		return "closed"
+	case BreakerHalfOpen:
+		return "half-open"
+	case BreakerOpen:
+		return "open"
+	default:
+		return fmt.Sprintf("BreakerState(%d)", int(s))
+	}
+}
+
+func fromGobreaker(s gobreaker.State) BreakerState {
+	switch s {
+	case gobreaker.StateHalfOpen:
+		return BreakerHalfOpen
+	case gobreaker.StateOpen:
+		return BreakerOpen
+	default:
+		return BreakerClosed
+	}
+}
+
+// BreakerConfig configures a Breaker. Zero values are documented defaults.
+type BreakerConfig struct {
+	// Name identifies the breaker in errors and OnStateChange.
+	Name string
+	// MaxRequests is the number of probe calls allowed while half-open, and
+	// the number of consecutive probe successes that close the breaker.
+	// 0 → 1.
+	MaxRequests uint32
+	// Interval is the period after which failure counts are cleared while
+	// closed. 0 → counts are only cleared by a success or a state change.
+	Interval time.Duration
+	// OpenTimeout is how long the breaker stays open before letting probes
+	// through (half-open). 0 → 60s.
+	OpenTimeout time.Duration
+	// ConsecutiveFailures opens the breaker when that many calls in a row
+	// failed. 0 → 5.
+	ConsecutiveFailures uint32
+	// IsFailure decides whether an error counts against the provider. nil →
+	// every non-nil error that is not terminal (IsTerminal): a terminal error
+	// means the request was bad, which is the caller's fault, not a sign that
+	// the provider is unhealthy. Errors that are not failures count as
+	// successes. Whatever IsFailure says, context.Canceled is ignored: the
+	// caller giving up says nothing about the provider.
+	IsFailure func(err error) bool
+	// OnStateChange, if set, is called on every transition. It runs while
+	// the breaker's lock is held: it must be quick and must not call the
+	// Breaker.
+	OnStateChange func(name string, from, to BreakerState)
+}
+
+const defaultOpenTimeout = 60 * time.Second
+
+// Breaker is a circuit breaker: after ConsecutiveFailures failures in a row
+// it opens and fails fast (ErrBreakerOpen) instead of sending more work to a
+// provider that is down, then probes with a few calls after OpenTimeout.
+//
+// It wraps github.com/sony/gobreaker/v2 rather than reimplementing the state
+// machine: gobreaker is small, widely used and well tested, its generation
+// counting correctly ignores results of calls that started in an earlier
+// state, and its Settings document every zero default. What Breaker adds is
+// what Beamline needs on top: a context-first API, error classification
+// (terminal errors do not trip it, the open error is retryable with a
+// Retry-After hint), and WaitAllowed so a consumer stops pulling work while
+// the provider is down.
+//
+// gobreaker reads the wall clock itself, so a Breaker takes no Clock; tests
+// drive it with testing/synctest.
+type Breaker struct {
+	name        string
+	cb          *gobreaker.CircuitBreaker[struct{}]
+	openTimeout time.Duration
+
+	mu       sync.Mutex
+	changed  chan struct{} // closed and replaced on every state change
+	openedAt time.Time     // when the breaker last opened
+}
+
+// NewBreaker returns a closed Breaker.
+func NewBreaker(cfg BreakerConfig) *Breaker {
+	b := &Breaker{
+		name:        cfg.Name,
+		openTimeout: cfg.OpenTimeout,
+		changed:     make(chan struct{}),
+	}
+	if b.openTimeout <= 0 {
+		b.openTimeout = defaultOpenTimeout
+	}
+	trip := cfg.ConsecutiveFailures
+	if trip == 0 {
+		trip = 5
+	}
+	isFailure := cfg.IsFailure
+	if isFailure == nil {
+		isFailure = func(err error) bool { return err != nil && !IsTerminal(err) }
+	}
+	b.cb = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:        cfg.Name,
+		MaxRequests: cfg.MaxRequests,
+		Interval:    cfg.Interval,
+		Timeout:     b.openTimeout,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= trip },
+		IsSuccessful: func(err error) bool {
+			return !isFailure(err)
+		},
+		IsExcluded: func(err error) bool { return errors.Is(err, context.Canceled) },
+		OnStateChange: func(name string, from, to gobreaker.State) {
+			b.stateChanged(to)
+			if cfg.OnStateChange != nil {
+				cfg.OnStateChange(name, fromGobreaker(from), fromGobreaker(to))
+			}
+		},
+	})
+	return b
+}
+
+// stateChanged runs under gobreaker's lock; it only takes b.mu, which is
+// never held while calling into gobreaker.
+func (b *Breaker) stateChanged(to gobreaker.State) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if to == gobreaker.StateOpen {
+		b.openedAt = time.Now()
+	}
+	close(b.changed)
+	b.changed = make(chan struct{})
+}
+
+// Name returns the configured name.
+func (b *Breaker) Name() string { return b.name }
+
+// State returns the current state. An open breaker whose OpenTimeout has
+// passed reports (and becomes) half-open.
+func (b *Breaker) State() BreakerState { return fromGobreaker(b.cb.State()) }
+
+// Do calls fn if the breaker allows it and records the outcome. When the
+// breaker is open — or half-open with all MaxRequests probes in flight — fn
+// is not called and Do returns a retryable error that wraps ErrBreakerOpen
+// and, when open, carries the time left until the breaker half-opens as its
+// RetryAfterHint. If ctx is already done, Do returns ctx.Err() without
+// calling fn.
+//
+// A panic in fn is counted as a failure and then propagates; wrap fn in a
+// Boundary to contain it.
+func (b *Breaker) Do(ctx context.Context, fn func(ctx context.Context) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	_, err := b.cb.Execute(func() (struct{}, error) { return struct{}{}, fn(ctx) })
+	switch err {
+	case gobreaker.ErrOpenState:
+		return Retryable(fmt.Errorf("%w: %s", ErrBreakerOpen, b.name), b.untilHalfOpen())
+	case gobreaker.ErrTooManyRequests:
+		return Retryable(fmt.Errorf("%w: %s: half-open, probes in flight", ErrBreakerOpen, b.name), 0)
+	}
+	return err
+}
+
+// untilHalfOpen returns how long the breaker stays open, 0 if not known.
+func (b *Breaker) untilHalfOpen() time.Duration {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.openedAt.IsZero() {
+		return 0
+	}
+	return max(time.Until(b.openedAt.Add(b.openTimeout)), 0)
+}
+
+// WaitAllowed blocks while the breaker is open and returns nil as soon as it
+// is closed or half-open, or ctx.Err() when ctx is done first. The processor
+// calls it before pulling the next message, so that no work is taken from
+// the queue while the provider is down.
+//
+// It does not poll: it sleeps until the open timeout expires or the state
+// changes. Returning in the half-open state does not guarantee that the next
+// Do is let through, since only MaxRequests probes are.
+func (b *Breaker) WaitAllowed(ctx context.Context) error {
+	for {
+		// Take the change channel before reading the state, so that a
+		// transition after the read closes the channel we wait on.
+		b.mu.Lock()
+		changed := b.changed
+		halfOpenAt := b.openedAt.Add(b.openTimeout)
+		b.mu.Unlock()
+
+		if b.cb.State() != gobreaker.StateOpen {
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		// gobreaker half-opens strictly after its deadline; waking exactly on
+		// it (or on a clock tick late) is harmless: the loop waits a little
+		// more.
+		wait := max(time.Until(halfOpenAt), time.Millisecond)
+		t := time.NewTimer(wait)
+		select {
+		case <-changed:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+	}
+}
