@@ -1,0 +1,34 @@
+package ingest
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+
+	"github.com/beamline/beamline/internal/auth"
+)
+
+// authenticate checks the request's bearer token. The token is never logged
+// nor echoed; the error says only which rule it broke.
+func (s *Service) authenticate(r *http.Request) (auth.Principal, *apiError) {
+	h := r.Header.Get("Authorization")
+	scheme, token, ok := strings.Cut(h, " ")
+	if h == "" || !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(token) == "" {
+		e := newError(http.StatusUnauthorized, CodeUnauthorized, "missing bearer token (Authorization: Bearer <jwt>)")
+		e.Challenge = `Bearer realm="beamline"`
+		return auth.Principal{}, e
+	}
+	p, err := s.verifier.Verify(strings.TrimSpace(token))
+	if err != nil {
+		msg := "invalid token"
+		if errors.Is(err, auth.ErrExpired) {
+			msg = "token expired"
+		} else if reason, ok := strings.CutPrefix(err.Error(), auth.ErrInvalidToken.Error()+": "); ok {
+			msg = "invalid token: " + reason
+		}
+		e := newError(http.StatusUnauthorized, CodeUnauthorized, msg)
+		e.Challenge = `Bearer realm="beamline", error="invalid_token"`
+		return auth.Principal{}, e
+	}
+	return p, nil
+}

@@ -1,0 +1,90 @@
+package ingest
+
+import (
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/beamline/beamline/internal/auth"
+	"github.com/beamline/beamline/pkg/envelope"
+)
+
+// Defaults of Config's zero values.
+const (
+	DefaultAddr           = "127.0.0.1:8080"
+	DefaultMaxBody        = 1 << 20 // 1 MiB
+	DefaultMaxInFlight    = 256
+	DefaultRequestTimeout = 5 * time.Second
+	DefaultGrace          = 10 * time.Second
+	DefaultSource         = "/beamline/ingest"
+)
+
+// Config configures the ingest service. Zero values are the documented
+// defaults; Kinds and Secret are required.
+type Config struct {
+	// Addr is where Run listens when Listener is nil. Default 127.0.0.1:8080.
+	Addr string
+	// Listener, when set, is served instead of listening on Addr (tests and
+	// devstack pass 127.0.0.1:0 listeners). Run closes it.
+	Listener net.Listener
+	// Kinds are the job kinds some processor is configured to serve. A
+	// submission of any other kind is refused with 400 unknown_kind.
+	Kinds []string
+	// Secret is the HS256 key of the bearer tokens (at least 16 bytes).
+	Secret []byte
+	// MaxBody bounds a request body; larger bodies get 413. Default 1 MiB.
+	MaxBody int64
+	// MaxInFlight bounds the submissions handled at once; beyond it POST
+	// gets 429 with Retry-After. Default 256.
+	MaxInFlight int
+	// RequestTimeout bounds each NATS round trip of a request (the publish
+	// and its PubAck, a KV read or write). Default 5s.
+	RequestTimeout time.Duration
+	// Grace is how long Run lets in-flight requests finish at shutdown.
+	// Default 10s.
+	Grace time.Duration
+	// Source is the CloudEvents source of the envelopes ingest writes.
+	// Default "/beamline/ingest".
+	Source string
+}
+
+func (c Config) withDefaults() (Config, error) {
+	if c.Addr == "" {
+		c.Addr = DefaultAddr
+	}
+	if c.MaxBody == 0 {
+		c.MaxBody = DefaultMaxBody
+	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = DefaultMaxInFlight
+	}
+	if c.RequestTimeout == 0 {
+		c.RequestTimeout = DefaultRequestTimeout
+	}
+	if c.Grace == 0 {
+		c.Grace = DefaultGrace
+	}
+	if c.Source == "" {
+		c.Source = DefaultSource
+	}
+	switch {
+	case c.MaxBody < 0:
+		return c, fmt.Errorf("%w: MaxBody must be > 0", ErrInvalidConfig)
+	case c.MaxInFlight < 0:
+		return c, fmt.Errorf("%w: MaxInFlight must be > 0", ErrInvalidConfig)
+	case c.RequestTimeout < 0:
+		return c, fmt.Errorf("%w: RequestTimeout must be > 0", ErrInvalidConfig)
+	case c.Grace < 0:
+		return c, fmt.Errorf("%w: Grace must be > 0", ErrInvalidConfig)
+	case len(c.Secret) < auth.MinSecretLen:
+		return c, fmt.Errorf("%w: Secret: %w", ErrInvalidConfig, auth.ErrNoSecret)
+	case len(c.Kinds) == 0:
+		return c, fmt.Errorf("%w: Kinds: none given", ErrInvalidConfig)
+	}
+	for _, k := range c.Kinds {
+		if err := envelope.ValidateKind(k); err != nil {
+			return c, fmt.Errorf("%w: Kinds: %w", ErrInvalidConfig, err)
+		}
+	}
+	return c, nil
+}

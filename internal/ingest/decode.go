@@ -1,0 +1,101 @@
+package ingest
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+
+	"github.com/beamline/beamline/pkg/envelope"
+)
+
+// submitRequest is the body of POST /v1/jobs.
+type submitRequest struct {
+	Kind     string            `json:"kind"`
+	Priority envelope.Priority `json:"priority"`
+	Input    json.RawMessage   `json:"input"`
+}
+
+var emptyObject = json.RawMessage(`{}`)
+
+// decodeSubmit parses and checks a POST /v1/jobs body: exactly one JSON
+// object with no unknown fields, a valid kind token, a priority (default
+// normal) and an input that is a JSON object (absent or null means {}).
+// Whether the kind is served is the caller's question. Errors are *apiError
+// with status 400.
+func decodeSubmit(b []byte) (submitRequest, error) {
+	var req submitRequest
+	if t := bytes.TrimSpace(b); len(t) == 0 || t[0] != '{' {
+		return submitRequest{}, newError(http.StatusBadRequest, CodeInvalidJSON, "body must be a JSON object")
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return submitRequest{}, newError(http.StatusBadRequest, CodeInvalidJSON, "body is not a valid job request: "+jsonReason(err))
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return submitRequest{}, newError(http.StatusBadRequest, CodeInvalidJSON, "body holds more than one JSON value")
+	}
+	if err := envelope.ValidateKind(req.Kind); err != nil {
+		return submitRequest{}, newError(http.StatusBadRequest, CodeInvalidKind, fieldMessage(err))
+	}
+	if req.Priority == "" {
+		req.Priority = envelope.PriorityNormal
+	}
+	if err := envelope.ValidatePriority(req.Priority); err != nil {
+		return submitRequest{}, newError(http.StatusBadRequest, CodeInvalidPriority, fieldMessage(err))
+	}
+	in := bytes.TrimSpace(req.Input)
+	switch {
+	case len(in) == 0 || bytes.Equal(in, []byte("null")):
+		req.Input = emptyObject
+	case in[0] != '{':
+		return submitRequest{}, newError(http.StatusBadRequest, CodeInvalidInput, "input must be a JSON object")
+	default:
+		req.Input = in
+	}
+	return req, nil
+}
+
+// jsonReason describes a decoding error without echoing the body.
+func jsonReason(err error) string {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syn):
+		return fmt.Sprintf("syntax error at byte %d", syn.Offset)
+	case errors.As(err, &typ):
+		if typ.Field != "" {
+			return fmt.Sprintf("field %q must be a %s", typ.Field, jsonTypeName(typ.Field))
+		}
+		return "the body must be a JSON object"
+	case errors.Is(err, io.EOF):
+		return "empty body"
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "unexpected end of JSON"
+	}
+	// DisallowUnknownFields: `json: unknown field "x"`; the field name is
+	// the client's own and bounded by the body limit.
+	return err.Error()
+}
+
+func jsonTypeName(field string) string {
+	if field == "input" {
+		return "JSON object"
+	}
+	return "string"
+}
+
+// fieldMessage renders an envelope.FieldError as "<field>: <rule>".
+func fieldMessage(err error) string {
+	var fe *envelope.FieldError
+	if errors.As(err, &fe) {
+		if fe.Msg == "" {
+			return fe.Field + " is invalid"
+		}
+		return fe.Field + ": " + fe.Msg
+	}
+	return err.Error()
+}

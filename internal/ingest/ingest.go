@@ -1,0 +1,151 @@
+// Package ingest is Beamline's HTTP API for submitting and reading jobs:
+//
+//	POST   /v1/jobs       submit; 202 only after JetStream acknowledged the job
+//	GET    /v1/jobs/{id}  the job's status snapshot
+//	DELETE /v1/jobs/{id}  cancel a job that has not finished
+//
+// beside /metrics, /healthz and /readyz. Callers authenticate with an HS256
+// bearer token whose sub is the user. api/openapi.yaml documents the API;
+// the package tests check every live answer against it.
+package ingest
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/beamline/beamline/internal/auth"
+	"github.com/beamline/beamline/internal/jobstore"
+	"github.com/beamline/beamline/internal/jsm"
+	"github.com/beamline/beamline/internal/ops"
+)
+
+// Route labels of beamline_ingest_requests_total.
+const (
+	routeSubmit = "submit"
+	routeGet    = "get"
+	routeCancel = "cancel"
+	routeOther  = "other"
+)
+
+// Service is the ingest HTTP API.
+type Service struct {
+	cfg      Config
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	store    *jobstore.Store
+	verifier *auth.Verifier
+	kinds    map[string]bool
+	log      *slog.Logger
+	metrics  *metrics
+	gatherer prometheus.Gatherer
+	slots    chan struct{} // one per submission in flight
+	handler  http.Handler
+}
+
+// New builds the service. It opens the job_status KV bucket, so the streams
+// must have been applied (jsm.ApplyStreams). Metrics are registered on reg;
+// when reg is also a prometheus.Gatherer (a *prometheus.Registry is) /metrics
+// serves it, and a nil reg means a fresh private registry.
+func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, reg prometheus.Registerer) (*Service, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if nc == nil || js == nil {
+		return nil, fmt.Errorf("%w: a NATS connection and its JetStream context are required", ErrInvalidConfig)
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	verifier, err := auth.NewVerifier(cfg.Secret)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.RequestTimeout)
+	defer cancel()
+	kv, err := jsm.JobStatus(ctx, js)
+	if err != nil {
+		return nil, fmt.Errorf("ingest: %w", err)
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("ingest: register metrics: %w", err)
+	}
+	s := &Service{
+		cfg:      cfg,
+		nc:       nc,
+		js:       js,
+		verifier: verifier,
+		kinds:    make(map[string]bool, len(cfg.Kinds)),
+		log:      log,
+		metrics:  m,
+		slots:    make(chan struct{}, cfg.MaxInFlight),
+	}
+	s.store = jobstore.New(js, kv, jobstore.Config{Source: cfg.Source, Traceparent: traceparentOf})
+	for _, k := range cfg.Kinds {
+		s.kinds[k] = true
+	}
+	if g, ok := reg.(prometheus.Gatherer); ok {
+		s.gatherer = g
+	} else {
+		s.gatherer = prometheus.Gatherers{}
+	}
+	s.handler = s.routes()
+	return s, nil
+}
+
+// Handler is the whole HTTP surface: the API, /metrics, /healthz, /readyz.
+func (s *Service) Handler() http.Handler { return s.handler }
+
+// Run serves until ctx is done, then shuts down gracefully within
+// Config.Grace. It returns nil after a clean shutdown.
+func (s *Service) Run(ctx context.Context) error {
+	ln, err := ops.Listen(s.cfg.Listener, s.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("ingest: listen %s: %w", s.cfg.Addr, err)
+	}
+	srv := ops.NewServer(s.handler)
+	srv.WriteTimeout = s.cfg.RequestTimeout*3 + 30*time.Second
+	srv.ErrorLog = slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)
+	s.log.Info("ingest listening", "addr", ln.Addr().String(), "kinds", s.cfg.Kinds)
+	err = ops.Serve(ctx, srv, ln, s.cfg.Grace)
+	if err != nil {
+		return fmt.Errorf("ingest: serve: %w", err)
+	}
+	s.log.Info("ingest stopped")
+	return nil
+}
+
+func (s *Service) routes() http.Handler {
+	mux := http.NewServeMux()
+	m := s.metrics
+	mux.Handle("POST /v1/jobs", m.instrument(routeSubmit, http.HandlerFunc(s.submit)))
+	mux.Handle("GET /v1/jobs/{id}", m.instrument(routeGet, http.HandlerFunc(s.get)))
+	mux.Handle("DELETE /v1/jobs/{id}", m.instrument(routeCancel, http.HandlerFunc(s.cancel)))
+	// The mux's own 404 and 405 answers are plain text; these keep every
+	// error JSON.
+	mux.Handle("/v1/jobs", m.instrument(routeOther, methodNotAllowed("POST")))
+	mux.Handle("/v1/jobs/{id}", m.instrument(routeOther, methodNotAllowed("GET, HEAD, DELETE")))
+	mux.Handle("/", m.instrument(routeOther, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, newError(http.StatusNotFound, CodeNotFound, "no such route"))
+	})))
+	ops.Register(mux, s.gatherer, ops.NATSReady(s.nc, s.js))
+	return mux
+}
+
+func methodNotAllowed(allow string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", allow)
+		writeError(w, newError(http.StatusMethodNotAllowed, CodeMethodNotAllowed, r.Method+" is not allowed here (allowed: "+allow+")"))
+	})
+}

@@ -1,0 +1,112 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/beamline/beamline/internal/auth"
+	"github.com/beamline/beamline/internal/jobstore"
+	"github.com/beamline/beamline/pkg/envelope"
+)
+
+// CancelSubject is the core-NATS subject (not stored) ingest publishes to,
+// with an empty body, after it cancelled a job, so that a processor running
+// the job cancels its context: cancel.<user>.<job>.
+func CancelSubject(user, job string) string { return "cancel." + user + "." + job }
+
+// get handles GET /v1/jobs/{id}.
+func (s *Service) get(w http.ResponseWriter, r *http.Request) {
+	_, snap, aerr := s.lookup(r)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	writeJSON(w, http.StatusOK, snap)
+}
+
+// cancel handles DELETE /v1/jobs/{id}: a job not yet terminal becomes
+// cancelled (compare-and-set, then the cancelled event), and
+// cancel.<user>.<job> tells a processor running it to stop.
+func (s *Service) cancel(w http.ResponseWriter, r *http.Request) {
+	p, snap, aerr := s.lookup(r)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	log := s.log.With("job", snap.ID, "user", snap.User, "kind", snap.Kind)
+	if snap.Status.Terminal() {
+		writeError(w, alreadyTerminal(snap))
+		return
+	}
+	ctx := traceContext(r.Context(), r)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RequestTimeout)
+	defer cancel()
+	next, err := s.store.Apply(ctx, snap.ID, nil, envelope.TypeCancelled, func(sn *envelope.Snapshot) error {
+		sn.Status = envelope.StatusCancelled
+		return nil
+	})
+	switch {
+	case errors.Is(err, jobstore.ErrTerminal):
+		writeError(w, alreadyTerminal(next))
+		return
+	case err != nil && next.Status == envelope.StatusCancelled:
+		// Stored, but the event was not published: publish it again (the
+		// event id de-duplicates) and go on, the KV holds the truth.
+		if perr := s.store.Publish(ctx, envelope.TypeCancelled, next); perr != nil {
+			log.Warn("job cancelled but its event was not published", "err", perr)
+		}
+	case err != nil:
+		log.Warn("cancel failed", "err", err)
+		writeError(w, unavailable())
+		return
+	}
+	msg := nats.NewMsg(CancelSubject(next.User, next.ID))
+	if tp := traceparentOf(ctx); tp != "" {
+		msg.Header.Set(envelope.HeaderTraceparent, tp)
+	}
+	if err := s.nc.PublishMsg(msg); err != nil {
+		log.Warn("cancel notice not published", "err", err)
+	}
+	log.Info("job cancelled", "by", p.User, "seq", next.Seq)
+	writeJSON(w, http.StatusOK, next)
+}
+
+// lookup authenticates, validates the path id and loads the job the caller
+// may see: its owner's, or any for an admin.
+func (s *Service) lookup(r *http.Request) (auth.Principal, envelope.Snapshot, *apiError) {
+	p, aerr := s.authenticate(r)
+	if aerr != nil {
+		return p, envelope.Snapshot{}, aerr
+	}
+	id := r.PathValue("id")
+	if err := envelope.ValidateID("id", id); err != nil {
+		return p, envelope.Snapshot{}, newError(http.StatusBadRequest, CodeInvalidID, fieldMessage(err))
+	}
+	if !s.nc.IsConnected() {
+		return p, envelope.Snapshot{}, unavailable()
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
+	defer cancel()
+	snap, _, err := s.store.Get(ctx, id)
+	switch {
+	case errors.Is(err, jobstore.ErrNotFound):
+		return p, snap, newError(http.StatusNotFound, CodeNotFound, "no job "+id)
+	case err != nil:
+		s.log.Warn("job store read failed", "job", id, "user", p.User, "err", err)
+		return p, snap, unavailable()
+	case snap.User != p.User && !p.Admin:
+		return p, snap, newError(http.StatusForbidden, CodeForbidden, "job "+id+" belongs to another user")
+	}
+	return p, snap, nil
+}
+
+func alreadyTerminal(snap envelope.Snapshot) *apiError {
+	return newError(http.StatusConflict, CodeAlreadyTerminal,
+		"job "+snap.ID+" is already "+string(snap.Status)+" (seq "+strconv.FormatUint(snap.Seq, 10)+")")
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }

@@ -1,0 +1,88 @@
+package ingest
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are ingest's Prometheus series, registered on the Registerer New
+// is given.
+type metrics struct {
+	requests  *prometheus.CounterVec   // route, code
+	duration  *prometheus.HistogramVec // route
+	submitted *prometheus.CounterVec   // kind, priority
+	rejected  *prometheus.CounterVec   // reason
+	inflight  prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "beamline_ingest_requests_total",
+			Help: "HTTP requests answered by ingest, by route and status code.",
+		}, []string{"route", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "beamline_ingest_request_duration_seconds",
+			Help:    "Time to answer an HTTP request, by route.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"route"}),
+		submitted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "beamline_ingest_jobs_submitted_total",
+			Help: "Jobs accepted (202 after the PubAck, duplicates not counted), by kind and priority.",
+		}, []string{"kind", "priority"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "beamline_ingest_rejected_total",
+			Help: "Submissions refused, by reason (the error code of the answer).",
+		}, []string{"reason"}),
+		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "beamline_ingest_inflight",
+			Help: "Submissions being handled now (bounded by -max-inflight).",
+		}),
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.submitted, m.rejected, m.inflight} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// statusRecorder remembers the status code a handler wrote.
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	if r.code == 0 {
+		r.code = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *statusRecorder) Write(b []byte) (int, error) {
+	if r.code == 0 {
+		r.code = http.StatusOK
+	}
+	return r.ResponseWriter.Write(b)
+}
+
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// instrument counts and times the requests of one route.
+func (m *metrics) instrument(route string, h http.Handler) http.Handler {
+	dur := m.duration.WithLabelValues(route)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w}
+		h.ServeHTTP(rec, r)
+		if rec.code == 0 {
+			rec.code = http.StatusOK
+		}
+		dur.Observe(time.Since(start).Seconds())
+		m.requests.WithLabelValues(route, strconv.Itoa(rec.code)).Inc()
+	})
+}

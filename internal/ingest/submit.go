@@ -1,0 +1,217 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/beamline/beamline/internal/auth"
+	"github.com/beamline/beamline/internal/jobstore"
+	"github.com/beamline/beamline/pkg/envelope"
+	"github.com/beamline/beamline/streams"
+)
+
+// submit handles POST /v1/jobs. The order of the checks is the order of
+// their cost: token, media type, an in-flight slot, then the body. Nothing
+// is written anywhere before every check passed; 202 is sent only after
+// JetStream acknowledged the job.
+func (s *Service) submit(w http.ResponseWriter, r *http.Request) {
+	p, aerr := s.authenticate(r)
+	if aerr != nil {
+		s.reject(w, r, aerr)
+		return
+	}
+	if aerr := checkJSON(r); aerr != nil {
+		s.reject(w, r, aerr)
+		return
+	}
+	select {
+	case s.slots <- struct{}{}:
+	default:
+		e := newError(http.StatusTooManyRequests, CodeOverloaded, "too many submissions in flight; retry later")
+		e.RetryAfter = retryInFlight
+		s.reject(w, r, e)
+		return
+	}
+	s.metrics.inflight.Inc()
+	defer func() {
+		<-s.slots
+		s.metrics.inflight.Dec()
+	}()
+
+	key, aerr := idempotencyKey(r)
+	if aerr != nil {
+		s.reject(w, r, aerr)
+		return
+	}
+	body, aerr := s.readBody(w, r)
+	if aerr != nil {
+		s.reject(w, r, aerr)
+		return
+	}
+	req, err := decodeSubmit(body)
+	if err != nil {
+		var e *apiError
+		if !errors.As(err, &e) {
+			e = newError(http.StatusBadRequest, CodeInvalidJSON, err.Error())
+		}
+		s.reject(w, r, e)
+		return
+	}
+	if !s.kinds[req.Kind] {
+		s.reject(w, r, newError(http.StatusBadRequest, CodeUnknownKind, "kind "+req.Kind+" is not served here"))
+		return
+	}
+
+	job := envelope.Job{
+		User:      p.User,
+		Kind:      req.Kind,
+		Priority:  req.Priority,
+		Input:     req.Input,
+		CreatedAt: time.Now().UTC(),
+	}
+	ctx := traceContext(r.Context(), r)
+	if key != "" {
+		job.ID = keyedJobID(p.User, key)
+		// Past the duplicate window JetStream would take the same id as a new
+		// message; the stored snapshot answers a late retry instead.
+		if snap, ok := s.existing(ctx, job.ID); ok {
+			s.log.Debug("idempotent retry answered from the job store", "job", job.ID, "user", p.User, "kind", snap.Kind)
+			s.accepted(w, snap)
+			return
+		}
+	} else {
+		job.ID = newJobID()
+	}
+	s.publish(ctx, w, r, p, job)
+}
+
+// publish writes the job to JOBS, waits for the PubAck, then records the
+// queued snapshot and answers 202.
+func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Request, p auth.Principal, job envelope.Job) {
+	log := s.log.With("job", job.ID, "user", p.User, "kind", job.Kind)
+	msg, err := envelope.NewJobMsg(job, s.cfg.Source, traceparentOf(ctx))
+	if err != nil {
+		if errors.Is(err, envelope.ErrTooLarge) {
+			s.reject(w, r, tooLarge("the job envelope exceeds "+byteSize(envelope.MaxSize)))
+			return
+		}
+		log.Error("building the job message failed", "err", err)
+		s.reject(w, r, newError(http.StatusInternalServerError, CodeInternal, "the job could not be encoded"))
+		return
+	}
+	if !s.nc.IsConnected() {
+		log.Warn("job refused: NATS is not connected")
+		s.reject(w, r, unavailable())
+		return
+	}
+	pctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	ack, err := s.js.PublishMsg(pctx, msg, jetstream.WithExpectStream(streams.Jobs))
+	cancel()
+	if err != nil {
+		aerr := classifyNATS(err)
+		log.Warn("job not stored", "err", err, "status", aerr.Status)
+		s.reject(w, r, aerr)
+		return
+	}
+
+	// The job is durable from here on. The client may be gone, but the
+	// queued snapshot is still written.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RequestTimeout)
+	defer cancel()
+	if ack.Duplicate {
+		snap, ok := s.existing(sctx, job.ID)
+		if !ok {
+			snap = envelope.NewSnapshot(job)
+		}
+		log.Info("duplicate submission", "seq", ack.Sequence)
+		s.accepted(w, snap)
+		return
+	}
+	snap, err := s.store.Create(sctx, job)
+	switch {
+	case errors.Is(err, jobstore.ErrExists): // a processor was faster
+		if cur, ok := s.existing(sctx, job.ID); ok {
+			snap = cur
+		}
+	case err != nil:
+		// JOBS holds the job; the processor creates the snapshot from it.
+		log.Warn("job accepted but its queued snapshot was not written", "err", err)
+	}
+	s.metrics.submitted.WithLabelValues(job.Kind, string(job.Priority)).Inc()
+	log.Info("job accepted", "priority", string(job.Priority), "seq", ack.Sequence)
+	s.accepted(w, snap)
+}
+
+// existing returns the stored snapshot of id, if there is one.
+func (s *Service) existing(ctx context.Context, id string) (envelope.Snapshot, bool) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	defer cancel()
+	snap, _, err := s.store.Get(ctx, id)
+	if err != nil {
+		if !errors.Is(err, jobstore.ErrNotFound) {
+			s.log.Debug("job store read failed", "job", id, "err", err)
+		}
+		return envelope.Snapshot{}, false
+	}
+	return snap, true
+}
+
+func (s *Service) accepted(w http.ResponseWriter, snap envelope.Snapshot) {
+	w.Header().Set("Location", "/v1/jobs/"+snap.ID)
+	writeJSON(w, http.StatusAccepted, snap)
+}
+
+// reject writes a refused submission and counts it by reason.
+func (s *Service) reject(w http.ResponseWriter, r *http.Request, e *apiError) {
+	s.metrics.rejected.WithLabelValues(e.Code).Inc()
+	lvl := slog.LevelDebug
+	if e.Status >= 500 || e.Status == http.StatusTooManyRequests {
+		lvl = slog.LevelWarn
+	}
+	s.log.Log(r.Context(), lvl, "submission refused", "code", e.Code, "status", e.Status, "reason", e.Message)
+	writeError(w, e)
+}
+
+// checkJSON requires Content-Type application/json (parameters allowed).
+func checkJSON(r *http.Request) *apiError {
+	ct := r.Header.Get("Content-Type")
+	mt, _, err := mime.ParseMediaType(ct)
+	if ct == "" || err != nil || mt != "application/json" {
+		return newError(http.StatusUnsupportedMediaType, CodeUnsupportedMediaType, "Content-Type must be application/json")
+	}
+	return nil
+}
+
+// readBody reads at most MaxBody bytes.
+func (s *Service) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *apiError) {
+	limit := s.cfg.MaxBody
+	if r.ContentLength > limit {
+		return nil, tooLarge("the body exceeds " + byteSize(limit))
+	}
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, tooLarge("the body exceeds " + byteSize(limit))
+		}
+		return nil, newError(http.StatusBadRequest, CodeInvalidJSON, "the body could not be read")
+	}
+	return b, nil
+}
+
+func byteSize(n int64) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return itoa(n>>20) + " MiB"
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return itoa(n>>10) + " KiB"
+	}
+	return itoa(n) + " bytes"
+}
