@@ -3,7 +3,7 @@
 // headers that travel with every message.
 //
 // Services that submit jobs without going through ingest's HTTP API publish a
-// job envelope to jobs.<priority>.<kind> with the headers from [JobHeaders];
+// job envelope to jobs.<priority>.<kind> built by [NewJobMsg];
 // the processor treats such a job exactly like one submitted over HTTP.
 //
 // Decoding is strict: unknown spec versions, missing attributes, wrong types

@@ -1,0 +1,387 @@
+package envelope
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+var t0 = time.Date(2025, 3, 14, 15, 9, 26, 535897000, time.UTC)
+
+func testJob() Job {
+	return Job{
+		ID:        "job-1",
+		User:      "alice",
+		Kind:      "image",
+		Priority:  PriorityNormal,
+		Input:     json.RawMessage(`{"prompt":"a red fox","sim":{"steps":3}}`),
+		CreatedAt: t0,
+	}
+}
+
+func testSnapshot() Snapshot {
+	s := NewSnapshot(testJob())
+	s.Status = StatusRunning
+	s.Progress = 40
+	s.Attempt = 2
+	s.Seq = 7
+	s.UpdatedAt = t0.Add(3 * time.Second)
+	return s
+}
+
+// rawEnvelope is a valid job envelope as a generic map, for tests to break.
+func rawEnvelope(t *testing.T) map[string]any {
+	t.Helper()
+	b, err := EncodeJob(testJob(), "/test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestJobRoundTrip(t *testing.T) {
+	j := testJob()
+	b, err := EncodeJob(j, "/beamline/test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, got, err := DecodeJob(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.SpecVersion != SpecVersion || e.ID != j.ID || e.Source != "/beamline/test" ||
+		e.Type != TypeSubmitted || e.Subject != j.ID || !e.Time.Equal(j.CreatedAt) ||
+		e.DataContentType != ContentType {
+		t.Errorf("envelope attributes = %+v", e)
+	}
+	if !jobEqual(got, j) {
+		t.Errorf("DecodeJob = %+v, want %+v", got, j)
+	}
+	// Without input.
+	j.Input = nil
+	b, err = EncodeJob(j, "/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(b, []byte(`"input"`)) {
+		t.Errorf("empty input is encoded: %s", b)
+	}
+	if _, got, err = DecodeJob(b); err != nil || !jobEqual(got, j) {
+		t.Errorf("DecodeJob without input = %+v, %v", got, err)
+	}
+}
+
+func TestEventRoundTrip(t *testing.T) {
+	s := testSnapshot()
+	s.Result = json.RawMessage(`{"url":"https://example.com/x.png"}`)
+	for _, typ := range []Type{TypeStarted, TypeProgress, TypeRetrying, TypeSucceeded, TypeFailed, TypeDead, TypeCancelled} {
+		e, err := NewEvent(typ, s, "/beamline/processor")
+		if err != nil {
+			t.Fatalf("NewEvent(%s): %v", typ, err)
+		}
+		if e.ID != "job-1:7" || e.Subject != "job-1" || !e.Time.Equal(s.UpdatedAt) {
+			t.Errorf("NewEvent(%s) attributes = %+v", typ, e)
+		}
+		b, err := e.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		de, got, err := DecodeEvent(b)
+		if err != nil {
+			t.Fatalf("DecodeEvent(%s): %v", typ, err)
+		}
+		if de.Type != typ || de.ID != e.ID {
+			t.Errorf("DecodeEvent(%s) envelope = %+v", typ, de)
+		}
+		if !snapshotEqual(got, s) {
+			t.Errorf("DecodeEvent(%s) = %+v, want %+v", typ, got, s)
+		}
+	}
+}
+
+func TestNewEventRejects(t *testing.T) {
+	s := testSnapshot()
+	if _, err := NewEvent(TypeSubmitted, s, "/x"); !errors.Is(err, ErrUnknownType) {
+		t.Errorf("submitted as event: %v", err)
+	}
+	if _, err := NewEvent("beamline.job.exploded", s, "/x"); !errors.Is(err, ErrUnknownType) {
+		t.Errorf("unknown type: %v", err)
+	}
+	bad := s
+	bad.Progress = 101
+	if _, err := NewEvent(TypeProgress, bad, "/x"); !errors.Is(err, ErrMalformed) {
+		t.Errorf("progress 101: %v", err)
+	}
+	bad = s
+	bad.User = "a.b"
+	if _, err := NewEvent(TypeProgress, bad, "/x"); !errors.Is(err, ErrInvalidToken) {
+		t.Errorf("user a.b: %v", err)
+	}
+	bad = s
+	bad.Status = "exploded"
+	if _, err := NewEvent(TypeProgress, bad, "/x"); !errors.Is(err, ErrMalformed) {
+		t.Errorf("bad status: %v", err)
+	}
+}
+
+func TestEncodeJobRejects(t *testing.T) {
+	tests := []struct {
+		name   string
+		mutate func(*Job)
+		want   error
+	}{
+		{"id with dot", func(j *Job) { j.ID = "a.b" }, ErrInvalidToken},
+		{"id with star", func(j *Job) { j.ID = "*" }, ErrInvalidToken},
+		{"user with gt", func(j *Job) { j.User = ">" }, ErrInvalidToken},
+		{"kind upper", func(j *Job) { j.Kind = "Image" }, ErrInvalidToken},
+		{"priority", func(j *Job) { j.Priority = "urgent" }, ErrInvalidToken},
+		{"input array", func(j *Job) { j.Input = json.RawMessage(`[1]`) }, ErrMalformed},
+		{"input string", func(j *Job) { j.Input = json.RawMessage(`"x"`) }, ErrMalformed},
+		{"no created_at", func(j *Job) { j.CreatedAt = time.Time{} }, ErrMissingAttribute},
+		{"huge input", func(j *Job) {
+			j.Input = json.RawMessage(`{"x":"` + strings.Repeat("a", MaxSize) + `"}`)
+		}, ErrTooLarge},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			j := testJob()
+			tt.mutate(&j)
+			if _, err := EncodeJob(j, "/x"); !errors.Is(err, tt.want) {
+				t.Fatalf("EncodeJob = %v, want %v", err, tt.want)
+			}
+			if _, err := NewJobMsg(j, "/x", ""); !errors.Is(err, tt.want) {
+				t.Fatalf("NewJobMsg = %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestDecodeStrict(t *testing.T) {
+	tests := []struct {
+		name   string
+		mutate func(m map[string]any)
+		want   error
+		field  string
+	}{
+		{"specversion missing", func(m map[string]any) { delete(m, "specversion") }, ErrSpecVersion, "specversion"},
+		{"specversion 0.3", func(m map[string]any) { m["specversion"] = "0.3" }, ErrSpecVersion, "specversion"},
+		{"specversion number", func(m map[string]any) { m["specversion"] = 1.0 }, ErrMalformed, "envelope"},
+		{"id missing", func(m map[string]any) { delete(m, "id") }, ErrMissingAttribute, "id"},
+		{"id empty", func(m map[string]any) { m["id"] = "" }, ErrMissingAttribute, "id"},
+		{"source missing", func(m map[string]any) { delete(m, "source") }, ErrMissingAttribute, "source"},
+		{"type missing", func(m map[string]any) { delete(m, "type") }, ErrMissingAttribute, "type"},
+		{"type unknown", func(m map[string]any) { m["type"] = "com.example.thing" }, ErrUnknownType, "type"},
+		{"time missing", func(m map[string]any) { delete(m, "time") }, ErrMissingAttribute, "time"},
+		{"time null", func(m map[string]any) { m["time"] = nil }, ErrMissingAttribute, "time"},
+		{"time not RFC 3339", func(m map[string]any) { m["time"] = "yesterday" }, ErrMalformed, "envelope"},
+		{"datacontenttype xml", func(m map[string]any) { m["datacontenttype"] = "text/xml" }, ErrMalformed, "datacontenttype"},
+		{"data missing", func(m map[string]any) { delete(m, "data") }, ErrMalformed, "data"},
+		{"data null", func(m map[string]any) { m["data"] = nil }, ErrMalformed, "data"},
+		{"data string", func(m map[string]any) { m["data"] = "hello" }, ErrMalformed, "data"},
+		{"data array", func(m map[string]any) { m["data"] = []any{1, 2} }, ErrMalformed, "data"},
+		{"data number", func(m map[string]any) { m["data"] = 3 }, ErrMalformed, "data"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := rawEnvelope(t)
+			tt.mutate(m)
+			_, err := Decode(mustJSON(t, m))
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("Decode = %v, want %v", err, tt.want)
+			}
+			var fe *FieldError
+			if !errors.As(err, &fe) || fe.Field != tt.field {
+				t.Fatalf("Decode = %#v, want a FieldError for %q", err, tt.field)
+			}
+			// The typed decoders report the same error.
+			if _, _, err := DecodeJob(mustJSON(t, m)); !errors.Is(err, tt.want) {
+				t.Fatalf("DecodeJob = %v, want %v", err, tt.want)
+			}
+			if _, _, err := DecodeEvent(mustJSON(t, m)); !errors.Is(err, tt.want) {
+				t.Fatalf("DecodeEvent = %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestDecodeGarbage(t *testing.T) {
+	for _, in := range []string{
+		"", "   ", "null", "true", "42", `"str"`, "[]", "{", `{"specversion":`, "\x00\x01\x02",
+		"not json at all", `{"specversion":"1.0"}}`, "\xff\xfe{}",
+	} {
+		if _, err := Decode([]byte(in)); err == nil {
+			t.Errorf("Decode(%q) = nil error", in)
+		} else if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrSpecVersion) {
+			t.Errorf("Decode(%q) = %v, want ErrMalformed or ErrSpecVersion", in, err)
+		}
+	}
+}
+
+func TestDecodeTooLarge(t *testing.T) {
+	m := rawEnvelope(t)
+	m["data"] = map[string]any{"pad": strings.Repeat("x", MaxSize)}
+	b := mustJSON(t, m)
+	for name, dec := range map[string]func([]byte) error{
+		"Decode":         func(b []byte) error { _, err := Decode(b); return err },
+		"DecodeJob":      func(b []byte) error { _, _, err := DecodeJob(b); return err },
+		"DecodeEvent":    func(b []byte) error { _, _, err := DecodeEvent(b); return err },
+		"DecodeSnapshot": func(b []byte) error { _, err := DecodeSnapshot(b); return err },
+	} {
+		if err := dec(b); !errors.Is(err, ErrTooLarge) {
+			t.Errorf("%s(%d bytes) = %v, want ErrTooLarge", name, len(b), err)
+		}
+	}
+	// Exactly MaxSize is allowed through the size check.
+	exact := append([]byte(nil), b[:0]...)
+	exact = append(exact, bytes.Repeat([]byte(" "), MaxSize-2)...)
+	exact = append(exact, '{', '}')
+	if _, err := Decode(exact); errors.Is(err, ErrTooLarge) {
+		t.Errorf("Decode(MaxSize bytes) = %v", err)
+	}
+}
+
+func TestDecodeJobStrict(t *testing.T) {
+	job := func(mut func(j map[string]any)) func(m map[string]any) {
+		return func(m map[string]any) { mut(m["data"].(map[string]any)) }
+	}
+	tests := []struct {
+		name   string
+		mutate func(m map[string]any)
+		want   error
+	}{
+		{"envelope id differs from job id", func(m map[string]any) { m["id"] = "other" }, ErrMalformed},
+		{"event type", func(m map[string]any) { m["type"] = string(TypeStarted) }, ErrUnknownType},
+		{"job id with dot", job(func(j map[string]any) { j["id"] = "a.b" }), ErrInvalidToken},
+		{"job id with star, envelope too", func(m map[string]any) {
+			m["id"] = "a*"
+			m["data"].(map[string]any)["id"] = "a*"
+		}, ErrInvalidToken},
+		{"user with space", job(func(j map[string]any) { j["user"] = "a b" }), ErrInvalidToken},
+		{"user missing", job(func(j map[string]any) { delete(j, "user") }), ErrInvalidToken},
+		{"kind upper", job(func(j map[string]any) { j["kind"] = "IMAGE" }), ErrInvalidToken},
+		{"kind 33", job(func(j map[string]any) { j["kind"] = strings.Repeat("k", 33) }), ErrInvalidToken},
+		{"priority", job(func(j map[string]any) { j["priority"] = "urgent" }), ErrInvalidToken},
+		{"input array", job(func(j map[string]any) { j["input"] = []any{} }), ErrMalformed},
+		{"created_at missing", job(func(j map[string]any) { delete(j, "created_at") }), ErrMissingAttribute},
+		{"kind a number", job(func(j map[string]any) { j["kind"] = 7 }), ErrMalformed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := rawEnvelope(t)
+			tt.mutate(m)
+			if _, _, err := DecodeJob(mustJSON(t, m)); !errors.Is(err, tt.want) {
+				t.Fatalf("DecodeJob = %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestDecodeEventStrict(t *testing.T) {
+	valid := func(t *testing.T) map[string]any {
+		e, err := NewEvent(TypeProgress, testSnapshot(), "/x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m map[string]any
+		if err := json.Unmarshal(mustJSON(t, e), &m); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	snap := func(mut func(s map[string]any)) func(m map[string]any) {
+		return func(m map[string]any) { mut(m["data"].(map[string]any)) }
+	}
+	tests := []struct {
+		name   string
+		mutate func(m map[string]any)
+		want   error
+	}{
+		{"submitted type", func(m map[string]any) { m["type"] = string(TypeSubmitted) }, ErrUnknownType},
+		{"status unknown", snap(func(s map[string]any) { s["status"] = "exploded" }), ErrMalformed},
+		{"progress 101", snap(func(s map[string]any) { s["progress"] = 101 }), ErrMalformed},
+		{"progress -1", snap(func(s map[string]any) { s["progress"] = -1 }), ErrMalformed},
+		{"seq negative", snap(func(s map[string]any) { s["seq"] = -1 }), ErrMalformed},
+		{"user with dot", snap(func(s map[string]any) { s["user"] = "a.b" }), ErrInvalidToken},
+		{"job id missing", snap(func(s map[string]any) { delete(s, "id") }), ErrInvalidToken},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := valid(t)
+			tt.mutate(m)
+			if _, _, err := DecodeEvent(mustJSON(t, m)); !errors.Is(err, tt.want) {
+				t.Fatalf("DecodeEvent = %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestTypeShortAndEventType(t *testing.T) {
+	if got := TypeProgress.Short(); got != "progress" {
+		t.Errorf("Short = %q", got)
+	}
+	if got := Type("plain").Short(); got != "plain" {
+		t.Errorf("Short(plain) = %q", got)
+	}
+	for st, want := range map[Status]Type{
+		StatusQueued: TypeSubmitted, StatusRunning: TypeStarted, StatusRetrying: TypeRetrying,
+		StatusSucceeded: TypeSucceeded, StatusFailed: TypeFailed, StatusDead: TypeDead,
+		StatusCancelled: TypeCancelled, "bogus": "",
+	} {
+		if got := EventType(st); got != want {
+			t.Errorf("EventType(%q) = %q, want %q", st, got, want)
+		}
+	}
+	for _, st := range []Status{StatusSucceeded, StatusFailed, StatusDead, StatusCancelled} {
+		if !st.Terminal() {
+			t.Errorf("%s not terminal", st)
+		}
+	}
+	for _, st := range []Status{StatusQueued, StatusRunning, StatusRetrying} {
+		if st.Terminal() {
+			t.Errorf("%s terminal", st)
+		}
+	}
+}
+
+// jobEqual compares jobs by value: times by instant, input by JSON meaning.
+func jobEqual(a, b Job) bool {
+	return a.ID == b.ID && a.User == b.User && a.Kind == b.Kind && a.Priority == b.Priority &&
+		a.CreatedAt.Equal(b.CreatedAt) && jsonEqual(a.Input, b.Input)
+}
+
+func snapshotEqual(a, b Snapshot) bool {
+	return a.ID == b.ID && a.User == b.User && a.Kind == b.Kind && a.Priority == b.Priority &&
+		a.Status == b.Status && a.Progress == b.Progress && a.Attempt == b.Attempt &&
+		a.Error == b.Error && a.Seq == b.Seq && a.CreatedAt.Equal(b.CreatedAt) &&
+		a.UpdatedAt.Equal(b.UpdatedAt) && jsonEqual(a.Result, b.Result)
+}
+
+// jsonEqual reports whether two raw JSON values are equal once normalised
+// the way encoding/json writes a RawMessage (compacted, HTML-escaped).
+func jsonEqual(a, b json.RawMessage) bool {
+	if len(a) == 0 || len(b) == 0 {
+		return len(a) == len(b)
+	}
+	na, errA := json.Marshal(a)
+	nb, errB := json.Marshal(b)
+	if errA != nil || errB != nil {
+		return bytes.Equal(a, b)
+	}
+	return bytes.Equal(na, nb)
+}

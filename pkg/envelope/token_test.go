@@ -1,0 +1,122 @@
+package envelope
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestValidateID(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		ok   bool
+	}{
+		{"simple", "job-1", true},
+		{"all classes", "Az09_-", true},
+		{"64 chars", strings.Repeat("a", 64), true},
+		{"65 chars", strings.Repeat("a", 65), false},
+		{"empty", "", false},
+		{"dot", "a.b", false},
+		{"star", "a*", false},
+		{"gt", ">", false},
+		{"space", "a b", false},
+		{"tab", "a\tb", false},
+		{"newline", "a\nb", false},
+		{"unicode", "jöb", false},
+		{"unicode letter only", "日本", false},
+		{"slash", "a/b", false},
+		{"nul", "a\x00b", false},
+		{"dollar", "$JS", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := ValidateID("id", tt.in)
+			if tt.ok {
+				if err != nil {
+					t.Fatalf("ValidateID(%q) = %v, want nil", tt.in, err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrInvalidToken) {
+				t.Fatalf("ValidateID(%q) = %v, want ErrInvalidToken", tt.in, err)
+			}
+			var fe *FieldError
+			if !errors.As(err, &fe) || fe.Field != "id" {
+				t.Fatalf("ValidateID(%q) = %#v, want a FieldError for field id", tt.in, err)
+			}
+		})
+	}
+}
+
+func TestValidateKind(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		ok   bool
+	}{
+		{"image", "image", true},
+		{"digits and marks", "v2_hd-x", true},
+		{"32 chars", strings.Repeat("k", 32), true},
+		{"33 chars", strings.Repeat("k", 33), false},
+		{"upper case", "Image", false},
+		{"all upper", "VIDEO", false},
+		{"empty", "", false},
+		{"dot", "a.b", false},
+		{"star", "*", false},
+		{"gt", ">", false},
+		{"space", "im age", false},
+		{"unicode", "imagé", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := ValidateKind(tt.in)
+			if tt.ok != (err == nil) {
+				t.Fatalf("ValidateKind(%q) = %v, want ok=%v", tt.in, err, tt.ok)
+			}
+			if !tt.ok && !errors.Is(err, ErrInvalidToken) {
+				t.Fatalf("ValidateKind(%q) = %v, want ErrInvalidToken", tt.in, err)
+			}
+		})
+	}
+}
+
+func TestValidatePriority(t *testing.T) {
+	for _, p := range Priorities {
+		if err := ValidatePriority(p); err != nil {
+			t.Errorf("ValidatePriority(%q) = %v", p, err)
+		}
+	}
+	for _, p := range []Priority{"", "HIGH", "urgent", "normal ", "*"} {
+		if err := ValidatePriority(p); !errors.Is(err, ErrInvalidToken) {
+			t.Errorf("ValidatePriority(%q) = %v, want ErrInvalidToken", p, err)
+		}
+	}
+}
+
+func TestSubjects(t *testing.T) {
+	if got := JobSubject(PriorityHigh, "image"); got != "jobs.high.image" {
+		t.Errorf("JobSubject = %q", got)
+	}
+	if got := EventSubject("u1", "j1"); got != "events.u1.j1" {
+		t.Errorf("EventSubject = %q", got)
+	}
+	if got := DLQSubject("video"); got != "dlq.video" {
+		t.Errorf("DLQSubject = %q", got)
+	}
+}
+
+func TestParseJobSubject(t *testing.T) {
+	p, kind, err := ParseJobSubject("jobs.low.video")
+	if err != nil || p != PriorityLow || kind != "video" {
+		t.Fatalf("ParseJobSubject = %q %q %v", p, kind, err)
+	}
+	for _, s := range []string{
+		"", "jobs", "jobs.low", "jobs.low.video.x", "events.low.video",
+		"jobs.urgent.video", "jobs.low.Video", "jobs.low.*", "jobs.>", "jobs..video",
+	} {
+		if _, _, err := ParseJobSubject(s); !errors.Is(err, ErrInvalidToken) {
+			t.Errorf("ParseJobSubject(%q) = %v, want ErrInvalidToken", s, err)
+		}
+	}
+}
