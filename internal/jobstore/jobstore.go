@@ -18,8 +18,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/beamline/beamline/pkg/envelope"
@@ -107,7 +109,13 @@ type Mutation func(*envelope.Snapshot) error
 // queued snapshot is created from seed first. A stored terminal snapshot is
 // returned unchanged with ErrTerminal.
 func (s *Store) Apply(ctx context.Context, id string, seed *envelope.Job, t envelope.Type, mutate Mutation) (envelope.Snapshot, error) {
-	for range 10 {
+	conflicts := 0
+	for range maxAttempts {
+		if conflicts > 0 {
+			if err := conflictPause(ctx, conflicts); err != nil {
+				return envelope.Snapshot{}, fmt.Errorf("jobstore: update %s: %w", id, err)
+			}
+		}
 		cur, rev, err := s.Get(ctx, id)
 		if errors.Is(err, ErrNotFound) && seed != nil {
 			if _, err = s.Create(ctx, *seed); err != nil && !errors.Is(err, ErrExists) {
@@ -127,33 +135,68 @@ func (s *Store) Apply(ctx context.Context, id string, seed *envelope.Job, t enve
 		}
 		next.Seq = cur.Seq + 1
 		next.UpdatedAt = s.cfg.Now().UTC()
+		// Build (and so validate) the event before the compare-and-set: a
+		// snapshot that cannot be announced must not be stored either, or the
+		// job would be left unreadable with no event for its seq.
+		msg, err := s.eventMsg(ctx, t, next)
+		if err != nil {
+			return cur, err
+		}
 		b, err := next.Marshal()
 		if err != nil {
 			return cur, err
 		}
 		if _, err := s.kv.Update(ctx, id, b, rev); err != nil {
 			if isWrongRevision(err) {
+				conflicts++
 				continue
 			}
 			return cur, fmt.Errorf("jobstore: update %s: %w", id, err)
 		}
-		return next, s.Publish(ctx, t, next)
+		return next, s.publish(ctx, msg, next)
 	}
 	return envelope.Snapshot{}, fmt.Errorf("%w: %s", ErrConflict, id)
+}
+
+// maxAttempts bounds Apply's compare-and-set loop. Every lost attempt means
+// another writer succeeded, so the loop always makes progress; the bound only
+// stops a pathological pile-up.
+const maxAttempts = 64
+
+// conflictPause waits a short random time after a lost compare-and-set so
+// that writers colliding on one job spread out instead of colliding again.
+func conflictPause(ctx context.Context, conflicts int) error {
+	ceiling := time.Millisecond << min(conflicts, 5) // 2ms .. 32ms
+	t := time.NewTimer(time.Duration(rand.Int64N(int64(ceiling))))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 // Publish publishes the event of a stored snapshot. It is idempotent within
 // the EVENTS duplicate window, which is what makes re-publishing the current
 // snapshot after a crash safe.
 func (s *Store) Publish(ctx context.Context, t envelope.Type, snap envelope.Snapshot) error {
+	msg, err := s.eventMsg(ctx, t, snap)
+	if err != nil {
+		return err
+	}
+	return s.publish(ctx, msg, snap)
+}
+
+func (s *Store) eventMsg(ctx context.Context, t envelope.Type, snap envelope.Snapshot) (*nats.Msg, error) {
 	tp := ""
 	if s.cfg.Traceparent != nil {
 		tp = s.cfg.Traceparent(ctx)
 	}
-	msg, err := envelope.NewEventMsg(t, snap, s.cfg.Source, tp)
-	if err != nil {
-		return err
-	}
+	return envelope.NewEventMsg(t, snap, s.cfg.Source, tp)
+}
+
+func (s *Store) publish(ctx context.Context, msg *nats.Msg, snap envelope.Snapshot) error {
 	if _, err := s.js.PublishMsg(ctx, msg); err != nil {
 		return fmt.Errorf("jobstore: publish %s seq %d: %w", snap.ID, snap.Seq, err)
 	}
@@ -169,10 +212,20 @@ func EventTypeOf(snap envelope.Snapshot) envelope.Type {
 	return envelope.EventType(snap.Status)
 }
 
+// isWrongRevision reports a lost compare-and-set. A single server answers
+// code 10071 (JSErrCodeStreamWrongLastSequence), a replicated stream 10164;
+// nats.go wraps both with ErrKeyRevisionMismatch, which older versions lack,
+// so the code is checked too.
 func isWrongRevision(err error) bool {
-	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 		return true
 	}
-	return errors.Is(err, jetstream.ErrKeyExists)
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		switch apiErr.ErrorCode {
+		case jetstream.JSErrCodeStreamWrongLastSequence, jetstream.JSErrCodeStreamWrongLastSequenceConstant:
+			return true
+		}
+	}
+	return false
 }
