@@ -1,0 +1,112 @@
+// Command processor pulls jobs from NATS JetStream and runs them against a
+// provider (sim or http), publishing status events and keeping the
+// job_status KV current. Several processors share the durable consumers.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/beamline/beamline/internal/config"
+	"github.com/beamline/beamline/internal/jsm"
+	"github.com/beamline/beamline/internal/natsx"
+	"github.com/beamline/beamline/internal/processor"
+	"github.com/beamline/beamline/internal/provider"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "processor:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("processor", flag.ContinueOnError)
+	var common config.Common
+	common.Register(fs)
+	var cfg processor.Config
+	var providerName, httpURL, kindTimeouts string
+	fs.StringVar(&cfg.Addr, "addr", processor.DefaultAddr, "address of /metrics, /healthz and /readyz")
+	fs.StringVar(&providerName, "provider", "sim", "default provider: sim or http")
+	fs.StringVar(&httpURL, "http-url", os.Getenv(provider.EnvHTTPURL), "URL of the http provider (default $"+provider.EnvHTTPURL+")")
+	fs.IntVar(&cfg.Concurrency, "concurrency", processor.DefaultConcurrency, "jobs run at once by this process")
+	fs.IntVar(&cfg.MaxPerUser, "max-per-user", processor.DefaultMaxPerUser, "jobs of one user run at once")
+	fs.DurationVar(&cfg.JobTimeout, "job-timeout", processor.DefaultJobTimeout, "timeout of one provider call")
+	fs.StringVar(&kindTimeouts, "kind-timeout", "", "per-kind job timeouts, e.g. video=30m,image=2m")
+	fs.DurationVar(&cfg.AckWait, "ack-wait", processor.DefaultAckWait, "consumer ack_wait (heartbeats every ack-wait/3)")
+	fs.IntVar(&cfg.MaxDeliver, "max-deliver", processor.DefaultMaxDeliver, "deliveries before a failing job is dead")
+	fs.DurationVar(&cfg.Grace, "grace", processor.DefaultGrace, "how long running jobs may finish after SIGTERM")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: processor [flags]\n\nRuns Beamline jobs from NATS JetStream.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return nil
+		}
+		return err
+	}
+	log, err := common.Logger()
+	if err != nil {
+		return err
+	}
+	if cfg.Kinds, err = common.ParsedKinds(); err != nil {
+		return err
+	}
+	if cfg.KindTimeouts, err = processor.ParseKindTimeouts(kindTimeouts); err != nil {
+		return err
+	}
+	pcfg := provider.Config{HTTP: provider.HTTPConfigFromEnv(os.Getenv)}
+	pcfg.HTTP.URL = httpURL
+	cfg.Providers = map[string]provider.Provider{}
+	names := map[string]bool{providerName: true}
+	for _, k := range cfg.Kinds {
+		if k.Provider != "" {
+			names[k.Provider] = true
+		}
+	}
+	for name := range names {
+		p, err := provider.New(name, pcfg)
+		if err != nil {
+			return fmt.Errorf("provider %s: %w", name, err)
+		}
+		cfg.Providers[name] = p
+	}
+	cfg.DefaultProvider = providerName
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	nc, err := natsx.Connect(ctx, common.NATSURL, "beamline-processor", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	actx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err = jsm.ApplyStreams(actx, js, jsm.Options{Replicas: common.Replicas})
+	cancel()
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	p, err := processor.New(cfg, nc, js, log, reg)
+	if err != nil {
+		return err
+	}
+	return p.Run(ctx)
+}

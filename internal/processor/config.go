@@ -1,0 +1,247 @@
+// Package processor pulls jobs from the JOBS stream, runs each one against its
+// provider inside an error boundary, behind a circuit breaker, under a
+// supervisor, and records every change of a job with internal/jobstore.
+// Retries happen by redelivery (NakWithDelay); jobs that cannot succeed end
+// failed (Term) or dead (Term and a copy on the DLQ stream).
+package processor
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/beamline/beamline/internal/config"
+	"github.com/beamline/beamline/internal/provider"
+	"github.com/beamline/beamline/pkg/envelope"
+	"github.com/beamline/beamline/pkg/flow"
+)
+
+// ErrInvalidConfig is wrapped by every configuration error of New.
+var ErrInvalidConfig = errors.New("processor: invalid config")
+
+// Defaults of Config.
+const (
+	DefaultAddr        = "127.0.0.1:9091"
+	DefaultConcurrency = 32
+	DefaultMaxPerUser  = 4
+	DefaultJobTimeout  = 10 * time.Minute
+	DefaultAckWait     = 30 * time.Second
+	DefaultMaxDeliver  = 5
+	DefaultBackoffMin  = time.Second
+	DefaultBackoffMax  = time.Minute
+	DefaultGrace       = 25 * time.Second
+	DefaultSource      = "/beamline/processor"
+)
+
+// DefaultPriorityWeights serve high:normal:low as 6:3:1.
+var DefaultPriorityWeights = [3]int{6, 3, 1}
+
+// Config configures a Processor. Zero values are the documented defaults.
+type Config struct {
+	// Addr is where /metrics, /healthz and /readyz are served when Listener
+	// is nil. Default DefaultAddr.
+	Addr     string
+	Listener net.Listener
+	// Kinds are the kinds served; each gets one durable consumer per
+	// priority. A kind whose Provider is "" is served by DefaultProvider.
+	Kinds []config.Kind
+	// Providers by name (Provider.Name()). Each provider gets one breaker.
+	Providers       map[string]provider.Provider
+	DefaultProvider string
+	// Concurrency is the number of jobs this process runs at once (its
+	// worker count). Default 32.
+	Concurrency int
+	// MaxPerUser is the number of one user's jobs that run at once; the
+	// surplus waits in the waiting room. Default 4.
+	MaxPerUser int
+	// WaitingRoom bounds the jobs parked because their user is at
+	// MaxPerUser. When full, a job is NakWithDelay'd (except on its last
+	// allowed delivery, which is parked anyway so it is never stranded).
+	// Default 4 × Concurrency.
+	WaitingRoom int
+	// Prefetch is how many messages each consumer (kind × priority) may hold
+	// pulled but not yet picked by a worker. Small keeps priorities real and
+	// heartbeats cheap; too small costs throughput. Default
+	// max(2, Concurrency/2).
+	Prefetch int
+	// JobTimeout bounds one provider call; KindTimeouts overrides it per
+	// kind. Default 10m.
+	JobTimeout   time.Duration
+	KindTimeouts map[string]time.Duration
+	// AckWait of the consumers; InProgress heartbeats go out every
+	// AckWait/3 for every message this process holds. Default 30s.
+	AckWait time.Duration
+	// MaxDeliver of the consumers: the last allowed delivery failing makes
+	// the job dead. Default 5.
+	MaxDeliver int
+	// BackoffMin and BackoffMax bound the NakWithDelay backoff (exponential
+	// in the delivery count, 20% jitter). Default 1s and 1m.
+	BackoffMin, BackoffMax time.Duration
+	// Grace is how long in-flight jobs may run on after shutdown starts;
+	// then they are cancelled and Nak'd. Default 25s.
+	Grace time.Duration
+	// PriorityWeights are the weights of high, normal and low. Default 6,3,1.
+	PriorityWeights [3]int
+	// Breaker is the template of every provider's breaker (Name and
+	// OnStateChange are set by the processor). Zero: flow's defaults
+	// (5 consecutive failures, 60s open).
+	Breaker flow.BreakerConfig
+	// Source is the CloudEvents source of events. Default DefaultSource.
+	Source string
+	// PollWait is how long one pull request waits for messages; it also
+	// bounds how long stopping the pullers takes. Default 1s.
+	PollWait time.Duration
+	// MetricsInterval is how often consumer and DLQ figures are refreshed.
+	// Default 5s.
+	MetricsInterval time.Duration
+}
+
+func (c *Config) withDefaults() (Config, error) {
+	out := *c
+	bad := func(format string, args ...any) (Config, error) {
+		return out, fmt.Errorf("%w: %s", ErrInvalidConfig, fmt.Sprintf(format, args...))
+	}
+	if out.Addr == "" {
+		out.Addr = DefaultAddr
+	}
+	if out.Concurrency == 0 {
+		out.Concurrency = DefaultConcurrency
+	}
+	if out.MaxPerUser == 0 {
+		out.MaxPerUser = DefaultMaxPerUser
+	}
+	if out.WaitingRoom == 0 {
+		out.WaitingRoom = 4 * out.Concurrency
+	}
+	if out.Prefetch == 0 {
+		out.Prefetch = max(2, out.Concurrency/2)
+	}
+	if out.JobTimeout == 0 {
+		out.JobTimeout = DefaultJobTimeout
+	}
+	if out.AckWait == 0 {
+		out.AckWait = DefaultAckWait
+	}
+	if out.MaxDeliver == 0 {
+		out.MaxDeliver = DefaultMaxDeliver
+	}
+	if out.BackoffMin == 0 {
+		out.BackoffMin = DefaultBackoffMin
+	}
+	if out.BackoffMax == 0 {
+		out.BackoffMax = DefaultBackoffMax
+	}
+	if out.Grace == 0 {
+		out.Grace = DefaultGrace
+	}
+	if out.PriorityWeights == [3]int{} {
+		out.PriorityWeights = DefaultPriorityWeights
+	}
+	if out.Source == "" {
+		out.Source = DefaultSource
+	}
+	if out.PollWait == 0 {
+		out.PollWait = time.Second
+	}
+	if out.MetricsInterval == 0 {
+		out.MetricsInterval = 5 * time.Second
+	}
+	switch {
+	case out.Concurrency < 1:
+		return bad("concurrency must be >= 1, got %d", out.Concurrency)
+	case out.MaxPerUser < 1:
+		return bad("max per user must be >= 1, got %d", out.MaxPerUser)
+	case out.WaitingRoom < 0 || out.Prefetch < 1:
+		return bad("waiting room must be >= 0 and prefetch >= 1")
+	case out.JobTimeout < 0 || out.Grace < 0:
+		return bad("job timeout and grace must not be negative")
+	case out.AckWait < 300*time.Millisecond:
+		return bad("ack wait must be >= 300ms, got %v", out.AckWait)
+	case out.MaxDeliver < 1:
+		return bad("max deliver must be >= 1, got %d", out.MaxDeliver)
+	case out.BackoffMin < 0 || out.BackoffMax < out.BackoffMin:
+		return bad("backoff must satisfy 0 <= min <= max, got %v..%v", out.BackoffMin, out.BackoffMax)
+	case out.PollWait < 10*time.Millisecond:
+		return bad("poll wait must be >= 10ms")
+	case len(out.Kinds) == 0:
+		return bad("no kinds")
+	}
+	for _, w := range out.PriorityWeights {
+		if w < 1 {
+			return bad("priority weights must be >= 1, got %v", out.PriorityWeights)
+		}
+	}
+	for k, d := range out.KindTimeouts {
+		if d <= 0 {
+			return bad("timeout of kind %q must be > 0", k)
+		}
+	}
+	seen := map[string]bool{}
+	for _, k := range out.Kinds {
+		if err := envelope.ValidateKind(k.Name); err != nil {
+			return bad("kind: %v", err)
+		}
+		if seen[k.Name] {
+			return bad("kind %q listed twice", k.Name)
+		}
+		seen[k.Name] = true
+		name := k.Provider
+		if name == "" {
+			name = out.DefaultProvider
+		}
+		if p := out.Providers[name]; p == nil {
+			return bad("kind %q: no provider named %q", k.Name, name)
+		}
+	}
+	for name, p := range out.Providers {
+		if p == nil || p.Name() == "" {
+			return bad("provider %q is nil or unnamed", name)
+		}
+	}
+	return out, nil
+}
+
+// timeout is the provider-call timeout of kind.
+func (c *Config) timeout(kind string) time.Duration {
+	if d, ok := c.KindTimeouts[kind]; ok {
+		return d
+	}
+	return c.JobTimeout
+}
+
+// providerName is the name (key of Providers) serving kind.
+func (c *Config) providerName(k config.Kind) string {
+	if k.Provider != "" {
+		return k.Provider
+	}
+	return c.DefaultProvider
+}
+
+// ParseKindTimeouts reads "video=30m,image=2m".
+func ParseKindTimeouts(s string) (map[string]time.Duration, error) {
+	out := map[string]time.Duration{}
+	if s == "" {
+		return out, nil
+	}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(part, "=")
+		if !ok {
+			return nil, fmt.Errorf("%w: kind timeout %q: want kind=duration", ErrInvalidConfig, part)
+		}
+		if err := envelope.ValidateKind(k); err != nil {
+			return nil, fmt.Errorf("%w: kind timeout: %v", ErrInvalidConfig, err)
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return nil, fmt.Errorf("%w: kind timeout %q: want a positive duration", ErrInvalidConfig, part)
+		}
+		out[k] = d
+	}
+	return out, nil
+}

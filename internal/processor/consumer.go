@@ -1,0 +1,142 @@
+package processor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/beamline/beamline/internal/jsm"
+	"github.com/beamline/beamline/pkg/envelope"
+	"github.com/beamline/beamline/pkg/flow"
+)
+
+// maxAckPending sizes the max_ack_pending of every consumer. One process can
+// hold, from a single consumer, at most
+//
+//	Concurrency (running) + WaitingRoom (parked by per-user fairness)
+//	+ Prefetch (pulled, not yet picked)
+//
+// messages. Messages Nak'd with a delay still count against max_ack_pending
+// until they are redelivered, and several processors share one durable
+// consumer, so the rule leaves the same again as headroom:
+//
+//	max_ack_pending = 2 × (Concurrency + WaitingRoom + Prefetch)
+//
+// (32 workers with the defaults: 2 × (32 + 128 + 16) = 352). When it is
+// reached, JetStream stops delivering from that consumer: backpressure, not
+// loss.
+func maxAckPending(c Config) int {
+	return 2 * (c.Concurrency + c.WaitingRoom + c.Prefetch)
+}
+
+// consumerConfig is the mutation applied to the committed definition.
+func (p *Processor) consumerConfig(cc *jetstream.ConsumerConfig) {
+	cc.AckWait = p.cfg.AckWait
+	cc.MaxDeliver = p.cfg.MaxDeliver
+	cc.MaxAckPending = maxAckPending(p.cfg)
+	if cc.MaxWaiting < 16 {
+		cc.MaxWaiting = 16
+	}
+	cc.Description = fmt.Sprintf("%s; max_ack_pending = 2 x (workers + waiting room + prefetch)", cc.Description)
+}
+
+// puller pulls one consumer (kind × priority) into its priority's ready
+// queue. It pulls only while it has credit and while its provider's breaker
+// is not open: an open breaker stops the pulling, so no deliveries are burnt
+// while the provider is down.
+type puller struct {
+	p       *Processor
+	prio    envelope.Priority
+	kind    string
+	breaker *flow.Breaker
+	credits *credits
+	queue   chan *delivery
+	log     *slog.Logger
+}
+
+func (u *puller) name() string { return jsm.ConsumerName(u.prio, u.kind) }
+
+// run is a supervised child. It (re)applies its consumer first, so a
+// restart after the consumer was deleted recreates it.
+func (u *puller) run(ctx context.Context) error {
+	cons, err := jsm.ApplyConsumer(ctx, u.p.js, u.prio, u.kind, u.p.consumerConfig)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	u.p.setConsumer(u.name(), cons)
+	failures := 0
+	for {
+		if err := u.breaker.WaitAllowed(ctx); err != nil {
+			return nil
+		}
+		n, err := u.credits.take(ctx)
+		if err != nil {
+			return nil
+		}
+		got, err := u.pull(ctx, cons, n)
+		u.credits.release(n - got)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
+				return fmt.Errorf("consumer %s: %w", u.name(), err) // restart re-applies it
+			}
+			failures++
+			u.log.Warn("pull failed", "consumer", u.name(), "err", err)
+			if !sleepCtx(ctx, flow.Backoff(failures, 50*time.Millisecond, 2*time.Second, 0.2, nil)) {
+				return nil
+			}
+			continue
+		}
+		failures = 0
+	}
+}
+
+// pull issues one pull request for up to n messages and queues what
+// arrives. Messages that arrive after ctx ended are Nak'd at once so another
+// processor takes them.
+func (u *puller) pull(ctx context.Context, cons jetstream.Consumer, n int) (int, error) {
+	batch, err := cons.Fetch(n, jetstream.FetchMaxWait(u.p.cfg.PollWait))
+	if err != nil {
+		return 0, err
+	}
+	got := 0
+	for msg := range batch.Messages() {
+		got++
+		if ctx.Err() != nil {
+			if err := msg.Nak(); err != nil {
+				u.log.Warn("nak on shutdown failed", "consumer", u.name(), "err", err)
+			}
+			u.credits.release(1)
+			continue
+		}
+		d := &delivery{msg: msg, prio: u.prio, kind: u.kind, credits: u.credits}
+		u.p.reg.hold(d)
+		u.queue <- d
+	}
+	err = batch.Error()
+	if errors.Is(err, nats.ErrTimeout) || errors.Is(err, jetstream.ErrNoMessages) {
+		err = nil
+	}
+	return got, err
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

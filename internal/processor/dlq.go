@@ -1,0 +1,64 @@
+package processor
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/beamline/beamline/pkg/envelope"
+)
+
+// DLQ message headers. The body is the original message body, unchanged.
+const (
+	HeaderDeadReason      = "Beamline-Dead-Reason"
+	HeaderAttempts        = "Beamline-Attempts"
+	HeaderOriginalSubject = "Beamline-Original-Subject"
+)
+
+// maxReason keeps a reason header readable (and well under header limits).
+const maxReason = 1024
+
+// deadLetter copies a dead job's original envelope to dlq.<kind>.
+// Nats-Msg-Id dead:<job> makes a repeated copy (a crash before the Term) a
+// duplicate, not a second entry.
+func (p *Processor) deadLetter(ctx context.Context, d *delivery, reason string) error {
+	return p.publishDLQ(ctx, d, "dead:"+d.job.ID, reason)
+}
+
+// invalid dead-letters a message that is not a valid job envelope and
+// terminates it: it can never succeed, so it is never retried.
+func (p *Processor) invalid(d *delivery, streamSeq uint64, cause error) {
+	p.log.Warn("invalid job message: dead-lettered and terminated",
+		"subject", d.msg.Subject(), "stream_seq", streamSeq, "reason", cause.Error())
+	ctx := context.Background()
+	if err := p.publishDLQ(ctx, d, fmt.Sprintf("invalid:%s:%d", d.kind, streamSeq), "invalid envelope: "+cause.Error()); err != nil {
+		// Not stored: leave it for redelivery rather than lose the evidence.
+		p.log.Error("DLQ copy of invalid message not stored; will retry", "subject", d.msg.Subject(), "err", err)
+		p.nak(d, p.backoff(d.attempt, nil))
+		return
+	}
+	p.count(d, outcomeInvalid)
+	p.term(d)
+}
+
+func (p *Processor) publishDLQ(ctx context.Context, d *delivery, msgID, reason string) error {
+	m := nats.NewMsg(envelope.DLQSubject(d.kind))
+	m.Data = d.msg.Data()
+	if len(reason) > maxReason {
+		reason = reason[:maxReason]
+	}
+	m.Header.Set(HeaderDeadReason, strings.ToValidUTF8(strings.ReplaceAll(reason, "\n", " "), "?"))
+	m.Header.Set(HeaderAttempts, strconv.Itoa(d.attempt))
+	m.Header.Set(HeaderOriginalSubject, d.msg.Subject())
+	m.Header.Set(envelope.HeaderMsgID, msgID)
+	if tp := d.msg.Headers().Get(envelope.HeaderTraceparent); tp != "" {
+		m.Header.Set(envelope.HeaderTraceparent, tp)
+	}
+	if _, err := p.js.PublishMsg(ctx, m); err != nil {
+		return fmt.Errorf("publish %s: %w", m.Subject, err)
+	}
+	return nil
+}

@@ -1,0 +1,295 @@
+package processor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/beamline/beamline/internal/jobstore"
+	"github.com/beamline/beamline/internal/jsm"
+	"github.com/beamline/beamline/internal/ops"
+	"github.com/beamline/beamline/internal/provider"
+	"github.com/beamline/beamline/pkg/envelope"
+	"github.com/beamline/beamline/pkg/flow"
+	"github.com/beamline/beamline/streams"
+)
+
+// Processor runs jobs. Create it with New, start it with Run.
+type Processor struct {
+	cfg Config
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	log *slog.Logger
+	m   *metrics
+	mux *http.ServeMux
+
+	store *jobstore.Store
+	reg   *registry
+	fair  *fairness
+	ready readyQueues
+
+	kindProviders map[string]provider.Provider
+	kindBreakers  map[string]*flow.Breaker
+	breakers      map[string]*flow.Breaker // by provider name
+	pullers       []*puller
+
+	consMu    sync.Mutex
+	consumers map[string]jetstream.Consumer
+
+	// stopCtx ends when shutdown starts: pulling and waiting stop.
+	// jobBase ends when the grace period is over: running jobs are cancelled.
+	stopCtx context.Context
+	jobBase context.Context
+}
+
+// New validates cfg and builds a Processor. Metrics are registered on reg.
+// Nothing touches NATS before Run.
+func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, reg prometheus.Registerer) (*Processor, error) {
+	c, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if nc == nil || js == nil || log == nil || reg == nil {
+		return nil, fmt.Errorf("%w: nats connection, jetstream, logger and registerer are required", ErrInvalidConfig)
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("processor: metrics: %w", err)
+	}
+	p := &Processor{
+		cfg: c, nc: nc, js: js, log: log, m: m,
+		reg:           newRegistry(log),
+		fair:          newFairness(c.MaxPerUser, c.WaitingRoom),
+		kindProviders: map[string]provider.Provider{},
+		kindBreakers:  map[string]*flow.Breaker{},
+		breakers:      map[string]*flow.Breaker{},
+		consumers:     map[string]jetstream.Consumer{},
+	}
+	for _, k := range c.Kinds {
+		name := c.providerName(k)
+		prov := c.Providers[name]
+		br := p.breakers[name]
+		if br == nil {
+			bc := c.Breaker
+			bc.Name = name
+			bc.OnStateChange = func(n string, from, to flow.BreakerState) {
+				m.breakerState.WithLabelValues(n).Set(breakerValue(to))
+				log.Warn("circuit breaker changed state", "provider", n, "from", from.String(), "to", to.String())
+			}
+			br = flow.NewBreaker(bc)
+			p.breakers[name] = br
+			m.breakerState.WithLabelValues(name).Set(0)
+		}
+		p.kindProviders[k.Name] = prov
+		p.kindBreakers[k.Name] = br
+	}
+	for i, prio := range envelope.Priorities {
+		p.ready[i] = make(chan *delivery, c.Prefetch*len(c.Kinds))
+		for _, k := range c.Kinds {
+			p.pullers = append(p.pullers, &puller{
+				p: p, prio: prio, kind: k.Name,
+				breaker: p.kindBreakers[k.Name],
+				credits: newCredits(c.Prefetch),
+				queue:   p.ready[prioIndex(prio)],
+				log:     log,
+			})
+		}
+	}
+	p.mux = http.NewServeMux()
+	g, ok := reg.(prometheus.Gatherer)
+	if !ok {
+		g = prometheus.NewRegistry()
+	}
+	ops.Register(p.mux, g, ops.NATSReady(nc, js))
+	return p, nil
+}
+
+// Handler serves /metrics, /healthz and /readyz.
+func (p *Processor) Handler() http.Handler { return p.mux }
+
+// Run processes jobs until ctx is done, then shuts down gracefully: it stops
+// pulling, Naks (without delay) what is pulled but not running — including
+// the waiting room — so another processor takes it at once, lets running jobs
+// finish within Grace, cancels and Naks the rest, and returns nil. It
+// returns an error when the setup fails or when the supervisor of the
+// pullers, the cancel subscriber and the ops server gives up.
+func (p *Processor) Run(ctx context.Context) error {
+	kv, err := jsm.JobStatus(ctx, p.js)
+	if err != nil {
+		return err
+	}
+	p.store = jobstore.New(p.js, kv, jobstore.Config{Source: p.cfg.Source, Traceparent: traceparentOf})
+	for _, u := range p.pullers { // fail fast on a bad definition
+		if _, err := jsm.ApplyConsumer(ctx, p.js, u.prio, u.kind, p.consumerConfig); err != nil {
+			return err
+		}
+	}
+	ln, err := ops.Listen(p.cfg.Listener, p.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("processor: listen: %w", err)
+	}
+
+	stopCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	defer stop()
+	jobBase, cancelJobs := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelJobs()
+	hbCtx, stopHeartbeats := context.WithCancel(context.WithoutCancel(ctx))
+	p.stopCtx, p.jobBase = stopCtx, jobBase
+
+	var bg sync.WaitGroup
+	bg.Go(func() { _ = p.reg.runHeartbeats(hbCtx, p.cfg.AckWait/3) })
+	defer func() { stopHeartbeats(); bg.Wait() }()
+
+	stopPick := make(chan struct{})
+	var workers sync.WaitGroup
+	for range p.cfg.Concurrency {
+		workers.Go(func() { p.work(stopPick) })
+	}
+
+	sup, err := flow.NewSupervisor(flow.SupervisorConfig{
+		Name:     "processor",
+		Strategy: flow.OneForOne,
+		OnEvent:  p.onSupervisorEvent,
+	}, p.children(ln)...)
+	if err != nil {
+		close(stopPick)
+		workers.Wait()
+		_ = ln.Close()
+		return err
+	}
+	p.log.Info("processor running", "addr", ln.Addr().String(), "kinds", len(p.cfg.Kinds),
+		"concurrency", p.cfg.Concurrency, "max_per_user", p.cfg.MaxPerUser,
+		"max_ack_pending", maxAckPending(p.cfg))
+	supErr := sup.Run(ctx) // returns once ctx is done and every child stopped, or on giving up
+
+	// Shutdown: nothing is pulled any more.
+	stop()
+	close(stopPick)
+	for _, d := range p.fair.close() {
+		p.m.waiting.Dec()
+		p.nak(d, 0)
+	}
+	done := make(chan struct{})
+	go func() { workers.Wait(); close(done) }()
+	grace := time.NewTimer(p.cfg.Grace)
+	select {
+	case <-done:
+	case <-grace.C:
+		p.log.Warn("grace period over: cancelling running jobs", "grace", p.cfg.Grace)
+		cancelJobs()
+		<-done
+	}
+	grace.Stop()
+	left := p.ready.drain()
+	for _, d := range left {
+		p.nak(d, 0)
+	}
+	p.log.Info("processor stopped", "handed_back", len(left))
+	if supErr != nil {
+		return fmt.Errorf("processor: %w", supErr)
+	}
+	return nil
+}
+
+func (p *Processor) children(ln net.Listener) []flow.ChildSpec {
+	var out []flow.ChildSpec
+	for _, u := range p.pullers {
+		out = append(out, flow.ChildSpec{Name: "pull:" + u.name(), Run: u.run, Restart: flow.Permanent})
+	}
+	out = append(out,
+		flow.ChildSpec{Name: "cancel", Run: p.runCancels, Restart: flow.Permanent},
+		flow.ChildSpec{Name: "ops", Run: p.opsServer(ln), Restart: flow.Permanent},
+		flow.ChildSpec{Name: "metrics", Run: p.runMetrics, Restart: flow.Permanent},
+	)
+	return out
+}
+
+// opsServer serves the ops endpoints on ln; after a restart (ln is closed by
+// then) it listens again on the same address.
+func (p *Processor) opsServer(ln net.Listener) func(context.Context) error {
+	var mu sync.Mutex
+	first := true
+	return func(ctx context.Context) error {
+		mu.Lock()
+		l := ln
+		if !first {
+			var err error
+			if l, err = net.Listen("tcp", ln.Addr().String()); err != nil {
+				mu.Unlock()
+				return err
+			}
+		}
+		first = false
+		mu.Unlock()
+		return ops.Serve(ctx, ops.NewServer(p.mux), l, 2*time.Second)
+	}
+}
+
+func (p *Processor) onSupervisorEvent(ev flow.SupervisorEvent) {
+	p.m.supEvents.WithLabelValues(ev.Supervisor, ev.Kind.String()).Inc()
+	switch ev.Kind {
+	case flow.ChildRestarting:
+		p.m.restarts.WithLabelValues(ev.Supervisor, ev.Child).Inc()
+		p.log.Warn("restarting child", "supervisor", ev.Supervisor, "child", ev.Child,
+			"restarts", ev.Restarts, "backoff", ev.Backoff, "err", ev.Err)
+	case flow.ChildPanicked:
+		p.log.Error("child panicked", "supervisor", ev.Supervisor, "child", ev.Child, "err", ev.Err)
+	case flow.SupervisorGaveUp:
+		p.log.Error("supervisor gave up", "supervisor", ev.Supervisor, "err", ev.Err)
+	case flow.ChildExited:
+		if ev.Err != nil && !errors.Is(ev.Err, context.Canceled) {
+			p.log.Warn("child exited", "supervisor", ev.Supervisor, "child", ev.Child, "err", ev.Err)
+		}
+	}
+}
+
+func (p *Processor) setConsumer(name string, c jetstream.Consumer) {
+	p.consMu.Lock()
+	p.consumers[name] = c
+	p.consMu.Unlock()
+}
+
+// runMetrics refreshes the consumer and DLQ gauges.
+func (p *Processor) runMetrics(ctx context.Context) error {
+	t := time.NewTicker(p.cfg.MetricsInterval)
+	defer t.Stop()
+	for {
+		p.refreshMetrics(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+func (p *Processor) refreshMetrics(ctx context.Context) {
+	p.consMu.Lock()
+	cons := make(map[string]jetstream.Consumer, len(p.consumers))
+	for k, v := range p.consumers {
+		cons[k] = v
+	}
+	p.consMu.Unlock()
+	for name, c := range cons {
+		info, err := c.Info(ctx)
+		if err != nil {
+			continue
+		}
+		p.m.pending.WithLabelValues(name).Set(float64(info.NumPending))
+		p.m.ackPending.WithLabelValues(name).Set(float64(info.NumAckPending))
+	}
+	if s, err := p.js.Stream(ctx, streams.DLQ); err == nil {
+		if info, err := s.Info(ctx); err == nil {
+			p.m.dlq.Set(float64(info.State.Msgs))
+		}
+	}
+}

@@ -1,0 +1,148 @@
+package processor
+
+import (
+	"context"
+	"errors"
+	"hash/maphash"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/beamline/beamline/pkg/envelope"
+)
+
+// delivery is one message this process holds, from the pull until its
+// Ack/Nak/Term.
+type delivery struct {
+	msg     jetstream.Msg
+	prio    envelope.Priority
+	kind    string
+	credits *credits
+	id      uint64 // registry key
+
+	// Set by the worker after decoding.
+	job     envelope.Job
+	attempt int
+
+	// cancel cancels the running job's context; set while it runs.
+	cancel    context.CancelFunc
+	cancelled atomic.Bool // cancelled by a cancel.<user>.<job> message
+}
+
+const registryShards = 16
+
+// registry knows every held message, to heartbeat them (InProgress every
+// AckWait/3 — one ticker for all messages rather than a timer per job) and
+// to find a running job by id when its cancel message arrives. Sharded: every
+// job enters and leaves it twice.
+type registry struct {
+	next   atomic.Uint64
+	seed   maphash.Seed
+	held   [registryShards]heldShard
+	byJob  [registryShards]jobShard
+	logger *slog.Logger
+}
+
+type heldShard struct {
+	mu sync.Mutex
+	m  map[uint64]*delivery
+}
+
+type jobShard struct {
+	mu sync.Mutex
+	m  map[string]*delivery
+}
+
+func newRegistry(log *slog.Logger) *registry {
+	r := &registry{seed: maphash.MakeSeed(), logger: log}
+	for i := range r.held {
+		r.held[i].m = make(map[uint64]*delivery)
+		r.byJob[i].m = make(map[string]*delivery)
+	}
+	return r
+}
+
+// hold registers a pulled message for heartbeats.
+func (r *registry) hold(d *delivery) {
+	d.id = r.next.Add(1)
+	s := &r.held[d.id%registryShards]
+	s.mu.Lock()
+	s.m[d.id] = d
+	s.mu.Unlock()
+}
+
+// release forgets a message once it was acked, nak'd or termed.
+func (r *registry) release(d *delivery) {
+	s := &r.held[d.id%registryShards]
+	s.mu.Lock()
+	delete(s.m, d.id)
+	s.mu.Unlock()
+}
+
+// running makes d findable by job id while its provider call runs.
+func (r *registry) running(d *delivery, cancel context.CancelFunc) {
+	s := &r.byJob[maphash.String(r.seed, d.job.ID)%registryShards]
+	s.mu.Lock()
+	d.cancel = cancel
+	s.m[d.job.ID] = d
+	s.mu.Unlock()
+}
+
+func (r *registry) stopped(d *delivery) {
+	s := &r.byJob[maphash.String(r.seed, d.job.ID)%registryShards]
+	s.mu.Lock()
+	if s.m[d.job.ID] == d {
+		delete(s.m, d.job.ID)
+	}
+	s.mu.Unlock()
+}
+
+// cancelJob cancels the running job id, if this process runs it.
+func (r *registry) cancelJob(id string) bool {
+	s := &r.byJob[maphash.String(r.seed, id)%registryShards]
+	s.mu.Lock()
+	d := s.m[id]
+	s.mu.Unlock()
+	if d == nil {
+		return false
+	}
+	d.cancelled.Store(true)
+	d.cancel()
+	return true
+}
+
+// heartbeat sends InProgress for every held message.
+func (r *registry) heartbeat() {
+	var batch []*delivery
+	for i := range r.held {
+		s := &r.held[i]
+		batch = batch[:0]
+		s.mu.Lock()
+		for _, d := range s.m {
+			batch = append(batch, d)
+		}
+		s.mu.Unlock()
+		for _, d := range batch {
+			if err := d.msg.InProgress(); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+				r.logger.Warn("heartbeat failed", "job", d.job.ID, "kind", d.kind, "err", err)
+			}
+		}
+	}
+}
+
+// runHeartbeats heartbeats every interval until ctx is done.
+func (r *registry) runHeartbeats(ctx context.Context, every time.Duration) error {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			r.heartbeat()
+		}
+	}
+}

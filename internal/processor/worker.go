@@ -1,0 +1,402 @@
+package processor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/beamline/beamline/internal/jobstore"
+	"github.com/beamline/beamline/internal/provider"
+	"github.com/beamline/beamline/pkg/envelope"
+	"github.com/beamline/beamline/pkg/flow"
+)
+
+// Durable writes per job, on the happy path of a job submitted through
+// ingest (which wrote the queued snapshot):
+//
+//	1. KV update  running   (jobstore.Apply started: Get + CAS Update)
+//	2. event      started   (EVENTS publish, PubAck awaited)
+//	3. KV update  succeeded
+//	4. event      succeeded
+//	5. Ack        (fire-and-forget; removes the message from the work queue)
+//
+// i.e. 4 acknowledged stream writes + 1 ack, and 2 KV reads (jobstore's CAS
+// loop reads before each update). A job published straight to its subject
+// adds the KV create of its queued snapshot; each progress report adds one
+// KV update and one event (coalesced: at most one in flight per job).
+// Nothing else goes to the server per job: heartbeats are batched on one
+// ticker and sent only for messages held longer than AckWait/3, the
+// per-user limiter and the waiting room are in memory.
+
+// work is one worker: a goroutine that lives as long as Run, picking
+// deliveries by weighted priority and handling them one at a time.
+func (p *Processor) work(stop <-chan struct{}) {
+	r := newWRR(p.cfg.PriorityWeights)
+	for {
+		d := p.ready.pick(r, stop)
+		if d == nil {
+			return
+		}
+		d.credits.release(1)
+		p.contain(d, func() { p.dispatch(d) })
+	}
+}
+
+// contain runs fn and turns a panic in the processor's own code (not the
+// provider's: that has its Boundary) into a logged Nak, so no bug takes the
+// worker down.
+func (p *Processor) contain(d *delivery, fn func()) {
+	err := flow.Boundary{}.Do(context.Background(), func(context.Context) error { fn(); return nil })
+	var pe *flow.PanicError
+	if errors.As(err, &pe) {
+		p.log.Error("worker panicked; job will be redelivered", "job", d.job.ID, "err", pe, "stack", string(pe.Stack))
+		p.nak(d, 0)
+	}
+}
+
+// dispatch decodes d and runs it, or parks it when its user is at the limit.
+func (p *Processor) dispatch(d *delivery) {
+	if !p.decode(d) {
+		return
+	}
+	last := d.attempt >= p.cfg.MaxDeliver
+	switch p.fair.admit(d, last) {
+	case admitParked:
+		p.m.waiting.Inc()
+		return
+	case admitFull:
+		p.nak(d, p.cfg.BackoffMin)
+		return
+	case admitClosed:
+		p.nak(d, 0)
+		return
+	}
+	user := d.job.User
+	for d != nil {
+		p.run(d)
+		d = p.fair.done(user) // hands the user's slot to their next parked job
+		if d != nil {
+			p.m.waiting.Dec()
+		}
+	}
+}
+
+// decode reads the envelope; an invalid one is dead-lettered and termed.
+func (p *Processor) decode(d *delivery) bool {
+	meta, err := d.msg.Metadata()
+	if err != nil {
+		p.invalid(d, 0, fmt.Errorf("no JetStream metadata: %w", err))
+		return false
+	}
+	d.attempt = int(meta.NumDelivered)
+	_, job, err := envelope.DecodeJob(d.msg.Data())
+	if err == nil && (job.Kind != d.kind || job.Priority != d.prio) {
+		err = fmt.Errorf("job %s of kind %q priority %q arrived on %s", job.ID, job.Kind, job.Priority, d.msg.Subject())
+	}
+	if err != nil {
+		p.invalid(d, meta.Sequence.Stream, err)
+		return false
+	}
+	d.job = job
+	return true
+}
+
+// run is one attempt of a job whose user slot is held.
+func (p *Processor) run(d *delivery) {
+	j := d.job
+	log := p.log.With("job", j.ID, "user", j.User, "kind", j.Kind, "attempt", d.attempt)
+	// Store writes use a context that survives the start of a shutdown:
+	// a job finishing within the grace period must still record its end.
+	ctx := withTraceparent(context.Background(), d.msg.Headers().Get(envelope.HeaderTraceparent))
+	br := p.kindBreakers[j.Kind]
+	// An open breaker: wait here (heartbeats keep the message) instead of
+	// burning a delivery. The pullers have stopped, so only prefetched
+	// messages ever wait here.
+	if err := br.WaitAllowed(p.stopCtx); err != nil {
+		p.nak(d, 0)
+		return
+	}
+
+	snap, err := p.apply(ctx, d, envelope.TypeStarted, func(s *envelope.Snapshot) error {
+		s.Status = envelope.StatusRunning
+		s.Attempt = d.attempt
+		s.Progress = 0
+		s.Error = ""
+		return nil
+	})
+	if errors.Is(err, jobstore.ErrTerminal) {
+		p.skipTerminal(ctx, d, snap, log)
+		return
+	}
+	if err != nil {
+		log.Error("cannot record start; will retry", "err", err)
+		p.nak(d, p.backoff(d.attempt, nil))
+		return
+	}
+	if d.attempt == 1 {
+		p.m.queueWait.WithLabelValues(j.Kind, string(j.Priority)).Observe(time.Since(j.CreatedAt).Seconds())
+	}
+
+	result, callErr := p.call(d, br, log)
+	p.finish(ctx, d, result, callErr, log)
+}
+
+// call runs the provider call: Breaker → Boundary{Timeout} → Provider.Call,
+// with the job's own context (cancelled by cancel.<user>.<job>, or when the
+// shutdown grace runs out).
+func (p *Processor) call(d *delivery, br *flow.Breaker, log *slog.Logger) (json.RawMessage, error) {
+	j := d.job
+	prov := p.kindProviders[j.Kind]
+	jctx, cancel := context.WithCancel(p.jobBase)
+	defer cancel()
+	jctx = withTraceparent(jctx, d.msg.Headers().Get(envelope.HeaderTraceparent))
+	p.reg.running(d, cancel)
+	defer p.reg.stopped(d)
+	p.m.inflight.Inc()
+	defer p.m.inflight.Dec()
+
+	prog := newProgress(func(pct int) {
+		_, err := p.store.Apply(jctx, j.ID, nil, envelope.TypeProgress, func(s *envelope.Snapshot) error {
+			if s.Status != envelope.StatusRunning {
+				return errSkip
+			}
+			s.Progress = pct
+			return nil
+		})
+		if err != nil && !errors.Is(err, errSkip) && !errors.Is(err, jobstore.ErrTerminal) && jctx.Err() == nil {
+			log.Warn("progress not recorded", "progress", pct, "err", err)
+		}
+	})
+	defer prog.close()
+
+	bd := flow.Boundary{Timeout: p.cfg.timeout(j.Kind)}
+	var result json.RawMessage
+	start := time.Now()
+	for {
+		err := br.Do(jctx, func(ctx context.Context) error {
+			return bd.Do(ctx, func(ctx context.Context) error {
+				res, err := prov.Call(ctx, provider.Request{Job: j, Attempt: d.attempt, Progress: prog.report})
+				if err == nil {
+					result = res
+				}
+				return err
+			})
+		})
+		if errors.Is(err, flow.ErrBreakerOpen) && jctx.Err() == nil && p.stopCtx.Err() == nil {
+			// Half-open with its probes taken, or opened since we checked:
+			// wait for it rather than spend this delivery.
+			p.m.providerCalls.WithLabelValues(prov.Name(), "breaker_open").Inc()
+			wait := 50 * time.Millisecond
+			if h, ok := flow.RetryAfterHint(err); ok {
+				wait = min(h, time.Second)
+			}
+			if !sleepCtx(p.stopCtx, wait) || br.WaitAllowed(p.stopCtx) != nil {
+				return nil, errShutdown
+			}
+			continue
+		}
+		p.m.duration.WithLabelValues(j.Kind).Observe(time.Since(start).Seconds())
+		p.countCall(prov.Name(), j.Kind, err)
+		prog.close() // progress events all stored before the final one
+		return result, err
+	}
+}
+
+func (p *Processor) countCall(name, kind string, err error) {
+	outcome := "ok"
+	var pe *flow.PanicError
+	var te *flow.TimeoutError
+	switch {
+	case err == nil:
+	case errors.As(err, &pe):
+		outcome = "panic"
+		p.m.panics.WithLabelValues(kind).Inc()
+		p.log.Warn("provider panicked (contained)", "kind", kind, "err", pe, "stack", string(pe.Stack))
+	case errors.As(err, &te):
+		outcome = "timeout"
+		p.m.timeouts.WithLabelValues(kind).Inc()
+	case errors.Is(err, context.Canceled):
+		outcome = "cancelled"
+	case flow.IsTerminal(err):
+		outcome = "terminal"
+	default:
+		outcome = "retryable"
+	}
+	p.m.providerCalls.WithLabelValues(name, outcome).Inc()
+}
+
+// finish records the outcome of an attempt, then acks, naks or terms.
+func (p *Processor) finish(ctx context.Context, d *delivery, result json.RawMessage, callErr error, log *slog.Logger) {
+	switch {
+	case d.cancelled.Load():
+		// Cancelled through DELETE: the stored snapshot is already
+		// cancelled (ingest wrote it before publishing cancel.*).
+		log.Info("job cancelled while running")
+		p.count(d, outcomeCancelled)
+		p.ack(d)
+		return
+	case callErr != nil && (errors.Is(callErr, errShutdown) || p.jobBase.Err() != nil):
+		// Shutdown grace ran out: give it back at once, no event.
+		log.Info("job interrupted by shutdown; handing it back")
+		p.nak(d, 0)
+		return
+	}
+
+	if callErr == nil {
+		snap, err := p.apply(ctx, d, envelope.TypeSucceeded, func(s *envelope.Snapshot) error {
+			s.Status = envelope.StatusSucceeded
+			s.Progress = 100
+			s.Result = result
+			s.Error = ""
+			return nil
+		})
+		p.settle(ctx, d, snap, err, outcomeSucceeded, log, p.ack)
+		return
+	}
+
+	msg := callErr.Error()
+	if flow.IsTerminal(callErr) {
+		log.Info("job failed terminally", "err", msg)
+		snap, err := p.apply(ctx, d, envelope.TypeFailed, func(s *envelope.Snapshot) error {
+			s.Status = envelope.StatusFailed
+			s.Error = msg
+			return nil
+		})
+		p.settle(ctx, d, snap, err, outcomeFailed, log, p.term)
+		return
+	}
+
+	if d.attempt >= p.cfg.MaxDeliver {
+		log.Warn("job dead: last allowed delivery failed", "err", msg)
+		snap, err := p.apply(ctx, d, envelope.TypeDead, func(s *envelope.Snapshot) error {
+			s.Status = envelope.StatusDead
+			s.Error = msg
+			return nil
+		})
+		p.settle(ctx, d, snap, err, outcomeDead, log, func(d *delivery) {
+			if err := p.deadLetter(ctx, d, msg); err != nil {
+				log.Error("DLQ copy not stored", "err", err)
+			}
+			p.term(d)
+		})
+		return
+	}
+
+	delay := p.backoff(d.attempt, callErr)
+	log.Info("job will be retried", "err", msg, "delay", delay)
+	snap, err := p.apply(ctx, d, envelope.TypeRetrying, func(s *envelope.Snapshot) error {
+		s.Status = envelope.StatusRetrying
+		s.Error = msg
+		return nil
+	})
+	if err == nil {
+		p.count(d, outcomeRetried)
+		p.nak(d, delay)
+		return
+	}
+	p.settle(ctx, d, snap, err, outcomeRetried, log, func(d *delivery) { p.nak(d, delay) })
+}
+
+// settle acts on the result of the final Apply of an attempt: stored → the
+// outcome's action; already terminal (cancelled meanwhile) → ack; not stored
+// → Nak so the attempt is redone.
+func (p *Processor) settle(ctx context.Context, d *delivery, snap envelope.Snapshot, err error,
+	outcome string, log *slog.Logger, action func(*delivery)) {
+	switch {
+	case err == nil:
+		if outcome != outcomeRetried {
+			p.m.attempts.Observe(float64(d.attempt))
+		}
+		p.count(d, outcome)
+		action(d)
+	case errors.Is(err, jobstore.ErrTerminal):
+		p.skipTerminal(ctx, d, snap, log)
+	default:
+		log.Error("outcome not recorded; will retry", "outcome", outcome, "err", err)
+		p.nak(d, p.backoff(d.attempt, nil))
+	}
+}
+
+// skipTerminal handles a delivery of a job that is already terminal: the
+// stored snapshot's event is published again (idempotent: it covers a crash
+// between the KV write and the publish) and the message acked, not run.
+func (p *Processor) skipTerminal(ctx context.Context, d *delivery, snap envelope.Snapshot, log *slog.Logger) {
+	if err := p.store.Publish(ctx, jobstore.EventTypeOf(snap), snap); err != nil {
+		log.Warn("re-publishing terminal event failed", "status", snap.Status, "err", err)
+	}
+	if snap.Status == envelope.StatusCancelled {
+		p.count(d, outcomeCancelled)
+	}
+	p.ack(d)
+}
+
+// apply is jobstore.Apply with a few quick retries on infrastructure errors:
+// a Nak on the last allowed delivery would never come back.
+func (p *Processor) apply(ctx context.Context, d *delivery, t envelope.Type, fn jobstore.Mutation) (envelope.Snapshot, error) {
+	var seed *envelope.Job
+	if t == envelope.TypeStarted {
+		seed = &d.job
+	}
+	for i := 1; ; i++ {
+		snap, err := p.store.Apply(ctx, d.job.ID, seed, t, fn)
+		if err == nil || errors.Is(err, jobstore.ErrTerminal) || i == 5 || ctx.Err() != nil {
+			return snap, err
+		}
+		if !sleepCtx(ctx, flow.Backoff(i, 50*time.Millisecond, time.Second, 0.2, nil)) {
+			return snap, err
+		}
+	}
+}
+
+// backoff is the redelivery delay after attempt: exponential with jitter, or
+// the provider's Retry-After hint when that is longer.
+func (p *Processor) backoff(attempt int, err error) time.Duration {
+	d := flow.Backoff(attempt, p.cfg.BackoffMin, p.cfg.BackoffMax, 0.2, nil)
+	if h, ok := flow.RetryAfterHint(err); ok && h > d && !errors.Is(err, flow.ErrBreakerOpen) {
+		d = h
+	}
+	return d
+}
+
+func (p *Processor) count(d *delivery, outcome string) {
+	p.m.jobs.WithLabelValues(d.kind, string(d.prio), outcome).Inc()
+}
+
+// The three ways to let go of a message. Each forgets it for heartbeats and
+// logs a failure with the job id (the message then comes back after
+// AckWait, which the job's CAS-guarded state tolerates).
+
+func (p *Processor) ack(d *delivery) {
+	p.reg.release(d)
+	if err := d.msg.Ack(); err != nil {
+		p.log.Error("ack failed", "job", d.job.ID, "kind", d.kind, "err", err)
+	}
+}
+
+func (p *Processor) nak(d *delivery, delay time.Duration) {
+	p.reg.release(d)
+	var err error
+	if delay > 0 {
+		err = d.msg.NakWithDelay(delay)
+	} else {
+		err = d.msg.Nak()
+	}
+	if err != nil {
+		p.log.Error("nak failed", "job", d.job.ID, "kind", d.kind, "err", err)
+	}
+}
+
+func (p *Processor) term(d *delivery) {
+	p.reg.release(d)
+	if err := d.msg.Term(); err != nil {
+		p.log.Error("term failed", "job", d.job.ID, "kind", d.kind, "err", err)
+	}
+}
+
+var (
+	errSkip     = errors.New("processor: skip")
+	errShutdown = errors.New("processor: shutting down")
+)
