@@ -1,0 +1,375 @@
+package jsm_test
+
+import (
+	"context"
+	"errors"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
+
+	"github.com/beamline/beamline/internal/jsm"
+	"github.com/beamline/beamline/internal/natstest"
+	"github.com/beamline/beamline/pkg/envelope"
+	"github.com/beamline/beamline/streams"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func newJS(t *testing.T) jetstream.JetStream {
+	t.Helper()
+	nc := natstest.Connect(t, natstest.Start(t))
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+var allStreams = []string{streams.Jobs, streams.Events, streams.DLQ, "KV_" + streams.JobStatus}
+
+func streamConfigs(t *testing.T, js jetstream.JetStream) map[string]jetstream.StreamInfo {
+	t.Helper()
+	out := map[string]jetstream.StreamInfo{}
+	for _, name := range allStreams {
+		s, err := js.Stream(ctxT(t), name)
+		if err != nil {
+			t.Fatalf("stream %s: %v", name, err)
+		}
+		out[name] = *s.CachedInfo()
+	}
+	return out
+}
+
+func TestApplyStreamsCreatesAllAndIsIdempotent(t *testing.T) {
+	js := newJS(t)
+	ctx := ctxT(t)
+	if err := jsm.ApplyStreams(ctx, js, jsm.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	first := streamConfigs(t, js)
+	want := map[string]jetstream.RetentionPolicy{
+		streams.Jobs: jetstream.WorkQueuePolicy, streams.Events: jetstream.LimitsPolicy,
+		streams.DLQ: jetstream.LimitsPolicy, "KV_" + streams.JobStatus: jetstream.LimitsPolicy,
+	}
+	for name, ret := range want {
+		info := first[name]
+		if info.Config.Retention != ret || info.Config.Storage != jetstream.FileStorage || info.Config.Replicas != 1 {
+			t.Errorf("%s: retention %s storage %s replicas %d", name, info.Config.Retention, info.Config.Storage, info.Config.Replicas)
+		}
+	}
+	jobs := first[streams.Jobs].Config
+	if jobs.Discard != jetstream.DiscardNew || jobs.MaxMsgs != 1_000_000 || jobs.Duplicates != 2*time.Minute ||
+		!reflect.DeepEqual(jobs.Subjects, []string{"jobs.*.*"}) {
+		t.Errorf("JOBS config = %+v", jobs)
+	}
+	events := first[streams.Events].Config
+	if events.MaxAge != 24*time.Hour || events.MaxMsgsPerSubject != 1000 || !reflect.DeepEqual(events.Subjects, []string{"events.*.*"}) {
+		t.Errorf("EVENTS config = %+v", events)
+	}
+
+	for range 2 {
+		if err := jsm.ApplyStreams(ctx, js, jsm.Options{}); err != nil {
+			t.Fatalf("ApplyStreams again: %v", err)
+		}
+	}
+	again := streamConfigs(t, js)
+	for _, name := range allStreams {
+		a, b := first[name], again[name]
+		if !reflect.DeepEqual(a.Config, b.Config) {
+			t.Errorf("%s config changed on re-apply:\n%+v\n%+v", name, a.Config, b.Config)
+		}
+		if !a.Created.Equal(b.Created) {
+			t.Errorf("%s was re-created", name)
+		}
+	}
+}
+
+func TestApplyStreamsKeepsData(t *testing.T) {
+	js := newJS(t)
+	ctx := ctxT(t)
+	if err := jsm.ApplyStreams(ctx, js, jsm.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, "dlq.image", []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := jsm.ApplyStreams(ctx, js, jsm.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(ctx, streams.DLQ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := s.CachedInfo().State.Msgs; n != 1 {
+		t.Fatalf("DLQ holds %d messages after re-apply, want 1", n)
+	}
+}
+
+func TestApplyStreamsConcurrently(t *testing.T) {
+	js := newJS(t)
+	ctx := ctxT(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for range 4 {
+		wg.Go(func() { errs <- jsm.ApplyStreams(ctx, js, jsm.Options{}) })
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	streamConfigs(t, js)
+}
+
+func TestReplicasOverride(t *testing.T) {
+	cfgs, err := jsm.Streams(jsm.Options{Replicas: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfgs) != 4 {
+		t.Fatalf("%d stream definitions, want 4", len(cfgs))
+	}
+	for _, c := range cfgs {
+		if c.Replicas != 3 {
+			t.Errorf("%s replicas = %d, want 3", c.Name, c.Replicas)
+		}
+	}
+	cfgs, err = jsm.Streams(jsm.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cfgs {
+		if c.Replicas != 1 {
+			t.Errorf("%s replicas = %d without override, want the file's 1", c.Name, c.Replicas)
+		}
+	}
+
+	// A single server cannot hold R3 streams: the error says so and names
+	// the stream.
+	js := newJS(t)
+	err = jsm.ApplyStreams(ctxT(t), js, jsm.Options{Replicas: 3})
+	if err == nil {
+		t.Fatal("ApplyStreams with 3 replicas on a single server succeeded")
+	}
+	if msg := err.Error(); !strings.Contains(msg, "JOBS") || !strings.Contains(strings.ToLower(msg), "replicas") {
+		t.Fatalf("error %q should name the stream and the replica problem", msg)
+	}
+	t.Logf("R3 on a single server: %v", err)
+}
+
+func TestIncompatibleExistingStream(t *testing.T) {
+	js := newJS(t)
+	ctx := ctxT(t)
+	// Someone created JOBS by hand with the wrong retention.
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
+		Name: streams.Jobs, Subjects: []string{"jobs.*.*"}, Retention: jetstream.LimitsPolicy, Storage: jetstream.FileStorage,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	err := jsm.ApplyStreams(ctx, js, jsm.Options{})
+	if !errors.Is(err, jsm.ErrIncompatible) {
+		t.Fatalf("ApplyStreams = %v, want ErrIncompatible", err)
+	}
+	if !strings.Contains(err.Error(), "JOBS") || !strings.Contains(err.Error(), "retention") {
+		t.Fatalf("error %q should name the stream and what differs", err)
+	}
+	// Nothing was forced through.
+	s, err := js.Stream(ctx, streams.Jobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.CachedInfo().Config.Retention != jetstream.LimitsPolicy {
+		t.Fatal("the existing stream was changed")
+	}
+}
+
+func TestIncompatibleStorage(t *testing.T) {
+	js := newJS(t)
+	ctx := ctxT(t)
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
+		Name: streams.DLQ, Subjects: []string{"dlq.*"}, Storage: jetstream.MemoryStorage,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	err := jsm.ApplyStreams(ctx, js, jsm.Options{})
+	if !errors.Is(err, jsm.ErrIncompatible) || !strings.Contains(err.Error(), "DLQ") {
+		t.Fatalf("ApplyStreams = %v, want ErrIncompatible naming DLQ", err)
+	}
+}
+
+func TestCompatibleChangeIsApplied(t *testing.T) {
+	js := newJS(t)
+	ctx := ctxT(t)
+	// An older EVENTS with a shorter max age is updated in place.
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
+		Name: streams.Events, Subjects: []string{"events.*.*"}, Storage: jetstream.FileStorage, MaxAge: time.Hour,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := jsm.ApplyStreams(ctx, js, jsm.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(ctx, streams.Events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.CachedInfo().Config.MaxAge; got != 24*time.Hour {
+		t.Fatalf("EVENTS max age = %v after apply, want 24h", got)
+	}
+}
+
+func TestApplyConsumer(t *testing.T) {
+	_, _, js := natstest.StartWithStreams(t)
+	ctx := ctxT(t)
+	for _, kind := range []string{"image", "video", "audio"} {
+		for _, p := range envelope.Priorities {
+			c, err := jsm.ApplyConsumer(ctx, js, p, kind, nil)
+			if err != nil {
+				t.Fatalf("ApplyConsumer(%s, %s): %v", p, kind, err)
+			}
+			cfg := c.CachedInfo().Config
+			name := "proc-" + string(p) + "-" + kind
+			if cfg.Durable != name || c.CachedInfo().Name != name || jsm.ConsumerName(p, kind) != name {
+				t.Errorf("durable = %q, want %q", cfg.Durable, name)
+			}
+			if cfg.FilterSubject != envelope.JobSubject(p, kind) {
+				t.Errorf("%s filter = %q", name, cfg.FilterSubject)
+			}
+			if cfg.AckPolicy != jetstream.AckExplicitPolicy || cfg.AckWait != 30*time.Second ||
+				cfg.MaxDeliver != 5 || cfg.MaxAckPending != 64 {
+				t.Errorf("%s config = %+v", name, cfg)
+			}
+			if !strings.Contains(cfg.Description, kind) || (kind != "image" && strings.Contains(cfg.Description, "image")) {
+				t.Errorf("%s description = %q", name, cfg.Description)
+			}
+		}
+	}
+	// Re-applying, with a mutation, updates in place.
+	c, err := jsm.ApplyConsumer(ctx, js, envelope.PriorityNormal, "audio", func(cfg *jetstream.ConsumerConfig) { cfg.MaxAckPending = 8 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.CachedInfo().Config.MaxAckPending; got != 8 {
+		t.Fatalf("max_ack_pending = %d after mutate, want 8", got)
+	}
+	// The consumer actually delivers its kind only.
+	for _, subj := range []string{"jobs.normal.image", "jobs.normal.audio"} {
+		if _, err := js.Publish(ctx, subj, []byte(subj)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	batch, err := c.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for m := range batch.Messages() {
+		if m.Subject() != "jobs.normal.audio" {
+			t.Errorf("audio consumer got %s", m.Subject())
+		}
+		if err := m.Ack(); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+func TestConsumerDefinitions(t *testing.T) {
+	for _, kind := range []string{"Audio", "a.b", "", "*"} {
+		if _, err := jsm.Consumer(envelope.PriorityNormal, kind); !errors.Is(err, envelope.ErrInvalidToken) {
+			t.Errorf("Consumer(normal, %q) = %v, want ErrInvalidToken", kind, err)
+		}
+	}
+	if _, err := jsm.Consumer("urgent", "image"); !errors.Is(err, envelope.ErrInvalidToken) {
+		t.Errorf("Consumer(urgent) = %v, want ErrInvalidToken", err)
+	}
+	// Derived definitions differ from the template only in names.
+	for _, p := range envelope.Priorities {
+		img, err := jsm.Consumer(p, "image")
+		if err != nil {
+			t.Fatal(err)
+		}
+		aud, err := jsm.Consumer(p, "audio")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if aud.Durable != "proc-"+string(p)+"-audio" || aud.FilterSubject != "jobs."+string(p)+".audio" {
+			t.Errorf("derived %s: %+v", p, aud)
+		}
+		aud.Durable, aud.FilterSubject, aud.Description = img.Durable, img.FilterSubject, img.Description
+		if !reflect.DeepEqual(img, aud) {
+			t.Errorf("derived %s differs from the template beyond names:\n%+v\n%+v", p, img, aud)
+		}
+	}
+}
+
+func TestJobStatusKV(t *testing.T) {
+	js := newJS(t)
+	ctx := ctxT(t)
+	if _, err := jsm.JobStatus(ctx, js); err == nil {
+		t.Fatal("JobStatus before ApplyStreams succeeded")
+	}
+	if err := jsm.ApplyStreams(ctx, js, jsm.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := jsm.JobStatus(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kv.Bucket() != streams.JobStatus {
+		t.Fatalf("bucket = %q", kv.Bucket())
+	}
+	rev, err := kv.Create(ctx, "job-1", []byte(`{"status":"queued"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Create(ctx, "job-1", []byte(`{}`)); !errors.Is(err, jetstream.ErrKeyExists) {
+		t.Fatalf("second Create = %v, want ErrKeyExists", err)
+	}
+	rev2, err := kv.Update(ctx, "job-1", []byte(`{"status":"running"}`), rev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Update(ctx, "job-1", []byte(`{"status":"failed"}`), rev); !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		t.Fatalf("stale Update = %v, want ErrKeyRevisionMismatch", err)
+	}
+	e, err := kv.Get(ctx, "job-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Revision() != rev2 || string(e.Value()) != `{"status":"running"}` {
+		t.Fatalf("Get = rev %d %s", e.Revision(), e.Value())
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.History() != 1 || st.TTL() != 7*24*time.Hour {
+		t.Errorf("KV history %d ttl %v", st.History(), st.TTL())
+	}
+	// Watching works (the notifier relies on it).
+	w, err := kv.Watch(ctx, "job-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = w.Stop() }()
+	select {
+	case e := <-w.Updates():
+		if e == nil || e.Revision() != rev2 {
+			t.Fatalf("watch first entry = %v", e)
+		}
+	case <-ctx.Done():
+		t.Fatal("watch gave nothing")
+	}
+}
