@@ -1,0 +1,86 @@
+// Command notifier pushes job status to browsers over WebSockets (Phoenix
+// Channels V2 at /socket/websocket) and Server-Sent Events
+// (/v1/jobs/{id}/events). The token secret comes from $BEAMLINE_AUTH_SECRET.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/beamline/beamline/internal/auth"
+	"github.com/beamline/beamline/internal/config"
+	"github.com/beamline/beamline/internal/jsm"
+	"github.com/beamline/beamline/internal/natsx"
+	"github.com/beamline/beamline/internal/notifier"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "notifier:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("notifier", flag.ContinueOnError)
+	var common config.Common
+	common.Register(fs)
+	addr := fs.String("addr", "127.0.0.1:8090", "listen address (WebSocket, SSE, /metrics, /healthz, /readyz)")
+	origins := fs.String("allowed-origins", "", "comma-separated Origin values allowed to open WebSockets, or * (default: same origin as the Host)")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: notifier [flags]\n\nPushes job status over Phoenix Channels V2 WebSockets and SSE.\nThe token secret is read from $%s.\n\nFlags:\n", auth.EnvSecret)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log, err := common.Logger()
+	if err != nil {
+		return err
+	}
+	secret, err := config.Secret(auth.EnvSecret)
+	if err != nil {
+		return err
+	}
+	var allowed []string
+	for _, o := range strings.Split(*origins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			allowed = append(allowed, o)
+		}
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	nc, err := natsx.Connect(ctx, common.NATSURL, "beamline-notifier", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	if err := jsm.ApplyStreams(ctx, js, jsm.Options{Replicas: common.Replicas}); err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	svc, err := notifier.New(notifier.Config{Addr: *addr, Secret: secret, AllowedOrigins: allowed}, nc, js, log, reg)
+	if err != nil {
+		return err
+	}
+	return svc.Run(ctx)
+}

@@ -1,0 +1,91 @@
+// Package notifier pushes job status to browsers over WebSockets speaking the
+// Phoenix Channels V2 protocol (see PHOENIX-PROTOCOL.md), and over
+// Server-Sent Events for clients without WebSockets.
+//
+// The EVENTS stream is the source of truth. A notifier subscribes on core
+// NATS only to the subjects of the topics its clients joined
+// (reference-counted, one subscription per topic); a message on such a
+// subscription is a doorbell that makes the topic's reader fetch what is new
+// from the stream by direct get, in stream order, with its stream sequence.
+// The same fetch fills any gap after a NATS reconnect.
+package notifier
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+)
+
+// ErrInvalidConfig is wrapped by every configuration error.
+var ErrInvalidConfig = errors.New("notifier: invalid config")
+
+// Config configures a Service. Zero values are the documented defaults.
+type Config struct {
+	// Addr is where Run listens when Listener is nil. Default 127.0.0.1:8090.
+	Addr string
+	// Listener, when set, is used instead of listening on Addr.
+	Listener net.Listener
+	// Secret is the HS256 secret tokens are signed with (≥ 16 bytes). Required.
+	Secret []byte
+	// AllowedOrigins lists the Origin values accepted on WebSocket upgrades
+	// ("*" accepts any). Empty means same origin as the Host header. Requests
+	// without an Origin header (non-browser clients) are always accepted.
+	AllowedOrigins []string
+	// MaxChannels is the most topics one connection may join. Default 100.
+	MaxChannels int
+	// SendQueue is the most frames waiting to be written to one connection;
+	// a client that lets it fill up is disconnected. Default 256.
+	SendQueue int
+	// MaxFrame is the largest inbound frame in bytes. Default 64 KiB.
+	MaxFrame int
+	// PushRate is the most client frames per second per connection (a
+	// token bucket with a burst of twice that); heartbeats are not counted.
+	// Default 50.
+	PushRate int
+	// IdleTimeout closes a connection that sent nothing for this long.
+	// Default 60s (twice the client's heartbeat interval).
+	IdleTimeout time.Duration
+	// WriteTimeout bounds one write to a client. Default 10s.
+	WriteTimeout time.Duration
+	// Static, when set, is mounted at / (the web UI).
+	Static http.Handler
+}
+
+func (c *Config) setDefaults() error {
+	if c.Addr == "" {
+		c.Addr = "127.0.0.1:8090"
+	}
+	if c.MaxChannels == 0 {
+		c.MaxChannels = 100
+	}
+	if c.SendQueue == 0 {
+		c.SendQueue = 256
+	}
+	if c.MaxFrame == 0 {
+		c.MaxFrame = 64 << 10
+	}
+	if c.PushRate == 0 {
+		c.PushRate = 50
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = 60 * time.Second
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
+	switch {
+	case c.MaxChannels < 0:
+		return fmt.Errorf("%w: MaxChannels must be > 0", ErrInvalidConfig)
+	case c.SendQueue < 0:
+		return fmt.Errorf("%w: SendQueue must be > 0", ErrInvalidConfig)
+	case c.MaxFrame < 256:
+		return fmt.Errorf("%w: MaxFrame must be ≥ 256", ErrInvalidConfig)
+	case c.PushRate < 0:
+		return fmt.Errorf("%w: PushRate must be > 0", ErrInvalidConfig)
+	case c.IdleTimeout < 0 || c.WriteTimeout < 0:
+		return fmt.Errorf("%w: timeouts must be > 0", ErrInvalidConfig)
+	}
+	return nil
+}

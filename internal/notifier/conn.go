@@ -1,0 +1,310 @@
+package notifier
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/beamline/beamline/internal/auth"
+	"github.com/beamline/beamline/internal/phoenix"
+)
+
+// outFrame is one queued frame.
+type outFrame struct {
+	data   []byte
+	binary bool
+	at     time.Time // event time, for the latency metric (zero: not an event)
+}
+
+// conn is one WebSocket client. The handler goroutine reads and processes
+// frames in order; a writer goroutine exists only while frames are queued,
+// so an idle connection costs its read buffer and one parked goroutine.
+type conn struct {
+	s  *Service
+	ws *websocket.Conn
+	p  auth.Principal
+
+	subs map[string]*sub // owned by the reader goroutine
+
+	// tokens and lastRefill implement the client push rate limit (reader only).
+	tokens     float64
+	lastRefill time.Time
+
+	mu        sync.Mutex
+	cond      *sync.Cond // signalled when the queue drains or the conn closes
+	queue     []outFrame
+	spare     []outFrame
+	writing   bool
+	closed    bool
+	closeCode int
+	closeMsg  string
+	reason    string // metric label
+}
+
+var readBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+func (s *Service) serveWebSocket(w http.ResponseWriter, r *http.Request) {
+	forbid := func() { w.WriteHeader(http.StatusForbidden) } // Phoenix: empty 403, no upgrade
+	if r.URL.Query().Get("vsn") != "2.0.0" || !s.originAllowed(r) {
+		forbid()
+		return
+	}
+	token, hadProtocol := tokenFromRequest(r)
+	p, err := s.authenticate(token)
+	if err != nil {
+		forbid()
+		return
+	}
+	select {
+	case <-s.quit:
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, "shutting_down", "notifier is shutting down")
+		return
+	default:
+	}
+	var hdr http.Header
+	if hadProtocol {
+		// Exactly "phoenix", never the token value.
+		hdr = http.Header{"Sec-Websocket-Protocol": {"phoenix"}}
+	}
+	ws, err := s.upgrader.Upgrade(w, r, hdr)
+	if err != nil {
+		return // the upgrader has answered
+	}
+	c := &conn{s: s, ws: ws, p: p, subs: map[string]*sub{}, tokens: float64(2 * s.cfg.PushRate), lastRefill: time.Now()}
+	c.cond = sync.NewCond(&c.mu)
+	if !s.addConn(c) {
+		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseServiceRestart, "server shutting down"), time.Now().Add(time.Second))
+		_ = ws.Close()
+		return
+	}
+	defer s.removeConn(c)
+	c.readLoop()
+}
+
+func (c *conn) readLoop() {
+	s := c.s
+	reason := "client closed"
+	for {
+		// Push the idle deadline forward; fail() may race with this and
+		// set an expired one, so look again afterwards.
+		_ = c.ws.SetReadDeadline(time.Now().Add(s.cfg.IdleTimeout))
+		if c.isClosed() {
+			_ = c.ws.SetReadDeadline(time.Now())
+		}
+		mt, r, err := c.ws.NextReader()
+		if err != nil {
+			var ce *websocket.CloseError
+			switch {
+			case c.isClosed():
+			case errors.As(err, &ce):
+			case isTimeout(err):
+				reason = "idle timeout"
+				c.fail(websocket.CloseGoingAway, "idle timeout", "idle")
+			default:
+				reason = "read error"
+			}
+			break
+		}
+		buf := readBufs.Get().(*bytes.Buffer)
+		buf.Reset()
+		_, err = buf.ReadFrom(io.LimitReader(r, int64(s.cfg.MaxFrame)+1))
+		if err == nil && buf.Len() > s.cfg.MaxFrame {
+			readBufs.Put(buf)
+			c.fail(websocket.CloseMessageTooBig, "frame too large", "frame_too_large")
+			continue // wait for the close to be sent, below
+		}
+		if err != nil {
+			readBufs.Put(buf)
+			reason = "read error"
+			break
+		}
+		if !c.isClosed() {
+			c.handle(mt, buf.Bytes())
+		}
+		if buf.Cap() <= 4*s.cfg.MaxFrame {
+			readBufs.Put(buf)
+		}
+	}
+	c.teardown(reason)
+}
+
+func isTimeout(err error) bool {
+	var ne interface{ Timeout() bool }
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func (c *conn) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
+}
+
+// fail closes the connection with code and msg. It never blocks: it marks
+// the conn closed and wakes the reader (by expiring its read deadline),
+// which sends the close frame and tears down.
+func (c *conn) fail(code int, msg, reason string) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.closed, c.closeCode, c.closeMsg, c.reason = true, code, msg, reason
+	c.queue = nil
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	_ = c.ws.NetConn().SetReadDeadline(time.Now())
+}
+
+// teardown runs on the reader goroutine when reading ends.
+func (c *conn) teardown(readReason string) {
+	for _, sb := range c.subs {
+		c.s.hub.remove(sb)
+	}
+	c.mu.Lock()
+	if !c.closed {
+		c.closed, c.reason = true, readReason
+		c.queue = nil
+	}
+	code, msg, reason := c.closeCode, c.closeMsg, c.reason
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	if code != 0 {
+		// The writer may be stuck on a client that does not read; the
+		// control write then times out and the socket is closed anyway.
+		_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, msg), time.Now().Add(time.Second))
+		// Half-close and drain until the client answers (or 500ms), so
+		// unread input does not turn our close into a reset that loses the
+		// close frame.
+		if tc, ok := c.ws.NetConn().(interface{ CloseWrite() error }); ok {
+			_ = tc.CloseWrite()
+		}
+		_ = c.ws.NetConn().SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		_, _ = io.Copy(io.Discard, io.LimitReader(c.ws.NetConn(), 1<<20))
+	}
+	_ = c.ws.NetConn().SetWriteDeadline(time.Now())
+	c.mu.Lock()
+	for c.writing {
+		c.cond.Wait()
+	}
+	c.mu.Unlock()
+	_ = c.ws.Close()
+	c.s.m.disconnects.WithLabelValues(reason).Inc()
+}
+
+// enqueueLocked queues a frame; c.mu is held. A full queue means the client
+// does not keep up: it is cut off instead of slowing anyone else.
+func (c *conn) enqueueLocked(f outFrame) {
+	if c.closed {
+		return
+	}
+	if len(c.queue) >= c.s.cfg.SendQueue {
+		c.mu.Unlock()
+		c.fail(websocket.CloseTryAgainLater, "slow consumer", "slow_consumer")
+		c.mu.Lock()
+		return
+	}
+	c.queue = append(c.queue, f)
+	if !c.writing {
+		c.writing = true
+		c.s.wg.Add(1)
+		go c.writeLoop()
+	}
+}
+
+func (c *conn) send(b []byte) {
+	c.mu.Lock()
+	c.enqueueLocked(outFrame{data: b})
+	c.mu.Unlock()
+}
+
+// sendWait queues a frame, waiting for room instead of failing: used for
+// replays, which run on the reader goroutine and may exceed the queue.
+func (c *conn) sendWait(f outFrame) {
+	deadline := time.Now().Add(c.s.cfg.WriteTimeout)
+	c.mu.Lock()
+	for !c.closed && len(c.queue) >= c.s.cfg.SendQueue && time.Now().Before(deadline) {
+		c.cond.Wait()
+	}
+	c.enqueueLocked(f)
+	c.mu.Unlock()
+}
+
+// writeLoop writes queued frames and exits when the queue is empty.
+func (c *conn) writeLoop() {
+	defer c.s.wg.Done()
+	for {
+		c.mu.Lock()
+		if len(c.queue) == 0 || c.closed {
+			c.writing = false
+			c.queue = nil
+			c.cond.Broadcast()
+			c.mu.Unlock()
+			return
+		}
+		batch := c.queue
+		c.queue = c.spare[:0]
+		c.mu.Unlock()
+
+		_ = c.ws.SetWriteDeadline(time.Now().Add(c.s.cfg.WriteTimeout))
+		for i, f := range batch {
+			mt := websocket.TextMessage
+			if f.binary {
+				mt = websocket.BinaryMessage
+			}
+			if err := c.ws.WriteMessage(mt, f.data); err != nil {
+				reason, msg := "write_error", "write failed"
+				if isTimeout(err) {
+					reason, msg = "slow_consumer", "slow consumer"
+				}
+				c.fail(websocket.CloseTryAgainLater, msg, reason)
+				break
+			}
+			if !f.at.IsZero() {
+				c.s.m.pushes.Inc()
+				c.s.m.latency.Observe(time.Since(f.at).Seconds())
+			}
+			batch[i] = outFrame{}
+		}
+		c.mu.Lock()
+		c.spare = batch[:0]
+		c.cond.Broadcast()
+		c.mu.Unlock()
+	}
+}
+
+// deliver is called by the hub for every event on a topic c joined.
+func (c *conn) deliver(sb *sub, ev *event) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if sb.closed || c.closed {
+		return
+	}
+	if sb.replaying {
+		if len(sb.pending) >= 4*c.s.cfg.SendQueue {
+			c.mu.Unlock()
+			c.fail(websocket.CloseTryAgainLater, "slow consumer", "slow_consumer")
+			c.mu.Lock()
+			return
+		}
+		sb.pending = append(sb.pending, ev)
+		return
+	}
+	if sb.fresh(ev) {
+		c.enqueueLocked(c.pushFrame(sb, ev))
+	}
+}
+
+func (c *conn) pushFrame(sb *sub, ev *event) outFrame {
+	return outFrame{
+		data: phoenix.AppendFrame(make([]byte, 0, len(ev.payload)+len(sb.topic)+32), sb.joinRef, phoenix.Ref{}, sb.topic, ev.name, ev.payload),
+		at:   ev.at,
+	}
+}
+
+var _ sink = (*conn)(nil)

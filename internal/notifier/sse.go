@@ -1,0 +1,175 @@
+package notifier
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/beamline/beamline/internal/jobstore"
+	"github.com/beamline/beamline/pkg/envelope"
+)
+
+// sseSink buffers one SSE stream's events; the handler goroutine writes them.
+type sseSink struct {
+	mu   sync.Mutex
+	ch   chan *event
+	cut  chan struct{} // closed when the client fell too far behind
+	done bool
+}
+
+func (k *sseSink) deliver(sb *sub, ev *event) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.done {
+		return
+	}
+	if sb.replaying {
+		if len(sb.pending) >= 4*cap(k.ch) {
+			k.overflow()
+			return
+		}
+		sb.pending = append(sb.pending, ev)
+		return
+	}
+	if !sb.fresh(ev) {
+		return
+	}
+	select {
+	case k.ch <- ev:
+	default:
+		k.overflow()
+	}
+}
+
+func (k *sseSink) overflow() {
+	k.done = true
+	close(k.cut)
+}
+
+// serveSSE is GET /v1/jobs/{id}/events: the job's events as Server-Sent
+// Events (id = job seq, event = short type, data = the push payload), from
+// Last-Event-ID on, ending after the terminal event.
+func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request) {
+	p, err := s.authenticate(bearerToken(r))
+	if err != nil {
+		writeError(w, http.StatusUnauthorized, "unauthorized", "missing, invalid or expired token")
+		return
+	}
+	id := r.PathValue("id")
+	if err := envelope.ValidateID("id", id); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid_id", err.Error())
+		return
+	}
+	var lastSeq *uint64
+	if h := r.Header.Get("Last-Event-ID"); h != "" {
+		n, err := strconv.ParseUint(h, 10, 64)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "invalid_last_event_id", "Last-Event-ID must be a job seq")
+			return
+		}
+		lastSeq = &n
+	}
+	s.mu.Lock()
+	if s.stopping {
+		s.mu.Unlock()
+		writeError(w, http.StatusServiceUnavailable, "shutting_down", "notifier is shutting down")
+		return
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+
+	k := &sseSink{ch: make(chan *event, s.cfg.SendQueue), cut: make(chan struct{})}
+	sb := &sub{topic: "job:" + id, kind: kindJob, sink: k, replaying: true}
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	res := s.openJob(ctx, p, sb, id, lastSeq)
+	cancel()
+	switch res.reason {
+	case "":
+	case reasonNotFound:
+		writeError(w, http.StatusNotFound, "not_found", "no such job")
+		return
+	case reasonUnauthorized:
+		writeError(w, http.StatusForbidden, "forbidden", "the job belongs to another user")
+		return
+	default:
+		writeError(w, http.StatusServiceUnavailable, "unavailable", "cannot read the job now")
+		return
+	}
+	defer s.hub.remove(sb)
+	defer func() { k.mu.Lock(); k.done = true; k.mu.Unlock() }()
+
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Time{}) // a long-lived response
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+
+	write := func(ev *event) bool {
+		_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+		_, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", ev.jobSeq, ev.short, ev.payload)
+		if err == nil {
+			err = rc.Flush()
+		}
+		if err == nil && !ev.at.IsZero() {
+			s.m.pushes.Inc()
+		}
+		return err == nil
+	}
+	if lastSeq == nil || len(res.replay) == 0 && *lastSeq < res.snapshot.Seq {
+		// No replay: start from the current state.
+		ev := snapshotEvent(*res.snapshot)
+		if !write(ev) || ev.terminal {
+			return
+		}
+	}
+	var queue []*event
+	k.mu.Lock()
+	for _, ev := range append(res.replay, sb.pending...) {
+		if sb.fresh(ev) {
+			queue = append(queue, ev)
+		}
+	}
+	sb.pending, sb.replaying = nil, false
+	k.mu.Unlock()
+	for _, ev := range queue {
+		if !write(ev) || ev.terminal {
+			return
+		}
+	}
+	if res.snapshot.Status.Terminal() && sb.last >= res.snapshot.Seq {
+		return
+	}
+	ping := time.NewTicker(25 * time.Second)
+	defer ping.Stop()
+	for {
+		select {
+		case ev := <-k.ch:
+			if !write(ev) || ev.terminal {
+				return
+			}
+		case <-ping.C:
+			if _, err := fmt.Fprint(w, ": ping\n\n"); err != nil || rc.Flush() != nil {
+				return
+			}
+		case <-k.cut:
+			return
+		case <-r.Context().Done():
+			return
+		case <-s.quit:
+			return
+		}
+	}
+}
+
+// snapshotEvent is a push payload built from a stored snapshot.
+func snapshotEvent(snap envelope.Snapshot) *event {
+	data, _ := json.Marshal(snap) // a validated snapshot always marshals
+	env := &envelope.Envelope{Type: jobstore.EventTypeOf(snap), Data: data}
+	return newJobEvent(env, snap, 0)
+}

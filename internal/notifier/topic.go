@@ -1,0 +1,176 @@
+package notifier
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+
+	"github.com/beamline/beamline/internal/auth"
+	"github.com/beamline/beamline/internal/jobstore"
+	"github.com/beamline/beamline/pkg/envelope"
+)
+
+// topicKind is what a topic carries.
+type topicKind int
+
+const (
+	kindUnknown topicKind = iota
+	kindJob               // job:<id>: one job, owner or admin
+	kindUser              // user:<id>: all of one user's jobs, that user or admin
+	kindAdmin             // admin:metrics: live pipeline figures, admin only
+)
+
+// AdminMetricsTopic is the server-fed topic for admin dashboards (see
+// Service.Broadcast).
+const AdminMetricsTopic = "admin:metrics"
+
+func (k topicKind) String() string {
+	switch k {
+	case kindJob:
+		return "job"
+	case kindUser:
+		return "user"
+	case kindAdmin:
+		return "admin"
+	}
+	return "unknown"
+}
+
+// parseTopic splits a topic; reason is a join error reason when it is not
+// one we serve.
+func parseTopic(t string) (kind topicKind, id, reason string) {
+	if t == AdminMetricsTopic {
+		return kindAdmin, "", ""
+	}
+	prefix, id, ok := strings.Cut(t, ":")
+	switch {
+	case ok && prefix == "job":
+		kind = kindJob
+	case ok && prefix == "user":
+		kind = kindUser
+	default:
+		return kindUnknown, "", reasonUnmatched
+	}
+	if envelope.ValidateID("topic", id) != nil {
+		return kind, "", reasonInvalid
+	}
+	return kind, id, ""
+}
+
+// userSubject is the subject of all of a user's events.
+func userSubject(user string) string { return "events." + user + ".*" }
+
+// joinResult is the outcome of opening a topic for one subscriber.
+type joinResult struct {
+	reason   string          // join error reason; "" means ok
+	response json.RawMessage // the ok reply's response object
+	replay   []*event        // missed events to push after the reply
+	snapshot *envelope.Snapshot
+}
+
+// open authorizes p for the topic, subscribes sb (left in replaying state)
+// and reads what the join reply carries. On error sb is not subscribed.
+func (s *Service) open(ctx context.Context, p auth.Principal, sb *sub, kind topicKind, id string, lastSeq *uint64) joinResult {
+	switch kind {
+	case kindJob:
+		return s.openJob(ctx, p, sb, id, lastSeq)
+	case kindUser:
+		return s.openUser(ctx, p, sb, id, lastSeq)
+	case kindAdmin:
+		if !p.Admin {
+			return joinResult{reason: reasonUnauthorized}
+		}
+		if err := s.hub.add(sb, ""); err != nil {
+			return joinResult{reason: reasonUnavailable}
+		}
+		return joinResult{response: json.RawMessage(`{}`)}
+	}
+	return joinResult{reason: reasonUnmatched}
+}
+
+func (s *Service) openJob(ctx context.Context, p auth.Principal, sb *sub, id string, lastSeq *uint64) joinResult {
+	snap, _, err := s.store.Get(ctx, id)
+	switch {
+	case errors.Is(err, jobstore.ErrNotFound):
+		return joinResult{reason: reasonNotFound}
+	case err != nil:
+		s.log.Warn("join: reading job", "job", id, "err", err)
+		return joinResult{reason: reasonUnavailable}
+	case snap.User != p.User && !p.Admin:
+		return joinResult{reason: reasonUnauthorized}
+	}
+	subject := envelope.EventSubject(snap.User, id)
+	if err := s.hub.add(sb, subject); err != nil {
+		s.log.Warn("join: subscribing", "job", id, "err", err)
+		return joinResult{reason: reasonUnavailable}
+	}
+	fail := func(err error) joinResult {
+		s.hub.remove(sb)
+		s.log.Warn("join: reading job", "job", id, "err", err)
+		return joinResult{reason: reasonUnavailable}
+	}
+	// Read the snapshot again now that live events are being collected:
+	// anything after it is either in the replay or among them.
+	if snap, _, err = s.store.Get(ctx, id); err != nil {
+		return fail(err)
+	}
+	res := joinResult{snapshot: &snap}
+	recovered := false
+	sb.last = snap.Seq
+	if lastSeq != nil {
+		var replay []*event
+		replay, recovered, err = s.replayJob(ctx, subject, *lastSeq, snap.Seq)
+		if err != nil {
+			return fail(err)
+		}
+		if recovered {
+			sb.last, res.replay = *lastSeq, replay
+		}
+	}
+	res.response, err = json.Marshal(map[string]any{"snapshot": snap, "recovered": recovered})
+	if err != nil {
+		return fail(err)
+	}
+	return res
+}
+
+func (s *Service) openUser(ctx context.Context, p auth.Principal, sb *sub, id string, lastSeq *uint64) joinResult {
+	if id != p.User && !p.Admin {
+		return joinResult{reason: reasonUnauthorized}
+	}
+	if err := s.hub.add(sb, userSubject(id)); err != nil {
+		s.log.Warn("join: subscribing", "user", id, "err", err)
+		return joinResult{reason: reasonUnavailable}
+	}
+	fail := func(err error) joinResult {
+		s.hub.remove(sb)
+		s.log.Warn("join: reading user jobs", "user", id, "err", err)
+		return joinResult{reason: reasonUnavailable}
+	}
+	jobs, streamSeq, err := s.userJobs(ctx, id)
+	if err != nil {
+		return fail(err)
+	}
+	var res joinResult
+	recovered := false
+	sb.last = streamSeq
+	if lastSeq != nil {
+		var replay []*event
+		replay, recovered, err = s.replayUser(ctx, id, *lastSeq)
+		if err != nil {
+			return fail(err)
+		}
+		if recovered {
+			sb.last, res.replay = *lastSeq, replay
+		}
+	}
+	if jobs == nil {
+		jobs = []json.RawMessage{}
+	}
+	res.response, err = json.Marshal(map[string]any{"jobs": jobs, "stream_seq": streamSeq, "recovered": recovered})
+	if err != nil {
+		return fail(err)
+	}
+	return res
+}
