@@ -33,7 +33,9 @@ type Kind struct {
 }
 
 // ParseKinds reads "image,video=http": a comma-separated list of kinds, each
-// optionally naming its provider. Kinds must be unique and valid tokens.
+// optionally naming its provider. Kinds must be unique and valid tokens;
+// a provider, when given, is a token of the same shape (so "video=" and
+// "video=http=x" are errors rather than an empty or odd provider name).
 func ParseKinds(s string) ([]Kind, error) {
 	var out []Kind
 	seen := map[string]bool{}
@@ -42,9 +44,13 @@ func ParseKinds(s string) ([]Kind, error) {
 		if part == "" {
 			continue
 		}
-		name, provider, _ := strings.Cut(part, "=")
+		name, provider, hasProvider := strings.Cut(part, "=")
+		name, provider = strings.TrimSpace(name), strings.TrimSpace(provider)
 		if err := envelope.ValidateKind(name); err != nil {
 			return nil, fmt.Errorf("%w: kinds: %w", ErrInvalid, err)
+		}
+		if hasProvider && !validProvider(provider) {
+			return nil, fmt.Errorf("%w: kinds: %q: provider %q must match [a-z0-9_-]{1,32}", ErrInvalid, name, provider)
 		}
 		if seen[name] {
 			return nil, fmt.Errorf("%w: kinds: %q listed twice", ErrInvalid, name)
@@ -57,6 +63,10 @@ func ParseKinds(s string) ([]Kind, error) {
 	}
 	return out, nil
 }
+
+// validProvider reports whether a provider name is a lower-case token, like
+// a kind: "sim", "http", "my-gpus".
+func validProvider(p string) bool { return envelope.ValidateKind(p) == nil }
 
 // KindNames returns the names of ks.
 func KindNames(ks []Kind) []string {
