@@ -1,0 +1,150 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/beamline/beamline/internal/auth"
+	"github.com/beamline/beamline/internal/natstest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
+		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
+		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
+	)
+}
+
+func TestHelp(t *testing.T) {
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{"--help"}, &out); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	for _, want := range []string{"-addr", "-nats", "-log-format", "-replicas", "-kinds", "-max-body", "-max-inflight", auth.EnvSecret} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("--help lacks %s:\n%s", want, out.String())
+		}
+	}
+}
+
+func TestRefusesToStartWithoutSecret(t *testing.T) {
+	t.Setenv(auth.EnvSecret, "")
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{"-nats", "nats://127.0.0.1:1"}, &out); code != 2 {
+		t.Fatalf("exit %d", code)
+	}
+	if !strings.Contains(out.String(), auth.EnvSecret) {
+		t.Fatalf("error does not name the variable: %s", out.String())
+	}
+	t.Setenv(auth.EnvSecret, "short")
+	out.Reset()
+	if code := run(context.Background(), nil, &out); code != 2 || !strings.Contains(out.String(), "shorter") {
+		t.Fatalf("short secret: exit %d: %s", code, out.String())
+	}
+}
+
+func TestBadFlag(t *testing.T) {
+	t.Setenv(auth.EnvSecret, "0123456789abcdef0123")
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{"-kinds", "a.b"}, &out); code != 2 {
+		t.Fatalf("exit %d: %s", code, out.String())
+	}
+}
+
+// TestRuns starts the binary's run on a real nats-server, submits a job and
+// stops it as SIGTERM would.
+func TestRuns(t *testing.T) {
+	secret := "0123456789abcdef0123"
+	t.Setenv(auth.EnvSecret, secret)
+	srv := natstest.Start(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // the port is free again for run to take
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var out syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"-nats", srv.ClientURL(), "-addr", addr, "-log-format", "json", "-kinds", "image"}, &out)
+	}()
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := client.Get("http://" + addr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			cancel()
+			<-done
+			t.Fatalf("not ready: %v\n%s", err, out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	tok, err := auth.Issue([]byte(secret), "alice", false, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/v1/jobs", strings.NewReader(`{"kind":"image"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("POST: %d", resp.StatusCode)
+	}
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("exit %d\n%s", code, out.String())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("run did not stop")
+	}
+	logs := out.String()
+	if !strings.Contains(logs, "job accepted") {
+		t.Errorf("the accepted job was not logged:\n%s", logs)
+	}
+	if strings.Contains(logs, secret) || strings.Contains(logs, tok) {
+		t.Fatal("a secret or token was logged")
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the service's goroutines to log to.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
