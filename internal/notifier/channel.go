@@ -97,8 +97,26 @@ func (c *conn) allow() bool {
 	return true
 }
 
-type joinParams struct {
-	LastSeq *json.Number `json:"last_seq"`
+// parseJoinParams reads {"last_seq": N}; bad is true when last_seq is
+// present but not a non-negative integer.
+func parseJoinParams(payload []byte) (lastSeq *uint64, bad bool) {
+	var p map[string]json.RawMessage
+	if json.Unmarshal(payload, &p) != nil {
+		return nil, true
+	}
+	raw, ok := p["last_seq"]
+	if !ok || string(raw) == "null" {
+		return nil, false
+	}
+	var n json.Number
+	if json.Unmarshal(raw, &n) != nil {
+		return nil, true
+	}
+	v, bad := parseSeq(n)
+	if bad {
+		return nil, true
+	}
+	return &v, false
 }
 
 func (c *conn) join(f phoenix.Frame) {
@@ -113,16 +131,11 @@ func (c *conn) join(f phoenix.Frame) {
 		c.send(phoenix.Reply(jr, f.Ref, f.Topic, "error", phoenix.ErrorReason(err)))
 		return
 	}
-	var lastSeq *uint64
-	var p joinParams
-	if json.Unmarshal(f.Payload, &p) == nil && p.LastSeq != nil {
-		n, perr := parseSeq(*p.LastSeq)
-		if perr {
-			s.m.joins.WithLabelValues(kind.String(), metricLabel(reasonBadParams)).Inc()
-			c.send(phoenix.Reply(f.JoinRef, f.Ref, f.Topic, "error", phoenix.ErrorReason(reasonBadParams)))
-			return
-		}
-		lastSeq = &n
+	lastSeq, perr := parseJoinParams(f.Payload)
+	if perr {
+		s.m.joins.WithLabelValues(kind.String(), metricLabel(reasonBadParams)).Inc()
+		c.send(phoenix.Reply(f.JoinRef, f.Ref, f.Topic, "error", phoenix.ErrorReason(reasonBadParams)))
+		return
 	}
 	old := c.subs[f.Topic]
 	if old == nil && len(c.subs) >= s.cfg.MaxChannels {

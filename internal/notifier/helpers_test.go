@@ -2,6 +2,7 @@ package notifier
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"net"
@@ -403,3 +404,5 @@ func isClose(err error, code int) bool {
 	var ce *websocket.CloseError
 	return errors.As(err, &ce) && ce.Code == code
 }
+
+func b64std(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
