@@ -7,8 +7,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -25,16 +25,38 @@ func URLFromEnv() string {
 	return DefaultURL
 }
 
-// Redact hides the password of a URL for logs.
+// Redact hides the secrets of a NATS URL for logs: the password of
+// user:password, and a lone user, which NATS URLs use for a token. It works
+// on comma-separated server lists and on strings that are not valid URLs
+// (a bad %-escape, no scheme), without parsing them, so nothing slips
+// through a parse error.
 func Redact(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
+	if !strings.Contains(raw, "@") {
 		return raw
 	}
-	if _, ok := u.User.Password(); ok {
-		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	parts := strings.Split(raw, ",")
+	for i, p := range parts {
+		parts[i] = redactOne(p)
 	}
-	return u.String()
+	return strings.Join(parts, ",")
+}
+
+const redacted = "xxxxx"
+
+func redactOne(s string) string {
+	at := strings.LastIndex(s, "@")
+	if at < 0 {
+		return s
+	}
+	start := 0
+	if i := strings.Index(s, "://"); i >= 0 && i < at {
+		start = i + len("://")
+	}
+	user, _, hasPassword := strings.Cut(s[start:at], ":")
+	if !hasPassword {
+		return s[:start] + redacted + s[at:] // a token
+	}
+	return s[:start] + user + ":" + redacted + s[at:]
 }
 
 // Connect dials NATS and keeps reconnecting for as long as the connection is
