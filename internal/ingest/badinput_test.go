@@ -40,6 +40,9 @@ func TestBadInput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Under the body limit, but the envelope around it is over the
+	// envelope (and NATS payload) limit.
+	almost := `{"kind":"image","input":{"blob":"` + strings.Repeat("x", 1<<20-64) + `"}}`
 	big := `{"kind":"image","input":{"blob":"` + strings.Repeat("x", 2<<20) + `"}}`
 
 	cases := []struct {
@@ -74,6 +77,7 @@ func TestBadInput(t *testing.T) {
 		{"alg none token", "POST", "/v1/jobs", `{"kind":"image"}`, []reqOpt{bearer(noneToken())}, 401, CodeUnauthorized},
 		{"expired token", "POST", "/v1/jobs", `{"kind":"image"}`, []reqOpt{bearer(expired)}, 401, CodeUnauthorized},
 		{"2 MiB body", "POST", "/v1/jobs", big, []reqOpt{bearer(alice)}, 413, CodeTooLarge},
+		{"envelope over 1 MiB", "POST", "/v1/jobs", almost, []reqOpt{bearer(alice)}, 413, CodeTooLarge},
 		{"text/plain", "POST", "/v1/jobs", `{"kind":"image"}`, []reqOpt{bearer(alice), withHeader("Content-Type", "text/plain")}, 415, CodeUnsupportedMediaType},
 		{"no content type", "POST", "/v1/jobs", `{"kind":"image"}`, []reqOpt{bearer(alice), withHeader("Content-Type", "")}, 415, CodeUnsupportedMediaType},
 		{"GET id with *", "GET", "/v1/jobs/abc*", "", []reqOpt{bearer(alice)}, 400, CodeInvalidID},
