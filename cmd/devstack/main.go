@@ -1,0 +1,119 @@
+// Command devstack runs the whole Beamline pipeline in one process on an
+// embedded nats-server: the one command for a laptop.
+//
+//	go run ./cmd/devstack
+//
+// It prints one line when ready, with the URLs and a dev token, followed by
+// a curl example. Ctrl-C or SIGTERM stops it cleanly; starting it again on
+// the same -data finishes what was queued.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/beamline/beamline/internal/auth"
+	"github.com/beamline/beamline/internal/config"
+	"github.com/beamline/beamline/internal/devstack"
+	"github.com/beamline/beamline/internal/telemetry"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "devstack:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("devstack", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		dataDir      = fs.String("data", "./data", "JetStream storage folder")
+		natsPort     = fs.Int("nats-port", 4222, "embedded NATS client port on 127.0.0.1 (-1: any free port)")
+		ingestAddr   = fs.String("ingest-addr", "127.0.0.1:8080", "ingest HTTP address")
+		notifierAddr = fs.String("notifier-addr", "127.0.0.1:8090", "notifier HTTP/WebSocket address")
+		procAddr     = fs.String("processor-addr", "127.0.0.1:9091", "processor /metrics, /healthz, /readyz address")
+		secret       = fs.String("auth-secret", "", "token secret, dev only (default: $"+auth.EnvSecret+", else random)")
+		logFormat    = fs.String("log-format", "text", "log format: text or json")
+		kinds        = fs.String("kinds", config.DefaultKinds, "job kinds, all served by the sim provider")
+	)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: go run ./cmd/devstack [flags]\n\nRuns NATS (embedded), ingest, processor (sim provider) and notifier in one process.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return nil
+		}
+		return err
+	}
+	log, err := telemetry.NewLogger(*logFormat, stderr, slog.LevelInfo)
+	if err != nil {
+		return err
+	}
+	ks, err := config.ParseKinds(*kinds)
+	if err != nil {
+		return err
+	}
+	key := []byte(*secret)
+	if len(key) == 0 {
+		key = []byte(os.Getenv(auth.EnvSecret))
+	}
+	if len(key) == 0 {
+		b := make([]byte, 32)
+		if _, err := rand.Read(b); err != nil {
+			return err
+		}
+		key = []byte(hex.EncodeToString(b))
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	stack, err := devstack.Start(ctx, devstack.Config{
+		DataDir:       *dataDir,
+		NATSPort:      *natsPort,
+		IngestAddr:    *ingestAddr,
+		NotifierAddr:  *notifierAddr,
+		ProcessorAddr: *procAddr,
+		Secret:        key,
+		Kinds:         ks,
+		Logger:        log,
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "beamline devstack ready: ingest=%s notifier=%s nats=%s processor=%s token=%s\n",
+		stack.IngestURL, stack.NotifierURL, stack.NATSURL, stack.ProcessorURL, stack.Token)
+	fmt.Fprintf(stdout, `
+  demo page:   %[2]s/#token=%[3]s
+  dashboard:   %[2]s/admin#token=%[4]s
+  submit a job:
+    curl -s -X POST %[1]s/v1/jobs -H "Authorization: Bearer %[3]s" -H 'Content-Type: application/json' \
+      -d '{"kind":"image","input":{"prompt":"a lighthouse","sim":{"steps":3,"duration_ms":1500}}}'
+  read it:
+    curl -s %[1]s/v1/jobs/<id> -H "Authorization: Bearer %[3]s"
+  inspect:     nats -s %[5]s stream ls
+  (dev tokens only: in production the host application issues tokens)
+`, stack.IngestURL, stack.NotifierURL, stack.Token, stack.AdminToken, stack.NATSURL)
+
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case <-stack.Failed():
+		log.Error("a service stopped; shutting down", "err", stack.Err())
+	}
+	cerr := stack.Close()
+	if err := stack.Err(); err != nil {
+		return err
+	}
+	return cerr
+}

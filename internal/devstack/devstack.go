@@ -1,0 +1,301 @@
+// Package devstack runs the whole pipeline in one process on an embedded
+// nats-server: ingest, the processor with the simulated provider, and the
+// notifier, each with its own NATS connection and metrics registry exactly
+// as the separate binaries would have. cmd/devstack, the browser tests and
+// the benchmark harness start it through here.
+package devstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/beamline/beamline/internal/auth"
+	"github.com/beamline/beamline/internal/config"
+	"github.com/beamline/beamline/internal/jsm"
+	"github.com/beamline/beamline/internal/natsx"
+)
+
+// ErrInvalidConfig is wrapped by configuration errors.
+var ErrInvalidConfig = errors.New("devstack: invalid config")
+
+// Config configures a Stack. Zero values are the defaults of cmd/devstack.
+type Config struct {
+	// DataDir holds the JetStream store. Default "./data".
+	DataDir string
+	// NATSPort is the embedded server's client port on 127.0.0.1: 0 means
+	// 4222, -1 a random free port.
+	NATSPort int
+	// IngestAddr, NotifierAddr and ProcessorAddr are the HTTP listen
+	// addresses. Defaults 127.0.0.1:8080, 127.0.0.1:8090, 127.0.0.1:9091;
+	// "127.0.0.1:0" picks a free port.
+	IngestAddr, NotifierAddr, ProcessorAddr string
+	// Secret signs and verifies tokens; at least 16 bytes. Required.
+	Secret []byte
+	// Kinds served. Default image and video with the sim provider.
+	Kinds []config.Kind
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+	// Tune, when set, adjusts the service configurations before they are
+	// built (tests shorten timeouts, the benchmark raises concurrency).
+	Tune Tuning
+}
+
+// Stack is a running pipeline.
+type Stack struct {
+	cfg    Config
+	log    *slog.Logger
+	NATS   *server.Server
+	NATSURL string
+	// Base URLs of the HTTP services, e.g. http://127.0.0.1:8080.
+	IngestURL, NotifierURL, ProcessorURL string
+	// Token is a dev token for the user "dev"; AdminToken also has admin.
+	Token, AdminToken string
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	mu     sync.Mutex
+	parts  map[string]*part
+	order  []string
+	failed chan struct{}
+	once   sync.Once
+	err    error
+	conns  []*nats.Conn
+}
+
+// part is one service running under the stack.
+type part struct {
+	name   string
+	addr   string
+	start  func(ctx context.Context, ln net.Listener) (func(ctx context.Context) error, error)
+	cancel context.CancelFunc
+	done   chan struct{}
+	err    error
+}
+
+// Start brings the stack up and returns when every service is serving.
+func Start(ctx context.Context, cfg Config) (*Stack, error) {
+	if len(cfg.Secret) < auth.MinSecretLen {
+		return nil, fmt.Errorf("%w: Secret: %w", ErrInvalidConfig, auth.ErrNoSecret)
+	}
+	if cfg.DataDir == "" {
+		cfg.DataDir = "./data"
+	}
+	if cfg.NATSPort == 0 {
+		cfg.NATSPort = 4222
+	}
+	if cfg.IngestAddr == "" {
+		cfg.IngestAddr = "127.0.0.1:8080"
+	}
+	if cfg.NotifierAddr == "" {
+		cfg.NotifierAddr = "127.0.0.1:8090"
+	}
+	if cfg.ProcessorAddr == "" {
+		cfg.ProcessorAddr = "127.0.0.1:9091"
+	}
+	if len(cfg.Kinds) == 0 {
+		cfg.Kinds, _ = config.ParseKinds(config.DefaultKinds)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s := &Stack{cfg: cfg, log: cfg.Logger, parts: map[string]*part{}, failed: make(chan struct{})}
+	var err error
+	if s.Token, err = auth.Issue(cfg.Secret, "dev", false, 30*24*time.Hour); err != nil {
+		return nil, err
+	}
+	if s.AdminToken, err = auth.Issue(cfg.Secret, "admin", true, 30*24*time.Hour); err != nil {
+		return nil, err
+	}
+	s.NATS, err = natsx.RunEmbedded(natsx.EmbeddedConfig{Port: cfg.NATSPort, StoreDir: cfg.DataDir, ServerName: "devstack"})
+	if err != nil {
+		return nil, err
+	}
+	s.NATSURL = s.NATS.ClientURL()
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if err := s.applyStreams(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	for _, p := range s.services() {
+		if err := s.startPart(ctx, p); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("devstack: start %s: %w", p.name, err)
+		}
+	}
+	return s, nil
+}
+
+func (s *Stack) applyStreams(ctx context.Context) error {
+	nc, js, err := s.connect(ctx, "beamline-devstack")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	return jsm.ApplyStreams(ctx, js, jsm.Options{})
+}
+
+// connect opens a NATS connection for one service; Close closes it.
+func (s *Stack) connect(ctx context.Context, name string) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := natsx.Connect(ctx, s.NATSURL, name, s.log.With("component", name))
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return nc, js, nil
+}
+
+// registry is a fresh metrics registry with the Go and process collectors,
+// as each binary has its own.
+func registry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+func (s *Stack) startPart(ctx context.Context, p *part) error {
+	ln, err := net.Listen("tcp", p.addr)
+	if err != nil {
+		return err
+	}
+	p.addr = ln.Addr().String() // a restart reuses the port picked now
+	pctx, cancel := context.WithCancel(s.ctx)
+	run, err := p.start(ctx, ln)
+	if err != nil {
+		cancel()
+		ln.Close()
+		return err
+	}
+	p.cancel, p.done, p.err = cancel, make(chan struct{}), nil
+	go func() {
+		defer close(p.done)
+		err := run(pctx)
+		if err != nil && pctx.Err() == nil {
+			p.err = err
+			s.fail(fmt.Errorf("devstack: %s stopped: %w", p.name, err))
+		}
+	}()
+	s.mu.Lock()
+	if _, ok := s.parts[p.name]; !ok {
+		s.order = append(s.order, p.name)
+	}
+	s.parts[p.name] = p
+	s.mu.Unlock()
+	url := "http://" + p.addr
+	switch p.name {
+	case "ingest":
+		s.IngestURL = url
+	case "notifier":
+		s.NotifierURL = url
+	case "processor":
+		s.ProcessorURL = url
+	}
+	return waitHealthy(ctx, url+"/healthz")
+}
+
+func (s *Stack) fail(err error) {
+	s.once.Do(func() {
+		s.err = err
+		close(s.failed)
+	})
+}
+
+// Failed is closed when a service stopped on its own; Err says why.
+func (s *Stack) Failed() <-chan struct{} { return s.failed }
+
+// Err is the error of the first service that stopped on its own.
+func (s *Stack) Err() error {
+	select {
+	case <-s.failed:
+		return s.err
+	default:
+		return nil
+	}
+}
+
+// StopService stops one service ("ingest", "processor" or "notifier")
+// gracefully, as a SIGTERM of its binary would; StartService starts it
+// again on the same address.
+func (s *Stack) StopService(name string) error {
+	s.mu.Lock()
+	p, ok := s.parts[name]
+	s.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("devstack: no service %q", name)
+	}
+	p.cancel()
+	<-p.done
+	return p.err
+}
+
+// StartService starts a stopped service again on its old address.
+func (s *Stack) StartService(ctx context.Context, name string) error {
+	s.mu.Lock()
+	p, ok := s.parts[name]
+	s.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("devstack: no service %q", name)
+	}
+	select {
+	case <-p.done:
+	default:
+		return fmt.Errorf("devstack: %s is running", name)
+	}
+	return s.startPart(ctx, p)
+}
+
+// Close stops the services in reverse order of start, then the NATS server.
+func (s *Stack) Close() error {
+	s.mu.Lock()
+	order := append([]string(nil), s.order...)
+	s.mu.Unlock()
+	var errs []error
+	for i := len(order) - 1; i >= 0; i-- {
+		if err := s.StopService(order[i]); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.cancel != nil {
+		s.cancel()
+	}
+	if s.NATS != nil {
+		s.NATS.Shutdown()
+		s.NATS.WaitForShutdown()
+	}
+	return errors.Join(errs...)
+}
+
+func waitHealthy(ctx context.Context, url string) error {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("devstack: %s not healthy: %w", url, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
