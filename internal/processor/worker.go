@@ -68,7 +68,10 @@ func (p *Processor) dispatch(d *delivery) {
 		p.m.waiting.Inc()
 		return
 	case admitFull:
-		p.nak(d, p.cfg.BackoffMin)
+		// Growing with the delivery count, so a user's surplus does not
+		// spin through the consumer. It does spend a delivery, which is why
+		// the last allowed delivery is always parked (admit's force).
+		p.nak(d, p.backoff(d.attempt, nil))
 		return
 	case admitClosed:
 		p.nak(d, 0)
