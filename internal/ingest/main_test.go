@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
@@ -263,5 +262,3 @@ func (h *harness) metric(name string, want map[string]string) float64 {
 	}
 	return total
 }
-
-func hasPrefix(s, p string) bool { return strings.HasPrefix(s, p) }
