@@ -141,7 +141,7 @@ func applyStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.Stre
 				ErrIncompatible, cfg.Name, have.Storage, cfg.Storage)
 		}
 		if _, err := js.UpdateStream(ctx, cfg); err != nil {
-			return fmt.Errorf("%w: update stream %s: %w", ErrIncompatible, cfg.Name, err)
+			return fmt.Errorf("%w: update stream %s: %w", rejected(err), cfg.Name, err)
 		}
 		return nil
 	}
@@ -162,10 +162,25 @@ func ApplyConsumer(ctx context.Context, js jetstream.JetStream, p envelope.Prior
 	}
 	c, err := js.CreateOrUpdateConsumer(ctx, streams.Jobs, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("%w: consumer %s: %w", ErrIncompatible, cfg.Durable, err)
+		return nil, fmt.Errorf("%w: consumer %s: %w", rejected(err), cfg.Durable, err)
 	}
 	return c, nil
 }
+
+// rejected classifies a failed create or update: the server refusing the
+// definition (an API error) is ErrIncompatible; anything else (a timeout, a
+// lost connection, a cancelled ctx) is transient and must not tell the
+// operator to delete a stream.
+func rejected(err error) error {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		return ErrIncompatible
+	}
+	return errTransient
+}
+
+// errTransient prefixes errors that are not about the definition.
+var errTransient = errors.New("jsm: not applied")
 
 // JobStatus opens the job_status KV bucket (ApplyStreams must have run).
 func JobStatus(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {

@@ -285,6 +285,29 @@ func TestApplyConsumer(t *testing.T) {
 	}
 }
 
+// A failure that is not the server refusing the definition (here a
+// cancelled ctx) must not be reported as ErrIncompatible.
+func TestTransientErrorIsNotIncompatible(t *testing.T) {
+	_, _, js := natstest.StartWithStreams(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := jsm.ApplyConsumer(ctx, js, envelope.PriorityHigh, "image", nil)
+	if err == nil || errors.Is(err, jsm.ErrIncompatible) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("ApplyConsumer(cancelled) = %v; want context.Canceled, not ErrIncompatible", err)
+	}
+	// While a real refusal is: an existing durable's ack policy cannot change.
+	if _, err := jsm.ApplyConsumer(ctxT(t), js, envelope.PriorityHigh, "image", nil); err != nil {
+		t.Fatal(err)
+	}
+	_, err = jsm.ApplyConsumer(ctxT(t), js, envelope.PriorityHigh, "image", func(c *jetstream.ConsumerConfig) {
+		c.AckPolicy = jetstream.AckAllPolicy
+	})
+	if !errors.Is(err, jsm.ErrIncompatible) || !strings.Contains(err.Error(), "proc-high-image") {
+		t.Fatalf("ApplyConsumer(ack policy changed) = %v; want ErrIncompatible naming the consumer", err)
+	}
+	t.Logf("refusal: %v", err)
+}
+
 func TestConsumerDefinitions(t *testing.T) {
 	for _, kind := range []string{"Audio", "a.b", "", "*"} {
 		if _, err := jsm.Consumer(envelope.PriorityNormal, kind); !errors.Is(err, envelope.ErrInvalidToken) {
