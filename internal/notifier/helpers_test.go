@@ -406,3 +406,29 @@ func isClose(err error, code int) bool {
 }
 
 func b64std(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+type snapshotT = envelope.Snapshot
+
+// counterValue reads a counter from the notifier's registry (label value
+// matched against any label).
+func counterValue(t testing.TB, r *running, name, label string) float64 {
+	t.Helper()
+	mfs, err := r.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetValue() == label {
+					v += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return v
+}
