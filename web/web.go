@@ -1,0 +1,83 @@
+// Package web holds Beamline's browser assets — the beamline.js client, its
+// React hook and types, the demo page and the admin dashboard — embedded in
+// the binary so the notifier can serve them with no build step and no CDN.
+package web
+
+import (
+	"embed"
+	"encoding/json"
+	"io/fs"
+	"net/http"
+	"path"
+	"strings"
+)
+
+//go:embed *.html *.js *.d.ts *.css *.svg
+var files embed.FS
+
+// FS is the embedded asset tree (read-only).
+var FS fs.FS = files
+
+// contentTypes are set explicitly: mime.TypeByExtension reads the host's
+// tables, which map ".ts" to MPEG transport streams on some systems.
+var contentTypes = map[string]string{
+	".html": "text/html; charset=utf-8",
+	".js":   "text/javascript; charset=utf-8",
+	".ts":   "application/typescript; charset=utf-8",
+	".css":  "text/css; charset=utf-8",
+	".svg":  "image/svg+xml",
+}
+
+// csp allows only same-origin scripts, styles and connections (plus
+// WebSockets to any host, for deployments that put the notifier elsewhere).
+const csp = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
+	"connect-src 'self' ws: wss: http: https:; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+
+// Handler serves / (the demo page), /admin (the dashboard) and the assets.
+// Unknown paths get a JSON 404 like every other Beamline HTTP error.
+func Handler() http.Handler {
+	return http.HandlerFunc(serve)
+}
+
+func serve(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "only GET and HEAD are served here")
+		return
+	}
+	name := strings.TrimPrefix(path.Clean("/"+r.URL.Path), "/")
+	switch name {
+	case "":
+		name = "index.html"
+	case "admin", "admin/":
+		name = "admin.html"
+	}
+	b, err := files.ReadFile(name)
+	if err != nil || strings.Contains(name, "/") {
+		writeError(w, http.StatusNotFound, "not_found", "no such page or asset")
+		return
+	}
+	ext := path.Ext(name)
+	h := w.Header()
+	if ct, ok := contentTypes[ext]; ok {
+		h.Set("Content-Type", ct)
+	}
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Referrer-Policy", "no-referrer")
+	// Assets are not fingerprinted: let browsers revalidate every time,
+	// which is cheap against an in-memory file and never serves stale code.
+	h.Set("Cache-Control", "no-cache")
+	if ext == ".html" {
+		h.Set("Content-Security-Policy", csp)
+	}
+	if r.Method == http.MethodHead {
+		return
+	}
+	_, _ = w.Write(b)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": code, "message": msg}})
+}
