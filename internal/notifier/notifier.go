@@ -171,13 +171,20 @@ func (s *Service) shutdown() {
 	}
 	s.stopping = true
 	close(s.quit)
+	s.mu.Unlock()
+	s.closeAll(websocket.CloseServiceRestart, "server shutting down", "shutdown")
+}
+
+// closeAll closes every open WebSocket with code and msg.
+func (s *Service) closeAll(code int, msg, reason string) {
+	s.mu.Lock()
 	conns := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
 		conns = append(conns, c)
 	}
 	s.mu.Unlock()
 	for _, c := range conns {
-		c.fail(websocket.CloseServiceRestart, "server shutting down", "shutdown")
+		c.fail(code, msg, reason)
 	}
 }
 

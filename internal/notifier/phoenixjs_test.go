@@ -1,0 +1,146 @@
+package notifier
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// TestPhoenixJSClient runs test/phoenix (node --test) — the official phoenix
+// client, newest 1.8.x and 1.8.15 — against a real notifier. The Node tests
+// drive job events through a small control server started here. Skipped
+// when node or test/phoenix/node_modules is missing, unless CI=true.
+func TestPhoenixJSClient(t *testing.T) {
+	dir, err := filepath.Abs("../../test/phoenix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, err := exec.LookPath("node")
+	_, modErr := os.Stat(filepath.Join(dir, "node_modules", "phoenix"))
+	if err != nil || modErr != nil {
+		msg := "node or test/phoenix/node_modules missing (run npm ci in test/phoenix)"
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	w := newWorld(t)
+	n := startNotifier(t, w, Config{})
+	ctrl := controlServer(t, w, n)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, node, "--test", "--test-concurrency=1")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(),
+		"NOTIFIER_WS="+strings.Replace(n.url, "http://", "ws://", 1)+"/socket",
+		"CONTROL_URL="+ctrl,
+		"TOKEN_ALICE="+token(t, "alice", false),
+		"TOKEN_BOB="+token(t, "bob", false),
+	)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("node --test: %v\n%s", err, out)
+	}
+	t.Logf("node --test:\n%s", lastLines(string(out), 12))
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// controlServer lets the Node tests create jobs, publish their events,
+// broadcast, drop every connection with a close code, and read counters.
+func controlServer(t *testing.T, w *world, n *running) string {
+	mux := http.NewServeMux()
+	reply := func(rw http.ResponseWriter, v any) {
+		rw.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(rw).Encode(v)
+	}
+	mux.HandleFunc("POST /job", func(rw http.ResponseWriter, r *http.Request) {
+		reply(rw, map[string]string{"id": w.newJob(t, r.URL.Query().Get("user"))})
+	})
+	mux.HandleFunc("POST /event", func(rw http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		id := q.Get("job")
+		switch q.Get("type") {
+		case "start":
+			reply(rw, w.start(t, id))
+		case "progress":
+			p, _ := strconv.Atoi(q.Get("p"))
+			reply(rw, w.progress(t, id, p))
+		case "succeed":
+			reply(rw, w.succeed(t, id))
+		default:
+			http.Error(rw, "type?", http.StatusBadRequest)
+		}
+	})
+	mux.HandleFunc("POST /broadcast", func(rw http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		err := n.svc.Broadcast(q.Get("topic"), q.Get("event"), map[string]string{"n": q.Get("n")})
+		reply(rw, map[string]any{"ok": err == nil})
+	})
+	mux.HandleFunc("POST /drop", func(rw http.ResponseWriter, r *http.Request) {
+		code, _ := strconv.Atoi(r.URL.Query().Get("code"))
+		if code == 0 {
+			code = websocket.CloseServiceRestart
+		}
+		n.svc.closeAll(code, "dropped by test", "test")
+		reply(rw, map[string]any{"ok": true})
+	})
+	mux.HandleFunc("GET /counter", func(rw http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		reply(rw, map[string]float64{"value": counterValue(t, n, q.Get("name"), q.Get("label"))})
+	})
+	mux.HandleFunc("GET /joins", func(rw http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		reply(rw, map[string]float64{"value": joinCount(t, n, q.Get("kind"), q.Get("result"))})
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return fmt.Sprintf("http://%s", ln.Addr())
+}
+
+func joinCount(t testing.TB, r *running, kind, result string) float64 {
+	mfs, err := r.reg.Gather()
+	if err != nil {
+		t.Error(err)
+		return 0
+	}
+	var v float64
+	for _, mf := range mfs {
+		if mf.GetName() != "beamline_notifier_joins_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				labels[lp.GetName()] = lp.GetValue()
+			}
+			if labels["topic_kind"] == kind && labels["result"] == result {
+				v += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return v
+}
