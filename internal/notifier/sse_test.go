@@ -1,0 +1,88 @@
+package notifier
+
+import (
+	"bufio"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+type sseEvent struct{ id, event, data string }
+
+func readSSE(t *testing.T, resp *http.Response) []sseEvent {
+	t.Helper()
+	var out []sseEvent
+	var cur sseEvent
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case line == "":
+			if cur.id != "" {
+				out = append(out, cur)
+			}
+			cur = sseEvent{}
+		case strings.HasPrefix(line, "id: "):
+			cur.id = line[4:]
+		case strings.HasPrefix(line, "event: "):
+			cur.event = line[7:]
+		case strings.HasPrefix(line, "data: "):
+			cur.data = line[6:]
+		}
+	}
+	return out
+}
+
+func TestSSEWithLastEventID(t *testing.T) {
+	w := newWorld(t)
+	n := startNotifier(t, w, Config{})
+	id := w.newJob(t, "alice")
+	w.start(t, id)
+	w.progress(t, id, 30)
+	w.progress(t, id, 60)
+
+	req, _ := http.NewRequest("GET", n.url+"/v1/jobs/"+id+"/events", nil)
+	req.Header.Set("Authorization", "Bearer "+token(t, "alice", false))
+	req.Header.Set("Last-Event-ID", "1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("%d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	go w.succeed(t, id)
+	evs := readSSE(t, resp) // ends after the terminal event
+	var ids, types []string
+	for _, e := range evs {
+		ids, types = append(ids, e.id), append(types, e.event)
+	}
+	if strings.Join(ids, ",") != "2,3,4" || strings.Join(types, ",") != "progress,progress,succeeded" {
+		t.Fatalf("ids %v types %v", ids, types)
+	}
+	if !strings.Contains(evs[2].data, `"status":"succeeded"`) || !strings.Contains(evs[2].data, `"seq":4`) {
+		t.Fatalf("data %s", evs[2].data)
+	}
+
+	// A finished job: the terminal snapshot, then the end.
+	resp2, err := http.Get(n.url + "/v1/jobs/" + id + "/events?token=" + token(t, "alice", false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp2.Body.Close()
+	if evs := readSSE(t, resp2); len(evs) != 1 || evs[0].event != "succeeded" || evs[0].id != "4" {
+		t.Fatalf("%+v", evs)
+	}
+	for tok, want := range map[string]int{"": 401, token(t, "bob", false): 403} {
+		resp, err := http.Get(n.url + "/v1/jobs/" + id + "/events?token=" + tok)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("token %q: %d, want %d", tok, resp.StatusCode, want)
+		}
+	}
+}
