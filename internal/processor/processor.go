@@ -174,7 +174,8 @@ func (p *Processor) Run(ctx context.Context) error {
 	// Shutdown: nothing is pulled any more.
 	stop()
 	close(stopPick)
-	for _, d := range p.fair.close() {
+	parked := p.fair.close()
+	for _, d := range parked {
 		p.m.waiting.Dec()
 		p.nak(d, 0)
 	}
@@ -193,7 +194,7 @@ func (p *Processor) Run(ctx context.Context) error {
 	for _, d := range left {
 		p.nak(d, 0)
 	}
-	p.log.Info("processor stopped", "handed_back", len(left))
+	p.log.Info("processor stopped", "handed_back", len(left)+len(parked))
 	if supErr != nil {
 		return fmt.Errorf("processor: %w", supErr)
 	}

@@ -1,0 +1,231 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
+
+	"github.com/beamline/beamline/internal/jobstore"
+	"github.com/beamline/beamline/internal/jsm"
+	"github.com/beamline/beamline/internal/natstest"
+	"github.com/beamline/beamline/pkg/envelope"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "processor-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "processor")
+	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	if code == 0 {
+		if err := goleak.Find(goleak.IgnoreTopFunction("internal/poll.runtime_pollWait")); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type stack struct {
+	t     *testing.T
+	url   string
+	js    jetstream.JetStream
+	store *jobstore.Store
+}
+
+func newStack(t *testing.T) *stack {
+	srv, _, js := natstest.StartWithStreams(t)
+	kv, err := jsm.JobStatus(context.Background(), js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &stack{t: t, url: srv.ClientURL(), js: js, store: jobstore.New(js, kv, jobstore.Config{})}
+}
+
+// processor starts the binary; it is killed when the test ends.
+func (s *stack) processor(args ...string) *exec.Cmd {
+	s.t.Helper()
+	args = append([]string{"-nats", s.url, "-addr", "127.0.0.1:0", "-kinds", "image", "-log-format", "json"}, args...)
+	cmd := exec.Command(binary, args...)
+	cmd.Stderr = os.Stderr
+	if !testing.Verbose() {
+		cmd.Stderr = nil
+	}
+	if err := cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	})
+	return cmd
+}
+
+func (s *stack) submit(n int, durationMS int) []envelope.Job {
+	s.t.Helper()
+	var out []envelope.Job
+	for i := range n {
+		j := envelope.Job{
+			ID: fmt.Sprintf("job-%d-%d", time.Now().UnixNano(), i), User: "alice", Kind: "image",
+			Priority: envelope.PriorityNormal, CreatedAt: time.Now().UTC(),
+			Input: []byte(fmt.Sprintf(`{"sim":{"duration_ms":%d}}`, durationMS)),
+		}
+		if _, err := s.store.Create(context.Background(), j); err != nil {
+			s.t.Fatal(err)
+		}
+		m, err := envelope.NewJobMsg(j, "/test", "")
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		if _, err := s.js.PublishMsg(context.Background(), m); err != nil {
+			s.t.Fatal(err)
+		}
+		out = append(out, j)
+	}
+	return out
+}
+
+// waitAllDelivered waits until every one of n messages is delivered and unacked.
+func (s *stack) waitAllDelivered(n int) {
+	s.t.Helper()
+	waitFor(s.t, 20*time.Second, func() bool {
+		c, err := s.js.Consumer(context.Background(), "JOBS", jsm.ConsumerName(envelope.PriorityNormal, "image"))
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(context.Background())
+		return err == nil && info.NumPending == 0 && info.NumAckPending == n
+	})
+}
+
+func (s *stack) snapshot(id string) envelope.Snapshot {
+	snap, _, _ := s.store.Get(context.Background(), id)
+	return snap
+}
+
+func waitFor(t *testing.T, timeout time.Duration, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatal("timed out")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestHelp(t *testing.T) {
+	out, err := exec.Command(binary, "--help").CombinedOutput()
+	if err != nil {
+		t.Fatalf("--help: %v\n%s", err, out)
+	}
+}
+
+func TestKill9JobsCompleteOnOtherProcessorAfterAckWait(t *testing.T) {
+	if testing.Short() {
+		t.Skip("process-level test")
+	}
+	s := newStack(t)
+	jobs := s.submit(3, 2000)
+	a := s.processor("-ack-wait", "2s", "-concurrency", "4")
+	s.waitAllDelivered(len(jobs))
+	waitFor(t, 10*time.Second, func() bool {
+		for _, j := range jobs {
+			if s.snapshot(j.ID).Status != envelope.StatusRunning {
+				return false
+			}
+		}
+		return true
+	})
+	b := s.processor("-ack-wait", "2s", "-concurrency", "4")
+	if err := a.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = a.Wait()
+	waitFor(t, 30*time.Second, func() bool {
+		for _, j := range jobs {
+			if s.snapshot(j.ID).Status != envelope.StatusSucceeded {
+				return false
+			}
+		}
+		return true
+	})
+	for _, j := range jobs {
+		if snap := s.snapshot(j.ID); snap.Attempt != 2 {
+			t.Fatalf("job %s: attempt %d, want 2 (redelivered once)", j.ID, snap.Attempt)
+		}
+	}
+	stopProc(t, b)
+}
+
+func TestSIGTERMFinishesInFlightAndHandsOverTheRest(t *testing.T) {
+	if testing.Short() {
+		t.Skip("process-level test")
+	}
+	s := newStack(t)
+	jobs := s.submit(4, 1500)
+	// ack_wait far beyond the test: anything taken over was handed back.
+	a := s.processor("-ack-wait", "60s", "-concurrency", "2", "-max-per-user", "1")
+	s.waitAllDelivered(len(jobs))
+	var first envelope.Job
+	waitFor(t, 10*time.Second, func() bool {
+		for _, j := range jobs {
+			if s.snapshot(j.ID).Status == envelope.StatusRunning {
+				first = j
+				return true
+			}
+		}
+		return false
+	})
+	b := s.processor("-ack-wait", "60s", "-concurrency", "2", "-max-per-user", "4")
+	stopProc(t, a)
+	if snap := s.snapshot(first.ID); snap.Status != envelope.StatusSucceeded || snap.Attempt != 1 {
+		t.Fatalf("in-flight job after SIGTERM: %+v", snap)
+	}
+	waitFor(t, 20*time.Second, func() bool {
+		for _, j := range jobs {
+			if s.snapshot(j.ID).Status != envelope.StatusSucceeded {
+				return false
+			}
+		}
+		return true
+	})
+	stopProc(t, b)
+}
+
+// stopProc sends SIGTERM and requires a clean exit.
+func stopProc(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("processor exited with %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("processor did not exit after SIGTERM")
+	}
+}
