@@ -50,6 +50,7 @@ function start(token) {
     setFormStatus("Submitting…");
     try {
       const job = await client.submit(body);
+      $("new-job").dataset.lastJob = job.id;
       setFormStatus(`Submitted ${job.kind} job ${shortId(job.id)}.`);
     } catch (err) {
       const retry = err.retryAfter ? ` Retry in ${err.retryAfter}s.` : "";
