@@ -5,6 +5,8 @@ import (
 	"net"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/beamline/beamline/internal/auth"
 	"github.com/beamline/beamline/pkg/envelope"
 )
@@ -46,6 +48,9 @@ type Config struct {
 	// Source is the CloudEvents source of the envelopes ingest writes.
 	// Default "/beamline/ingest".
 	Source string
+	// TracerProvider makes the server span of each request; nil means no
+	// tracing (an incoming traceparent is still forwarded).
+	TracerProvider trace.TracerProvider
 }
 
 func (c Config) withDefaults() (Config, error) {

@@ -19,11 +19,13 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/beamline/beamline/internal/auth"
 	"github.com/beamline/beamline/internal/jobstore"
 	"github.com/beamline/beamline/internal/jsm"
 	"github.com/beamline/beamline/internal/ops"
+	"github.com/beamline/beamline/internal/telemetry"
 )
 
 // Route labels of beamline_ingest_requests_total.
@@ -46,6 +48,7 @@ type Service struct {
 	metrics  *metrics
 	gatherer prometheus.Gatherer
 	slots    chan struct{} // one per submission in flight
+	tracer   trace.Tracer
 	handler  http.Handler
 }
 
@@ -90,8 +93,9 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 		log:      log,
 		metrics:  m,
 		slots:    make(chan struct{}, cfg.MaxInFlight),
+		tracer:   telemetry.Tracer(cfg.TracerProvider),
 	}
-	s.store = jobstore.New(js, kv, jobstore.Config{Source: cfg.Source, Traceparent: traceparentOf})
+	s.store = jobstore.New(js, kv, jobstore.Config{Source: cfg.Source, Traceparent: telemetry.Traceparent})
 	for _, k := range cfg.Kinds {
 		s.kinds[k] = true
 	}
@@ -129,9 +133,9 @@ func (s *Service) Run(ctx context.Context) error {
 func (s *Service) routes() http.Handler {
 	mux := http.NewServeMux()
 	m := s.metrics
-	mux.Handle("POST /v1/jobs", m.instrument(routeSubmit, http.HandlerFunc(s.submit)))
-	mux.Handle("GET /v1/jobs/{id}", m.instrument(routeGet, http.HandlerFunc(s.get)))
-	mux.Handle("DELETE /v1/jobs/{id}", m.instrument(routeCancel, http.HandlerFunc(s.cancel)))
+	mux.Handle("POST /v1/jobs", m.instrument(routeSubmit, s.traced(routeSubmit, http.HandlerFunc(s.submit))))
+	mux.Handle("GET /v1/jobs/{id}", m.instrument(routeGet, s.traced(routeGet, http.HandlerFunc(s.get))))
+	mux.Handle("DELETE /v1/jobs/{id}", m.instrument(routeCancel, s.traced(routeCancel, http.HandlerFunc(s.cancel))))
 	// The mux's own 404 and 405 answers are plain text; these keep every
 	// error JSON.
 	mux.Handle("/v1/jobs", m.instrument(routeOther, methodNotAllowed("POST")))

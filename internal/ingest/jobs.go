@@ -10,6 +10,7 @@ import (
 
 	"github.com/beamline/beamline/internal/auth"
 	"github.com/beamline/beamline/internal/jobstore"
+	"github.com/beamline/beamline/internal/telemetry"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -37,12 +38,12 @@ func (s *Service) cancel(w http.ResponseWriter, r *http.Request) {
 		writeError(w, aerr)
 		return
 	}
-	log := s.log.With("job", snap.ID, "user", snap.User, "kind", snap.Kind)
+	log := s.log.With("job", snap.ID, "user", snap.User, "kind", snap.Kind).With(telemetry.LogAttrs(r.Context())...)
 	if snap.Status.Terminal() {
 		writeError(w, alreadyTerminal(snap))
 		return
 	}
-	ctx := traceContext(r.Context(), r)
+	ctx := r.Context()
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RequestTimeout)
 	defer cancel()
 	next, err := s.store.Apply(ctx, snap.ID, nil, envelope.TypeCancelled, func(sn *envelope.Snapshot) error {
@@ -65,7 +66,7 @@ func (s *Service) cancel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	msg := nats.NewMsg(CancelSubject(next.User, next.ID))
-	if tp := traceparentOf(ctx); tp != "" {
+	if tp := telemetry.Traceparent(ctx); tp != "" {
 		msg.Header.Set(envelope.HeaderTraceparent, tp)
 	}
 	if err := s.nc.PublishMsg(msg); err != nil {

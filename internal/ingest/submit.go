@@ -13,6 +13,7 @@ import (
 
 	"github.com/beamline/beamline/internal/auth"
 	"github.com/beamline/beamline/internal/jobstore"
+	"github.com/beamline/beamline/internal/telemetry"
 	"github.com/beamline/beamline/pkg/envelope"
 	"github.com/beamline/beamline/streams"
 )
@@ -76,7 +77,7 @@ func (s *Service) submit(w http.ResponseWriter, r *http.Request) {
 		Input:     req.Input,
 		CreatedAt: time.Now().UTC(),
 	}
-	ctx := traceContext(r.Context(), r)
+	ctx := r.Context()
 	if key != "" {
 		job.ID = keyedJobID(p.User, key)
 		// Past the duplicate window JetStream would take the same id as a new
@@ -95,8 +96,8 @@ func (s *Service) submit(w http.ResponseWriter, r *http.Request) {
 // publish writes the job to JOBS, waits for the PubAck, then records the
 // queued snapshot and answers 202.
 func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Request, p auth.Principal, job envelope.Job) {
-	log := s.log.With("job", job.ID, "user", p.User, "kind", job.Kind)
-	msg, err := envelope.NewJobMsg(job, s.cfg.Source, traceparentOf(ctx))
+	log := s.log.With("job", job.ID, "user", p.User, "kind", job.Kind).With(telemetry.LogAttrs(ctx)...)
+	msg, err := envelope.NewJobMsg(job, s.cfg.Source, telemetry.Traceparent(ctx))
 	if err != nil {
 		if errors.Is(err, envelope.ErrTooLarge) {
 			s.reject(w, r, tooLarge("the job envelope exceeds "+byteSize(envelope.MaxSize)))

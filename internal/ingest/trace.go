@@ -1,63 +1,41 @@
 package ingest
 
 import (
-	"context"
 	"net/http"
+	"strconv"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/beamline/beamline/internal/telemetry"
 )
 
-// Trace context. For now ingest forwards a valid incoming W3C traceparent as
-// it is; the telemetry work replaces traceContext (and traceparentOf) with
-// OpenTelemetry propagation and spans. Everything else calls only these two.
+// Trace context. Every API request runs inside a server span, the child of
+// the request's W3C traceparent when it has a valid one (an invalid header
+// is ignored, as W3C Trace Context asks). Messages published while handling
+// it (the job, the cancel notice, the events jobstore writes) carry the
+// span's traceparent: telemetry.Traceparent(ctx). With tracing off the
+// provider is a no-op and an incoming traceparent travels on unchanged.
 
-type traceKey struct{}
-
-// traceContext returns ctx carrying the request's traceparent, if it has a
-// valid one (an invalid header is ignored, as W3C Trace Context asks).
-func traceContext(ctx context.Context, r *http.Request) context.Context {
-	tp := r.Header.Get("traceparent")
-	if !validTraceparent(tp) {
-		return ctx
-	}
-	return context.WithValue(ctx, traceKey{}, tp)
-}
-
-// traceparentOf is the traceparent to put on messages published under ctx.
-func traceparentOf(ctx context.Context) string {
-	tp, _ := ctx.Value(traceKey{}).(string)
-	return tp
-}
-
-// validTraceparent checks version-traceid-parentid-flags: lower-case hex of
-// 2-32-16-2 digits, version not ff, ids not all zero. Versions after 00 may
-// append fields after a '-'.
-func validTraceparent(s string) bool {
-	if len(s) < 55 || (len(s) > 55 && (s[:2] == "00" || s[55] != '-')) {
-		return false
-	}
-	if s[2] != '-' || s[35] != '-' || s[52] != '-' {
-		return false
-	}
-	if !lowerHex(s[0:2]) || s[0:2] == "ff" || !lowerHex(s[3:35]) || !lowerHex(s[36:52]) || !lowerHex(s[53:55]) {
-		return false
-	}
-	return !allZero(s[3:35]) && !allZero(s[36:52])
-}
-
-func lowerHex(s string) bool {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
+// traced wraps the handler of one route in its server span.
+func (s *Service) traced(route string, h http.Handler) http.Handler {
+	name := "ingest " + route
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := telemetry.Propagator().Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+		ctx, span := s.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindServer),
+			trace.WithAttributes(attribute.String("http.request.method", r.Method), attribute.String("http.route", route)))
+		defer span.End()
+		rec := &statusRecorder{ResponseWriter: w}
+		h.ServeHTTP(rec, r.WithContext(ctx))
+		code := rec.code
+		if code == 0 {
+			code = http.StatusOK
 		}
-	}
-	return true
-}
-
-func allZero(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] != '0' {
-			return false
+		span.SetAttributes(attribute.Int("http.response.status_code", code))
+		if code >= 500 {
+			span.SetStatus(codes.Error, strconv.Itoa(code))
 		}
-	}
-	return true
+	})
 }

@@ -278,3 +278,22 @@ func TestAdminPayloadShape(t *testing.T) {
 		}
 	}
 }
+
+// The W3C rules ingest used to check by hand, now the propagator's.
+func TestTraceparentValidation(t *testing.T) {
+	for tp, want := range map[string]bool{
+		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01":      true,
+		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what": true,
+		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x":    false,
+		"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01":      false,
+		"00-00000000000000000000000000000000-00f067aa0ba902b7-01":      false,
+		"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01":      false,
+		"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01":      false,
+		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7":         false,
+		"": false,
+	} {
+		if got := SpanContextOf(tp).IsValid(); got != want {
+			t.Errorf("SpanContextOf(%q).IsValid() = %v", tp, got)
+		}
+	}
+}
