@@ -160,7 +160,7 @@ function start(token) {
     li.querySelector('[data-role="progress"]').textContent = `${pct}%`;
     li.querySelector('[data-role="attempt"]').textContent = job.attempt > 0 ? `attempt ${job.attempt}` : "not started";
     const t = li.querySelector('[data-role="time"]');
-    t.textContent = timeLabel(job.updated_at);
+    t.textContent = job.updated_at ? "updated " + timeLabel(job.updated_at) : "";
     t.title = job.updated_at;
     const err = li.querySelector('[data-role="error"]');
     err.hidden = !job.error;

@@ -398,6 +398,9 @@ export function connect(opts = {}) {
       // Resume after the last job seq this topic delivered.
       params: (ch) => (ch.seen.has(id) ? { last_seq: ch.seen.get(id) } : {}),
       onJoin: (ch, resp) => {
+        // Resumed: the notifier replays every missed event next, in order,
+        // so the (newer) snapshot would only make us skip some of them.
+        if (resp.recovered && ch.seen.has(id)) return;
         if (resp.snapshot) ch.deliver(resp.snapshot, { type: "snapshot", seq: resp.snapshot.seq, recovered: !!resp.recovered });
       },
       onPush: (ch, event, p) => {
@@ -448,6 +451,8 @@ export function connect(opts = {}) {
             }
           }
           for (const j of jobs) {
+            // Resumed: jobs we know get their missed events from the replay.
+            if (resp.recovered && ch.seen.has(j.id)) continue;
             track(j);
             ch.deliver(j, { type: "snapshot", seq: j.seq, recovered: !!resp.recovered });
           }

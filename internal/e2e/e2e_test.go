@@ -226,6 +226,14 @@ func (tb *tab) waitJS(what, expr string, d time.Duration) {
 	}
 }
 
+// tryWaitJS is waitJS that reports a timeout instead of failing.
+func (tb *tab) tryWaitJS(expr string, d time.Duration) bool {
+	ctx, cancel := context.WithTimeout(tb.ctx, d)
+	defer cancel()
+	_, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](expr, chromedp.WithPollingInterval(100*time.Millisecond), chromedp.WithPollingTimeout(d)))
+	return err == nil
+}
+
 // eval evaluates a JS expression in the tab and decodes its value.
 func eval[T any](tb *tab, expr string) T {
 	tb.t.Helper()

@@ -145,4 +145,10 @@ func TestLayoutNarrowAndWide(t *testing.T) {
 		t.Error("at 1280px the job list is not beside the form")
 	}
 	tb.screenshot("demo-wide-1280")
+
+	// Cancel the unfinished jobs with their Cancel buttons (by keyboard).
+	for _, id := range []string{long, retry} {
+		tb.run("cancel "+id, chromedp.Focus(chromedp.CSS(jobSel(id)+" .cancel")), chromedp.KeyEvent(kb.Enter))
+		tb.waitJS("the job to show cancelled", fmt.Sprintf(`document.querySelector(%q)?.dataset.status === "cancelled"`, jobSel(id)), 15*time.Second)
+	}
 }
