@@ -176,7 +176,7 @@ func (b *Breaker) Do(ctx context.Context, fn func(ctx context.Context) error) er
 		return err
 	}
 	_, err := b.cb.Execute(func() (struct{}, error) { return struct{}{}, fn(ctx) })
-	switch err {
+	switch err { // Execute returns its own sentinels unwrapped, never fn's errors as these
 	case gobreaker.ErrOpenState:
 		return Retryable(fmt.Errorf("%w: %s", ErrBreakerOpen, b.name), b.untilHalfOpen())
 	case gobreaker.ErrTooManyRequests:
