@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/beamline/beamline/internal/config"
 	"github.com/beamline/beamline/internal/provider"
 	"github.com/beamline/beamline/pkg/envelope"
@@ -96,6 +98,9 @@ type Config struct {
 	// MetricsInterval is how often consumer and DLQ figures are refreshed.
 	// Default 5s.
 	MetricsInterval time.Duration
+	// TracerProvider makes the spans of attempts, provider calls and store
+	// writes. nil means no tracing (traceparents still travel on).
+	TracerProvider trace.TracerProvider
 }
 
 func (c *Config) withDefaults() (Config, error) {

@@ -1,7 +1,6 @@
 package processor
 
 import (
-	"context"
 	"sync"
 )
 
@@ -67,20 +66,4 @@ func (p *progress) close() {
 	p.closed = true
 	p.mu.Unlock()
 	p.flushed.Wait()
-}
-
-type traceKey struct{}
-
-// withTraceparent carries a message's traceparent to the events stored for
-// it (jobstore.Config.Traceparent reads it back).
-func withTraceparent(ctx context.Context, tp string) context.Context {
-	if tp == "" {
-		return ctx
-	}
-	return context.WithValue(ctx, traceKey{}, tp)
-}
-
-func traceparentOf(ctx context.Context) string {
-	s, _ := ctx.Value(traceKey{}).(string)
-	return s
 }

@@ -8,8 +8,11 @@ import (
 	"log/slog"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+
 	"github.com/beamline/beamline/internal/jobstore"
 	"github.com/beamline/beamline/internal/provider"
+	"github.com/beamline/beamline/internal/telemetry"
 	"github.com/beamline/beamline/pkg/envelope"
 	"github.com/beamline/beamline/pkg/flow"
 )
@@ -110,10 +113,11 @@ func (p *Processor) decode(d *delivery) bool {
 // run is one attempt of a job whose user slot is held.
 func (p *Processor) run(d *delivery) {
 	j := d.job
-	log := p.log.With("job", j.ID, "user", j.User, "kind", j.Kind, "attempt", d.attempt)
 	// Store writes use a context that survives the start of a shutdown:
 	// a job finishing within the grace period must still record its end.
-	ctx := withTraceparent(context.Background(), d.msg.Headers().Get(envelope.HeaderTraceparent))
+	ctx, span := p.startAttempt(context.Background(), d)
+	defer span.End()
+	log := p.log.With("job", j.ID, "user", j.User, "kind", j.Kind, "attempt", d.attempt).With(telemetry.LogAttrs(ctx)...)
 	br := p.kindBreakers[j.Kind]
 	// An open breaker: wait here (heartbeats keep the message) instead of
 	// burning a delivery. The pullers have stopped, so only prefetched
@@ -143,19 +147,21 @@ func (p *Processor) run(d *delivery) {
 		p.m.queueWait.WithLabelValues(j.Kind, string(j.Priority)).Observe(time.Since(j.CreatedAt).Seconds())
 	}
 
-	result, callErr := p.call(d, br, log)
+	result, callErr := p.call(ctx, d, br, log)
+	telemetry.RecordError(span, callErr)
 	p.finish(ctx, d, result, callErr, log)
 }
 
 // call runs the provider call: Breaker → Boundary{Timeout} → Provider.Call,
 // with the job's own context (cancelled by cancel.<user>.<job>, or when the
 // shutdown grace runs out).
-func (p *Processor) call(d *delivery, br *flow.Breaker, log *slog.Logger) (json.RawMessage, error) {
+func (p *Processor) call(actx context.Context, d *delivery, br *flow.Breaker, log *slog.Logger) (json.RawMessage, error) {
 	j := d.job
 	prov := p.kindProviders[j.Kind]
 	jctx, cancel := context.WithCancel(p.jobBase)
 	defer cancel()
-	jctx = withTraceparent(jctx, d.msg.Headers().Get(envelope.HeaderTraceparent))
+	jctx, span := p.startSpan(withSpanOf(jctx, actx), "provider call", attribute.String("beamline.provider", prov.Name()))
+	defer span.End()
 	p.reg.running(d, cancel)
 	defer p.reg.stopped(d)
 	p.m.inflight.Inc()
@@ -203,6 +209,7 @@ func (p *Processor) call(d *delivery, br *flow.Breaker, log *slog.Logger) (json.
 		}
 		p.m.duration.WithLabelValues(j.Kind).Observe(time.Since(start).Seconds())
 		p.countCall(prov.Name(), j.Kind, err)
+		telemetry.RecordError(span, err)
 		prog.close() // progress events all stored before the final one
 		return result, err
 	}
@@ -343,8 +350,13 @@ func (p *Processor) apply(ctx context.Context, d *delivery, t envelope.Type, fn 
 	if t == envelope.TypeStarted {
 		seed = &d.job
 	}
+	ctx, span := p.startSpan(ctx, "job store write", attribute.String("beamline.event", t.Short()))
+	defer span.End()
 	for i := 1; ; i++ {
 		snap, err := p.store.Apply(ctx, d.job.ID, seed, t, fn)
+		if err != nil && !errors.Is(err, jobstore.ErrTerminal) {
+			telemetry.RecordError(span, err)
+		}
 		if err == nil || errors.Is(err, jobstore.ErrTerminal) || i == 5 || ctx.Err() != nil {
 			return snap, err
 		}
