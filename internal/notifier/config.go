@@ -16,6 +16,8 @@ import (
 	"net"
 	"net/http"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 // ErrInvalidConfig is wrapped by every configuration error.
@@ -51,6 +53,9 @@ type Config struct {
 	WriteTimeout time.Duration
 	// Static, when set, is mounted at / (the web UI).
 	Static http.Handler
+	// TracerProvider records a span per event pushed to a socket, the
+	// child of the event's traceparent. nil means no tracing.
+	TracerProvider trace.TracerProvider
 }
 
 func (c *Config) setDefaults() error {

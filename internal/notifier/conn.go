@@ -19,6 +19,7 @@ type outFrame struct {
 	data   []byte
 	binary bool
 	at     time.Time // event time, for the latency metric (zero: not an event)
+	trace  eventTrace
 }
 
 // conn is one WebSocket client. The handler goroutine reads and processes
@@ -268,6 +269,7 @@ func (c *conn) writeLoop() {
 			if !f.at.IsZero() {
 				c.s.m.pushes.Inc()
 				c.s.m.latency.Observe(time.Since(f.at).Seconds())
+				c.s.tracePush(f)
 			}
 			batch[i] = outFrame{}
 		}
@@ -302,8 +304,9 @@ func (c *conn) deliver(sb *sub, ev *event) {
 
 func (c *conn) pushFrame(sb *sub, ev *event) outFrame {
 	return outFrame{
-		data: phoenix.AppendFrame(make([]byte, 0, len(ev.payload)+len(sb.topic)+32), sb.joinRef, phoenix.Ref{}, sb.topic, ev.name, ev.payload),
-		at:   ev.at,
+		data:  phoenix.AppendFrame(make([]byte, 0, len(ev.payload)+len(sb.topic)+32), sb.joinRef, phoenix.Ref{}, sb.topic, ev.name, ev.payload),
+		at:    ev.at,
+		trace: ev.trace,
 	}
 }
 

@@ -26,6 +26,7 @@ type event struct {
 	streamSeq uint64
 	at        time.Time // the envelope's time, for the latency metric
 	terminal  bool
+	trace     eventTrace // for the push span (zero: not traced)
 }
 
 // sink is where a subscription's events go: a WebSocket connection or an
@@ -382,7 +383,9 @@ func (h *hub) decode(m *jetstream.RawStreamMsg) *event {
 		h.s.log.Warn("undecodable event in stream", "subject", m.Subject, "stream_seq", m.Sequence, "err", err)
 		return nil
 	}
-	return newJobEvent(env, snap, m.Sequence)
+	ev := newJobEvent(env, snap, m.Sequence)
+	ev.trace = h.s.traceOf(m.Header)
+	return ev
 }
 
 func newJobEvent(env *envelope.Envelope, snap envelope.Snapshot, streamSeq uint64) *event {
