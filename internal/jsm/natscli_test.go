@@ -192,6 +192,7 @@ func relevantStream(c jetstream.StreamConfig) jetstream.StreamConfig {
 		MaxMsgsPerSubject: c.MaxMsgsPerSubject, MaxMsgSize: c.MaxMsgSize, Discard: c.Discard,
 		Storage: c.Storage, Replicas: c.Replicas, Duplicates: c.Duplicates, AllowRollup: c.AllowRollup,
 		AllowDirect: c.AllowDirect, DenyDelete: c.DenyDelete, DenyPurge: c.DenyPurge, NoAck: c.NoAck,
+		RePublish: c.RePublish,
 	}
 }
 
