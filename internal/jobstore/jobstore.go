@@ -108,54 +108,108 @@ type Mutation func(*envelope.Snapshot) error
 // (a job published straight to its subject, never seen by ingest), the
 // queued snapshot is created from seed first. A stored terminal snapshot is
 // returned unchanged with ErrTerminal.
+//
+// Apply costs one KV read per change; a caller that carries the snapshot and
+// revision from one change to the next uses ApplyAt and saves it.
 func (s *Store) Apply(ctx context.Context, id string, seed *envelope.Job, t envelope.Type, mutate Mutation) (envelope.Snapshot, error) {
+	snap, _, err := s.applyLoop(ctx, id, seed, t, mutate)
+	return snap, err
+}
+
+// ApplyAt is Apply for a caller that already holds the job's snapshot cur at
+// KV revision rev (from Get, or from the previous ApplyAt): it applies mutate
+// to cur and writes at rev without reading first. Only when that
+// compare-and-set loses (someone else wrote the job meanwhile: a cancel, a
+// second processor) does it fall back to Apply's read-modify-write loop, so
+// mutate must be written against whatever snapshot it is given, not against
+// cur. It returns the snapshot and revision now stored. rev 0 means "not
+// known" and goes straight to the loop. A terminal cur is returned with
+// ErrTerminal (terminal states are final, so a cached one is authoritative).
+//
+// Round trips of a change: 1 KV write + 1 event publish; a lost
+// compare-and-set adds 1 KV read and 1 KV write per retry.
+func (s *Store) ApplyAt(ctx context.Context, cur envelope.Snapshot, rev uint64, t envelope.Type, mutate Mutation) (envelope.Snapshot, uint64, error) {
+	if rev == 0 {
+		return s.applyLoop(ctx, cur.ID, nil, t, mutate)
+	}
+	if cur.Status.Terminal() {
+		return cur, rev, ErrTerminal
+	}
+	next, msg, b, err := s.prepare(ctx, cur, t, mutate)
+	if err != nil {
+		return cur, rev, err
+	}
+	newRev, err := s.kv.Update(ctx, cur.ID, b, rev)
+	if isWrongRevision(err) {
+		return s.applyLoop(ctx, cur.ID, nil, t, mutate)
+	}
+	if err != nil {
+		return cur, rev, fmt.Errorf("jobstore: update %s: %w", cur.ID, err)
+	}
+	return next, newRev, s.publish(ctx, msg, next)
+}
+
+// applyLoop is the read-modify-write loop of Apply; it also returns the
+// revision it stored (or read, on ErrTerminal and mutation errors).
+func (s *Store) applyLoop(ctx context.Context, id string, seed *envelope.Job, t envelope.Type, mutate Mutation) (envelope.Snapshot, uint64, error) {
 	conflicts := 0
 	for range maxAttempts {
 		if conflicts > 0 {
 			if err := conflictPause(ctx, conflicts); err != nil {
-				return envelope.Snapshot{}, fmt.Errorf("jobstore: update %s: %w", id, err)
+				return envelope.Snapshot{}, 0, fmt.Errorf("jobstore: update %s: %w", id, err)
 			}
 		}
 		cur, rev, err := s.Get(ctx, id)
 		if errors.Is(err, ErrNotFound) && seed != nil {
 			if _, err = s.Create(ctx, *seed); err != nil && !errors.Is(err, ErrExists) {
-				return envelope.Snapshot{}, err
+				return envelope.Snapshot{}, 0, err
 			}
 			continue
 		}
 		if err != nil {
-			return envelope.Snapshot{}, err
+			return envelope.Snapshot{}, 0, err
 		}
 		if cur.Status.Terminal() {
-			return cur, ErrTerminal
+			return cur, rev, ErrTerminal
 		}
-		next := cur
-		if err := mutate(&next); err != nil {
-			return cur, err
-		}
-		next.Seq = cur.Seq + 1
-		next.UpdatedAt = s.cfg.Now().UTC()
-		// Build (and so validate) the event before the compare-and-set: a
-		// snapshot that cannot be announced must not be stored either, or the
-		// job would be left unreadable with no event for its seq.
-		msg, err := s.eventMsg(ctx, t, next)
+		next, msg, b, err := s.prepare(ctx, cur, t, mutate)
 		if err != nil {
-			return cur, err
+			return cur, rev, err
 		}
-		b, err := next.Marshal()
+		newRev, err := s.kv.Update(ctx, id, b, rev)
 		if err != nil {
-			return cur, err
-		}
-		if _, err := s.kv.Update(ctx, id, b, rev); err != nil {
 			if isWrongRevision(err) {
 				conflicts++
 				continue
 			}
-			return cur, fmt.Errorf("jobstore: update %s: %w", id, err)
+			return cur, rev, fmt.Errorf("jobstore: update %s: %w", id, err)
 		}
-		return next, s.publish(ctx, msg, next)
+		return next, newRev, s.publish(ctx, msg, next)
 	}
-	return envelope.Snapshot{}, fmt.Errorf("%w: %s", ErrConflict, id)
+	return envelope.Snapshot{}, 0, fmt.Errorf("%w: %s", ErrConflict, id)
+}
+
+// prepare applies mutate to a copy of cur, bumps seq and updated_at, and
+// builds the event and the KV value of the result.
+func (s *Store) prepare(ctx context.Context, cur envelope.Snapshot, t envelope.Type, mutate Mutation) (envelope.Snapshot, *nats.Msg, []byte, error) {
+	next := cur
+	if err := mutate(&next); err != nil {
+		return cur, nil, nil, err
+	}
+	next.Seq = cur.Seq + 1
+	next.UpdatedAt = s.cfg.Now().UTC()
+	// Build (and so validate) the event before the compare-and-set: a
+	// snapshot that cannot be announced must not be stored either, or the
+	// job would be left unreadable with no event for its seq.
+	msg, err := s.eventMsg(ctx, t, next)
+	if err != nil {
+		return cur, nil, nil, err
+	}
+	b, err := next.Marshal()
+	if err != nil {
+		return cur, nil, nil, err
+	}
+	return next, msg, b, nil
 }
 
 // maxAttempts bounds Apply's compare-and-set loop. Every lost attempt means
