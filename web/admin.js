@@ -165,9 +165,20 @@ function draw(svg, names, now) {
     path.setAttribute("vector-effect", "non-scaling-stroke");
     svg.append(path);
   }
-  const label = document.createElementNS(SVG, "title");
-  label.textContent = `max ${max}`;
-  svg.append(label);
+  // The scale, as HTML under the chart (SVG text would stretch with it).
+  let axis = svg.nextElementSibling;
+  if (!axis || !axis.classList.contains("axis")) {
+    axis = document.createElement("div");
+    axis.className = "axis";
+    axis.setAttribute("aria-hidden", "true");
+    svg.after(axis);
+  }
+  axis.textContent = "";
+  const left = document.createElement("span");
+  left.textContent = "2 min ago";
+  const right = document.createElement("span");
+  right.textContent = `scale 0–${max}`;
+  axis.append(left, right);
 }
 
 function niceMax(v) {
