@@ -1,0 +1,237 @@
+// Command beambench measures Beamline against raw NATS in the same run:
+// ingest submissions against raw JetStream publishes, processing against raw
+// consume+ack, WebSocket push latency against a raw core-NATS subscriber,
+// notifier memory per connection, and push against 2-second polling.
+//
+// Each figure is printed as a JSON line
+// {"scenario","figure","value","unit","baseline","ratio","params"} and all of
+// them again as a Markdown table at the end. By default it starts devstack
+// in-process (temporary folder, file storage); -ingest, -notifier and -nats
+// point it at running binaries instead (token secret from
+// $BEAMLINE_AUTH_SECRET). -short runs every scenario small enough for CI and
+// fails unless each produced figures.
+//
+// "beambench push-clients" is the child process the push scenario spawns to
+// hold thousands of WebSocket connections outside its own file limit.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/pprof"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "beambench:", err)
+		os.Exit(1)
+	}
+}
+
+// scenarios in the order they run.
+var scenarios = []string{"ingest", "pipeline", "push", "polling"}
+
+// options are the sizes of every scenario; shortOptions and fullOptions
+// are the two presets, flags override single values.
+type options struct {
+	short, verbose                  bool
+	scenarios                       []string
+	ingestURL, notifierURL, natsURL string
+	procConcurrency                 int
+	cpuProfile                      string
+	notifierBin                     string // run the notifier as a separate process (push memory)
+	clientProcs, connsPerProc       int
+
+	ingestConc     []int
+	ingestDur      time.Duration
+	pipeJobs       int
+	pipeRate       int
+	pipeDur        time.Duration
+	pushClients    int // connected (memory figure)
+	pushLatClients int // receiving events (latency figure)
+	pushRate       int
+	pushDur        time.Duration
+	pollJobs       int
+	pollDur        time.Duration
+	pollInterval   time.Duration
+	deadline       time.Duration // whole run
+}
+
+func fullOptions() options {
+	return options{
+		procConcurrency: 64, connsPerProc: 5000,
+		ingestConc: []int{1, 16, 64}, ingestDur: 5 * time.Second,
+		pipeJobs: 50000, pipeRate: 200, pipeDur: 10 * time.Second,
+		pushClients: 15000, pushLatClients: 5000, pushRate: 2000, pushDur: 10 * time.Second,
+		pollJobs: 100, pollDur: 60 * time.Second, pollInterval: 2 * time.Second,
+		deadline: 20 * time.Minute,
+	}
+}
+
+func shortOptions() options {
+	return options{
+		short: true, procConcurrency: 32, connsPerProc: 5000,
+		ingestConc: []int{1, 8}, ingestDur: 700 * time.Millisecond,
+		pipeJobs: 500, pipeRate: 100, pipeDur: 1500 * time.Millisecond,
+		pushClients: 100, pushLatClients: 50, pushRate: 200, pushDur: 1500 * time.Millisecond,
+		pollJobs: 5, pollDur: 5 * time.Second, pollInterval: 2 * time.Second,
+		deadline: 50 * time.Second,
+	}
+}
+
+func parse(args []string, stderr io.Writer) (options, error) {
+	short := false
+	for _, a := range args {
+		if a == "-short" || a == "--short" || a == "-short=true" {
+			short = true
+		}
+	}
+	o := fullOptions()
+	if short {
+		o = shortOptions()
+	}
+	fs := flag.NewFlagSet("beambench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.BoolVar(&o.short, "short", o.short, "run every scenario small enough for CI; fail unless each produced figures")
+	fs.BoolVar(&o.verbose, "v", false, "log the services' output")
+	list := fs.String("scenarios", strings.Join(scenarios, ","), "comma-separated scenarios to run: "+strings.Join(scenarios, ", "))
+	fs.StringVar(&o.ingestURL, "ingest", "", "ingest base URL of running binaries (default: start devstack in-process)")
+	fs.StringVar(&o.notifierURL, "notifier", "", "notifier base URL of running binaries")
+	fs.StringVar(&o.natsURL, "nats", "", "NATS URL of running binaries")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (and in-process devstack) to `file`")
+	fs.StringVar(&o.notifierBin, "notifier-bin", "", "path of a built cmd/notifier: push runs it as a separate process on devstack's NATS and reads its RSS and Go heap")
+	fs.IntVar(&o.clientProcs, "client-procs", 0, "push: child processes holding the WebSocket clients (0: in this process when ≤ 2,000 clients, else ⌈clients/conns-per-proc⌉)")
+	fs.IntVar(&o.connsPerProc, "conns-per-proc", o.connsPerProc, "push: most WebSocket connections per child process")
+	fs.IntVar(&o.procConcurrency, "proc-concurrency", o.procConcurrency, "in-process processor concurrency (also its MaxPerUser)")
+	fs.IntVar(&o.pipeJobs, "pipeline-jobs", o.pipeJobs, "pipeline: no-op jobs published beforehand")
+	fs.IntVar(&o.pipeRate, "pipeline-rate", o.pipeRate, "pipeline: HTTP submissions per second for the latency run")
+	fs.DurationVar(&o.pipeDur, "pipeline-duration", o.pipeDur, "pipeline: length of the latency run")
+	fs.IntVar(&o.pushClients, "push-clients", o.pushClients, "push: idle WebSocket clients connected (memory figure)")
+	fs.IntVar(&o.pushLatClients, "push-latency-clients", o.pushLatClients, "push: clients receiving events (latency figure)")
+	fs.IntVar(&o.pushRate, "push-rate", o.pushRate, "push: events per second")
+	fs.DurationVar(&o.pushDur, "push-duration", o.pushDur, "push: length of the latency run")
+	fs.IntVar(&o.pollJobs, "polling-jobs", o.pollJobs, "polling: jobs watched")
+	fs.DurationVar(&o.pollDur, "polling-duration", o.pollDur, "polling: how long they are watched")
+	fs.DurationVar(&o.ingestDur, "ingest-duration", o.ingestDur, "ingest: length of each concurrency level")
+	fs.DurationVar(&o.deadline, "deadline", o.deadline, "bound on the whole run")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: beambench [flags]\n       beambench push-clients [flags]   (child process of the push scenario)\n\nMeasures Beamline against raw NATS in the same run; prints JSON lines and a Markdown table.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	o.scenarios = nil
+	for _, s := range strings.Split(*list, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		known := false
+		for _, k := range scenarios {
+			known = known || k == s
+		}
+		if !known {
+			return o, fmt.Errorf("unknown scenario %q", s)
+		}
+		o.scenarios = append(o.scenarios, s)
+	}
+	if o.pushLatClients > o.pushClients {
+		o.pushLatClients = o.pushClients
+	}
+	return o, nil
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "push-clients" {
+		return runPushClients(ctx, args[1:], os.Stdin, stdout, stderr)
+	}
+	o, err := parse(args, stderr)
+	if err != nil {
+		return err
+	}
+	return bench(ctx, &o, stdout, stderr)
+}
+
+// bench runs the chosen scenarios against a target and prints the table.
+func bench(ctx context.Context, o *options, stdout, stderr io.Writer) error {
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	raiseFileLimit(log)
+	ctx, cancel := context.WithTimeout(ctx, o.deadline)
+	defer cancel()
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	t, err := startTarget(ctx, o, log)
+	if err != nil {
+		return fmt.Errorf("start target: %w", err)
+	}
+	defer t.close()
+	rep := &reporter{w: stdout}
+	var failed []string
+	for _, s := range o.scenarios {
+		start := time.Now()
+		log.Info("scenario", "name", s)
+		var err error
+		switch s {
+		case "ingest":
+			err = runIngest(ctx, t, o, rep)
+		case "pipeline":
+			err = runPipeline(ctx, t, o, rep)
+		case "push":
+			err = runPush(ctx, t, o, rep)
+		case "polling":
+			err = runPolling(ctx, t, o, rep)
+		}
+		n := rep.count(s)
+		log.Info("scenario done", "name", s, "figures", n, "took", time.Since(start).Round(time.Millisecond), "err", err)
+		if err != nil || n == 0 {
+			failed = append(failed, fmt.Sprintf("%s (figures %d, err %v)", s, n, err))
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	fmt.Fprintln(stdout)
+	rep.table(stdout)
+	if len(failed) > 0 {
+		return fmt.Errorf("scenarios failed: %s", strings.Join(failed, "; "))
+	}
+	return nil
+}
+
+// raiseFileLimit lifts the soft RLIMIT_NOFILE to the hard limit.
+func raiseFileLimit(log *slog.Logger) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return
+	}
+	if lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil && log != nil {
+			log.Warn("raise RLIMIT_NOFILE", "err", err)
+		}
+	}
+}

@@ -1,0 +1,74 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestShort runs every scenario in -short mode, further shrunk so it stays
+// well under a minute under -race, and checks that each produced figures in
+// both output forms. It asserts nothing about the figures themselves.
+func TestShort(t *testing.T) {
+	o := shortOptions()
+	o.scenarios = scenarios
+	o.ingestConc = []int{1, 4}
+	o.ingestDur = 300 * time.Millisecond
+	o.pipeJobs, o.pipeRate, o.pipeDur = 200, 50, 600*time.Millisecond
+	o.pushClients, o.pushLatClients, o.pushRate, o.pushDur = 20, 10, 100, 600*time.Millisecond
+	o.pollJobs, o.pollDur = 3, 3*time.Second
+	o.deadline = 100 * time.Second
+
+	var out, errOut bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := bench(ctx, &o, &out, &errOut); err != nil {
+		t.Fatalf("bench: %v\nstderr:\n%s\nstdout:\n%s", err, errOut.String(), out.String())
+	}
+	seen := map[string]int{}
+	for _, line := range strings.Split(out.String(), "\n") {
+		if !strings.HasPrefix(line, "{") {
+			continue
+		}
+		var r Result
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("bad JSON line %q: %v", line, err)
+		}
+		if r.Figure == "" || r.Unit == "" {
+			t.Errorf("incomplete figure: %s", line)
+		}
+		seen[r.Scenario]++
+	}
+	for _, s := range scenarios {
+		if seen[s] == 0 {
+			t.Errorf("scenario %s printed no figures", s)
+		}
+		if !strings.Contains(out.String(), "| "+s+" |") {
+			t.Errorf("scenario %s missing from the table", s)
+		}
+	}
+}
+
+func TestParse(t *testing.T) {
+	var errOut bytes.Buffer
+	if _, err := parse([]string{"-scenarios", "nope"}, &errOut); err == nil {
+		t.Error("unknown scenario accepted")
+	}
+	o, err := parse([]string{"-short", "-scenarios", "push,polling"}, &errOut)
+	if err != nil || !o.short || len(o.scenarios) != 2 {
+		t.Errorf("parse: %+v %v", o, err)
+	}
+}
+
+func TestQuantile(t *testing.T) {
+	l := newLatencies(10)
+	for i := 1; i <= 12; i++ {
+		l.add(time.Duration(i) * time.Millisecond)
+	}
+	if l.len() != 10 || l.quantile(0.5) != 5 || l.quantile(1) != 10 || l.mean() != 5.5 {
+		t.Errorf("len %d p50 %v max %v mean %v", l.len(), l.quantile(0.5), l.quantile(1), l.mean())
+	}
+}

@@ -1,0 +1,293 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/beamline/beamline/internal/jsm"
+	"github.com/beamline/beamline/internal/phoenix"
+	"github.com/beamline/beamline/pkg/envelope"
+	"github.com/beamline/beamline/streams"
+)
+
+// pipelineUsers spreads the no-op jobs over users so the per-user limit is
+// not what is measured.
+const pipelineUsers = 256
+
+func runPipeline(ctx context.Context, t *target, o *options, rep *reporter) error {
+	if err := pipelineRate(ctx, t, o, rep); err != nil {
+		return err
+	}
+	return pipelineLatency(ctx, t, o, rep)
+}
+
+// tally counts the terminal events of one run and when they came.
+type tally struct {
+	mu          sync.Mutex
+	n, want     int
+	first, last time.Time
+	done        chan struct{}
+}
+
+func (t *tally) hit(at time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.n == 0 {
+		t.first = at
+	}
+	t.n++
+	t.last = at
+	if t.n == t.want {
+		close(t.done)
+	}
+}
+
+func (t *tally) snapshot() (int, time.Time, time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.n, t.first, t.last
+}
+
+// pipelineRate publishes N no-op jobs straight to JOBS while the processor
+// is stopped, starts it, and times the terminal events; the baseline is a
+// consumer with the processor's own settings that only acks.
+func pipelineRate(ctx context.Context, t *target, o *options, rep *reporter) error {
+	n := o.pipeJobs
+	run := fmt.Sprintf("%x", time.Now().UnixNano()&0xffffffff)
+	tl := &tally{want: n, done: make(chan struct{})}
+	sub, err := t.nc.Subscribe("events.*.*", func(m *nats.Msg) {
+		if strings.HasPrefix(m.Subject, "events.pa") && isTerminalType(m.Header.Get(envelope.HeaderType)) {
+			tl.hit(time.Now())
+		}
+	})
+	if err != nil {
+		return err
+	}
+	defer sub.Unsubscribe()
+	sub.SetPendingLimits(-1, -1)
+	t.nc.Flush()
+
+	resume, paused := t.pauseProcessor()
+	pubStart := time.Now()
+	err = publishJobs(ctx, t, n, func(i int) (string, string) {
+		return fmt.Sprintf("pa%d", i%pipelineUsers), fmt.Sprintf("pa%s-%d", run, i)
+	}, envelope.JobSubject(envelope.PriorityNormal, "image"))
+	pubTook := time.Since(pubStart)
+	start := time.Now()
+	if rerr := resume(ctx); rerr != nil && err == nil {
+		err = rerr
+	}
+	if err != nil {
+		return err
+	}
+	limit := 30*time.Second + time.Duration(n)*time.Millisecond
+	select {
+	case <-tl.done:
+	case <-time.After(limit):
+	case <-ctx.Done():
+	}
+	got, first, last := tl.snapshot()
+	if got < 2 {
+		return fmt.Errorf("pipeline: %d of %d jobs reached a terminal state within %s", got, n, limit)
+	}
+	rate := float64(got-1) / last.Sub(first).Seconds()
+
+	raw, err := rawConsumeAck(ctx, t, n)
+	if err != nil {
+		return err
+	}
+	p := map[string]any{"jobs": n, "finished": got, "processor_paused_while_publishing": paused,
+		"concurrency": o.procConcurrency, "users": pipelineUsers, "publish_s": round(pubTook.Seconds()),
+		"start_to_last_s": round(last.Sub(start).Seconds())}
+	rep.addVs("pipeline", "processing rate (no-op jobs)", rate, "jobs/s", raw, p)
+	return nil
+}
+
+func isTerminalType(t string) bool {
+	switch envelope.Type(t) {
+	case envelope.TypeSucceeded, envelope.TypeFailed, envelope.TypeDead, envelope.TypeCancelled:
+		return true
+	}
+	return false
+}
+
+// publishJobs publishes n no-op jobs to subject with async publishes and
+// waits for every PubAck.
+func publishJobs(ctx context.Context, t *target, n int, name func(i int) (user, id string), subject string) error {
+	for i := range n {
+		user, id := name(i)
+		j := envelope.Job{ID: id, User: user, Kind: "image", Priority: envelope.PriorityNormal, Input: []byte(`{}`), CreatedAt: time.Now().UTC()}
+		m, err := envelope.NewJobMsg(j, "/beamline/beambench", "")
+		if err != nil {
+			return err
+		}
+		m.Subject = subject
+		if _, err := t.js.PublishMsgAsync(m); err != nil {
+			return fmt.Errorf("publish job %d: %w", i, err)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	select {
+	case <-t.js.PublishAsyncComplete():
+		return nil
+	case <-time.After(time.Minute):
+		return fmt.Errorf("publish: PubAcks missing after a minute (%d pending)", t.js.PublishAsyncPending())
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// rawConsumeAck publishes n jobs to a subject nobody serves and consumes
+// them with a consumer configured like the processor's (explicit ack, the
+// same max_ack_pending), acking each at once. It returns acks per second,
+// first delivery to last ack.
+func rawConsumeAck(ctx context.Context, t *target, n int) (float64, error) {
+	defer t.purge(context.WithoutCancel(ctx), rawSubject)
+	run := fmt.Sprintf("%x", time.Now().UnixNano()&0xffffffff)
+	if err := publishJobs(ctx, t, n, func(i int) (string, string) {
+		return fmt.Sprintf("pr%d", i%pipelineUsers), fmt.Sprintf("pr%s-%d", run, i)
+	}, rawSubject); err != nil {
+		return 0, err
+	}
+	cfg, err := jsm.Consumer(envelope.PriorityNormal, "image")
+	if err != nil {
+		return 0, err
+	}
+	cfg.Durable, cfg.Name, cfg.Description, cfg.FilterSubject = "beambench-raw", "beambench-raw", "beambench raw consume+ack", rawSubject
+	cons, err := t.js.CreateOrUpdateConsumer(ctx, streams.Jobs, cfg)
+	if err != nil {
+		return 0, err
+	}
+	defer t.js.DeleteConsumer(context.WithoutCancel(ctx), streams.Jobs, cfg.Durable)
+	tl := &tally{want: n, done: make(chan struct{})}
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		m.Ack()
+		tl.hit(time.Now())
+	}, jetstream.PullMaxMessages(cfg.MaxAckPending))
+	if err != nil {
+		return 0, err
+	}
+	defer cc.Stop()
+	select {
+	case <-tl.done:
+	case <-time.After(time.Minute + time.Duration(n)*100*time.Microsecond):
+	case <-ctx.Done():
+	}
+	got, first, last := tl.snapshot()
+	if got < 2 {
+		return 0, fmt.Errorf("raw consume: %d of %d acked", got, n)
+	}
+	return float64(got-1) / last.Sub(first).Seconds(), nil
+}
+
+// pipelineLatency submits no-op jobs over HTTP at a fixed rate and times
+// each from just before its POST to its terminal push on a WebSocket joined
+// to the user's topic.
+func pipelineLatency(ctx context.Context, t *target, o *options, rep *reporter) error {
+	user := fmt.Sprintf("pl%x", time.Now().UnixNano()&0xffffff)
+	tok := t.token(user)
+	var mu sync.Mutex
+	sent := map[string]time.Time{}
+	seen := map[string]time.Time{}
+	lat := newLatencies(1 << 20)
+	match := func(id string) { // mu held
+		if s, ok := sent[id]; ok {
+			if r, ok := seen[id]; ok {
+				lat.add(r.Sub(s))
+				delete(sent, id)
+				delete(seen, id)
+			}
+		}
+	}
+	ws, err := dialWS(ctx, t.notifierURL, tok, nil, func(f *phoenix.Frame, at time.Time) {
+		p, ok := decodeJobPush(f)
+		if !ok || !p.Job.Status.Terminal() {
+			return
+		}
+		mu.Lock()
+		seen[p.Job.ID] = at
+		match(p.Job.ID)
+		mu.Unlock()
+	})
+	if err != nil {
+		return err
+	}
+	defer ws.close()
+	if _, err := ws.join(ctx, "user:"+user, nil); err != nil {
+		return err
+	}
+	total := int(float64(o.pipeRate) * o.pipeDur.Seconds())
+	interval := time.Second / time.Duration(o.pipeRate)
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := range total {
+		if d := time.Until(start.Add(time.Duration(i) * interval)); d > 0 {
+			time.Sleep(d)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s := time.Now()
+			id, err := submit(ctx, t, tok, noopBody)
+			if err != nil {
+				failed.Add(1)
+				return
+			}
+			mu.Lock()
+			sent[id] = s
+			match(id)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	deadline := time.Now().Add(15 * time.Second)
+	for lat.len() < total-int(failed.Load()) && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if lat.len() == 0 {
+		return fmt.Errorf("pipeline latency: %w (failed submissions %d)", errNoFigures, failed.Load())
+	}
+	p := map[string]any{"rate_per_s": o.pipeRate, "jobs": total, "measured": lat.len(), "failed": failed.Load(), "path": "POST /v1/jobs → terminal push on user:<id>"}
+	rep.add("pipeline", "submit→terminal push p50", lat.quantile(0.50), "ms", p)
+	rep.add("pipeline", "submit→terminal push p99", lat.quantile(0.99), "ms", p)
+	rep.add("pipeline", "submit→terminal push p99.9", lat.quantile(0.999), "ms", p)
+	return nil
+}
+
+// submit posts one job and returns its id.
+func submit(ctx context.Context, t *target, tok, body string) (string, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, t.ingestURL+"/v1/jobs", bytes.NewReader([]byte(body)))
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := t.http.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusAccepted {
+		return "", fmt.Errorf("POST /v1/jobs: %s: %s", resp.Status, b)
+	}
+	var s envelope.Snapshot
+	if err := json.Unmarshal(b, &s); err != nil {
+		return "", err
+	}
+	return s.ID, nil
+}

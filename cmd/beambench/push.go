@@ -1,0 +1,198 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/beamline/beamline/pkg/envelope"
+)
+
+// inProcessClientLimit is the most WebSocket clients kept in this process
+// when -client-procs is 0.
+const inProcessClientLimit = 2000
+
+// runPush connects K clients, each joined to its own job topic, measures the
+// notifier's memory before and after, then publishes E events/s to the
+// first K' jobs and compares publish→WebSocket receipt with publish→raw
+// core-NATS subscriber receipt.
+func runPush(ctx context.Context, t *target, o *options, rep *reporter) error {
+	run := fmt.Sprintf("%x", time.Now().UnixNano()&0xffffffff)
+	user, prefix := "pb"+run, "pb"+run+"-"
+	k, klat := o.pushClients, o.pushLatClients
+	if err := createJobs(ctx, t, user, prefix, k); err != nil {
+		return err
+	}
+
+	notifierURL, mem := t.notifierURL, memProbe(nil)
+	where := "in-process devstack (includes this process's clients and services)"
+	if t.stack == nil {
+		where = ""
+	}
+	if o.notifierBin != "" {
+		np, err := startNotifierProc(ctx, t, o)
+		if err != nil {
+			return err
+		}
+		defer np.stop()
+		notifierURL, mem, where = np.url, np.probe, fmt.Sprintf("separate process (pid %d)", np.cmd.Process.Pid)
+	} else if t.stack != nil {
+		mem = selfProbe
+	}
+	var before memSample
+	if mem != nil {
+		settleGC()
+		before = mem()
+	}
+
+	tok := t.token(user)
+	procs := o.clientProcs
+	if procs == 0 && k > inProcessClientLimit {
+		procs = (k + o.connsPerProc - 1) / o.connsPerProc
+	}
+	var clients pushClients
+	var err error
+	connStart := time.Now()
+	if procs > 0 {
+		clients, err = spawnClients(ctx, notifierURL, tok, prefix, k, procs, t.log)
+	} else {
+		clients, err = localClients(ctx, notifierURL, tok, prefix, k)
+	}
+	if err != nil {
+		return err
+	}
+	defer clients.stop()
+	connTook := time.Since(connStart)
+	connected, failed := clients.counts()
+	rep.add("push", "connected clients", float64(connected), "conns",
+		map[string]any{"wanted": k, "failed": failed, "client_procs": procs, "connect_s": round(connTook.Seconds())})
+	if connected == 0 {
+		return fmt.Errorf("push: no client connected: %v", clients.err())
+	}
+
+	if mem != nil {
+		settleGC()
+		time.Sleep(settleTime(o))
+		after := mem()
+		p := map[string]any{"clients": connected, "notifier": where,
+			"rss_before_mb": round(float64(before.rss) / 1e6), "rss_after_mb": round(float64(after.rss) / 1e6),
+			"heap_before_mb": round(float64(before.heap) / 1e6), "heap_after_mb": round(float64(after.heap) / 1e6)}
+		rep.add("push", "notifier RSS per idle connection", (float64(after.rss)-float64(before.rss))/float64(connected)/1024, "KiB", p)
+		rep.add("push", "notifier Go heap per idle connection", (float64(after.heap)-float64(before.heap))/float64(connected)/1024, "KiB", p)
+	}
+
+	raw := newLatencies(1 << 21)
+	var rawN atomic.Int64
+	sub, err := t.nc.Subscribe(fmt.Sprintf("events.%s.*", user), func(m *nats.Msg) {
+		at := time.Now()
+		if _, snap, err := envelope.DecodeEvent(m.Data); err == nil {
+			rawN.Add(1)
+			raw.add(at.Sub(snap.UpdatedAt))
+		}
+	})
+	if err != nil {
+		return err
+	}
+	defer sub.Unsubscribe()
+	sub.SetPendingLimits(-1, -1)
+	t.nc.Flush()
+
+	sent, err := publishEvents(ctx, t, user, prefix, klat, o.pushRate, o.pushDur)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for rawN.Load() < int64(sent) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond) // let the last pushes land
+	lat, received, err := clients.collect()
+	if err != nil {
+		return err
+	}
+	if lat.len() == 0 {
+		return fmt.Errorf("push: %w: no client received an event (%d sent)", errNoFigures, sent)
+	}
+	p := map[string]any{"clients": connected, "receiving_clients": min(klat, connected), "events_per_s": o.pushRate,
+		"duration_s": o.pushDur.Seconds(), "events": sent, "pushed": received, "raw_received": rawN.Load(), "notifier": where}
+	rep.addVs("push", "publish→push p50", lat.quantile(0.50), "ms", raw.quantile(0.50), p)
+	rep.addVs("push", "publish→push p99", lat.quantile(0.99), "ms", raw.quantile(0.99), p)
+	return nil
+}
+
+func settleTime(o *options) time.Duration {
+	if o.short {
+		return 300 * time.Millisecond
+	}
+	return 5 * time.Second
+}
+
+// createJobs writes the queued snapshots of n jobs so their topics can be
+// joined, 32 at a time.
+func createJobs(ctx context.Context, t *target, user, prefix string, n int) error {
+	sem := make(chan struct{}, 32)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var first error
+	now := time.Now().UTC()
+	for i := range n {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			j := envelope.Job{ID: fmt.Sprintf("%s%d", prefix, i), User: user, Kind: "image", Priority: envelope.PriorityNormal, CreatedAt: now}
+			if _, err := t.store.Create(ctx, j); err != nil {
+				mu.Lock()
+				if first == nil {
+					first = fmt.Errorf("create job %s: %w", j.ID, err)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return first
+}
+
+// publishEvents publishes rate progress events per second for d, round-robin
+// over jobs 0..n-1, each stamped with its publish time (updated_at).
+func publishEvents(ctx context.Context, t *target, user, prefix string, n, rate int, d time.Duration) (int, error) {
+	total := int(float64(rate) * d.Seconds())
+	seqs := make([]uint64, n)
+	created := time.Now().UTC()
+	start := time.Now()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	sent := 0
+	for sent < total {
+		select {
+		case <-ctx.Done():
+			return sent, ctx.Err()
+		case <-tick.C:
+		}
+		due := min(total, int(time.Since(start).Seconds()*float64(rate)))
+		for ; sent < due; sent++ {
+			i := sent % n
+			seqs[i]++
+			snap := envelope.Snapshot{ID: fmt.Sprintf("%s%d", prefix, i), User: user, Kind: "image", Priority: envelope.PriorityNormal,
+				Status: envelope.StatusRunning, Progress: int(seqs[i] % 100), Attempt: 1, Seq: seqs[i], CreatedAt: created, UpdatedAt: time.Now().UTC()}
+			m, err := envelope.NewEventMsg(envelope.TypeProgress, snap, "/beamline/beambench", "")
+			if err != nil {
+				return sent, err
+			}
+			if _, err := t.js.PublishMsgAsync(m); err != nil {
+				return sent, err
+			}
+		}
+	}
+	select {
+	case <-t.js.PublishAsyncComplete():
+	case <-time.After(30 * time.Second):
+		return sent, fmt.Errorf("push: %d PubAcks missing", t.js.PublishAsyncPending())
+	}
+	return sent, nil
+}
