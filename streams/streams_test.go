@@ -72,7 +72,7 @@ func TestConsumerFiles(t *testing.T) {
 		if c.Durable != name || c.FilterSubject != "jobs."+parts[1]+"."+parts[2] {
 			t.Errorf("%s: durable %q filter %q", f, c.Durable, c.FilterSubject)
 		}
-		if c.AckPolicy != jetstream.AckExplicitPolicy || c.AckWait != 30*time.Second || c.MaxDeliver != 5 || c.MaxAckPending != 64 {
+		if c.AckPolicy != jetstream.AckExplicitPolicy || c.AckWait != 30*time.Second || c.MaxDeliver != -1 || c.MaxAckPending != 64 {
 			t.Errorf("%s: %+v", f, c)
 		}
 	}

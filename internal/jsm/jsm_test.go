@@ -249,7 +249,7 @@ func TestApplyConsumer(t *testing.T) {
 				t.Errorf("%s filter = %q", name, cfg.FilterSubject)
 			}
 			if cfg.AckPolicy != jetstream.AckExplicitPolicy || cfg.AckWait != 30*time.Second ||
-				cfg.MaxDeliver != 5 || cfg.MaxAckPending != 64 {
+				cfg.MaxDeliver != -1 || cfg.MaxAckPending != 64 {
 				t.Errorf("%s config = %+v", name, cfg)
 			}
 			if !strings.Contains(cfg.Description, kind) || (kind != "image" && strings.Contains(cfg.Description, "image")) {
