@@ -535,14 +535,20 @@ export function connect(opts = {}) {
     for (const ch of [...channels.values()]) ch.leave();
     if (ws) { const s = ws; ws = null; s.close(1000, "client closed"); }
     setState("closed");
-    if (typeof removeEventListener === "function" && typeof window !== "undefined") {
+    if (typeof window !== "undefined" && window.removeEventListener) {
       window.removeEventListener("online", reconnectNow);
+      document.removeEventListener("visibilitychange", onVisible);
     }
   }
 
+  function onVisible() {
+    if (document.visibilityState === "visible") reconnectNow();
+  }
+
   if (typeof window !== "undefined" && window.addEventListener) {
-    // Back online: try at once instead of waiting out the backoff.
+    // Back online or back in view: try at once instead of waiting out the backoff.
     window.addEventListener("online", reconnectNow);
+    document.addEventListener("visibilitychange", onVisible);
   }
 
   open();

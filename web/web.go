@@ -4,12 +4,15 @@
 package web
 
 import (
+	"crypto/sha256"
 	"embed"
+	"encoding/hex"
 	"encoding/json"
 	"io/fs"
 	"net/http"
 	"path"
 	"strings"
+	"sync"
 )
 
 //go:embed *.html *.js *.d.ts *.css *.svg
@@ -59,21 +62,39 @@ func serve(w http.ResponseWriter, r *http.Request) {
 	}
 	ext := path.Ext(name)
 	h := w.Header()
+	etag := etagOf(name, b)
+	h.Set("ETag", etag)
 	if ct, ok := contentTypes[ext]; ok {
 		h.Set("Content-Type", ct)
 	}
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Referrer-Policy", "no-referrer")
-	// Assets are not fingerprinted: let browsers revalidate every time,
-	// which is cheap against an in-memory file and never serves stale code.
+	// Assets are not fingerprinted: browsers revalidate every time (a 304
+	// by ETag), which never serves stale code after an upgrade.
 	h.Set("Cache-Control", "no-cache")
 	if ext == ".html" {
 		h.Set("Content-Security-Policy", csp)
+	}
+	if r.Header.Get("If-None-Match") == etag {
+		w.WriteHeader(http.StatusNotModified)
+		return
 	}
 	if r.Method == http.MethodHead {
 		return
 	}
 	_, _ = w.Write(b)
+}
+
+var etags sync.Map // name -> quoted ETag
+
+func etagOf(name string, b []byte) string {
+	if v, ok := etags.Load(name); ok {
+		return v.(string)
+	}
+	sum := sha256.Sum256(b)
+	e := `"` + hex.EncodeToString(sum[:8]) + `"`
+	etags.Store(name, e)
+	return e
 }
 
 func writeError(w http.ResponseWriter, status int, code, msg string) {
