@@ -99,6 +99,7 @@ export function connect(opts = {}) {
   let reconnectTimer = null;
   let heartbeatTimer = null;
   let pendingHeartbeat = null;
+  let opening = false;
   let lastToken = opts.token;
   const statusListeners = new Set();
   /** @type {Map<string, Channel>} */
@@ -123,16 +124,19 @@ export function connect(opts = {}) {
   }
 
   async function open() {
-    if (closedByUser) return;
+    if (closedByUser || opening || ws) return;
+    opening = true;
     let token;
     try {
       token = await getToken();
     } catch (e) {
       console.warn("beamline: getToken failed", e);
+      opening = false;
       scheduleReconnect();
       return;
     }
-    if (closedByUser) return;
+    opening = false;
+    if (closedByUser || ws) return;
     lastToken = token;
     let sock;
     try {
@@ -174,7 +178,7 @@ export function connect(opts = {}) {
       stopHeartbeat();
       for (const ch of channels.values()) ch.socketClosed();
       if (closedByUser) return;
-      setState("reconnecting", { code: ev.code, reason: ev.reason });
+      setState(everOpened ? "reconnecting" : "connecting", { code: ev.code, reason: ev.reason });
       scheduleReconnect();
     };
     sock.onerror = () => { /* onclose follows */ };
@@ -259,7 +263,8 @@ export function connect(opts = {}) {
       return true;
     }
 
-    // join resolves to response.recovered (true/false), or null on error.
+    // join resolves to whether the topic resumed (false: a snapshot was
+    // taken instead of a replay), or null on error.
     join() {
       if (this.dead) return Promise.resolve(null);
       clearTimeout(this.rejoinTimer);
@@ -284,7 +289,8 @@ export function connect(opts = {}) {
             this.rejoinAttempts = 0;
             const resp = reply.response || {};
             this.h.onJoin(this, resp);
-            resolve(resp.recovered === true);
+            // Topics without resume (admin:metrics) count as recovered.
+            resolve(resp.recovered !== false);
             return;
           }
           const reason = (reply.response && reply.response.reason) || reply.status;
