@@ -59,9 +59,9 @@ type Config struct {
 	// surplus waits in the waiting room. Default 4.
 	MaxPerUser int
 	// WaitingRoom bounds the jobs parked because their user is at
-	// MaxPerUser. When full, a job is NakWithDelay'd (except on its last
-	// allowed delivery, which is parked anyway so it is never stranded).
-	// Default 4 × Concurrency.
+	// MaxPerUser. When full, a job is NakWithDelay'd, which costs it no
+	// attempt (attempts are counted from its snapshot). Default
+	// 4 × Concurrency.
 	WaitingRoom int
 	// Prefetch is how many messages each consumer (kind × priority) may hold
 	// pulled but not yet picked by a worker. Small keeps priorities real and
@@ -75,11 +75,17 @@ type Config struct {
 	// AckWait of the consumers; InProgress heartbeats go out every
 	// AckWait/3 for every message this process holds. Default 30s.
 	AckWait time.Duration
-	// MaxDeliver of the consumers: the last allowed delivery failing makes
-	// the job dead. Default 5.
+	// MaxDeliver is the number of runs (attempts) a job gets: the last one
+	// failing makes the job dead, and a delivery after it (the last run's
+	// process died) is dead-lettered without running. The processor
+	// enforces it, not JetStream: the consumers' max_deliver is -1, because
+	// JetStream drops a message that exhausted max_deliver without telling
+	// anyone, while the job must reach a terminal state. Attempts are
+	// counted from the job's snapshot, so Naks that do not run the job
+	// (waiting room, shutdown, open breaker) cost none. Default 5.
 	MaxDeliver int
 	// BackoffMin and BackoffMax bound the NakWithDelay backoff (exponential
-	// in the delivery count, 20% jitter). Default 1s and 1m.
+	// in the attempt number, 20% jitter). Default 1s and 1m.
 	BackoffMin, BackoffMax time.Duration
 	// Grace is how long in-flight jobs may run on after shutdown starts;
 	// then they are cancelled and Nak'd. Default 25s.

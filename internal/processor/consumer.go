@@ -37,7 +37,11 @@ func maxAckPending(c Config) int {
 // consumerConfig is the mutation applied to the committed definition.
 func (p *Processor) consumerConfig(cc *jetstream.ConsumerConfig) {
 	cc.AckWait = p.cfg.AckWait
-	cc.MaxDeliver = p.cfg.MaxDeliver
+	// Unlimited redelivery: the attempt limit is the processor's
+	// (Config.MaxDeliver, attempts.go). JetStream drops a message that
+	// exhausted max_deliver without telling anyone, and a job whose last
+	// delivery died with its process would never reach a terminal state.
+	cc.MaxDeliver = -1
 	cc.MaxAckPending = maxAckPending(p.cfg)
 	if cc.MaxWaiting < 16 {
 		cc.MaxWaiting = 16

@@ -37,7 +37,7 @@ func (p *Processor) invalid(d *delivery, streamSeq uint64, cause error) {
 	if err := p.publishDLQ(ctx, d, fmt.Sprintf("invalid:%s:%d", d.kind, streamSeq), "invalid envelope: "+cause.Error()); err != nil {
 		// Not stored: leave it for redelivery rather than lose the evidence.
 		p.log.Error("DLQ copy of invalid message not stored; will retry", "subject", d.msg.Subject(), "err", err)
-		p.nak(d, p.backoff(d.attempt, nil))
+		p.nak(d, p.backoff(d.delivered, nil))
 		return
 	}
 	p.count(d, outcomeInvalid)

@@ -49,9 +49,10 @@ const (
 	admitClosed                  // shutting down: Nak it
 )
 
-// admit decides what happens to d. force parks d even when the room is full
-// (its last allowed delivery must not be Nak'd, or it would never come back).
-func (f *fairness) admit(d *delivery, force bool) admission {
+// admit decides what happens to d. A Nak'd job (admitFull) loses nothing:
+// the consumers redeliver without limit and attempts are counted from the
+// job's snapshot, so a full room never costs a job its last attempt.
+func (f *fairness) admit(d *delivery) admission {
 	user := d.job.User
 	s := &f.shards[maphash.String(f.seed, user)%registryShards]
 	s.mu.Lock()
@@ -62,7 +63,7 @@ func (f *fairness) admit(d *delivery, force bool) admission {
 	if f.lim.TryAcquire(user) {
 		return admitRun
 	}
-	if !force && f.parked.Load() >= f.capacity {
+	if f.parked.Load() >= f.capacity {
 		return admitFull
 	}
 	s.users[user] = append(s.users[user], d)

@@ -24,8 +24,16 @@ type delivery struct {
 	id      uint64 // registry key
 
 	// Set by the worker after decoding.
-	job     envelope.Job
+	job       envelope.Job
+	delivered int // JetStream's delivery count: backoff of Naks, safety net
+
+	// Set by the worker when it runs the job: the number of this run (from
+	// the stored snapshot, not the delivery count), and the snapshot and
+	// KV revision of the job's last write, so the next write is a
+	// compare-and-set at a known revision (jobstore.ApplyAt).
 	attempt int
+	snap    envelope.Snapshot
+	rev     uint64
 
 	// cancel cancels the running job's context; set while it runs.
 	cancel    context.CancelFunc

@@ -17,19 +17,24 @@ import (
 	"github.com/beamline/beamline/pkg/flow"
 )
 
-// Durable writes per job, on the happy path of a job submitted through
-// ingest (which wrote the queued snapshot):
+// Round trips per job, on the happy path of a job submitted through ingest
+// (which wrote the queued snapshot):
 //
-//	1. KV update  running   (jobstore.Apply started: Get + CAS Update)
+//	0. KV get     queued    (the attempt number comes from the snapshot)
+//	1. KV update  running   (jobstore.ApplyAt: compare-and-set at the
+//	                         revision just read, no read of its own)
 //	2. event      started   (EVENTS publish, PubAck awaited)
-//	3. KV update  succeeded
+//	3. KV update  succeeded (ApplyAt at the revision step 1 returned)
 //	4. event      succeeded
 //	5. Ack        (fire-and-forget; removes the message from the work queue)
 //
-// i.e. 4 acknowledged stream writes + 1 ack, and 2 KV reads (jobstore's CAS
-// loop reads before each update). A job published straight to its subject
-// adds the KV create of its queued snapshot; each progress report adds one
-// KV update and one event (coalesced: at most one in flight per job).
+// i.e. 1 KV read, 4 acknowledged stream writes + 1 ack (it was 2 reads when
+// every change went through jobstore.Apply's read-modify-write). Only a lost
+// compare-and-set (a cancel, a second processor) costs a read more. A job
+// published straight to its subject adds the KV create of its queued
+// snapshot and one read; each progress report adds one KV update and one
+// event (coalesced: at most one in flight per job), carrying the revision
+// too.
 // Nothing else goes to the server per job: heartbeats are batched on one
 // ticker and sent only for messages held longer than AckWait/3, the
 // per-user limiter and the waiting room are in memory.
@@ -65,16 +70,15 @@ func (p *Processor) dispatch(d *delivery) {
 	if !p.decode(d) {
 		return
 	}
-	last := d.attempt >= p.cfg.MaxDeliver
-	switch p.fair.admit(d, last) {
+	switch p.fair.admit(d) {
 	case admitParked:
 		p.m.waiting.Inc()
 		return
 	case admitFull:
 		// Growing with the delivery count, so a user's surplus does not
-		// spin through the consumer. It does spend a delivery, which is why
-		// the last allowed delivery is always parked (admit's force).
-		p.nak(d, p.backoff(d.attempt, nil))
+		// spin through the consumer. It costs the job no attempt: attempts
+		// are counted from the job's snapshot, when a run starts.
+		p.nak(d, p.backoff(d.delivered, nil))
 		return
 	case admitClosed:
 		p.nak(d, 0)
@@ -97,7 +101,7 @@ func (p *Processor) decode(d *delivery) bool {
 		p.invalid(d, 0, fmt.Errorf("no JetStream metadata: %w", err))
 		return false
 	}
-	d.attempt = int(meta.NumDelivered)
+	d.delivered = int(meta.NumDelivered)
 	_, job, err := envelope.DecodeJob(d.msg.Data())
 	if err == nil && (job.Kind != d.kind || job.Priority != d.prio) {
 		err = fmt.Errorf("job %s of kind %q priority %q arrived on %s", job.ID, job.Kind, job.Priority, d.msg.Subject())
@@ -117,13 +121,34 @@ func (p *Processor) run(d *delivery) {
 	// a job finishing within the grace period must still record its end.
 	ctx, span := p.startAttempt(context.Background(), d)
 	defer span.End()
-	log := p.log.With("job", j.ID, "user", j.User, "kind", j.Kind, "attempt", d.attempt).With(telemetry.LogAttrs(ctx)...)
+	log := p.log.With("job", j.ID, "user", j.User, "kind", j.Kind).With(telemetry.LogAttrs(ctx)...)
 	br := p.kindBreakers[j.Kind]
 	// An open breaker: wait here (heartbeats keep the message) instead of
-	// burning a delivery. The pullers have stopped, so only prefetched
-	// messages ever wait here.
+	// spending an attempt. The pullers have stopped, so only prefetched
+	// messages ever wait here; a shutdown meanwhile hands the message back
+	// before anything was counted.
 	if err := br.WaitAllowed(p.stopCtx); err != nil {
 		p.nak(d, 0)
+		return
+	}
+
+	// The attempt number: one more than the stored snapshot's (see
+	// attempts.go). A delivery past the limit is dead-lettered, not run.
+	if err := p.load(ctx, d); err != nil {
+		log.Error("cannot read the job; will retry", "err", err)
+		p.nak(d, p.backoff(d.delivered, nil))
+		return
+	}
+	if d.snap.Status.Terminal() {
+		p.skipTerminal(ctx, d, d.snap, log)
+		return
+	}
+	d.attempt = d.snap.Attempt + 1
+	span.SetAttributes(attribute.Int("beamline.attempt", d.attempt))
+	log = log.With("attempt", d.attempt)
+	p.watchDeliveries(d, log)
+	if d.attempt > p.cfg.MaxDeliver {
+		p.exhausted(ctx, d, log)
 		return
 	}
 
@@ -167,14 +192,19 @@ func (p *Processor) call(actx context.Context, d *delivery, br *flow.Breaker, lo
 	p.m.inflight.Inc()
 	defer p.m.inflight.Dec()
 
+	// Progress writes carry the revision too: they are serial (one in
+	// flight per job) and the final write waits for them (prog.close).
 	prog := newProgress(func(pct int) {
-		_, err := p.store.Apply(jctx, j.ID, nil, envelope.TypeProgress, func(s *envelope.Snapshot) error {
+		snap, rev, err := p.store.ApplyAt(jctx, d.snap, d.rev, envelope.TypeProgress, func(s *envelope.Snapshot) error {
 			if s.Status != envelope.StatusRunning {
 				return errSkip
 			}
 			s.Progress = pct
 			return nil
 		})
+		if err == nil {
+			d.snap, d.rev = snap, rev
+		}
 		if err != nil && !errors.Is(err, errSkip) && !errors.Is(err, jobstore.ErrTerminal) && jctx.Err() == nil {
 			log.Warn("progress not recorded", "progress", pct, "err", err)
 		}
@@ -249,9 +279,9 @@ func (p *Processor) finish(ctx context.Context, d *delivery, result json.RawMess
 		p.ack(d)
 		return
 	case callErr != nil && (errors.Is(callErr, errShutdown) || p.jobBase.Err() != nil):
-		// Shutdown grace ran out: give it back at once, no event.
-		log.Info("job interrupted by shutdown; handing it back")
-		p.nak(d, 0)
+		// Shutdown grace ran out: give it back at once, and give the
+		// attempt back too (attempts.go).
+		p.handBack(ctx, d, log)
 		return
 	}
 
@@ -332,28 +362,40 @@ func (p *Processor) settle(ctx context.Context, d *delivery, snap envelope.Snaps
 
 // skipTerminal handles a delivery of a job that is already terminal: the
 // stored snapshot's event is published again (idempotent: it covers a crash
-// between the KV write and the publish) and the message acked, not run.
+// between the KV write and the publish), a dead job's DLQ copy is stored
+// again (idempotent too: Nats-Msg-Id dead:<job>; it covers a crash between
+// the dead write and the copy), and the message is acked, not run.
 func (p *Processor) skipTerminal(ctx context.Context, d *delivery, snap envelope.Snapshot, log *slog.Logger) {
 	if err := p.store.Publish(ctx, jobstore.EventTypeOf(snap), snap); err != nil {
 		log.Warn("re-publishing terminal event failed", "status", snap.Status, "err", err)
 	}
-	if snap.Status == envelope.StatusCancelled {
+	switch snap.Status {
+	case envelope.StatusCancelled:
 		p.count(d, outcomeCancelled)
+	case envelope.StatusDead:
+		d.attempt = snap.Attempt
+		if err := p.deadLetter(ctx, d, snap.Error); err != nil {
+			log.Error("DLQ copy of dead job not stored; will retry", "err", err)
+			p.nak(d, p.backoff(d.delivered, nil))
+			return
+		}
+		p.term(d)
+		return
 	}
 	p.ack(d)
 }
 
-// apply is jobstore.Apply with a few quick retries on infrastructure errors:
-// a Nak on the last allowed delivery would never come back.
+// apply is jobstore.ApplyAt at the revision the delivery carries (d.snap,
+// d.rev, updated on success), with a few quick retries on infrastructure
+// errors.
 func (p *Processor) apply(ctx context.Context, d *delivery, t envelope.Type, fn jobstore.Mutation) (envelope.Snapshot, error) {
-	var seed *envelope.Job
-	if t == envelope.TypeStarted {
-		seed = &d.job
-	}
 	ctx, span := p.startSpan(ctx, "job store write", attribute.String("beamline.event", t.Short()))
 	defer span.End()
 	for i := 1; ; i++ {
-		snap, err := p.store.Apply(ctx, d.job.ID, seed, t, fn)
+		snap, rev, err := p.store.ApplyAt(ctx, d.snap, d.rev, t, fn)
+		if err == nil {
+			d.snap, d.rev = snap, rev
+		}
 		if err != nil && !errors.Is(err, jobstore.ErrTerminal) {
 			telemetry.RecordError(span, err)
 		}
