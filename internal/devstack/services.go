@@ -29,7 +29,9 @@ func (s *Stack) services() []*part {
 }
 
 // runner runs a service and closes its NATS connection once it returned.
-type runner interface{ Run(ctx context.Context) error }
+type runner interface {
+	Run(ctx context.Context) error
+}
 
 func (s *Stack) wrap(svc runner, close func()) func(ctx context.Context) error {
 	return func(ctx context.Context) error {
@@ -43,16 +45,17 @@ func (s *Stack) startIngest(ctx context.Context, ln net.Listener) (func(context.
 	if err != nil {
 		return nil, err
 	}
-	cfg := ingest.Config{Listener: ln, Kinds: config.KindNames(s.cfg.Kinds), Secret: s.cfg.Secret}
+	cfg := ingest.Config{Listener: ln, Kinds: config.KindNames(s.cfg.Kinds), Secret: s.cfg.Secret, TracerProvider: tracerProvider()}
 	if s.cfg.Tune.Ingest != nil {
 		s.cfg.Tune.Ingest(&cfg)
 	}
-	svc, err := ingest.New(cfg, nc, js, s.log.With("service", "ingest"), registry())
+	reg := registry()
+	svc, err := ingest.New(cfg, nc, js, s.log.With("service", "ingest"), reg)
 	if err != nil {
 		nc.Close()
 		return nil, err
 	}
-	return s.wrap(svc, nc.Close), nil
+	return s.withTelemetry("ingest", nc, reg, nil, s.wrap(svc, nc.Close))
 }
 
 func (s *Stack) startProcessor(ctx context.Context, ln net.Listener) (func(context.Context) error, error) {
@@ -70,16 +73,18 @@ func (s *Stack) startProcessor(ctx context.Context, ln net.Listener) (func(conte
 		Kinds:           s.cfg.Kinds,
 		Providers:       map[string]provider.Provider{"sim": sim},
 		DefaultProvider: "sim",
+		TracerProvider:  tracerProvider(),
 	}
 	if s.cfg.Tune.Processor != nil {
 		s.cfg.Tune.Processor(&cfg)
 	}
-	svc, err := processor.New(cfg, nc, js, s.log.With("service", "processor"), registry())
+	reg := registry()
+	svc, err := processor.New(cfg, nc, js, s.log.With("service", "processor"), reg)
 	if err != nil {
 		nc.Close()
 		return nil, err
 	}
-	return s.wrap(svc, nc.Close), nil
+	return s.withTelemetry("processor", nc, reg, nil, s.wrap(svc, nc.Close))
 }
 
 func (s *Stack) startNotifier(ctx context.Context, ln net.Listener) (func(context.Context) error, error) {
@@ -87,14 +92,15 @@ func (s *Stack) startNotifier(ctx context.Context, ln net.Listener) (func(contex
 	if err != nil {
 		return nil, err
 	}
-	cfg := notifier.Config{Listener: ln, Secret: s.cfg.Secret, Static: s.pageHandler()}
+	cfg := notifier.Config{Listener: ln, Secret: s.cfg.Secret, Static: s.pageHandler(), TracerProvider: tracerProvider()}
 	if s.cfg.Tune.Notifier != nil {
 		s.cfg.Tune.Notifier(&cfg)
 	}
-	svc, err := notifier.New(cfg, nc, js, s.log.With("service", "notifier"), registry())
+	reg := registry()
+	svc, err := notifier.New(cfg, nc, js, s.log.With("service", "notifier"), reg)
 	if err != nil {
 		nc.Close()
 		return nil, err
 	}
-	return s.wrap(svc, nc.Close), nil
+	return s.withTelemetry("notifier", nc, reg, svc, s.wrap(svc, nc.Close))
 }
