@@ -52,7 +52,7 @@ func (c *conn) handle(mt int, data []byte) {
 		c.join(f)
 		return
 	}
-	sb := c.subs[f.Topic]
+	sb := c.lookup(f.Topic)
 	if sb == nil {
 		if f.Event == phoenix.EventLeave { // rule 4
 			c.send(phoenix.Reply(f.JoinRef, f.Ref, f.Topic, "ok", nil))
@@ -137,7 +137,12 @@ func (c *conn) join(f phoenix.Frame) {
 		c.send(phoenix.Reply(f.JoinRef, f.Ref, f.Topic, "error", phoenix.ErrorReason(reasonBadParams)))
 		return
 	}
-	old := c.subs[f.Topic]
+	old := c.lookup(f.Topic)
+	if old == nil && len(c.subs) >= s.cfg.MaxChannels {
+		for t := range c.subs {
+			c.lookup(t) // forget channels the server ended
+		}
+	}
 	if old == nil && len(c.subs) >= s.cfg.MaxChannels {
 		s.m.joins.WithLabelValues(kind.String(), metricLabel(reasonTooMany)).Inc()
 		c.send(phoenix.Reply(f.JoinRef, f.Ref, f.Topic, "error", phoenix.ErrorReason(reasonTooMany)))
@@ -183,12 +188,17 @@ func (c *conn) join(f phoenix.Frame) {
 		c.mu.Unlock()
 	}
 	c.mu.Lock()
+	sb.base = sb.last
 	for _, ev := range sb.pending {
 		if sb.fresh(ev) {
 			c.enqueueLocked(c.pushFrame(sb, ev))
 		}
 	}
 	sb.pending, sb.replaying = nil, false
+	if sb.endFrame != nil { // the server ended the topic meanwhile
+		c.enqueueLocked(outFrame{data: sb.endFrame})
+		sb.endFrame = nil
+	}
 	c.mu.Unlock()
 }
 

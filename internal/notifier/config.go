@@ -2,12 +2,16 @@
 // Phoenix Channels V2 protocol (see PHOENIX-PROTOCOL.md), and over
 // Server-Sent Events for clients without WebSockets.
 //
-// The EVENTS stream is the source of truth. A notifier subscribes on core
-// NATS only to the subjects of the topics its clients joined
-// (reference-counted, one subscription per topic); a message on such a
-// subscription is a doorbell that makes the topic's reader fetch what is new
-// from the stream by direct get, in stream order, with its stream sequence.
-// The same fetch fills any gap after a NATS reconnect.
+// The EVENTS stream is the source of truth. It re-publishes every stored
+// event on live.events.<user>.<job> with its stream sequence (Nats-Sequence)
+// and the sequence of the previous event on the same subject
+// (Nats-Last-Sequence). A notifier subscribes on core NATS only to the live
+// subjects of the topics its clients joined (reference-counted, one
+// subscription per topic) and pushes what arrives without asking JetStream
+// anything; when Nats-Last-Sequence shows that a message on the subject was
+// missed, the missing ones are read from the stream first. After a NATS
+// reconnect every topic re-reads the stream from the last event it
+// delivered.
 package notifier
 
 import (

@@ -302,6 +302,41 @@ func (c *conn) deliver(sb *sub, ev *event) {
 	}
 }
 
+// end is called by the hub when the server ends a subscription (phx_close
+// or phx_error). During the join the frame waits until the join's reply
+// and pushes have been queued.
+func (c *conn) end(sb *sub, event string, payload []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if sb.closed || c.closed {
+		return
+	}
+	sb.closed = true
+	f := phoenix.AppendFrame(nil, sb.joinRef, sb.joinRef, sb.topic, event, payload)
+	if sb.replaying {
+		sb.endFrame = f
+		return
+	}
+	c.enqueueLocked(outFrame{data: f})
+}
+
+// lookup returns the live subscription to topic, forgetting one the server
+// ended. Reader goroutine only.
+func (c *conn) lookup(topic string) *sub {
+	sb := c.subs[topic]
+	if sb == nil {
+		return nil
+	}
+	c.mu.Lock()
+	ended := sb.closed
+	c.mu.Unlock()
+	if ended {
+		delete(c.subs, topic)
+		return nil
+	}
+	return sb
+}
+
 func (c *conn) pushFrame(sb *sub, ev *event) outFrame {
 	return outFrame{
 		data:  phoenix.AppendFrame(make([]byte, 0, len(ev.payload)+len(sb.topic)+32), sb.joinRef, phoenix.Ref{}, sb.topic, ev.name, ev.payload),

@@ -2,7 +2,6 @@ package notifier
 
 import (
 	"context"
-	"errors"
 	"hash/maphash"
 	"strconv"
 	"sync"
@@ -27,12 +26,16 @@ type event struct {
 	at        time.Time // the envelope's time, for the latency metric
 	terminal  bool
 	trace     eventTrace // for the push span (zero: not traced)
+	late      bool       // read to fill a gap after a later event of another job went out
 }
 
 // sink is where a subscription's events go: a WebSocket connection or an
-// SSE stream. deliver must not block.
+// SSE stream. Neither method may block.
 type sink interface {
 	deliver(sb *sub, ev *event)
+	// end tells the subscriber the server ended the subscription with
+	// event (phx_close or phx_error) and payload.
+	end(sb *sub, event string, payload []byte)
 }
 
 // sub is one (connection, topic) subscription. The fields below sink are
@@ -44,9 +47,11 @@ type sub struct {
 	sink    sink
 
 	last      uint64   // highest key delivered (job seq, or stream seq for user topics)
+	base      uint64   // the last key the join itself covered (snapshot and replay)
 	replaying bool     // join in progress: live events wait in pending
 	pending   []*event // live events that arrived during the join
-	closed    bool
+	closed    bool     // left, replaced, or ended by the server
+	endFrame  []byte   // phx_close/phx_error that ended it during the join, sent after the join's pushes
 }
 
 // key is what a subscription de-duplicates and orders by.
@@ -58,17 +63,20 @@ func (sb *sub) key(ev *event) uint64 {
 }
 
 // fresh reports whether ev is new for sb, and records it. Events without
-// sequences (broadcasts) are always fresh.
+// sequences (broadcasts) are always fresh. A late event (a gap filled on one
+// job of a user topic after another job's later event went out) is new when
+// the join did not cover it: the topic delivers each stream seq once, so it
+// cannot be a duplicate.
 func (sb *sub) fresh(ev *event) bool {
 	k := sb.key(ev)
 	if k == 0 {
 		return true
 	}
-	if k <= sb.last {
-		return false
+	if k > sb.last {
+		sb.last = k
+		return true
 	}
-	sb.last = k
-	return true
+	return ev.late && sb.kind == kindUser && k > sb.base
 }
 
 const shardCount = 64
@@ -87,22 +95,24 @@ type hubShard struct {
 }
 
 // topic is one joined topic on this notifier: its subscribers and, for
-// stream-fed topics, the core NATS subscription and the reader goroutine.
+// stream-fed topics, the core NATS subscription on the live subject.
 type topic struct {
 	name    string
-	subject string // "" for server-local topics (admin:metrics)
+	subject string // stream subject filter, "" for server-local topics (admin:metrics)
 	subs    map[*sub]struct{}
 	list    atomic.Pointer[[]*sub]
 
 	ready chan struct{} // closed once started (err set on failure)
 	err   error
 	nsub  *nats.Subscription
-	ring  chan struct{}
-	stop  chan struct{}
 
+	// mu serializes delivery on the topic: live messages, gap fills and
+	// refills after a reconnect. Lock order: mu, then a sink's lock.
 	mu    sync.Mutex
-	wants map[string]uint64 // subject → highest job seq rung
-	seen  map[string]uint64 // subject → highest job seq fetched
+	ended bool              // closed by the server (closeTopic) or dropped by the last subscriber
+	start uint64            // the stream's last seq when the topic began: older events are the joiners' business
+	pos   uint64            // highest stream seq delivered
+	last  map[string]uint64 // subject → stream seq of the last event delivered on it
 }
 
 func newHub(s *Service) *hub {
@@ -126,19 +136,18 @@ func (t *topic) refresh() {
 }
 
 // add subscribes sb to its topic, creating the topic (and its NATS
-// subscription on subject) when sb is the first. It returns once the topic
-// is live: from then on every event stored after the topic's start position
-// reaches sb.
+// subscription on the live copy of subject) when sb is the first. It
+// returns once the topic is live: from then on every event stored after the
+// topic's start position reaches sb.
 func (h *hub) add(sb *sub, subject string) error {
 	sh := h.shard(sb.topic)
 	sh.mu.Lock()
 	t := sh.topics[sb.topic]
 	created := t == nil
 	if created {
-		t = &topic{
-			name: sb.topic, subject: subject, subs: map[*sub]struct{}{},
-			ready: make(chan struct{}), ring: make(chan struct{}, 1), stop: make(chan struct{}),
-			wants: map[string]uint64{}, seen: map[string]uint64{},
+		t = &topic{name: sb.topic, subject: subject, subs: map[*sub]struct{}{}, ready: make(chan struct{})}
+		if subject != "" {
+			t.last = map[string]uint64{}
 		}
 		sh.topics[sb.topic] = t
 	}
@@ -161,6 +170,9 @@ func (h *hub) start(t *topic) {
 	if t.subject == "" {
 		return
 	}
+	// Live messages wait until the start position is known.
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	fail := func(err error) {
 		t.err = err
 		sh := h.shard(t.name)
@@ -170,9 +182,9 @@ func (h *hub) start(t *topic) {
 		}
 		sh.mu.Unlock()
 	}
-	// Subscribe first, then read the stream's position: whatever is stored
-	// after that position rings the doorbell and is fetched.
-	nsub, err := h.s.nc.Subscribe(t.subject, t.doorbell)
+	// Subscribe first, then read the stream's position: every event stored
+	// after that position is re-published to the subscription.
+	nsub, err := h.s.nc.Subscribe(liveSubject(t.subject), func(m *nats.Msg) { h.onLive(t, m) })
 	if err != nil {
 		fail(err)
 		return
@@ -185,10 +197,9 @@ func (h *hub) start(t *topic) {
 		fail(err)
 		return
 	}
+	t.start, t.pos = info.State.LastSeq, info.State.LastSeq
 	t.nsub = nsub
 	h.s.m.subscriptions.Inc()
-	h.s.wg.Add(1)
-	go h.run(t, info.State.LastSeq)
 }
 
 // remove unsubscribes sb; the last one out drops the NATS subscription.
@@ -211,18 +222,74 @@ func (h *hub) remove(sb *sub) {
 		delete(sh.topics, sb.topic)
 	}
 	sh.mu.Unlock()
-	if !last {
-		return
+	if last {
+		<-t.ready
+		h.drop(t)
 	}
-	<-t.ready
+}
+
+// drop ends a topic whose last subscriber left: no more deliveries, and
+// its NATS subscription goes.
+func (h *hub) drop(t *topic) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.ended {
+		t.ended = true
+		h.unsubscribe(t)
+	}
+}
+
+func (h *hub) unsubscribe(t *topic) {
 	if t.err == nil && t.nsub != nil {
-		close(t.stop)
 		_ = t.nsub.Unsubscribe()
 		h.s.m.subscriptions.Dec()
 	}
 }
 
-// dispatch hands ev to every subscriber of the topic on this notifier.
+// closeTopic ends every subscription to the topic on this notifier with a
+// server-initiated event: phoenix.EventClose (the client forgets the
+// channel and does not rejoin) or phoenix.EventError (the client rejoins,
+// with last_seq when its params carry it, so nothing is lost). It reports
+// whether the topic was joined here.
+func (h *hub) closeTopic(name, event string, payload []byte) bool {
+	sh := h.shard(name)
+	sh.mu.RLock()
+	t := sh.topics[name]
+	sh.mu.RUnlock()
+	if t == nil {
+		return false
+	}
+	<-t.ready
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.ended {
+		return false
+	}
+	h.endLocked(t, event, payload)
+	return true
+}
+
+// endLocked tells every subscriber of t that the server ended the topic
+// with event, and drops t; t.mu is held. The shard lock is never held while
+// taking a topic's lock, so taking it here is safe.
+func (h *hub) endLocked(t *topic, event string, payload []byte) {
+	sh := h.shard(t.name)
+	sh.mu.Lock()
+	if sh.topics[t.name] == t {
+		delete(sh.topics, t.name)
+	}
+	sh.mu.Unlock()
+	if l := t.list.Load(); l != nil {
+		for _, sb := range *l {
+			sb.sink.end(sb, event, payload)
+		}
+	}
+	t.ended = true
+	h.unsubscribe(t)
+}
+
+// dispatch hands ev to every subscriber of a server-fed topic on this
+// notifier (Broadcast). Stream-fed topics deliver from onLive.
 func (h *hub) dispatch(name string, ev *event) {
 	sh := h.shard(name)
 	sh.mu.RLock()
@@ -231,6 +298,15 @@ func (h *hub) dispatch(name string, ev *event) {
 	if t == nil {
 		return
 	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.ended {
+		t.fanOut(ev)
+	}
+}
+
+// fanOut delivers ev to every subscriber; t.mu is held.
+func (t *topic) fanOut(ev *event) {
 	if l := t.list.Load(); l != nil {
 		for _, sb := range *l {
 			sb.sink.deliver(sb, ev)
@@ -238,141 +314,20 @@ func (h *hub) dispatch(name string, ev *event) {
 	}
 }
 
-// ringAll makes every stream-fed topic re-read the stream (after a NATS
-// reconnect).
-func (h *hub) ringAll() {
+// topics returns the stream-fed topics joined on this notifier.
+func (h *hub) streamTopics() []*topic {
+	var out []*topic
 	for i := range h.shards {
 		sh := &h.shards[i]
 		sh.mu.RLock()
 		for _, t := range sh.topics {
 			if t.subject != "" {
-				t.rang()
+				out = append(out, t)
 			}
 		}
 		sh.mu.RUnlock()
 	}
-}
-
-// doorbell runs on the NATS subscription: it notes which job seq was
-// announced and wakes the reader. The message itself is not pushed: the
-// stream copy carries the stream sequence and the order clients resume by.
-func (t *topic) doorbell(m *nats.Msg) {
-	if seq, ok := envelope.SeqOf(m.Header); ok {
-		t.mu.Lock()
-		if seq > t.wants[m.Subject] {
-			t.wants[m.Subject] = seq
-		}
-		t.mu.Unlock()
-	}
-	t.rang()
-}
-
-func (t *topic) rang() {
-	select {
-	case t.ring <- struct{}{}:
-	default:
-	}
-}
-
-// run is the topic's reader: on every ring it fetches what the stream holds
-// after pos and dispatches it in stream order.
-func (h *hub) run(t *topic, pos uint64) {
-	defer h.s.wg.Done()
-	for {
-		select {
-		case <-t.stop:
-			return
-		case <-h.s.ctx.Done():
-			return
-		case <-t.ring:
-		}
-		pos = h.drain(t, pos)
-	}
-}
-
-// maxWaitRounds bounds how long a doorbell waits for its message to show up
-// in the stream (a publish the stream refused never does).
-const maxWaitRounds = 12
-
-func (h *hub) drain(t *topic, pos uint64) uint64 {
-	backoff := time.Millisecond
-	for rounds := 0; ; {
-		ctx, cancel := context.WithTimeout(h.s.ctx, 5*time.Second)
-		msg, err := h.s.events.GetMsg(ctx, pos+1, jetstream.WithGetMsgSubject(t.subject))
-		cancel()
-		switch {
-		case err == nil:
-			pos = msg.Sequence
-			if ev := h.decode(msg); ev != nil {
-				t.mu.Lock()
-				if ev.jobSeq > t.seen[msg.Subject] {
-					t.seen[msg.Subject] = ev.jobSeq
-				}
-				t.mu.Unlock()
-				h.dispatch(t.name, ev)
-			}
-			backoff = time.Millisecond
-			continue
-		case errors.Is(err, jetstream.ErrMsgNotFound):
-			if h.wantsMet(t, pos) {
-				return pos
-			}
-			rounds++
-			if rounds > maxWaitRounds {
-				h.s.log.Warn("announced event never appeared in the stream", "topic", t.name)
-				t.mu.Lock()
-				clear(t.wants)
-				clear(t.seen)
-				t.mu.Unlock()
-				return pos
-			}
-		default:
-			if h.s.ctx.Err() != nil {
-				return pos
-			}
-			h.s.log.Warn("reading events stream", "topic", t.name, "err", err)
-		}
-		select {
-		case <-t.stop:
-			return pos
-		case <-h.s.ctx.Done():
-			return pos
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, 2*time.Second)
-	}
-}
-
-// wantsMet reports whether every announced event has been fetched, or was
-// stored before pos (announced late, or a duplicate publish).
-func (h *hub) wantsMet(t *topic, pos uint64) bool {
-	t.mu.Lock()
-	pending := map[string]uint64{}
-	for subj, want := range t.wants {
-		if t.seen[subj] < want {
-			pending[subj] = want
-		}
-	}
-	t.mu.Unlock()
-	for subj, want := range pending {
-		ctx, cancel := context.WithTimeout(h.s.ctx, 5*time.Second)
-		m, err := h.s.events.GetLastMsgForSubject(ctx, subj)
-		cancel()
-		if err != nil {
-			continue
-		}
-		if seq, ok := envelope.SeqOf(m.Header); ok && seq >= want && m.Sequence <= pos {
-			delete(pending, subj)
-		}
-	}
-	if len(pending) > 0 {
-		return false
-	}
-	t.mu.Lock()
-	clear(t.wants)
-	clear(t.seen)
-	t.mu.Unlock()
-	return true
+	return out
 }
 
 // decode turns a stream message into a push event:

@@ -45,7 +45,7 @@ type Service struct {
 	conns    map[*conn]struct{}
 	quit     chan struct{} // closed when shutting down
 	stopping bool
-	wg       sync.WaitGroup // connections, writers, SSE streams, topic readers
+	wg       sync.WaitGroup // connections, writers, SSE streams, refills
 }
 
 // New builds a notifier. It opens the job_status bucket and the EVENTS
@@ -144,9 +144,14 @@ loop:
 			serveErr, errc = err, nil
 			break loop
 		case <-status:
-			// Reconnected: fetch whatever the stream got while we were away.
+			// Reconnected: live messages sent meanwhile are lost; read
+			// what the stream got while we were away.
 			s.log.Info("nats reconnected; filling gaps from the stream")
-			s.hub.ringAll()
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				s.hub.refill()
+			}()
 		}
 	}
 	s.shutdown()

@@ -209,7 +209,7 @@ func TestTwoNotifiersInterestOnly(t *testing.T) {
 		}
 		out := map[string]bool{}
 		for _, s := range connz.Conns[0].Subs {
-			if strings.HasPrefix(s, "events.") {
+			if strings.HasPrefix(s, "live.events.") || strings.HasPrefix(s, "events.") {
 				out[s] = true
 			}
 		}
@@ -230,16 +230,16 @@ func TestTwoNotifiersInterestOnly(t *testing.T) {
 			return true
 		})
 	}
-	want(a, "events.alice."+j1)
-	want(b, "events.alice."+j1, "events.bob.*")
+	want(a, "live.events.alice."+j1)
+	want(b, "live.events.alice."+j1, "live.events.bob.*")
 	// Leaving drops the subscription (reference-counted).
 	ref := cb2.nextRef()
 	jr := "1"
 	cb2.send(&jr, ref, "user:bob", "phx_leave", map[string]any{})
 	cb2.reply(ref)
-	want(b, "events.alice."+j1)
-	sz, err := w.srv.Subsz(&server.SubszOptions{Subscriptions: true, Test: "events.bob." + j2})
-	if err != nil || sz.Total != 0 && hasSubject(sz, "events.bob.*") {
+	want(b, "live.events.alice."+j1)
+	sz, err := w.srv.Subsz(&server.SubszOptions{Subscriptions: true, Test: "live.events.bob." + j2})
+	if err != nil || sz.Total != 0 && hasSubject(sz, "live.events.bob.*") {
 		t.Fatalf("bob's subject still subscribed: %v %+v", err, sz)
 	}
 }

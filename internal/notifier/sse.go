@@ -45,6 +45,16 @@ func (k *sseSink) deliver(sb *sub, ev *event) {
 	}
 }
 
+// end closes the stream when the server ends the topic; an EventSource
+// reconnects with Last-Event-ID and misses nothing.
+func (k *sseSink) end(*sub, string, []byte) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if !k.done {
+		k.overflow()
+	}
+}
+
 func (k *sseSink) overflow() {
 	k.done = true
 	close(k.cut)

@@ -1,0 +1,131 @@
+package notifier
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/beamline/beamline/internal/phoenix"
+	"github.com/beamline/beamline/pkg/envelope"
+)
+
+// livePrefix is what EVENTS puts before a subject when it re-publishes a
+// stored event (streams/events.json: "republish": events.> → live.events.>).
+const livePrefix = "live."
+
+func liveSubject(subject string) string { return livePrefix + subject }
+
+// catchUpAttempts bounds how often a failed stream read is retried before
+// the topic's channels are errored (about 5 s of backoff in all).
+const catchUpAttempts = 8
+
+// floor is the stream seq up to which subject has been handled: the
+// topic's start or the last event delivered on it. t.mu is held.
+func (t *topic) floor(subject string) uint64 { return max(t.start, t.last[subject]) }
+
+// advance records that the event at seq on subject was handled. t.mu is held.
+func (t *topic) advance(subject string, seq uint64) {
+	t.last[subject] = seq
+	t.pos = max(t.pos, seq)
+}
+
+// onLive handles one re-published event; it runs on the topic's NATS
+// subscription. The stream seq comes from Nats-Sequence, so the live path
+// costs no JetStream request. Nats-Last-Sequence is the stream seq of the
+// previous event on the same subject: when it is beyond what this topic
+// delivered for that subject, a message was missed (slow consumer, NATS
+// reconnect) and the missing ones are read from the stream first.
+func (h *hub) onLive(t *topic, m *nats.Msg) {
+	seq, err1 := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
+	prev, err2 := strconv.ParseUint(m.Header.Get(jetstream.LastSequenceHeader), 10, 64)
+	subject, ok := strings.CutPrefix(m.Subject, livePrefix)
+	if err1 != nil || err2 != nil || !ok || seq == 0 {
+		h.s.log.Warn("live event without stream sequence headers", "subject", m.Subject)
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.ended {
+		return
+	}
+	floor := t.floor(subject)
+	if seq <= floor {
+		return // before the topic began, or already read from the stream
+	}
+	if prev > floor && !h.catchUp(t, subject, func() uint64 { return t.floor(subject) + 1 }, seq) {
+		return
+	}
+	t.advance(subject, seq)
+	env, snap, err := envelope.DecodeEvent(m.Data)
+	if err != nil {
+		h.s.log.Warn("undecodable live event", "subject", subject, "stream_seq", seq, "err", err)
+		return
+	}
+	ev := newJobEvent(env, snap, seq)
+	ev.trace = h.s.traceOf(m.Header)
+	t.fanOut(ev)
+}
+
+// refill makes every topic read what the stream stored after the last event
+// it delivered: after a NATS reconnect, live messages sent while the
+// connection was down are lost.
+func (h *hub) refill() {
+	for _, t := range h.streamTopics() {
+		t.mu.Lock()
+		if !t.ended {
+			h.catchUp(t, t.subject, func() uint64 { return t.pos + 1 }, 0)
+		}
+		t.mu.Unlock()
+	}
+}
+
+// catchUp delivers the events stored on filter from from() up to, not
+// including, upTo (0: to the end of the stream), skipping what the topic
+// already handled. A read that keeps failing errors the topic's channels
+// (phx_error) so that clients rejoin and replay from their last_seq instead
+// of living with a silent gap; catchUp then reports false. t.mu is held.
+func (h *hub) catchUp(t *topic, filter string, from func() uint64, upTo uint64) bool {
+	backoff := 20 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		ctx, cancel := context.WithTimeout(h.s.ctx, 5*time.Second)
+		err := h.s.readFrom(ctx, filter, from(), func(m *jetstream.RawStreamMsg) bool {
+			if upTo != 0 && m.Sequence >= upTo {
+				return false
+			}
+			if m.Sequence <= t.floor(m.Subject) {
+				return true
+			}
+			late := m.Sequence < t.pos
+			t.advance(m.Subject, m.Sequence)
+			if ev := h.decode(m); ev != nil {
+				ev.late = late
+				t.fanOut(ev)
+			}
+			return true
+		})
+		cancel()
+		if err == nil {
+			return true
+		}
+		if h.s.ctx.Err() != nil {
+			return false
+		}
+		h.s.log.Warn("reading the events stream", "topic", t.name, "attempt", attempt, "err", err)
+		if attempt == catchUpAttempts {
+			break
+		}
+		select {
+		case <-h.s.ctx.Done():
+			return false
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+	h.s.log.Error("cannot read missed events; erroring the topic's channels so clients rejoin and replay", "topic", t.name)
+	h.endLocked(t, phoenix.EventError, phoenix.ErrorReason("stream unavailable"))
+	return false
+}
