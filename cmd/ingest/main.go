@@ -100,6 +100,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	if err != nil {
 		return fail(1, err)
 	}
+	shutdownTracing, err := telemetry.SetupTracing(ctx, "beamline-ingest")
+	if err != nil {
+		return fail(2, err)
+	}
+	defer func() { _ = shutdownTracing(context.WithoutCancel(ctx)) }()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	svc, err := ingest.New(ingest.Config{
@@ -109,11 +114,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		MaxBody:        *maxBody,
 		MaxInFlight:    *maxInFlight,
 		RequestTimeout: *timeout,
+		TracerProvider: telemetry.GlobalTracerProvider(),
 	}, nc, js, log, reg)
 	if err != nil {
 		return fail(2, err)
 	}
-	if err := svc.Run(ctx); err != nil {
+	if err := telemetry.RunWithMetrics(ctx, nc, "ingest", reg, nil, log, svc.Run); err != nil {
 		return fail(1, err)
 	}
 	return 0

@@ -22,6 +22,7 @@ import (
 	"github.com/beamline/beamline/internal/jsm"
 	"github.com/beamline/beamline/internal/natsx"
 	"github.com/beamline/beamline/internal/notifier"
+	"github.com/beamline/beamline/internal/telemetry"
 )
 
 func main() {
@@ -76,11 +77,17 @@ func run(args []string) error {
 	if err := jsm.ApplyStreams(ctx, js, jsm.Options{Replicas: common.Replicas}); err != nil {
 		return err
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	svc, err := notifier.New(notifier.Config{Addr: *addr, Secret: secret, AllowedOrigins: allowed}, nc, js, log, reg)
+	shutdownTracing, err := telemetry.SetupTracing(ctx, "beamline-notifier")
 	if err != nil {
 		return err
 	}
-	return svc.Run(ctx)
+	defer func() { _ = shutdownTracing(context.WithoutCancel(ctx)) }()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	svc, err := notifier.New(notifier.Config{Addr: *addr, Secret: secret, AllowedOrigins: allowed,
+		TracerProvider: telemetry.GlobalTracerProvider()}, nc, js, log, reg)
+	if err != nil {
+		return err
+	}
+	return telemetry.RunWithMetrics(ctx, nc, "notifier", reg, svc, log, svc.Run)
 }

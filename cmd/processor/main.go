@@ -21,6 +21,7 @@ import (
 	"github.com/beamline/beamline/internal/natsx"
 	"github.com/beamline/beamline/internal/processor"
 	"github.com/beamline/beamline/internal/provider"
+	"github.com/beamline/beamline/internal/telemetry"
 )
 
 func main() {
@@ -102,11 +103,17 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	shutdownTracing, err := telemetry.SetupTracing(ctx, "beamline-processor")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = shutdownTracing(context.WithoutCancel(ctx)) }()
+	cfg.TracerProvider = telemetry.GlobalTracerProvider()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	p, err := processor.New(cfg, nc, js, log, reg)
 	if err != nil {
 		return err
 	}
-	return p.Run(ctx)
+	return telemetry.RunWithMetrics(ctx, nc, "processor", reg, nil, log, p.Run)
 }
