@@ -17,7 +17,7 @@ const CancelSubject = "cancel.*.*"
 // cancelled, so the worker then just acks it; a cancelled job delivered
 // later is never started (jobstore.Apply answers ErrTerminal).
 func (p *Processor) runCancels(ctx context.Context) error {
-	sub, err := p.nc.Subscribe(CancelSubject, func(m *nats.Msg) {
+	sub, err := p.nc.Subscribe(p.cancelSubject, func(m *nats.Msg) {
 		parts := strings.Split(m.Subject, ".")
 		if len(parts) != 3 {
 			return

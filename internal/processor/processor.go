@@ -49,6 +49,10 @@ type Processor struct {
 	// jobBase ends when the grace period is over: running jobs are cancelled.
 	stopCtx context.Context
 	jobBase context.Context
+
+	// cancelSubject is CancelSubject; tests break it to make a supervised
+	// child fail.
+	cancelSubject string
 }
 
 // New validates cfg and builds a Processor. Metrics are registered on reg.
@@ -73,6 +77,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 		kindBreakers:  map[string]*flow.Breaker{},
 		breakers:      map[string]*flow.Breaker{},
 		consumers:     map[string]jetstream.Consumer{},
+		cancelSubject: CancelSubject,
 	}
 	for _, k := range c.Kinds {
 		name := c.providerName(k)

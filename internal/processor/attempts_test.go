@@ -1,0 +1,229 @@
+package processor
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/beamline/beamline/internal/jsm"
+	"github.com/beamline/beamline/pkg/envelope"
+	"github.com/beamline/beamline/pkg/flow"
+)
+
+// A job whose last allowed run died with its process: the stored snapshot
+// says running, attempt == MaxDeliver. Its redelivery is dead-lettered
+// without running the provider (which would have succeeded).
+func TestDeliveryPastTheLimitIsDeadWithoutRunning(t *testing.T) {
+	e := newEnv(t)
+	cfg := baseConfig(t)
+	cfg.MaxDeliver = 3
+	j := newJob("alice", "image", envelope.PriorityNormal, map[string]any{"duration_ms": 10})
+	if _, err := e.store.Create(context.Background(), j); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.store.Apply(context.Background(), j.ID, nil, envelope.TypeStarted, func(s *envelope.Snapshot) error {
+		s.Status, s.Attempt = envelope.StatusRunning, 3
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	e.publish(j)
+	r := e.start(cfg)
+	s := e.waitStatus(j.ID, envelope.StatusDead, 15*time.Second)
+	if s.Attempt != 3 || !strings.Contains(s.Error, "never finished") {
+		t.Fatalf("dead snapshot %+v", s)
+	}
+	ctx := context.Background()
+	dlq, err := e.js.Stream(ctx, "DLQ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := dlq.GetLastMsgForSubject(ctx, "dlq.image")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Header.Get(HeaderAttempts) != "3" || m.Header.Get("Nats-Msg-Id") != "dead:"+j.ID ||
+		!strings.Contains(m.Header.Get(HeaderDeadReason), "never finished") {
+		t.Fatalf("DLQ headers %v", m.Header)
+	}
+	waitFor(t, 5*time.Second, func() bool { // termed, not redelivered
+		c, err := e.js.Consumer(ctx, "JOBS", jsm.ConsumerName(envelope.PriorityNormal, "image"))
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(ctx)
+		return err == nil && info.NumAckPending == 0 && info.NumPending == 0
+	})
+	if v := counterValue(t, r, "beamline_provider_calls_total", nil); v != 0 {
+		t.Fatalf("provider called %v times for a job with no attempts left", v)
+	}
+	for _, ev := range e.events(j) {
+		if ev.Status == envelope.StatusRunning && ev.Attempt > 3 {
+			t.Fatalf("a fourth run was started: %+v", ev)
+		}
+	}
+}
+
+// The consumers redeliver without limit, also when they were created by an
+// older definition with max_deliver 5: the processor owns the limit.
+func TestConsumersRedeliverWithoutLimit(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	if _, err := jsm.ApplyConsumer(ctx, e.js, envelope.PriorityHigh, "image", func(c *jetstream.ConsumerConfig) { c.MaxDeliver = 5 }); err != nil {
+		t.Fatal(err)
+	}
+	r := e.start(baseConfig(t))
+	j := newJob("alice", "image", envelope.PriorityHigh, nil)
+	e.submit(j)
+	e.waitStatus(j.ID, envelope.StatusSucceeded, 10*time.Second)
+	for _, k := range []string{"image", "video"} {
+		for _, prio := range envelope.Priorities {
+			c, err := e.js.Consumer(ctx, "JOBS", jsm.ConsumerName(prio, k))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.CachedInfo().Config.MaxDeliver; got != -1 {
+				t.Fatalf("%s max_deliver %d, want -1", jsm.ConsumerName(prio, k), got)
+			}
+		}
+	}
+	_ = r
+}
+
+// startedAttempts lists the attempt of every started event of j.
+func (e *env) startedAttempts(j envelope.Job) []int {
+	var out []int
+	prev := envelope.StatusQueued
+	for _, ev := range e.events(j) {
+		if ev.Status == envelope.StatusRunning && prev != envelope.StatusRunning {
+			out = append(out, ev.Attempt)
+		}
+		prev = ev.Status
+	}
+	return out
+}
+
+// A full waiting room Naks one user's surplus over and over; none of those
+// deliveries is a run, so none costs an attempt: every job runs exactly
+// twice (fail_times 1) as attempts 1 and 2, though MaxDeliver is 2.
+func TestWaitingRoomNaksCostNoAttempt(t *testing.T) {
+	e := newEnv(t)
+	cfg := baseConfig(t)
+	cfg.MaxDeliver = 2
+	cfg.Concurrency = 2
+	cfg.MaxPerUser = 1
+	cfg.WaitingRoom = 1
+	cfg.BackoffMin, cfg.BackoffMax = 10*time.Millisecond, 50*time.Millisecond
+	r := e.start(cfg)
+	jobs := make([]envelope.Job, 8)
+	for i := range jobs {
+		jobs[i] = newJob("alice", "image", envelope.PriorityNormal, map[string]any{"fail_times": 1, "duration_ms": 30})
+		e.submit(jobs[i])
+	}
+	for _, j := range jobs {
+		if s := e.waitStatus(j.ID, envelope.StatusSucceeded, 30*time.Second); s.Attempt != 2 {
+			t.Fatalf("job %s: attempt %d, want 2", j.ID, s.Attempt)
+		}
+		if got := e.startedAttempts(j); len(got) != 2 || got[0] != 1 || got[1] != 2 {
+			t.Fatalf("job %s started as attempts %v, want [1 2]", j.ID, got)
+		}
+	}
+	c, err := e.js.Consumer(context.Background(), "JOBS", jsm.ConsumerName(envelope.PriorityNormal, "image"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if runs := uint64(2 * len(jobs)); info.Delivered.Consumer <= runs {
+		t.Fatalf("%d deliveries for %d runs: the waiting room never Nak'd, the test shows nothing", info.Delivered.Consumer, runs)
+	}
+	if v := counterValue(t, r, "beamline_processor_jobs_total", map[string]string{"outcome": "dead"}); v != 0 {
+		t.Fatalf("%v jobs dead", v)
+	}
+}
+
+// With MaxDeliver 1, shutdowns hand back parked jobs and a running one
+// (interrupted when the grace runs out) without costing them their only
+// attempt: the next processor runs every job as attempt 1.
+func TestShutdownNaksCostNoAttempt(t *testing.T) {
+	e := newEnv(t)
+	cfg := baseConfig(t)
+	cfg.MaxDeliver = 1
+	cfg.Concurrency = 2
+	cfg.MaxPerUser = 1
+	cfg.AckWait = time.Minute // a takeover within the test is a hand-back, not an ack_wait expiry
+	cfg.Grace = 100 * time.Millisecond
+	a := e.start(cfg)
+	jobs := make([]envelope.Job, 4)
+	for i := range jobs {
+		jobs[i] = newJob("alice", "image", envelope.PriorityNormal, map[string]any{"duration_ms": 1000})
+		e.submit(jobs[i])
+	}
+	waitFor(t, 10*time.Second, func() bool {
+		return counterValue(t, a, "beamline_processor_waiting", nil) == 3 &&
+			counterValue(t, a, "beamline_processor_inflight", nil) == 1
+	})
+	var interrupted envelope.Job
+	for _, j := range jobs {
+		if e.snapshot(j.ID).Status == envelope.StatusRunning {
+			interrupted = j
+		}
+	}
+	if err := a.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if s := e.snapshot(interrupted.ID); s.Status != envelope.StatusRetrying || s.Attempt != 0 {
+		t.Fatalf("interrupted job after shutdown: %+v, want retrying with its attempt given back", s)
+	}
+	cfg.Grace = 5 * time.Second
+	e.start(cfg)
+	for _, j := range jobs {
+		if s := e.waitStatus(j.ID, envelope.StatusSucceeded, 30*time.Second); s.Attempt != 1 {
+			t.Fatalf("job %s: attempt %d after hand-overs, want 1", j.ID, s.Attempt)
+		}
+	}
+}
+
+// A supervised child that keeps failing (the cancel subscriber cannot
+// subscribe) makes the supervisor give up, and Run returns that error so
+// the process exits non-zero and its orchestrator restarts it.
+func TestSupervisorGivesUpOnFailingChild(t *testing.T) {
+	e := newEnv(t)
+	nc, err := nats.Connect(e.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	p, err := New(baseConfig(t), nc, js, testLogger(t), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.cancelSubject = "cancel..broken" // nats.ErrBadSubject on every (re)start
+	done := make(chan error, 1)
+	go func() { done <- p.Run(context.Background()) }() // never cancelled: only giving up ends it
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not give up")
+	}
+	if !errors.Is(err, flow.ErrRestartIntensity) || !errors.Is(err, nats.ErrBadSubject) {
+		t.Fatalf("Run = %v, want ErrRestartIntensity caused by ErrBadSubject", err)
+	}
+	r := &running{p: p, reg: reg}
+	if v := counterValue(t, r, "beamline_supervisor_restarts_total", map[string]string{"child": "cancel"}); v < 1 {
+		t.Fatalf("cancel restarts counted %v", v)
+	}
+}
