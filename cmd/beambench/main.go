@@ -22,9 +22,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	_ "net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -53,7 +57,7 @@ type options struct {
 	scenarios                       []string
 	ingestURL, notifierURL, natsURL string
 	procConcurrency                 int
-	cpuProfile                      string
+	cpuProfile, pprofAddr           string
 	notifierBin                     string // run the notifier as a separate process (push memory)
 	clientProcs, connsPerProc       int
 
@@ -114,6 +118,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.notifierURL, "notifier", "", "notifier base URL of running binaries")
 	fs.StringVar(&o.natsURL, "nats", "", "NATS URL of running binaries")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (and in-process devstack) to `file`")
+	fs.StringVar(&o.pprofAddr, "pprof", "", "serve net/http/pprof of this process (and in-process devstack) on `addr`, e.g. 127.0.0.1:6060")
 	fs.StringVar(&o.notifierBin, "notifier-bin", "", "path of a built cmd/notifier: push runs it as a separate process on devstack's NATS and reads its RSS and Go heap")
 	fs.IntVar(&o.clientProcs, "client-procs", 0, "push: child processes holding the WebSocket clients (0: in this process when ≤ 2,000 clients, else ⌈clients/conns-per-proc⌉)")
 	fs.IntVar(&o.connsPerProc, "conns-per-proc", o.connsPerProc, "push: most WebSocket connections per child process")
@@ -128,6 +133,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.pollJobs, "polling-jobs", o.pollJobs, "polling: jobs watched")
 	fs.DurationVar(&o.pollDur, "polling-duration", o.pollDur, "polling: how long they are watched")
 	fs.DurationVar(&o.ingestDur, "ingest-duration", o.ingestDur, "ingest: length of each concurrency level")
+	conc := fs.String("ingest-concurrency", "", "ingest: comma-separated concurrency levels (default 1,16,64; -short 1,8)")
 	fs.DurationVar(&o.deadline, "deadline", o.deadline, "bound on the whole run")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: beambench [flags]\n       beambench push-clients [flags]   (child process of the push scenario)\n\nMeasures Beamline against raw NATS in the same run; prints JSON lines and a Markdown table.\n\nFlags:\n")
@@ -135,6 +141,16 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	}
 	if err := fs.Parse(args); err != nil {
 		return o, err
+	}
+	if *conc != "" {
+		o.ingestConc = nil
+		for _, c := range strings.Split(*conc, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(c))
+			if err != nil || n <= 0 {
+				return o, fmt.Errorf("-ingest-concurrency: bad level %q", c)
+			}
+			o.ingestConc = append(o.ingestConc, n)
+		}
 	}
 	o.scenarios = nil
 	for _, s := range strings.Split(*list, ",") {
@@ -183,6 +199,13 @@ func bench(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 			return err
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if o.pprofAddr != "" {
+		runtime.SetMutexProfileFraction(100)
+		runtime.SetBlockProfileRate(100000) // one sample per 100 µs blocked
+		srv := &http.Server{Addr: o.pprofAddr, Handler: http.DefaultServeMux, ReadHeaderTimeout: 5 * time.Second}
+		go srv.ListenAndServe()
+		defer srv.Close()
 	}
 	t, err := startTarget(ctx, o, log)
 	if err != nil {

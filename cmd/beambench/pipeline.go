@@ -84,7 +84,7 @@ func pipelineRate(ctx context.Context, t *target, o *options, rep *reporter) err
 		return fmt.Sprintf("pa%d", i%pipelineUsers), fmt.Sprintf("pa%s-%d", run, i)
 	}, envelope.JobSubject(envelope.PriorityNormal, "image"))
 	pubTook := time.Since(pubStart)
-	start := time.Now()
+	start, cpu0 := time.Now(), cpuTime()
 	if rerr := resume(ctx); rerr != nil && err == nil {
 		err = rerr
 	}
@@ -98,6 +98,7 @@ func pipelineRate(ctx context.Context, t *target, o *options, rep *reporter) err
 	case <-ctx.Done():
 	}
 	got, first, last := tl.snapshot()
+	cores := (cpuTime() - cpu0).Seconds() / time.Since(start).Seconds()
 	if got < 2 {
 		return fmt.Errorf("pipeline: %d of %d jobs reached a terminal state within %s", got, n, limit)
 	}
@@ -110,6 +111,9 @@ func pipelineRate(ctx context.Context, t *target, o *options, rep *reporter) err
 	p := map[string]any{"jobs": n, "finished": got, "processor_paused_while_publishing": paused,
 		"concurrency": o.procConcurrency, "users": pipelineUsers, "publish_s": round(pubTook.Seconds()),
 		"start_to_last_s": round(last.Sub(start).Seconds())}
+	if t.stack != nil {
+		p["cpu_cores_used_in_process"] = round(cores)
+	}
 	rep.addVs("pipeline", "processing rate (no-op jobs)", rate, "jobs/s", raw, p)
 	return nil
 }
