@@ -78,6 +78,12 @@ func run(args []string, stdout, stderr io.Writer) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// Off unless the standard OTEL_EXPORTER_OTLP_* variables are set.
+	shutdownTracing, err := telemetry.SetupTracing(ctx, "beamline-devstack")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = shutdownTracing(context.Background()) }()
 	stack, err := devstack.Start(ctx, devstack.Config{
 		DataDir:       *dataDir,
 		NATSPort:      *natsPort,
