@@ -45,7 +45,11 @@ func run(args []string) error {
 	fs.DurationVar(&cfg.JobTimeout, "job-timeout", processor.DefaultJobTimeout, "timeout of one provider call")
 	fs.StringVar(&kindTimeouts, "kind-timeout", "", "per-kind job timeouts, e.g. video=30m,image=2m")
 	fs.DurationVar(&cfg.AckWait, "ack-wait", processor.DefaultAckWait, "consumer ack_wait (heartbeats every ack-wait/3)")
-	fs.IntVar(&cfg.MaxDeliver, "max-deliver", processor.DefaultMaxDeliver, "deliveries before a failing job is dead")
+	// Enforced by the processor, not JetStream (the consumers' max_deliver
+	// is -1): JetStream drops a message that exhausted max_deliver without
+	// telling anyone, and the job must still end in a terminal state.
+	fs.IntVar(&cfg.MaxDeliver, "max-deliver", processor.DefaultMaxDeliver,
+		"runs (attempts) a failing job gets before it is dead; enforced by the processor, so Naks that run nothing cost none and a run lost with its process counts")
 	fs.DurationVar(&cfg.Grace, "grace", processor.DefaultGrace, "how long running jobs may finish after SIGTERM")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: processor [flags]\n\nRuns Beamline jobs from NATS JetStream.\n\nFlags:\n")

@@ -1,11 +1,15 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -62,12 +66,19 @@ func newStack(t *testing.T) *stack {
 // processor starts the binary; it is killed when the test ends.
 func (s *stack) processor(args ...string) *exec.Cmd {
 	s.t.Helper()
+	var stderr io.Writer
+	if testing.Verbose() {
+		stderr = os.Stderr
+	}
+	return s.processorTo(stderr, args...)
+}
+
+// processorTo is processor with its stderr going to w.
+func (s *stack) processorTo(w io.Writer, args ...string) *exec.Cmd {
+	s.t.Helper()
 	args = append([]string{"-nats", s.url, "-addr", "127.0.0.1:0", "-kinds", "image", "-log-format", "json"}, args...)
 	cmd := exec.Command(binary, args...)
-	cmd.Stderr = os.Stderr
-	if !testing.Verbose() {
-		cmd.Stderr = nil
-	}
+	cmd.Stderr = w
 	if err := cmd.Start(); err != nil {
 		s.t.Fatal(err)
 	}
@@ -227,5 +238,111 @@ func stopProc(t *testing.T, cmd *exec.Cmd) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("processor did not exit after SIGTERM")
+	}
+}
+
+// submitSim submits one job of alice with input {"sim": sim}.
+func (s *stack) submitSim(sim string) envelope.Job {
+	s.t.Helper()
+	j := envelope.Job{
+		ID: fmt.Sprintf("job-%d", time.Now().UnixNano()), User: "alice", Kind: "image",
+		Priority: envelope.PriorityNormal, CreatedAt: time.Now().UTC(),
+		Input: []byte(`{"sim":` + sim + `}`),
+	}
+	if _, err := s.store.Create(context.Background(), j); err != nil {
+		s.t.Fatal(err)
+	}
+	m, err := envelope.NewJobMsg(j, "/test", "")
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if _, err := s.js.PublishMsg(context.Background(), m); err != nil {
+		s.t.Fatal(err)
+	}
+	return j
+}
+
+// kill -9 during a job's last allowed attempt: JetStream's own max_deliver
+// would never redeliver it and the job would stay running forever. With the
+// limit enforced by the processor, the redelivery after ack_wait is
+// dead-lettered by the other processor.
+func TestKill9OnLastAttemptEndsDead(t *testing.T) {
+	if testing.Short() {
+		t.Skip("process-level test")
+	}
+	s := newStack(t)
+	// Attempt 1 fails; attempt 2 (the last of -max-deliver 2) runs a minute.
+	j := s.submitSim(`{"fail_times":1,"duration_ms":60000}`)
+	flags := []string{"-ack-wait", "2s", "-max-deliver", "2", "-concurrency", "2"}
+	a := s.processor(flags...)
+	waitFor(t, 20*time.Second, func() bool {
+		snap := s.snapshot(j.ID)
+		return snap.Status == envelope.StatusRunning && snap.Attempt == 2
+	})
+	if err := a.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = a.Wait()
+	b := s.processor(flags...)
+	waitFor(t, 30*time.Second, func() bool { return s.snapshot(j.ID).Status == envelope.StatusDead })
+	if snap := s.snapshot(j.ID); snap.Attempt != 2 || !strings.Contains(snap.Error, "never finished") {
+		t.Fatalf("dead snapshot %+v", snap)
+	}
+	ctx := context.Background()
+	dlq, err := s.js.Stream(ctx, "DLQ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := dlq.GetLastMsgForSubject(ctx, "dlq.image")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, orig, err := envelope.DecodeJob(m.Data); err != nil || orig.ID != j.ID ||
+		m.Header.Get("Beamline-Attempts") != "2" || m.Header.Get("Nats-Msg-Id") != "dead:"+j.ID {
+		t.Fatalf("DLQ entry %v %+v %v", err, orig, m.Header)
+	}
+	waitFor(t, 10*time.Second, func() bool { // termed: nothing left to deliver
+		c, err := s.js.Consumer(ctx, "JOBS", jsm.ConsumerName(envelope.PriorityNormal, "image"))
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(ctx)
+		return err == nil && info.NumAckPending == 0 && info.NumPending == 0
+	})
+	stopProc(t, b)
+}
+
+// When its supervisor gives up (here: the JOBS stream is deleted under it,
+// so every puller restart fails), the processor exits non-zero so that its
+// orchestrator restarts it, and the restart re-applies the streams.
+func TestSupervisorGiveUpExitsNonZero(t *testing.T) {
+	if testing.Short() {
+		t.Skip("process-level test")
+	}
+	s := newStack(t)
+	var stderr bytes.Buffer
+	cmd := s.processorTo(&stderr)
+	ctx := context.Background()
+	waitFor(t, 20*time.Second, func() bool {
+		_, err := s.js.Consumer(ctx, "JOBS", jsm.ConsumerName(envelope.PriorityNormal, "image"))
+		return err == nil
+	})
+	if err := s.js.DeleteStream(ctx, "JOBS"); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("processor did not give up after JOBS was deleted")
+	}
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() == 0 {
+		t.Fatalf("exit: %v, want a non-zero exit code", err)
+	}
+	if !strings.Contains(stderr.String(), "restart intensity") {
+		t.Fatalf("stderr does not name the give-up:\n%s", stderr.String())
 	}
 }
