@@ -36,6 +36,8 @@ class Series {
   }
 }
 
+let firstSample = 0; // when the first figures arrived
+
 const series = {
   high: new Series(), normal: new Series(), low: new Series(),
   inflight: new Series(),
@@ -70,6 +72,7 @@ const rate = (v) => (typeof v === "number" ? (v >= 10 ? v.toFixed(0) : v.toFixed
 
 function render(m) {
   const t = m.at ? Date.parse(m.at) || Date.now() : Date.now();
+  if (!firstSample) firstSample = t;
   const q = m.queue_depth || {};
   const qTotal = ["high", "normal", "low"].reduce((s, p) => s + (typeof q[p] === "number" ? q[p] : 0), 0);
   $("m-queue").textContent = m.queue_depth ? String(qTotal) : "—";
@@ -121,10 +124,7 @@ function renderBreakers(b) {
   }
 }
 
-let lastDraw = 0;
 function drawAll(now) {
-  if (now - lastDraw < 200) return;
-  lastDraw = now;
   draw($("c-queue"), ["high", "normal", "low"], now);
   draw($("c-inflight"), ["inflight"], now);
   draw($("c-rate"), ["succeeded", "failed", "retried", "dead"], now);
@@ -140,7 +140,10 @@ function draw(svg, names, now) {
   let max = 1;
   for (const n of names) for (const [, v] of series[n].points) max = Math.max(max, v);
   max = niceMax(max);
-  const x = (t) => ((t - (now - WINDOW_MS)) / WINDOW_MS) * W;
+  // The time axis grows from 30 s to the full two minutes as data comes in,
+  // so a fresh dashboard is not a sliver at the right edge.
+  const span = Math.min(WINDOW_MS, Math.max(30000, firstSample ? now - firstSample : WINDOW_MS));
+  const x = (t) => ((t - (now - span)) / span) * W;
   const y = (v) => H - PAD - (v / max) * (H - 2 * PAD);
   svg.replaceChildren();
   for (const f of [0, 0.5, 1]) {
@@ -175,7 +178,7 @@ function draw(svg, names, now) {
   }
   axis.textContent = "";
   const left = document.createElement("span");
-  left.textContent = "2 min ago";
+  left.textContent = span >= WINDOW_MS ? "2 min ago" : `${Math.round(span / 1000)} s ago`;
   const right = document.createElement("span");
   right.textContent = `scale 0–${max}`;
   axis.append(left, right);

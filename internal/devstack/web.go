@@ -1,6 +1,10 @@
 package devstack
 
-import "net/http"
+import (
+	"net/http"
 
-// webHandler serves the web UI. Replaced by web.Handler once web/ lands.
-func webHandler() http.Handler { return http.NotFoundHandler() }
+	"github.com/beamline/beamline/web"
+)
+
+// webHandler serves the web UI: the demo page, the dashboard and beamline.js.
+func webHandler() http.Handler { return web.Handler() }
