@@ -84,8 +84,14 @@ func (s *Service) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		_ = ws.Close()
 		return
 	}
-	defer s.removeConn(c)
-	c.readLoop()
+	// Read on a goroutine of its own and let the handler return: a handler
+	// that stayed in its read loop kept net/http's per-connection state alive
+	// (its 4 KiB bufio reader and writer, the request) for the life of every
+	// WebSocket — about 9 KiB of heap per idle connection.
+	go func() {
+		defer s.removeConn(c)
+		c.readLoop()
+	}()
 }
 
 func (c *conn) readLoop() {
