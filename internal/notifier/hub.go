@@ -108,11 +108,13 @@ type topic struct {
 
 	// mu serializes delivery on the topic: live messages, gap fills and
 	// refills after a reconnect. Lock order: mu, then a sink's lock.
-	mu    sync.Mutex
-	ended bool              // closed by the server (closeTopic) or dropped by the last subscriber
-	start uint64            // the stream's last seq when the topic began: older events are the joiners' business
-	pos   uint64            // highest stream seq delivered
-	last  map[string]uint64 // subject → stream seq of the last event delivered on it
+	mu      sync.Mutex
+	ended   bool              // closed by the server (closeTopic) or dropped by the last subscriber
+	start   uint64            // the stream's last seq when the topic began: older events are the joiners' business
+	pos     uint64            // highest stream seq delivered
+	last    map[string]uint64 // subject → stream seq of the last event delivered on it
+	live    uint64            // stream seq of the last live message handled
+	dropped uint64            // the subscription's dropped count when last looked at
 }
 
 func newHub(s *Service) *hub {

@@ -37,8 +37,13 @@ func (t *topic) advance(subject string, seq uint64) {
 // subscription. The stream seq comes from Nats-Sequence, so the live path
 // costs no JetStream request. Nats-Last-Sequence is the stream seq of the
 // previous event on the same subject: when it is beyond what this topic
-// delivered for that subject, a message was missed (slow consumer, NATS
-// reconnect) and the missing ones are read from the stream first.
+// delivered for that subject, a message was missed and the missing ones are
+// read from the stream first. Messages the client library dropped (slow
+// consumer) are also noticed by its dropped count, which covers a dropped
+// last event of a job: the message being handled counts as pending, so with
+// pending limits of at least two messages and twice the largest payload
+// (nats.go's defaults are 512Ki messages and 64 MiB) a drop means another
+// message is queued, and the handler runs again after it.
 func (h *hub) onLive(t *topic, m *nats.Msg) {
 	seq, err1 := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
 	prev, err2 := strconv.ParseUint(m.Header.Get(jetstream.LastSequenceHeader), 10, 64)
@@ -52,6 +57,15 @@ func (h *hub) onLive(t *topic, m *nats.Msg) {
 	if t.ended {
 		return
 	}
+	if d, err := t.nsub.Dropped(); err == nil && uint64(d) != t.dropped {
+		// Whatever was dropped arrived after the last message handled.
+		t.dropped = uint64(d)
+		from := max(t.start, t.live) + 1
+		if !h.catchUp(t, t.subject, func() uint64 { return from }, 0) {
+			return
+		}
+	}
+	t.live = max(t.live, seq)
 	floor := t.floor(subject)
 	if seq <= floor {
 		return // before the topic began, or already read from the stream

@@ -1,0 +1,158 @@
+package notifier
+
+import (
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/beamline/beamline/internal/phoenix"
+)
+
+// topicOf returns the notifier's topic (test access to the hub).
+func topicOf(t *testing.T, r *running, name string) *topic {
+	t.Helper()
+	sh := r.svc.hub.shard(name)
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	tp := sh.topics[name]
+	if tp == nil {
+		t.Fatalf("topic %s not joined", name)
+	}
+	return tp
+}
+
+// starve makes the topic's NATS subscription a slow consumer: its
+// handler is held (the topic lock) and it keeps at most two messages
+// pending (the one being handled counts), so the next live messages are
+// dropped by the client library.
+func starve(t *testing.T, tp *topic) (release func()) {
+	t.Helper()
+	if err := tp.nsub.SetPendingLimits(2, -1); err != nil {
+		t.Fatal(err)
+	}
+	tp.mu.Lock()
+	var once sync.Once
+	release = func() { once.Do(tp.mu.Unlock) }
+	t.Cleanup(release)
+	return release
+}
+
+// TestLiveGapOnJobTopicIsFilled: live messages the subscription dropped are
+// read from the stream and pushed in order: first found through
+// Nats-Last-Sequence on the next message, then (a dropped last event, with
+// nothing after it) through the subscription's dropped count.
+func TestLiveGapOnJobTopicIsFilled(t *testing.T) {
+	w := newWorld(t)
+	n := startNotifier(t, w, Config{})
+	id := w.newJob(t, "alice")
+	c := dial(t, n, token(t, "alice", false))
+	c.join("job:"+id, nil)
+	tp := topicOf(t, n, "job:"+id)
+	dropTwo := func(p int) {
+		t.Helper()
+		d0, _ := tp.nsub.Delivered()
+		w.progress(t, id, p) // taken by the handler, which waits for the lock
+		waitFor(t, 5*time.Second, func() bool { d, _ := tp.nsub.Delivered(); return d == d0+1 })
+		w.progress(t, id, p+1) // pending
+		waitFor(t, 5*time.Second, func() bool { p, _, _ := tp.nsub.Pending(); return p == 2 })
+		dr0, _ := tp.nsub.Dropped()
+		w.progress(t, id, p+2) // dropped
+		w.progress(t, id, p+3) // dropped
+		waitFor(t, 5*time.Second, func() bool { d, _ := tp.nsub.Dropped(); return d >= dr0+2 })
+	}
+
+	release := starve(t, tp)
+	dropTwo(10)
+	// Hide the drops from the dropped count: only Nats-Last-Sequence on
+	// the next message shows the gap.
+	d, _ := tp.nsub.Dropped()
+	tp.dropped = uint64(d)
+	release()
+	got := c.pushes("job:"+id, 2) // the handled and the pending one: the queue is empty
+	w.progress(t, id, 50)
+	got = append(got, c.pushes("job:"+id, 3)...)
+
+	release = starve(t, tp)
+	dropTwo(60) // the last two events are dropped; nothing follows
+	release()
+	got = append(got, c.pushes("job:"+id, 4)...)
+	for i, p := range got {
+		if p.Seq != uint64(i+1) {
+			t.Fatalf("push %d has seq %d: %+v", i, p.Seq, got)
+		}
+	}
+	c.quiet("job:"+id, 100*time.Millisecond)
+}
+
+// TestLiveGapOnUserTopicIsFilled: on a user topic the missed event of one
+// job is pushed even though a later event of another job went out first
+// (it is late, not a duplicate), and each job's events stay in order.
+func TestLiveGapOnUserTopicIsFilled(t *testing.T) {
+	w := newWorld(t)
+	n := startNotifier(t, w, Config{})
+	a, b, x := w.newJob(t, "alice"), w.newJob(t, "alice"), w.newJob(t, "alice")
+	c := dial(t, n, token(t, "alice", false))
+	c.join("user:alice", nil)
+	tp := topicOf(t, n, "user:alice")
+	release := starve(t, tp)
+	w.start(t, x) // handler
+	waitFor(t, 5*time.Second, func() bool { d, _ := tp.nsub.Delivered(); return d == 1 })
+	w.progress(t, x, 10) // pending
+	waitFor(t, 5*time.Second, func() bool { p, _, _ := tp.nsub.Pending(); return p == 2 })
+	w.start(t, a) // dropped
+	waitFor(t, 5*time.Second, func() bool { d, _ := tp.nsub.Dropped(); return d >= 1 })
+	release()
+	w.start(t, b)       // may go out before a's missed event is read
+	w.progress(t, a, 5) // reveals a's gap, if the dropped count did not
+	got := c.pushes("user:alice", 5)
+	seen := map[uint64]bool{}
+	last := map[string]uint64{}
+	for _, p := range got {
+		if seen[p.StreamSeq] {
+			t.Fatalf("duplicate stream seq %d: %+v", p.StreamSeq, got)
+		}
+		seen[p.StreamSeq] = true
+		if p.Seq != last[p.Job.ID]+1 {
+			t.Fatalf("job %s: seq %d after %d: %+v", p.Job.ID, p.Seq, last[p.Job.ID], got)
+		}
+		last[p.Job.ID] = p.Seq
+	}
+	if last[a] != 2 || last[b] != 1 || last[x] != 2 {
+		t.Fatalf("got %+v", got)
+	}
+	c.quiet("user:alice", 100*time.Millisecond)
+}
+
+// TestServerEndsTopic: phx_close and phx_error from the server carry the
+// channel's join_ref as both refs, end the subscription (the NATS one
+// too), and a later push on the topic is unmatched.
+func TestServerEndsTopic(t *testing.T) {
+	w := newWorld(t)
+	n := startNotifier(t, w, Config{})
+	for _, ev := range []string{phoenix.EventClose, phoenix.EventError} {
+		id := w.newJob(t, "alice")
+		c := dial(t, n, token(t, "alice", false))
+		_, jr := c.join("job:"+id, nil)
+		if !n.svc.hub.closeTopic("job:"+id, ev, phoenix.ErrorReason("test")) {
+			t.Fatal("topic not joined")
+		}
+		f, ok := c.next(5 * time.Second)
+		if !ok || f.Event != ev || f.JoinRef == nil || *f.JoinRef != jr || f.Ref == nil || *f.Ref != jr {
+			t.Fatalf("%s: got %+v", ev, f)
+		}
+		w.start(t, id)
+		c.quiet("job:"+id, 100*time.Millisecond)
+		ref := c.nextRef()
+		c.send(&jr, ref, "job:"+id, "ping", map[string]any{})
+		if r := c.reply(ref); r.reason() != reasonUnmatched {
+			t.Fatalf("%s: push after the end: %s", ev, r.Payload)
+		}
+		// Rejoining works and gets a fresh subscription.
+		if r, _ := c.join("job:"+id, map[string]any{"last_seq": 0}); r.status() != "ok" {
+			t.Fatalf("%s: rejoin: %s", ev, r.Payload)
+		}
+		if p := c.pushes("job:"+id, 1); p[0].Seq != 1 {
+			t.Fatalf("%s: replay after rejoin: %+v", ev, p)
+		}
+	}
+}
