@@ -42,6 +42,7 @@ type Service struct {
 	nc       *nats.Conn
 	js       jetstream.JetStream
 	store    *jobstore.Store
+	kv       jetstream.KeyValue // job_status, for forgetting a refused job's snapshot
 	verifier *auth.Verifier
 	kinds    map[string]bool
 	log      *slog.Logger
@@ -88,6 +89,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 		cfg:      cfg,
 		nc:       nc,
 		js:       js,
+		kv:       kv,
 		verifier: verifier,
 		kinds:    make(map[string]bool, len(cfg.Kinds)),
 		log:      log,
