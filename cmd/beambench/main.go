@@ -82,7 +82,7 @@ func fullOptions() options {
 		ingestConc: []int{1, 16, 64}, ingestDur: 5 * time.Second,
 		pipeJobs: 50000, pipeRate: 200, pipeDur: 10 * time.Second,
 		pushClients: 15000, pushLatClients: 5000, pushRate: 2000, pushDur: 10 * time.Second,
-		pollJobs: 100, pollDur: 60 * time.Second, pollInterval: 2 * time.Second,
+		pollJobs: 50, pollDur: 60 * time.Second, pollInterval: 2 * time.Second,
 		deadline: 20 * time.Minute,
 	}
 }

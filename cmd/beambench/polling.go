@@ -76,28 +76,31 @@ func runPolling(ctx context.Context, t *target, o *options, rep *reporter) error
 	last := map[string]uint64{}
 	done := map[string]bool{}
 	hb := time.Now()
-	for tick := start; time.Now().Before(end) && len(done) < len(ids) && ctx.Err() == nil; tick = tick.Add(o.pollInterval) {
+	// Each job is polled every interval, the jobs' phases spread evenly over
+	// it (browsers do not poll in step), so the delay is not an artefact of
+	// progress steps landing just before a poll.
+	slot := o.pollInterval / time.Duration(len(ids))
+	for i, tick := 0, start; time.Now().Before(end) && len(done) < len(ids) && ctx.Err() == nil; i, tick = i+1, tick.Add(slot) {
 		if d := time.Until(tick); d > 0 {
 			time.Sleep(d)
 		}
-		for _, id := range ids {
-			if done[id] {
-				continue
-			}
-			snap, err := getJob(ctx, client, t.ingestURL, tok, id)
-			requests++
-			seen := time.Now()
-			if err != nil {
-				return err
-			}
-			if snap.Seq > last[id] && !snap.UpdatedAt.Before(start) {
-				pollChanges++
-				pollDelay.add(seen.Sub(snap.UpdatedAt))
-			}
-			last[id] = snap.Seq
-			if snap.Status.Terminal() {
-				done[id] = true
-			}
+		id := ids[i%len(ids)]
+		if done[id] {
+			continue
+		}
+		snap, err := getJob(ctx, client, t.ingestURL, tok, id)
+		requests++
+		seen := time.Now()
+		if err != nil {
+			return err
+		}
+		if snap.Seq > last[id] && !snap.UpdatedAt.Before(start) {
+			pollChanges++
+			pollDelay.add(seen.Sub(snap.UpdatedAt))
+		}
+		last[id] = snap.Seq
+		if snap.Status.Terminal() {
+			done[id] = true
 		}
 		if time.Since(hb) >= 30*time.Second { // the push client's heartbeat, as phoenix.js sends it
 			ws.heartbeat()
