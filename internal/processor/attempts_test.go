@@ -164,7 +164,8 @@ func TestShutdownNaksCostNoAttempt(t *testing.T) {
 	a := e.start(cfg)
 	jobs := make([]envelope.Job, 4)
 	for i := range jobs {
-		jobs[i] = newJob("alice", "image", envelope.PriorityNormal, map[string]any{"duration_ms": 1000})
+		// Long enough to be still running when the grace of a runs out.
+		jobs[i] = newJob("alice", "image", envelope.PriorityNormal, map[string]any{"duration_ms": 3000})
 		e.submit(jobs[i])
 	}
 	waitFor(t, 10*time.Second, func() bool {
@@ -184,6 +185,7 @@ func TestShutdownNaksCostNoAttempt(t *testing.T) {
 		t.Fatalf("interrupted job after shutdown: %+v, want retrying with its attempt given back", s)
 	}
 	cfg.Grace = 5 * time.Second
+	cfg.Concurrency, cfg.MaxPerUser = 4, 4 // all at once: the test takes one job's time
 	e.start(cfg)
 	for _, j := range jobs {
 		if s := e.waitStatus(j.ID, envelope.StatusSucceeded, 30*time.Second); s.Attempt != 1 {
