@@ -125,6 +125,14 @@ func (s *Service) userJobs(ctx context.Context, user string) ([]json.RawMessage,
 	if err != nil {
 		return nil, 0, err
 	}
+	// Delete the consumer when done rather than leave it to the inactive
+	// threshold: every user-topic join makes one, and an idle one still
+	// costs the server three goroutines and its state for 10 s.
+	defer func() {
+		dctx, cancel := context.WithTimeout(s.ctx, 2*time.Second)
+		defer cancel()
+		_ = s.js.DeleteConsumer(dctx, streams.Events, cons.CachedInfo().Name)
+	}()
 	var jobs []json.RawMessage
 	var last uint64
 	pending := info.NumPending
