@@ -60,6 +60,10 @@ type Config struct {
 	// TracerProvider records a span per event pushed to a socket, the
 	// child of the event's traceparent. nil means no tracing.
 	TracerProvider trace.TracerProvider
+
+	// unanswered is a client event the server never replies to (tests of
+	// the client's push timeout only; "" in production).
+	unanswered string
 }
 
 func (c *Config) setDefaults() error {

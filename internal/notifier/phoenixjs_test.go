@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/beamline/beamline/internal/phoenix"
 )
 
 // TestPhoenixJSClient runs test/phoenix (node --test) — the official phoenix
@@ -36,10 +38,11 @@ func TestPhoenixJSClient(t *testing.T) {
 		t.Skip(msg)
 	}
 	w := newWorld(t)
-	n := startNotifier(t, w, Config{})
+	n := startNotifier(t, w, Config{unanswered: "unanswered"})
 	ctrl := controlServer(t, w, n)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	// BEAMLINE_LONG=1 or CI=true add a 65 s heartbeat test (see compat.test.js).
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, node, "--test", "--test-concurrency=1")
 	cmd.Dir = dir
@@ -102,6 +105,33 @@ func controlServer(t *testing.T, w *world, n *running) string {
 		}
 		n.svc.closeAll(code, "dropped by test", "test")
 		reply(rw, map[string]any{"ok": true})
+	})
+	// /push sends a push stamped with the given join_ref to every
+	// connection joined to topic (a stale one must not reach channel.on).
+	mux.HandleFunc("POST /push", func(rw http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		payload, _ := json.Marshal(map[string]string{"n": q.Get("n")})
+		frame := phoenix.AppendFrame(nil, phoenix.Ref{S: q.Get("join_ref"), Valid: true}, phoenix.Ref{}, q.Get("topic"), q.Get("event"), payload)
+		sent := 0
+		sh := n.svc.hub.shard(q.Get("topic"))
+		sh.mu.RLock()
+		tp := sh.topics[q.Get("topic")]
+		sh.mu.RUnlock()
+		if tp != nil {
+			for _, sb := range *tp.list.Load() {
+				if c, ok := sb.sink.(*conn); ok {
+					c.send(frame)
+					sent++
+				}
+			}
+		}
+		reply(rw, map[string]any{"sent": sent})
+	})
+	// /end ends a topic from the server side with phx_close or phx_error.
+	mux.HandleFunc("POST /end", func(rw http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		ok := n.svc.hub.closeTopic(q.Get("topic"), q.Get("event"), phoenix.ErrorReason("ended by test"))
+		reply(rw, map[string]any{"ok": ok})
 	})
 	mux.HandleFunc("GET /counter", func(rw http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
