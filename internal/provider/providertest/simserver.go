@@ -43,6 +43,9 @@ func SimHandler(p provider.Provider) http.Handler {
 			writeError(w, http.StatusBadRequest, "bad_request", err.Error())
 			return
 		}
+		// Read to EOF: only then does net/http watch the connection and
+		// cancel r.Context() when the client goes away (a hang must end).
+		_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, 1<<20))
 		streaming := false
 		flusher, _ := w.(http.Flusher)
 		progress := func(pct int) {
