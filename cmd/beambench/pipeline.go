@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -137,7 +138,7 @@ func publishJobs(ctx context.Context, t *target, n int, name func(i int) (user, 
 			return err
 		}
 		m.Subject = subject
-		if _, err := t.js.PublishMsgAsync(m); err != nil {
+		if err := publishAsync(ctx, t, m); err != nil {
 			return fmt.Errorf("publish job %d: %w", i, err)
 		}
 		if ctx.Err() != nil {
@@ -294,4 +295,17 @@ func submit(ctx context.Context, t *target, tok, body string) (string, error) {
 		return "", err
 	}
 	return s.ID, nil
+}
+
+// publishAsync publishes m asynchronously, waiting while too many PubAcks
+// are outstanding (bounded by ctx and a minute).
+func publishAsync(ctx context.Context, t *target, m *nats.Msg) error {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		_, err := t.js.PublishMsgAsync(m)
+		if !errors.Is(err, jetstream.ErrTooManyStalledMsgs) || time.Now().After(deadline) || ctx.Err() != nil {
+			return err
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }

@@ -184,7 +184,7 @@ func publishEvents(ctx context.Context, t *target, user, prefix string, n, rate 
 			if err != nil {
 				return sent, err
 			}
-			if _, err := t.js.PublishMsgAsync(m); err != nil {
+			if err := publishAsync(ctx, t, m); err != nil {
 				return sent, err
 			}
 		}
