@@ -52,6 +52,7 @@ type Store struct {
 	kv  jetstream.KeyValue
 	js  jetstream.JetStream
 	cfg Config
+	eventsCache
 }
 
 // New returns a Store on the job_status bucket kv.
@@ -107,7 +108,9 @@ type Mutation func(*envelope.Snapshot) error
 // publishes the event of type t. When the job is unknown and seed is not nil
 // (a job published straight to its subject, never seen by ingest), the
 // queued snapshot is created from seed first. A stored terminal snapshot is
-// returned unchanged with ErrTerminal.
+// returned unchanged with ErrTerminal. When the KV write succeeds but the
+// publish fails, the stored snapshot is returned with a *NotPublishedError
+// (ErrNotPublished): the change is made, only its event is missing.
 //
 // Apply costs one KV read per change; a caller that carries the snapshot and
 // revision from one change to the next uses ApplyAt and saves it.
@@ -146,7 +149,7 @@ func (s *Store) ApplyAt(ctx context.Context, cur envelope.Snapshot, rev uint64, 
 	if err != nil {
 		return cur, rev, fmt.Errorf("jobstore: update %s: %w", cur.ID, err)
 	}
-	return next, newRev, s.publish(ctx, msg, next)
+	return next, newRev, s.announce(ctx, msg, next, newRev)
 }
 
 // applyLoop is the read-modify-write loop of Apply; it also returns the
@@ -184,9 +187,18 @@ func (s *Store) applyLoop(ctx context.Context, id string, seed *envelope.Job, t 
 			}
 			return cur, rev, fmt.Errorf("jobstore: update %s: %w", id, err)
 		}
-		return next, newRev, s.publish(ctx, msg, next)
+		return next, newRev, s.announce(ctx, msg, next, newRev)
 	}
 	return envelope.Snapshot{}, 0, fmt.Errorf("%w: %s", ErrConflict, id)
+}
+
+// announce publishes the event of a change just stored at rev; a failure is
+// a *NotPublishedError (ErrNotPublished).
+func (s *Store) announce(ctx context.Context, msg *nats.Msg, snap envelope.Snapshot, rev uint64) error {
+	if err := s.publish(ctx, msg, snap); err != nil {
+		return &NotPublishedError{Snapshot: snap, Rev: rev, Err: err}
+	}
+	return nil
 }
 
 // prepare applies mutate to a copy of cur, bumps seq and updated_at, and
