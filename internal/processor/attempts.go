@@ -85,17 +85,7 @@ func (p *Processor) exhausted(ctx context.Context, d *delivery, log *slog.Logger
 	}
 	d.attempt = used
 	log.Warn("job dead: attempts used up", "reason", reason, "delivered", d.delivered)
-	snap, err := p.apply(ctx, d, envelope.TypeDead, func(s *envelope.Snapshot) error {
-		s.Status = envelope.StatusDead
-		s.Error = reason
-		return nil
-	})
-	p.settle(ctx, d, snap, err, outcomeDead, log, func(d *delivery) {
-		if err := p.deadLetter(ctx, d, reason); err != nil {
-			log.Error("DLQ copy not stored", "err", err)
-		}
-		p.term(d)
-	})
+	p.die(ctx, d, reason, log)
 }
 
 // handBack gives a run that the end of the shutdown grace interrupted back

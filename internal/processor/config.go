@@ -35,6 +35,11 @@ const (
 	DefaultBackoffMax  = time.Minute
 	DefaultGrace       = 25 * time.Second
 	DefaultSource      = "/beamline/processor"
+	// DefaultMaxResult leaves a job's final event (the snapshot with the
+	// result, in an envelope of at most envelope.MaxSize = 1 MiB, plus NATS
+	// headers within the default max_payload of 1 MiB) room for the other
+	// fields. The http provider's default MaxResponse is the same.
+	DefaultMaxResult = 900 << 10
 )
 
 // DefaultPriorityWeights serve high:normal:low as 6:3:1.
@@ -104,6 +109,13 @@ type Config struct {
 	// MetricsInterval is how often consumer and DLQ figures are refreshed.
 	// Default 5s.
 	MetricsInterval time.Duration
+	// MaxResult bounds a provider's result, in bytes. A larger result could
+	// not be stored nor announced, and the same input would produce it
+	// again: the job ends failed ("result too large") without a result,
+	// instead of being rerun until dead. At most envelope.MaxSize (a result
+	// that still makes the final event too large is treated the same way).
+	// Default DefaultMaxResult.
+	MaxResult int
 	// TracerProvider makes the spans of attempts, provider calls and store
 	// writes. nil means no tracing (traceparents still travel on).
 	TracerProvider trace.TracerProvider
@@ -159,6 +171,9 @@ func (c *Config) withDefaults() (Config, error) {
 	if out.MetricsInterval == 0 {
 		out.MetricsInterval = 5 * time.Second
 	}
+	if out.MaxResult == 0 {
+		out.MaxResult = DefaultMaxResult
+	}
 	switch {
 	case out.Concurrency < 1:
 		return bad("concurrency must be >= 1, got %d", out.Concurrency)
@@ -176,6 +191,8 @@ func (c *Config) withDefaults() (Config, error) {
 		return bad("backoff must satisfy 0 <= min <= max, got %v..%v", out.BackoffMin, out.BackoffMax)
 	case out.PollWait < 10*time.Millisecond:
 		return bad("poll wait must be >= 10ms")
+	case out.MaxResult < 1 || out.MaxResult > envelope.MaxSize:
+		return bad("max result must be in 1..%d, got %d", envelope.MaxSize, out.MaxResult)
 	case len(out.Kinds) == 0:
 		return bad("no kinds")
 	}

@@ -21,11 +21,22 @@ const (
 // maxReason keeps a reason header readable (and well under header limits).
 const maxReason = 1024
 
-// deadLetter copies a dead job's original envelope to dlq.<kind>.
-// Nats-Msg-Id dead:<job> makes a repeated copy (a crash before the Term) a
-// duplicate, not a second entry.
-func (p *Processor) deadLetter(ctx context.Context, d *delivery, reason string) error {
-	return p.publishDLQ(ctx, d, "dead:"+d.job.ID, reason)
+// ensureDeadLettered copies a dead job's original envelope to dlq.<kind>
+// unless its copy is recorded already (jobstore.DeadLettered: the marker
+// written after the copy's PubAck), so a dead job redelivered long after it
+// died gets no second DLQ entry. Nats-Msg-Id dead:<job> makes a copy
+// repeated after a crash between the copy and the marker a duplicate within
+// the DLQ duplicate window (2m, well above the ack_wait that redelivers it).
+func (p *Processor) ensureDeadLettered(ctx context.Context, d *delivery, reason string) error {
+	done, err := p.store.DeadLettered(ctx, d.job.ID)
+	if err != nil || done {
+		return err
+	}
+	seq, err := p.publishDLQ(ctx, d, "dead:"+d.job.ID, reason)
+	if err != nil {
+		return err
+	}
+	return p.store.MarkDeadLettered(ctx, d.job.ID, seq)
 }
 
 // invalid dead-letters a message that is not a valid job envelope and
@@ -34,7 +45,7 @@ func (p *Processor) invalid(d *delivery, streamSeq uint64, cause error) {
 	p.log.Warn("invalid job message: dead-lettered and terminated",
 		"subject", d.msg.Subject(), "stream_seq", streamSeq, "reason", cause.Error())
 	ctx := context.Background()
-	if err := p.publishDLQ(ctx, d, fmt.Sprintf("invalid:%s:%d", d.kind, streamSeq), "invalid envelope: "+cause.Error()); err != nil {
+	if _, err := p.publishDLQ(ctx, d, fmt.Sprintf("invalid:%s:%d", d.kind, streamSeq), "invalid envelope: "+cause.Error()); err != nil {
 		// Not stored: leave it for redelivery rather than lose the evidence.
 		p.log.Error("DLQ copy of invalid message not stored; will retry", "subject", d.msg.Subject(), "err", err)
 		p.nak(d, p.backoff(d.delivered, nil))
@@ -44,7 +55,9 @@ func (p *Processor) invalid(d *delivery, streamSeq uint64, cause error) {
 	p.term(d)
 }
 
-func (p *Processor) publishDLQ(ctx context.Context, d *delivery, msgID, reason string) error {
+// publishDLQ stores a copy of d's message on dlq.<kind> and returns its DLQ
+// stream sequence.
+func (p *Processor) publishDLQ(ctx context.Context, d *delivery, msgID, reason string) (uint64, error) {
 	m := nats.NewMsg(envelope.DLQSubject(d.kind))
 	m.Data = d.msg.Data()
 	if len(reason) > maxReason {
@@ -57,8 +70,9 @@ func (p *Processor) publishDLQ(ctx context.Context, d *delivery, msgID, reason s
 	if tp := d.msg.Headers().Get(envelope.HeaderTraceparent); tp != "" {
 		m.Header.Set(envelope.HeaderTraceparent, tp)
 	}
-	if _, err := p.js.PublishMsg(ctx, m); err != nil {
-		return fmt.Errorf("publish %s: %w", m.Subject, err)
+	ack, err := p.js.PublishMsg(ctx, m)
+	if err != nil {
+		return 0, fmt.Errorf("publish %s: %w", m.Subject, err)
 	}
-	return nil
+	return ack.Sequence, nil
 }

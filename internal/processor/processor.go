@@ -53,6 +53,16 @@ type Processor struct {
 	// cancelSubject is CancelSubject; tests break it to make a supervised
 	// child fail.
 	cancelSubject string
+
+	// hooks are for tests only; set before Run.
+	hooks testHooks
+}
+
+// testHooks let tests act at fixed points of a run (inject a panic, cancel
+// at a precise moment). All nil outside tests.
+type testHooks struct {
+	// beforeCall runs after the started write, before the provider call.
+	beforeCall func(d *delivery)
 }
 
 // New validates cfg and builds a Processor. Metrics are registered on reg.

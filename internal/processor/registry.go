@@ -25,7 +25,8 @@ type delivery struct {
 
 	// Set by the worker after decoding.
 	job       envelope.Job
-	delivered int // JetStream's delivery count: backoff of Naks, safety net
+	delivered int    // JetStream's delivery count: backoff of Naks, safety net
+	streamSeq uint64 // the message's JOBS stream sequence
 
 	// Set by the worker when it runs the job: the number of this run (from
 	// the stored snapshot, not the delivery count), and the snapshot and

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -84,14 +85,32 @@ func (p *Processor) dispatch(d *delivery) {
 		p.nak(d, 0)
 		return
 	}
-	user := d.job.User
 	for d != nil {
-		p.run(d)
-		d = p.fair.done(user) // hands the user's slot to their next parked job
+		d = p.runHeld(d)
 		if d != nil {
 			p.m.waiting.Dec()
 		}
 	}
+}
+
+// runHeld runs d, whose user's slot is held, and then hands the slot to the
+// user's next parked job (returned, to be run with the same slot) or
+// releases it. A panic in the run is recovered here, per run: the delivery
+// that panicked is Nak'd (not the one dispatch started with, when slots were
+// handed over), and the slot is handed over or released all the same, so
+// the user's other jobs are never stranded.
+func (p *Processor) runHeld(d *delivery) (next *delivery) {
+	user := d.job.User
+	defer func() {
+		if r := recover(); r != nil {
+			p.log.Error("run panicked; job will be redelivered", "job", d.job.ID, "user", user,
+				"kind", d.kind, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			p.nak(d, p.backoff(d.delivered, nil))
+		}
+		next = p.fair.done(user)
+	}()
+	p.run(d)
+	return nil
 }
 
 // decode reads the envelope; an invalid one is dead-lettered and termed.
@@ -102,6 +121,7 @@ func (p *Processor) decode(d *delivery) bool {
 		return false
 	}
 	d.delivered = int(meta.NumDelivered)
+	d.streamSeq = meta.Sequence.Stream
 	_, job, err := envelope.DecodeJob(d.msg.Data())
 	if err == nil && (job.Kind != d.kind || job.Priority != d.prio) {
 		err = fmt.Errorf("job %s of kind %q priority %q arrived on %s", job.ID, job.Kind, job.Priority, d.msg.Subject())
@@ -139,9 +159,26 @@ func (p *Processor) run(d *delivery) {
 		p.nak(d, p.backoff(d.delivered, nil))
 		return
 	}
+	if d.snap.User != j.User || d.snap.Kind != j.Kind {
+		// A job published straight to its subject with the id of another
+		// user's (or kind's) job: never run it against that job's state.
+		p.invalid(d, d.streamSeq, fmt.Errorf("job id %s collides with a job of user %q kind %q (envelope: user %q kind %q)",
+			j.ID, d.snap.User, d.snap.Kind, j.User, j.Kind))
+		return
+	}
 	if d.snap.Status.Terminal() {
 		p.skipTerminal(ctx, d, d.snap, log)
 		return
+	}
+	if d.delivered > 1 {
+		// A redelivery: the last change may be stored without its event
+		// (a crash, or EVENTS unavailable). Announce it before the next
+		// change, so seqs reach clients without a gap.
+		if err := p.store.EnsurePublished(ctx, d.snap); err != nil {
+			log.Warn("last event not confirmed published; will retry", "seq", d.snap.Seq, "err", err)
+			p.nak(d, p.backoff(d.delivered, nil))
+			return
+		}
 	}
 	d.attempt = d.snap.Attempt + 1
 	span.SetAttributes(attribute.Int("beamline.attempt", d.attempt))
@@ -151,6 +188,15 @@ func (p *Processor) run(d *delivery) {
 		p.exhausted(ctx, d, log)
 		return
 	}
+
+	// Findable by a cancel notice before the started write: ingest writes
+	// cancelled before it sends the notice, so a notice arriving before
+	// this point means the started write finds the job terminal, and one
+	// arriving after it cancels jctx. No window where it is dropped.
+	jctx, cancel := context.WithCancel(p.jobBase)
+	defer cancel()
+	p.reg.running(d, cancel)
+	defer p.reg.stopped(d)
 
 	snap, err := p.apply(ctx, d, envelope.TypeStarted, func(s *envelope.Snapshot) error {
 		s.Status = envelope.StatusRunning
@@ -164,6 +210,8 @@ func (p *Processor) run(d *delivery) {
 		return
 	}
 	if err != nil {
+		// Not stored, or stored without its event (ErrNotPublished: the
+		// redelivery announces it before the next change).
 		log.Error("cannot record start; will retry", "err", err)
 		p.nak(d, p.backoff(d.attempt, nil))
 		return
@@ -171,8 +219,11 @@ func (p *Processor) run(d *delivery) {
 	if d.attempt == 1 {
 		p.m.queueWait.WithLabelValues(j.Kind, string(j.Priority)).Observe(time.Since(j.CreatedAt).Seconds())
 	}
+	if h := p.hooks.beforeCall; h != nil {
+		h(d)
+	}
 
-	result, callErr := p.call(ctx, d, br, log)
+	result, callErr := p.call(ctx, jctx, d, br, log)
 	telemetry.RecordError(span, callErr)
 	p.finish(ctx, d, result, callErr, log)
 }
@@ -180,15 +231,11 @@ func (p *Processor) run(d *delivery) {
 // call runs the provider call: Breaker → Boundary{Timeout} → Provider.Call,
 // with the job's own context (cancelled by cancel.<user>.<job>, or when the
 // shutdown grace runs out).
-func (p *Processor) call(actx context.Context, d *delivery, br *flow.Breaker, log *slog.Logger) (json.RawMessage, error) {
+func (p *Processor) call(actx, jctx context.Context, d *delivery, br *flow.Breaker, log *slog.Logger) (json.RawMessage, error) {
 	j := d.job
 	prov := p.kindProviders[j.Kind]
-	jctx, cancel := context.WithCancel(p.jobBase)
-	defer cancel()
 	jctx, span := p.startSpan(withSpanOf(jctx, actx), "provider call", attribute.String("beamline.provider", prov.Name()))
 	defer span.End()
-	p.reg.running(d, cancel)
-	defer p.reg.stopped(d)
 	p.m.inflight.Inc()
 	defer p.m.inflight.Dec()
 
@@ -202,8 +249,12 @@ func (p *Processor) call(actx context.Context, d *delivery, br *flow.Breaker, lo
 			s.Progress = pct
 			return nil
 		})
-		if err == nil {
+		if err == nil || errors.Is(err, jobstore.ErrNotPublished) {
 			d.snap, d.rev = snap, rev
+		}
+		if errors.Is(err, jobstore.ErrNotPublished) {
+			// Stored: announce that snapshot, never store the change again.
+			err = p.store.Publish(jctx, envelope.TypeProgress, snap)
 		}
 		if err != nil && !errors.Is(err, errSkip) && !errors.Is(err, jobstore.ErrTerminal) && jctx.Err() == nil {
 			log.Warn("progress not recorded", "progress", pct, "err", err)
@@ -266,146 +317,6 @@ func (p *Processor) countCall(name, kind string, err error) {
 		outcome = "retryable"
 	}
 	p.m.providerCalls.WithLabelValues(name, outcome).Inc()
-}
-
-// finish records the outcome of an attempt, then acks, naks or terms.
-func (p *Processor) finish(ctx context.Context, d *delivery, result json.RawMessage, callErr error, log *slog.Logger) {
-	switch {
-	case d.cancelled.Load():
-		// Cancelled through DELETE: the stored snapshot is already
-		// cancelled (ingest wrote it before publishing cancel.*).
-		log.Info("job cancelled while running")
-		p.count(d, outcomeCancelled)
-		p.ack(d)
-		return
-	case callErr != nil && (errors.Is(callErr, errShutdown) || p.jobBase.Err() != nil):
-		// Shutdown grace ran out: give it back at once, and give the
-		// attempt back too (attempts.go).
-		p.handBack(ctx, d, log)
-		return
-	}
-
-	if callErr == nil {
-		snap, err := p.apply(ctx, d, envelope.TypeSucceeded, func(s *envelope.Snapshot) error {
-			s.Status = envelope.StatusSucceeded
-			s.Progress = 100
-			s.Result = result
-			s.Error = ""
-			return nil
-		})
-		p.settle(ctx, d, snap, err, outcomeSucceeded, log, p.ack)
-		return
-	}
-
-	msg := callErr.Error()
-	if flow.IsTerminal(callErr) {
-		log.Info("job failed terminally", "err", msg)
-		snap, err := p.apply(ctx, d, envelope.TypeFailed, func(s *envelope.Snapshot) error {
-			s.Status = envelope.StatusFailed
-			s.Error = msg
-			return nil
-		})
-		p.settle(ctx, d, snap, err, outcomeFailed, log, p.term)
-		return
-	}
-
-	if d.attempt >= p.cfg.MaxDeliver {
-		log.Warn("job dead: last allowed delivery failed", "err", msg)
-		snap, err := p.apply(ctx, d, envelope.TypeDead, func(s *envelope.Snapshot) error {
-			s.Status = envelope.StatusDead
-			s.Error = msg
-			return nil
-		})
-		p.settle(ctx, d, snap, err, outcomeDead, log, func(d *delivery) {
-			if err := p.deadLetter(ctx, d, msg); err != nil {
-				log.Error("DLQ copy not stored", "err", err)
-			}
-			p.term(d)
-		})
-		return
-	}
-
-	delay := p.backoff(d.attempt, callErr)
-	log.Info("job will be retried", "err", msg, "delay", delay)
-	snap, err := p.apply(ctx, d, envelope.TypeRetrying, func(s *envelope.Snapshot) error {
-		s.Status = envelope.StatusRetrying
-		s.Error = msg
-		return nil
-	})
-	if err == nil {
-		p.count(d, outcomeRetried)
-		p.nak(d, delay)
-		return
-	}
-	p.settle(ctx, d, snap, err, outcomeRetried, log, func(d *delivery) { p.nak(d, delay) })
-}
-
-// settle acts on the result of the final Apply of an attempt: stored → the
-// outcome's action; already terminal (cancelled meanwhile) → ack; not stored
-// → Nak so the attempt is redone.
-func (p *Processor) settle(ctx context.Context, d *delivery, snap envelope.Snapshot, err error,
-	outcome string, log *slog.Logger, action func(*delivery)) {
-	switch {
-	case err == nil:
-		if outcome != outcomeRetried {
-			p.m.attempts.Observe(float64(d.attempt))
-		}
-		p.count(d, outcome)
-		action(d)
-	case errors.Is(err, jobstore.ErrTerminal):
-		p.skipTerminal(ctx, d, snap, log)
-	default:
-		log.Error("outcome not recorded; will retry", "outcome", outcome, "err", err)
-		p.nak(d, p.backoff(d.attempt, nil))
-	}
-}
-
-// skipTerminal handles a delivery of a job that is already terminal: the
-// stored snapshot's event is published again (idempotent: it covers a crash
-// between the KV write and the publish), a dead job's DLQ copy is stored
-// again (idempotent too: Nats-Msg-Id dead:<job>; it covers a crash between
-// the dead write and the copy), and the message is acked, not run.
-func (p *Processor) skipTerminal(ctx context.Context, d *delivery, snap envelope.Snapshot, log *slog.Logger) {
-	if err := p.store.Publish(ctx, jobstore.EventTypeOf(snap), snap); err != nil {
-		log.Warn("re-publishing terminal event failed", "status", snap.Status, "err", err)
-	}
-	switch snap.Status {
-	case envelope.StatusCancelled:
-		p.count(d, outcomeCancelled)
-	case envelope.StatusDead:
-		d.attempt = snap.Attempt
-		if err := p.deadLetter(ctx, d, snap.Error); err != nil {
-			log.Error("DLQ copy of dead job not stored; will retry", "err", err)
-			p.nak(d, p.backoff(d.delivered, nil))
-			return
-		}
-		p.term(d)
-		return
-	}
-	p.ack(d)
-}
-
-// apply is jobstore.ApplyAt at the revision the delivery carries (d.snap,
-// d.rev, updated on success), with a few quick retries on infrastructure
-// errors.
-func (p *Processor) apply(ctx context.Context, d *delivery, t envelope.Type, fn jobstore.Mutation) (envelope.Snapshot, error) {
-	ctx, span := p.startSpan(ctx, "job store write", attribute.String("beamline.event", t.Short()))
-	defer span.End()
-	for i := 1; ; i++ {
-		snap, rev, err := p.store.ApplyAt(ctx, d.snap, d.rev, t, fn)
-		if err == nil {
-			d.snap, d.rev = snap, rev
-		}
-		if err != nil && !errors.Is(err, jobstore.ErrTerminal) {
-			telemetry.RecordError(span, err)
-		}
-		if err == nil || errors.Is(err, jobstore.ErrTerminal) || i == 5 || ctx.Err() != nil {
-			return snap, err
-		}
-		if !sleepCtx(ctx, flow.Backoff(i, 50*time.Millisecond, time.Second, 0.2, nil)) {
-			return snap, err
-		}
-	}
 }
 
 // backoff is the redelivery delay after attempt: exponential with jitter, or
