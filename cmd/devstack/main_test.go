@@ -128,7 +128,7 @@ func TestQueuedJobsSurviveRestart(t *testing.T) {
 	var ids []string
 	for i := range 20 {
 		code, snap := first.do(t, http.MethodPost, "/v1/jobs",
-			fmt.Sprintf(`{"kind":"image","input":{"n":%d,"sim":{"duration_ms":400}}}`, i))
+			fmt.Sprintf(`{"kind":"image","input":{"n":%d,"sim":{"duration_ms":1500}}}`, i))
 		if code != http.StatusAccepted {
 			t.Fatalf("submit %d: %d %v", i, code, snap)
 		}
