@@ -93,6 +93,13 @@ type running struct {
 // start runs a Processor on its own connection until stop (or the test end).
 func (e *env) start(cfg Config) *running {
 	e.t.Helper()
+	return e.startWith(cfg, nil)
+}
+
+// startWith is start with setup applied to the Processor before Run (to set
+// test hooks).
+func (e *env) startWith(cfg Config, setup func(*Processor)) *running {
+	e.t.Helper()
 	nc, err := nats.Connect(e.url)
 	if err != nil {
 		e.t.Fatal(err)
@@ -105,6 +112,9 @@ func (e *env) start(cfg Config) *running {
 	p, err := New(cfg, nc, js, testLogger(e.t), reg)
 	if err != nil {
 		e.t.Fatal(err)
+	}
+	if setup != nil {
+		setup(p)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{p: p, reg: reg, cancel: cancel, done: make(chan error, 1)}
