@@ -21,8 +21,12 @@ import (
 
 // Defaults of HTTPConfig.
 const (
-	DefaultHTTPTimeout     = 30 * time.Second
-	DefaultHTTPMaxResponse = 4 << 20 // 4 MiB
+	DefaultHTTPTimeout = 30 * time.Second
+	// DefaultHTTPMaxResponse stays below the envelope budget: the result
+	// travels in the job's final event (envelope.MaxSize, 1 MiB, with the
+	// rest of the snapshot), so a larger body could never be stored. It
+	// matches the processor's default MaxResult (900 KiB).
+	DefaultHTTPMaxResponse = 900 << 10
 )
 
 // errSnippetLen bounds how much of an error response body goes into errors.
