@@ -54,11 +54,17 @@ func (s *Service) cancel(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, jobstore.ErrTerminal):
 		writeError(w, alreadyTerminal(next))
 		return
-	case err != nil && next.Status == envelope.StatusCancelled:
+	case errors.Is(err, jobstore.ErrNotPublished):
 		// Stored, but the event was not published: publish it again (the
-		// event id de-duplicates) and go on, the KV holds the truth.
+		// event id de-duplicates) and go on. The KV holds the truth, so the
+		// answer is 200 either way; if this publish fails too, the
+		// processor publishes the event: a cancelled job's message is still
+		// in JOBS (only terminal jobs are acked), and the processor lets go
+		// of it — after the cancel notice stops its run, or when it is
+		// delivered later — only once EVENTS holds the job's final event
+		// (processor skipTerminal / jobstore.EnsurePublished).
 		if perr := s.store.Publish(ctx, envelope.TypeCancelled, next); perr != nil {
-			log.Warn("job cancelled but its event was not published", "err", perr)
+			log.Warn("job cancelled but its event was not published; the processor will publish it", "err", perr)
 		}
 	case err != nil:
 		log.Warn("cancel failed", "err", err)
