@@ -9,9 +9,12 @@
 // subjects of the topics its clients joined (reference-counted, one
 // subscription per topic) and pushes what arrives without asking JetStream
 // anything; when Nats-Last-Sequence shows that a message on the subject was
-// missed, the missing ones are read from the stream first. After a NATS
-// reconnect every topic re-reads the stream from the last event it
-// delivered.
+// missed, the missing ones are read from the stream first. Every topic
+// keeps a contiguous watermark (all events on its filter up to it were
+// handled) that only full reads move: a sweeper reconciles each topic with
+// the stream every few seconds (a lost re-publish of a job's last event has
+// no successor to reveal it) and, after a NATS reconnect, re-reads every
+// topic from its watermark at once.
 package notifier
 
 import (
@@ -64,6 +67,16 @@ type Config struct {
 	// unanswered is a client event the server never replies to (tests of
 	// the client's push timeout only; "" in production).
 	unanswered string
+	// reconcileEvery is how often each stream-fed topic is reconciled with
+	// the stream (default 5s; tests stretch or shrink it).
+	reconcileEvery time.Duration
+	// beforeRefill, when set, runs before the topics are refilled after a
+	// NATS reconnect (tests only).
+	beforeRefill func()
+	// userScanMax and userScanTime bound the open-jobs scan of a user:
+	// join (defaults 10000 jobs, 3s; tests shrink them).
+	userScanMax  int
+	userScanTime time.Duration
 }
 
 func (c *Config) setDefaults() error {
@@ -87,6 +100,15 @@ func (c *Config) setDefaults() error {
 	}
 	if c.WriteTimeout == 0 {
 		c.WriteTimeout = 10 * time.Second
+	}
+	if c.userScanMax <= 0 {
+		c.userScanMax = defaultUserScanMax
+	}
+	if c.userScanTime <= 0 {
+		c.userScanTime = defaultUserScanTime
+	}
+	if c.reconcileEvery <= 0 {
+		c.reconcileEvery = defaultReconcileEvery
 	}
 	switch {
 	case c.MaxChannels < 0:

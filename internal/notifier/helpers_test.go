@@ -15,6 +15,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
@@ -138,7 +139,12 @@ type running struct {
 
 func startNotifier(t testing.TB, w *world, cfg Config) *running {
 	t.Helper()
-	nc := natstest.Connect(t, w.srv)
+	return startNotifierOn(t, w, cfg, natstest.Connect(t, w.srv))
+}
+
+// startNotifierOn is startNotifier on a given NATS connection.
+func startNotifierOn(t testing.TB, w *world, cfg Config, nc *nats.Conn) *running {
+	t.Helper()
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"hash/maphash"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -108,13 +109,20 @@ type topic struct {
 
 	// mu serializes delivery on the topic: live messages, gap fills and
 	// refills after a reconnect. Lock order: mu, then a sink's lock.
-	mu      sync.Mutex
-	ended   bool              // closed by the server (closeTopic) or dropped by the last subscriber
-	start   uint64            // the stream's last seq when the topic began: older events are the joiners' business
-	pos     uint64            // highest stream seq delivered
-	last    map[string]uint64 // subject → stream seq of the last event delivered on it
-	live    uint64            // stream seq of the last live message handled
-	dropped uint64            // the subscription's dropped count when last looked at
+	mu    sync.Mutex
+	ended bool   // closed by the server (closeTopic) or dropped by the last subscriber
+	start uint64 // the stream's last seq when the topic began: older events are the joiners' business
+	pos   uint64 // highest stream seq delivered
+	// mark is the contiguous watermark: every event on subject with a
+	// stream seq ≤ mark was handled. Only a sweep that read the whole
+	// filter moves it (reconcile, refill), never a live message: on a user
+	// topic a live event of one job says nothing about the others.
+	mark     uint64
+	last     map[string]uint64 // subject → stream seq of the last event delivered on it, when above mark
+	live     uint64            // stream seq of the last live message handled
+	dropped  uint64            // the subscription's dropped count when last looked at
+	finished bool              // a job topic that delivered its job's terminal event: nothing more to check
+	due      time.Time         // next reconciliation (the sweeper's)
 }
 
 func newHub(s *Service) *hub {
@@ -199,7 +207,7 @@ func (h *hub) start(t *topic) {
 		fail(err)
 		return
 	}
-	t.start, t.pos = info.State.LastSeq, info.State.LastSeq
+	t.start, t.pos, t.mark = info.State.LastSeq, info.State.LastSeq, info.State.LastSeq
 	t.nsub = nsub
 	h.s.m.subscriptions.Inc()
 }
@@ -305,6 +313,15 @@ func (h *hub) dispatch(name string, ev *event) {
 	if !t.ended {
 		t.fanOut(ev)
 	}
+}
+
+// deliverStored hands an event read from the stream (live or caught up) to
+// every subscriber; t.mu is held.
+func (t *topic) deliverStored(ev *event) {
+	if ev.terminal && !strings.HasSuffix(t.subject, ".*") {
+		t.finished = true
+	}
+	t.fanOut(ev)
 }
 
 // fanOut delivers ev to every subscriber; t.mu is held.

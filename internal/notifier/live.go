@@ -24,13 +24,26 @@ func liveSubject(subject string) string { return livePrefix + subject }
 const catchUpAttempts = 8
 
 // floor is the stream seq up to which subject has been handled: the
-// topic's start or the last event delivered on it. t.mu is held.
-func (t *topic) floor(subject string) uint64 { return max(t.start, t.last[subject]) }
+// topic's contiguous watermark (at least its start) or the last event
+// delivered on it. t.mu is held.
+func (t *topic) floor(subject string) uint64 { return max(t.mark, t.last[subject]) }
 
 // advance records that the event at seq on subject was handled. t.mu is held.
 func (t *topic) advance(subject string, seq uint64) {
 	t.last[subject] = seq
 	t.pos = max(t.pos, seq)
+}
+
+// prune forgets per-subject positions the watermark (or the stream's first
+// seq) made redundant: floor gives the same answer without them, and no
+// read can return an event below the stream's first seq. This keeps a user
+// topic's map to the jobs active since the last sweep. t.mu is held.
+func (t *topic) prune(firstSeq uint64) {
+	for subj, seq := range t.last {
+		if seq <= t.mark || seq < firstSeq {
+			delete(t.last, subj)
+		}
+	}
 }
 
 // onLive handles one re-published event; it runs on the topic's NATS
@@ -60,8 +73,8 @@ func (h *hub) onLive(t *topic, m *nats.Msg) {
 	if d, err := t.nsub.Dropped(); err == nil && uint64(d) != t.dropped {
 		// Whatever was dropped arrived after the last message handled.
 		t.dropped = uint64(d)
-		from := max(t.start, t.live) + 1
-		if !h.catchUp(t, t.subject, func() uint64 { return from }, 0) {
+		from := max(t.mark, t.live) + 1
+		if _, _, ok := h.catchUp(t, t.subject, func() uint64 { return from }, 0); !ok {
 			return
 		}
 	}
@@ -70,8 +83,10 @@ func (h *hub) onLive(t *topic, m *nats.Msg) {
 	if seq <= floor {
 		return // before the topic began, or already read from the stream
 	}
-	if prev > floor && !h.catchUp(t, subject, func() uint64 { return t.floor(subject) + 1 }, seq) {
-		return
+	if prev > floor {
+		if _, _, ok := h.catchUp(t, subject, func() uint64 { return t.floor(subject) + 1 }, seq); !ok {
+			return
+		}
 	}
 	t.advance(subject, seq)
 	env, snap, err := envelope.DecodeEvent(m.Data)
@@ -81,35 +96,25 @@ func (h *hub) onLive(t *topic, m *nats.Msg) {
 	}
 	ev := newJobEvent(env, snap, seq)
 	ev.trace = h.s.traceOf(m.Header)
-	t.fanOut(ev)
-}
-
-// refill makes every topic read what the stream stored after the last event
-// it delivered: after a NATS reconnect, live messages sent while the
-// connection was down are lost.
-func (h *hub) refill() {
-	for _, t := range h.streamTopics() {
-		t.mu.Lock()
-		if !t.ended {
-			h.catchUp(t, t.subject, func() uint64 { return t.pos + 1 }, 0)
-		}
-		t.mu.Unlock()
-	}
+	t.deliverStored(ev)
 }
 
 // catchUp delivers the events stored on filter from from() up to, not
 // including, upTo (0: to the end of the stream), skipping what the topic
-// already handled. A read that keeps failing errors the topic's channels
-// (phx_error) so that clients rejoin and replay from their last_seq instead
-// of living with a silent gap; catchUp then reports false. t.mu is held.
-func (h *hub) catchUp(t *topic, filter string, from func() uint64, upTo uint64) bool {
+// already handled. top is the highest stream seq read and end whether the
+// read reached the end of the stream. A read that keeps failing errors the
+// topic's channels (phx_error) so that clients rejoin and replay from their
+// last_seq instead of living with a silent gap; ok is then false. t.mu is
+// held.
+func (h *hub) catchUp(t *topic, filter string, from func() uint64, upTo uint64) (top uint64, end, ok bool) {
 	backoff := 20 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		ctx, cancel := context.WithTimeout(h.s.ctx, 5*time.Second)
-		err := h.s.readFrom(ctx, filter, from(), func(m *jetstream.RawStreamMsg) bool {
+		reachedEnd, err := h.s.readFrom(ctx, filter, from(), func(m *jetstream.RawStreamMsg) bool {
 			if upTo != 0 && m.Sequence >= upTo {
 				return false
 			}
+			top = max(top, m.Sequence)
 			if m.Sequence <= t.floor(m.Subject) {
 				return true
 			}
@@ -117,16 +122,16 @@ func (h *hub) catchUp(t *topic, filter string, from func() uint64, upTo uint64) 
 			t.advance(m.Subject, m.Sequence)
 			if ev := h.decode(m); ev != nil {
 				ev.late = late
-				t.fanOut(ev)
+				t.deliverStored(ev)
 			}
 			return true
 		})
 		cancel()
 		if err == nil {
-			return true
+			return top, reachedEnd, true
 		}
 		if h.s.ctx.Err() != nil {
-			return false
+			return top, false, false
 		}
 		h.s.log.Warn("reading the events stream", "topic", t.name, "attempt", attempt, "err", err)
 		if attempt == catchUpAttempts {
@@ -134,12 +139,12 @@ func (h *hub) catchUp(t *topic, filter string, from func() uint64, upTo uint64) 
 		}
 		select {
 		case <-h.s.ctx.Done():
-			return false
+			return top, false, false
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, time.Second)
 	}
 	h.s.log.Error("cannot read missed events; erroring the topic's channels so clients rejoin and replay", "topic", t.name)
 	h.endLocked(t, phoenix.EventError, phoenix.ErrorReason("stream unavailable"))
-	return false
+	return top, false, false
 }

@@ -33,8 +33,10 @@ type Service struct {
 	store    *jobstore.Store
 	events   jetstream.Stream
 	hub      *hub
-	upgrader websocket.Upgrader
-	handler  http.Handler
+	// directGet is the EVENTS direct-get API subject (batched reads).
+	directGet string
+	upgrader  websocket.Upgrader
+	handler   http.Handler
 
 	// ctx is cancelled when the service stops; NATS requests made for
 	// clients hang off it.
@@ -45,7 +47,7 @@ type Service struct {
 	conns    map[*conn]struct{}
 	quit     chan struct{} // closed when shutting down
 	stopping bool
-	wg       sync.WaitGroup // connections, writers, SSE streams, refills
+	wg       sync.WaitGroup // connections, writers, SSE streams, the sweeper
 }
 
 // New builds a notifier. It opens the job_status bucket and the EVENTS
@@ -82,8 +84,8 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 	s := &Service{
 		cfg: cfg, nc: nc, js: js, log: log.With("component", "notifier"), m: m, verifier: v,
 		store:  jobstore.New(js, kv, jobstore.Config{Source: "/beamline/notifier"}),
-		events: events,
-		ctx:    ctx, cancel: cancel,
+		events: events, directGet: directGetSubject(js, streams.Events),
+		ctx: ctx, cancel: cancel,
 		conns: map[*conn]struct{}{},
 		quit:  make(chan struct{}),
 		upgrader: websocket.Upgrader{
@@ -134,6 +136,17 @@ func (s *Service) Run(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- ops.Serve(serveCtx, ops.NewServer(s.handler), ln, 5*time.Second) }()
 
+	// One goroutine reconciles every topic with the stream now and then,
+	// and refills them all after a reconnect.
+	refill := make(chan struct{}, 1)
+	sweepCtx, stopSweep := context.WithCancel(context.Background())
+	defer stopSweep()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.hub.sweepLoop(sweepCtx, refill)
+	}()
+
 	var serveErr error
 loop:
 	for {
@@ -147,14 +160,14 @@ loop:
 			// Reconnected: live messages sent meanwhile are lost; read
 			// what the stream got while we were away.
 			s.log.Info("nats reconnected; filling gaps from the stream")
-			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				s.hub.refill()
-			}()
+			select {
+			case refill <- struct{}{}:
+			default: // one is pending already
+			}
 		}
 	}
 	s.shutdown()
+	stopSweep()
 	stopServe()
 	if errc != nil {
 		serveErr = <-errc

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/beamline/beamline/pkg/envelope"
@@ -16,28 +17,6 @@ import (
 // the client starts again from the snapshot.
 const maxReplay = 10000
 
-// readFrom calls fn for every message on subject (may be a wildcard) stored
-// at or after seq, in stream order, until the end of the stream or fn
-// returns false. It uses direct gets, so it costs no consumer.
-func (s *Service) readFrom(ctx context.Context, subject string, seq uint64, fn func(*jetstream.RawStreamMsg) bool) error {
-	if seq == 0 {
-		seq = 1
-	}
-	for {
-		m, err := s.events.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if !fn(m) {
-			return nil
-		}
-		seq = m.Sequence + 1
-	}
-}
-
 // replayJob returns the job's events with a job seq after n. recovered is
 // false when the stream no longer holds event n+1 (aged out or purged).
 func (s *Service) replayJob(ctx context.Context, subject string, n, current uint64) ([]*event, bool, error) {
@@ -46,7 +25,7 @@ func (s *Service) replayJob(ctx context.Context, subject string, n, current uint
 	}
 	var out []*event
 	recovered, first := true, true
-	err := s.readFrom(ctx, subject, 1, func(m *jetstream.RawStreamMsg) bool {
+	_, err := s.readFrom(ctx, subject, 1, func(m *jetstream.RawStreamMsg) bool {
 		env, snap, err := envelope.DecodeEvent(m.Data)
 		if err != nil {
 			return true
@@ -80,8 +59,11 @@ func (s *Service) replayJob(ctx context.Context, subject string, n, current uint
 }
 
 // replayUser returns the user's events with a stream seq after n.
-// recovered is false when the stream's first message is later than n+1:
-// events of this user may have aged out.
+// recovered is false when events of this user stored after n may be gone:
+// the stream's first message is later than n+1 (aged out), or a job's first
+// replayed event does not follow the last one of that job at or below n
+// (EVENTS keeps at most max_msgs_per_subject events per job and drops a
+// chatty job's oldest ones, whatever the stream's first seq says).
 func (s *Service) replayUser(ctx context.Context, user string, n uint64) ([]*event, bool, error) {
 	info, err := s.events.Info(ctx)
 	if err != nil {
@@ -92,10 +74,14 @@ func (s *Service) replayUser(ctx context.Context, user string, n uint64) ([]*eve
 	}
 	var out []*event
 	recovered := true
-	err = s.readFrom(ctx, userSubject(user), n+1, func(m *jetstream.RawStreamMsg) bool {
+	firstOf := map[string]uint64{} // job subject → job seq of its first replayed event
+	_, err = s.readFrom(ctx, userSubject(user), n+1, func(m *jetstream.RawStreamMsg) bool {
 		env, snap, err := envelope.DecodeEvent(m.Data)
 		if err != nil {
 			return true
+		}
+		if _, ok := firstOf[m.Subject]; !ok {
+			firstOf[m.Subject] = snap.Seq
 		}
 		out = append(out, newJobEvent(env, snap, m.Sequence))
 		if len(out) > maxReplay {
@@ -107,23 +93,53 @@ func (s *Service) replayUser(ctx context.Context, user string, n uint64) ([]*eve
 	if err != nil || !recovered {
 		return nil, false, err
 	}
+	var check []string // jobs that began before n: their previous event must still be stored
+	for subj, seq := range firstOf {
+		if seq > 1 {
+			if n == 0 {
+				return nil, false, nil
+			}
+			check = append(check, subj)
+		}
+	}
+	if len(check) > 0 {
+		prev, err := s.lastUpTo(ctx, check, n)
+		if err != nil {
+			return nil, false, err
+		}
+		for _, subj := range check {
+			if p, ok := prev[subj]; !ok || p+1 != firstOf[subj] {
+				return nil, false, nil
+			}
+		}
+	}
 	return out, true, nil
 }
 
+// Bounds of the scan a user: join makes for the user's open jobs.
+const (
+	defaultUserScanMax  = 10000           // jobs (last events) read at most
+	defaultUserScanTime = 3 * time.Second // and for at most this long
+)
+
 // userJobs returns the snapshots of the user's non-terminal jobs, from the
-// latest EVENTS message per subject, and the highest stream seq seen.
-func (s *Service) userJobs(ctx context.Context, user string) ([]json.RawMessage, uint64, error) {
+// latest EVENTS message per subject, and the highest stream seq seen. The
+// scan is bounded in count (cfg.userScanMax subjects) and time
+// (cfg.userScanTime): a user with more jobs than that gets what was found
+// with truncated set, never an error, because an error reply makes the
+// Phoenix client rejoin forever and each rejoin would scan again.
+func (s *Service) userJobs(ctx context.Context, user string) (jobs []json.RawMessage, last uint64, truncated bool, err error) {
 	cons, err := s.js.OrderedConsumer(ctx, streams.Events, jetstream.OrderedConsumerConfig{
 		FilterSubjects:    []string{userSubject(user)},
 		DeliverPolicy:     jetstream.DeliverLastPerSubjectPolicy,
 		InactiveThreshold: 10 * time.Second,
 	})
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, false, err
 	}
 	info, err := cons.Info(ctx)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, false, err
 	}
 	// Delete the consumer when done rather than leave it to the inactive
 	// threshold: every user-topic join makes one, and an idle one still
@@ -133,17 +149,22 @@ func (s *Service) userJobs(ctx context.Context, user string) ([]json.RawMessage,
 		defer cancel()
 		_ = s.js.DeleteConsumer(dctx, streams.Events, cons.CachedInfo().Name)
 	}()
-	var jobs []json.RawMessage
-	var last uint64
+	deadline := time.Now().Add(s.cfg.userScanTime)
+	scanned := 0
 	pending := info.NumPending
 	for pending > 0 {
-		batch, err := cons.Fetch(int(min(pending, 256)), jetstream.FetchMaxWait(5*time.Second))
+		wait := time.Until(deadline)
+		if scanned >= s.cfg.userScanMax || wait < 10*time.Millisecond || ctx.Err() != nil {
+			return jobs, last, true, nil
+		}
+		batch, err := cons.Fetch(int(min(pending, 256, uint64(s.cfg.userScanMax-scanned))), jetstream.FetchMaxWait(min(wait, 5*time.Second)))
 		if err != nil {
-			return nil, 0, err
+			return nil, 0, false, err
 		}
 		n := 0
 		for m := range batch.Messages() {
 			n++
+			scanned++
 			md, err := m.Metadata()
 			if err != nil {
 				continue
@@ -155,15 +176,14 @@ func (s *Service) userJobs(ctx context.Context, user string) ([]json.RawMessage,
 				jobs = append(jobs, env.Data)
 			}
 		}
-		if err := batch.Error(); err != nil {
-			return nil, 0, err
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
+			return nil, 0, false, err
 		}
 		if n == 0 {
-			break
+			// Nothing within the wait: the server is slow; say so rather
+			// than fail the join.
+			return jobs, last, pending > 0, nil
 		}
 	}
-	if ctx.Err() != nil {
-		return nil, 0, ctx.Err()
-	}
-	return jobs, last, nil
+	return jobs, last, false, nil
 }

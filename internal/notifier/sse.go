@@ -146,13 +146,15 @@ func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	sb.pending, sb.replaying = nil, false
+	// From here deliver writes sb.last under k.mu: read it now.
+	sent := sb.last
 	k.mu.Unlock()
 	for _, ev := range queue {
 		if !write(ev) || ev.terminal {
 			return
 		}
 	}
-	if res.snapshot.Status.Terminal() && sb.last >= res.snapshot.Seq {
+	if res.snapshot.Status.Terminal() && sent >= res.snapshot.Seq {
 		return
 	}
 	ping := time.NewTicker(25 * time.Second)

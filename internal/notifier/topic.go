@@ -148,7 +148,7 @@ func (s *Service) openUser(ctx context.Context, p auth.Principal, sb *sub, id st
 		s.log.Warn("join: reading user jobs", "user", id, "err", err)
 		return joinResult{reason: reasonUnavailable}
 	}
-	jobs, streamSeq, err := s.userJobs(ctx, id)
+	jobs, streamSeq, truncated, err := s.userJobs(ctx, id)
 	if err != nil {
 		return fail(err)
 	}
@@ -168,7 +168,7 @@ func (s *Service) openUser(ctx context.Context, p auth.Principal, sb *sub, id st
 	if jobs == nil {
 		jobs = []json.RawMessage{}
 	}
-	res.response, err = json.Marshal(map[string]any{"jobs": jobs, "stream_seq": streamSeq, "recovered": recovered})
+	res.response, err = json.Marshal(map[string]any{"jobs": jobs, "stream_seq": streamSeq, "recovered": recovered, "truncated": truncated})
 	if err != nil {
 		return fail(err)
 	}

@@ -1,0 +1,122 @@
+package notifier
+
+import (
+	"context"
+	"math/rand/v2"
+	"time"
+)
+
+// Defaults of the reconciliation sweep.
+const (
+	defaultReconcileEvery = 5 * time.Second
+	// maxPerTick bounds the topics one sweep tick reads; the rest stay due
+	// and are read on the next ticks.
+	maxPerTick = 4096
+)
+
+// sweepLoop is the one goroutine that keeps every stream-fed topic
+// complete without relying on the live path alone. A re-published event can
+// be lost without a trace the live path could see: the stream stored it and
+// its leader lost the route before re-publishing, interest was still
+// propagating in a cluster, or it was the last event of its subject (a
+// job's terminal event) so no later message's Nats-Last-Sequence reveals
+// it. Every topic is therefore reconciled about every reconcileEvery
+// (spread over the interval, never all at once): it reads what the stream
+// stored on its filter after its contiguous watermark and delivers what it
+// had not. One EVENTS Info per tick lets every topic whose watermark is
+// already at the stream's end skip the read, job topics whose terminal
+// event went out are not read at all, and the per-subject positions the
+// watermark made redundant are pruned on the same pass (no timer per topic).
+//
+// A signal on refill (the NATS connection came back: everything
+// re-published while it was down is lost) reconciles every topic at once.
+func (h *hub) sweepLoop(ctx context.Context, refill <-chan struct{}) {
+	every := h.s.cfg.reconcileEvery
+	tick := time.NewTicker(min(time.Second, every/5))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-refill:
+			if hook := h.s.cfg.beforeRefill; hook != nil {
+				hook()
+			}
+			h.sweep(ctx, true)
+		case <-tick.C:
+			h.sweep(ctx, false)
+		}
+	}
+}
+
+// sweep reconciles the topics that are due (all of them when all is set).
+func (h *hub) sweep(ctx context.Context, all bool) {
+	every := h.s.cfg.reconcileEvery
+	now := time.Now()
+	var due []*topic
+	for _, t := range h.streamTopics() {
+		select {
+		case <-t.ready:
+		default:
+			continue // still starting
+		}
+		if t.err != nil {
+			continue
+		}
+		// t.due is the sweeper's alone.
+		if t.due.IsZero() {
+			t.due = now.Add(rand.N(every)) // spread topics over the interval
+		}
+		if all || !t.due.After(now) {
+			due = append(due, t)
+		}
+		if !all && len(due) == maxPerTick {
+			break
+		}
+	}
+	if len(due) == 0 {
+		return
+	}
+	var last, first uint64
+	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	info, err := h.s.events.Info(ictx)
+	cancel()
+	switch {
+	case err == nil:
+		last, first = info.State.LastSeq, info.State.FirstSeq
+	case !all:
+		h.s.log.Warn("reconciling topics: reading the events stream", "err", err)
+		return // they stay due
+	}
+	for _, t := range due {
+		if ctx.Err() != nil {
+			return
+		}
+		h.reconcile(t, last, first)
+		t.due = time.Now().Add(every)
+	}
+}
+
+// reconcile delivers what the stream holds on t's filter after its
+// watermark and the topic has not delivered, then moves the watermark to
+// the end of what it read. last and first are the stream's last and first
+// seq read before (last 0: unknown, read anyway).
+func (h *hub) reconcile(t *topic, last, first uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.ended || t.finished {
+		return
+	}
+	if last == 0 || t.mark < last {
+		top, end, ok := h.catchUp(t, t.subject, func() uint64 { return t.mark + 1 }, 0)
+		if !ok {
+			return
+		}
+		if end {
+			// Everything on the filter up to the end of the stream was
+			// read: events up to last existed before the read began.
+			t.mark = max(t.mark, last, top)
+		}
+	}
+	t.prune(first)
+}
