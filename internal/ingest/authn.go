@@ -18,7 +18,11 @@ func (s *Service) authenticate(r *http.Request) (auth.Principal, *apiError) {
 		e.Challenge = `Bearer realm="beamline"`
 		return auth.Principal{}, e
 	}
-	p, err := s.verifier.Verify(strings.TrimSpace(token))
+	token = strings.TrimSpace(token)
+	if p, ok := s.tokens.get(token); ok {
+		return p, nil
+	}
+	p, err := s.verifier.Verify(token)
 	if err != nil {
 		msg := "invalid token"
 		if errors.Is(err, auth.ErrExpired) {
@@ -30,5 +34,6 @@ func (s *Service) authenticate(r *http.Request) (auth.Principal, *apiError) {
 		e.Challenge = `Bearer realm="beamline", error="invalid_token"`
 		return auth.Principal{}, e
 	}
+	s.tokens.put(token, p)
 	return p, nil
 }

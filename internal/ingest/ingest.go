@@ -44,6 +44,7 @@ type Service struct {
 	store    *jobstore.Store
 	kv       jetstream.KeyValue // job_status, for forgetting a refused job's snapshot
 	verifier *auth.Verifier
+	tokens   *tokenCache // tokens verified recently
 	kinds    map[string]bool
 	log      *slog.Logger
 	metrics  *metrics
@@ -91,6 +92,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 		js:       js,
 		kv:       kv,
 		verifier: verifier,
+		tokens:   newTokenCache(tokenCacheSize, tokenCacheTTL),
 		kinds:    make(map[string]bool, len(cfg.Kinds)),
 		log:      log,
 		metrics:  m,
