@@ -323,9 +323,16 @@ func TestSupervisorGiveUpExitsNonZero(t *testing.T) {
 	var stderr bytes.Buffer
 	cmd := s.processorTo(&stderr)
 	ctx := context.Background()
+	// Every consumer applied (Run's setup applies them all before it
+	// starts the supervisor), so deleting JOBS hits the supervised pullers,
+	// not the setup.
 	waitFor(t, 20*time.Second, func() bool {
-		_, err := s.js.Consumer(ctx, "JOBS", jsm.ConsumerName(envelope.PriorityNormal, "image"))
-		return err == nil
+		for _, prio := range envelope.Priorities {
+			if _, err := s.js.Consumer(ctx, "JOBS", jsm.ConsumerName(prio, "image")); err != nil {
+				return false
+			}
+		}
+		return true
 	})
 	if err := s.js.DeleteStream(ctx, "JOBS"); err != nil {
 		t.Fatal(err)

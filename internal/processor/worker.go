@@ -36,6 +36,9 @@ import (
 // snapshot and one read; each progress report adds one KV update and one
 // event (coalesced: at most one in flight per job), carrying the revision
 // too.
+// A redelivery, and a delivery of a job already terminal, add one direct
+// get of the job's last event (EnsurePublished: publish what EVENTS lacks);
+// a dead job adds the read and write of its DLQ marker.
 // Nothing else goes to the server per job: heartbeats are batched on one
 // ticker and sent only for messages held longer than AckWait/3, the
 // per-user limiter and the waiting room are in memory.
