@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/beamline/beamline/internal/auth"
+	"github.com/beamline/beamline/internal/jobstore"
 	"github.com/beamline/beamline/internal/jsm"
 	"github.com/beamline/beamline/pkg/envelope"
 	"github.com/beamline/beamline/streams"
@@ -155,6 +156,25 @@ func TestEachServiceWorksWithItsOwnUser(t *testing.T) {
 		case <-time.After(2 * time.Second):
 			t.Fatalf("no replay (notifier violations %v)", p.notifier.rec.violations())
 		}
+	}
+	// What the processor does on a redelivery after a crash, with its user:
+	// confirm the job's last event is in EVENTS, check the DLQ marker.
+	kv, err := p.processor.js.KeyValue(ctx, streams.JobStatus)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := jobstore.New(p.processor.js, kv, jobstore.Config{Source: "/perms"})
+	for _, id := range []string{ok, dead} {
+		snap, _, err := store.Get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := store.EnsurePublished(ctx, snap); err != nil {
+			t.Errorf("processor user: EnsurePublished(%s): %v", id, err)
+		}
+	}
+	if done, err := store.DeadLettered(ctx, dead); err != nil || !done {
+		t.Errorf("processor user: DeadLettered(%s) = %v, %v", dead, done, err)
 	}
 	// Let the processor's metrics loop and heartbeats run once more.
 	time.Sleep(500 * time.Millisecond)
