@@ -54,9 +54,9 @@ type Config struct {
 
 // Stack is a running pipeline.
 type Stack struct {
-	cfg    Config
-	log    *slog.Logger
-	NATS   *server.Server
+	cfg     Config
+	log     *slog.Logger
+	NATS    *server.Server
 	NATSURL string
 	// Base URLs of the HTTP services, e.g. http://127.0.0.1:8080.
 	IngestURL, NotifierURL, ProcessorURL string
