@@ -35,15 +35,25 @@ func runIngest(ctx context.Context, t *target, o *options, rep *reporter) error 
 	}()
 	tok := t.token("ingestbench")
 	for _, c := range o.ingestConc {
+		cpu0 := cpuTime()
 		httpRate, rejected, err := ingestHTTP(ctx, t, tok, c, o.ingestDur)
 		if err != nil {
 			return err
 		}
+		cpu1 := cpuTime()
 		rawRate, err := ingestRaw(ctx, t, c, o.ingestDur)
 		if err != nil {
 			return err
 		}
+		cpu2 := cpuTime()
 		p := map[string]any{"concurrency": c, "duration_s": o.ingestDur.Seconds(), "processor_paused": paused, "rejected_429": rejected}
+		if t.stack != nil {
+			// CPU of this process (load generator + in-process devstack:
+			// nats-server, ingest) per operation: unlike the rates it does
+			// not depend on what else the machine runs.
+			p["cpu_us_per_job"] = perOp(cpu1-cpu0, httpRate, o.ingestDur)
+			p["cpu_us_per_raw_publish"] = perOp(cpu2-cpu1, rawRate, o.ingestDur)
+		}
 		rep.addVs("ingest", fmt.Sprintf("submissions/s c=%d", c), httpRate, "jobs/s", rawRate, p)
 	}
 	return nil
@@ -134,4 +144,14 @@ func ingestRaw(ctx context.Context, t *target, c int, d time.Duration) (float64,
 		return 0, fmt.Errorf("raw publish: none acknowledged: %v", firstErr.Load())
 	}
 	return float64(ok.Load()) / time.Since(start).Seconds(), nil
+}
+
+// perOp is CPU microseconds per operation of a phase that ran for about d at
+// rate operations per second.
+func perOp(cpu time.Duration, rate float64, d time.Duration) float64 {
+	n := rate * d.Seconds()
+	if n <= 0 {
+		return 0
+	}
+	return float64(int(float64(cpu.Microseconds())/n*10)) / 10
 }
