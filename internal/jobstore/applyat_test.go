@@ -154,3 +154,26 @@ func TestApplyAtUnknownRevisionReads(t *testing.T) {
 		t.Fatalf("ApplyAt rev 0 = %+v rev %d, %v", got, rev, err)
 	}
 }
+
+// CreateAt returns the revision of the queued snapshot it stored, so the
+// job's first change needs no read at all; a second CreateAt is ErrExists.
+func TestCreateAtRevisionCarriesTheFirstChange(t *testing.T) {
+	f := setup(t)
+	ctx := ctxT(t)
+	store, kv := countingStore(t, f)
+	j := newJob("job-create-at")
+	cur, rev, err := store.CreateAt(ctx, j)
+	if err != nil || rev == 0 || cur.Seq != 0 || cur.Status != envelope.StatusQueued {
+		t.Fatalf("create: %+v rev %d, %v", cur, rev, err)
+	}
+	if _, _, err := store.CreateAt(ctx, j); !errors.Is(err, ErrExists) {
+		t.Fatalf("second create: %v, want ErrExists", err)
+	}
+	cur, rev2, err := store.ApplyAt(ctx, cur, rev, envelope.TypeSucceeded, setStatus(envelope.StatusSucceeded))
+	if err != nil || rev2 <= rev || cur.Seq != 1 || cur.Status != envelope.StatusSucceeded {
+		t.Fatalf("succeeded: %+v rev %d→%d, %v", cur, rev, rev2, err)
+	}
+	if n := kv.gets.Load(); n != 0 {
+		t.Fatalf("%d KV reads for create+succeed, want 0", n)
+	}
+}

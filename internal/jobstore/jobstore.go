@@ -86,18 +86,26 @@ func (s *Store) Get(ctx context.Context, id string) (envelope.Snapshot, uint64, 
 // publishes no event: the job's first event is started. ErrExists means the
 // job is already known (a re-submission, or the processor got there first).
 func (s *Store) Create(ctx context.Context, j envelope.Job) (envelope.Snapshot, error) {
+	snap, _, err := s.CreateAt(ctx, j)
+	return snap, err
+}
+
+// CreateAt is Create that also returns the KV revision of the stored
+// snapshot, so the caller's next change can be an ApplyAt without a read.
+func (s *Store) CreateAt(ctx context.Context, j envelope.Job) (envelope.Snapshot, uint64, error) {
 	snap := envelope.NewSnapshot(j)
 	b, err := snap.Marshal()
 	if err != nil {
-		return snap, err
+		return snap, 0, err
 	}
-	if _, err := s.kv.Create(ctx, j.ID, b); err != nil {
+	rev, err := s.kv.Create(ctx, j.ID, b)
+	if err != nil {
 		if errors.Is(err, jetstream.ErrKeyExists) {
-			return snap, ErrExists
+			return snap, 0, ErrExists
 		}
-		return snap, fmt.Errorf("jobstore: create %s: %w", j.ID, err)
+		return snap, 0, fmt.Errorf("jobstore: create %s: %w", j.ID, err)
 	}
-	return snap, nil
+	return snap, rev, nil
 }
 
 // Mutation changes a snapshot in place. Returning an error aborts the change.

@@ -48,7 +48,12 @@ func (p *Processor) load(ctx context.Context, d *delivery) error {
 	for i := 1; ; i++ {
 		d.snap, d.rev, err = p.store.Get(ctx, d.job.ID)
 		if errors.Is(err, jobstore.ErrNotFound) {
-			if _, err = p.store.Create(ctx, d.job); err == nil || errors.Is(err, jobstore.ErrExists) {
+			// The queued snapshot just created is the job's state at
+			// that revision: no second read.
+			if d.snap, d.rev, err = p.store.CreateAt(ctx, d.job); err == nil {
+				return nil
+			}
+			if errors.Is(err, jobstore.ErrExists) {
 				continue
 			}
 		}
