@@ -51,6 +51,8 @@ func run(args []string) error {
 	fs.IntVar(&cfg.MaxDeliver, "max-deliver", processor.DefaultMaxDeliver,
 		"runs (attempts) a failing job gets before it is dead; enforced by the processor, so Naks that run nothing cost none and a run lost with its process counts")
 	fs.DurationVar(&cfg.Grace, "grace", processor.DefaultGrace, "how long running jobs may finish after SIGTERM")
+	fs.DurationVar(&cfg.StartedDelay, "started-delay", processor.DefaultStartedDelay,
+		"defer a first run's running write and started event by this long; a job done sooner goes queued -> outcome in one write (0: always write running first)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: processor [flags]\n\nRuns Beamline jobs from NATS JetStream.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -70,6 +72,9 @@ func run(args []string) error {
 	}
 	if cfg.KindTimeouts, err = processor.ParseKindTimeouts(kindTimeouts); err != nil {
 		return err
+	}
+	if cfg.StartedDelay == 0 {
+		cfg.StartedDelay = -1 // the flag's 0 means off; Config's zero is the default
 	}
 	pcfg := provider.Config{HTTP: provider.HTTPConfigFromEnv(os.Getenv)}
 	pcfg.HTTP.URL = httpURL

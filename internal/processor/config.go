@@ -35,6 +35,10 @@ const (
 	DefaultBackoffMax  = time.Minute
 	DefaultGrace       = 25 * time.Second
 	DefaultSource      = "/beamline/processor"
+	// DefaultStartedDelay is how long the started write of a first
+	// delivery waits: a job done sooner goes from queued straight to its
+	// outcome (started.go).
+	DefaultStartedDelay = 25 * time.Millisecond
 	// DefaultMaxResult leaves a job's final event (the snapshot with the
 	// result, in an envelope of at most envelope.MaxSize = 1 MiB, plus NATS
 	// headers within the default max_payload of 1 MiB) room for the other
@@ -116,6 +120,14 @@ type Config struct {
 	// that still makes the final event too large is treated the same way).
 	// Default DefaultMaxResult.
 	MaxResult int
+	// StartedDelay defers the running write and the started event of a
+	// job's first delivery: a job that reaches its outcome within it is
+	// stored queued → outcome directly (half the writes of a fast job),
+	// so `started` announces only jobs that take time. Redeliveries always
+	// write running first, so crashed runs are counted (started.go).
+	// Negative: always write running before the call. Default
+	// DefaultStartedDelay.
+	StartedDelay time.Duration
 	// TracerProvider makes the spans of attempts, provider calls and store
 	// writes. nil means no tracing (traceparents still travel on).
 	TracerProvider trace.TracerProvider
@@ -173,6 +185,9 @@ func (c *Config) withDefaults() (Config, error) {
 	}
 	if out.MaxResult == 0 {
 		out.MaxResult = DefaultMaxResult
+	}
+	if out.StartedDelay == 0 {
+		out.StartedDelay = DefaultStartedDelay
 	}
 	switch {
 	case out.Concurrency < 1:

@@ -76,6 +76,9 @@ func baseConfig(t *testing.T) Config {
 		Grace:           5 * time.Second,
 		PollWait:        200 * time.Millisecond,
 		MetricsInterval: 100 * time.Millisecond,
+		// The full lifecycle (running + started for every run); the
+		// deferred start has its own tests (started_test.go).
+		StartedDelay: -1,
 		// The sim's failures are per job, not a sign of an unhealthy
 		// provider: keep the breaker out of the way except where tested.
 		Breaker: flow.BreakerConfig{ConsecutiveFailures: 1 << 20},

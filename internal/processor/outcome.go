@@ -212,6 +212,19 @@ func (p *Processor) skipTerminal(ctx context.Context, d *delivery, snap envelope
 func (p *Processor) apply(ctx context.Context, d *delivery, t envelope.Type, fn jobstore.Mutation) (envelope.Snapshot, error) {
 	ctx, span := p.startSpan(ctx, "job store write", attribute.String("beamline.event", t.Short()))
 	defer span.End()
+	if d.startSkipped {
+		// The outcome is this run's first change (queued → outcome): it
+		// records what the skipped started write would have.
+		inner := fn
+		fn = func(s *envelope.Snapshot) error {
+			if s.Status == envelope.StatusQueued {
+				s.Attempt = d.attempt
+				s.Progress = 0
+				s.Error = ""
+			}
+			return inner(s)
+		}
+	}
 	snap, rev, err := p.store.ApplyAt(ctx, d.snap, d.rev, t, fn)
 	for i := 1; ; i++ {
 		if err == nil || errors.Is(err, jobstore.ErrNotPublished) {

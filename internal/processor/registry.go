@@ -35,6 +35,10 @@ type delivery struct {
 	attempt int
 	snap    envelope.Snapshot
 	rev     uint64
+	// start is the run's started write (started.go); startSkipped: the
+	// outcome came first, so the outcome write also records the attempt.
+	start        *starter
+	startSkipped bool
 
 	// cancel cancels the running job's context; set while it runs.
 	cancel    context.CancelFunc

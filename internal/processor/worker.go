@@ -30,7 +30,9 @@ import (
 //	5. Ack        (fire-and-forget; removes the message from the work queue)
 //
 // i.e. 1 KV read, 4 acknowledged stream writes + 1 ack (it was 2 reads when
-// every change went through jobstore.Apply's read-modify-write). Only a lost
+// every change went through jobstore.Apply's read-modify-write). A job of a
+// first delivery that ends within Config.StartedDelay skips steps 1 and 2
+// (started.go): 1 KV read, 2 writes (queued → outcome, seq 1) + 1 ack. Only a lost
 // compare-and-set (a cancel, a second processor) costs a read more. A job
 // published straight to its subject adds the KV create of its queued
 // snapshot and one read; each progress report adds one KV update and one
@@ -201,23 +203,20 @@ func (p *Processor) run(d *delivery) {
 	p.reg.running(d, cancel)
 	defer p.reg.stopped(d)
 
-	snap, err := p.apply(ctx, d, envelope.TypeStarted, func(s *envelope.Snapshot) error {
-		s.Status = envelope.StatusRunning
-		s.Attempt = d.attempt
-		s.Progress = 0
-		s.Error = ""
-		return nil
-	})
-	if errors.Is(err, jobstore.ErrTerminal) {
-		p.skipTerminal(ctx, d, snap, log)
-		return
+	// The started write: now on a redelivery (so crashed runs are
+	// counted, attempts.go), else deferred by StartedDelay and skipped
+	// when the outcome comes first (started.go).
+	delay := p.cfg.StartedDelay
+	if d.delivered > 1 || delay < 0 {
+		delay = 0
 	}
-	if err != nil {
-		// Not stored, or stored without its event (ErrNotPublished: the
-		// redelivery announces it before the next change).
-		log.Error("cannot record start; will retry", "err", err)
-		p.nak(d, p.backoff(d.attempt, nil))
-		return
+	d.start = p.newStarter(ctx, d, cancel, delay)
+	defer func() { _, _, _ = d.start.settle() }()
+	if delay == 0 {
+		if snap, err := d.start.ensure(); err != nil {
+			p.startFailed(ctx, d, snap, err, log)
+			return
+		}
 	}
 	if d.attempt == 1 {
 		p.m.queueWait.WithLabelValues(j.Kind, string(j.Priority)).Observe(time.Since(j.CreatedAt).Seconds())
@@ -228,7 +227,26 @@ func (p *Processor) run(d *delivery) {
 
 	result, callErr := p.call(ctx, jctx, d, br, log)
 	telemetry.RecordError(span, callErr)
+	skipped, snap, err := d.start.settle()
+	if err != nil {
+		p.startFailed(ctx, d, snap, err, log)
+		return
+	}
+	d.startSkipped = skipped
 	p.finish(ctx, d, result, callErr, log)
+}
+
+// startFailed acts on a failed started write: the job became terminal
+// meanwhile (a cancel) → skipTerminal; otherwise Nak — it was not stored,
+// or stored without its event (ErrNotPublished: the redelivery announces it
+// before the next change).
+func (p *Processor) startFailed(ctx context.Context, d *delivery, snap envelope.Snapshot, err error, log *slog.Logger) {
+	if errors.Is(err, jobstore.ErrTerminal) {
+		p.skipTerminal(ctx, d, snap, log)
+		return
+	}
+	log.Error("cannot record start; will retry", "err", err)
+	p.nak(d, p.backoff(d.attempt, nil))
 }
 
 // call runs the provider call: Breaker → Boundary{Timeout} → Provider.Call,
@@ -245,6 +263,10 @@ func (p *Processor) call(actx, jctx context.Context, d *delivery, br *flow.Break
 	// Progress writes carry the revision too: they are serial (one in
 	// flight per job) and the final write waits for them (prog.close).
 	prog := newProgress(func(pct int) {
+		// Progress is a change of a running job: the start first.
+		if _, err := d.start.ensure(); err != nil {
+			return // the call is being stopped; run acts on the error
+		}
 		snap, rev, err := p.store.ApplyAt(jctx, d.snap, d.rev, envelope.TypeProgress, func(s *envelope.Snapshot) error {
 			if s.Status != envelope.StatusRunning {
 				return errSkip

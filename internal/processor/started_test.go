@@ -1,0 +1,133 @@
+package processor
+
+import (
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/beamline/beamline/pkg/envelope"
+)
+
+// startedConfig defers the started write by delay.
+func startedConfig(t *testing.T, delay time.Duration) Config {
+	cfg := baseConfig(t)
+	cfg.StartedDelay = delay
+	return cfg
+}
+
+// A job done within StartedDelay goes from queued straight to succeeded:
+// one write, one event (seq 1), carrying attempt 1.
+func TestFastJobSkipsStarted(t *testing.T) {
+	e := newEnv(t)
+	e.start(startedConfig(t, 10*time.Second))
+	j := newJob("alice", "image", envelope.PriorityNormal, nil)
+	e.submit(j)
+	e.waitStatus(j.ID, envelope.StatusSucceeded, 15*time.Second)
+	e.waitJobsEmpty()
+	evs := e.checkSeqs(j, envelope.StatusSucceeded)
+	if len(evs) != 1 || evs[0].Attempt != 1 || evs[0].Progress != 100 {
+		t.Fatalf("events %+v, want only succeeded seq 1 attempt 1", evs)
+	}
+}
+
+// The same for a job published straight to its subject (no queued
+// snapshot): the processor creates it and writes the outcome at the
+// revision the create returned.
+func TestFastPublishedJobSkipsStarted(t *testing.T) {
+	e := newEnv(t)
+	e.start(startedConfig(t, 10*time.Second))
+	j := newJob("alice", "image", envelope.PriorityNormal, nil)
+	e.publish(j)
+	e.waitStatus(j.ID, envelope.StatusSucceeded, 15*time.Second)
+	e.waitJobsEmpty()
+	if evs := e.checkSeqs(j, envelope.StatusSucceeded); len(evs) != 1 || evs[0].Attempt != 1 {
+		t.Fatalf("events %+v, want only succeeded seq 1 attempt 1", evs)
+	}
+}
+
+// A job that takes longer than StartedDelay is announced started while it
+// runs, then succeeded.
+func TestSlowJobIsStarted(t *testing.T) {
+	e := newEnv(t)
+	e.start(startedConfig(t, 10*time.Millisecond))
+	j := newJob("alice", "image", envelope.PriorityNormal, map[string]any{"duration_ms": 400})
+	e.submit(j)
+	e.waitStatus(j.ID, envelope.StatusRunning, 10*time.Second)
+	e.waitStatus(j.ID, envelope.StatusSucceeded, 15*time.Second)
+	e.waitJobsEmpty()
+	evs := e.checkSeqs(j, envelope.StatusSucceeded)
+	if len(evs) != 2 || evs[0].Status != envelope.StatusRunning || evs[0].Attempt != 1 || evs[1].Attempt != 1 {
+		t.Fatalf("events %+v, want started then succeeded, attempt 1", evs)
+	}
+}
+
+// Progress is a change of a running job: a progress report inside the
+// window writes the start first, so the events stay started, progress…,
+// succeeded without gaps.
+func TestProgressInsideWindowWritesStartFirst(t *testing.T) {
+	e := newEnv(t)
+	e.start(startedConfig(t, 10*time.Second))
+	j := newJob("alice", "image", envelope.PriorityNormal, map[string]any{"duration_ms": 60, "steps": 3})
+	e.submit(j)
+	e.waitStatus(j.ID, envelope.StatusSucceeded, 15*time.Second)
+	e.waitJobsEmpty()
+	evs := e.checkSeqs(j, envelope.StatusSucceeded)
+	if len(evs) < 3 || evs[0].Status != envelope.StatusRunning || evs[0].Progress != 0 || evs[1].Progress == 0 {
+		t.Fatalf("events %+v, want started, progress…, succeeded", evs)
+	}
+}
+
+// A run that dies inside the window leaves nothing stored (here: a panic
+// before the call; a kill -9 looks the same from outside). Redeliveries
+// write running before the call, so a job that always dies is counted from
+// its second run on and ends dead — never redelivered forever — and no
+// start is written after the dead run's delivery was let go of.
+func TestCrashInsideWindowStillEndsDead(t *testing.T) {
+	e := newEnv(t)
+	cfg := startedConfig(t, 10*time.Second)
+	cfg.MaxDeliver = 2
+	var runs atomic.Int64
+	e.startWith(cfg, func(p *Processor) {
+		p.hooks.beforeCall = func(d *delivery) {
+			runs.Add(1)
+			panic("poison job")
+		}
+	})
+	j := newJob("alice", "image", envelope.PriorityNormal, nil)
+	e.submit(j)
+	e.waitStatus(j.ID, envelope.StatusDead, 20*time.Second)
+	e.waitJobsEmpty()
+	evs := e.checkSeqs(j, envelope.StatusDead)
+	// delivery 1: nothing stored; 2: running attempt 1; 3: running
+	// attempt 2; 4: attempts used up → dead.
+	if n := runs.Load(); n != 3 {
+		t.Fatalf("%d runs, want 3 (MaxDeliver 2, plus the uncounted first)", n)
+	}
+	if len(evs) != 3 || evs[0].Attempt != 1 || evs[1].Attempt != 2 || evs[2].Status != envelope.StatusDead {
+		t.Fatalf("events %+v, want running 1, running 2, dead", evs)
+	}
+}
+
+// A cancel inside the window: the outcome's compare-and-set finds the
+// job cancelled; the job ends cancelled, with no started or succeeded event.
+func TestCancelInsideWindow(t *testing.T) {
+	e := newEnv(t)
+	cfg := withProvider(startedConfig(t, 10*time.Second), newGate())
+	g := cfg.Providers["gate"].(*gate)
+	e.start(cfg)
+	j := newJob("alice", "image", envelope.PriorityNormal, nil)
+	e.submit(j)
+	waitFor(t, 10*time.Second, func() bool { return g.calls.Load() == 1 })
+	if _, err := e.store.Apply(t.Context(), j.ID, nil, envelope.TypeCancelled, func(s *envelope.Snapshot) error {
+		s.Status = envelope.StatusCancelled
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	g.release()
+	e.waitJobsEmpty()
+	evs := e.checkSeqs(j, envelope.StatusCancelled)
+	if len(evs) != 1 {
+		t.Fatalf("events %+v, want only cancelled", evs)
+	}
+}
