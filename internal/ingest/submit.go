@@ -109,19 +109,19 @@ type created struct {
 // keyed job keeps the sequential order, since a retry with the same key
 // would find a snapshot written ahead of a refused job.
 func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Request, p auth.Principal, job envelope.Job, keyed bool) {
-	log := s.log.With("job", job.ID, "user", p.User, "kind", job.Kind).With(telemetry.LogAttrs(ctx)...)
+	log := jobLog{log: s.log, ctx: ctx, job: job.ID, user: p.User, kind: job.Kind}
 	msg, err := envelope.NewJobMsg(job, s.cfg.Source, telemetry.Traceparent(ctx))
 	if err != nil {
 		if errors.Is(err, envelope.ErrTooLarge) {
 			s.reject(w, r, tooLarge("the job envelope exceeds "+byteSize(envelope.MaxSize)))
 			return
 		}
-		log.Error("building the job message failed", "err", err)
+		log.at(slog.LevelError, "building the job message failed", "err", err)
 		s.reject(w, r, newError(http.StatusInternalServerError, CodeInternal, "the job could not be encoded"))
 		return
 	}
 	if !s.nc.IsConnected() {
-		log.Warn("job refused: NATS is not connected")
+		log.at(slog.LevelWarn, "job refused: NATS is not connected")
 		s.reject(w, r, unavailable())
 		return
 	}
@@ -143,12 +143,12 @@ func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Re
 		if early != nil {
 			if c := <-early; c.err == nil {
 				if derr := s.kv.Delete(sctx, job.ID); derr != nil {
-					log.Warn("refused job's queued snapshot not deleted", "err", derr)
+					log.at(slog.LevelWarn, "refused job's queued snapshot not deleted", "err", derr)
 				}
 			}
 		}
 		aerr := classifyNATS(err)
-		log.Warn("job not stored", "err", err, "status", aerr.Status)
+		log.at(slog.LevelWarn, "job not stored", "err", err, "status", aerr.Status)
 		s.reject(w, r, aerr)
 		return
 	}
@@ -157,7 +157,7 @@ func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Re
 		if !ok {
 			snap = envelope.NewSnapshot(job)
 		}
-		log.Info("duplicate submission", "seq", ack.Sequence)
+		log.at(slog.LevelInfo, "duplicate submission", "seq", ack.Sequence)
 		s.accepted(w, snap)
 		return
 	}
@@ -175,11 +175,31 @@ func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Re
 		}
 	case err != nil:
 		// JOBS holds the job; the processor creates the snapshot from it.
-		log.Warn("job accepted but its queued snapshot was not written", "err", err)
+		log.at(slog.LevelWarn, "job accepted but its queued snapshot was not written", "err", err)
 	}
 	s.metrics.submitted.WithLabelValues(job.Kind, string(job.Priority)).Inc()
-	log.Info("job accepted", "priority", string(job.Priority), "seq", ack.Sequence)
+	log.at(slog.LevelInfo, "job accepted", "priority", string(job.Priority), "seq", ack.Sequence)
 	s.accepted(w, snap)
+}
+
+// jobLog writes records about one job with its job, user and kind (and
+// trace) attributes. Unlike slog.Logger.With, which formats them on every
+// submission, it puts them together only when a record is written.
+type jobLog struct {
+	log             *slog.Logger
+	ctx             context.Context
+	job, user, kind string
+}
+
+func (l jobLog) at(lvl slog.Level, msg string, args ...any) {
+	if !l.log.Enabled(l.ctx, lvl) {
+		return
+	}
+	trace := telemetry.LogAttrs(l.ctx)
+	all := make([]any, 0, 6+len(trace)+len(args))
+	all = append(all, "job", l.job, "user", l.user, "kind", l.kind)
+	all = append(all, trace...)
+	l.log.Log(context.Background(), lvl, msg, append(all, args...)...)
 }
 
 // existing returns the stored snapshot of id, if there is one.
