@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -224,8 +225,9 @@ func rssOf(pid string) uint64 {
 
 // notifierProc is cmd/notifier run as a separate process on the target's NATS.
 type notifierProc struct {
-	cmd *exec.Cmd
-	url string
+	cmd   *exec.Cmd
+	url   string
+	pprof string // base URL of its net/http/pprof ("" when not profiled)
 }
 
 func startNotifierProc(ctx context.Context, t *target, o *options) (*notifierProc, error) {
@@ -235,13 +237,24 @@ func startNotifierProc(ctx context.Context, t *target, o *options) (*notifierPro
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	cmd := exec.Command(o.notifierBin, "-nats", t.natsURL, "-addr", addr, "-log-level", "warn")
+	args := []string{"-nats", t.natsURL, "-addr", addr, "-log-level", "warn"}
+	var pprofAddr string
+	if o.notifierProfile != "" {
+		if pprofAddr, err = freeAddr(); err != nil {
+			return nil, err
+		}
+		args = append(args, "-pprof", pprofAddr)
+	}
+	cmd := exec.Command(o.notifierBin, args...)
 	cmd.Env = append(os.Environ(), auth.EnvSecret+"="+string(t.secret))
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
 	np := &notifierProc{cmd: cmd, url: "http://" + addr}
+	if pprofAddr != "" {
+		np.pprof = "http://" + pprofAddr + "/debug/pprof/"
+	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		resp, err := http.Get(np.url + "/healthz")
@@ -257,6 +270,48 @@ func startNotifierProc(ctx context.Context, t *target, o *options) (*notifierPro
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// freeAddr returns a loopback address with a port free a moment ago.
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// profile saves the notifier's pprof profile name (query: e.g.
+// "seconds=10") to dir/<file>; a no-op unless it runs with -pprof.
+func (np *notifierProc) profile(dir, name, query, file string) error {
+	if np == nil || np.pprof == "" {
+		return nil
+	}
+	u := np.pprof + name
+	if query != "" {
+		u += "?" + query
+	}
+	resp, err := http.Get(u)
+	if err != nil {
+		return fmt.Errorf("notifier profile %s: %w", name, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("notifier profile %s: HTTP %s", name, resp.Status)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	f, err := os.Create(filepath.Join(dir, file))
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 func (np *notifierProc) probe() memSample {

@@ -29,13 +29,14 @@ func runPush(ctx context.Context, t *target, o *options, rep *reporter) error {
 	}
 
 	notifierURL, mem := t.notifierURL, memProbe(nil)
+	var np *notifierProc
 	where := "in-process devstack (includes this process's clients and services)"
 	if t.stack == nil {
 		where = ""
 	}
 	if o.notifierBin != "" {
-		np, err := startNotifierProc(ctx, t, o)
-		if err != nil {
+		var err error
+		if np, err = startNotifierProc(ctx, t, o); err != nil {
 			return err
 		}
 		defer np.stop()
@@ -83,7 +84,21 @@ func runPush(ctx context.Context, t *target, o *options, rep *reporter) error {
 			"heap_before_mb": round(float64(before.heap) / 1e6), "heap_after_mb": round(float64(after.heap) / 1e6)}
 		rep.add("push", "notifier RSS per idle connection", (float64(after.rss)-float64(before.rss))/float64(connected)/1024, "KiB", p)
 		rep.add("push", "notifier Go heap per idle connection", (float64(after.heap)-float64(before.heap))/float64(connected)/1024, "KiB", p)
+		for _, name := range []string{"heap", "goroutine"} {
+			if err := np.profile(o.notifierProfile, name, "", name+".pb.gz"); err != nil {
+				t.log.Warn("notifier profile", "err", err)
+			}
+		}
 	}
+	profiled := make(chan struct{})
+	go func() {
+		defer close(profiled)
+		secs := fmt.Sprintf("seconds=%d", max(1, int(o.pushDur.Seconds())))
+		if err := np.profile(o.notifierProfile, "profile", secs, "cpu.pb.gz"); err != nil {
+			t.log.Warn("notifier profile", "err", err)
+		}
+	}()
+	defer func() { <-profiled }()
 
 	raw := newLatencies(1 << 21)
 	var rawN atomic.Int64

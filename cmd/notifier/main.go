@@ -8,10 +8,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,6 +44,7 @@ func run(args []string) error {
 	var common config.Common
 	common.Register(fs)
 	addr := fs.String("addr", "127.0.0.1:8090", "listen address (WebSocket, SSE, /metrics, /healthz, /readyz)")
+	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this loopback `addr` (e.g. 127.0.0.1:6061; empty: off)")
 	origins := fs.String("allowed-origins", "", "comma-separated Origin values allowed to open WebSockets, or * (default: same origin as the Host)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: notifier [flags]\n\nPushes job status over Phoenix Channels V2 WebSockets and SSE.\nThe token secret is read from $%s.\n\nFlags:\n", auth.EnvSecret)
@@ -61,6 +66,14 @@ func run(args []string) error {
 		if o = strings.TrimSpace(o); o != "" {
 			allowed = append(allowed, o)
 		}
+	}
+
+	if *pprofAddr != "" {
+		stopPprof, err := servePprof(*pprofAddr)
+		if err != nil {
+			return err
+		}
+		defer stopPprof()
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -90,4 +103,29 @@ func run(args []string) error {
 		return err
 	}
 	return telemetry.RunWithMetrics(ctx, nc, "notifier", reg, svc, log, svc.Run)
+}
+
+// servePprof serves net/http/pprof on addr, which must be a loopback
+// address: profiles are for whoever runs the process, not for the network.
+func servePprof(addr string) (stop func(), err error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("-pprof: %w", err)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return nil, fmt.Errorf("-pprof: %q is not a loopback address", addr)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("-pprof: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	return func() { _ = srv.Close() }, nil
 }
