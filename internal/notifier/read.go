@@ -79,8 +79,14 @@ func (s *Service) readOnce(ctx context.Context, subject string, seq uint64, fn f
 // message of the answer until the end of the batch (pending: how many
 // more match), "not found" (pending 0), or fn returns false (stopped).
 func (s *Service) direct(ctx context.Context, r directGetRequest, fn func(*jetstream.RawStreamMsg) bool) (pending uint64, stopped bool, err error) {
+	// A channel sized for one answer (the batch and its end-of-batch
+	// status), not SubscribeSync's: that allocates a channel of
+	// SubChanLen (64Ki) slots, 512 KiB per read, and the sweeper reads
+	// every topic every few seconds while events flow — it was 92 % of the
+	// bytes allocated and most of the GC work under load.
 	inbox := s.nc.NewRespInbox()
-	ns, err := s.nc.SubscribeSync(inbox)
+	ch := make(chan *nats.Msg, max(r.Batch, 1)+2)
+	ns, err := s.nc.ChanSubscribe(inbox, ch)
 	if err != nil {
 		return 0, false, err
 	}
@@ -90,9 +96,11 @@ func (s *Service) direct(ctx context.Context, r directGetRequest, fn func(*jetst
 		return 0, false, err
 	}
 	for {
-		m, err := ns.NextMsgWithContext(ctx)
-		if err != nil {
-			return 0, false, fmt.Errorf("%w: %w", errStreamRead, err)
+		var m *nats.Msg
+		select {
+		case m = <-ch:
+		case <-ctx.Done():
+			return 0, false, fmt.Errorf("%w: %w", errStreamRead, ctx.Err())
 		}
 		if len(m.Data) == 0 && m.Header.Get("Status") != "" {
 			switch m.Header.Get("Status") {
