@@ -133,20 +133,38 @@ const multiLastChunk = 256
 // (Beamline-Seq) of its last event at or below stream seq upTo.
 func (s *Service) lastUpTo(ctx context.Context, subjects []string, upTo uint64) (map[string]uint64, error) {
 	out := make(map[string]uint64, len(subjects))
+	err := s.multiLast(ctx, subjects, upTo, func(m *jetstream.RawStreamMsg) {
+		if seq, ok := envelope.SeqOf(m.Header); ok {
+			out[m.Subject] = seq
+		}
+	})
+	return out, err
+}
+
+// lastStreamSeqUpTo returns, for each of subjects that has one, the stream
+// seq of its last event at or below stream seq upTo: one request per
+// multiLastChunk subjects.
+func (s *Service) lastStreamSeqUpTo(ctx context.Context, subjects []string, upTo uint64) (map[string]uint64, error) {
+	out := make(map[string]uint64, len(subjects))
+	err := s.multiLast(ctx, subjects, upTo, func(m *jetstream.RawStreamMsg) { out[m.Subject] = m.Sequence })
+	return out, err
+}
+
+// multiLast calls fn with the last message at or below stream seq upTo of
+// each of subjects that has one.
+func (s *Service) multiLast(ctx context.Context, subjects []string, upTo uint64, fn func(*jetstream.RawStreamMsg)) error {
 	for len(subjects) > 0 {
 		chunk := subjects[:min(len(subjects), multiLastChunk)]
 		subjects = subjects[len(chunk):]
 		_, _, err := s.direct(ctx, directGetRequest{MultiLast: chunk, UpToSeq: upTo, Batch: len(chunk), MaxBytes: readMaxBytes}, func(m *jetstream.RawStreamMsg) bool {
-			if seq, ok := envelope.SeqOf(m.Header); ok {
-				out[m.Subject] = seq
-			}
+			fn(m)
 			return true
 		})
 		if err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // rawOf turns a direct-get answer into a stream message.
