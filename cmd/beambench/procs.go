@@ -190,8 +190,9 @@ func (s *childSet) stop() {
 	}
 }
 
-// memSample is a process's resident set and Go heap in use, in bytes.
-type memSample struct{ rss, heap uint64 }
+// memSample is a process's resident set, Go heap and goroutine stacks in
+// use, in bytes, and its goroutines (stack and goroutines: separate notifier only).
+type memSample struct{ rss, heap, stack, goroutines uint64 }
 
 type memProbe func() memSample
 
@@ -323,9 +324,14 @@ func (np *notifierProc) probe() memSample {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	for _, line := range bytes.Split(b, []byte("\n")) {
-		if rest, ok := bytes.CutPrefix(line, []byte("go_memstats_heap_inuse_bytes ")); ok {
-			f, _ := strconv.ParseFloat(string(bytes.TrimSpace(rest)), 64)
-			s.heap = uint64(f)
+		for _, g := range []struct {
+			name string
+			to   *uint64
+		}{{"go_memstats_heap_inuse_bytes ", &s.heap}, {"go_memstats_stack_inuse_bytes ", &s.stack}, {"go_goroutines ", &s.goroutines}} {
+			if rest, ok := bytes.CutPrefix(line, []byte(g.name)); ok {
+				f, _ := strconv.ParseFloat(string(bytes.TrimSpace(rest)), 64)
+				*g.to = uint64(f)
+			}
 		}
 	}
 	return s

@@ -82,6 +82,9 @@ func runPush(ctx context.Context, t *target, o *options, rep *reporter) error {
 		p := map[string]any{"clients": connected, "notifier": where,
 			"rss_before_mb": round(float64(before.rss) / 1e6), "rss_after_mb": round(float64(after.rss) / 1e6),
 			"heap_before_mb": round(float64(before.heap) / 1e6), "heap_after_mb": round(float64(after.heap) / 1e6)}
+		if after.goroutines > 0 {
+			p["stack_after_mb"], p["goroutines_after"] = round(float64(after.stack)/1e6), after.goroutines
+		}
 		rep.add("push", "notifier RSS per idle connection", (float64(after.rss)-float64(before.rss))/float64(connected)/1024, "KiB", p)
 		rep.add("push", "notifier Go heap per idle connection", (float64(after.heap)-float64(before.heap))/float64(connected)/1024, "KiB", p)
 		for _, name := range []string{"heap", "goroutine"} {
