@@ -132,13 +132,28 @@ func (c *conn) readLoop() {
 			break
 		}
 		if !c.isClosed() {
-			c.handle(mt, buf.Bytes())
+			c.handleOff(mt, buf.Bytes())
 		}
 		if buf.Cap() <= 4*s.cfg.MaxFrame {
 			readBufs.Put(buf)
 		}
 	}
 	c.teardown(reason)
+}
+
+// handleOff handles one frame on a goroutine of its own and waits for it,
+// so frames are still handled in order. A join (NATS requests, JSON) grows
+// the stack it runs on to 8 KiB or more, and a goroutine keeps its stack
+// until a garbage collection shrinks it — which an idle notifier seldom
+// runs. The reader, parked in its read for most of a connection's life,
+// thus keeps the smallest stack, and the handler's is freed when it ends.
+func (c *conn) handleOff(mt int, data []byte) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.handle(mt, data)
+	}()
+	<-done
 }
 
 func isTimeout(err error) bool {
