@@ -77,6 +77,9 @@ type Config struct {
 	// join (defaults 10000 jobs, 3s; tests shrink them).
 	userScanMax  int
 	userScanTime time.Duration
+	// laneDepth is the capacity of each live-message lane (default
+	// defaultLaneDepth; tests shrink it to make drops).
+	laneDepth int
 }
 
 func (c *Config) setDefaults() error {
@@ -106,6 +109,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.userScanTime <= 0 {
 		c.userScanTime = defaultUserScanTime
+	}
+	if c.laneDepth <= 0 {
+		c.laneDepth = defaultLaneDepth
 	}
 	if c.reconcileEvery <= 0 {
 		c.reconcileEvery = defaultReconcileEvery

@@ -88,6 +88,7 @@ type hub struct {
 	s      *Service
 	seed   maphash.Seed
 	shards [shardCount]hubShard
+	lanes  [laneCount]lane
 }
 
 type hubShard struct {
@@ -130,11 +131,16 @@ func newHub(s *Service) *hub {
 	for i := range h.shards {
 		h.shards[i].topics = map[string]*topic{}
 	}
+	for i := range h.lanes {
+		h.lanes[i] = lane{ch: make(chan *nats.Msg, s.cfg.laneDepth), subs: map[*nats.Subscription]*topic{}}
+	}
 	return h
 }
 
+func (h *hub) hash(name string) uint64 { return maphash.String(h.seed, name) }
+
 func (h *hub) shard(name string) *hubShard {
-	return &h.shards[maphash.String(h.seed, name)%shardCount]
+	return &h.shards[h.hash(name)%shardCount]
 }
 
 func (t *topic) refresh() {
@@ -194,7 +200,7 @@ func (h *hub) start(t *topic) {
 	}
 	// Subscribe first, then read the stream's position: every event stored
 	// after that position is re-published to the subscription.
-	nsub, err := h.s.nc.Subscribe(liveSubject(t.subject), func(m *nats.Msg) { h.onLive(t, m) })
+	nsub, err := h.subscribeLive(t)
 	if err != nil {
 		fail(err)
 		return
@@ -203,7 +209,7 @@ func (h *hub) start(t *topic) {
 	defer cancel()
 	info, err := h.s.events.Info(ctx)
 	if err != nil {
-		_ = nsub.Unsubscribe()
+		h.unsubscribeLive(t, nsub)
 		fail(err)
 		return
 	}
@@ -251,7 +257,7 @@ func (h *hub) drop(t *topic) {
 
 func (h *hub) unsubscribe(t *topic) {
 	if t.err == nil && t.nsub != nil {
-		_ = t.nsub.Unsubscribe()
+		h.unsubscribeLive(t, t.nsub)
 		h.s.m.subscriptions.Dec()
 	}
 }

@@ -46,17 +46,14 @@ func (t *topic) prune(firstSeq uint64) {
 	}
 }
 
-// onLive handles one re-published event; it runs on the topic's NATS
-// subscription. The stream seq comes from Nats-Sequence, so the live path
+// onLive handles one re-published event; it runs on the topic's lane. The stream seq comes from Nats-Sequence, so the live path
 // costs no JetStream request. Nats-Last-Sequence is the stream seq of the
 // previous event on the same subject: when it is beyond what this topic
 // delivered for that subject, a message was missed and the missing ones are
 // read from the stream first. Messages the client library dropped (slow
-// consumer) are also noticed by its dropped count, which covers a dropped
-// last event of a job: the message being handled counts as pending, so with
-// pending limits of at least two messages and twice the largest payload
-// (nats.go's defaults are 512Ki messages and 64 MiB) a drop means another
-// message is queued, and the handler runs again after it.
+// consumer: the topic's lane was full) are also noticed by its dropped
+// count on the topic's next message; a dropped last event of a job, with no
+// next message, is read by the reconciliation sweep (see lane).
 func (h *hub) onLive(t *topic, m *nats.Msg) {
 	seq, err1 := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
 	prev, err2 := strconv.ParseUint(m.Header.Get(jetstream.LastSequenceHeader), 10, 64)
@@ -67,7 +64,7 @@ func (h *hub) onLive(t *topic, m *nats.Msg) {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.ended {
+	if t.ended || t.nsub == nil {
 		return
 	}
 	if d, err := t.nsub.Dropped(); err == nil && uint64(d) != t.dropped {

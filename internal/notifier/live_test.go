@@ -21,15 +21,12 @@ func topicOf(t *testing.T, r *running, name string) *topic {
 	return tp
 }
 
-// starve makes the topic's NATS subscription a slow consumer: its
-// handler is held (the topic lock) and it keeps at most two messages
-// pending (the one being handled counts), so the next live messages are
-// dropped by the client library.
+// starve holds the topic's handler (its lock): with lanes of one message
+// (Config.laneDepth 1) the lane goroutine waits in the handler with one
+// message, one more waits in the lane, and the next ones are dropped by the
+// client library.
 func starve(t *testing.T, tp *topic) (release func()) {
 	t.Helper()
-	if err := tp.nsub.SetPendingLimits(2, -1); err != nil {
-		t.Fatal(err)
-	}
 	tp.mu.Lock()
 	var once sync.Once
 	release = func() { once.Do(tp.mu.Unlock) }
@@ -37,24 +34,28 @@ func starve(t *testing.T, tp *topic) (release func()) {
 	return release
 }
 
+// laneOf is the lane a topic's live messages go through.
+func laneOf(r *running, tp *topic) *lane { return r.svc.hub.lane(tp.name) }
+
 // TestLiveGapOnJobTopicIsFilled: live messages the subscription dropped are
 // read from the stream and pushed in order: first found through
 // Nats-Last-Sequence on the next message, then (a dropped last event, with
 // nothing after it) through the subscription's dropped count.
 func TestLiveGapOnJobTopicIsFilled(t *testing.T) {
 	w := newWorld(t)
-	n := startNotifier(t, w, Config{})
+	n := startNotifier(t, w, Config{laneDepth: 1})
 	id := w.newJob(t, "alice")
 	c := dial(t, n, token(t, "alice", false))
 	c.join("job:"+id, nil)
 	tp := topicOf(t, n, "job:"+id)
+	l := laneOf(n, tp)
 	dropTwo := func(p int) {
 		t.Helper()
 		d0, _ := tp.nsub.Delivered()
-		w.progress(t, id, p) // taken by the handler, which waits for the lock
-		waitFor(t, 5*time.Second, func() bool { d, _ := tp.nsub.Delivered(); return d == d0+1 })
-		w.progress(t, id, p+1) // pending
-		waitFor(t, 5*time.Second, func() bool { p, _, _ := tp.nsub.Pending(); return p == 2 })
+		w.progress(t, id, p) // taken by the lane, which waits for the lock
+		waitFor(t, 5*time.Second, func() bool { d, _ := tp.nsub.Delivered(); return d == d0+1 && len(l.ch) == 0 })
+		w.progress(t, id, p+1) // pending in the lane
+		waitFor(t, 5*time.Second, func() bool { return len(l.ch) == 1 })
 		dr0, _ := tp.nsub.Dropped()
 		w.progress(t, id, p+2) // dropped
 		w.progress(t, id, p+3) // dropped
@@ -89,16 +90,17 @@ func TestLiveGapOnJobTopicIsFilled(t *testing.T) {
 // (it is late, not a duplicate), and each job's events stay in order.
 func TestLiveGapOnUserTopicIsFilled(t *testing.T) {
 	w := newWorld(t)
-	n := startNotifier(t, w, Config{})
+	n := startNotifier(t, w, Config{laneDepth: 1})
 	a, b, x := w.newJob(t, "alice"), w.newJob(t, "alice"), w.newJob(t, "alice")
 	c := dial(t, n, token(t, "alice", false))
 	c.join("user:alice", nil)
 	tp := topicOf(t, n, "user:alice")
+	l := laneOf(n, tp)
 	release := starve(t, tp)
 	w.start(t, x) // handler
-	waitFor(t, 5*time.Second, func() bool { d, _ := tp.nsub.Delivered(); return d == 1 })
-	w.progress(t, x, 10) // pending
-	waitFor(t, 5*time.Second, func() bool { p, _, _ := tp.nsub.Pending(); return p == 2 })
+	waitFor(t, 5*time.Second, func() bool { d, _ := tp.nsub.Delivered(); return d == 1 && len(l.ch) == 0 })
+	w.progress(t, x, 10) // pending in the lane
+	waitFor(t, 5*time.Second, func() bool { return len(l.ch) == 1 })
 	w.start(t, a) // dropped
 	waitFor(t, 5*time.Second, func() bool { d, _ := tp.nsub.Dropped(); return d >= 1 })
 	release()

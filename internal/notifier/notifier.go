@@ -146,6 +146,7 @@ func (s *Service) Run(ctx context.Context) error {
 		defer s.wg.Done()
 		s.hub.sweepLoop(sweepCtx, refill)
 	}()
+	s.hub.runLanes(sweepCtx, &s.wg)
 
 	var serveErr error
 loop:
