@@ -381,6 +381,10 @@ func TestChaos(t *testing.T) {
 		return jobsLeft == 0
 	})
 	dlqJobs := readDLQ(t, ctx, c.js)
+	var eventsStored uint64
+	if st, err := c.js.Stream(ctx, streams.Events); err == nil {
+		eventsStored = st.CachedInfo().State.Msgs
+	}
 
 	counts := map[envelope.Status]int{}
 	retried := 0
@@ -413,6 +417,9 @@ func TestChaos(t *testing.T) {
 	if ws.OutOfOrder > 0 {
 		t.Errorf("watcher saw %d events out of order within a job", ws.OutOfOrder)
 	}
+	if ws.Gaps > 0 {
+		t.Errorf("watcher silently missed %d events of %d jobs, e.g. %v", ws.Gaps, len(ws.GapJobs), ws.GapJobs[:min(5, len(ws.GapJobs))])
+	}
 	if ws.Unrecovered > 0 {
 		t.Errorf("watcher was told %d times that replay was impossible", ws.Unrecovered)
 	}
@@ -424,11 +431,11 @@ func TestChaos(t *testing.T) {
 		panics += p.count("panic")
 	}
 	figures := fmt.Sprintf("chaos: accepted=%d fillers=%d completed=%d retried=%d dead=%d failed=%d lost=%d jobs_left=%d dlq=%d "+
-		"processor_kills=%d notifier_restarts=1 refused_429_503=%d ws_events=%d ws_duplicates=%d ws_joins=%d "+
-		"ws_missing_terminal=%d ws_multi_terminal=%d elapsed=%s",
+		"events_stored=%d processor_kills=%d notifier_restarts=1 refused_429_503=%d ws_events=%d ws_duplicates=%d ws_joins=%d "+
+		"ws_gaps=%d ws_missing_terminal=%d ws_multi_terminal=%d elapsed=%s",
 		len(ids), fillers, counts[envelope.StatusSucceeded], retried, counts[envelope.StatusDead], counts[envelope.StatusFailed],
-		len(pending), jobsLeft, len(dlqJobs), killed, refused.Load(), ws.Events, ws.Duplicates, ws.Joins,
-		missing, multi, time.Since(start).Round(time.Second))
+		len(pending), jobsLeft, len(dlqJobs), eventsStored, killed, refused.Load(), ws.Events, ws.Duplicates, ws.Joins,
+		ws.Gaps, missing, multi, time.Since(start).Round(time.Second))
 	t.Log(figures)
 	fmt.Println(figures)
 	if len(ids) != numJobs+fillers {

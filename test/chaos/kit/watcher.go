@@ -48,7 +48,11 @@ type Watcher struct {
 // WatcherStats are the figures of a Watcher.
 type WatcherStats struct {
 	Events, Duplicates, Joins, Unrecovered, OutOfOrder int
-	LastStreamSeq                                      uint64
+	// Gaps counts job seqs never received below each job's highest seq
+	// seen: events the client silently missed.
+	Gaps          int
+	GapJobs       []string
+	LastStreamSeq uint64
 }
 
 // Run connects, joins and reads until ctx ends, reconnecting (every 200ms)
@@ -164,6 +168,13 @@ func (w *Watcher) Terminal() map[string]int {
 func (w *Watcher) Stats() WatcherStats {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return WatcherStats{Events: w.events, Duplicates: w.dups, Joins: w.joins, Unrecovered: w.unrecov,
+	st := WatcherStats{Events: w.events, Duplicates: w.dups, Joins: w.joins, Unrecovered: w.unrecov,
 		OutOfOrder: w.outOfOrder, LastStreamSeq: w.lastStream}
+	for id, seqs := range w.seen {
+		if missing := int(w.lastJobSeq[id]) - len(seqs); missing > 0 {
+			st.Gaps += missing
+			st.GapJobs = append(st.GapJobs, id)
+		}
+	}
+	return st
 }
