@@ -85,7 +85,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		return fail(2, err)
 	}
 
-	nc, err := natsx.Connect(ctx, common.NATSURL, "beamline-ingest", log)
+	nc, err := natsx.Connect(ctx, common.NATSURL, "beamline-ingest", log, natsx.Inbox("ingest"))
 	if err != nil {
 		return fail(1, err)
 	}

@@ -90,7 +90,7 @@ func run(args []string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	nc, err := natsx.Connect(ctx, common.NATSURL, "beamline-notifier", log)
+	nc, err := natsx.Connect(ctx, common.NATSURL, "beamline-notifier", log, natsx.Inbox("notifier"))
 	if err != nil {
 		return err
 	}

@@ -97,7 +97,7 @@ func run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	nc, err := natsx.Connect(ctx, common.NATSURL, "beamline-processor", log)
+	nc, err := natsx.Connect(ctx, common.NATSURL, "beamline-processor", log, natsx.Inbox("processor"))
 	if err != nil {
 		return err
 	}

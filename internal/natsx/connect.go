@@ -59,10 +59,23 @@ func redactOne(s string) string {
 	return s[:start] + user + ":" + redacted + s[at:]
 }
 
+// InboxPrefix is the reply-subject prefix of one service's connections,
+// "_INBOX_<service>" (e.g. _INBOX_ingest): nats.conf lets each service user
+// subscribe to its own _INBOX_<service>.> only, so a compromised service
+// cannot read the replies (JetStream acks, KV reads, pulled jobs) meant for
+// another. service must be a NATS subject token (no '.', '*', '>').
+func InboxPrefix(service string) string { return "_INBOX_" + service }
+
+// Inbox is the Connect option that gives a connection the service's own
+// inbox prefix (InboxPrefix); every request, JetStream pull and KV read of
+// that connection then gets its replies under it.
+func Inbox(service string) nats.Option { return nats.CustomInboxPrefix(InboxPrefix(service)) }
+
 // Connect dials NATS and keeps reconnecting for as long as the connection is
 // open: a binary survives a NATS restart without being restarted itself.
 // Disconnects and reconnects are logged. The first dial is retried until ctx
-// ends so that services may start before the server.
+// ends so that services may start before the server. extra options come
+// last; every service passes Inbox(<its name>).
 func Connect(ctx context.Context, rawURL, name string, log *slog.Logger, extra ...nats.Option) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name(name),

@@ -219,3 +219,46 @@ func TestConnectWaitsForServer(t *testing.T) {
 		t.Fatal("Connect returned a connection that is not connected")
 	}
 }
+
+// A connection made with Inbox(service) gets its replies, JetStream's
+// included, under _INBOX_<service>.
+func TestConnectInboxPrefix(t *testing.T) {
+	srv, err := RunEmbedded(EmbeddedConfig{Port: -1, StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	nc, err := Connect(ctx, srv.ClientURL(), "natsx-test", slog.New(slog.DiscardHandler), Inbox("ingest"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if got := nc.NewInbox(); !strings.HasPrefix(got, "_INBOX_ingest.") {
+		t.Fatalf("NewInbox() = %q, want prefix _INBOX_ingest.", got)
+	}
+	if got := nc.NewRespInbox(); !strings.HasPrefix(got, "_INBOX_ingest.") {
+		t.Fatalf("NewRespInbox() = %q, want prefix _INBOX_ingest.", got)
+	}
+	// A request's reply arrives on the service's inbox.
+	sub, err := nc.Subscribe("echo", func(m *nats.Msg) { _ = m.Respond([]byte(m.Reply)) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	m, err := nc.Request("echo", nil, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(string(m.Data), "_INBOX_ingest.") {
+		t.Fatalf("reply subject %q, want prefix _INBOX_ingest.", m.Data)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.AccountInfo(ctx); err != nil {
+		t.Fatalf("JetStream API with a custom inbox prefix: %v", err)
+	}
+}
