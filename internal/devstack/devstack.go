@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -148,7 +149,10 @@ func (s *Stack) applyStreams(ctx context.Context) error {
 
 // connect opens a NATS connection for one service; Close closes it.
 func (s *Stack) connect(ctx context.Context, name string) (*nats.Conn, jetstream.JetStream, error) {
-	nc, err := natsx.Connect(ctx, s.NATSURL, name, s.log.With("component", name))
+	// Each service on its own inbox prefix (_INBOX_ingest, ...), as the
+	// binaries connect.
+	nc, err := natsx.Connect(ctx, s.NATSURL, name, s.log.With("component", name),
+		natsx.Inbox(strings.TrimPrefix(name, "beamline-")))
 	if err != nil {
 		return nil, nil, err
 	}
