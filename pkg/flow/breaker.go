@@ -49,21 +49,42 @@ func fromGobreaker(s gobreaker.State) BreakerState {
 }
 
 // BreakerConfig configures a Breaker. Zero values are documented defaults.
+//
+// The breaker protects against a provider that is down, not against some
+// requests failing: it opens when the share of failed calls over a rolling
+// window is high (FailureRatio of at least MinRequests calls within
+// Interval), never because a handful of calls in a row failed at low volume.
+// A provider whose requests fail one by one for their own reasons (a bad
+// input, a job's own transient error) keeps its breaker closed; a few
+// requests that fail on every attempt cannot open it either, since they
+// never make the volume.
 type BreakerConfig struct {
 	// Name identifies the breaker in errors and OnStateChange.
 	Name string
 	// MaxRequests is the number of probe calls allowed while half-open, and
-	// the number of consecutive probe successes that close the breaker.
-	// 0 → 1.
+	// the number of consecutive probe successes that close the breaker; a
+	// failing probe opens it again. 0 → DefaultBreakerMaxRequests (3).
 	MaxRequests uint32
-	// Interval is the period after which failure counts are cleared while
-	// closed. 0 → counts are only cleared by a success or a state change.
+	// Interval is the rolling window over which calls are counted while
+	// closed (in ten buckets: counts age out gradually, not all at once).
+	// 0 → DefaultBreakerInterval (10s); negative → no window, counts are
+	// only cleared by a state change.
 	Interval time.Duration
 	// OpenTimeout is how long the breaker stays open before letting probes
-	// through (half-open). 0 → 60s.
+	// through (half-open). 0 → DefaultBreakerOpenTimeout (5s).
 	OpenTimeout time.Duration
-	// ConsecutiveFailures opens the breaker when that many calls in a row
-	// failed. 0 → 5.
+	// MinRequests is the volume below which the breaker never opens on the
+	// failure ratio: the calls that completed (succeeded or failed) within
+	// Interval. 0 → DefaultBreakerMinRequests (20).
+	MinRequests uint32
+	// FailureRatio opens the breaker when at least this share of the calls
+	// completed within Interval failed (and there were at least
+	// MinRequests). In (0, 1]; 0 → DefaultBreakerFailureRatio (0.5).
+	FailureRatio float64
+	// ConsecutiveFailures, when > 0, also opens the breaker after that many
+	// calls in a row failed, whatever the volume. 0 → off (the default):
+	// with per-request failures, runs of failures happen on a healthy
+	// provider.
 	ConsecutiveFailures uint32
 	// IsFailure decides whether an error counts against the provider. nil →
 	// every non-nil error that is not terminal (IsTerminal): a terminal error
@@ -78,20 +99,45 @@ type BreakerConfig struct {
 	OnStateChange func(name string, from, to BreakerState)
 }
 
-const defaultOpenTimeout = 60 * time.Second
+// Defaults of BreakerConfig: open when at least half of at least 20 calls
+// in the last 10s failed, stay open 5s, then let 3 probes through.
+const (
+	DefaultBreakerMaxRequests  = 3
+	DefaultBreakerInterval     = 10 * time.Second
+	DefaultBreakerOpenTimeout  = 5 * time.Second
+	DefaultBreakerMinRequests  = 20
+	DefaultBreakerFailureRatio = 0.5
+)
 
-// Breaker is a circuit breaker: after ConsecutiveFailures failures in a row
-// it opens and fails fast (ErrBreakerOpen) instead of sending more work to a
-// provider that is down, then probes with a few calls after OpenTimeout.
+// breakerBuckets is the number of buckets of the rolling window.
+const breakerBuckets = 10
+
+// readyToTrip is the trip rule of cfg (defaults applied).
+func readyToTrip(minRequests uint32, ratio float64, consecutive uint32) func(gobreaker.Counts) bool {
+	return func(c gobreaker.Counts) bool {
+		if consecutive > 0 && c.ConsecutiveFailures >= consecutive {
+			return true
+		}
+		// Completed calls only: Requests also counts calls still in flight.
+		done := c.TotalSuccesses + c.TotalFailures
+		return done >= minRequests && float64(c.TotalFailures) >= ratio*float64(done)
+	}
+}
+
+// Breaker is a circuit breaker: when the share of failed calls over a
+// rolling window is too high it opens and fails fast (ErrBreakerOpen)
+// instead of sending more work to a provider that is down, then probes with
+// a few calls after OpenTimeout.
 //
 // It wraps github.com/sony/gobreaker/v2 rather than reimplementing the state
 // machine: gobreaker is small, widely used and well tested, its generation
 // counting correctly ignores results of calls that started in an earlier
-// state, and its Settings document every zero default. What Breaker adds is
-// what Beamline needs on top: a context-first API, error classification
-// (terminal errors do not trip it, the open error is retryable with a
-// Retry-After hint), and WaitAllowed so a consumer stops pulling work while
-// the provider is down.
+// state, it keeps the rolling window (BucketPeriod), and its Settings
+// document every zero default. What Breaker adds is what Beamline needs on
+// top: a context-first API, error classification (terminal errors do not
+// trip it, the open error is retryable with a Retry-After hint), the
+// ratio-with-volume trip rule, and WaitAllowed so a consumer stops pulling
+// work while the provider is down.
 //
 // gobreaker reads the wall clock itself, so a Breaker takes no Clock; tests
 // drive it with testing/synctest.
@@ -113,22 +159,41 @@ func NewBreaker(cfg BreakerConfig) *Breaker {
 		changed:     make(chan struct{}),
 	}
 	if b.openTimeout <= 0 {
-		b.openTimeout = defaultOpenTimeout
+		b.openTimeout = DefaultBreakerOpenTimeout
 	}
-	trip := cfg.ConsecutiveFailures
-	if trip == 0 {
-		trip = 5
+	maxRequests := cfg.MaxRequests
+	if maxRequests == 0 {
+		maxRequests = DefaultBreakerMaxRequests
+	}
+	interval, bucket := cfg.Interval, time.Duration(0)
+	switch {
+	case interval == 0:
+		interval = DefaultBreakerInterval
+		fallthrough
+	case interval > 0:
+		bucket = max(interval/breakerBuckets, time.Millisecond)
+	default:
+		interval = 0
+	}
+	minRequests := cfg.MinRequests
+	if minRequests == 0 {
+		minRequests = DefaultBreakerMinRequests
+	}
+	ratio := cfg.FailureRatio
+	if ratio <= 0 {
+		ratio = DefaultBreakerFailureRatio
 	}
 	isFailure := cfg.IsFailure
 	if isFailure == nil {
 		isFailure = func(err error) bool { return err != nil && !IsTerminal(err) }
 	}
 	b.cb = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
-		Name:        cfg.Name,
-		MaxRequests: cfg.MaxRequests,
-		Interval:    cfg.Interval,
-		Timeout:     b.openTimeout,
-		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= trip },
+		Name:         cfg.Name,
+		MaxRequests:  maxRequests,
+		Interval:     interval,
+		BucketPeriod: bucket,
+		Timeout:      b.openTimeout,
+		ReadyToTrip:  readyToTrip(minRequests, ratio, cfg.ConsecutiveFailures),
 		IsSuccessful: func(err error) bool {
 			return !isFailure(err)
 		},

@@ -111,9 +111,12 @@ func ExampleIsTerminal() {
 
 func ExampleBreaker() {
 	b := flow.NewBreaker(flow.BreakerConfig{
-		Name:                "modal",
-		ConsecutiveFailures: 2,
-		OpenTimeout:         time.Minute,
+		Name: "modal",
+		// Open when at least half of at least 2 calls within the last
+		// 10s (the default window) failed.
+		MinRequests:  2,
+		FailureRatio: 0.5,
+		OpenTimeout:  time.Minute,
 		OnStateChange: func(name string, from, to flow.BreakerState) {
 			fmt.Printf("%s: %v -> %v\n", name, from, to)
 		},
