@@ -17,6 +17,7 @@ import (
 	"github.com/beamline/beamline/internal/auth"
 	"github.com/beamline/beamline/internal/jobstore"
 	"github.com/beamline/beamline/internal/jsm"
+	"github.com/beamline/beamline/internal/natsx"
 	"github.com/beamline/beamline/pkg/envelope"
 	"github.com/beamline/beamline/streams"
 	"github.com/beamline/beamline/test/chaos/kit"
@@ -265,6 +266,14 @@ func TestForbiddenActionsFail(t *testing.T) {
 				return err
 			})
 			refusedSubscribe(t, c, ">")
+			// Replies are private: not the shared _INBOX, not another
+			// service's inbox.
+			refusedSubscribe(t, c, "_INBOX.>")
+			for _, other := range []*client{ingestC, proc, notif} {
+				if other != c {
+					refusedSubscribe(t, c, natsx.InboxPrefix(other.user)+".>")
+				}
+			}
 		})
 	}
 

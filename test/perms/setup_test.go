@@ -20,6 +20,7 @@ import (
 	"github.com/beamline/beamline/internal/config"
 	"github.com/beamline/beamline/internal/ingest"
 	"github.com/beamline/beamline/internal/jsm"
+	"github.com/beamline/beamline/internal/natsx"
 	"github.com/beamline/beamline/internal/notifier"
 	"github.com/beamline/beamline/internal/processor"
 	"github.com/beamline/beamline/internal/provider"
@@ -130,8 +131,13 @@ type client struct {
 func connect(t *testing.T, s *server.Server, user string) *client {
 	t.Helper()
 	rec := &recorder{}
-	nc, err := nats.Connect(s.ClientURL(), nats.UserInfo(user, passwords[user]), nats.Name("perms-"+user),
-		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { rec.add(err) }))
+	opts := []nats.Option{nats.UserInfo(user, passwords[user]), nats.Name("perms-" + user),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { rec.add(err) })}
+	if user != "admin" {
+		// As the binaries connect: replies on the service's own inbox.
+		opts = append(opts, natsx.Inbox(user))
+	}
+	nc, err := nats.Connect(s.ClientURL(), opts...)
 	if err != nil {
 		t.Fatalf("connect as %s: %v", user, err)
 	}
