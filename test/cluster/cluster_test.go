@@ -158,7 +158,25 @@ func TestJobsLeaderFailover(t *testing.T) {
 	}
 	start := time.Now()
 	srvs := startCluster(t)
-	urls := clientURLs(srvs)
+	failover(t, "cluster", start, clientURLs(srvs), func(name string) bool {
+		for _, s := range srvs {
+			if s.Name() == name {
+				t.Logf("shutting down %s, the JOBS stream leader", name)
+				s.Shutdown()
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// failover runs ingest and a processor on the cluster at urls, submits a
+// burst of jobs, has kill stop the server named as the JOBS stream leader
+// once killAfter jobs were accepted, and checks that every 202 completes.
+// It prints the figures prefixed with label and returns the admin's
+// JetStream context and the killed leader's name.
+func failover(t *testing.T, label string, start time.Time, urls string, kill func(name string) bool) (jetstream.JetStream, string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
 	defer cancel()
 
@@ -295,7 +313,7 @@ func TestJobsLeaderFailover(t *testing.T) {
 	go func() {
 		for i := range numJobs {
 			if i > 0 && nAccepted.Load() >= killAfter && leader == "" {
-				leader = killLeader(t, ctx, adminJS, srvs)
+				leader = killLeader(t, ctx, adminJS, kill)
 				mu.Lock()
 				killedAt = time.Now()
 				mu.Unlock()
@@ -366,7 +384,7 @@ func TestJobsLeaderFailover(t *testing.T) {
 		newLeader = ci.Leader
 	}
 	mu.Lock()
-	figures := fmt.Sprintf("cluster: submitted=%d accepted=%d refused_503=%d refused_429=%d errors=%d completed=%d lost=%d "+
+	figures := fmt.Sprintf(label+": submitted=%d accepted=%d refused_503=%d refused_429=%d errors=%d completed=%d lost=%d "+
 		"jobs_left=%d killed_leader=%s new_leader=%s first_202_after_kill=%s elapsed=%s",
 		numJobs, len(accepted), byCode[http.StatusServiceUnavailable], byCode[http.StatusTooManyRequests], byCode[-1],
 		succeeded, len(pending), jobsLeft, leader, newLeader, firstOK.Round(time.Millisecond), time.Since(start).Round(time.Second))
@@ -376,11 +394,12 @@ func TestJobsLeaderFailover(t *testing.T) {
 	if newLeader == leader {
 		t.Errorf("JOBS leader is still %s", leader)
 	}
+	return adminJS, leader
 }
 
-// killLeader shuts down the server leading the JOBS stream and returns its
-// name.
-func killLeader(t *testing.T, ctx context.Context, js jetstream.JetStream, srvs []*server.Server) string {
+// killLeader has kill stop the server leading the JOBS stream and returns
+// its name.
+func killLeader(t *testing.T, ctx context.Context, js jetstream.JetStream, kill func(name string) bool) string {
 	st, err := js.Stream(ctx, streams.Jobs)
 	if err != nil {
 		t.Errorf("JOBS info: %v", err)
@@ -391,13 +410,9 @@ func killLeader(t *testing.T, ctx context.Context, js jetstream.JetStream, srvs 
 		t.Errorf("JOBS has no leader: %v", err)
 		return "?"
 	}
-	for _, s := range srvs {
-		if s.Name() == info.Cluster.Leader {
-			t.Logf("shutting down %s, the JOBS stream leader", s.Name())
-			s.Shutdown()
-			return s.Name()
-		}
+	if !kill(info.Cluster.Leader) {
+		t.Errorf("leader %q is none of the servers", info.Cluster.Leader)
+		return "?"
 	}
-	t.Errorf("leader %q is none of the servers", info.Cluster.Leader)
-	return "?"
+	return info.Cluster.Leader
 }
