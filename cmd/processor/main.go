@@ -7,6 +7,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"os/signal"
 	"syscall"
@@ -22,6 +23,7 @@ import (
 	"github.com/beamline/beamline/internal/processor"
 	"github.com/beamline/beamline/internal/provider"
 	"github.com/beamline/beamline/internal/telemetry"
+	"github.com/beamline/beamline/pkg/flow"
 )
 
 func main() {
@@ -53,6 +55,13 @@ func run(args []string) error {
 	fs.DurationVar(&cfg.Grace, "grace", processor.DefaultGrace, "how long running jobs may finish after SIGTERM")
 	fs.DurationVar(&cfg.StartedDelay, "started-delay", processor.DefaultStartedDelay,
 		"defer a first run's running write and started event by this long; a job done sooner goes queued -> outcome in one write (0: always write running first)")
+	var minRequests uint
+	fs.UintVar(&minRequests, "breaker-min-requests", flow.DefaultBreakerMinRequests,
+		"provider breaker: calls within its 10s window below which it never opens")
+	fs.Float64Var(&cfg.Breaker.FailureRatio, "breaker-failure-ratio", flow.DefaultBreakerFailureRatio,
+		"provider breaker: opens when at least this share (0-1] of the calls within its window failed")
+	fs.DurationVar(&cfg.Breaker.OpenTimeout, "breaker-open", flow.DefaultBreakerOpenTimeout,
+		"provider breaker: how long it stays open before letting a few probe calls through")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: processor [flags]\n\nRuns Beamline jobs from NATS JetStream.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -62,6 +71,13 @@ func run(args []string) error {
 			return nil
 		}
 		return err
+	}
+	if minRequests < 1 || minRequests > math.MaxUint32 {
+		return fmt.Errorf("-breaker-min-requests must be in 1..%d, got %d", uint32(math.MaxUint32), minRequests)
+	}
+	cfg.Breaker.MinRequests = uint32(minRequests)
+	if cfg.Breaker.FailureRatio <= 0 || cfg.Breaker.FailureRatio > 1 || cfg.Breaker.OpenTimeout <= 0 {
+		return fmt.Errorf("-breaker-failure-ratio must be in (0, 1] and -breaker-open > 0")
 	}
 	log, err := common.Logger()
 	if err != nil {

@@ -353,3 +353,23 @@ func TestSupervisorGiveUpExitsNonZero(t *testing.T) {
 		t.Fatalf("stderr does not name the give-up:\n%s", stderr.String())
 	}
 }
+
+func TestBreakerFlags(t *testing.T) {
+	out, err := exec.Command(binary, "--help").CombinedOutput()
+	if err != nil {
+		t.Fatalf("--help: %v\n%s", err, out)
+	}
+	for _, f := range []string{"-breaker-min-requests", "-breaker-failure-ratio", "-breaker-open"} {
+		if !strings.Contains(string(out), f) {
+			t.Errorf("--help does not document %s:\n%s", f, out)
+		}
+	}
+	for _, args := range [][]string{
+		{"-breaker-failure-ratio", "1.5"}, {"-breaker-failure-ratio", "0"},
+		{"-breaker-min-requests", "0"}, {"-breaker-open", "0s"},
+	} {
+		if err := run(args); err == nil || !strings.Contains(err.Error(), "breaker") {
+			t.Errorf("run(%v) = %v, want a breaker flag error", args, err)
+		}
+	}
+}

@@ -102,8 +102,13 @@ type Config struct {
 	// PriorityWeights are the weights of high, normal and low. Default 6,3,1.
 	PriorityWeights [3]int
 	// Breaker is the template of every provider's breaker (Name and
-	// OnStateChange are set by the processor). Zero: flow's defaults
-	// (5 consecutive failures, 60s open).
+	// OnStateChange are set by the processor). Zero values are flow's
+	// defaults: open when at least FailureRatio 0.5 of at least MinRequests
+	// 20 calls within the rolling Interval of 10s failed, stay open
+	// OpenTimeout 5s, then MaxRequests 3 probes. The breaker is for a
+	// provider that is down: jobs failing one by one (a job's own transient
+	// error, a poison job) do not make the volume or the ratio, so they are
+	// retried by redelivery without pausing anyone else.
 	Breaker flow.BreakerConfig
 	// Source is the CloudEvents source of events. Default DefaultSource.
 	Source string
@@ -210,6 +215,10 @@ func (c *Config) withDefaults() (Config, error) {
 		return bad("max result must be in 1..%d, got %d", envelope.MaxSize, out.MaxResult)
 	case len(out.Kinds) == 0:
 		return bad("no kinds")
+	case out.Breaker.FailureRatio < 0 || out.Breaker.FailureRatio > 1:
+		return bad("breaker failure ratio must be in (0, 1], got %v", out.Breaker.FailureRatio)
+	case out.Breaker.OpenTimeout < 0:
+		return bad("breaker open time must not be negative")
 	}
 	for _, w := range out.PriorityWeights {
 		if w < 1 {

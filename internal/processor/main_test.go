@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"sync"
 	"testing"
@@ -81,7 +82,7 @@ func baseConfig(t *testing.T) Config {
 		StartedDelay: -1,
 		// The sim's failures are per job, not a sign of an unhealthy
 		// provider: keep the breaker out of the way except where tested.
-		Breaker: flow.BreakerConfig{ConsecutiveFailures: 1 << 20},
+		Breaker: flow.BreakerConfig{MinRequests: math.MaxUint32},
 	}
 }
 
