@@ -138,15 +138,11 @@ func (p *Processor) Handler() http.Handler { return p.mux }
 // returns an error when the setup fails or when the supervisor of the
 // pullers, the cancel subscriber and the ops server gives up.
 func (p *Processor) Run(ctx context.Context) error {
-	kv, err := jsm.JobStatus(ctx, p.js)
-	if err != nil {
-		return err
-	}
-	p.store = jobstore.New(p.js, kv, jobstore.Config{Source: p.cfg.Source, Traceparent: traceparentOf})
-	for _, u := range p.pullers { // fail fast on a bad definition
-		if _, err := jsm.ApplyConsumer(ctx, p.js, u.prio, u.kind, p.consumerConfig); err != nil {
-			return err
+	if err := p.setup(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped before JetStream was ready: nothing to hand back
 		}
+		return err
 	}
 	ln, err := ops.Listen(p.cfg.Listener, p.cfg.Addr)
 	if err != nil {
@@ -213,6 +209,54 @@ func (p *Processor) Run(ctx context.Context) error {
 	if supErr != nil {
 		return fmt.Errorf("processor: %w", supErr)
 	}
+	return nil
+}
+
+// setupAttemptTimeout bounds one attempt of setup.
+const setupAttemptTimeout = 10 * time.Second
+
+// setup opens the job_status KV and applies every consumer. A processor may
+// start before JetStream is ready — the streams not created yet, or, on a
+// fresh cluster, their leaders not elected ("jsm: not applied: ... context
+// deadline exceeded") — so a failed attempt is logged and retried with
+// backoff, each attempt bounded by setupAttemptTimeout, until ctx ends. Only
+// a definition the server refuses (jsm.ErrIncompatible) or that cannot be
+// read (jsm.ErrDefinition) fails at once: retrying cannot fix it.
+func (p *Processor) setup(ctx context.Context) error {
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, setupAttemptTimeout)
+		err := p.trySetup(actx)
+		cancel()
+		switch {
+		case err == nil:
+			if attempt > 1 {
+				p.log.Info("JetStream ready", "attempts", attempt)
+			}
+			return nil
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case errors.Is(err, jsm.ErrIncompatible) || errors.Is(err, jsm.ErrDefinition):
+			return err
+		}
+		wait := flow.Backoff(attempt, 100*time.Millisecond, 5*time.Second, 0.2, nil)
+		p.log.Warn("JetStream not ready; retrying setup", "attempt", attempt, "retry_in", wait, "err", err)
+		if !sleepCtx(ctx, wait) {
+			return ctx.Err()
+		}
+	}
+}
+
+func (p *Processor) trySetup(ctx context.Context) error {
+	kv, err := jsm.JobStatus(ctx, p.js)
+	if err != nil {
+		return err
+	}
+	for _, u := range p.pullers {
+		if _, err := jsm.ApplyConsumer(ctx, p.js, u.prio, u.kind, p.consumerConfig); err != nil {
+			return err
+		}
+	}
+	p.store = jobstore.New(p.js, kv, jobstore.Config{Source: p.cfg.Source, Traceparent: traceparentOf})
 	return nil
 }
 
