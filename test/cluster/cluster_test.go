@@ -2,6 +2,10 @@
 // streams: the JOBS stream leader is shut down in the middle of a burst of
 // submissions, and every job that got 202 still completes; submissions
 // during the election get 503 or 429, never a 202 that is later lost.
+// TestJobsLeaderFailover runs the servers in process and shuts the leader
+// down (a graceful hand-over); TestJobsLeaderHardKill runs them as
+// nats-server OS processes and kills the leader with SIGKILL (a real
+// election), then restarts it and checks it rejoins.
 package cluster
 
 import (

@@ -24,6 +24,15 @@ var (
 	buildErr  error
 )
 
+// TestMain removes the nats-server built for the hard-kill test.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if serverBin != "" {
+		os.RemoveAll(filepath.Dir(serverBin))
+	}
+	os.Exit(code)
+}
+
 // natsServerBin builds nats-server (the version in go.mod, from the module
 // cache) once per test binary run.
 func natsServerBin(t *testing.T) string {
