@@ -39,14 +39,11 @@ const (
 	processorsN = 2
 	kills       = 4
 	// transientPct of the jobs fail 1–2 times before succeeding, panicPct
-	// panic once. Not the ~30% of issue 8: the processor's provider breaker
-	// (flow defaults: open after 5 consecutive failures, for 60s, and a
-	// failing half-open probe re-opens it) cannot be tuned from the
-	// processor's command line, and at 30% failing calls it opens every few
-	// hundred calls and stalls both processors for minutes. At ~10% failing
-	// calls a run of 5 is rare enough (expected < 0.05 per run).
-	transientPct = 8
-	panicPct     = 2
+	// panic once: the issue's "about 30% with transient failures and some
+	// with panics". The provider breaker judges a failure ratio over a
+	// volume of calls, so these per-job failures do not open it.
+	transientPct = 30
+	panicPct     = 5
 )
 
 var secret = "chaos-test-secret-0123456789abcdef"
@@ -277,50 +274,14 @@ func TestChaos(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Keep healthy traffic flowing (a job every 50ms) until the jobs
-	// designed to die are dead, as production traffic would. Without it the
-	// tail is nothing but poison jobs: every call fails, the provider breaker
-	// opens (5 consecutive failures) and each failing half-open probe holds
-	// it open another 60s, so the last poison jobs die one per minute.
-	fillers := 0
-	fillUntil := time.Now().Add(90 * time.Second)
-	for ctx.Err() == nil && time.Now().Before(fillUntil) {
-		mu.Lock()
-		var alive []string
-		for id := range dying {
-			alive = append(alive, id)
-		}
-		mu.Unlock()
-		done := 0
-		for _, id := range alive {
-			if e, err := kv.Get(ctx, id); err == nil {
-				if snap, err := envelope.DecodeSnapshot(e.Value()); err == nil && snap.Status.Terminal() {
-					done++
-				}
-			}
-		}
-		if done == len(alive) {
-			break
-		}
-		for range 4 {
-			sub, err := kit.Submit(ctx, hc, c.ingestURL, token, "", kit.SimJob("image", map[string]any{"duration_ms": 5}))
-			if err == nil && sub.Status == http.StatusAccepted {
-				mu.Lock()
-				accepted[sub.Snapshot.ID] = -1
-				mu.Unlock()
-				fillers++
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
 	mu.Lock()
 	ids := make([]string, 0, len(accepted))
 	for id := range accepted {
 		ids = append(ids, id)
 	}
 	mu.Unlock()
-	t.Logf("submitted: %d accepted (%d planned, %d fillers), %d refused and retried (%s)",
-		len(ids), numJobs, fillers, refused.Load(), time.Since(start).Round(time.Millisecond))
+	t.Logf("submitted: %d accepted of %d, %d refused and retried (%s)",
+		len(ids), numJobs, refused.Load(), time.Since(start).Round(time.Millisecond))
 
 	// Every accepted job ends terminal in job_status.
 	final := map[string]envelope.Snapshot{}
@@ -430,16 +391,16 @@ func TestChaos(t *testing.T) {
 	for _, p := range c.procs {
 		panics += p.count("panic")
 	}
-	figures := fmt.Sprintf("chaos: accepted=%d fillers=%d completed=%d retried=%d dead=%d failed=%d lost=%d jobs_left=%d dlq=%d "+
+	figures := fmt.Sprintf("chaos: accepted=%d completed=%d retried=%d dead=%d failed=%d lost=%d jobs_left=%d dlq=%d "+
 		"events_stored=%d processor_kills=%d notifier_restarts=1 refused_429_503=%d ws_events=%d ws_duplicates=%d ws_joins=%d "+
 		"ws_gaps=%d ws_missing_terminal=%d ws_multi_terminal=%d elapsed=%s",
-		len(ids), fillers, counts[envelope.StatusSucceeded], retried, counts[envelope.StatusDead], counts[envelope.StatusFailed],
+		len(ids), counts[envelope.StatusSucceeded], retried, counts[envelope.StatusDead], counts[envelope.StatusFailed],
 		len(pending), jobsLeft, len(dlqJobs), eventsStored, killed, refused.Load(), ws.Events, ws.Duplicates, ws.Joins,
 		ws.Gaps, missing, multi, time.Since(start).Round(time.Second))
 	t.Log(figures)
 	fmt.Println(figures)
-	if len(ids) != numJobs+fillers {
-		t.Errorf("accepted %d of %d jobs", len(ids), numJobs+fillers)
+	if len(ids) != numJobs {
+		t.Errorf("accepted %d of %d jobs", len(ids), numJobs)
 	}
 }
 
