@@ -393,8 +393,7 @@ func failover(t *testing.T, label string, start time.Time, urls string, kill fun
 		numJobs, len(accepted), byCode[http.StatusServiceUnavailable], byCode[http.StatusTooManyRequests], byCode[-1],
 		succeeded, len(pending), jobsLeft, leader, newLeader, firstOK.Round(time.Millisecond), time.Since(start).Round(time.Second))
 	mu.Unlock()
-	t.Log(figures)
-	fmt.Println(figures)
+	kit.Figures(t, figures)
 	if newLeader == leader {
 		t.Errorf("JOBS leader is still %s", leader)
 	}

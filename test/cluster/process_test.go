@@ -212,6 +212,5 @@ func TestJobsLeaderHardKill(t *testing.T) {
 	})
 	msg := fmt.Sprintf("cluster-sigkill: %s restarted and rejoined as a current replica after %s",
 		leader, time.Since(start).Round(time.Second))
-	t.Log(msg)
-	fmt.Println(msg)
+	kit.Figures(t, msg)
 }
