@@ -1,16 +1,10 @@
 package jsm_test
 
 import (
-	"bytes"
-	"context"
-	"go/build"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -20,64 +14,6 @@ import (
 	"github.com/beamline/beamline/streams"
 )
 
-// natsCLIInstall is how .ci/run installs the CLI this test drives.
-const natsCLIInstall = "go install github.com/nats-io/natscli/nats@v0.5.0"
-
-// natsCLI finds the nats binary on PATH or in $GOPATH/bin. Without it the
-// test is skipped on a laptop but fails under CI=true, so CI can never pass
-// by silently skipping it.
-func natsCLI(t *testing.T) string {
-	t.Helper()
-	if p, err := exec.LookPath("nats"); err == nil {
-		return p
-	}
-	gopaths := []string{os.Getenv("GOPATH"), build.Default.GOPATH}
-	if out, err := exec.Command("go", "env", "GOPATH").Output(); err == nil {
-		gopaths = append(gopaths, strings.TrimSpace(string(out)))
-	}
-	for _, dir := range filepath.SplitList(strings.Join(gopaths, string(filepath.ListSeparator))) {
-		if dir == "" {
-			continue
-		}
-		p := filepath.Join(dir, "bin", "nats")
-		if st, err := os.Stat(p); err == nil && !st.IsDir() {
-			return p
-		}
-	}
-	if ci := os.Getenv("CI"); ci != "" && ci != "false" && ci != "0" {
-		t.Fatalf("the nats CLI is not installed (CI=%s, so this is a failure, not a skip); install it with: %s", os.Getenv("CI"), natsCLIInstall)
-	}
-	t.Skipf("the nats CLI is not on PATH or in $GOPATH/bin; install it with: %s", natsCLIInstall)
-	return ""
-}
-
-// cli runs the nats CLI against url with no context, no user config and
-// no NATS_* variables from the environment.
-type cli struct {
-	bin, url, home string
-}
-
-func (c cli) run(t *testing.T, args ...string) string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	full := append([]string{"--server", c.url, "--timeout", "10s"}, args...)
-	cmd := exec.CommandContext(ctx, c.bin, full...)
-	env := []string{"HOME=" + c.home, "XDG_CONFIG_HOME=" + filepath.Join(c.home, ".config"), "NO_COLOR=1"}
-	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, "NATS_") || strings.HasPrefix(kv, "HOME=") || strings.HasPrefix(kv, "XDG_CONFIG_HOME=") {
-			continue
-		}
-		env = append(env, kv)
-	}
-	cmd.Env = env
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("nats %s: %v\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), err, out.String(), errb.String())
-	}
-	return out.String()
-}
 
 func streamFiles(t *testing.T) (streamsDir string, files, consumers []string) {
 	t.Helper()
@@ -100,25 +36,23 @@ func streamFiles(t *testing.T) (streamsDir string, files, consumers []string) {
 // CLI accepts every file in streams/, and what it creates is what the
 // binaries create through jsm.
 func TestNATSCLIAcceptsStreamFiles(t *testing.T) {
-	bin := natsCLI(t)
-	_, files, consumers := streamFiles(t)
-
 	srv := natstest.Start(t)
-	c := cli{bin: bin, url: srv.ClientURL(), home: t.TempDir()}
+	c := natstest.NewCLI(t, srv.ClientURL())
+	_, files, consumers := streamFiles(t)
 	for _, f := range files {
-		c.run(t, "stream", "add", "--config", f)
+		c.Run(t, "stream", "add", "--config", f)
 	}
 	for _, f := range consumers {
-		c.run(t, "consumer", "add", streams.Jobs, "--config", f)
+		c.Run(t, "consumer", "add", streams.Jobs, "--config", f)
 	}
 
-	ls := c.run(t, "stream", "ls", "--names")
+	ls := c.Run(t, "stream", "ls", "--names")
 	for _, name := range allStreams {
 		if !strings.Contains(ls, name) {
 			t.Errorf("nats stream ls does not list %s:\n%s", name, ls)
 		}
 	}
-	cls := c.run(t, "consumer", "ls", streams.Jobs, "--names")
+	cls := c.Run(t, "consumer", "ls", streams.Jobs, "--names")
 	for _, f := range consumers {
 		name := strings.TrimSuffix(filepath.Base(f), ".json")
 		if !strings.Contains(cls, name) {
@@ -127,8 +61,8 @@ func TestNATSCLIAcceptsStreamFiles(t *testing.T) {
 	}
 
 	// The KV bucket made from kv_job_status.json works with nats kv.
-	c.run(t, "kv", "put", streams.JobStatus, "job-1", `{"status":"queued"}`)
-	if got := strings.TrimSpace(c.run(t, "kv", "get", streams.JobStatus, "job-1", "--raw")); got != `{"status":"queued"}` {
+	c.Run(t, "kv", "put", streams.JobStatus, "job-1", `{"status":"queued"}`)
+	if got := strings.TrimSpace(c.Run(t, "kv", "get", streams.JobStatus, "job-1", "--raw")); got != `{"status":"queued"}` {
 		t.Errorf("nats kv get = %q", got)
 	}
 

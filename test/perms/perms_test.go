@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/beamline/beamline/internal/auth"
 	"github.com/beamline/beamline/internal/jobstore"
 	"github.com/beamline/beamline/internal/jsm"
+	"github.com/beamline/beamline/internal/natstest"
 	"github.com/beamline/beamline/internal/natsx"
 	"github.com/beamline/beamline/pkg/envelope"
 	"github.com/beamline/beamline/streams"
@@ -25,6 +27,7 @@ import (
 
 // pipeline is the three services, each on its own user.
 type pipeline struct {
+	natsURL                string
 	ingestURL, notifierURL string
 	ingest, processor      *client
 	notifier, admin        *client
@@ -35,6 +38,7 @@ func startPipeline(t *testing.T) *pipeline {
 	t.Helper()
 	s := startServer(t)
 	p := &pipeline{
+		natsURL:   s.ClientURL(),
 		ingest:    connect(t, s, "ingest"),
 		processor: connect(t, s, "processor"),
 		notifier:  connect(t, s, "notifier"),
@@ -139,6 +143,15 @@ func TestEachServiceWorksWithItsOwnUser(t *testing.T) {
 	}
 	if _, err := dlq.GetLastMsgForSubject(ctx, envelope.DLQSubject("image")); err != nil {
 		t.Fatalf("dead job not on DLQ: %v", err)
+	}
+	// An operator reads it with the real nats CLI (issue 3): the original
+	// envelope, the reason and the attempt count.
+	view := natstest.NewCLI(t, p.natsURL, "--user", "admin", "--password", passwords["admin"]).
+		RunTTY(t, "stream", "view", streams.DLQ, "25", "--subject", envelope.DLQSubject("image"))
+	for _, want := range []string{dead, "Beamline-Dead-Reason", "Beamline-Attempts"} {
+		if !strings.Contains(view, want) {
+			t.Errorf("nats stream view DLQ does not show %q:\n%s", want, view)
+		}
 	}
 	// Replay through a new socket: the notifier reads EVENTS with its user.
 	ws2, _, err := kit.Dial(ctx, p.notifierURL, p.token, nil)
