@@ -397,8 +397,7 @@ func TestChaos(t *testing.T) {
 		len(ids), counts[envelope.StatusSucceeded], retried, counts[envelope.StatusDead], counts[envelope.StatusFailed],
 		len(pending), jobsLeft, len(dlqJobs), eventsStored, killed, refused.Load(), ws.Events, ws.Duplicates, ws.Joins,
 		ws.Gaps, missing, multi, time.Since(start).Round(time.Second))
-	t.Log(figures)
-	fmt.Println(figures)
+	kit.Figures(t, figures)
 	if len(ids) != numJobs {
 		t.Errorf("accepted %d of %d jobs", len(ids), numJobs)
 	}
