@@ -67,8 +67,9 @@ func (c *conn) handle(mt int, data []byte) {
 	switch f.Event {
 	case phoenix.EventLeave:
 		c.leave(sb, f)
-	case "ping":
-		// Echo, so clients can measure round trips and check replies.
+	case "ping", "bin":
+		// Echo, so clients can measure round trips and check replies; a
+		// binary push gets a binary reply with the same bytes (§7).
 		if f.Binary {
 			if b := phoenix.BinaryReply(f.JoinRef, f.Ref, f.Topic, "ok", f.Payload); b != nil {
 				c.mu.Lock()

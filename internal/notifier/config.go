@@ -44,9 +44,13 @@ type Config struct {
 	AllowedOrigins []string
 	// MaxChannels is the most topics one connection may join. Default 100.
 	MaxChannels int
-	// SendQueue is the most frames waiting to be written to one connection;
-	// a client that lets it fill up is disconnected. Default 256.
+	// SendQueue is the most frames waiting to be written to one connection
+	// (for a long-poll session: waiting for the next poll); a client that
+	// lets it fill up is disconnected. Default 256.
 	SendQueue int
+	// LongPollSessions is the most long-poll sessions this process keeps
+	// open; a client beyond it is told to retry later. Default 10000.
+	LongPollSessions int
 	// MaxFrame is the largest inbound frame in bytes. Default 64 KiB.
 	MaxFrame int
 	// PushRate is the most client frames per second per connection (a
@@ -77,6 +81,10 @@ type Config struct {
 	// join (defaults 10000 jobs, 3s; tests shrink them).
 	userScanMax  int
 	userScanTime time.Duration
+	// lpHold is how long a poll waits for frames (default 10s); lpExpiry
+	// ends a session that was not polled for that long (default 15s).
+	lpHold   time.Duration
+	lpExpiry time.Duration
 	// laneDepth is the capacity of each live-message lane (default
 	// defaultLaneDepth; tests shrink it to make drops).
 	laneDepth int
@@ -91,6 +99,15 @@ func (c *Config) setDefaults() error {
 	}
 	if c.SendQueue == 0 {
 		c.SendQueue = 256
+	}
+	if c.LongPollSessions == 0 {
+		c.LongPollSessions = 10000
+	}
+	if c.lpHold <= 0 {
+		c.lpHold = 10 * time.Second
+	}
+	if c.lpExpiry <= 0 {
+		c.lpExpiry = 15 * time.Second
 	}
 	if c.MaxFrame == 0 {
 		c.MaxFrame = 64 << 10
@@ -119,6 +136,8 @@ func (c *Config) setDefaults() error {
 	switch {
 	case c.MaxChannels < 0:
 		return fmt.Errorf("%w: MaxChannels must be > 0", ErrInvalidConfig)
+	case c.LongPollSessions < 0:
+		return fmt.Errorf("%w: LongPollSessions must be > 0", ErrInvalidConfig)
 	case c.SendQueue < 0:
 		return fmt.Errorf("%w: SendQueue must be > 0", ErrInvalidConfig)
 	case c.MaxFrame < 256:

@@ -45,6 +45,10 @@ type conn struct {
 	closeCode int
 	closeMsg  string
 	reason    string // metric label
+
+	// lp is set when the client speaks the long-poll transport: there is
+	// no socket, and queued frames wait for the client's next poll.
+	lp *lpSession
 }
 
 var readBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
@@ -180,6 +184,10 @@ func (c *conn) fail(code int, msg, reason string) {
 	c.queue = nil
 	c.cond.Broadcast()
 	c.mu.Unlock()
+	if c.lp != nil {
+		c.lp.stop()
+		return
+	}
 	_ = c.ws.NetConn().SetReadDeadline(time.Now())
 }
 
@@ -232,6 +240,10 @@ func (c *conn) enqueueLocked(f outFrame) {
 		return
 	}
 	c.queue = append(c.queue, f)
+	if c.lp != nil {
+		c.lp.wake() // the held poll (or the next one) drains the queue
+		return
+	}
 	if !c.writing {
 		c.writing = true
 		c.s.wg.Add(1)

@@ -33,6 +33,7 @@ type Service struct {
 	store    *jobstore.Store
 	events   jetstream.Stream
 	hub      *hub
+	sessions *lpRegistry // long-poll sessions
 	// directGet is the EVENTS direct-get API subject (batched reads).
 	directGet string
 	upgrader  websocket.Upgrader
@@ -97,8 +98,10 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 		},
 	}
 	s.hub = newHub(s)
+	s.sessions = newLPRegistry()
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /socket/websocket", s.serveWebSocket)
+	mux.HandleFunc("/socket/longpoll", s.serveLongPoll)
 	mux.HandleFunc("GET /v1/jobs/{id}/events", s.serveSSE)
 	ops.Register(mux, gathererOf(reg), ops.NATSReady(nc, js))
 	if cfg.Static != nil {
