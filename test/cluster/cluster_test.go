@@ -27,11 +27,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/beamline/beamline/internal/auth"
-	"github.com/beamline/beamline/internal/config"
 	"github.com/beamline/beamline/internal/ingest"
 	"github.com/beamline/beamline/internal/jsm"
 	"github.com/beamline/beamline/internal/processor"
-	"github.com/beamline/beamline/internal/provider"
 	"github.com/beamline/beamline/pkg/envelope"
 	"github.com/beamline/beamline/streams"
 	"github.com/beamline/beamline/test/chaos/kit"
@@ -78,16 +76,7 @@ func startCluster(t *testing.T) []*server.Server {
 			Cluster:    server.ClusterOpts{Name: "beamline", Host: "127.0.0.1", Port: p},
 			Routes:     server.RoutesFromStr(strings.Join(routes, ",")),
 		}
-		s, err := server.NewServer(opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		go s.Start()
-		srvs = append(srvs, s)
-		t.Cleanup(func() {
-			s.Shutdown()
-			s.WaitForShutdown()
-		})
+		srvs = append(srvs, kit.NewServer(t, opts))
 	}
 	for _, s := range srvs {
 		if !s.ReadyForConnections(20 * time.Second) {
@@ -145,15 +134,6 @@ func run(t *testing.T, name string, fn func(context.Context) error) {
 			t.Errorf("%s did not stop", name)
 		}
 	})
-}
-
-func listen(t *testing.T) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ln
 }
 
 func TestJobsLeaderFailover(t *testing.T) {
@@ -218,7 +198,7 @@ func failover(t *testing.T, label string, start time.Time, urls string, kill fun
 
 	// Ingest and one processor, in process, each on its own connection.
 	inc, ijs := connect(t, urls, "ingest")
-	ln := listen(t)
+	ln := kit.Listen(t)
 	ing, err := ingest.New(ingest.Config{Listener: ln, Kinds: []string{"image"}, Secret: secret, RequestTimeout: 3 * time.Second},
 		inc, ijs, nil, nil)
 	if err != nil {
@@ -228,24 +208,16 @@ func failover(t *testing.T, label string, start time.Time, urls string, kill fun
 	base := "http://" + ln.Addr().String()
 
 	pnc, pjs := connect(t, urls, "processor")
-	sim, err := provider.New("sim", provider.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	proc, err := processor.New(processor.Config{
-		Listener:        listen(t),
-		Kinds:           []config.Kind{{Name: "image"}},
-		Providers:       map[string]provider.Provider{sim.Name(): sim},
-		DefaultProvider: sim.Name(),
-		Concurrency:     16,
-		MaxPerUser:      16,
-		MaxDeliver:      20,
-		AckWait:         5 * time.Second,
-		BackoffMin:      50 * time.Millisecond,
-		BackoffMax:      time.Second,
-		Grace:           time.Second,
-		PollWait:        250 * time.Millisecond,
-	}, pnc, pjs, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	proc, err := processor.New(kit.SimProcessorConfig(t, processor.Config{
+		Concurrency: 16,
+		MaxPerUser:  16,
+		MaxDeliver:  20,
+		AckWait:     5 * time.Second,
+		BackoffMin:  50 * time.Millisecond,
+		BackoffMax:  time.Second,
+		Grace:       time.Second,
+		PollWait:    250 * time.Millisecond,
+	}), pnc, pjs, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
-	"net"
 	"sync"
 	"testing"
 	"time"
@@ -15,21 +14,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
-	"github.com/beamline/beamline/internal/config"
 	"github.com/beamline/beamline/internal/ingest"
 	"github.com/beamline/beamline/internal/jsm"
 	"github.com/beamline/beamline/internal/natsx"
 	"github.com/beamline/beamline/internal/notifier"
 	"github.com/beamline/beamline/internal/processor"
-	"github.com/beamline/beamline/internal/provider"
+	"github.com/beamline/beamline/test/chaos/kit"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreAnyFunction("github.com/nats-io/nats-server/v2/server.(*Server).startGoRoutine.func1"),
-		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
-		goleak.IgnoreAnyFunction("github.com/nats-io/nats-server/v2/server.(*fileStore).syncBlocks"),
-	)
+	goleak.VerifyTestMain(m, kit.LeakOptions()...)
 }
 
 const (
@@ -60,22 +54,10 @@ func (s *syncBuffer) String() string {
 // startServer runs a JetStream server that requires a user and password.
 func startServer(t *testing.T) *server.Server {
 	t.Helper()
-	s, err := server.NewServer(&server.Options{
+	return kit.StartServer(t, &server.Options{
 		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true,
 		Users: []*server.User{{Username: natsUser, Password: natsPassword}},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	t.Cleanup(func() {
-		s.Shutdown()
-		s.WaitForShutdown()
-	})
-	return s
 }
 
 // natsURL is the URL with the password in it, as the binaries get it.
@@ -104,73 +86,39 @@ func connect(t *testing.T, s *server.Server, name string, log *slog.Logger) (*na
 	return nc, js
 }
 
-func listen(t *testing.T) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ln
-}
-
-func run(t *testing.T, name string, fn func(context.Context) error) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- fn(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("%s: %v", name, err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Errorf("%s did not stop", name)
-		}
-	})
-}
-
 func startIngest(t *testing.T, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger) string {
 	t.Helper()
-	ln := listen(t)
+	ln := kit.Listen(t)
 	svc, err := ingest.New(ingest.Config{Listener: ln, Kinds: []string{"image"}, Secret: secret, Grace: time.Second}, nc, js, log, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	run(t, "ingest", svc.Run)
+	kit.Run(t, "ingest", svc.Run)
 	return "http://" + ln.Addr().String()
 }
 
 func startNotifier(t *testing.T, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, origins []string) string {
 	t.Helper()
-	ln := listen(t)
+	ln := kit.Listen(t)
 	svc, err := notifier.New(notifier.Config{Listener: ln, Secret: secret, AllowedOrigins: origins}, nc, js, log, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	run(t, "notifier", svc.Run)
+	kit.Run(t, "notifier", svc.Run)
 	return "http://" + ln.Addr().String()
 }
 
 func startProcessor(t *testing.T, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger) {
 	t.Helper()
-	sim, err := provider.New("sim", provider.Config{})
+	p, err := processor.New(kit.SimProcessorConfig(t, processor.Config{
+		Concurrency: 4,
+		BackoffMin:  10 * time.Millisecond,
+		BackoffMax:  50 * time.Millisecond,
+		Grace:       time.Second,
+		PollWait:    200 * time.Millisecond,
+	}), nc, js, log, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := processor.New(processor.Config{
-		Listener:        listen(t),
-		Kinds:           []config.Kind{{Name: "image"}},
-		Providers:       map[string]provider.Provider{sim.Name(): sim},
-		DefaultProvider: sim.Name(),
-		Concurrency:     4,
-		BackoffMin:      10 * time.Millisecond,
-		BackoffMax:      50 * time.Millisecond,
-		Grace:           time.Second,
-		PollWait:        200 * time.Millisecond,
-	}, nc, js, log, prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	run(t, "processor", p.Run)
+	kit.Run(t, "processor", p.Run)
 }

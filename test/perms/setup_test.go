@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -17,21 +16,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
-	"github.com/beamline/beamline/internal/config"
 	"github.com/beamline/beamline/internal/ingest"
 	"github.com/beamline/beamline/internal/jsm"
 	"github.com/beamline/beamline/internal/natsx"
 	"github.com/beamline/beamline/internal/notifier"
 	"github.com/beamline/beamline/internal/processor"
-	"github.com/beamline/beamline/internal/provider"
+	"github.com/beamline/beamline/test/chaos/kit"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreAnyFunction("github.com/nats-io/nats-server/v2/server.(*Server).startGoRoutine.func1"),
-		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
-		goleak.IgnoreAnyFunction("github.com/nats-io/nats-server/v2/server.(*fileStore).syncBlocks"),
-	)
+	goleak.VerifyTestMain(m, kit.LeakOptions()...)
 }
 
 var secret = []byte("perms-test-secret-0123456789")
@@ -64,19 +58,7 @@ func startServer(t *testing.T) *server.Server {
 	opts.HTTPHost, opts.HTTPPort = "", 0
 	opts.StoreDir = t.TempDir()
 	opts.NoSigs, opts.NoLog = true, true
-	s, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	t.Cleanup(func() {
-		s.Shutdown()
-		s.WaitForShutdown()
-	})
-	return s
+	return kit.StartServer(t, opts)
 }
 
 // recorder collects a connection's asynchronous errors: the server's
@@ -159,55 +141,20 @@ func (c *client) applyStreams(t *testing.T) {
 	}
 }
 
-func listen(t *testing.T) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ln
-}
-
-// run starts fn in a goroutine and, at cleanup, cancels it and waits.
-func run(t *testing.T, name string, fn func(context.Context) error) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- fn(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("%s: Run: %v", name, err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Errorf("%s did not stop", name)
-		}
-	})
-}
-
 func startIngest(t *testing.T, c *client) string {
 	t.Helper()
-	ln := listen(t)
+	ln := kit.Listen(t)
 	svc, err := ingest.New(ingest.Config{Listener: ln, Kinds: []string{"image"}, Secret: secret}, c.nc, c.js, nil, nil)
 	if err != nil {
 		t.Fatalf("ingest.New as %s: %v (violations %v)", c.user, err, c.rec.violations())
 	}
-	run(t, "ingest", svc.Run)
+	kit.Run(t, "ingest", svc.Run)
 	return "http://" + ln.Addr().String()
 }
 
 func startProcessor(t *testing.T, c *client) {
 	t.Helper()
-	sim, err := provider.New("sim", provider.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := processor.New(processor.Config{
-		Listener:        listen(t),
-		Kinds:           []config.Kind{{Name: "image"}},
-		Providers:       map[string]provider.Provider{sim.Name(): sim},
-		DefaultProvider: sim.Name(),
+	p, err := processor.New(kit.SimProcessorConfig(t, processor.Config{
 		Concurrency:     4,
 		MaxDeliver:      2,
 		AckWait:         5 * time.Second,
@@ -216,20 +163,20 @@ func startProcessor(t *testing.T, c *client) {
 		Grace:           time.Second,
 		PollWait:        200 * time.Millisecond,
 		MetricsInterval: 200 * time.Millisecond,
-	}, c.nc, c.js, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	}), c.nc, c.js, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatalf("processor.New as %s: %v (violations %v)", c.user, err, c.rec.violations())
 	}
-	run(t, "processor", p.Run)
+	kit.Run(t, "processor", p.Run)
 }
 
 func startNotifier(t *testing.T, c *client) string {
 	t.Helper()
-	ln := listen(t)
+	ln := kit.Listen(t)
 	svc, err := notifier.New(notifier.Config{Listener: ln, Secret: secret}, c.nc, c.js, nil, nil)
 	if err != nil {
 		t.Fatalf("notifier.New as %s: %v (violations %v)", c.user, err, c.rec.violations())
 	}
-	run(t, "notifier", svc.Run)
+	kit.Run(t, "notifier", svc.Run)
 	return "http://" + ln.Addr().String()
 }
