@@ -7,8 +7,9 @@
 // The server never answers a push of the event "unanswered" (a test hook).
 // Set BEAMLINE_LONG=1 (or CI=true) for the 65 s heartbeat test.
 //
-// Out of scope: presence (§10 item 12; the notifier has no presence) and the
-// long-poll transport (item 14; the notifier serves WebSocket and SSE only).
+// Out of scope: presence (§10 item 12; the notifier has no presence).
+// Binary frames (item 13) and the long-poll transport (item 14) are in
+// longpoll.test.js.
 "use strict";
 const { describe, test, after } = require("node:test");
 const assert = require("node:assert/strict");

@@ -1,0 +1,202 @@
+// The long-poll transport and binary frames against the Beamline notifier,
+// with the official phoenix client, newest 1.8.x and 1.8.15
+// (PHOENIX-PROTOCOL.md §7, §9, §10 items 13 and 14). Started by
+// internal/notifier/phoenixjs_test.go like compat.test.js.
+// Set BEAMLINE_LONG=1 (or CI=true) for the 15 s quiet-period test.
+"use strict";
+const { describe, test, after } = require("node:test");
+const assert = require("node:assert/strict");
+const WebSocket = require("ws");
+
+const WS = process.env.NOTIFIER_WS;
+const CTRL = process.env.CONTROL_URL;
+const ALICE = process.env.TOKEN_ALICE;
+const LONG = process.env.BEAMLINE_LONG === "1" || process.env.CI === "true";
+if (!WS || !CTRL) throw new Error("run me through internal/notifier/phoenixjs_test.go");
+
+const clients = { newest: require("phoenix"), "1.8.15": require("phoenix-1815") };
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor(cond, ms = 5000, what = "condition") {
+  const deadline = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+async function ctrl(path, method = "POST") {
+  const r = await fetch(CTRL + path, { method });
+  if (!r.ok) throw new Error(`${path}: ${r.status}`);
+  return r.json();
+}
+
+const newJob = async (user) => (await ctrl(`/job?user=${user}`)).id;
+const event = (job, type, p = 0) => ctrl(`/event?job=${job}&type=${type}&p=${p}`);
+
+function join(ch) {
+  return new Promise((resolve, reject) => {
+    ch.join()
+      .receive("ok", resolve)
+      .receive("error", (e) => reject(new Error("join error: " + JSON.stringify(e))))
+      .receive("timeout", () => reject(new Error("join timeout")));
+  });
+}
+
+function push(ch, ev, payload) {
+  return new Promise((resolve, reject) =>
+    ch.push(ev, payload)
+      .receive("ok", resolve)
+      .receive("error", (e) => reject(new Error("push error: " + JSON.stringify(e))))
+      .receive("timeout", () => reject(new Error("push timeout"))));
+}
+
+// A sessionStorage stand-in (Node has none); the fallback remembers itself there.
+const memoryStorage = () => {
+  const m = new Map();
+  return { getItem: (k) => (m.has(k) ? m.get(k) : null), setItem: (k, v) => m.set(k, String(v)), removeItem: (k) => m.delete(k) };
+};
+
+const bytes = () => new Uint8Array([0, 1, 2, 0xde, 0xad, 0xbe, 0xef, 255]);
+
+for (const [name, phx] of Object.entries(clients)) {
+  describe(`phoenix ${name}`, () => {
+    const sockets = [];
+    const connect = async (opts) => {
+      const s = new phx.Socket(WS, opts);
+      sockets.push(s);
+      let opened = false;
+      s.onOpen(() => (opened = true));
+      s.connect();
+      await waitFor(() => opened, 5000, "onOpen");
+      return s;
+    };
+    after(() => sockets.forEach((s) => s.disconnect()));
+
+    test("13. push('bin', ArrayBuffer) is a binary frame; the binary reply resolves ok with an ArrayBuffer", async () => {
+      const s = await connect({ transport: WebSocket, params: { token: ALICE } });
+      const ch = s.channel("user:alice");
+      await join(ch);
+      const sent = bytes();
+      const r = await push(ch, "bin", sent.buffer);
+      assert.ok(r instanceof ArrayBuffer, `reply is ${Object.prototype.toString.call(r)}`);
+      assert.deepEqual(new Uint8Array(r), sent);
+    });
+
+    for (const [how, opts] of [
+      ["token param", { params: { token: ALICE } }],
+      ["authToken", { authToken: ALICE }],
+    ]) {
+      test(`14. LongPoll (${how}): join, push/reply, job events and a broadcast`, async () => {
+        const s = await connect({ transport: phx.LongPoll, ...opts });
+        assert.ok(s.conn instanceof phx.LongPoll);
+        const id = await newJob("alice");
+        const ch = s.channel(`job:${id}`);
+        const seqs = [], notes = [];
+        ch.on("job", (p) => seqs.push(p.seq));
+        ch.on("note", (p) => notes.push(p.n));
+        const r = await join(ch);
+        assert.equal(r.snapshot.id, id);
+        assert.deepEqual(await push(ch, "ping", { hello: "lp" }), { hello: "lp" });
+        await event(id, "start");
+        await event(id, "progress", 50);
+        await event(id, "succeed");
+        await waitFor(() => seqs.length >= 3, 5000, "three job events");
+        assert.deepEqual(seqs, [1, 2, 3]);
+        await ctrl(`/broadcast?topic=job:${id}&event=note&n=b1`);
+        await waitFor(() => notes.length >= 1, 5000, "the broadcast");
+        assert.deepEqual(notes, ["b1"]);
+        // Many pushes at once go out in one POST batch and are answered in order.
+        const many = await Promise.all(Array.from({ length: 20 }, (_, i) => push(ch, "ping", { i })));
+        assert.deepEqual(many.map((x) => x.i), Array.from({ length: 20 }, (_, i) => i));
+      });
+    }
+
+    test("LongPoll: a binary push is sent base64 and its reply carries the bytes as base64 JSON", async () => {
+      const s = await connect({ transport: phx.LongPoll, params: { token: ALICE } });
+      const ch = s.channel("user:alice");
+      await join(ch);
+      const sent = bytes();
+      const r = await push(ch, "bin", sent.buffer);
+      assert.deepEqual(new Uint8Array(Buffer.from(r.binary, "base64")), sent);
+    });
+
+    test("LongPoll: a bad token is refused (403), onError, never onOpen", async () => {
+      const s = new phx.Socket(WS, { transport: phx.LongPoll, params: { token: "bad" } });
+      sockets.push(s);
+      let opened = false, errors = 0;
+      s.onOpen(() => (opened = true));
+      s.onError(() => errors++);
+      s.connect();
+      await waitFor(() => errors >= 1, 3000, "an error");
+      s.disconnect();
+      assert.equal(opened, false);
+    });
+
+    test("longPollFallbackMs: a WebSocket that fails falls back to LongPoll, which works", async () => {
+      // The primary transport dials a path that does not upgrade (404).
+      class BrokenWS extends WebSocket {
+        constructor(url, protocols) {
+          super(url.replace("/socket/websocket", "/nowhere/websocket"), protocols);
+        }
+      }
+      const s = await connect({ transport: BrokenWS, longPollFallbackMs: 300, params: { token: ALICE }, sessionStorage: memoryStorage() });
+      await waitFor(() => s.conn instanceof phx.LongPoll && s.isConnected(), 5000, "the LongPoll fallback");
+      const ch = s.channel("user:alice");
+      await join(ch);
+      assert.deepEqual(await push(ch, "ping", { via: "fallback" }), { via: "fallback" });
+    });
+
+    test("LongPoll: a dropped session (server shutdown of sessions) makes the client rejoin", async () => {
+      const s = await connect({ transport: phx.LongPoll, params: { token: ALICE } });
+      const id = await newJob("alice");
+      const ch = s.channel(`job:${id}`, () => ({ last_seq: 0 }));
+      const seqs = [];
+      ch.on("job", (p) => seqs.push(p.seq));
+      let oks = 0;
+      ch.join().receive("ok", () => oks++);
+      await waitFor(() => oks === 1, 5000, "join");
+      await ctrl("/drop?code=1012");
+      await event(id, "start");
+      await waitFor(() => oks >= 2, 8000, "rejoin on a new session");
+      await waitFor(() => seqs.length >= 1, 5000, "the event sent while away");
+      assert.deepEqual(seqs, [1]);
+    });
+  });
+}
+
+// §10 item 14: a LongPoll session survives a 15 s quiet period (longer
+// than the server's 10 s hold, as long as the 15 s unpolled expiry); both
+// client versions at once.
+test("14. a LongPoll session survives a 15 s quiet period", { skip: !LONG && "set BEAMLINE_LONG=1 (CI runs it)" }, async () => {
+  await Promise.all(Object.entries(clients).map(async ([name, phx]) => {
+    const s = new phx.Socket(WS, { transport: phx.LongPoll, params: { token: ALICE } });
+    let opened = 0;
+    const trouble = [];
+    s.onOpen(() => opened++);
+    s.onClose((e) => trouble.push(`${name}: close ${e && e.code}`));
+    s.onError((e) => trouble.push(`${name}: error ${e}`));
+    s.connect();
+    try {
+      await waitFor(() => opened === 1, 5000, "onOpen");
+      const session = s.conn.token;
+      const id = await newJob("alice");
+      const ch = s.channel(`job:${id}`);
+      const got = [];
+      ch.on("job", (p) => got.push(p.seq));
+      ch.onError(() => trouble.push(`${name}: channel error`));
+      await join(ch);
+      await sleep(16000);
+      assert.deepEqual(trouble, []);
+      assert.equal(opened, 1);
+      assert.equal(s.conn.token, session);
+      await event(id, "start");
+      await waitFor(() => got.length === 1, 5000, "the event after 16 s");
+      assert.deepEqual(got, [1]);
+      assert.deepEqual(await push(ch, "ping", { after: "quiet" }), { after: "quiet" });
+    } finally {
+      s.disconnect();
+    }
+  }));
+});
