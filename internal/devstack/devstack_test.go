@@ -2,44 +2,16 @@ package devstack_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"testing"
 	"time"
 
-	"github.com/beamline/beamline/internal/devstack"
+	"github.com/beamline/beamline/internal/devstack/devstacktest"
 	"github.com/beamline/beamline/pkg/envelope"
 )
-
-var secret = []byte("devstack-test-secret-0123456789")
-
-func start(t *testing.T) *devstack.Stack {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	st, err := devstack.Start(ctx, devstack.Config{
-		DataDir:       t.TempDir(),
-		NATSPort:      -1,
-		IngestAddr:    "127.0.0.1:0",
-		NotifierAddr:  "127.0.0.1:0",
-		ProcessorAddr: "127.0.0.1:0",
-		Secret:        secret,
-		Logger:        slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := st.Close(); err != nil {
-			t.Errorf("close: %v", err)
-		}
-	})
-	return st
-}
 
 // submit POSTs a job and returns the 202 snapshot.
 func submit(t *testing.T, base, token, body string) envelope.Snapshot {
@@ -102,7 +74,7 @@ func waitTerminal(t *testing.T, base, token, id string) envelope.Snapshot {
 
 // The three walk-through jobs of the README, over real HTTP on the stack.
 func TestWalkThrough(t *testing.T) {
-	st := start(t)
+	st := devstacktest.Start(t)
 	cases := []struct {
 		name, input string
 		status      envelope.Status
@@ -133,7 +105,7 @@ func TestWalkThrough(t *testing.T) {
 // The demo page talks to one origin: the notifier's address proxies
 // /v1/jobs to ingest.
 func TestPageOriginProxiesIngest(t *testing.T) {
-	st := start(t)
+	st := devstacktest.Start(t)
 	s := submit(t, st.NotifierURL, st.Token, `{"kind":"video"}`)
 	got := waitTerminal(t, st.NotifierURL, st.Token, s.ID)
 	if got.Status != envelope.StatusSucceeded || got.Kind != "video" {

@@ -22,9 +22,8 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/beamline/beamline/internal/devstack"
+	"github.com/beamline/beamline/internal/devstack/devstacktest"
 )
-
-var secret = []byte("0123456789abcdef0123456789abcdef")
 
 // One stack and one browser serve every test of the package: starting them
 // costs more than most tests take. Tests run one after another.
@@ -65,15 +64,8 @@ func run(m *testing.M) int {
 	}
 	defer logf.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	stack, setupErr = devstack.Start(ctx, devstack.Config{
-		DataDir:       filepath.Join(tmp, "data"),
-		NATSPort:      -1,
-		IngestAddr:    "127.0.0.1:0",
-		NotifierAddr:  "127.0.0.1:0",
-		ProcessorAddr: "127.0.0.1:0",
-		Secret:        secret,
-		Logger:        slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelInfo})),
-	})
+	stack, setupErr = devstack.Start(ctx, devstacktest.Config(filepath.Join(tmp, "data"),
+		slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelInfo}))))
 	cancel()
 	if setupErr != nil {
 		fmt.Fprintln(os.Stderr, "e2e: devstack:", setupErr)

@@ -4,10 +4,8 @@ package telemetry_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"io"
-	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
@@ -19,11 +17,10 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/beamline/beamline/internal/devstack"
+	"github.com/beamline/beamline/internal/devstack/devstacktest"
 	"github.com/beamline/beamline/internal/processor"
 	"github.com/beamline/beamline/pkg/envelope"
 )
-
-var secret = []byte("telemetry-test-secret-0123456789")
 
 func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
 	t.Helper()
@@ -40,34 +37,12 @@ func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
 // adjust the configuration further.
 func start(t *testing.T, tune func(*devstack.Config)) *devstack.Stack {
 	t.Helper()
-	cfg := devstack.Config{
-		DataDir:       t.TempDir(),
-		NATSPort:      -1,
-		IngestAddr:    "127.0.0.1:0",
-		NotifierAddr:  "127.0.0.1:0",
-		ProcessorAddr: "127.0.0.1:0",
-		Secret:        secret,
-		Logger:        slog.New(slog.DiscardHandler),
-		Tune: devstack.Tuning{Processor: func(c *processor.Config) {
+	return devstacktest.Start(t, func(c *devstack.Config) {
+		c.Tune = devstack.Tuning{Processor: func(c *processor.Config) {
 			c.BackoffMin, c.BackoffMax = 10*time.Millisecond, 50*time.Millisecond
 			c.MetricsInterval = 100 * time.Millisecond
-		}},
-	}
-	if tune != nil {
-		tune(&cfg)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	st, err := devstack.Start(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := st.Close(); err != nil {
-			t.Errorf("close: %v", err)
-		}
-	})
-	return st
+		}}
+	}, tune)
 }
 
 // submit POSTs a job and returns its 202 snapshot.
