@@ -85,6 +85,9 @@ type Config struct {
 	// ends a session that was not polled for that long (default 15s).
 	lpHold   time.Duration
 	lpExpiry time.Duration
+	// onFrame, when set, sees every inbound frame before it is handled
+	// (tests only: a hook that panics).
+	onFrame func(data []byte)
 	// laneDepth is the capacity of each live-message lane (default
 	// defaultLaneDepth; tests shrink it to make drops).
 	laneDepth int

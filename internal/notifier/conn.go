@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -98,7 +99,23 @@ func (s *Service) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	}()
 }
 
+// readLoop reads and handles frames until the connection ends, then tears
+// it down. A panic anywhere in it (or in a frame's handler, see handleOff)
+// closes this connection with 1011 and still tears it down: it must never
+// take the process and every other client with it.
 func (c *conn) readLoop() {
+	reason := "panic"
+	defer func() {
+		if v := recover(); v != nil {
+			c.panicked("reading", v)
+		}
+		c.teardown(reason)
+	}()
+	reason = c.readFrames()
+}
+
+// readFrames is the read loop proper; it returns the disconnect reason.
+func (c *conn) readFrames() string {
 	s := c.s
 	reason := "client closed"
 	for {
@@ -142,7 +159,29 @@ func (c *conn) readLoop() {
 			readBufs.Put(buf)
 		}
 	}
-	c.teardown(reason)
+	return reason
+}
+
+// panicked logs a recovered panic with its stack and closes the
+// connection with 1011 "internal error" (the client reconnects and its
+// channels rejoin with last_seq, so nothing is lost).
+func (c *conn) panicked(where string, v any) {
+	c.s.log.Error("panic while handling a connection; closing it", "where", where, "user", c.p.User, "panic", v, "stack", string(debug.Stack()))
+	c.fail(websocket.CloseInternalServerErr, "internal error", "panic")
+}
+
+// handleSafe handles one frame; a panic in it closes only this connection
+// (1011), after which no further frame of it is handled.
+func (c *conn) handleSafe(mt int, data []byte) {
+	defer func() {
+		if v := recover(); v != nil {
+			c.panicked("handling a frame", v)
+		}
+	}()
+	if hook := c.s.cfg.onFrame; hook != nil {
+		hook(data)
+	}
+	c.handle(mt, data)
 }
 
 // handleOff handles one frame on a goroutine of its own and waits for it,
@@ -155,7 +194,7 @@ func (c *conn) handleOff(mt int, data []byte) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		c.handle(mt, data)
+		c.handleSafe(mt, data)
 	}()
 	<-done
 }

@@ -371,7 +371,7 @@ func (s *Service) lpPublish(w http.ResponseWriter, r *http.Request, c *conn) {
 			c.fail(websocket.CloseMessageTooBig, "frame too large", "frame_too_large")
 			break
 		}
-		c.handle(mt, data)
+		c.handleSafe(mt, data)
 	}
 	c.mu.Lock()
 	l.lastSeen = time.Now()
