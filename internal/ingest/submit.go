@@ -96,8 +96,15 @@ func (s *Service) submit(w http.ResponseWriter, r *http.Request) {
 // created is the outcome of writing a queued snapshot.
 type created struct {
 	snap envelope.Snapshot
+	rev  uint64 // its KV revision, when err is nil
 	err  error
 }
+
+// cleanupTimeout bounds the deletion of a refused job's queued snapshot. It
+// runs under its own context, created after the publish returned: the
+// request's deadline has usually passed by then (a publish that timed out
+// used all of it).
+const cleanupTimeout = 2 * time.Second
 
 // publish writes the job to JOBS and its queued snapshot to job_status and
 // answers 202 once JetStream acknowledged the job.
@@ -132,8 +139,8 @@ func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Re
 	if !keyed {
 		early = make(chan created, 1)
 		go func() {
-			snap, err := s.store.Create(sctx, job)
-			early <- created{snap, err}
+			snap, rev, err := s.store.CreateAt(sctx, job)
+			early <- created{snap, rev, err}
 		}()
 	}
 	pctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
@@ -141,11 +148,7 @@ func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Re
 	cancel()
 	if err != nil {
 		if early != nil {
-			if c := <-early; c.err == nil {
-				if derr := s.kv.Delete(sctx, job.ID); derr != nil {
-					log.at(slog.LevelWarn, "refused job's queued snapshot not deleted", "err", derr)
-				}
-			}
+			s.forget(job.ID, <-early, log)
 		}
 		aerr := classifyNATS(err)
 		log.at(slog.LevelWarn, "job not stored", "err", err, "status", aerr.Status)
@@ -180,6 +183,63 @@ func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Re
 	s.metrics.submitted.WithLabelValues(job.Kind, string(job.Priority)).Inc()
 	log.at(slog.LevelInfo, "job accepted", "priority", string(job.Priority), "seq", ack.Sequence)
 	s.accepted(w, snap)
+}
+
+// forget deletes the queued snapshot written ahead of a job whose publish
+// failed, so that a refused job leaves nothing behind.
+//
+// The delete is conditional on the revision the create stored
+// (jetstream.LastRevision): it removes the snapshot only if nobody wrote the
+// job since. That matters because a failed publish is not always a refusal:
+// a timeout or a cancelled request (the client went away) is ambiguous, and
+// the message may be in JOBS after all. Both outcomes are then safe:
+//
+//   - A processor already wrote the job (running, progress, an outcome): the
+//     revision moved on, the delete fails with a wrong-revision error and the
+//     job's state stays. An unconditional delete would erase it (a finished
+//     job would answer GET with 404, a running one would lose its attempt).
+//   - Nobody wrote it yet: the delete succeeds. If the message was stored,
+//     the processor finds no snapshot when the job is delivered and creates
+//     the queued one from the message (load seeds via CreateAt); a processor
+//     that read the snapshot just before the delete loses its
+//     compare-and-set, Naks, and seeds it on the redelivery. Nothing is
+//     lost either way; if the message was not stored, nothing is left.
+//
+// It runs under a fresh, bounded context: the request's deadline is shared
+// with the publish, so after a publish timeout it has already expired and a
+// delete under it would never be sent, orphaning the snapshot for the
+// bucket's max age.
+func (s *Service) forget(id string, c created, log jobLog) {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	rev := c.rev
+	if c.err != nil {
+		if errors.Is(c.err, jobstore.ErrExists) {
+			return // not ours: an existing job is never deleted here
+		}
+		// The create's outcome is unknown (it may have timed out after
+		// the server stored it): read back what is there. A queued seq 0
+		// snapshot may be ours or one a processor seeded from the
+		// message; either is safe to delete conditionally (see above).
+		snap, r, err := s.store.Get(ctx, id)
+		if err != nil {
+			if !errors.Is(err, jobstore.ErrNotFound) {
+				log.at(slog.LevelWarn, "refused job's queued snapshot may be left behind", "err", err, "create_err", c.err)
+			}
+			return
+		}
+		if snap.Seq != 0 {
+			return // a processor has moved it on: the job was stored
+		}
+		rev = r
+	}
+	if err := s.kv.Delete(ctx, id, jetstream.LastRevision(rev)); err != nil {
+		if jobstore.IsWrongRevision(err) {
+			log.at(slog.LevelInfo, "refused job's snapshot kept: a processor wrote it, so the job was stored after all", "rev", rev)
+			return
+		}
+		log.at(slog.LevelWarn, "refused job's queued snapshot not deleted", "err", err, "rev", rev)
+	}
 }
 
 // jobLog writes records about one job with its job, user and kind (and
