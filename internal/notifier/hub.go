@@ -124,6 +124,10 @@ type topic struct {
 	dropped  uint64            // the subscription's dropped count when last looked at
 	finished bool              // a job topic that delivered its job's terminal event: nothing more to check
 	due      time.Time         // next reconciliation (the sweeper's)
+	fails    int               // sweeps in a row that could not read the topic (the sweeper's)
+	// stale is set by a lane that could not fill a gap: the sweeper
+	// reconciles the topic on its next tick.
+	stale atomic.Bool
 }
 
 func newHub(s *Service) *hub {

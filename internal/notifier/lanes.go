@@ -73,7 +73,7 @@ func (h *hub) runLanes(ctx context.Context, wg *sync.WaitGroup) {
 					t := l.subs[m.Sub]
 					l.mu.Unlock()
 					if t != nil {
-						h.onLive(t, m)
+						h.onLive(ctx, t, m)
 					}
 				}
 			}

@@ -2,6 +2,7 @@ package notifier
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -9,7 +10,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/beamline/beamline/internal/phoenix"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -19,9 +19,18 @@ const livePrefix = "live."
 
 func liveSubject(subject string) string { return livePrefix + subject }
 
-// catchUpAttempts bounds how often a failed stream read is retried before
-// the topic's channels are errored (about 5 s of backoff in all).
+// catchUpAttempts is how many sweeps in a row may fail to read a topic's
+// missed events before its channels are errored (phx_error: the clients
+// rejoin and replay from their last_seq instead of living with a silent
+// gap). The sweeper retries a failing topic on every tick (about 1 s).
 const catchUpAttempts = 8
+
+// Bounds of one stream read made while holding a topic's lock: a lane's
+// read is shorter, since the lane's other topics wait for it.
+const (
+	laneReadTimeout  = 2 * time.Second
+	sweepReadTimeout = 5 * time.Second
+)
 
 // floor is the stream seq up to which subject has been handled: the
 // topic's contiguous watermark (at least its start) or the last event
@@ -46,7 +55,9 @@ func (t *topic) prune(firstSeq uint64) {
 	}
 }
 
-// onLive handles one re-published event; it runs on the topic's lane. The stream seq comes from Nats-Sequence, so the live path
+// onLive handles one re-published event; it runs on the topic's lane and
+// ctx is the lanes' (cancelled at shutdown). The stream seq comes from
+// Nats-Sequence, so the live path
 // costs no JetStream request. Nats-Last-Sequence is the stream seq of the
 // previous event on the same subject: when it is beyond what this topic
 // delivered for that subject, a message was missed and the missing ones are
@@ -54,7 +65,13 @@ func (t *topic) prune(firstSeq uint64) {
 // consumer: the topic's lane was full) are also noticed by its dropped
 // count on the topic's next message; a dropped last event of a job, with no
 // next message, is read by the reconciliation sweep (see lane).
-func (h *hub) onLive(t *topic, m *nats.Msg) {
+//
+// A lane never retries a read: when one fails, or returns less than the
+// stream provably holds (the event at Nats-Last-Sequence is missing from
+// the answer: a direct get answered by a lagging replica), the message is
+// left unhandled and the topic is marked stale, so the sweeper reads it from
+// the stream on its next tick. The lane moves on to its other topics.
+func (h *hub) onLive(ctx context.Context, t *topic, m *nats.Msg) {
 	seq, err1 := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
 	prev, err2 := strconv.ParseUint(m.Header.Get(jetstream.LastSequenceHeader), 10, 64)
 	subject, ok := strings.CutPrefix(m.Subject, livePrefix)
@@ -71,7 +88,8 @@ func (h *hub) onLive(t *topic, m *nats.Msg) {
 		// Whatever was dropped arrived after the last message handled.
 		t.dropped = uint64(d)
 		from := max(t.mark, t.live) + 1
-		if _, _, ok := h.catchUp(t, t.subject, func() uint64 { return from }, 0); !ok {
+		if _, _, err := h.catchUp(ctx, laneReadTimeout, t, t.subject, from, 0); err != nil {
+			h.leaveToSweeper(t, err)
 			return
 		}
 	}
@@ -81,7 +99,14 @@ func (h *hub) onLive(t *topic, m *nats.Msg) {
 		return // before the topic began, or already read from the stream
 	}
 	if prev > floor {
-		if _, _, ok := h.catchUp(t, subject, func() uint64 { return t.floor(subject) + 1 }, seq); !ok {
+		if _, _, err := h.catchUp(ctx, laneReadTimeout, t, subject, floor+1, seq); err != nil {
+			h.leaveToSweeper(t, err)
+			return
+		}
+		if f := t.floor(subject); f < prev {
+			// The stream holds prev (Nats-Last-Sequence says so) but the
+			// read did not return it: delivering seq now would skip it.
+			h.leaveToSweeper(t, fmt.Errorf("%w: read up to %d on %s, stream holds %d", errStreamRead, f, subject, prev))
 			return
 		}
 	}
@@ -96,52 +121,38 @@ func (h *hub) onLive(t *topic, m *nats.Msg) {
 	t.deliverStored(ev)
 }
 
-// catchUp delivers the events stored on filter from from() up to, not
+// leaveToSweeper records that a lane could not fill a gap on t: the
+// sweeper reconciles t on its next tick. t.mu is held.
+func (h *hub) leaveToSweeper(t *topic, err error) {
+	t.stale.Store(true)
+	h.s.log.Warn("filling a gap from the events stream; left to the sweeper", "topic", t.name, "err", err)
+}
+
+// catchUp delivers the events stored on filter from seq from up to, not
 // including, upTo (0: to the end of the stream), skipping what the topic
-// already handled. top is the highest stream seq read and end whether the
-// read reached the end of the stream. A read that keeps failing errors the
-// topic's channels (phx_error) so that clients rejoin and replay from their
-// last_seq instead of living with a silent gap; ok is then false. t.mu is
-// held.
-func (h *hub) catchUp(t *topic, filter string, from func() uint64, upTo uint64) (top uint64, end, ok bool) {
-	backoff := 20 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		ctx, cancel := context.WithTimeout(h.s.ctx, 5*time.Second)
-		reachedEnd, err := h.s.readFrom(ctx, filter, from(), func(m *jetstream.RawStreamMsg) bool {
-			if upTo != 0 && m.Sequence >= upTo {
-				return false
-			}
-			top = max(top, m.Sequence)
-			if m.Sequence <= t.floor(m.Subject) {
-				return true
-			}
-			late := m.Sequence < t.pos
-			t.advance(m.Subject, m.Sequence)
-			if ev := h.decode(m); ev != nil {
-				ev.late = late
-				t.deliverStored(ev)
-			}
+// already handled, in one read bounded by timeout (and ctx). top is the
+// highest stream seq read and end whether the read reached the end of the
+// stream. It never retries: the caller leaves a failed topic to the
+// sweeper, which errors its channels after catchUpAttempts failed sweeps.
+// t.mu is held.
+func (h *hub) catchUp(ctx context.Context, timeout time.Duration, t *topic, filter string, from, upTo uint64) (top uint64, end bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	end, err = h.s.readFrom(ctx, filter, from, func(m *jetstream.RawStreamMsg) bool {
+		if upTo != 0 && m.Sequence >= upTo {
+			return false
+		}
+		top = max(top, m.Sequence)
+		if m.Sequence <= t.floor(m.Subject) {
 			return true
-		})
-		cancel()
-		if err == nil {
-			return top, reachedEnd, true
 		}
-		if h.s.ctx.Err() != nil {
-			return top, false, false
+		late := m.Sequence < t.pos
+		t.advance(m.Subject, m.Sequence)
+		if ev := h.decode(m); ev != nil {
+			ev.late = late
+			t.deliverStored(ev)
 		}
-		h.s.log.Warn("reading the events stream", "topic", t.name, "attempt", attempt, "err", err)
-		if attempt == catchUpAttempts {
-			break
-		}
-		select {
-		case <-h.s.ctx.Done():
-			return top, false, false
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, time.Second)
-	}
-	h.s.log.Error("cannot read missed events; erroring the topic's channels so clients rejoin and replay", "topic", t.name)
-	h.endLocked(t, phoenix.EventError, phoenix.ErrorReason("stream unavailable"))
-	return top, false, false
+		return true
+	})
+	return top, end, err
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/beamline/beamline/pkg/envelope"
+	"github.com/beamline/beamline/streams"
 )
 
 // readBatch is how many messages one direct-get request asks for.
@@ -180,6 +181,12 @@ func rawOf(m *nats.Msg) (*jetstream.RawStreamMsg, error) {
 
 // directGetSubject is the direct-get API subject of stream for js.
 func directGetSubject(js jetstream.JetStream, stream string) string {
+	return apiSubject(js, "DIRECT.GET."+stream)
+}
+
+// apiSubject is the JetStream API subject name (e.g. "STREAM.MSG.GET.EVENTS")
+// under js's API prefix.
+func apiSubject(js jetstream.JetStream, name string) string {
 	prefix := js.Options().APIPrefix
 	if prefix == "" {
 		prefix = jetstream.DefaultAPIPrefix
@@ -187,5 +194,40 @@ func directGetSubject(js jetstream.JetStream, stream string) string {
 	if !strings.HasSuffix(prefix, ".") {
 		prefix += "."
 	}
-	return prefix + "DIRECT.GET." + stream
+	return prefix + name
+}
+
+// nextOnLeader returns the stream seq of the first EVENTS message on
+// filter (may be a wildcard) at or after seq, 0 when there is none. It asks
+// $JS.API.STREAM.MSG.GET, which only the stream's leader answers, never
+// DIRECT.GET: a replica joins the direct-get responders while still
+// catching up, and its "nothing there" proves nothing.
+func (s *Service) nextOnLeader(ctx context.Context, filter string, seq uint64) (uint64, error) {
+	req, _ := json.Marshal(directGetRequest{Seq: seq, NextFor: filter})
+	m, err := s.nc.RequestWithContext(ctx, apiSubject(s.js, "STREAM.MSG.GET."+streams.Events), req)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %w", errStreamRead, err)
+	}
+	var r struct {
+		Message *struct {
+			Seq uint64 `json:"seq"`
+		} `json:"message"`
+		Error *struct {
+			Code        int    `json:"code"`
+			ErrCode     int    `json:"err_code"`
+			Description string `json:"description"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(m.Data, &r); err != nil {
+		return 0, fmt.Errorf("%w: %w", errStreamRead, err)
+	}
+	switch {
+	case r.Error != nil && r.Error.ErrCode == int(jetstream.JSErrCodeMessageNotFound):
+		return 0, nil
+	case r.Error != nil:
+		return 0, fmt.Errorf("%w: %d %s", errStreamRead, r.Error.Code, r.Error.Description)
+	case r.Message == nil || r.Message.Seq == 0:
+		return 0, fmt.Errorf("%w: message get answer without a message", errStreamRead)
+	}
+	return r.Message.Seq, nil
 }

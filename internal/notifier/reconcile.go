@@ -5,6 +5,8 @@ import (
 	"math/rand/v2"
 	"strings"
 	"time"
+
+	"github.com/beamline/beamline/internal/phoenix"
 )
 
 // Defaults of the reconciliation sweep.
@@ -70,6 +72,8 @@ func (h *hub) sweep(ctx context.Context, all bool) {
 		}
 		if all || !t.due.After(now) {
 			due = append(due, t)
+		} else if t.stale.Swap(false) {
+			due = append(due, t) // a lane left it a gap to fill
 		}
 		if !all && len(due) == maxPerTick {
 			break
@@ -101,7 +105,7 @@ func (h *hub) sweep(ctx context.Context, all bool) {
 	if last != 0 {
 		rest := due[:0:0]
 		for _, t := range due {
-			if isJobSubject(t.subject) && h.behind(t, last) {
+			if isJobSubject(t.subject) && h.behind(t, last) && !t.stale.Load() {
 				jobs, subjects = append(jobs, t), append(subjects, t.subject)
 			} else {
 				rest = append(rest, t)
@@ -118,9 +122,9 @@ func (h *hub) sweep(ctx context.Context, all bool) {
 				return
 			}
 			if err != nil {
-				h.reconcile(t, last, first) // read it alone
+				h.reconcile(ctx, t, last, first) // read it alone
 			} else {
-				h.settle(t, stored[t.subject], last, first)
+				h.settle(ctx, t, stored[t.subject], last, first)
 			}
 			t.due = time.Now().Add(every)
 		}
@@ -129,7 +133,7 @@ func (h *hub) sweep(ctx context.Context, all bool) {
 		if ctx.Err() != nil {
 			return
 		}
-		h.reconcile(t, last, first)
+		h.reconcile(ctx, t, last, first)
 		t.due = time.Now().Add(every)
 	}
 }
@@ -146,47 +150,84 @@ func (h *hub) behind(t *topic, last uint64) bool {
 }
 
 // settle reconciles a job topic given stored, the stream seq of the last
-// event on its subject at or below last (0: none). When the topic handled
-// it (the live path delivers each subject's events contiguously, checked
-// by Nats-Last-Sequence), every event on the subject up to last was
-// handled and the watermark moves there without a read; otherwise the
-// topic is read from the stream as reconcile does.
-func (h *hub) settle(t *topic, stored, last, first uint64) {
+// event on its subject at or below last (0: none), from a multi_last direct
+// get. When the topic handled it (the live path delivers each subject's
+// events contiguously, checked by Nats-Last-Sequence), nothing is missing
+// as far as that answer goes; otherwise the topic is read from the stream
+// as reconcile does. The watermark moves only to what the topic handled:
+// a direct get may be answered by a lagging replica, so its "nothing after
+// that" is no proof that nothing lies in (floor, last] — the topic stays
+// behind and is asked again on the next sweep (one multi_last request per
+// multiLastChunk topics), and reconcile moves it to last after a
+// leader-answered check.
+func (h *hub) settle(ctx context.Context, t *topic, stored, last, first uint64) {
 	t.mu.Lock()
 	if t.ended || t.finished || t.mark >= last {
 		t.mu.Unlock()
 		return
 	}
-	if stored <= t.floor(t.subject) {
-		t.mark = max(t.mark, last)
+	if f := t.floor(t.subject); stored <= f {
+		t.mark = max(t.mark, min(f, last))
 		t.prune(first)
 		t.mu.Unlock()
 		return
 	}
 	t.mu.Unlock()
-	h.reconcile(t, last, first)
+	h.reconcile(ctx, t, last, first)
 }
 
 // reconcile delivers what the stream holds on t's filter after its
 // watermark and the topic has not delivered, then moves the watermark to
-// the end of what it read. last and first are the stream's last and first
-// seq read before (last 0: unknown, read anyway).
-func (h *hub) reconcile(t *topic, last, first uint64) {
+// the end of what it read, and to last (the stream's last seq read
+// before; 0: unknown, read anyway) only when the stream's leader confirms
+// that nothing on the filter lies between the two. A read that fails is
+// retried on the next sweep tick; after catchUpAttempts failures in a row
+// the topic's channels are errored so that clients rejoin and replay from
+// their last_seq instead of living with a silent gap.
+func (h *hub) reconcile(ctx context.Context, t *topic, last, first uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.ended || t.finished {
 		return
 	}
 	if last == 0 || t.mark < last {
-		top, end, ok := h.catchUp(t, t.subject, func() uint64 { return t.mark + 1 }, 0)
-		if !ok {
+		top, end, err := h.catchUp(ctx, sweepReadTimeout, t, t.subject, t.mark+1, 0)
+		if err == nil && end {
+			// Everything on the filter from mark+1 up to top was read, in
+			// order, as the answering server stored it.
+			read := max(t.mark, top)
+			if last > read {
+				var next uint64
+				lctx, cancel := context.WithTimeout(ctx, sweepReadTimeout)
+				next, err = h.s.nextOnLeader(lctx, t.subject, read+1)
+				cancel()
+				switch {
+				case err != nil:
+				case next == 0 || next > last:
+					read = last
+				default:
+					// The answer came from a replica that lacks event
+					// next: read again on the next tick.
+					t.stale.Store(true)
+				}
+			}
+			t.mark = read
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return // shutting down
+			}
+			t.fails++
+			h.s.log.Warn("reconciling a topic: reading the events stream", "topic", t.name, "attempt", t.fails, "err", err)
+			if t.fails >= catchUpAttempts {
+				h.s.log.Error("cannot read missed events; erroring the topic's channels so clients rejoin and replay", "topic", t.name)
+				h.endLocked(t, phoenix.EventError, phoenix.ErrorReason("stream unavailable"))
+				return
+			}
+			t.stale.Store(true)
 			return
 		}
-		if end {
-			// Everything on the filter up to the end of the stream was
-			// read: events up to last existed before the read began.
-			t.mark = max(t.mark, last, top)
-		}
+		t.fails = 0
 	}
 	t.prune(first)
 }
