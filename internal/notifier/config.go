@@ -15,6 +15,16 @@
 // the stream every few seconds (a lost re-publish of a job's last event has
 // no successor to reveal it) and, after a NATS reconnect, re-reads every
 // topic from its watermark at once.
+//
+// A user: topic spans many jobs, and a gap filled on one job may go out
+// after a later event of another job (a "late" event, with a lower
+// stream_seq than one already pushed). Its pushes and its join reply
+// therefore carry "resume_seq": the subscriber's contiguous watermark,
+// every event of the topic with a stream seq up to it has reached the
+// client (pushed, or covered by the join's snapshot or replay). A client
+// resumes with last_seq = resume_seq, never the highest stream_seq it saw,
+// and de-duplicates the overlap per job by seq; the join replays every
+// event after last_seq in stream order.
 package notifier
 
 import (

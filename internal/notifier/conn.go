@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"runtime/debug"
+	"strconv"
 	"sync"
 	"time"
 
@@ -410,11 +411,23 @@ func (c *conn) lookup(topic string) *sub {
 }
 
 func (c *conn) pushFrame(sb *sub, ev *event) outFrame {
-	return outFrame{
-		data:  phoenix.AppendFrame(make([]byte, 0, len(ev.payload)+len(sb.topic)+32), sb.joinRef, phoenix.Ref{}, sb.topic, ev.name, ev.payload),
-		at:    ev.at,
-		trace: ev.trace,
+	b := phoenix.AppendFrame(make([]byte, 0, len(ev.payload)+len(sb.topic)+56), sb.joinRef, phoenix.Ref{}, sb.topic, ev.name, ev.payload)
+	if sb.kind == kindUser && ev.streamSeq != 0 {
+		// Frames are queued and written in order, so when this one arrives
+		// every event the topic handed out before it (up to ev.mark) has
+		// arrived too; a replayed event follows all earlier ones on the
+		// filter after the join's last_seq.
+		if ev.replayed {
+			sb.resume = max(sb.resume, ev.streamSeq)
+		} else {
+			sb.resume = max(sb.resume, ev.mark)
+		}
+		// The frame ends with the payload's '}' and the array's ']'.
+		b = append(b[:len(b)-2], `,"resume_seq":`...)
+		b = strconv.AppendUint(b, sb.resume, 10)
+		b = append(b, '}', ']')
 	}
+	return outFrame{data: b, at: ev.at, trace: ev.trace}
 }
 
 var _ sink = (*conn)(nil)

@@ -28,6 +28,12 @@ type event struct {
 	terminal  bool
 	trace     eventTrace // for the push span (zero: not traced)
 	late      bool       // read to fill a gap after a later event of another job went out
+	// mark is the topic's contiguous watermark when the topic handed the
+	// event out (0: not handed out by a topic, e.g. a join's replay).
+	mark uint64
+	// replayed: read by a user-topic join's replay, which returns every
+	// event on the filter after the client's last_seq in stream order.
+	replayed bool
 }
 
 // sink is where a subscription's events go: a WebSocket connection or an
@@ -52,6 +58,14 @@ type sub struct {
 	replaying bool     // join in progress: live events wait in pending
 	pending   []*event // live events that arrived during the join
 	closed    bool     // left, replaced, or ended by the server
+	// resume (user topics) is the highest stream seq R such that every
+	// event of the topic up to R reached this subscriber (pushed, or
+	// covered by its join): the resume_seq of its pushes.
+	resume uint64
+	// joinMark is the topic's watermark right after sb was added (set by
+	// hub.add on the joining goroutine): every event up to it was stored
+	// before the join read its snapshot or replay.
+	joinMark uint64
 	endFrame  []byte   // phx_close/phx_error that ended it during the join, sent after the join's pushes
 }
 
@@ -182,6 +196,9 @@ func (h *hub) add(sb *sub, subject string) error {
 		h.remove(sb)
 		return t.err
 	}
+	t.mu.Lock()
+	sb.joinMark = t.mark
+	t.mu.Unlock()
 	return nil
 }
 
@@ -331,6 +348,7 @@ func (t *topic) deliverStored(ev *event) {
 	if ev.terminal && !strings.HasSuffix(t.subject, ".*") {
 		t.finished = true
 	}
+	ev.mark = t.mark
 	t.fanOut(ev)
 }
 
@@ -361,6 +379,13 @@ func (h *hub) streamTopics() []*topic {
 
 // decode turns a stream message into a push event:
 // {"type":"<short>","job":<snapshot>,"seq":<job seq>,"stream_seq":<stream seq>}.
+// On a user: topic each push also carries "resume_seq" (added per
+// subscriber, see conn.pushFrame): every event of the topic with a stream
+// seq up to it has reached this subscriber, so a client that rejoins with
+// last_seq = resume_seq misses nothing — not even an event delivered late
+// (a gap filled on one job after a later event of another job went out,
+// whose stream_seq is lower than one already pushed). stream_seq is not a
+// safe resume point; the client de-duplicates the overlap per job by seq.
 func (h *hub) decode(m *jetstream.RawStreamMsg) *event {
 	env, snap, err := envelope.DecodeEvent(m.Data)
 	if err != nil {

@@ -155,6 +155,9 @@ func (s *Service) openUser(ctx context.Context, p auth.Principal, sb *sub, id st
 	var res joinResult
 	recovered := false
 	sb.last = streamSeq
+	// Every event up to joinMark was stored before the scan above, which
+	// saw the result; later ones reach sb live.
+	sb.resume = sb.joinMark
 	if lastSeq != nil {
 		var replay []*event
 		replay, recovered, err = s.replayUser(ctx, id, *lastSeq)
@@ -162,13 +165,18 @@ func (s *Service) openUser(ctx context.Context, p auth.Principal, sb *sub, id st
 			return fail(err)
 		}
 		if recovered {
-			sb.last, res.replay = *lastSeq, replay
+			// The client has everything up to last_seq; the replay
+			// brings the rest, in stream order, after the reply.
+			sb.last, res.replay, sb.resume = *lastSeq, replay, *lastSeq
+			for _, ev := range replay {
+				ev.replayed = true
+			}
 		}
 	}
 	if jobs == nil {
 		jobs = []json.RawMessage{}
 	}
-	res.response, err = json.Marshal(map[string]any{"jobs": jobs, "stream_seq": streamSeq, "recovered": recovered, "truncated": truncated})
+	res.response, err = json.Marshal(map[string]any{"jobs": jobs, "stream_seq": streamSeq, "recovered": recovered, "truncated": truncated, "resume_seq": sb.resume})
 	if err != nil {
 		return fail(err)
 	}
