@@ -66,7 +66,7 @@ type sub struct {
 	// hub.add on the joining goroutine): every event up to it was stored
 	// before the join read its snapshot or replay.
 	joinMark uint64
-	endFrame  []byte   // phx_close/phx_error that ended it during the join, sent after the join's pushes
+	endFrame []byte // phx_close/phx_error that ended it during the join, sent after the join's pushes
 }
 
 // key is what a subscription de-duplicates and orders by.
