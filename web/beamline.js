@@ -438,16 +438,39 @@ export function connect(opts = {}) {
   }
 
   function watchUserTopic(user, onUpdate, wopts) {
+    // Pushes of a user topic are not in stream_seq order: when the
+    // notifier fills a gap in one job's events it sends them after a later
+    // event of another job, with a lower stream_seq. So pushes are never
+    // filtered by stream_seq; the channel de-duplicates per job by the job's
+    // seq (Channel.deliver, a bounded map that forgets finished jobs first).
+    //
+    // Resuming: the highest stream_seq seen may lie beyond events not yet
+    // delivered (a gap being filled), so when the notifier advertises the
+    // topic's contiguous watermark (resume_seq: every event up to it was
+    // sent) the client resumes from the highest one seen; a notifier that
+    // does not send it gets the highest stream_seq, as before.
     const makeHandlers = () => {
-      let lastStreamSeq; // resume position: last EVENTS stream seq seen
+      let lastStreamSeq; // highest EVENTS stream seq seen (bookkeeping)
+      let resumeSeq; // highest resume_seq the notifier advertised
       const active = new Set(); // ids of jobs we believe are not terminal
       const track = (job) => (isTerminal(job.status) ? active.delete(job.id) : active.add(job.id));
+      const maxSeq = (cur, v) => (typeof v === "number" && (cur === undefined || v > cur) ? v : cur);
       return {
         track,
-        params: () => (lastStreamSeq === undefined ? {} : { last_seq: lastStreamSeq }),
+        params: () => {
+          const from = resumeSeq ?? lastStreamSeq;
+          return from === undefined ? {} : { last_seq: from };
+        },
         onJoin: (ch, resp) => {
           const jobs = resp.jobs || [];
-          if (!resp.recovered || lastStreamSeq === undefined) lastStreamSeq = resp.stream_seq;
+          if (!resp.recovered || lastStreamSeq === undefined) {
+            // A fresh start (snapshots taken): positions restart from the reply.
+            lastStreamSeq = resp.stream_seq;
+            resumeSeq = typeof resp.resume_seq === "number" ? resp.resume_seq : undefined;
+          } else {
+            lastStreamSeq = maxSeq(lastStreamSeq, resp.stream_seq);
+            resumeSeq = maxSeq(resumeSeq, resp.resume_seq);
+          }
           if (!resp.recovered) {
             // Replay was not possible: jobs that ended while we could not
             // hear are not in the list, so read their final state.
@@ -465,12 +488,12 @@ export function connect(opts = {}) {
         },
         onPush: (ch, event, p) => {
           if (event !== "job" || !p.job) return;
-          if (typeof p.stream_seq === "number") {
-            if (lastStreamSeq !== undefined && p.stream_seq <= lastStreamSeq) return;
-            lastStreamSeq = p.stream_seq;
-          }
-          track(p.job);
-          ch.deliver(p.job, { type: p.type, seq: p.seq, streamSeq: p.stream_seq });
+          lastStreamSeq = maxSeq(lastStreamSeq, p.stream_seq);
+          resumeSeq = maxSeq(resumeSeq, p.resume_seq);
+          // Only a push newer than what this topic delivered for the job
+          // may change what we believe about it (a duplicate of a finished
+          // job's earlier event must not make it active again).
+          if (ch.deliver(p.job, { type: p.type, seq: p.seq, streamSeq: p.stream_seq })) track(p.job);
         },
       };
     };

@@ -192,3 +192,72 @@ test("submit: sends the body with the bearer token; errors are BeamlineError", a
   client.close();
   await srv.close();
 });
+
+// User topics: the notifier fills a gap in one job's events after a later
+// event of another job, so pushes do not come in stream_seq order.
+const jobOf = (id, seq, extra = {}) => snap(seq, { id, ...extra });
+
+test("watchUser: a late event of another job with a lower stream_seq is delivered", async (t) => {
+  const srv = await fakeServer((sock, f) => {
+    if (f[3] !== "phx_join") return;
+    reply(sock, f, "ok", { jobs: [jobOf("a", 1), jobOf("b", 1)], stream_seq: 10, recovered: false });
+    push(sock, f[0], f[2], { type: "progress", job: jobOf("b", 2), seq: 2, stream_seq: 12 });
+    // a's missed final event, filled in after b's later one.
+    push(sock, f[0], f[2], { type: "succeeded", job: jobOf("a", 2, { status: "succeeded", progress: 100 }), seq: 2, stream_seq: 11 });
+  });
+  const client = connect({ url: srv.url, token: TOKEN, WebSocket, reconnectAfterMs: fastBackoff });
+  t.after(() => { client.close(); return srv.close(); }); // also when an assertion fails
+  const seen = [];
+  client.watchUser((job) => seen.push(`${job.id}${job.seq}:${job.status}`));
+  await until(() => seen.length >= 4);
+  assert.deepEqual(seen, ["a1:running", "b1:running", "b2:running", "a2:succeeded"]);
+});
+
+test("watchUser: a duplicate of a job's event (same job, same seq) is dropped", async (t) => {
+  const srv = await fakeServer((sock, f) => {
+    if (f[3] !== "phx_join") return;
+    reply(sock, f, "ok", { jobs: [], stream_seq: 10, recovered: false });
+    push(sock, f[0], f[2], { type: "progress", job: jobOf("a", 1), seq: 1, stream_seq: 11 });
+    push(sock, f[0], f[2], { type: "progress", job: jobOf("b", 1), seq: 1, stream_seq: 12 });
+    push(sock, f[0], f[2], { type: "progress", job: jobOf("a", 1), seq: 1, stream_seq: 11 }); // re-sent by a gap fill
+    push(sock, f[0], f[2], { type: "progress", job: jobOf("a", 1), seq: 1, stream_seq: 13 }); // stored twice
+    push(sock, f[0], f[2], { type: "succeeded", job: jobOf("b", 2, { status: "succeeded" }), seq: 2, stream_seq: 14 });
+  });
+  const client = connect({ url: srv.url, token: TOKEN, WebSocket, reconnectAfterMs: fastBackoff });
+  t.after(() => { client.close(); return srv.close(); }); // also when an assertion fails
+  const seen = [];
+  client.watchUser((job) => seen.push(`${job.id}${job.seq}`), { includeFinished: true });
+  await until(() => seen.includes("b2"));
+  await new Promise((r) => setTimeout(r, 30));
+  assert.deepEqual(seen, ["a1", "b1", "b2"]);
+});
+
+test("watchUser: resumes from the advertised resume_seq, not the highest stream_seq", async (t) => {
+  let conn = 0;
+  const srv = await fakeServer((sock, f) => {
+    if (f[3] !== "phx_join") return;
+    if (conn++ === 0) {
+      reply(sock, f, "ok", { jobs: [], stream_seq: 5, resume_seq: 5, recovered: false });
+      // b's event (9) came ahead of a's (7, 8): the contiguous watermark
+      // stays behind the highest stream_seq until the gap is filled.
+      push(sock, f[0], f[2], { type: "progress", job: jobOf("b", 1), seq: 1, stream_seq: 9, resume_seq: 6 });
+      push(sock, f[0], f[2], { type: "progress", job: jobOf("a", 1), seq: 1, stream_seq: 7, resume_seq: 7 });
+      setTimeout(() => sock.terminate(), 20);
+      return;
+    }
+    reply(sock, f, "ok", { jobs: [], stream_seq: 9, recovered: true });
+    // The replay after 7: a's missed event, then b's again (a duplicate).
+    push(sock, f[0], f[2], { type: "progress", job: jobOf("a", 2), seq: 2, stream_seq: 8, resume_seq: 8 });
+    push(sock, f[0], f[2], { type: "progress", job: jobOf("b", 1), seq: 1, stream_seq: 9, resume_seq: 9 });
+  });
+  const client = connect({ url: srv.url, token: TOKEN, WebSocket, reconnectAfterMs: fastBackoff });
+  t.after(() => { client.close(); return srv.close(); }); // also when an assertion fails
+  const seen = [];
+  client.watchUser((job) => seen.push(`${job.id}${job.seq}`));
+  await until(() => seen.includes("a2"));
+  await new Promise((r) => setTimeout(r, 30));
+  const joins = srv.frames.filter((f) => f[3] === "phx_join");
+  assert.deepEqual(joins[0][4], {});
+  assert.deepEqual(joins[1][4], { last_seq: 7 });
+  assert.deepEqual(seen, ["b1", "a1", "a2"]);
+});
