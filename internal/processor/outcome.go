@@ -123,6 +123,11 @@ func (p *Processor) die(ctx context.Context, d *delivery, reason string, log *sl
 // cancelledRun settles a run stopped by a cancel notice: the stored
 // snapshot (cancelled) is read again and confirmed like any final state.
 func (p *Processor) cancelledRun(ctx context.Context, d *delivery, log *slog.Logger) {
+	// The cancel was stored after this run's last change; if that change's
+	// event is still pending, publish it now (late, but not missing).
+	if err := p.announcePending(ctx, d); err != nil {
+		log.Warn("event of the last change before the cancel not published", "err", err)
+	}
 	snap, rev, err := p.store.Get(ctx, d.job.ID)
 	switch {
 	case err != nil:
@@ -225,7 +230,7 @@ func (p *Processor) apply(ctx context.Context, d *delivery, t envelope.Type, fn 
 			return inner(s)
 		}
 	}
-	snap, rev, err := p.store.ApplyAt(ctx, d.snap, d.rev, t, fn)
+	snap, rev, err := p.applyAt(ctx, d, t, fn)
 	for i := 1; ; i++ {
 		if err == nil || errors.Is(err, jobstore.ErrNotPublished) {
 			d.snap, d.rev = snap, rev
@@ -248,6 +253,15 @@ func (p *Processor) apply(ctx context.Context, d *delivery, t envelope.Type, fn 
 			}
 			continue
 		}
-		snap, rev, err = p.store.ApplyAt(ctx, d.snap, d.rev, t, fn)
+		snap, rev, err = p.applyAt(ctx, d, t, fn)
 	}
+}
+
+// applyAt is one try of apply: the pending announcement of the previous
+// change first (progress.go), then the change at d's revision.
+func (p *Processor) applyAt(ctx context.Context, d *delivery, t envelope.Type, fn jobstore.Mutation) (envelope.Snapshot, uint64, error) {
+	if err := p.announcePending(ctx, d); err != nil {
+		return d.snap, d.rev, err
+	}
+	return p.store.ApplyAt(ctx, d.snap, d.rev, t, fn)
 }

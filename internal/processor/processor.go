@@ -63,6 +63,8 @@ type Processor struct {
 type testHooks struct {
 	// beforeCall runs after the started write, before the provider call.
 	beforeCall func(d *delivery)
+	// progressStored runs after each progress write, with its outcome.
+	progressStored func(d *delivery, pct int, err error)
 }
 
 // New validates cfg and builds a Processor. Metrics are registered on reg.

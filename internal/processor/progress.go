@@ -1,8 +1,74 @@
 package processor
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"sync"
+
+	"github.com/beamline/beamline/internal/jobstore"
+	"github.com/beamline/beamline/pkg/envelope"
 )
+
+// storeProgress stores a progress report of d's running job and announces
+// it. A pending announcement (an earlier change stored without its event)
+// is published first; while it cannot be, no further change is stored, so
+// the job's seqs never get a gap. A change stored whose event cannot be
+// published is left pending (d.unannounced) rather than given up: the next
+// change of the run — another progress report or the outcome (apply) —
+// publishes it first, and if the run ends without that, the Nak'd
+// redelivery does (EnsurePublished).
+func (p *Processor) storeProgress(ctx context.Context, d *delivery, pct int) error {
+	if err := p.announcePending(ctx, d); err != nil {
+		return err
+	}
+	snap, rev, err := p.store.ApplyAt(ctx, d.snap, d.rev, envelope.TypeProgress, func(s *envelope.Snapshot) error {
+		if s.Status != envelope.StatusRunning {
+			return errSkip
+		}
+		s.Progress = pct
+		return nil
+	})
+	if err == nil || errors.Is(err, jobstore.ErrNotPublished) {
+		d.snap, d.rev = snap, rev
+	}
+	if errors.Is(err, jobstore.ErrNotPublished) {
+		// Stored: announce that snapshot, never store the change again.
+		if err = p.store.Publish(ctx, envelope.TypeProgress, snap); err != nil {
+			d.unannounced = envelope.TypeProgress
+		}
+	}
+	return err
+}
+
+// announcePending publishes the event of d.snap when it is stored but not
+// yet announced (d.unannounced). Publishing is idempotent (Nats-Msg-Id
+// <job>:<seq>), so a publish that did land before reporting an error is
+// not duplicated.
+func (p *Processor) announcePending(ctx context.Context, d *delivery) error {
+	if d.unannounced == "" {
+		return nil
+	}
+	if err := p.store.Publish(ctx, d.unannounced, d.snap); err != nil {
+		return &pendingError{seq: d.snap.Seq, err: err}
+	}
+	d.unannounced = ""
+	return nil
+}
+
+// pendingError is a change not attempted because the previous change's
+// event is still unpublished. Nothing new was stored; it is deliberately
+// not ErrNotPublished (that means "this change is stored").
+type pendingError struct {
+	seq uint64
+	err error
+}
+
+func (e *pendingError) Error() string {
+	return fmt.Sprintf("processor: event of seq %d still not published: %v", e.seq, e.err)
+}
+
+func (e *pendingError) Unwrap() error { return e.err }
 
 // progress turns a provider's Progress calls into progress events without
 // slowing the provider down: a call only records the value; one goroutine

@@ -39,6 +39,13 @@ type delivery struct {
 	// outcome came first, so the outcome write also records the attempt.
 	start        *starter
 	startSkipped bool
+	// unannounced is the event type of d.snap when d.snap is stored but
+	// its event is not confirmed published (a progress write whose
+	// publish failed twice); "" otherwise. The next change of this run
+	// publishes it first (announcePending), so every stored seq gets its
+	// event and in order. Written and read by one writer at a time (the
+	// run's writes are serial: start, progress, outcome).
+	unannounced envelope.Type
 
 	// cancel cancels the running job's context; set while it runs.
 	cancel    context.CancelFunc

@@ -267,22 +267,12 @@ func (p *Processor) call(actx, jctx context.Context, d *delivery, br *flow.Break
 		if _, err := d.start.ensure(); err != nil {
 			return // the call is being stopped; run acts on the error
 		}
-		snap, rev, err := p.store.ApplyAt(jctx, d.snap, d.rev, envelope.TypeProgress, func(s *envelope.Snapshot) error {
-			if s.Status != envelope.StatusRunning {
-				return errSkip
-			}
-			s.Progress = pct
-			return nil
-		})
-		if err == nil || errors.Is(err, jobstore.ErrNotPublished) {
-			d.snap, d.rev = snap, rev
-		}
-		if errors.Is(err, jobstore.ErrNotPublished) {
-			// Stored: announce that snapshot, never store the change again.
-			err = p.store.Publish(jctx, envelope.TypeProgress, snap)
-		}
+		err := p.storeProgress(jctx, d, pct)
 		if err != nil && !errors.Is(err, errSkip) && !errors.Is(err, jobstore.ErrTerminal) && jctx.Err() == nil {
 			log.Warn("progress not recorded", "progress", pct, "err", err)
+		}
+		if h := p.hooks.progressStored; h != nil {
+			h(d, pct, err)
 		}
 	})
 	defer prog.close()
