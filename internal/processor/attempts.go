@@ -43,21 +43,42 @@ const deliveryWarnGap = 32
 // load reads the job's snapshot and revision into d. A job published
 // straight to its subject (no queued snapshot from ingest) gets one created
 // from its envelope first.
+//
+// Every way round the loop counts against loadTries and backs off: a
+// create that finds the key taken while reads keep saying "not found" (a
+// read served by a lagging replica) is retried like any read error, not
+// spun on. The loop stops when shutdown starts (the job is not running
+// yet, so it is simply handed back).
 func (p *Processor) load(ctx context.Context, d *delivery) error {
+	if p.stopCtx != nil {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		defer context.AfterFunc(p.stopCtx, cancel)()
+	}
+	return loadSnapshot(ctx, d, p.store.Get, p.store.CreateAt)
+}
+
+// loadTries bounds load's reads (and creates).
+const loadTries = 5
+
+func loadSnapshot(ctx context.Context, d *delivery,
+	get func(context.Context, string) (envelope.Snapshot, uint64, error),
+	create func(context.Context, envelope.Job) (envelope.Snapshot, uint64, error)) error {
 	var err error
 	for i := 1; ; i++ {
-		d.snap, d.rev, err = p.store.Get(ctx, d.job.ID)
+		d.snap, d.rev, err = get(ctx, d.job.ID)
 		if errors.Is(err, jobstore.ErrNotFound) {
 			// The queued snapshot just created is the job's state at
 			// that revision: no second read.
-			if d.snap, d.rev, err = p.store.CreateAt(ctx, d.job); err == nil {
+			if d.snap, d.rev, err = create(ctx, d.job); err == nil {
 				return nil
 			}
 			if errors.Is(err, jobstore.ErrExists) {
-				continue
+				err = fmt.Errorf("processor: job %s exists but cannot be read: %w", d.job.ID, err)
 			}
 		}
-		if err == nil || i == 5 || ctx.Err() != nil {
+		if err == nil || i == loadTries || ctx.Err() != nil {
 			return err
 		}
 		if !sleepCtx(ctx, flow.Backoff(i, 50*time.Millisecond, time.Second, 0.2, nil)) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/beamline/beamline/internal/jobstore"
 	"github.com/beamline/beamline/internal/jsm"
 	"github.com/beamline/beamline/pkg/envelope"
 	"github.com/beamline/beamline/pkg/flow"
@@ -227,5 +229,77 @@ func TestSupervisorGivesUpOnFailingChild(t *testing.T) {
 	r := &running{p: p, reg: reg}
 	if v := counterValue(t, r, "beamline_supervisor_restarts_total", map[string]string{"child": "cancel"}); v < 1 {
 		t.Fatalf("cancel restarts counted %v", v)
+	}
+}
+
+// Minor 4: a create that finds the key taken while reads keep answering
+// "not found" (a lagging replica) is bounded like any other failure, and
+// backs off; it never spins.
+func TestLoadBoundsExistsNotFoundLoop(t *testing.T) {
+	var gets, creates int
+	get := func(context.Context, string) (envelope.Snapshot, uint64, error) {
+		gets++
+		return envelope.Snapshot{}, 0, jobstore.ErrNotFound
+	}
+	create := func(context.Context, envelope.Job) (envelope.Snapshot, uint64, error) {
+		creates++
+		return envelope.Snapshot{}, 0, jobstore.ErrExists
+	}
+	d := &delivery{job: envelope.Job{ID: "j1"}}
+	done := make(chan error, 1)
+	go func() { done <- loadSnapshot(context.Background(), d, get, create) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, jobstore.ErrExists) {
+			t.Fatalf("err %v, want one wrapping ErrExists", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("load never gave up")
+	}
+	if gets != loadTries || creates != loadTries {
+		t.Fatalf("%d reads, %d creates; want %d of each", gets, creates, loadTries)
+	}
+
+	// A cancelled context stops it at once.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	gets, creates = 0, 0
+	if err := loadSnapshot(ctx, d, get, create); err == nil || gets != 1 {
+		t.Fatalf("cancelled: err %v after %d reads", err, gets)
+	}
+}
+
+// Minor 4: the run's first read is stale — between it and the started
+// write, a run of the job was recorded (as a crashed run on another
+// processor would be). The started write loses its compare-and-set and
+// must not store this run under the recorded run's number: the crashed
+// run counts, and this run is attempt 2.
+func TestStartedWriteCountsARunRecordedSinceTheRead(t *testing.T) {
+	e := newEnv(t)
+	j := newJob("alice", "image", envelope.PriorityNormal, map[string]any{"duration_ms": 10})
+	var once sync.Once
+	e.startWith(baseConfig(t), func(p *Processor) {
+		p.hooks.afterLoad = func(d *delivery) {
+			once.Do(func() {
+				if _, err := e.store.Apply(context.Background(), d.job.ID, nil, envelope.TypeStarted, func(s *envelope.Snapshot) error {
+					s.Status, s.Attempt = envelope.StatusRunning, 1
+					return nil
+				}); err != nil {
+					t.Errorf("recording a run: %v", err)
+				}
+			})
+		}
+	})
+	e.submit(j)
+	s := e.waitStatus(j.ID, envelope.StatusSucceeded, 15*time.Second)
+	if s.Attempt != 2 {
+		t.Fatalf("succeeded at attempt %d, want 2 (the run recorded since the read counts): %+v", s.Attempt, s)
+	}
+	e.waitJobsEmpty()
+	evs := e.checkSeqs(j, envelope.StatusSucceeded)
+	for _, ev := range evs[1:] {
+		if ev.Attempt != 2 {
+			t.Fatalf("events %+v: every change after the recorded run is attempt 2", evs)
+		}
 	}
 }

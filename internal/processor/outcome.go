@@ -239,7 +239,7 @@ func (p *Processor) apply(ctx context.Context, d *delivery, t envelope.Type, fn 
 			telemetry.RecordError(span, err)
 		}
 		if err == nil || errors.Is(err, jobstore.ErrTerminal) || errors.Is(err, errSkip) ||
-			errors.Is(err, envelope.ErrTooLarge) || i == 5 || ctx.Err() != nil {
+			errors.Is(err, errAttemptMoved) || errors.Is(err, envelope.ErrTooLarge) || i == 5 || ctx.Err() != nil {
 			return snap, err
 		}
 		if !sleepCtx(ctx, flow.Backoff(i, 50*time.Millisecond, time.Second, 0.2, nil)) {

@@ -3,6 +3,7 @@ package processor
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -109,9 +110,20 @@ func (s *starter) settle() (skipped bool, snap envelope.Snapshot, err error) {
 	return false, s.snap, s.err
 }
 
-// writeStarted stores running (attempt d.attempt) and announces it.
+// writeStarted stores running and announces it. The attempt is checked
+// against the snapshot actually written over, not only load's read: when the
+// compare-and-set at that revision loses (the read was stale, or another run
+// wrote meanwhile) apply re-reads, and the attempt must be that snapshot's
+// attempt + 1 so a crashed run recorded since is counted. If that is not
+// d.attempt (the number this run was admitted with, which the provider call,
+// MaxDeliver and the outcome use), nothing is stored: errAttemptMoved, the
+// run is Nak'd and its redelivery counts from what is stored. (d.attempt is
+// not changed here: a deferred start runs beside the provider call.)
 func (p *Processor) writeStarted(ctx context.Context, d *delivery) (envelope.Snapshot, error) {
 	return p.apply(ctx, d, envelope.TypeStarted, func(s *envelope.Snapshot) error {
+		if s.Attempt+1 != d.attempt {
+			return fmt.Errorf("%w: stored attempt %d, this run %d", errAttemptMoved, s.Attempt, d.attempt)
+		}
 		s.Status = envelope.StatusRunning
 		s.Attempt = d.attempt
 		s.Progress = 0
@@ -120,4 +132,7 @@ func (p *Processor) writeStarted(ctx context.Context, d *delivery) (envelope.Sna
 	})
 }
 
-var errStartSkipped = errors.New("processor: start skipped")
+var (
+	errStartSkipped = errors.New("processor: start skipped")
+	errAttemptMoved = errors.New("processor: the job's attempt changed since it was read")
+)

@@ -159,7 +159,11 @@ func (p *Processor) run(d *delivery) {
 
 	// The attempt number: one more than the stored snapshot's (see
 	// attempts.go). A delivery past the limit is dead-lettered, not run.
-	if err := p.load(ctx, d); err != nil {
+	err := p.load(ctx, d)
+	if h := p.hooks.afterLoad; h != nil && err == nil {
+		h(d)
+	}
+	if err != nil {
 		log.Error("cannot read the job; will retry", "err", err)
 		p.nak(d, p.backoff(d.delivered, nil))
 		return
@@ -245,7 +249,11 @@ func (p *Processor) startFailed(ctx context.Context, d *delivery, snap envelope.
 		p.skipTerminal(ctx, d, snap, log)
 		return
 	}
-	log.Error("cannot record start; will retry", "err", err)
+	if errors.Is(err, errAttemptMoved) {
+		log.Warn("job changed since it was read; its redelivery counts the attempt again", "err", err)
+	} else {
+		log.Error("cannot record start; will retry", "err", err)
+	}
 	p.nak(d, p.backoff(d.attempt, nil))
 }
 
