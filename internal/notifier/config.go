@@ -34,6 +34,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -98,6 +99,10 @@ type Config struct {
 	// onFrame, when set, sees every inbound frame before it is handled
 	// (tests only: a hook that panics).
 	onFrame func(data []byte)
+	// hideDirect, when set, hides from every direct-get answer the first
+	// message it returns true for and what follows it, as a replica that
+	// has not stored them yet answers (tests only).
+	hideDirect func(m *jetstream.RawStreamMsg) bool
 	// laneDepth is the capacity of each live-message lane (default
 	// defaultLaneDepth; tests shrink it to make drops).
 	laneDepth int

@@ -66,6 +66,11 @@ type sub struct {
 	// hub.add on the joining goroutine): every event up to it was stored
 	// before the join read its snapshot or replay.
 	joinMark uint64
+	// joinPos is the topic's position right after sb was added: every
+	// event the topic handled before is at or below it, so the join's
+	// snapshot and replay must cover the stream up to it (later events
+	// reach sb through the topic).
+	joinPos  uint64
 	endFrame []byte // phx_close/phx_error that ended it during the join, sent after the join's pushes
 }
 
@@ -197,7 +202,7 @@ func (h *hub) add(sb *sub, subject string) error {
 		return t.err
 	}
 	t.mu.Lock()
-	sb.joinMark = t.mark
+	sb.joinMark, sb.joinPos = t.mark, max(t.pos, t.mark)
 	t.mu.Unlock()
 	return nil
 }

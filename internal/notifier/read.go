@@ -28,6 +28,7 @@ const readMaxBytes = 4 << 20
 // message at or below that seq of each subject.
 type directGetRequest struct {
 	Seq       uint64   `json:"seq,omitempty"`
+	LastFor   string   `json:"last_by_subj,omitempty"`
 	NextFor   string   `json:"next_by_subj,omitempty"`
 	Batch     int      `json:"batch,omitempty"`
 	MaxBytes  int      `json:"max_bytes,omitempty"`
@@ -120,6 +121,13 @@ func (s *Service) direct(ctx context.Context, r directGetRequest, fn func(*jetst
 		if err != nil {
 			return 0, false, err
 		}
+		if hide := s.cfg.hideDirect; hide != nil && hide(sm) {
+			// Tests: answer like a replica that has not stored sm yet.
+			if len(r.MultiLast) > 0 {
+				continue
+			}
+			return 0, false, nil
+		}
 		if !fn(sm) {
 			return 0, true, nil
 		}
@@ -203,14 +211,28 @@ func apiSubject(js jetstream.JetStream, name string) string {
 // DIRECT.GET: a replica joins the direct-get responders while still
 // catching up, and its "nothing there" proves nothing.
 func (s *Service) nextOnLeader(ctx context.Context, filter string, seq uint64) (uint64, error) {
-	req, _ := json.Marshal(directGetRequest{Seq: seq, NextFor: filter})
+	m, err := s.msgOnLeader(ctx, directGetRequest{Seq: seq, NextFor: filter})
+	if err != nil || m == nil {
+		return 0, err
+	}
+	return m.Sequence, nil
+}
+
+// msgOnLeader asks the EVENTS leader for one message ($JS.API.STREAM.MSG.GET
+// with r's seq/next_by_subj or last_by_subj); nil when there is none.
+func (s *Service) msgOnLeader(ctx context.Context, r directGetRequest) (*jetstream.RawStreamMsg, error) {
+	req, _ := json.Marshal(r)
 	m, err := s.nc.RequestWithContext(ctx, apiSubject(s.js, "STREAM.MSG.GET."+streams.Events), req)
 	if err != nil {
-		return 0, fmt.Errorf("%w: %w", errStreamRead, err)
+		return nil, fmt.Errorf("%w: %w", errStreamRead, err)
 	}
-	var r struct {
+	var resp struct {
 		Message *struct {
-			Seq uint64 `json:"seq"`
+			Subject string    `json:"subject"`
+			Seq     uint64    `json:"seq"`
+			Header  []byte    `json:"hdrs"`
+			Data    []byte    `json:"data"`
+			Time    time.Time `json:"time"`
 		} `json:"message"`
 		Error *struct {
 			Code        int    `json:"code"`
@@ -218,16 +240,52 @@ func (s *Service) nextOnLeader(ctx context.Context, filter string, seq uint64) (
 			Description string `json:"description"`
 		} `json:"error"`
 	}
-	if err := json.Unmarshal(m.Data, &r); err != nil {
-		return 0, fmt.Errorf("%w: %w", errStreamRead, err)
+	if err := json.Unmarshal(m.Data, &resp); err != nil {
+		return nil, fmt.Errorf("%w: %w", errStreamRead, err)
 	}
 	switch {
-	case r.Error != nil && r.Error.ErrCode == int(jetstream.JSErrCodeMessageNotFound):
-		return 0, nil
-	case r.Error != nil:
-		return 0, fmt.Errorf("%w: %d %s", errStreamRead, r.Error.Code, r.Error.Description)
-	case r.Message == nil || r.Message.Seq == 0:
-		return 0, fmt.Errorf("%w: message get answer without a message", errStreamRead)
+	case resp.Error != nil && resp.Error.ErrCode == int(jetstream.JSErrCodeMessageNotFound):
+		return nil, nil
+	case resp.Error != nil:
+		return nil, fmt.Errorf("%w: %d %s", errStreamRead, resp.Error.Code, resp.Error.Description)
+	case resp.Message == nil || resp.Message.Seq == 0:
+		return nil, fmt.Errorf("%w: message get answer without a message", errStreamRead)
 	}
-	return r.Message.Seq, nil
+	out := &jetstream.RawStreamMsg{Subject: resp.Message.Subject, Sequence: resp.Message.Seq, Data: resp.Message.Data, Time: resp.Message.Time}
+	if len(resp.Message.Header) > 0 {
+		if out.Header, err = nats.DecodeHeadersMsg(resp.Message.Header); err != nil {
+			return nil, fmt.Errorf("%w: %w", errStreamRead, err)
+		}
+	}
+	return out, nil
+}
+
+// readConfirmed is readFrom for a join, whose reply must cover every event
+// on filter up to upTo (the topic's position when the subscriber was
+// added; later events reach it live): it calls fn for every message on
+// filter stored at or after from, in stream order, and does not take a
+// direct get's "end of stream" for proof. The answer may come from a
+// replica still catching up, so when the read ends below upTo the leader
+// is asked ($JS.API.STREAM.MSG.GET next_by_subj, as reconcile does)
+// whether anything on filter lies in between; if so that message (from the
+// leader's answer) goes to fn and the read goes on after it.
+func (s *Service) readConfirmed(ctx context.Context, filter string, from, upTo uint64, fn func(*jetstream.RawStreamMsg) bool) error {
+	next := max(from, 1)
+	read := func(m *jetstream.RawStreamMsg) bool {
+		next = m.Sequence + 1
+		return fn(m)
+	}
+	for {
+		end, err := s.readFrom(ctx, filter, next, read)
+		if err != nil || !end || next > upTo {
+			return err // stopped by fn, or past upTo
+		}
+		m, err := s.msgOnLeader(ctx, directGetRequest{Seq: next, NextFor: filter})
+		if err != nil || m == nil || m.Sequence > upTo {
+			return err
+		}
+		if !read(m) {
+			return nil
+		}
+	}
 }

@@ -1,31 +1,31 @@
 package notifier
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
-	"errors"
+	"slices"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/beamline/beamline/pkg/envelope"
-	"github.com/beamline/beamline/streams"
 )
 
 // maxReplay bounds one replay; beyond it the join says recovered:false and
 // the client starts again from the snapshot.
 const maxReplay = 10000
 
-// replayJob returns the job's events with a job seq after n. recovered is
-// false when the stream no longer holds event n+1 (aged out or purged).
-func (s *Service) replayJob(ctx context.Context, subject string, n, current uint64) ([]*event, bool, error) {
+// replayJob returns the job's events with a job seq after n, read up to
+// at least stream seq upTo (see readConfirmed). recovered is false when the
+// stream no longer holds event n+1 (aged out or purged).
+func (s *Service) replayJob(ctx context.Context, subject string, n, current, upTo uint64) ([]*event, bool, error) {
 	if n >= current {
 		return nil, true, nil // nothing missed
 	}
 	var out []*event
 	recovered, first := true, true
-	_, err := s.readFrom(ctx, subject, 1, func(m *jetstream.RawStreamMsg) bool {
+	err := s.readConfirmed(ctx, subject, 1, upTo, func(m *jetstream.RawStreamMsg) bool {
 		env, snap, err := envelope.DecodeEvent(m.Data)
 		if err != nil {
 			return true
@@ -58,13 +58,14 @@ func (s *Service) replayJob(ctx context.Context, subject string, n, current uint
 	return out, true, nil
 }
 
-// replayUser returns the user's events with a stream seq after n.
+// replayUser returns the user's events with a stream seq after n, read up
+// to at least stream seq upTo (see readConfirmed).
 // recovered is false when events of this user stored after n may be gone:
 // the stream's first message is later than n+1 (aged out), or a job's first
 // replayed event does not follow the last one of that job at or below n
 // (EVENTS keeps at most max_msgs_per_subject events per job and drops a
 // chatty job's oldest ones, whatever the stream's first seq says).
-func (s *Service) replayUser(ctx context.Context, user string, n uint64) ([]*event, bool, error) {
+func (s *Service) replayUser(ctx context.Context, user string, n, upTo uint64) ([]*event, bool, error) {
 	info, err := s.events.Info(ctx)
 	if err != nil {
 		return nil, false, err
@@ -75,7 +76,7 @@ func (s *Service) replayUser(ctx context.Context, user string, n uint64) ([]*eve
 	var out []*event
 	recovered := true
 	firstOf := map[string]uint64{} // job subject → job seq of its first replayed event
-	_, err = s.readFrom(ctx, userSubject(user), n+1, func(m *jetstream.RawStreamMsg) bool {
+	err = s.readConfirmed(ctx, userSubject(user), n+1, upTo, func(m *jetstream.RawStreamMsg) bool {
 		env, snap, err := envelope.DecodeEvent(m.Data)
 		if err != nil {
 			return true
@@ -123,67 +124,91 @@ const (
 )
 
 // userJobs returns the snapshots of the user's non-terminal jobs, from the
-// latest EVENTS message per subject, and the highest stream seq seen. The
-// scan is bounded in count (cfg.userScanMax subjects) and time
+// latest EVENTS message per subject, and the highest stream seq seen; the
+// read covers the stream up to at least upTo (see readConfirmed).
+//
+// The scan is bounded in count (cfg.userScanMax jobs) and time
 // (cfg.userScanTime): a user with more jobs than that gets what was found
 // with truncated set, never an error, because an error reply makes the
-// Phoenix client rejoin forever and each rejoin would scan again.
-func (s *Service) userJobs(ctx context.Context, user string) (jobs []json.RawMessage, last uint64, truncated bool, err error) {
-	cons, err := s.js.OrderedConsumer(ctx, streams.Events, jetstream.OrderedConsumerConfig{
-		FilterSubjects:    []string{userSubject(user)},
-		DeliverPolicy:     jetstream.DeliverLastPerSubjectPolicy,
-		InactiveThreshold: 10 * time.Second,
-	})
+// Phoenix client rejoin forever and each rejoin would scan again. What is
+// kept is the most recent jobs — the open ones a user cares about — not
+// the ones whose last event is oldest (mostly finished): the stream is
+// read in windows going back from its end (each twice the one before),
+// each window forward in stream order, and a job counts once, in the
+// newest window holding one of its events.
+func (s *Service) userJobs(ctx context.Context, user string, upTo uint64) (jobs []json.RawMessage, last uint64, truncated bool, err error) {
+	info, err := s.events.Info(ctx)
 	if err != nil {
 		return nil, 0, false, err
 	}
-	info, err := cons.Info(ctx)
-	if err != nil {
-		return nil, 0, false, err
+	first, hi := max(info.State.FirstSeq, 1), max(info.State.LastSeq, upTo)
+	if info.State.Msgs == 0 && upTo == 0 {
+		return nil, 0, false, nil
 	}
-	// Delete the consumer when done rather than leave it to the inactive
-	// threshold: every user-topic join makes one, and an idle one still
-	// costs the server three goroutines and its state for 10 s.
-	defer func() {
-		dctx, cancel := context.WithTimeout(s.ctx, 2*time.Second)
-		defer cancel()
-		_ = s.js.DeleteConsumer(dctx, streams.Events, cons.CachedInfo().Name)
-	}()
-	deadline := time.Now().Add(s.cfg.userScanTime)
-	scanned := 0
-	pending := info.NumPending
-	for pending > 0 {
-		wait := time.Until(deadline)
-		if scanned >= s.cfg.userScanMax || wait < 10*time.Millisecond || ctx.Err() != nil {
-			return jobs, last, true, nil
+	sctx, cancel := context.WithTimeout(ctx, s.cfg.userScanTime)
+	defer cancel()
+	type found struct {
+		subject string
+		seq     uint64
+		data    json.RawMessage // nil: terminal
+	}
+	filter := userSubject(user)
+	seen := map[string]bool{} // jobs counted, from newer windows
+	window := 4 * uint64(s.cfg.userScanMax)
+	for top := true; ; top = false {
+		lo := first
+		if hi >= first+window {
+			lo = hi - window + 1
 		}
-		batch, err := cons.Fetch(int(min(pending, 256, uint64(s.cfg.userScanMax-scanned))), jetstream.FetchMaxWait(min(wait, 5*time.Second)))
+		win := map[string]found{} // job subject → its latest event in [lo, hi]
+		read := func(m *jetstream.RawStreamMsg) bool {
+			if m.Sequence > hi {
+				return false
+			}
+			if seen[m.Subject] {
+				return true
+			}
+			f := found{subject: m.Subject, seq: m.Sequence}
+			if env, snap, err := envelope.DecodeEvent(m.Data); err == nil && !snap.Status.Terminal() {
+				f.data = env.Data
+			}
+			win[m.Subject] = f
+			last = max(last, m.Sequence)
+			return true
+		}
+		if top {
+			err = s.readConfirmed(sctx, filter, lo, upTo, read)
+		} else {
+			_, err = s.readFrom(sctx, filter, lo, read)
+		}
 		if err != nil {
-			return nil, 0, false, err
-		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			scanned++
-			md, err := m.Metadata()
-			if err != nil {
-				continue
-			}
-			last = max(last, md.Sequence.Stream)
-			pending = md.NumPending
-			env, snap, err := envelope.DecodeEvent(m.Data())
-			if err == nil && !snap.Status.Terminal() {
-				jobs = append(jobs, env.Data)
+			if ctx.Err() == nil && sctx.Err() != nil {
+				// Out of time: say so rather than fail the join.
+				err, truncated = nil, true
+			} else {
+				return nil, 0, false, err
 			}
 		}
-		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
-			return nil, 0, false, err
+		fs := make([]found, 0, len(win))
+		for _, f := range win {
+			fs = append(fs, f)
 		}
-		if n == 0 {
-			// Nothing within the wait: the server is slow; say so rather
-			// than fail the join.
-			return jobs, last, pending > 0, nil
+		slices.SortFunc(fs, func(a, b found) int { return cmp.Compare(b.seq, a.seq) })
+		for _, f := range fs {
+			if len(seen) >= s.cfg.userScanMax {
+				truncated = true
+				break
+			}
+			seen[f.subject] = true
+			if f.data != nil {
+				jobs = append(jobs, f.data)
+			}
 		}
+		if truncated || lo <= first {
+			break
+		}
+		hi, window = lo-1, 2*window
 	}
-	return jobs, last, false, nil
+	slices.Reverse(jobs) // oldest first, in stream order, as before
+	return jobs, last, truncated, nil
 }

@@ -115,12 +115,31 @@ func (s *Service) openJob(ctx context.Context, p auth.Principal, sb *sub, id str
 	if snap, _, err = s.store.Get(ctx, id); err != nil {
 		return fail(err)
 	}
+	// The KV read may be answered by a replica that lags (allow_direct):
+	// its snapshot may miss a change whose event is at or below the
+	// topic's position, which will not come live. The leader's last event
+	// of the job is the snapshot after its change; take it when newer.
+	if sb.joinPos > 0 {
+		m, err := s.msgOnLeader(ctx, directGetRequest{LastFor: subject})
+		if err != nil {
+			return fail(err)
+		}
+		if m != nil {
+			if k, ok := envelope.SeqOf(m.Header); ok && k > snap.Seq {
+				_, newer, err := envelope.DecodeEvent(m.Data)
+				if err != nil {
+					return fail(err)
+				}
+				snap = newer
+			}
+		}
+	}
 	res := joinResult{snapshot: &snap}
 	recovered := false
 	sb.last = snap.Seq
 	if lastSeq != nil {
 		var replay []*event
-		replay, recovered, err = s.replayJob(ctx, subject, *lastSeq, snap.Seq)
+		replay, recovered, err = s.replayJob(ctx, subject, *lastSeq, snap.Seq, sb.joinPos)
 		if err != nil {
 			return fail(err)
 		}
@@ -148,7 +167,7 @@ func (s *Service) openUser(ctx context.Context, p auth.Principal, sb *sub, id st
 		s.log.Warn("join: reading user jobs", "user", id, "err", err)
 		return joinResult{reason: reasonUnavailable}
 	}
-	jobs, streamSeq, truncated, err := s.userJobs(ctx, id)
+	jobs, streamSeq, truncated, err := s.userJobs(ctx, id, sb.joinPos)
 	if err != nil {
 		return fail(err)
 	}
@@ -160,7 +179,7 @@ func (s *Service) openUser(ctx context.Context, p auth.Principal, sb *sub, id st
 	sb.resume = sb.joinMark
 	if lastSeq != nil {
 		var replay []*event
-		replay, recovered, err = s.replayUser(ctx, id, *lastSeq)
+		replay, recovered, err = s.replayUser(ctx, id, *lastSeq, sb.joinPos)
 		if err != nil {
 			return fail(err)
 		}
