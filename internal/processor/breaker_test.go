@@ -1,6 +1,7 @@
 package processor
 
 import (
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
@@ -13,7 +14,26 @@ import (
 	"github.com/beamline/beamline/pkg/flow"
 )
 
+// A provider down for many half-open windows costs the jobs no attempt that
+// did not call it: a run is admitted by the breaker before its attempt is
+// counted, so while the breaker refuses, workers wait without writing
+// running (immediate start, every redelivery) or an outcome (deferred
+// start). At any moment the attempts stored across all jobs are at most the
+// provider's hits plus the runs that may have counted theirs and not yet
+// called (Concurrency). No job dies of the outage; all succeed after it.
 func TestBreakerPausesPullingWhileProviderIsDown(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		startedDelay time.Duration
+	}{
+		{"immediate start", -1},
+		{"deferred start", 10 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testBreakerOutage(t, tc.startedDelay) })
+	}
+}
+
+func testBreakerOutage(t *testing.T, startedDelay time.Duration) {
 	var down atomic.Bool
 	var hits atomic.Int64
 	down.Store(true)
@@ -36,11 +56,13 @@ func TestBreakerPausesPullingWhileProviderIsDown(t *testing.T) {
 	cfg := baseConfig(t)
 	cfg.Providers["http"] = hp
 	cfg.Kinds = append(cfg.Kinds, config.Kind{Name: "remote", Provider: "http"})
-	cfg.Concurrency = 4
-	cfg.MaxDeliver = 50
+	const concurrency = 4
+	cfg.Concurrency = concurrency
+	cfg.MaxDeliver = 10
+	cfg.StartedDelay = startedDelay
 	// Every call fails while it is down: at least half of at least 3 calls.
-	// One probe at a time, so each probe spends at most one delivery.
-	cfg.Breaker = flow.BreakerConfig{MinRequests: 3, MaxRequests: 1, OpenTimeout: 150 * time.Millisecond}
+	// One probe per half-open window.
+	cfg.Breaker = flow.BreakerConfig{MinRequests: 3, MaxRequests: 1, OpenTimeout: 100 * time.Millisecond}
 	r := e.start(cfg)
 
 	const n = 20
@@ -49,34 +71,61 @@ func TestBreakerPausesPullingWhileProviderIsDown(t *testing.T) {
 		jobs[i] = newJob("u"+string(rune('a'+i%10)), "remote", envelope.PriorityNormal, nil)
 		e.submit(jobs[i])
 	}
-	sumAttempts := func() int {
+	// check reads the attempts before the hits: a run counts its attempt
+	// (at most) before its call, never after, so the bound holds whenever
+	// it is read. slack is how many runs may have counted and not yet
+	// called: any of the Concurrency runs until the breaker opened, then
+	// only the admitted probe (MaxRequests). Refused runs that counted
+	// their attempt and waited for the breaker would show here as up to
+	// Concurrency attempts ahead of the hits, window after window.
+	var lastAttempts int
+	var lastHits int64
+	check := func(slack int) {
+		t.Helper()
 		sum := 0
 		for _, j := range jobs {
-			sum += e.snapshot(j.ID).Attempt
+			s := e.snapshot(j.ID)
+			if s.Status == envelope.StatusDead {
+				t.Fatalf("job %s dead (attempt %d) during the outage", j.ID, s.Attempt)
+			}
+			sum += s.Attempt
 		}
-		return sum
+		h := hits.Load()
+		if sum > int(h)+slack {
+			t.Fatalf("%d attempts counted for %d provider calls (allowed ahead: %d): attempts without a call", sum, h, slack)
+		}
+		lastAttempts, lastHits = sum, h
 	}
 	waitFor(t, 10*time.Second, func() bool {
+		check(concurrency)
 		return counterValue(t, r, "beamline_breaker_state", map[string]string{"provider": "http"}) == 2
 	})
-	// While it stays down, each half-open probe may spend one delivery;
-	// nothing else is pulled or called.
+	// The runs admitted before it opened call at once (no wait): they are
+	// done once Concurrency more calls (probes, 100ms apart) were made.
 	h0 := hits.Load()
-	waitFor(t, 10*time.Second, func() bool { return hits.Load() >= h0+3 })
-	s1 := sumAttempts()
+	waitFor(t, 10*time.Second, func() bool {
+		check(concurrency)
+		return hits.Load() >= h0+concurrency
+	})
+	// Down for at least 10 more half-open windows, one probe (hit) each.
 	h1 := hits.Load()
-	waitFor(t, 10*time.Second, func() bool { return hits.Load() >= h1+4 })
-	s2, h2 := sumAttempts(), hits.Load()
-	if s2-s1 > int(h2-h1)+1 || s2-s1 > 8 {
-		t.Fatalf("attempts climbed from %d to %d over %d probes while the breaker was open", s1, s2, h2-h1)
-	}
+	waitFor(t, 20*time.Second, func() bool {
+		check(int(cfg.Breaker.MaxRequests))
+		return hits.Load() >= h1+10
+	}, func() string { return fmt.Sprintf("%d probes in 20s", hits.Load()-h1) })
+	check(int(cfg.Breaker.MaxRequests))
+	t.Logf("outage: %d attempts, %d provider hits (%d since open)", lastAttempts, lastHits, lastHits-h0)
 
 	down.Store(false)
 	for _, j := range jobs {
 		e.waitStatus(j.ID, envelope.StatusSucceeded, 20*time.Second)
 	}
-	if total := sumAttempts(); total > n+int(hits.Load()) {
-		t.Fatalf("total attempts %d for %d jobs", total, n)
+	total := 0
+	for _, j := range jobs {
+		total += e.snapshot(j.ID).Attempt
+	}
+	if h := hits.Load(); total > int(h) {
+		t.Fatalf("total attempts %d for %d provider calls", total, h)
 	}
 	if v := counterValue(t, r, "beamline_breaker_state", map[string]string{"provider": "http"}); v != 0 {
 		t.Fatalf("breaker state %v after recovery", v)

@@ -147,15 +147,23 @@ func (p *Processor) run(d *delivery) {
 	ctx, span := p.startAttempt(context.Background(), d)
 	defer span.End()
 	log := p.log.With("job", j.ID, "user", j.User, "kind", j.Kind).With(telemetry.LogAttrs(ctx)...)
-	br := p.kindBreakers[j.Kind]
-	// An open breaker: wait here (heartbeats keep the message) instead of
-	// spending an attempt. The pullers have stopped, so only prefetched
-	// messages ever wait here; a shutdown meanwhile hands the message back
-	// before anything was counted.
-	if err := br.WaitAllowed(p.stopCtx); err != nil {
+	// Admission by the provider's breaker comes first, before the attempt
+	// is counted (the running write, or the outcome of a run that skips
+	// it): a run is counted only once its provider call is sure to be
+	// made. While the breaker is open, or half-open with its probes taken,
+	// the run waits here (heartbeats keep the message), costing neither an
+	// attempt nor a delivery. The pullers have stopped, so only prefetched
+	// messages ever wait; a shutdown meanwhile hands the message back before
+	// anything was counted. A run that ends without calling (a failed write,
+	// a terminal job, a panic) releases its admission without an outcome,
+	// so a half-open breaker never waits for a probe that will not come
+	// (done counts once: after the call's own report this is a no-op).
+	done, ok := p.admit(d)
+	if !ok {
 		p.nak(d, 0)
 		return
 	}
+	defer done(flow.ErrNotCalled)
 
 	// The attempt number: one more than the stored snapshot's (see
 	// attempts.go). A delivery past the limit is dead-lettered, not run.
@@ -229,7 +237,7 @@ func (p *Processor) run(d *delivery) {
 		h(d)
 	}
 
-	result, callErr := p.call(ctx, jctx, d, br, log)
+	result, callErr := p.call(ctx, jctx, d, done, log)
 	telemetry.RecordError(span, callErr)
 	skipped, snap, err := d.start.settle()
 	if err != nil {
@@ -257,10 +265,25 @@ func (p *Processor) startFailed(ctx context.Context, d *delivery, snap envelope.
 	p.nak(d, p.backoff(d.attempt, nil))
 }
 
-// call runs the provider call: Breaker → Boundary{Timeout} → Provider.Call,
-// with the job's own context (cancelled by cancel.<user>.<job>, or when the
-// shutdown grace runs out).
-func (p *Processor) call(actx, jctx context.Context, d *delivery, br *flow.Breaker, log *slog.Logger) (json.RawMessage, error) {
+// admit waits until the breaker of d's provider admits a call, and returns
+// the func that reports its outcome; false when shutdown started first.
+func (p *Processor) admit(d *delivery) (done func(error), ok bool) {
+	br := p.kindBreakers[d.kind]
+	done, err := br.Allow()
+	if err == nil {
+		return done, true
+	}
+	p.m.providerCalls.WithLabelValues(p.kindProviders[d.kind].Name(), "breaker_open").Inc()
+	done, err = br.WaitAdmitted(p.stopCtx)
+	return done, err == nil
+}
+
+// call runs the provider call, admitted by the breaker (done reports its
+// outcome): Boundary{Timeout} → Provider.Call, with the job's own context
+// (cancelled by cancel.<user>.<job>, or when the shutdown grace runs out).
+// Exactly one call per admission: never a retry here, since the run's
+// attempt is counted.
+func (p *Processor) call(actx, jctx context.Context, d *delivery, done func(error), log *slog.Logger) (json.RawMessage, error) {
 	j := d.job
 	prov := p.kindProviders[j.Kind]
 	jctx, span := p.startSpan(withSpanOf(jctx, actx), "provider call", attribute.String("beamline.provider", prov.Name()))
@@ -288,35 +311,21 @@ func (p *Processor) call(actx, jctx context.Context, d *delivery, br *flow.Break
 	bd := flow.Boundary{Timeout: p.cfg.timeout(j.Kind)}
 	var result json.RawMessage
 	start := time.Now()
-	for {
-		err := br.Do(jctx, func(ctx context.Context) error {
-			return bd.Do(ctx, func(ctx context.Context) error {
-				res, err := prov.Call(ctx, provider.Request{Job: j, Attempt: d.attempt, Progress: prog.report})
-				if err == nil {
-					result = res
-				}
-				return err
-			})
-		})
-		if errors.Is(err, flow.ErrBreakerOpen) && jctx.Err() == nil && p.stopCtx.Err() == nil {
-			// Half-open with its probes taken, or opened since we checked:
-			// wait for it rather than spend this delivery.
-			p.m.providerCalls.WithLabelValues(prov.Name(), "breaker_open").Inc()
-			wait := 50 * time.Millisecond
-			if h, ok := flow.RetryAfterHint(err); ok {
-				wait = min(h, time.Second)
-			}
-			if !sleepCtx(p.stopCtx, wait) || br.WaitAllowed(p.stopCtx) != nil {
-				return nil, errShutdown
-			}
-			continue
+	// A panic is a *flow.PanicError here (the Boundary), reported to the
+	// breaker as a failure like any other.
+	err := bd.Do(jctx, func(ctx context.Context) error {
+		res, err := prov.Call(ctx, provider.Request{Job: j, Attempt: d.attempt, Progress: prog.report})
+		if err == nil {
+			result = res
 		}
-		p.m.duration.WithLabelValues(j.Kind).Observe(time.Since(start).Seconds())
-		p.countCall(prov.Name(), j.Kind, err)
-		telemetry.RecordError(span, err)
-		prog.close() // progress events all stored before the final one
-		return result, err
-	}
+		return err
+	})
+	done(err)
+	p.m.duration.WithLabelValues(j.Kind).Observe(time.Since(start).Seconds())
+	p.countCall(prov.Name(), j.Kind, err)
+	telemetry.RecordError(span, err)
+	prog.close() // progress events all stored before the final one
+	return result, err
 }
 
 func (p *Processor) countCall(name, kind string, err error) {

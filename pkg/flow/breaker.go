@@ -143,7 +143,7 @@ func readyToTrip(minRequests uint32, ratio float64, consecutive uint32) func(gob
 // drive it with testing/synctest.
 type Breaker struct {
 	name        string
-	cb          *gobreaker.CircuitBreaker[struct{}]
+	cb          *gobreaker.TwoStepCircuitBreaker[struct{}]
 	openTimeout time.Duration
 
 	mu       sync.Mutex
@@ -187,7 +187,7 @@ func NewBreaker(cfg BreakerConfig) *Breaker {
 	if isFailure == nil {
 		isFailure = func(err error) bool { return err != nil && !IsTerminal(err) }
 	}
-	b.cb = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
+	b.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:         cfg.Name,
 		MaxRequests:  maxRequests,
 		Interval:     interval,
@@ -197,7 +197,9 @@ func NewBreaker(cfg BreakerConfig) *Breaker {
 		IsSuccessful: func(err error) bool {
 			return !isFailure(err)
 		},
-		IsExcluded: func(err error) bool { return errors.Is(err, context.Canceled) },
+		IsExcluded: func(err error) bool {
+			return errors.Is(err, context.Canceled) || errors.Is(err, ErrNotCalled)
+		},
 		OnStateChange: func(name string, from, to gobreaker.State) {
 			b.stateChanged(to)
 			if cfg.OnStateChange != nil {
@@ -216,6 +218,11 @@ func (b *Breaker) stateChanged(to gobreaker.State) {
 	if to == gobreaker.StateOpen {
 		b.openedAt = time.Now()
 	}
+	b.signalLocked()
+}
+
+// signalLocked wakes every waiter (WaitAllowed, WaitAdmitted). b.mu held.
+func (b *Breaker) signalLocked() {
 	close(b.changed)
 	b.changed = make(chan struct{})
 }
@@ -226,6 +233,13 @@ func (b *Breaker) Name() string { return b.name }
 // State returns the current state. An open breaker whose OpenTimeout has
 // passed reports (and becomes) half-open.
 func (b *Breaker) State() BreakerState { return fromGobreaker(b.cb.State()) }
+
+// ErrNotCalled, passed to the done func of Allow, releases an admission
+// whose call was never made (the caller gave up before calling: a failed
+// write, a shutdown). It records no outcome, success or failure, and frees
+// the probe slot of a half-open breaker for another caller, so a breaker
+// never stays half-open waiting for a probe that will not come.
+var ErrNotCalled = errors.New("flow: call not made")
 
 // Do calls fn if the breaker allows it and records the outcome. When the
 // breaker is open — or half-open with all MaxRequests probes in flight — fn
@@ -240,14 +254,105 @@ func (b *Breaker) Do(ctx context.Context, fn func(ctx context.Context) error) er
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	_, err := b.cb.Execute(func() (struct{}, error) { return struct{}{}, fn(ctx) })
-	switch err { // Execute returns its own sentinels unwrapped, never fn's errors as these
-	case gobreaker.ErrOpenState:
-		return Retryable(fmt.Errorf("%w: %s", ErrBreakerOpen, b.name), b.untilHalfOpen())
-	case gobreaker.ErrTooManyRequests:
-		return Retryable(fmt.Errorf("%w: %s: half-open, probes in flight", ErrBreakerOpen, b.name), 0)
+	done, err := b.Allow()
+	if err != nil {
+		return err
 	}
+	finished := false
+	defer func() {
+		if !finished {
+			r := recover()
+			done(fmt.Errorf("flow: breaker %s: call panicked: %v", b.name, r))
+			panic(r)
+		}
+	}()
+	err = fn(ctx)
+	finished = true
+	done(err)
 	return err
+}
+
+// Allow is the first step of a call in two steps: it asks for admission
+// without making the call, so a caller can do its own bookkeeping between
+// being admitted and calling (the processor counts a job's attempt only
+// once the provider is sure to be called). When the breaker is open — or
+// half-open with its MaxRequests probes admitted — it returns a retryable
+// error wrapping ErrBreakerOpen (with the time left until half-open as its
+// RetryAfterHint when open) and a nil done.
+//
+// When admitted, the caller must call done exactly once (later calls are
+// ignored) with the call's outcome, classified as Do classifies it: nil or
+// a non-failure (IsFailure; terminal errors by default) is a success,
+// context.Canceled is ignored, and ErrNotCalled releases the admission
+// without any outcome when the call was not made after all. A call that
+// panics must be reported as a failure (e.g. the *PanicError of a Boundary)
+// before the panic goes on. A done that never comes leaves a half-open
+// breaker's probe slot taken until the breaker changes state otherwise.
+func (b *Breaker) Allow() (done func(err error), err error) {
+	cbDone, err := b.cb.Allow()
+	switch err { // gobreaker's own sentinels, unwrapped
+	case nil:
+	case gobreaker.ErrOpenState:
+		return nil, Retryable(fmt.Errorf("%w: %s", ErrBreakerOpen, b.name), b.untilHalfOpen())
+	case gobreaker.ErrTooManyRequests:
+		return nil, Retryable(fmt.Errorf("%w: %s: half-open, probes in flight", ErrBreakerOpen, b.name), 0)
+	default:
+		return nil, err
+	}
+	var once sync.Once
+	return func(err error) {
+		once.Do(func() {
+			cbDone(err)
+			if errors.Is(err, context.Canceled) || errors.Is(err, ErrNotCalled) {
+				// A released admission may free a half-open probe slot:
+				// wake WaitAdmitted (a recorded outcome that frees one
+				// changes the state, which wakes it too).
+				b.mu.Lock()
+				b.signalLocked()
+				b.mu.Unlock()
+			}
+		})
+	}, nil
+}
+
+// WaitAdmitted blocks until Allow admits a call and returns its done, or
+// returns ctx.Err() when ctx is done first. It does not poll: it sleeps
+// until the open timeout expires, the state changes or an admission is
+// released.
+func (b *Breaker) WaitAdmitted(ctx context.Context) (done func(err error), err error) {
+	for {
+		// Take the change channel before asking, so that a release or a
+		// transition after the refusal closes the channel we wait on (as
+		// does the transition State makes when the open timeout passed).
+		b.mu.Lock()
+		changed := b.changed
+		b.mu.Unlock()
+
+		done, err := b.Allow()
+		if err == nil {
+			return done, nil
+		}
+		if !errors.Is(err, ErrBreakerOpen) {
+			return nil, err
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		// Open: wake when it half-opens (a little late is harmless: the
+		// loop waits again). Half-open with its probes taken: only a state
+		// change or a release frees a slot; the timer is a safety net.
+		wait := time.Second
+		if b.cb.State() == gobreaker.StateOpen {
+			wait = max(b.untilHalfOpen(), time.Millisecond)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-changed:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+	}
 }
 
 // untilHalfOpen returns how long the breaker stays open, 0 if not known.
