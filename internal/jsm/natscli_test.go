@@ -14,7 +14,6 @@ import (
 	"github.com/beamline/beamline/streams"
 )
 
-
 func streamFiles(t *testing.T) (streamsDir string, files, consumers []string) {
 	t.Helper()
 	dir, err := filepath.Abs(filepath.Join("..", "..", "streams"))
