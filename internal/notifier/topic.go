@@ -118,8 +118,9 @@ func (s *Service) openJob(ctx context.Context, p auth.Principal, sb *sub, id str
 	// The KV read may be answered by a replica that lags (allow_direct):
 	// its snapshot may miss a change whose event is at or below the
 	// topic's position, which will not come live. The leader's last event
-	// of the job is the snapshot after its change; take it when newer.
-	if sb.joinPos > 0 {
+	// of the job is the snapshot after its change; take it when newer. A
+	// terminal snapshot is final: nothing is stored after it.
+	if sb.joinPos > 0 && !snap.Status.Terminal() {
 		m, err := s.msgOnLeader(ctx, directGetRequest{LastFor: subject})
 		if err != nil {
 			return fail(err)
