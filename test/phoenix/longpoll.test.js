@@ -8,49 +8,8 @@ const { describe, test, after } = require("node:test");
 const assert = require("node:assert/strict");
 const WebSocket = require("ws");
 
-const WS = process.env.NOTIFIER_WS;
-const CTRL = process.env.CONTROL_URL;
-const ALICE = process.env.TOKEN_ALICE;
-const LONG = process.env.BEAMLINE_LONG === "1" || process.env.CI === "true";
-if (!WS || !CTRL) throw new Error("run me through internal/notifier/phoenixjs_test.go");
-
-const clients = { newest: require("phoenix"), "1.8.15": require("phoenix-1815") };
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor(cond, ms = 5000, what = "condition") {
-  const deadline = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(10);
-  }
-}
-
-async function ctrl(path, method = "POST") {
-  const r = await fetch(CTRL + path, { method });
-  if (!r.ok) throw new Error(`${path}: ${r.status}`);
-  return r.json();
-}
-
-const newJob = async (user) => (await ctrl(`/job?user=${user}`)).id;
-const event = (job, type, p = 0) => ctrl(`/event?job=${job}&type=${type}&p=${p}`);
-
-function join(ch) {
-  return new Promise((resolve, reject) => {
-    ch.join()
-      .receive("ok", resolve)
-      .receive("error", (e) => reject(new Error("join error: " + JSON.stringify(e))))
-      .receive("timeout", () => reject(new Error("join timeout")));
-  });
-}
-
-function push(ch, ev, payload) {
-  return new Promise((resolve, reject) =>
-    ch.push(ev, payload)
-      .receive("ok", resolve)
-      .receive("error", (e) => reject(new Error("push error: " + JSON.stringify(e))))
-      .receive("timeout", () => reject(new Error("push timeout"))));
-}
+const { env, clients, sleep, waitFor, ctrl, newJob, event, join, push } = require("./harness.js");
+const { WS, CTRL, ALICE, LONG } = env;
 
 // A sessionStorage stand-in (Node has none); the fallback remembers itself there.
 const memoryStorage = () => {
