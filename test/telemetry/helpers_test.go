@@ -3,9 +3,7 @@
 package telemetry_test
 
 import (
-	"bytes"
 	"encoding/json"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -45,54 +43,15 @@ func start(t *testing.T, tune func(*devstack.Config)) *devstack.Stack {
 	}, tune)
 }
 
-// submit POSTs a job and returns its 202 snapshot.
+// submit POSTs a job as the dev user and returns its 202 snapshot.
 func submit(t *testing.T, st *devstack.Stack, body string, header http.Header) envelope.Snapshot {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, st.IngestURL+"/v1/jobs", bytes.NewBufferString(body))
-	for k, v := range header {
-		req.Header[k] = v
-	}
-	req.Header.Set("Authorization", "Bearer "+st.Token)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusAccepted {
-		t.Fatalf("POST /v1/jobs = %d %s", resp.StatusCode, b)
-	}
-	var s envelope.Snapshot
-	if err := json.Unmarshal(b, &s); err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-// status GETs a job's snapshot.
-func status(t *testing.T, st *devstack.Stack, id string) envelope.Snapshot {
-	t.Helper()
-	req, _ := http.NewRequest(http.MethodGet, st.IngestURL+"/v1/jobs/"+id, nil)
-	req.Header.Set("Authorization", "Bearer "+st.Token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var s envelope.Snapshot
-	_ = json.NewDecoder(resp.Body).Decode(&s)
-	return s
+	return devstacktest.Submit(t, st.IngestURL, st.Token, body, header)
 }
 
 func waitTerminal(t *testing.T, st *devstack.Stack, id string) envelope.Snapshot {
 	t.Helper()
-	var s envelope.Snapshot
-	waitFor(t, 20*time.Second, func() bool {
-		s = status(t, st, id)
-		return s.Status.Terminal()
-	})
-	return s
+	return devstacktest.WaitTerminal(t, st.IngestURL, st.Token, id, 20*time.Second)
 }
 
 // scrape reads base/metrics and parses it with the Prometheus text parser.
