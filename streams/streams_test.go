@@ -69,8 +69,9 @@ func TestConsumerFiles(t *testing.T) {
 			t.Errorf("%s: name is not proc-<priority>-<kind>", f)
 			continue
 		}
-		if c.Durable != name || c.FilterSubject != "jobs."+parts[1]+"."+parts[2] {
-			t.Errorf("%s: durable %q filter %q", f, c.Durable, c.FilterSubject)
+		q := "jobs." + parts[1] + "." + parts[2]
+		if c.Durable != name || c.FilterSubject != "" || len(c.FilterSubjects) != 2 || c.FilterSubjects[0] != q || c.FilterSubjects[1] != q+".*" {
+			t.Errorf("%s: durable %q filters %q %q, want [%s %s.*]", f, c.Durable, c.FilterSubject, c.FilterSubjects, q, q)
 		}
 		if c.AckPolicy != jetstream.AckExplicitPolicy || c.AckWait != 30*time.Second || c.MaxDeliver != -1 || c.MaxAckPending != 64 {
 			t.Errorf("%s: %+v", f, c)

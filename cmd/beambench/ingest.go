@@ -16,9 +16,16 @@ import (
 // noopBody is what every ingest submission sends: a sim job of duration 0.
 const noopBody = `{"kind":"image","input":{}}`
 
-// rawSubject is where raw baselines publish: inside JOBS (jobs.*.*) but on a
-// kind no processor serves, so nothing consumes what lands there.
-const rawSubject = "jobs.normal.benchraw"
+// rawKind is the kind raw baselines publish as: inside JOBS, on the same
+// subject shape as a real job (jobs.normal.benchraw.<id>), but a kind no
+// processor serves, so nothing consumes what lands there.
+const rawKind = "benchraw"
+
+// Subjects the scenarios leave messages on, for purging.
+var (
+	rawSubjects   = envelope.JobSubject(envelope.PriorityNormal, rawKind) + ".*"
+	imageSubjects = envelope.JobSubject(envelope.PriorityNormal, "image") + ".*"
+)
 
 // runIngest measures HTTP submissions per second at each concurrency beside
 // synchronous JetStream publishes (PubAck awaited) of the same envelope at
@@ -27,8 +34,8 @@ const rawSubject = "jobs.normal.benchraw"
 func runIngest(ctx context.Context, t *target, o *options, rep *reporter) error {
 	resume, paused := t.pauseProcessor()
 	defer func() {
-		t.purge(context.WithoutCancel(ctx), "jobs.normal.image")
-		t.purge(context.WithoutCancel(ctx), rawSubject)
+		t.purge(context.WithoutCancel(ctx), imageSubjects)
+		t.purge(context.WithoutCancel(ctx), rawSubjects)
 		if err := resume(context.WithoutCancel(ctx)); err != nil {
 			t.log.Warn("restart processor", "err", err)
 		}
@@ -121,14 +128,13 @@ func ingestRaw(ctx context.Context, t *target, c int, d time.Duration) (float64,
 			defer wg.Done()
 			for ctx.Err() == nil {
 				n := seq.Add(1)
-				j := envelope.Job{ID: fmt.Sprintf("raw%d-%d", now.UnixNano(), n), User: "ingestbench", Kind: "image",
+				j := envelope.Job{ID: fmt.Sprintf("raw%d-%d", now.UnixNano(), n), User: "ingestbench", Kind: rawKind,
 					Priority: envelope.PriorityNormal, Input: []byte(`{}`), CreatedAt: time.Now().UTC()}
 				m, err := envelope.NewJobMsg(j, "/beamline/ingest", "")
 				if err != nil {
 					firstErr.CompareAndSwap(nil, err)
 					return
 				}
-				m.Subject = rawSubject
 				if _, err := t.js.PublishMsg(ctx, m); err != nil {
 					if ctx.Err() == nil {
 						firstErr.CompareAndSwap(nil, err)

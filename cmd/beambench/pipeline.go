@@ -83,7 +83,7 @@ func pipelineRate(ctx context.Context, t *target, o *options, rep *reporter) err
 	pubStart := time.Now()
 	err = publishJobs(ctx, t, n, func(i int) (string, string) {
 		return fmt.Sprintf("pa%d", i%pipelineUsers), fmt.Sprintf("pa%s-%d", run, i)
-	}, envelope.JobSubject(envelope.PriorityNormal, "image"))
+	}, "image")
 	pubTook := time.Since(pubStart)
 	start, cpu0 := time.Now(), cpuTime()
 	if rerr := resume(ctx); rerr != nil && err == nil {
@@ -127,17 +127,17 @@ func isTerminalType(t string) bool {
 	return false
 }
 
-// publishJobs publishes n no-op jobs to subject with async publishes and
-// waits for every PubAck.
-func publishJobs(ctx context.Context, t *target, n int, name func(i int) (user, id string), subject string) error {
+// publishJobs publishes n no-op normal-priority jobs of kind, each on its
+// job subject (as pkg/envelope and ingest publish), with async publishes,
+// and waits for every PubAck.
+func publishJobs(ctx context.Context, t *target, n int, name func(i int) (user, id string), kind string) error {
 	for i := range n {
 		user, id := name(i)
-		j := envelope.Job{ID: id, User: user, Kind: "image", Priority: envelope.PriorityNormal, Input: []byte(`{}`), CreatedAt: time.Now().UTC()}
+		j := envelope.Job{ID: id, User: user, Kind: kind, Priority: envelope.PriorityNormal, Input: []byte(`{}`), CreatedAt: time.Now().UTC()}
 		m, err := envelope.NewJobMsg(j, "/beamline/beambench", "")
 		if err != nil {
 			return err
 		}
-		m.Subject = subject
 		if err := publishAsync(ctx, t, m); err != nil {
 			return fmt.Errorf("publish job %d: %w", i, err)
 		}
@@ -160,18 +160,18 @@ func publishJobs(ctx context.Context, t *target, n int, name func(i int) (user, 
 // same max_ack_pending), acking each at once. It returns acks per second,
 // first delivery to last ack.
 func rawConsumeAck(ctx context.Context, t *target, n int) (float64, error) {
-	defer t.purge(context.WithoutCancel(ctx), rawSubject)
+	defer t.purge(context.WithoutCancel(ctx), rawSubjects)
 	run := fmt.Sprintf("%x", time.Now().UnixNano()&0xffffffff)
 	if err := publishJobs(ctx, t, n, func(i int) (string, string) {
 		return fmt.Sprintf("pr%d", i%pipelineUsers), fmt.Sprintf("pr%s-%d", run, i)
-	}, rawSubject); err != nil {
+	}, rawKind); err != nil {
 		return 0, err
 	}
-	cfg, err := jsm.Consumer(envelope.PriorityNormal, "image")
+	cfg, err := jsm.Consumer(envelope.PriorityNormal, rawKind) // the processor's settings and filters
 	if err != nil {
 		return 0, err
 	}
-	cfg.Durable, cfg.Name, cfg.Description, cfg.FilterSubject = "beambench-raw", "beambench-raw", "beambench raw consume+ack", rawSubject
+	cfg.Durable, cfg.Name, cfg.Description = "beambench-raw", "beambench-raw", "beambench raw consume+ack"
 	cons, err := t.js.CreateOrUpdateConsumer(ctx, streams.Jobs, cfg)
 	if err != nil {
 		return 0, err

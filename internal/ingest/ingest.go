@@ -42,7 +42,6 @@ type Service struct {
 	nc       *nats.Conn
 	js       jetstream.JetStream
 	store    *jobstore.Store
-	kv       jetstream.KeyValue // job_status, for forgetting a refused job's snapshot
 	verifier *auth.Verifier
 	tokens   *tokenCache // tokens verified recently
 	kinds    map[string]bool
@@ -90,7 +89,6 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 		cfg:      cfg,
 		nc:       nc,
 		js:       js,
-		kv:       kv,
 		verifier: verifier,
 		tokens:   newTokenCache(tokenCacheSize, tokenCacheTTL),
 		kinds:    make(map[string]bool, len(cfg.Kinds)),

@@ -21,7 +21,7 @@ func CancelSubject(user, job string) string { return "cancel." + user + "." + jo
 
 // get handles GET /v1/jobs/{id}.
 func (s *Service) get(w http.ResponseWriter, r *http.Request) {
-	_, snap, aerr := s.lookup(r)
+	_, snap, _, aerr := s.lookup(r)
 	if aerr != nil {
 		writeError(w, aerr)
 		return
@@ -33,7 +33,7 @@ func (s *Service) get(w http.ResponseWriter, r *http.Request) {
 // cancelled (compare-and-set, then the cancelled event), and
 // cancel.<user>.<job> tells a processor running it to stop.
 func (s *Service) cancel(w http.ResponseWriter, r *http.Request) {
-	p, snap, aerr := s.lookup(r)
+	p, snap, rev, aerr := s.lookup(r)
 	if aerr != nil {
 		writeError(w, aerr)
 		return
@@ -46,7 +46,9 @@ func (s *Service) cancel(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RequestTimeout)
 	defer cancel()
-	next, err := s.store.Apply(ctx, snap.ID, nil, envelope.TypeCancelled, func(sn *envelope.Snapshot) error {
+	// At the revision read (RevAbsent for a job only in JOBS: the cancel
+	// creates its snapshot); a change made since is read again.
+	next, _, err := s.store.ApplyAt(ctx, snap, rev, envelope.TypeCancelled, func(sn *envelope.Snapshot) error {
 		sn.Status = envelope.StatusCancelled
 		return nil
 	})
@@ -83,32 +85,33 @@ func (s *Service) cancel(w http.ResponseWriter, r *http.Request) {
 }
 
 // lookup authenticates, validates the path id and loads the job the caller
-// may see: its owner's, or any for an admin.
-func (s *Service) lookup(r *http.Request) (auth.Principal, envelope.Snapshot, *apiError) {
+// may see (its owner's, or any for an admin), with its revision: stored in
+// job_status, or queued in JOBS at jobstore.RevAbsent.
+func (s *Service) lookup(r *http.Request) (auth.Principal, envelope.Snapshot, uint64, *apiError) {
 	p, aerr := s.authenticate(r)
 	if aerr != nil {
-		return p, envelope.Snapshot{}, aerr
+		return p, envelope.Snapshot{}, 0, aerr
 	}
 	id := r.PathValue("id")
 	if err := envelope.ValidateID("id", id); err != nil {
-		return p, envelope.Snapshot{}, newError(http.StatusBadRequest, CodeInvalidID, fieldMessage(err))
+		return p, envelope.Snapshot{}, 0, newError(http.StatusBadRequest, CodeInvalidID, fieldMessage(err))
 	}
 	if !s.nc.IsConnected() {
-		return p, envelope.Snapshot{}, unavailable()
+		return p, envelope.Snapshot{}, 0, unavailable()
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
 	defer cancel()
-	snap, _, err := s.store.Get(ctx, id)
+	snap, rev, err := s.store.Lookup(ctx, id)
 	switch {
 	case errors.Is(err, jobstore.ErrNotFound):
-		return p, snap, newError(http.StatusNotFound, CodeNotFound, "no job "+id)
+		return p, snap, 0, newError(http.StatusNotFound, CodeNotFound, "no job "+id)
 	case err != nil:
 		s.log.Warn("job store read failed", "job", id, "user", p.User, "err", err)
-		return p, snap, unavailable()
+		return p, snap, 0, unavailable()
 	case snap.User != p.User && !p.Admin:
-		return p, snap, newError(http.StatusForbidden, CodeForbidden, "job "+id+" belongs to another user")
+		return p, snap, 0, newError(http.StatusForbidden, CodeForbidden, "job "+id+" belongs to another user")
 	}
-	return p, snap, nil
+	return p, snap, rev, nil
 }
 
 func alreadyTerminal(snap envelope.Snapshot) *apiError {

@@ -81,8 +81,12 @@ func TestCancelTerminalJob(t *testing.T) {
 	alice := token(t, "alice")
 	id := h.submit(alice, `{"kind":"video"}`).snapshot(t).ID
 	// The processor finished it.
+	snap, rev, err := h.store.Lookup(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, st := range []envelope.Status{envelope.StatusRunning, envelope.StatusSucceeded} {
-		if _, err := h.store.Apply(context.Background(), id, nil, envelope.EventType(st), func(s *envelope.Snapshot) error {
+		if snap, rev, err = h.store.ApplyAt(context.Background(), snap, rev, envelope.EventType(st), func(s *envelope.Snapshot) error {
 			s.Status = st
 			if st == envelope.StatusSucceeded {
 				s.Progress, s.Result = 100, []byte(`{"url":"https://example.com/x.png"}`)

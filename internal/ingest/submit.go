@@ -81,7 +81,8 @@ func (s *Service) submit(w http.ResponseWriter, r *http.Request) {
 	if key != "" {
 		job.ID = keyedJobID(p.User, key)
 		// Past the duplicate window JetStream would take the same id as a new
-		// message; the stored snapshot answers a late retry instead.
+		// message; the job as it is now (stored, or still queued in JOBS)
+		// answers a late retry instead.
 		if snap, ok := s.existing(ctx, job.ID); ok {
 			s.log.Debug("idempotent retry answered from the job store", "job", job.ID, "user", p.User, "kind", snap.Kind)
 			s.accepted(w, snap)
@@ -90,32 +91,15 @@ func (s *Service) submit(w http.ResponseWriter, r *http.Request) {
 	} else {
 		job.ID = newJobID()
 	}
-	s.publish(ctx, w, r, p, job, key != "")
+	s.publish(ctx, w, r, p, job)
 }
 
-// created is the outcome of writing a queued snapshot.
-type created struct {
-	snap envelope.Snapshot
-	rev  uint64 // its KV revision, when err is nil
-	err  error
-}
-
-// cleanupTimeout bounds the deletion of a refused job's queued snapshot. It
-// runs under its own context, created after the publish returned: the
-// request's deadline has usually passed by then (a publish that timed out
-// used all of it).
-const cleanupTimeout = 2 * time.Second
-
-// publish writes the job to JOBS and its queued snapshot to job_status and
-// answers 202 once JetStream acknowledged the job.
-//
-// A job with a fresh random id (no Idempotency-Key) has its snapshot written
-// at the same time as the job rather than after the PubAck: one round trip
-// of latency instead of two. Nobody knows that id before the 202, so when
-// the job is refused the snapshot is deleted again and nothing saw it. A
-// keyed job keeps the sequential order, since a retry with the same key
-// would find a snapshot written ahead of a refused job.
-func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Request, p auth.Principal, job envelope.Job, keyed bool) {
+// publish writes the job to JOBS and answers 202 with its queued snapshot
+// once JetStream acknowledged it. That PubAck is the submission's one
+// durable write: no snapshot is stored for a queued job, whose state is its
+// JOBS message until a processor (or a cancel) writes it, and GET reads it
+// there (jobstore.Lookup). A refused job therefore leaves nothing behind.
+func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Request, p auth.Principal, job envelope.Job) {
 	log := jobLog{log: s.log, ctx: ctx, job: job.ID, user: p.User, kind: job.Kind}
 	msg, err := envelope.NewJobMsg(job, s.cfg.Source, telemetry.Traceparent(ctx))
 	if err != nil {
@@ -132,31 +116,19 @@ func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Re
 		s.reject(w, r, unavailable())
 		return
 	}
-	// The queued snapshot is written even if the client goes away meanwhile.
-	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RequestTimeout)
-	defer scancel()
-	var early chan created
-	if !keyed {
-		early = make(chan created, 1)
-		go func() {
-			snap, rev, err := s.store.CreateAt(sctx, job)
-			early <- created{snap, rev, err}
-		}()
-	}
 	pctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	ack, err := s.js.PublishMsg(pctx, msg, jetstream.WithExpectStream(streams.Jobs))
 	cancel()
 	if err != nil {
-		if early != nil {
-			s.forget(job.ID, <-early, log)
-		}
 		aerr := classifyNATS(err)
 		log.at(slog.LevelWarn, "job not stored", "err", err, "status", aerr.Status)
 		s.reject(w, r, aerr)
 		return
 	}
 	if ack.Duplicate {
-		snap, ok := s.existing(sctx, job.ID)
+		// The same key within the duplicate window: answer with the job
+		// stored first, as it is now.
+		snap, ok := s.existing(context.WithoutCancel(ctx), job.ID)
 		if !ok {
 			snap = envelope.NewSnapshot(job)
 		}
@@ -164,82 +136,9 @@ func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Re
 		s.accepted(w, snap)
 		return
 	}
-	var snap envelope.Snapshot
-	if early != nil {
-		c := <-early
-		snap, err = c.snap, c.err
-	} else {
-		snap, err = s.store.Create(sctx, job)
-	}
-	switch {
-	case errors.Is(err, jobstore.ErrExists): // a processor was faster
-		if cur, ok := s.existing(sctx, job.ID); ok {
-			snap = cur
-		}
-	case err != nil:
-		// JOBS holds the job; the processor creates the snapshot from it.
-		log.at(slog.LevelWarn, "job accepted but its queued snapshot was not written", "err", err)
-	}
 	s.metrics.submitted.WithLabelValues(job.Kind, string(job.Priority)).Inc()
 	log.at(slog.LevelInfo, "job accepted", "priority", string(job.Priority), "seq", ack.Sequence)
-	s.accepted(w, snap)
-}
-
-// forget deletes the queued snapshot written ahead of a job whose publish
-// failed, so that a refused job leaves nothing behind.
-//
-// The delete is conditional on the revision the create stored
-// (jetstream.LastRevision): it removes the snapshot only if nobody wrote the
-// job since. That matters because a failed publish is not always a refusal:
-// a timeout or a cancelled request (the client went away) is ambiguous, and
-// the message may be in JOBS after all. Both outcomes are then safe:
-//
-//   - A processor already wrote the job (running, progress, an outcome): the
-//     revision moved on, the delete fails with a wrong-revision error and the
-//     job's state stays. An unconditional delete would erase it (a finished
-//     job would answer GET with 404, a running one would lose its attempt).
-//   - Nobody wrote it yet: the delete succeeds. If the message was stored,
-//     the processor finds no snapshot when the job is delivered and creates
-//     the queued one from the message (load seeds via CreateAt); a processor
-//     that read the snapshot just before the delete loses its
-//     compare-and-set, Naks, and seeds it on the redelivery. Nothing is
-//     lost either way; if the message was not stored, nothing is left.
-//
-// It runs under a fresh, bounded context: the request's deadline is shared
-// with the publish, so after a publish timeout it has already expired and a
-// delete under it would never be sent, orphaning the snapshot for the
-// bucket's max age.
-func (s *Service) forget(id string, c created, log jobLog) {
-	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
-	defer cancel()
-	rev := c.rev
-	if c.err != nil {
-		if errors.Is(c.err, jobstore.ErrExists) {
-			return // not ours: an existing job is never deleted here
-		}
-		// The create's outcome is unknown (it may have timed out after
-		// the server stored it): read back what is there. A queued seq 0
-		// snapshot may be ours or one a processor seeded from the
-		// message; either is safe to delete conditionally (see above).
-		snap, r, err := s.store.Get(ctx, id)
-		if err != nil {
-			if !errors.Is(err, jobstore.ErrNotFound) {
-				log.at(slog.LevelWarn, "refused job's queued snapshot may be left behind", "err", err, "create_err", c.err)
-			}
-			return
-		}
-		if snap.Seq != 0 {
-			return // a processor has moved it on: the job was stored
-		}
-		rev = r
-	}
-	if err := s.kv.Delete(ctx, id, jetstream.LastRevision(rev)); err != nil {
-		if jobstore.IsWrongRevision(err) {
-			log.at(slog.LevelInfo, "refused job's snapshot kept: a processor wrote it, so the job was stored after all", "rev", rev)
-			return
-		}
-		log.at(slog.LevelWarn, "refused job's queued snapshot not deleted", "err", err, "rev", rev)
-	}
+	s.accepted(w, envelope.NewSnapshot(job))
 }
 
 // jobLog writes records about one job with its job, user and kind (and
@@ -262,11 +161,12 @@ func (l jobLog) at(lvl slog.Level, msg string, args ...any) {
 	l.log.Log(context.Background(), lvl, msg, append(all, args...)...)
 }
 
-// existing returns the stored snapshot of id, if there is one.
+// existing returns the current snapshot of id (stored, or queued in JOBS),
+// if the job is known.
 func (s *Service) existing(ctx context.Context, id string) (envelope.Snapshot, bool) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	defer cancel()
-	snap, _, err := s.store.Get(ctx, id)
+	snap, _, err := s.store.Lookup(ctx, id)
 	if err != nil {
 		if !errors.Is(err, jobstore.ErrNotFound) {
 			s.log.Debug("job store read failed", "job", id, "err", err)

@@ -2,12 +2,14 @@ package ingest
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/beamline/beamline/internal/jobstore"
 	"github.com/beamline/beamline/pkg/envelope"
 	"github.com/beamline/beamline/streams"
 )
@@ -38,7 +40,7 @@ func TestSubmitHappyPath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	msg, err := s.GetLastMsgForSubject(context.Background(), "jobs.high.image")
+	msg, err := s.GetLastMsgForSubject(context.Background(), "jobs.high.image."+snap.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,17 +58,19 @@ func TestSubmitHappyPath(t *testing.T) {
 		t.Errorf("job %+v input %s", job, job.Input)
 	}
 
-	// The KV holds the queued snapshot, and GET returns it.
-	stored, _, err := h.store.Get(context.Background(), snap.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if stored.Status != envelope.StatusQueued || stored.Seq != 0 {
-		t.Fatalf("stored %+v", stored)
+	// No snapshot is stored for a queued job (the JOBS message is its one
+	// write), and GET reads it from JOBS.
+	if _, _, err := h.store.Get(context.Background(), snap.ID); !errors.Is(err, jobstore.ErrNotFound) {
+		t.Fatalf("a queued snapshot was stored: %v", err)
 	}
 	g := h.do(http.MethodGet, "/v1/jobs/"+snap.ID, nil, bearer(token(t, "alice")))
-	if g.Status != http.StatusOK || g.snapshot(t).ID != snap.ID {
+	if g.Status != http.StatusOK {
 		t.Fatalf("GET %d: %s", g.Status, g.Body)
+	}
+	if got := g.snapshot(t); got.ID != snap.ID || got.User != "alice" || got.Kind != "image" ||
+		got.Priority != envelope.PriorityHigh || got.Status != envelope.StatusQueued || got.Seq != 0 ||
+		!got.CreatedAt.Equal(snap.CreatedAt) || !got.UpdatedAt.Equal(snap.CreatedAt) {
+		t.Fatalf("GET %+v, want the 202's %+v", got, snap)
 	}
 	if got := h.metric("beamline_ingest_jobs_submitted_total", map[string]string{"kind": "image", "priority": "high"}); got != 1 {
 		t.Errorf("jobs_submitted_total = %v", got)
@@ -88,7 +92,7 @@ func TestSubmitDefaults(t *testing.T) {
 		t.Fatalf("priority %q", snap.Priority)
 	}
 	s, _ := h.js.Stream(context.Background(), streams.Jobs)
-	msg, err := s.GetLastMsgForSubject(context.Background(), "jobs.normal.video")
+	msg, err := s.GetLastMsgForSubject(context.Background(), "jobs.normal.video."+snap.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,8 +173,8 @@ func TestSubmitDuplicateWithinWindow(t *testing.T) {
 	}
 }
 
-// A fast processor may have moved the job on before ingest writes the
-// queued snapshot; a keyed retry then answers with the current snapshot.
+// A keyed retry answers with the job as it is now: here a processor has
+// moved it on since the first answer.
 func TestSubmitIdempotentRetryReturnsCurrentSnapshot(t *testing.T) {
 	h := newHarness(t, nil)
 	alice := token(t, "alice")
@@ -179,7 +183,12 @@ func TestSubmitIdempotentRetryReturnsCurrentSnapshot(t *testing.T) {
 		t.Fatalf("%d %s", first.Status, first.Body)
 	}
 	id := first.snapshot(t).ID
-	if _, err := h.store.Apply(context.Background(), id, nil, envelope.TypeStarted, func(s *envelope.Snapshot) error {
+	// As a processor does: the job's first change creates its snapshot.
+	queued, rev, err := h.store.Lookup(context.Background(), id)
+	if err != nil || rev != jobstore.RevAbsent || queued.Status != envelope.StatusQueued {
+		t.Fatalf("Lookup = %+v rev %d, %v", queued, rev, err)
+	}
+	if _, _, err := h.store.ApplyAt(context.Background(), queued, rev, envelope.TypeStarted, func(s *envelope.Snapshot) error {
 		s.Status, s.Attempt = envelope.StatusRunning, 1
 		return nil
 	}); err != nil {

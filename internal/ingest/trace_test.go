@@ -44,7 +44,7 @@ func TestSubmitServerSpan(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	msg, err := s.GetLastMsgForSubject(context.Background(), "jobs.normal.image")
+	msg, err := s.GetLastMsgForSubject(context.Background(), "jobs.normal.image."+r.snapshot(t).ID)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,8 +10,9 @@
 //   - the KV write comes first: an event is never published for a change that
 //     lost its compare-and-set.
 //
-// Ingest creates the queued snapshot and cancels; the processor runs the
-// lifecycle; the notifier and GET /v1/jobs/{id} read.
+// A job's first change creates its snapshot (lookup.go: until then its JOBS
+// message is its state). Ingest cancels; the processor runs the lifecycle;
+// the notifier and GET /v1/jobs/{id} read (Lookup).
 package jobstore
 
 import (
@@ -82,9 +83,10 @@ func (s *Store) Get(ctx context.Context, id string) (envelope.Snapshot, uint64, 
 	return snap, e.Revision(), nil
 }
 
-// Create stores the queued snapshot (seq 0) of a newly accepted job. It
-// publishes no event: the job's first event is started. ErrExists means the
-// job is already known (a re-submission, or the processor got there first).
+// Create stores the queued snapshot (seq 0) of a job. Beamline's services
+// never write one (a job's first change creates its snapshot, see
+// RevAbsent); it is for tools and tests that put a job in a known state.
+// It publishes no event. ErrExists means the job is already stored.
 func (s *Store) Create(ctx context.Context, j envelope.Job) (envelope.Snapshot, error) {
 	snap, _, err := s.CreateAt(ctx, j)
 	return snap, err
@@ -113,9 +115,10 @@ type Mutation func(*envelope.Snapshot) error
 
 // Apply loads the job's snapshot, applies mutate, bumps seq and updated_at,
 // writes it back by compare-and-set (retrying on a concurrent write) and then
-// publishes the event of type t. When the job is unknown and seed is not nil
-// (a job published straight to its subject, never seen by ingest), the
-// queued snapshot is created from seed first. A stored terminal snapshot is
+// publishes the event of type t. When the job has no snapshot and seed is
+// not nil (the job's message, which nobody has written yet), the change is
+// applied to seed's queued snapshot and creates the job's snapshot (as
+// ApplyAt at RevAbsent). A stored terminal snapshot is
 // returned unchanged with ErrTerminal. When the KV write succeeds but the
 // publish fails, the stored snapshot is returned with a *NotPublishedError
 // (ErrNotPublished): the change is made, only its event is missing.
@@ -134,7 +137,9 @@ func (s *Store) Apply(ctx context.Context, id string, seed *envelope.Job, t enve
 // second processor) does it fall back to Apply's read-modify-write loop, so
 // mutate must be written against whatever snapshot it is given, not against
 // cur. It returns the snapshot and revision now stored. rev 0 means "not
-// known" and goes straight to the loop. A terminal cur is returned with
+// known" and goes straight to the loop; RevAbsent means "no snapshot stored"
+// (cur is the job's queued snapshot from Lookup or envelope.NewSnapshot) and
+// the change creates it. A terminal cur is returned with
 // ErrTerminal (terminal states are final, so a cached one is authoritative).
 //
 // Round trips of a change: 1 KV write + 1 event publish; a lost
@@ -150,15 +155,40 @@ func (s *Store) ApplyAt(ctx context.Context, cur envelope.Snapshot, rev uint64, 
 	if err != nil {
 		return cur, rev, err
 	}
-	newRev, err := s.kv.Update(ctx, cur.ID, b, rev)
+	newRev, err := s.write(ctx, cur.ID, b, rev)
 	if isWrongRevision(err) {
 		return s.applyLoop(ctx, cur.ID, nil, t, mutate)
 	}
 	if err != nil {
-		return cur, rev, fmt.Errorf("jobstore: update %s: %w", cur.ID, err)
+		return cur, rev, err
 	}
 	return next, newRev, s.announce(ctx, msg, next, newRev)
 }
+
+// write stores b as id's snapshot by compare-and-set at rev; at RevAbsent it
+// creates the snapshot, and finding one already there is a lost
+// compare-and-set (isWrongRevision).
+func (s *Store) write(ctx context.Context, id string, b []byte, rev uint64) (uint64, error) {
+	if rev == RevAbsent {
+		newRev, err := s.kv.Create(ctx, id, b)
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return 0, errCreateLost
+		}
+		if err != nil {
+			return 0, fmt.Errorf("jobstore: create %s: %w", id, err)
+		}
+		return newRev, nil
+	}
+	newRev, err := s.kv.Update(ctx, id, b, rev)
+	if err != nil && !isWrongRevision(err) {
+		return 0, fmt.Errorf("jobstore: update %s: %w", id, err)
+	}
+	return newRev, err
+}
+
+// errCreateLost is a create at RevAbsent that found a snapshot: someone
+// wrote the job first. It counts as a lost compare-and-set.
+var errCreateLost = errors.New("jobstore: the snapshot was created meanwhile")
 
 // applyLoop is the read-modify-write loop of Apply; it also returns the
 // revision it stored (or read, on ErrTerminal and mutation errors).
@@ -172,10 +202,9 @@ func (s *Store) applyLoop(ctx context.Context, id string, seed *envelope.Job, t 
 		}
 		cur, rev, err := s.Get(ctx, id)
 		if errors.Is(err, ErrNotFound) && seed != nil {
-			if _, err = s.Create(ctx, *seed); err != nil && !errors.Is(err, ErrExists) {
-				return envelope.Snapshot{}, 0, err
-			}
-			continue
+			// Never written: the change creates the snapshot, starting
+			// from the queued state of the job's message.
+			cur, rev, err = envelope.NewSnapshot(*seed), RevAbsent, nil
 		}
 		if err != nil {
 			return envelope.Snapshot{}, 0, err
@@ -187,13 +216,13 @@ func (s *Store) applyLoop(ctx context.Context, id string, seed *envelope.Job, t 
 		if err != nil {
 			return cur, rev, err
 		}
-		newRev, err := s.kv.Update(ctx, id, b, rev)
+		newRev, err := s.write(ctx, id, b, rev)
 		if err != nil {
 			if isWrongRevision(err) {
 				conflicts++
 				continue
 			}
-			return cur, rev, fmt.Errorf("jobstore: update %s: %w", id, err)
+			return cur, rev, err
 		}
 		return next, newRev, s.announce(ctx, msg, next, newRev)
 	}
@@ -296,7 +325,7 @@ func IsWrongRevision(err error) bool { return isWrongRevision(err) }
 // nats.go wraps both with ErrKeyRevisionMismatch, which older versions lack,
 // so the code is checked too.
 func isWrongRevision(err error) bool {
-	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, errCreateLost) {
 		return true
 	}
 	var apiErr *jetstream.APIError

@@ -64,6 +64,14 @@ func ConsumerName(p envelope.Priority, kind string) string {
 	return "proc-" + string(p) + "-" + kind
 }
 
+// ConsumerFilters are the subjects the consumer for p and kind takes: the
+// kind's queue subject jobs.<priority>.<kind> and the job subjects under it,
+// jobs.<priority>.<kind>.<job> (envelope.JobMsgSubject).
+func ConsumerFilters(p envelope.Priority, kind string) []string {
+	q := envelope.JobSubject(p, kind)
+	return []string{q, q + ".*"}
+}
+
 // Consumer returns the definition of the durable consumer for p and kind:
 // the committed file when there is one, otherwise the template of the same
 // priority with its names rewritten.
@@ -80,7 +88,7 @@ func Consumer(p envelope.Priority, kind string) (jetstream.ConsumerConfig, error
 	if errors.Is(err, fs.ErrNotExist) {
 		if err = readJSON(path.Join("consumers", ConsumerName(p, templateKind)+".json"), &cfg); err == nil {
 			cfg.Durable = name
-			cfg.FilterSubject = envelope.JobSubject(p, kind)
+			cfg.FilterSubjects = ConsumerFilters(p, kind)
 			cfg.Description = strings.Replace(cfg.Description, templateKind, kind, 1)
 		}
 	}

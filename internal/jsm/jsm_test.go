@@ -70,7 +70,7 @@ func TestApplyStreamsCreatesAllAndIsIdempotent(t *testing.T) {
 	}
 	jobs := first[streams.Jobs].Config
 	if jobs.Discard != jetstream.DiscardNew || jobs.MaxMsgs != 1_000_000 || jobs.Duplicates != 2*time.Minute ||
-		!reflect.DeepEqual(jobs.Subjects, []string{"jobs.*.*"}) {
+		!reflect.DeepEqual(jobs.Subjects, []string{"jobs.*.*", "jobs.*.*.*"}) {
 		t.Errorf("JOBS config = %+v", jobs)
 	}
 	events := first[streams.Events].Config
@@ -245,8 +245,8 @@ func TestApplyConsumer(t *testing.T) {
 			if cfg.Durable != name || c.CachedInfo().Name != name || jsm.ConsumerName(p, kind) != name {
 				t.Errorf("durable = %q, want %q", cfg.Durable, name)
 			}
-			if cfg.FilterSubject != envelope.JobSubject(p, kind) {
-				t.Errorf("%s filter = %q", name, cfg.FilterSubject)
+			if want := []string{envelope.JobSubject(p, kind), envelope.JobSubject(p, kind) + ".*"}; !reflect.DeepEqual(cfg.FilterSubjects, want) || cfg.FilterSubject != "" {
+				t.Errorf("%s filters = %q %q, want %q", name, cfg.FilterSubject, cfg.FilterSubjects, want)
 			}
 			if cfg.AckPolicy != jetstream.AckExplicitPolicy || cfg.AckWait != 30*time.Second ||
 				cfg.MaxDeliver != -1 || cfg.MaxAckPending != 64 {
@@ -327,10 +327,11 @@ func TestConsumerDefinitions(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if aud.Durable != "proc-"+string(p)+"-audio" || aud.FilterSubject != "jobs."+string(p)+".audio" {
+		q := "jobs." + string(p) + ".audio"
+		if aud.Durable != "proc-"+string(p)+"-audio" || !reflect.DeepEqual(aud.FilterSubjects, []string{q, q + ".*"}) {
 			t.Errorf("derived %s: %+v", p, aud)
 		}
-		aud.Durable, aud.FilterSubject, aud.Description = img.Durable, img.FilterSubject, img.Description
+		aud.Durable, aud.FilterSubjects, aud.Description = img.Durable, img.FilterSubjects, img.Description
 		if !reflect.DeepEqual(img, aud) {
 			t.Errorf("derived %s differs from the template beyond names:\n%+v\n%+v", p, img, aud)
 		}

@@ -131,7 +131,7 @@ func relevantStream(c jetstream.StreamConfig) jetstream.StreamConfig {
 
 func relevantConsumer(c jetstream.ConsumerConfig) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
-		Durable: c.Durable, Description: c.Description, FilterSubject: c.FilterSubject,
+		Durable: c.Durable, Description: c.Description, FilterSubject: c.FilterSubject, FilterSubjects: c.FilterSubjects,
 		DeliverPolicy: c.DeliverPolicy, AckPolicy: c.AckPolicy, AckWait: c.AckWait, MaxDeliver: c.MaxDeliver,
 		MaxAckPending: c.MaxAckPending, MaxWaiting: c.MaxWaiting, ReplayPolicy: c.ReplayPolicy, Replicas: c.Replicas,
 	}

@@ -90,7 +90,9 @@ func (s *Service) open(ctx context.Context, p auth.Principal, sb *sub, kind topi
 }
 
 func (s *Service) openJob(ctx context.Context, p auth.Principal, sb *sub, id string, lastSeq *uint64) joinResult {
-	snap, _, err := s.store.Get(ctx, id)
+	// Lookup, not Get: a job accepted but not yet written by a processor
+	// has no snapshot, only its message in JOBS (queued, seq 0).
+	snap, _, err := s.store.Lookup(ctx, id)
 	switch {
 	case errors.Is(err, jobstore.ErrNotFound):
 		return joinResult{reason: reasonNotFound}
@@ -112,7 +114,7 @@ func (s *Service) openJob(ctx context.Context, p auth.Principal, sb *sub, id str
 	}
 	// Read the snapshot again now that live events are being collected:
 	// anything after it is either in the replay or among them.
-	if snap, _, err = s.store.Get(ctx, id); err != nil {
+	if snap, _, err = s.store.Lookup(ctx, id); err != nil {
 		return fail(err)
 	}
 	// The KV read may be answered by a replica that lags (allow_direct):

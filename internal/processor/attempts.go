@@ -40,15 +40,14 @@ import (
 // deliveries).
 const deliveryWarnGap = 32
 
-// load reads the job's snapshot and revision into d. A job published
-// straight to its subject (no queued snapshot from ingest) gets one created
-// from its envelope first.
+// load reads the job's snapshot and revision into d. A job nobody has
+// written yet (no snapshot: ingest stores none, and neither does a service
+// that publishes straight to JOBS) is its message's queued snapshot at
+// jobstore.RevAbsent, and the run's first change creates the snapshot.
 //
-// Every way round the loop counts against loadTries and backs off: a
-// create that finds the key taken while reads keep saying "not found" (a
-// read served by a lagging replica) is retried like any read error, not
-// spun on. The loop stops when shutdown starts (the job is not running
-// yet, so it is simply handed back).
+// A read error is retried, bounded by loadTries with a backoff. The loop
+// stops when shutdown starts (the job is not running yet, so it is simply
+// handed back).
 func (p *Processor) load(ctx context.Context, d *delivery) error {
 	if p.stopCtx != nil {
 		var cancel context.CancelFunc
@@ -56,27 +55,20 @@ func (p *Processor) load(ctx context.Context, d *delivery) error {
 		defer cancel()
 		defer context.AfterFunc(p.stopCtx, cancel)()
 	}
-	return loadSnapshot(ctx, d, p.store.Get, p.store.CreateAt)
+	return loadSnapshot(ctx, d, p.store.Get)
 }
 
-// loadTries bounds load's reads (and creates).
+// loadTries bounds load's reads.
 const loadTries = 5
 
 func loadSnapshot(ctx context.Context, d *delivery,
-	get func(context.Context, string) (envelope.Snapshot, uint64, error),
-	create func(context.Context, envelope.Job) (envelope.Snapshot, uint64, error)) error {
+	get func(context.Context, string) (envelope.Snapshot, uint64, error)) error {
 	var err error
 	for i := 1; ; i++ {
 		d.snap, d.rev, err = get(ctx, d.job.ID)
 		if errors.Is(err, jobstore.ErrNotFound) {
-			// The queued snapshot just created is the job's state at
-			// that revision: no second read.
-			if d.snap, d.rev, err = create(ctx, d.job); err == nil {
-				return nil
-			}
-			if errors.Is(err, jobstore.ErrExists) {
-				err = fmt.Errorf("processor: job %s exists but cannot be read: %w", d.job.ID, err)
-			}
+			d.snap, d.rev = envelope.NewSnapshot(d.job), jobstore.RevAbsent
+			return nil
 		}
 		if err == nil || i == loadTries || ctx.Err() != nil {
 			return err

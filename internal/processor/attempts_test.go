@@ -3,6 +3,7 @@ package processor
 import (
 	"context"
 	"errors"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -29,7 +30,7 @@ func TestDeliveryPastTheLimitIsDeadWithoutRunning(t *testing.T) {
 	if _, err := e.store.Create(context.Background(), j); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.store.Apply(context.Background(), j.ID, nil, envelope.TypeStarted, func(s *envelope.Snapshot) error {
+	if _, err := e.apply(context.Background(), j.ID, envelope.TypeStarted, func(s *envelope.Snapshot) error {
 		s.Status, s.Attempt = envelope.StatusRunning, 3
 		return nil
 	}); err != nil {
@@ -232,39 +233,42 @@ func TestSupervisorGivesUpOnFailingChild(t *testing.T) {
 	}
 }
 
-// Minor 4: a create that finds the key taken while reads keep answering
-// "not found" (a lagging replica) is bounded like any other failure, and
-// backs off; it never spins.
-func TestLoadBoundsExistsNotFoundLoop(t *testing.T) {
-	var gets, creates int
+// A job nobody has written is loaded as its message's queued snapshot at
+// RevAbsent, with one read and no write; read errors are retried, bounded
+// and backed off, and a cancelled context stops them at once.
+func TestLoadSnapshot(t *testing.T) {
+	gets := 0
+	var answer error
 	get := func(context.Context, string) (envelope.Snapshot, uint64, error) {
 		gets++
-		return envelope.Snapshot{}, 0, jobstore.ErrNotFound
+		return envelope.Snapshot{}, 0, answer
 	}
-	create := func(context.Context, envelope.Job) (envelope.Snapshot, uint64, error) {
-		creates++
-		return envelope.Snapshot{}, 0, jobstore.ErrExists
+	job := envelope.Job{ID: "j1", User: "u1", Kind: "image", Priority: envelope.PriorityLow, CreatedAt: time.Now().UTC()}
+	d := &delivery{job: job}
+	answer = jobstore.ErrNotFound
+	if err := loadSnapshot(context.Background(), d, get); err != nil || gets != 1 {
+		t.Fatalf("not found: err %v after %d reads", err, gets)
 	}
-	d := &delivery{job: envelope.Job{ID: "j1"}}
+	if d.rev != jobstore.RevAbsent || !reflect.DeepEqual(d.snap, envelope.NewSnapshot(job)) {
+		t.Fatalf("loaded %+v at %d, want the queued snapshot at RevAbsent", d.snap, d.rev)
+	}
+
+	answer, gets = errors.New("read failed"), 0
 	done := make(chan error, 1)
-	go func() { done <- loadSnapshot(context.Background(), d, get, create) }()
+	go func() { done <- loadSnapshot(context.Background(), d, get) }()
 	select {
 	case err := <-done:
-		if !errors.Is(err, jobstore.ErrExists) {
-			t.Fatalf("err %v, want one wrapping ErrExists", err)
+		if !errors.Is(err, answer) || gets != loadTries {
+			t.Fatalf("err %v after %d reads, want %d reads", err, gets, loadTries)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("load never gave up")
 	}
-	if gets != loadTries || creates != loadTries {
-		t.Fatalf("%d reads, %d creates; want %d of each", gets, creates, loadTries)
-	}
 
-	// A cancelled context stops it at once.
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	gets, creates = 0, 0
-	if err := loadSnapshot(ctx, d, get, create); err == nil || gets != 1 {
+	gets = 0
+	if err := loadSnapshot(ctx, d, get); err == nil || gets != 1 {
 		t.Fatalf("cancelled: err %v after %d reads", err, gets)
 	}
 }
@@ -281,7 +285,7 @@ func TestStartedWriteCountsARunRecordedSinceTheRead(t *testing.T) {
 	e.startWith(baseConfig(t), func(p *Processor) {
 		p.hooks.afterLoad = func(d *delivery) {
 			once.Do(func() {
-				if _, err := e.store.Apply(context.Background(), d.job.ID, nil, envelope.TypeStarted, func(s *envelope.Snapshot) error {
+				if _, err := e.apply(context.Background(), d.job.ID, envelope.TypeStarted, func(s *envelope.Snapshot) error {
 					s.Status, s.Attempt = envelope.StatusRunning, 1
 					return nil
 				}); err != nil {

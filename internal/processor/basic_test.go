@@ -116,3 +116,34 @@ func TestMalformedMessageGoesToDLQAndConsumerGoesOn(t *testing.T) {
 		t.Fatalf("invalid count %v", v)
 	}
 }
+
+// A job subject names its job (GET reads a queued job there): a message on
+// another job's subject is invalid and dead-lettered, never run.
+func TestJobOnAnotherJobsSubjectGoesToDLQ(t *testing.T) {
+	e := newEnv(t)
+	r := e.start(baseConfig(t))
+	ctx := context.Background()
+	j := newJob("alice", "image", envelope.PriorityNormal, nil)
+	m, err := envelope.NewJobMsg(j, "/test", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Subject = envelope.JobMsgSubject(j.Priority, j.Kind, "someone-else")
+	if _, err := e.js.PublishMsg(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() bool {
+		return counterValue(t, r, "beamline_processor_jobs_total", map[string]string{"outcome": "invalid"}) == 1
+	})
+	if s := e.snapshot(j.ID); s.ID != "" {
+		t.Fatalf("the job was run: %+v", s)
+	}
+	dlq, err := e.js.Stream(ctx, "DLQ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := dlq.GetMsg(ctx, 1)
+	if err != nil || d.Header.Get(HeaderOriginalSubject) != m.Subject {
+		t.Fatalf("DLQ entry %v: %v", d, err)
+	}
+}

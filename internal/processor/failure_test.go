@@ -92,7 +92,7 @@ func TestMaxDeliverExceededIsDeadWithDLQCopy(t *testing.T) {
 		t.Fatalf("DLQ body is not the original envelope: %v %+v", err, orig)
 	}
 	if m.Header.Get(HeaderAttempts) != "3" || m.Header.Get(HeaderDeadReason) == "" ||
-		m.Header.Get(HeaderOriginalSubject) != "jobs.low.video" || m.Header.Get("Nats-Msg-Id") != "dead:"+j.ID {
+		m.Header.Get(HeaderOriginalSubject) != "jobs.low.video."+j.ID || m.Header.Get("Nats-Msg-Id") != "dead:"+j.ID {
 		t.Fatalf("DLQ headers %v", m.Header)
 	}
 	// Terminated: not redelivered, and counted.

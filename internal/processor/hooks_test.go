@@ -62,7 +62,7 @@ func TestCancelRightAfterStartStopsTheCall(t *testing.T) {
 		p.hooks.beforeCall = func(d *delivery) {
 			// What ingest's DELETE does, at this precise point.
 			ctx := context.Background()
-			if _, err := e.store.Apply(ctx, d.job.ID, nil, envelope.TypeCancelled, func(s *envelope.Snapshot) error {
+			if _, err := e.apply(ctx, d.job.ID, envelope.TypeCancelled, func(s *envelope.Snapshot) error {
 				s.Status = envelope.StatusCancelled
 				return nil
 			}); err != nil {

@@ -17,7 +17,7 @@ func TestCancelStopsRunningJob(t *testing.T) {
 
 	// What ingest's DELETE does: cancel in the KV, then tell the processors.
 	ctx := context.Background()
-	if _, err := e.store.Apply(ctx, j.ID, nil, envelope.TypeCancelled, func(s *envelope.Snapshot) error {
+	if _, err := e.apply(ctx, j.ID, envelope.TypeCancelled, func(s *envelope.Snapshot) error {
 		s.Status = envelope.StatusCancelled
 		return nil
 	}); err != nil {
@@ -47,7 +47,7 @@ func TestCancelledJobIsNotStarted(t *testing.T) {
 	if _, err := e.store.Create(context.Background(), j); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.store.Apply(context.Background(), j.ID, nil, envelope.TypeCancelled, func(s *envelope.Snapshot) error {
+	if _, err := e.apply(context.Background(), j.ID, envelope.TypeCancelled, func(s *envelope.Snapshot) error {
 		s.Status = envelope.StatusCancelled
 		return nil
 	}); err != nil {

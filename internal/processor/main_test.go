@@ -167,12 +167,22 @@ func newJob(user, kind string, prio envelope.Priority, sim map[string]any) envel
 }
 
 // submit does what ingest does: the queued snapshot, then the job message.
+// submit submits j as ingest does: its message in JOBS is its one write
+// (no snapshot until the processor's first change).
 func (e *env) submit(j envelope.Job) {
 	e.t.Helper()
-	if _, err := e.store.Create(context.Background(), j); err != nil {
-		e.t.Fatal(err)
-	}
 	e.publish(j)
+}
+
+// apply changes a job as ingest's cancel does: at the revision Lookup
+// reads (RevAbsent for a job nobody has written yet).
+func (e *env) apply(ctx context.Context, id string, t envelope.Type, mutate jobstore.Mutation) (envelope.Snapshot, error) {
+	snap, rev, err := e.store.Lookup(ctx, id)
+	if err != nil {
+		return snap, err
+	}
+	snap, _, err = e.store.ApplyAt(ctx, snap, rev, t, mutate)
+	return snap, err
 }
 
 // publish sends the job straight to its subject, as any service may.

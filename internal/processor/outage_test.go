@@ -170,7 +170,7 @@ func TestCancelledEventPublishedWhenIngestCouldNot(t *testing.T) {
 
 	restore := e.breakStream("EVENTS")
 	ctx := context.Background()
-	_, err := e.store.Apply(ctx, j.ID, nil, envelope.TypeCancelled, func(s *envelope.Snapshot) error {
+	_, err := e.apply(ctx, j.ID, envelope.TypeCancelled, func(s *envelope.Snapshot) error {
 		s.Status = envelope.StatusCancelled
 		return nil
 	})
@@ -221,7 +221,7 @@ func TestNoSecondFinalEventAfterDuplicateWindow(t *testing.T) {
 		t.Fatal(err)
 	}
 	restore := e.breakStream("EVENTS")
-	snap, err := e.store.Apply(ctx, j.ID, nil, envelope.TypeCancelled, func(s *envelope.Snapshot) error {
+	snap, err := e.apply(ctx, j.ID, envelope.TypeCancelled, func(s *envelope.Snapshot) error {
 		s.Status = envelope.StatusCancelled
 		return nil
 	})

@@ -118,7 +118,7 @@ func TestCancelInsideWindow(t *testing.T) {
 	j := newJob("alice", "image", envelope.PriorityNormal, nil)
 	e.submit(j)
 	waitFor(t, 10*time.Second, func() bool { return g.calls.Load() == 1 })
-	if _, err := e.store.Apply(t.Context(), j.ID, nil, envelope.TypeCancelled, func(s *envelope.Snapshot) error {
+	if _, err := e.apply(t.Context(), j.ID, envelope.TypeCancelled, func(s *envelope.Snapshot) error {
 		s.Status = envelope.StatusCancelled
 		return nil
 	}); err != nil {

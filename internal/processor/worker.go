@@ -19,11 +19,12 @@ import (
 )
 
 // Round trips per job, on the happy path of a job submitted through ingest
-// (which wrote the queued snapshot):
+// (which stores only its JOBS message, no snapshot):
 //
-//	0. KV get     queued    (the attempt number comes from the snapshot)
-//	1. KV update  running   (jobstore.ApplyAt: compare-and-set at the
-//	                         revision just read, no read of its own)
+//	0. KV get     not found (the job is its message's queued snapshot, at
+//	                         jobstore.RevAbsent; attempt 1)
+//	1. KV create  running   (jobstore.ApplyAt at RevAbsent: the first change
+//	                         creates the snapshot, no read of its own)
 //	2. event      started   (EVENTS publish, PubAck awaited)
 //	3. KV update  succeeded (ApplyAt at the revision step 1 returned)
 //	4. event      succeeded
@@ -130,6 +131,13 @@ func (p *Processor) decode(d *delivery) bool {
 	_, job, err := envelope.DecodeJob(d.msg.Data())
 	if err == nil && (job.Kind != d.kind || job.Priority != d.prio) {
 		err = fmt.Errorf("job %s of kind %q priority %q arrived on %s", job.ID, job.Kind, job.Priority, d.msg.Subject())
+	}
+	if err == nil {
+		// A job subject names its job: a message under another job's
+		// name would be read by GET as that job (jobstore.Lookup).
+		if _, _, id, perr := envelope.ParseJobSubject(d.msg.Subject()); perr != nil || (id != "" && id != job.ID) {
+			err = fmt.Errorf("job %s arrived on %s", job.ID, d.msg.Subject())
+		}
 	}
 	if err != nil {
 		p.invalid(d, meta.Sequence.Stream, err)

@@ -74,7 +74,7 @@ func ExampleNewJobMsg() {
 	fmt.Println("duplicate:", ack.Duplicate)
 
 	// Output:
-	// subject: jobs.normal.image
+	// subject: jobs.normal.image.render-0001
 	// stored in: JOBS
 	// duplicate: true
 }

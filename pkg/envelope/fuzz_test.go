@@ -61,7 +61,7 @@ func FuzzDecodeJob(f *testing.F) {
 			return
 		}
 		// A decoded job is safe to route: its subject parses back.
-		if p, kind, err := ParseJobSubject(j.Subject()); err != nil || p != j.Priority || kind != j.Kind {
+		if p, kind, id, err := ParseJobSubject(j.Subject()); err != nil || p != j.Priority || kind != j.Kind || id != j.ID {
 			t.Fatalf("decoded job has an unroutable subject %q: %v", j.Subject(), err)
 		}
 		b1, err := EncodeJob(j, e.Source)

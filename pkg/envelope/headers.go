@@ -20,7 +20,7 @@ const (
 )
 
 // NewJobMsg builds the NATS message that submits j: subject
-// jobs.<priority>.<kind>, the encoded envelope, and Nats-Msg-Id = job id so a
+// jobs.<priority>.<kind>.<job>, the encoded envelope, and Nats-Msg-Id = job id so a
 // re-publish within the stream's duplicate window creates no second job.
 // traceparent may be empty.
 func NewJobMsg(j Job, source, traceparent string) (*nats.Msg, error) {

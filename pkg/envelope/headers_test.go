@@ -12,7 +12,7 @@ func TestNewJobMsg(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Subject != "jobs.normal.image" {
+	if m.Subject != "jobs.normal.image."+j.ID {
 		t.Errorf("subject = %q", m.Subject)
 	}
 	if got := m.Header.Get(HeaderMsgID); got != j.ID {

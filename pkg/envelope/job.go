@@ -40,8 +40,8 @@ func (j *Job) Validate() error {
 	return nil
 }
 
-// Subject is the subject the job is published to.
-func (j *Job) Subject() string { return JobSubject(j.Priority, j.Kind) }
+// Subject is the subject the job is published to: jobs.<priority>.<kind>.<id>.
+func (j *Job) Subject() string { return JobMsgSubject(j.Priority, j.Kind, j.ID) }
 
 // NewJobEnvelope wraps a validated job in a submitted envelope. source names
 // the submitting service as a URI reference, e.g. "/beamline/ingest".

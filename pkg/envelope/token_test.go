@@ -98,6 +98,12 @@ func TestSubjects(t *testing.T) {
 	if got := JobSubject(PriorityHigh, "image"); got != "jobs.high.image" {
 		t.Errorf("JobSubject = %q", got)
 	}
+	if got := JobMsgSubject(PriorityHigh, "image", "j1"); got != "jobs.high.image.j1" {
+		t.Errorf("JobMsgSubject = %q", got)
+	}
+	if got := JobLookupSubject("j1"); got != "jobs.*.*.j1" {
+		t.Errorf("JobLookupSubject = %q", got)
+	}
 	if got := EventSubject("u1", "j1"); got != "events.u1.j1" {
 		t.Errorf("EventSubject = %q", got)
 	}
@@ -107,15 +113,20 @@ func TestSubjects(t *testing.T) {
 }
 
 func TestParseJobSubject(t *testing.T) {
-	p, kind, err := ParseJobSubject("jobs.low.video")
-	if err != nil || p != PriorityLow || kind != "video" {
-		t.Fatalf("ParseJobSubject = %q %q %v", p, kind, err)
+	p, kind, id, err := ParseJobSubject("jobs.low.video")
+	if err != nil || p != PriorityLow || kind != "video" || id != "" {
+		t.Fatalf("ParseJobSubject(queue) = %q %q %q %v", p, kind, id, err)
+	}
+	p, kind, id, err = ParseJobSubject("jobs.high.image.j-1")
+	if err != nil || p != PriorityHigh || kind != "image" || id != "j-1" {
+		t.Fatalf("ParseJobSubject(job) = %q %q %q %v", p, kind, id, err)
 	}
 	for _, s := range []string{
-		"", "jobs", "jobs.low", "jobs.low.video.x", "events.low.video",
+		"", "jobs", "jobs.low", "jobs.low.video.x.y", "events.low.video",
 		"jobs.urgent.video", "jobs.low.Video", "jobs.low.*", "jobs.>", "jobs..video",
+		"jobs.low.video.*", "jobs.low.video.>", "jobs.low.video.", "jobs.*.*.j1",
 	} {
-		if _, _, err := ParseJobSubject(s); !errors.Is(err, ErrInvalidToken) {
+		if _, _, _, err := ParseJobSubject(s); !errors.Is(err, ErrInvalidToken) {
 			t.Errorf("ParseJobSubject(%q) = %v, want ErrInvalidToken", s, err)
 		}
 	}

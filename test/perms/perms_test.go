@@ -291,7 +291,7 @@ func TestForbiddenActionsFail(t *testing.T) {
 	}
 
 	t.Run("notifier", func(t *testing.T) {
-		for _, subj := range []string{"jobs.normal.image", "$KV.job_status.j1", "events.alice.j1", "dlq.image", "cancel.alice.j1"} {
+		for _, subj := range []string{"jobs.normal.image", "jobs.normal.image.j1", "$KV.job_status.j1", "events.alice.j1", "dlq.image", "cancel.alice.j1"} {
 			refusedPublish(t, notif, subj)
 		}
 		jsCall(t, notif, "write the KV", func(ctx context.Context) error {
@@ -333,13 +333,16 @@ func TestForbiddenActionsFail(t *testing.T) {
 		})
 		refusedSubscribe(t, ingestC, "events.>")
 		refusedSubscribe(t, ingestC, "jobs.*.*")
+		refusedSubscribe(t, ingestC, "jobs.*.*.*")
 		refusedPublish(t, ingestC, "dlq.image")
+		refusedPublish(t, ingestC, "jobs.normal.image") // only job subjects, jobs.<priority>.<kind>.<job>
 	})
 
 	t.Run("processor", func(t *testing.T) {
 		refusedSubscribe(t, proc, "events.>")
 		refusedSubscribe(t, proc, "beamline.metrics.>")
 		refusedPublish(t, proc, "jobs.high.image")
+		refusedPublish(t, proc, "jobs.high.image.j1")
 		refusedPublish(t, proc, "cancel.alice.j1")
 		jsCall(t, proc, "create a consumer on EVENTS", func(ctx context.Context) error {
 			_, err := proc.js.OrderedConsumer(ctx, streams.Events, jetstream.OrderedConsumerConfig{})
