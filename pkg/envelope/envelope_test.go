@@ -385,3 +385,60 @@ func jsonEqual(a, b json.RawMessage) bool {
 	}
 	return bytes.Equal(na, nb)
 }
+
+// EncodeJob writes the envelope by hand; it must decode to exactly what
+// NewJobEnvelope + Encode produce, and refuse what they refuse.
+func TestEncodeJobMatchesEncode(t *testing.T) {
+	base := testJob()
+	inputs := []string{"", `{}`, `{ "prompt" : "a <b> & \"c\"\n", "n": [1, 2.5e3, null, true] }`,
+		`{"é":"\u00e9 ✓","nested":{"a":{}}}`, "{\n\t\"x\": 1\n}"}
+	times := []time.Time{base.CreatedAt, time.Date(2031, 2, 3, 4, 5, 6, 7, time.FixedZone("x", 3600)), time.Unix(0, 0).UTC()}
+	for _, in := range inputs {
+		for _, at := range times {
+			j := base
+			j.Input, j.CreatedAt = json.RawMessage(in), at
+			got, err := EncodeJob(j, `/svc "quoted" <html>`)
+			if err != nil {
+				t.Fatalf("EncodeJob(%q, %v): %v", in, at, err)
+			}
+			e, err := NewJobEnvelope(j, `/svc "quoted" <html>`)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := e.Encode()
+			if err != nil {
+				t.Fatal(err)
+			}
+			ge, gj, err := DecodeJob(got)
+			if err != nil {
+				t.Fatalf("EncodeJob output does not decode: %v\n%s", err, got)
+			}
+			we, wj, _ := DecodeJob(want)
+			if !jobEqual(gj, wj) || ge.ID != we.ID || ge.Source != we.Source || ge.Type != we.Type ||
+				ge.Subject != we.Subject || !ge.Time.Equal(we.Time) || ge.DataContentType != we.DataContentType {
+				t.Fatalf("EncodeJob differs from Encode:\n%s\n%s", got, want)
+			}
+			if !json.Valid(got) {
+				t.Fatalf("invalid JSON: %s", got)
+			}
+		}
+	}
+	bad := base
+	bad.Input = json.RawMessage(`{"unterminated":`)
+	if _, err := EncodeJob(bad, "/svc"); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("invalid input: %v, want ErrMalformed", err)
+	}
+	bad = base
+	bad.CreatedAt = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)
+	if _, err := EncodeJob(bad, "/svc"); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("year 10000: %v, want ErrMalformed", err)
+	}
+	if _, err := EncodeJob(base, ""); !errors.Is(err, ErrMissingAttribute) {
+		t.Fatalf("no source: %v, want ErrMissingAttribute", err)
+	}
+	big := base
+	big.Input = json.RawMessage(`{"x":"` + strings.Repeat("a", MaxSize) + `"}`)
+	if _, err := EncodeJob(big, "/svc"); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("oversize: %v, want ErrTooLarge", err)
+	}
+}

@@ -1,6 +1,7 @@
 package envelope
 
 import (
+	"bytes"
 	"encoding/json"
 	"time"
 )
@@ -65,13 +66,61 @@ func NewJobEnvelope(j Job, source string) (*Envelope, error) {
 	}, nil
 }
 
-// EncodeJob is NewJobEnvelope followed by Encode.
+// EncodeJob is NewJobEnvelope followed by Encode, in one pass: it writes the
+// envelope's JSON directly instead of marshalling the job and then the
+// envelope around it (two reflection passes and two copies of the input).
+// Every submission goes through it, and it cost more CPU than the JetStream
+// publish of the result. The output decodes to the same envelope and job;
+// TestEncodeJobMatchesEncode and FuzzDecodeJob hold it to that.
 func EncodeJob(j Job, source string) ([]byte, error) {
-	e, err := NewJobEnvelope(j, source)
-	if err != nil {
+	if err := j.Validate(); err != nil {
 		return nil, err
 	}
-	return e.Encode()
+	if source == "" {
+		return nil, fieldErr("source", ErrMissingAttribute, "")
+	}
+	if y := j.CreatedAt.Year(); y < 0 || y > 9999 {
+		return nil, fieldErr("created_at", ErrMalformed, "year %d outside 0-9999", y)
+	}
+	src, err := json.Marshal(source)
+	if err != nil {
+		return nil, fieldErr("source", ErrMalformed, "%v", err)
+	}
+	// The id, user, kind and priority are validated tokens: no byte of
+	// theirs needs escaping in a JSON string.
+	b := make([]byte, 0, 384+len(src)+len(j.Input))
+	b = append(b, `{"specversion":"`+SpecVersion+`","id":"`...)
+	b = append(b, j.ID...)
+	b = append(b, `","source":`...)
+	b = append(b, src...)
+	b = append(b, `,"type":"`+string(TypeSubmitted)+`","subject":"`...)
+	b = append(b, j.ID...)
+	b = append(b, `","time":"`...)
+	b = j.CreatedAt.AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","datacontenttype":"`+ContentType+`","data":{"id":"`...)
+	b = append(b, j.ID...)
+	b = append(b, `","user":"`...)
+	b = append(b, j.User...)
+	b = append(b, `","kind":"`...)
+	b = append(b, j.Kind...)
+	b = append(b, `","priority":"`...)
+	b = append(b, j.Priority...)
+	b = append(b, '"')
+	if len(j.Input) > 0 {
+		b = append(b, `,"input":`...)
+		buf := bytes.NewBuffer(b)
+		if err := json.Compact(buf, j.Input); err != nil {
+			return nil, fieldErr("input", ErrMalformed, "%v", err)
+		}
+		b = buf.Bytes()
+	}
+	b = append(b, `,"created_at":"`...)
+	b = j.CreatedAt.AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `"}}`...)
+	if len(b) > MaxSize {
+		return nil, fieldErr("envelope", ErrTooLarge, "%d bytes, limit %d", len(b), MaxSize)
+	}
+	return b, nil
 }
 
 // DecodeJob decodes a submitted envelope and validates its job. The envelope
