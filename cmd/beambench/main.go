@@ -64,6 +64,7 @@ type options struct {
 
 	ingestConc     []int
 	ingestDur      time.Duration
+	ingestClient   string
 	pipeJobs       int
 	pipeRate       int
 	pipeDur        time.Duration
@@ -80,7 +81,7 @@ type options struct {
 func fullOptions() options {
 	return options{
 		procConcurrency: 64, connsPerProc: 5000,
-		ingestConc: []int{1, 16, 64}, ingestDur: 5 * time.Second,
+		ingestConc: []int{1, 16, 64}, ingestDur: 5 * time.Second, ingestClient: "lean",
 		pipeJobs: 50000, pipeRate: 200, pipeDur: 10 * time.Second,
 		pushClients: 15000, pushLatClients: 5000, pushRate: 2000, pushDur: 10 * time.Second,
 		pollJobs: 50, pollDur: 60 * time.Second, pollInterval: 2 * time.Second,
@@ -91,7 +92,7 @@ func fullOptions() options {
 func shortOptions() options {
 	return options{
 		short: true, procConcurrency: 32, connsPerProc: 5000,
-		ingestConc: []int{1, 8}, ingestDur: 700 * time.Millisecond,
+		ingestConc: []int{1, 8}, ingestDur: 700 * time.Millisecond, ingestClient: "lean",
 		pipeJobs: 500, pipeRate: 100, pipeDur: 1500 * time.Millisecond,
 		pushClients: 100, pushLatClients: 50, pushRate: 200, pushDur: 1500 * time.Millisecond,
 		pollJobs: 5, pollDur: 5 * time.Second, pollInterval: 2 * time.Second,
@@ -135,6 +136,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.pollJobs, "polling-jobs", o.pollJobs, "polling: jobs watched")
 	fs.DurationVar(&o.pollDur, "polling-duration", o.pollDur, "polling: how long they are watched")
 	fs.DurationVar(&o.ingestDur, "ingest-duration", o.ingestDur, "ingest: length of each concurrency level")
+	fs.StringVar(&o.ingestClient, "ingest-client", o.ingestClient, "ingest: HTTP load generator: lean (one keep-alive connection per worker writing a prebuilt request and parsing the answer with net/http.ReadResponse, as wrk does) or std (net/http.Client)")
 	conc := fs.String("ingest-concurrency", "", "ingest: comma-separated concurrency levels (default 1,16,64; -short 1,8)")
 	fs.DurationVar(&o.deadline, "deadline", o.deadline, "bound on the whole run")
 	fs.Usage = func() {
@@ -143,6 +145,9 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	}
 	if err := fs.Parse(args); err != nil {
 		return o, err
+	}
+	if o.ingestClient != "lean" && o.ingestClient != "std" {
+		return o, fmt.Errorf("-ingest-client: %q is neither lean nor std", o.ingestClient)
 	}
 	if *conc != "" {
 		o.ingestConc = nil

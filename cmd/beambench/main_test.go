@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -58,8 +60,14 @@ func TestParse(t *testing.T) {
 		t.Error("unknown scenario accepted")
 	}
 	o, err := parse([]string{"-short", "-scenarios", "push,polling"}, &errOut)
-	if err != nil || !o.short || len(o.scenarios) != 2 {
+	if err != nil || !o.short || len(o.scenarios) != 2 || o.ingestClient != "lean" {
 		t.Errorf("parse: %+v %v", o, err)
+	}
+	if o, err := parse([]string{"-ingest-client", "std"}, &errOut); err != nil || o.ingestClient != "std" {
+		t.Errorf("-ingest-client std: %+v %v", o, err)
+	}
+	if _, err := parse([]string{"-ingest-client", "curl"}, &errOut); err == nil {
+		t.Error("-ingest-client curl accepted")
 	}
 }
 
@@ -70,5 +78,24 @@ func TestQuantile(t *testing.T) {
 	}
 	if l.len() != 10 || l.quantile(0.5) != 5 || l.quantile(1) != 10 || l.mean() != 5.5 {
 		t.Errorf("len %d p50 %v max %v mean %v", l.len(), l.quantile(0.5), l.quantile(1), l.mean())
+	}
+}
+
+// Both HTTP load generators submit real jobs that ingest accepts.
+func TestIngestClients(t *testing.T) {
+	o := shortOptions()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	tg, err := startTarget(ctx, &o, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tg.close()
+	tok := tg.token("clienttest")
+	for _, client := range []string{"lean", "std"} {
+		rate, rejected, err := ingestHTTP(ctx, tg, tok, 2, 300*time.Millisecond, client)
+		if err != nil || rate <= 0 || rejected != 0 {
+			t.Errorf("%s: %.0f jobs/s, %d rejected, %v", client, rate, rejected, err)
+		}
 	}
 }
