@@ -82,10 +82,17 @@ func (s *Service) submit(w http.ResponseWriter, r *http.Request) {
 		job.ID = keyedJobID(p.User, key)
 		// Past the duplicate window JetStream would take the same id as a new
 		// message; the job as it is now (stored, or still queued in JOBS)
-		// answers a late retry instead.
-		if snap, ok := s.existing(ctx, job.ID); ok {
+		// answers a late retry instead. When that cannot be read, the
+		// retry is refused rather than risk running the job twice.
+		snap, err := s.existing(ctx, job.ID)
+		switch {
+		case err == nil:
 			s.log.Debug("idempotent retry answered from the job store", "job", job.ID, "user", p.User, "kind", snap.Kind)
 			s.accepted(w, snap)
+			return
+		case !errors.Is(err, jobstore.ErrNotFound):
+			s.log.Warn("keyed submission refused: its job could not be looked up", "job", job.ID, "user", p.User, "err", err)
+			s.reject(w, r, unavailable())
 			return
 		}
 	} else {
@@ -128,8 +135,8 @@ func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Re
 	if ack.Duplicate {
 		// The same key within the duplicate window: answer with the job
 		// stored first, as it is now.
-		snap, ok := s.existing(context.WithoutCancel(ctx), job.ID)
-		if !ok {
+		snap, err := s.existing(context.WithoutCancel(ctx), job.ID)
+		if err != nil {
 			snap = envelope.NewSnapshot(job)
 		}
 		log.at(slog.LevelInfo, "duplicate submission", "seq", ack.Sequence)
@@ -161,19 +168,13 @@ func (l jobLog) at(lvl slog.Level, msg string, args ...any) {
 	l.log.Log(context.Background(), lvl, msg, append(all, args...)...)
 }
 
-// existing returns the current snapshot of id (stored, or queued in JOBS),
-// if the job is known.
-func (s *Service) existing(ctx context.Context, id string) (envelope.Snapshot, bool) {
+// existing returns the current snapshot of id (stored, or queued in JOBS);
+// jobstore.ErrNotFound when the job is unknown.
+func (s *Service) existing(ctx context.Context, id string) (envelope.Snapshot, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	defer cancel()
 	snap, _, err := s.store.Lookup(ctx, id)
-	if err != nil {
-		if !errors.Is(err, jobstore.ErrNotFound) {
-			s.log.Debug("job store read failed", "job", id, "err", err)
-		}
-		return envelope.Snapshot{}, false
-	}
-	return snap, true
+	return snap, err
 }
 
 func (s *Service) accepted(w http.ResponseWriter, snap envelope.Snapshot) {

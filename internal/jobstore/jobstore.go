@@ -201,6 +201,12 @@ func (s *Store) applyLoop(ctx context.Context, id string, seed *envelope.Job, t 
 			}
 		}
 		cur, rev, err := s.Get(ctx, id)
+		if errors.Is(err, ErrNotFound) {
+			// A direct get may come from a replica that lags (after a lost
+			// create, the snapshot is known to exist): only the leader's
+			// "not found" stands.
+			cur, rev, err = s.getOnLeader(ctx, id)
+		}
 		if errors.Is(err, ErrNotFound) && seed != nil {
 			// Never written: the change creates the snapshot, starting
 			// from the queued state of the job's message.

@@ -37,33 +37,54 @@ const RevAbsent = ^uint64(0)
 // then job_status on its leader. The last read covers a processor that
 // stored the job and acked its message between the first two, and a
 // job_status replica that lags behind the leader.
+//
+// The JOBS read takes the job's first message, as the processor runs the
+// first one and settles any later copy against the snapshot the first
+// created. A message that does not hold the job its subject names (another
+// id, kind or priority: the processor dead-letters those) is not the job.
 func (s *Store) Lookup(ctx context.Context, id string) (envelope.Snapshot, uint64, error) {
 	snap, rev, err := s.Get(ctx, id)
 	if !errors.Is(err, ErrNotFound) {
 		return snap, rev, err
 	}
-	m, err := s.lastOnLeader(ctx, streams.Jobs, envelope.JobLookupSubject(id))
+	m, err := s.msgOnLeader(ctx, streams.Jobs, leaderGet{Seq: 1, NextFor: envelope.JobLookupSubject(id)})
 	if err != nil {
 		return envelope.Snapshot{}, 0, err
 	}
 	if m != nil {
-		_, job, err := envelope.DecodeJob(m.Data)
-		if err != nil {
-			return envelope.Snapshot{}, 0, fmt.Errorf("jobstore: decode the JOBS message of %s: %w", id, err)
+		if job, ok := jobOf(m, id); ok {
+			return envelope.NewSnapshot(job), RevAbsent, nil
 		}
-		if job.ID != id {
-			return envelope.Snapshot{}, 0, fmt.Errorf("jobstore: the JOBS message on %s holds job %s", m.Subject, job.ID)
-		}
-		return envelope.NewSnapshot(job), RevAbsent, nil
 	}
-	m, err = s.lastOnLeader(ctx, "KV_"+streams.JobStatus, "$KV."+streams.JobStatus+"."+id)
+	return s.getOnLeader(ctx, id)
+}
+
+// jobOf decodes the job of a JOBS message found on id's subject; ok is
+// false when it is not that job.
+func jobOf(m *jetstream.RawStreamMsg, id string) (envelope.Job, bool) {
+	p, kind, sid, err := envelope.ParseJobSubject(m.Subject)
+	if err != nil || sid != id {
+		return envelope.Job{}, false
+	}
+	_, job, err := envelope.DecodeJob(m.Data)
+	if err != nil || job.ID != id || job.Kind != kind || job.Priority != p {
+		return envelope.Job{}, false
+	}
+	return job, true
+}
+
+// getOnLeader is Get answered by the job_status leader, never by a replica
+// that may lag: its "not found" can be trusted.
+func (s *Store) getOnLeader(ctx context.Context, id string) (envelope.Snapshot, uint64, error) {
+	m, err := s.msgOnLeader(ctx, "KV_"+streams.JobStatus, leaderGet{LastFor: "$KV." + streams.JobStatus + "." + id})
 	if err != nil {
 		return envelope.Snapshot{}, 0, err
 	}
 	if m == nil || isKVDelete(m.Header) {
 		return envelope.Snapshot{}, 0, ErrNotFound
 	}
-	if snap, err = envelope.DecodeSnapshot(m.Data); err != nil {
+	snap, err := envelope.DecodeSnapshot(m.Data)
+	if err != nil {
 		return envelope.Snapshot{}, 0, fmt.Errorf("jobstore: decode %s: %w", id, err)
 	}
 	return snap, m.Sequence, nil
@@ -75,15 +96,22 @@ func isKVDelete(h nats.Header) bool {
 	return op == "DEL" || op == "PURGE"
 }
 
-// lastOnLeader returns the last message of stream on subject (which may
-// hold wildcards), nil when there is none. It asks $JS.API.STREAM.MSG.GET,
-// which only the stream's leader answers: a replica answering a direct get
-// may not have a message its leader acknowledged yet, and "no message"
-// from it would be a 404 for a job that was just accepted.
-func (s *Store) lastOnLeader(ctx context.Context, stream, subject string) (*jetstream.RawStreamMsg, error) {
-	req, err := json.Marshal(struct {
-		LastFor string `json:"last_by_subj"`
-	}{subject})
+// leaderGet is a $JS.API.STREAM.MSG.GET request: the last message on a
+// subject, or the first at or after a sequence on one.
+type leaderGet struct {
+	Seq     uint64 `json:"seq,omitempty"`
+	NextFor string `json:"next_by_subj,omitempty"`
+	LastFor string `json:"last_by_subj,omitempty"`
+}
+
+// msgOnLeader returns the message of stream that r asks for (its subject
+// may hold wildcards), nil when there is none. It asks
+// $JS.API.STREAM.MSG.GET, which only the stream's leader answers: a replica
+// answering a direct get may not have a message its leader acknowledged
+// yet, and "no message" from it would be a 404 for a job just accepted.
+func (s *Store) msgOnLeader(ctx context.Context, stream string, r leaderGet) (*jetstream.RawStreamMsg, error) {
+	subject := r.LastFor + r.NextFor
+	req, err := json.Marshal(r)
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/beamline/beamline/pkg/envelope"
@@ -106,20 +107,66 @@ func TestApplyAtRevAbsentLosesToAnEarlierCreate(t *testing.T) {
 	}
 }
 
-// A message on a job's subject that holds another job is an error, not
-// that job's state.
-func TestLookupRefusesAMessageOfAnotherJob(t *testing.T) {
+// A message whose subject and envelope disagree (another id, kind or
+// priority: the processor dead-letters it) is not the job its subject names.
+func TestLookupIgnoresAMessageThatIsNotItsJob(t *testing.T) {
 	f := setup(t)
-	j := newJob("look-4")
-	m, err := envelope.NewJobMsg(j, "/test", "")
+	for _, c := range []struct {
+		name string
+		bend func(j *envelope.Job, m *nats.Msg)
+	}{
+		{"another id", func(j *envelope.Job, m *nats.Msg) { m.Subject = envelope.JobMsgSubject(j.Priority, j.Kind, "look-5") }},
+		{"another kind", func(j *envelope.Job, m *nats.Msg) { m.Subject = envelope.JobMsgSubject(j.Priority, "video", "look-5") }},
+		{"another priority", func(j *envelope.Job, m *nats.Msg) {
+			m.Subject = envelope.JobMsgSubject(envelope.PriorityLow, j.Kind, "look-5")
+		}},
+	} {
+		j := newJob("look-5")
+		if c.name != "another id" {
+			j.ID = "look-5"
+		} else {
+			j.ID = "look-4"
+		}
+		m, err := envelope.NewJobMsg(j, "/test", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.bend(&j, m)
+		m.Header.Set(envelope.HeaderMsgID, c.name)
+		if _, err := f.js.PublishMsg(ctxT(t), m); err != nil {
+			t.Fatal(err)
+		}
+		if got, _, err := f.store.Lookup(ctxT(t), "look-5"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("%s: Lookup = %+v, %v; want ErrNotFound", c.name, got, err)
+		}
+		s, err := f.js.Stream(ctxT(t), streams.Jobs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Purge(ctxT(t)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// Two messages for one id (a late copy, or another publisher reusing the
+// id): Lookup answers with the first, the one the processor runs.
+func TestLookupTakesTheFirstMessage(t *testing.T) {
+	f := setup(t)
+	j := newJob("look-6")
+	f.publishJob(t, j)
+	later := j
+	later.User, later.Priority = "mallory", envelope.PriorityHigh
+	m, err := envelope.NewJobMsg(later, "/test", "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.Subject = envelope.JobMsgSubject(j.Priority, j.Kind, "look-5")
+	m.Header.Set(envelope.HeaderMsgID, "another-msg-id") // past de-duplication
 	if _, err := f.js.PublishMsg(ctxT(t), m); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := f.store.Lookup(ctxT(t), "look-5"); err == nil || errors.Is(err, ErrNotFound) {
-		t.Fatalf("Lookup = %v, want an error naming the mismatch", err)
+	got, rev, err := f.store.Lookup(ctxT(t), j.ID)
+	if err != nil || rev != RevAbsent || got.User != "alice" || got.Priority != envelope.PriorityNormal {
+		t.Fatalf("Lookup = %+v rev %d, %v; want alice's first message", got, rev, err)
 	}
 }

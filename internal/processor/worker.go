@@ -33,12 +33,12 @@ import (
 // i.e. 1 KV read, 4 acknowledged stream writes + 1 ack (it was 2 reads when
 // every change went through jobstore.Apply's read-modify-write). A job of a
 // first delivery that ends within Config.StartedDelay skips steps 1 and 2
-// (started.go): 1 KV read, 2 writes (queued → outcome, seq 1) + 1 ack. Only a lost
-// compare-and-set (a cancel, a second processor) costs a read more. A job
-// published straight to its subject adds the KV create of its queued
-// snapshot and one read; each progress report adds one KV update and one
-// event (coalesced: at most one in flight per job), carrying the revision
-// too.
+// (started.go): 1 KV read, 2 writes (the create of the outcome, seq 1, and
+// its event) + 1 ack. Only a lost compare-and-set (a cancel, a second
+// processor) costs a read more. A job published straight to JOBS costs the
+// same as one submitted over HTTP. Each progress report adds one KV update
+// and one event (coalesced: at most one in flight per job), carrying the
+// revision too.
 // A redelivery, and a delivery of a job already terminal, add one direct
 // get of the job's last event (EnsurePublished: publish what EVENTS lacks);
 // a dead job adds the read and write of its DLQ marker.

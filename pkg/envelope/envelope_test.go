@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -428,10 +429,12 @@ func TestEncodeJobMatchesEncode(t *testing.T) {
 	if _, err := EncodeJob(bad, "/svc"); !errors.Is(err, ErrMalformed) {
 		t.Fatalf("invalid input: %v, want ErrMalformed", err)
 	}
-	bad = base
-	bad.CreatedAt = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)
-	if _, err := EncodeJob(bad, "/svc"); !errors.Is(err, ErrMalformed) {
-		t.Fatalf("year 10000: %v, want ErrMalformed", err)
+	for _, at := range []time.Time{time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(2030, 1, 1, 0, 0, 0, 0, time.FixedZone("far", 25*3600))} {
+		bad = base
+		bad.CreatedAt = at
+		if _, err := EncodeJob(bad, "/svc"); !errors.Is(err, ErrMalformed) {
+			t.Fatalf("created_at %v: %v, want ErrMalformed (Encode refuses it too)", at, err)
+		}
 	}
 	if _, err := EncodeJob(base, ""); !errors.Is(err, ErrMissingAttribute) {
 		t.Fatalf("no source: %v, want ErrMissingAttribute", err)
@@ -440,5 +443,24 @@ func TestEncodeJobMatchesEncode(t *testing.T) {
 	big.Input = json.RawMessage(`{"x":"` + strings.Repeat("a", MaxSize) + `"}`)
 	if _, err := EncodeJob(big, "/svc"); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("oversize: %v, want ErrTooLarge", err)
+	}
+}
+
+// EncodeJob spells out every field of Job and Envelope by hand: a field
+// added to either must be added there too. This fails until it is.
+func TestEncodeJobKnowsEveryField(t *testing.T) {
+	tags := func(v any) []string {
+		var out []string
+		rt := reflect.TypeOf(v)
+		for i := range rt.NumField() {
+			out = append(out, rt.Field(i).Tag.Get("json"))
+		}
+		return out
+	}
+	if got, want := tags(Job{}), []string{"id", "user", "kind", "priority", "input,omitempty", "created_at"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("Job fields %q; EncodeJob writes %q: update it", got, want)
+	}
+	if got, want := tags(Envelope{}), []string{"specversion", "id", "source", "type", "subject,omitempty", "time", "datacontenttype,omitempty", "data"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("Envelope fields %q; EncodeJob writes %q: update it", got, want)
 	}
 }

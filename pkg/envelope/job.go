@@ -79,8 +79,13 @@ func EncodeJob(j Job, source string) ([]byte, error) {
 	if source == "" {
 		return nil, fieldErr("source", ErrMissingAttribute, "")
 	}
-	if y := j.CreatedAt.Year(); y < 0 || y > 9999 {
-		return nil, fieldErr("created_at", ErrMalformed, "year %d outside 0-9999", y)
+	// AppendText is time.Time's MarshalJSON without the quotes: RFC 3339
+	// with nanoseconds, refusing what RFC 3339 cannot hold (a year past
+	// 9999, a zone offset of 24 hours or more).
+	var tbuf [48]byte
+	at, err := j.CreatedAt.AppendText(tbuf[:0])
+	if err != nil {
+		return nil, fieldErr("created_at", ErrMalformed, "%v", err)
 	}
 	src, err := json.Marshal(source)
 	if err != nil {
@@ -96,7 +101,7 @@ func EncodeJob(j Job, source string) ([]byte, error) {
 	b = append(b, `,"type":"`+string(TypeSubmitted)+`","subject":"`...)
 	b = append(b, j.ID...)
 	b = append(b, `","time":"`...)
-	b = j.CreatedAt.AppendFormat(b, time.RFC3339Nano)
+	b = append(b, at...)
 	b = append(b, `","datacontenttype":"`+ContentType+`","data":{"id":"`...)
 	b = append(b, j.ID...)
 	b = append(b, `","user":"`...)
@@ -115,7 +120,7 @@ func EncodeJob(j Job, source string) ([]byte, error) {
 		b = buf.Bytes()
 	}
 	b = append(b, `,"created_at":"`...)
-	b = j.CreatedAt.AppendFormat(b, time.RFC3339Nano)
+	b = append(b, at...)
 	b = append(b, `"}}`...)
 	if len(b) > MaxSize {
 		return nil, fieldErr("envelope", ErrTooLarge, "%d bytes, limit %d", len(b), MaxSize)
