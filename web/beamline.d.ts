@@ -104,7 +104,16 @@ export interface Client {
   /** Watch one job. The callback gets every newer state exactly once, in order. */
   watchJob(id: string, onUpdate: (job: Job, info: UpdateInfo) => void, opts?: WatchOptions): Unsubscribe;
   /** Watch all of the token user's jobs (starting with the unfinished ones). */
-  watchUser(onUpdate: (job: Job, info: UpdateInfo) => void, opts?: WatchOptions & { user?: string; includeFinished?: boolean }): Unsubscribe;
+  watchUser(onUpdate: (job: Job, info: UpdateInfo) => void, opts?: WatchOptions & {
+    user?: string;
+    includeFinished?: boolean;
+    /**
+     * Called when a join's list of the user's jobs was cut short (the notifier reads at most
+     * 10,000 jobs, for at most 3 s): it holds the most recent ones; read older ones with getJob.
+     * Live updates of every job still arrive.
+     */
+    onTruncated?: () => void;
+  }): Unsubscribe;
   /** Live pipeline figures (admin tokens only). */
   watchMetrics(onMetrics: (m: Metrics) => void, opts?: WatchOptions): Unsubscribe;
   /** POST /v1/jobs. Resolves with the queued snapshot; rejects with BeamlineError. */

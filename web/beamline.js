@@ -463,6 +463,10 @@ export function connect(opts = {}) {
         },
         onJoin: (ch, resp) => {
           const jobs = resp.jobs || [];
+          // The notifier's scan of the user's jobs was cut short (a user
+          // with very many jobs in the last 24 h): the list holds the most
+          // recent ones. Say so rather than pass it off as complete.
+          if (resp.truncated) wopts.onTruncated?.();
           if (!resp.recovered || lastStreamSeq === undefined) {
             // A fresh start (snapshots taken): positions restart from the reply.
             lastStreamSeq = resp.stream_seq;

@@ -261,3 +261,22 @@ test("watchUser: resumes from the advertised resume_seq, not the highest stream_
   assert.deepEqual(joins[1][4], { last_seq: 7 });
   assert.deepEqual(seen, ["b1", "a1", "a2"]);
 });
+
+test("watchUser: a truncated join list is reported through onTruncated", async (t) => {
+  let joins = 0;
+  const srv = await fakeServer((sock, f) => {
+    if (f[3] !== "phx_join") return;
+    joins++;
+    reply(sock, f, "ok", { jobs: [jobOf("a", 1)], stream_seq: 10, recovered: false, truncated: joins === 1 });
+    if (joins === 1) setTimeout(() => sock.close(1012, "restart"), 20);
+  });
+  const client = connect({ url: srv.url, token: TOKEN, WebSocket, reconnectAfterMs: fastBackoff });
+  t.after(() => { client.close(); return srv.close(); });
+  let truncated = 0;
+  const seen = [];
+  client.watchUser((job) => seen.push(job.id), { onTruncated: () => truncated++ });
+  await until(() => joins >= 2);
+  await new Promise((r) => setTimeout(r, 30));
+  assert.equal(truncated, 1, "one report for the one truncated join, none for the complete one");
+  assert.deepEqual(seen, ["a"]);
+});
