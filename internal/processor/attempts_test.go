@@ -43,14 +43,7 @@ func TestDeliveryPastTheLimitIsDeadWithoutRunning(t *testing.T) {
 		t.Fatalf("dead snapshot %+v", s)
 	}
 	ctx := context.Background()
-	dlq, err := e.js.Stream(ctx, "DLQ")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := dlq.GetLastMsgForSubject(ctx, "dlq.image")
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := e.lastDLQ("dlq.image")
 	if m.Header.Get(HeaderAttempts) != "3" || m.Header.Get("Nats-Msg-Id") != "dead:"+j.ID ||
 		!strings.Contains(m.Header.Get(HeaderDeadReason), "never finished") {
 		t.Fatalf("DLQ headers %v", m.Header)

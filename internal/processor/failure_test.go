@@ -79,14 +79,7 @@ func TestMaxDeliverExceededIsDeadWithDLQCopy(t *testing.T) {
 		t.Fatalf("snapshot %+v", s)
 	}
 	ctx := context.Background()
-	dlq, err := e.js.Stream(ctx, "DLQ")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := dlq.GetLastMsgForSubject(ctx, "dlq.video")
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := e.lastDLQ("dlq.video")
 	_, orig, err := envelope.DecodeJob(m.Data)
 	if err != nil || orig.ID != j.ID {
 		t.Fatalf("DLQ body is not the original envelope: %v %+v", err, orig)

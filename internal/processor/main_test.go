@@ -251,6 +251,24 @@ func (e *env) events(j envelope.Job) []envelope.Snapshot {
 	}
 }
 
+// lastDLQ waits for the last DLQ message on subject and returns it. A dead
+// job's DLQ copy is stored after its dead snapshot (then the message is
+// termed), so a test that saw the snapshot must wait for the copy.
+func (e *env) lastDLQ(subject string) *jetstream.RawStreamMsg {
+	e.t.Helper()
+	ctx := context.Background()
+	var m *jetstream.RawStreamMsg
+	waitFor(e.t, 5*time.Second, func() bool {
+		dlq, err := e.js.Stream(ctx, "DLQ")
+		if err != nil {
+			return false
+		}
+		m, err = dlq.GetLastMsgForSubject(ctx, subject)
+		return err == nil
+	})
+	return m
+}
+
 func waitFor(t *testing.T, timeout time.Duration, ok func() bool, msg ...func() string) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)

@@ -252,6 +252,10 @@ func failover(t *testing.T, label string, start time.Time, urls string, kill fun
 		byCode   = map[int]int{}
 		killedAt time.Time
 		firstOK  time.Duration // from the kill to the first 202 after it
+		// GET right after each 202: a queued job is read from its JOBS
+		// message on the stream leader (jobstore.Lookup), so even across the
+		// election it is 200 or a refusal (503), never 404.
+		getByCode = map[int]int{}
 	)
 	var nAccepted atomic.Int64
 	next := make(chan int)
@@ -275,6 +279,19 @@ func failover(t *testing.T, label string, start time.Time, urls string, kill fun
 						firstOK = time.Since(killedAt)
 					}
 					byCode[sub.Status]++
+					mu.Unlock()
+					code, got, gerr := kit.Get(ctx, hc, base, token, sub.Snapshot.ID)
+					mu.Lock()
+					switch {
+					case gerr != nil:
+						getByCode[-1]++
+						t.Errorf("GET %s after its 202: %v", sub.Snapshot.ID, gerr)
+					case code == http.StatusOK && got.ID != sub.Snapshot.ID:
+						t.Errorf("GET %s after its 202 answered job %q", sub.Snapshot.ID, got.ID)
+					case code != http.StatusOK && code != http.StatusServiceUnavailable:
+						t.Errorf("GET %s after its 202: %d", sub.Snapshot.ID, code)
+					}
+					getByCode[code]++
 				case sub.Status == http.StatusServiceUnavailable || sub.Status == http.StatusTooManyRequests:
 					byCode[sub.Status]++
 				default:
@@ -302,15 +319,22 @@ func failover(t *testing.T, label string, start time.Time, urls string, kill fun
 		close(next)
 	}()
 	wg.Wait()
+	burst := time.Since(start)
 	if leader == "" {
 		t.Fatal("the JOBS leader was never shut down")
 	}
 
 	// Every 202 completes, read from job_status on the surviving nodes.
-	kv, err := adminJS.KeyValue(ctx, streams.JobStatus)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Each admin request has its own short deadline: one sent just as its
+	// server died (or to a meta leader being replaced) gets no answer, and
+	// would otherwise wait for the whole test's deadline.
+	var kv jetstream.KeyValue
+	kit.WaitFor(t, 60*time.Second, "the job_status bucket after the kill", func() bool {
+		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+		defer ccancel()
+		kv, err = adminJS.KeyValue(cctx, streams.JobStatus)
+		return err == nil
+	})
 	mu.Lock()
 	pending := append([]string(nil), accepted...)
 	mu.Unlock()
@@ -318,7 +342,9 @@ func failover(t *testing.T, label string, start time.Time, urls string, kill fun
 	for len(pending) > 0 && ctx.Err() == nil {
 		var still []string
 		for _, id := range pending {
-			e, err := kv.Get(ctx, id)
+			gctx, gcancel := context.WithTimeout(ctx, 2*time.Second)
+			e, err := kv.Get(gctx, id)
+			gcancel()
 			if err != nil {
 				still = append(still, id)
 				continue
@@ -343,27 +369,27 @@ func failover(t *testing.T, label string, start time.Time, urls string, kill fun
 		t.Errorf("%d jobs got 202 and never completed (lost), e.g. %v", len(pending), pending[:min(5, len(pending))])
 	}
 	var jobsLeft uint64
+	newLeader := ""
 	kit.WaitFor(t, 30*time.Second, "JOBS to drain", func() bool {
-		st, err := adminJS.Stream(ctx, streams.Jobs)
+		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+		defer ccancel()
+		st, err := adminJS.Stream(cctx, streams.Jobs)
 		if err != nil {
 			return false
+		}
+		if ci := st.CachedInfo().Cluster; ci != nil {
+			newLeader = ci.Leader
 		}
 		jobsLeft = st.CachedInfo().State.Msgs
 		return jobsLeft == 0
 	})
-	st, err := adminJS.Stream(ctx, streams.Jobs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	newLeader := ""
-	if ci := st.CachedInfo().Cluster; ci != nil {
-		newLeader = ci.Leader
-	}
 	mu.Lock()
 	figures := fmt.Sprintf(label+": submitted=%d accepted=%d refused_503=%d refused_429=%d errors=%d completed=%d lost=%d "+
-		"jobs_left=%d killed_leader=%s new_leader=%s first_202_after_kill=%s elapsed=%s",
+		"get_after_202_ok=%d get_after_202_503=%d get_after_202_404=%d "+
+		"jobs_left=%d killed_leader=%s new_leader=%s first_202_after_kill=%s burst=%s elapsed=%s",
 		numJobs, len(accepted), byCode[http.StatusServiceUnavailable], byCode[http.StatusTooManyRequests], byCode[-1],
-		succeeded, len(pending), jobsLeft, leader, newLeader, firstOK.Round(time.Millisecond), time.Since(start).Round(time.Second))
+		succeeded, len(pending), getByCode[http.StatusOK], getByCode[http.StatusServiceUnavailable], getByCode[http.StatusNotFound],
+		jobsLeft, leader, newLeader, firstOK.Round(time.Millisecond), burst.Round(time.Second), time.Since(start).Round(time.Second))
 	mu.Unlock()
 	kit.Figures(t, figures)
 	if newLeader == leader {
@@ -375,6 +401,8 @@ func failover(t *testing.T, label string, start time.Time, urls string, kill fun
 // killLeader has kill stop the server leading the JOBS stream and returns
 // its name.
 func killLeader(t *testing.T, ctx context.Context, js jetstream.JetStream, kill func(name string) bool) string {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
 	st, err := js.Stream(ctx, streams.Jobs)
 	if err != nil {
 		t.Errorf("JOBS info: %v", err)
