@@ -2,14 +2,13 @@ package jobstore
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/beamline/beamline/internal/natsx"
 	"github.com/beamline/beamline/pkg/envelope"
 	"github.com/beamline/beamline/streams"
 )
@@ -47,7 +46,7 @@ func (s *Store) Lookup(ctx context.Context, id string) (envelope.Snapshot, uint6
 	if !errors.Is(err, ErrNotFound) {
 		return snap, rev, err
 	}
-	m, err := s.msgOnLeader(ctx, streams.Jobs, leaderGet{Seq: 1, NextFor: envelope.JobLookupSubject(id)})
+	m, err := natsx.GetOnLeader(ctx, s.js, streams.Jobs, natsx.MsgGet{Seq: 1, NextFor: envelope.JobLookupSubject(id)})
 	if err != nil {
 		return envelope.Snapshot{}, 0, err
 	}
@@ -76,7 +75,7 @@ func jobOf(m *jetstream.RawStreamMsg, id string) (envelope.Job, bool) {
 // getOnLeader is Get answered by the job_status leader, never by a replica
 // that may lag: its "not found" can be trusted.
 func (s *Store) getOnLeader(ctx context.Context, id string) (envelope.Snapshot, uint64, error) {
-	m, err := s.msgOnLeader(ctx, "KV_"+streams.JobStatus, leaderGet{LastFor: "$KV." + streams.JobStatus + "." + id})
+	m, err := natsx.GetOnLeader(ctx, s.js, "KV_"+streams.JobStatus, natsx.MsgGet{LastFor: "$KV." + streams.JobStatus + "." + id})
 	if err != nil {
 		return envelope.Snapshot{}, 0, err
 	}
@@ -94,67 +93,4 @@ func (s *Store) getOnLeader(ctx context.Context, id string) (envelope.Snapshot, 
 func isKVDelete(h nats.Header) bool {
 	op := h.Get("KV-Operation")
 	return op == "DEL" || op == "PURGE"
-}
-
-// leaderGet is a $JS.API.STREAM.MSG.GET request: the last message on a
-// subject, or the first at or after a sequence on one.
-type leaderGet struct {
-	Seq     uint64 `json:"seq,omitempty"`
-	NextFor string `json:"next_by_subj,omitempty"`
-	LastFor string `json:"last_by_subj,omitempty"`
-}
-
-// msgOnLeader returns the message of stream that r asks for (its subject
-// may hold wildcards), nil when there is none. It asks
-// $JS.API.STREAM.MSG.GET, which only the stream's leader answers: a replica
-// answering a direct get may not have a message its leader acknowledged
-// yet, and "no message" from it would be a 404 for a job just accepted.
-func (s *Store) msgOnLeader(ctx context.Context, stream string, r leaderGet) (*jetstream.RawStreamMsg, error) {
-	subject := r.LastFor + r.NextFor
-	req, err := json.Marshal(r)
-	if err != nil {
-		return nil, err
-	}
-	prefix := s.js.Options().APIPrefix
-	if prefix == "" {
-		prefix = jetstream.DefaultAPIPrefix
-	}
-	if !strings.HasSuffix(prefix, ".") {
-		prefix += "."
-	}
-	m, err := s.js.Conn().RequestWithContext(ctx, prefix+"STREAM.MSG.GET."+stream, req)
-	if err != nil {
-		return nil, fmt.Errorf("jobstore: read %s on %s: %w", subject, stream, err)
-	}
-	var resp struct {
-		Message *struct {
-			Subject string `json:"subject"`
-			Seq     uint64 `json:"seq"`
-			Header  []byte `json:"hdrs"`
-			Data    []byte `json:"data"`
-		} `json:"message"`
-		Error *struct {
-			Code        int    `json:"code"`
-			ErrCode     int    `json:"err_code"`
-			Description string `json:"description"`
-		} `json:"error"`
-	}
-	if err := json.Unmarshal(m.Data, &resp); err != nil {
-		return nil, fmt.Errorf("jobstore: read %s on %s: %w", subject, stream, err)
-	}
-	switch {
-	case resp.Error != nil && resp.Error.ErrCode == int(jetstream.JSErrCodeMessageNotFound):
-		return nil, nil
-	case resp.Error != nil:
-		return nil, fmt.Errorf("jobstore: read %s on %s: %d %s", subject, stream, resp.Error.Code, resp.Error.Description)
-	case resp.Message == nil || resp.Message.Seq == 0:
-		return nil, fmt.Errorf("jobstore: read %s on %s: an answer without a message", subject, stream)
-	}
-	out := &jetstream.RawStreamMsg{Subject: resp.Message.Subject, Sequence: resp.Message.Seq, Data: resp.Message.Data}
-	if len(resp.Message.Header) > 0 {
-		if out.Header, err = nats.DecodeHeadersMsg(resp.Message.Header); err != nil {
-			return nil, fmt.Errorf("jobstore: read %s on %s: %w", subject, stream, err)
-		}
-	}
-	return out, nil
 }

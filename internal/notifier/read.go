@@ -6,12 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/beamline/beamline/internal/natsx"
 	"github.com/beamline/beamline/pkg/envelope"
 	"github.com/beamline/beamline/streams"
 )
@@ -189,20 +189,7 @@ func rawOf(m *nats.Msg) (*jetstream.RawStreamMsg, error) {
 
 // directGetSubject is the direct-get API subject of stream for js.
 func directGetSubject(js jetstream.JetStream, stream string) string {
-	return apiSubject(js, "DIRECT.GET."+stream)
-}
-
-// apiSubject is the JetStream API subject name (e.g. "STREAM.MSG.GET.EVENTS")
-// under js's API prefix.
-func apiSubject(js jetstream.JetStream, name string) string {
-	prefix := js.Options().APIPrefix
-	if prefix == "" {
-		prefix = jetstream.DefaultAPIPrefix
-	}
-	if !strings.HasSuffix(prefix, ".") {
-		prefix += "."
-	}
-	return prefix + name
+	return natsx.APISubject(js, "DIRECT.GET."+stream)
 }
 
 // nextOnLeader returns the stream seq of the first EVENTS message on
@@ -211,53 +198,21 @@ func apiSubject(js jetstream.JetStream, name string) string {
 // DIRECT.GET: a replica joins the direct-get responders while still
 // catching up, and its "nothing there" proves nothing.
 func (s *Service) nextOnLeader(ctx context.Context, filter string, seq uint64) (uint64, error) {
-	m, err := s.msgOnLeader(ctx, directGetRequest{Seq: seq, NextFor: filter})
+	m, err := s.msgOnLeader(ctx, natsx.MsgGet{Seq: seq, NextFor: filter})
 	if err != nil || m == nil {
 		return 0, err
 	}
 	return m.Sequence, nil
 }
 
-// msgOnLeader asks the EVENTS leader for one message ($JS.API.STREAM.MSG.GET
-// with r's seq/next_by_subj or last_by_subj); nil when there is none.
-func (s *Service) msgOnLeader(ctx context.Context, r directGetRequest) (*jetstream.RawStreamMsg, error) {
-	req, _ := json.Marshal(r)
-	m, err := s.nc.RequestWithContext(ctx, apiSubject(s.js, "STREAM.MSG.GET."+streams.Events), req)
+// msgOnLeader asks the EVENTS leader for one message (natsx.GetOnLeader);
+// nil when there is none.
+func (s *Service) msgOnLeader(ctx context.Context, r natsx.MsgGet) (*jetstream.RawStreamMsg, error) {
+	m, err := natsx.GetOnLeader(ctx, s.js, streams.Events, r)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errStreamRead, err)
 	}
-	var resp struct {
-		Message *struct {
-			Subject string    `json:"subject"`
-			Seq     uint64    `json:"seq"`
-			Header  []byte    `json:"hdrs"`
-			Data    []byte    `json:"data"`
-			Time    time.Time `json:"time"`
-		} `json:"message"`
-		Error *struct {
-			Code        int    `json:"code"`
-			ErrCode     int    `json:"err_code"`
-			Description string `json:"description"`
-		} `json:"error"`
-	}
-	if err := json.Unmarshal(m.Data, &resp); err != nil {
-		return nil, fmt.Errorf("%w: %w", errStreamRead, err)
-	}
-	switch {
-	case resp.Error != nil && resp.Error.ErrCode == int(jetstream.JSErrCodeMessageNotFound):
-		return nil, nil
-	case resp.Error != nil:
-		return nil, fmt.Errorf("%w: %d %s", errStreamRead, resp.Error.Code, resp.Error.Description)
-	case resp.Message == nil || resp.Message.Seq == 0:
-		return nil, fmt.Errorf("%w: message get answer without a message", errStreamRead)
-	}
-	out := &jetstream.RawStreamMsg{Subject: resp.Message.Subject, Sequence: resp.Message.Seq, Data: resp.Message.Data, Time: resp.Message.Time}
-	if len(resp.Message.Header) > 0 {
-		if out.Header, err = nats.DecodeHeadersMsg(resp.Message.Header); err != nil {
-			return nil, fmt.Errorf("%w: %w", errStreamRead, err)
-		}
-	}
-	return out, nil
+	return m, nil
 }
 
 // readConfirmed is readFrom for a join, whose reply must cover every event
@@ -280,7 +235,7 @@ func (s *Service) readConfirmed(ctx context.Context, filter string, from, upTo u
 		if err != nil || !end || next > upTo {
 			return err // stopped by fn, or past upTo
 		}
-		m, err := s.msgOnLeader(ctx, directGetRequest{Seq: next, NextFor: filter})
+		m, err := s.msgOnLeader(ctx, natsx.MsgGet{Seq: next, NextFor: filter})
 		if err != nil || m == nil || m.Sequence > upTo {
 			return err
 		}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/beamline/beamline/internal/auth"
 	"github.com/beamline/beamline/internal/jobstore"
+	"github.com/beamline/beamline/internal/natsx"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -123,7 +124,7 @@ func (s *Service) openJob(ctx context.Context, p auth.Principal, sb *sub, id str
 	// of the job is the snapshot after its change; take it when newer. A
 	// terminal snapshot is final: nothing is stored after it.
 	if sb.joinPos > 0 && !snap.Status.Terminal() {
-		m, err := s.msgOnLeader(ctx, directGetRequest{LastFor: subject})
+		m, err := s.msgOnLeader(ctx, natsx.MsgGet{LastFor: subject})
 		if err != nil {
 			return fail(err)
 		}
