@@ -10,6 +10,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/beamline/beamline/internal/jobstore"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -310,5 +311,52 @@ func TestBroadcastAdminMetrics(t *testing.T) {
 	}
 	if err := n.svc.Broadcast("admin:metrics", "metrics", []int{1}); err == nil {
 		t.Fatal("non-object payload accepted")
+	}
+}
+
+// A job that is accepted but not yet written by any processor has no
+// snapshot in job_status, only its message in JOBS (ingest stores nothing
+// else): a job: join answers with its queued snapshot read from there, and
+// the job's first change, which creates the snapshot, is pushed.
+func TestJoinQueuedJobReadFromJobs(t *testing.T) {
+	w := newWorld(t)
+	n := startNotifier(t, w, Config{})
+	ctx := t.Context()
+	job := envelope.Job{ID: "queued-1", User: "alice", Kind: "image", Priority: envelope.PriorityHigh, CreatedAt: time.Now().UTC()}
+	msg, err := envelope.NewJobMsg(job, "/test", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.js.PublishMsg(ctx, msg); err != nil {
+		t.Fatal(err)
+	}
+	c := dial(t, n, token(t, "alice", false))
+	rep, _ := c.join("job:"+job.ID, nil)
+	var resp struct{ Snapshot envelope.Snapshot }
+	_ = json.Unmarshal(rep.response(), &resp)
+	if rep.status() != "ok" || resp.Snapshot.ID != job.ID || resp.Snapshot.Status != envelope.StatusQueued ||
+		resp.Snapshot.Seq != 0 || resp.Snapshot.Priority != envelope.PriorityHigh {
+		t.Fatalf("join reply %s", rep.Payload)
+	}
+	// Another user's queued job is refused like a stored one.
+	other := dial(t, n, token(t, "bob", false))
+	if rep, _ := other.join("job:"+job.ID, nil); rep.status() != "error" || rep.reason() != "unauthorized" {
+		t.Fatalf("bob's join: %s", rep.Payload)
+	}
+
+	// The processor's first change: a create at RevAbsent, seq 1.
+	queued, rev, err := w.store.Lookup(ctx, job.ID)
+	if err != nil || rev != jobstore.RevAbsent {
+		t.Fatalf("Lookup = %+v rev %d, %v", queued, rev, err)
+	}
+	if _, _, err := w.store.ApplyAt(ctx, queued, rev, envelope.TypeStarted, func(s *envelope.Snapshot) error {
+		s.Status, s.Attempt = envelope.StatusRunning, 1
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	p := c.pushes("job:"+job.ID, 1)[0]
+	if p.Type != "started" || p.Seq != 1 || p.Job.Status != envelope.StatusRunning {
+		t.Fatalf("push %+v", p)
 	}
 }
