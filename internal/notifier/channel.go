@@ -23,7 +23,8 @@ const (
 	reasonRateLimited  = "rate limited"
 )
 
-// handle processes one inbound frame, in arrival order (rule 5).
+// handle processes one inbound frame, in arrival order (rule 5 of
+// docs/phoenix-protocol.md#61-server-rules).
 func (c *conn) handle(mt int, data []byte) {
 	var f phoenix.Frame
 	var err error
@@ -54,7 +55,7 @@ func (c *conn) handle(mt int, data []byte) {
 	}
 	sb := c.lookup(f.Topic)
 	if sb == nil {
-		if f.Event == phoenix.EventLeave { // rule 4
+		if f.Event == phoenix.EventLeave { // rule 4, docs/phoenix-protocol.md#61-server-rules
 			c.send(phoenix.Reply(f.JoinRef, f.Ref, f.Topic, "ok", nil))
 			return
 		}
@@ -62,14 +63,15 @@ func (c *conn) handle(mt int, data []byte) {
 		return
 	}
 	if f.JoinRef.Valid && f.JoinRef != sb.joinRef {
-		return // rule 3: stale join_ref, no reply
+		return // rule 3 (docs/phoenix-protocol.md#61-server-rules): stale join_ref, no reply
 	}
 	switch f.Event {
 	case phoenix.EventLeave:
 		c.leave(sb, f)
 	case "ping", "bin":
 		// Echo, so clients can measure round trips and check replies; a
-		// binary push gets a binary reply with the same bytes (§7).
+		// binary push gets a binary reply with the same bytes
+		// (docs/phoenix-protocol.md#7-binary-frames).
 		if f.Binary {
 			if b := phoenix.BinaryReply(f.JoinRef, f.Ref, f.Topic, "ok", f.Payload); b != nil {
 				c.mu.Lock()
@@ -158,7 +160,7 @@ func (c *conn) join(f phoenix.Frame) {
 	cancel()
 	s.m.joins.WithLabelValues(kind.String(), metricLabel(res.reason)).Inc()
 
-	if old != nil { // rule 2: one subscription per (connection, topic)
+	if old != nil { // rule 2 (docs/phoenix-protocol.md#61-server-rules): one subscription per (connection, topic)
 		s.hub.remove(old)
 		c.mu.Lock()
 		old.closed = true

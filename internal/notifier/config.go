@@ -1,5 +1,5 @@
 // Package notifier pushes job status to browsers over WebSockets speaking the
-// Phoenix Channels V2 protocol (see PHOENIX-PROTOCOL.md), and over
+// Phoenix Channels V2 protocol (see docs/phoenix-protocol.md), and over
 // Server-Sent Events for clients without WebSockets.
 //
 // The EVENTS stream is the source of truth. It re-publishes every stored

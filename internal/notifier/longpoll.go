@@ -16,7 +16,7 @@ import (
 	"github.com/beamline/beamline/internal/phoenix"
 )
 
-// The long-poll transport (PHOENIX-PROTOCOL.md §9) for clients that cannot
+// The long-poll transport (docs/phoenix-protocol.md#9-long-poll-transport) for clients that cannot
 // keep a WebSocket open. A session is a conn without a socket: the channel,
 // join, replay and push logic is the WebSocket's, frames the server sends
 // wait in the conn's queue (bounded by Config.SendQueue; a full queue ends
@@ -36,7 +36,7 @@ type lpSession struct {
 	done   chan struct{} // closed when the conn fails
 	once   sync.Once
 	// inMu serializes inbound batches (frames are handled in order, rule
-	// 5) and the teardown that drops the subscriptions.
+	// 5 of docs/phoenix-protocol.md#61-server-rules) and the teardown that drops the subscriptions.
 	inMu sync.Mutex
 
 	// Guarded by c.mu.
@@ -383,7 +383,7 @@ func (s *Service) lpPublish(w http.ResponseWriter, r *http.Request, c *conn) {
 	lpWrite(w, lpStatus{Status: http.StatusOK})
 }
 
-// textOf turns a server binary frame (§7) into a JSON frame for a
+// textOf turns a server binary frame (docs/phoenix-protocol.md#7-binary-frames) into a JSON frame for a
 // transport that carries text only: the long-poll client decodes every
 // message as JSON, so the bytes travel base64-encoded as
 // {"binary":"<base64>"} (a reply's response, or a push's payload).

@@ -2,7 +2,7 @@ package phoenix
 
 import "fmt"
 
-// Binary frame kinds (PHOENIX-PROTOCOL.md §7).
+// Binary frame kinds (docs/phoenix-protocol.md#7-binary-frames).
 const (
 	KindPush      = 0
 	KindReply     = 1

@@ -1,6 +1,6 @@
 // Package phoenix encodes and decodes Phoenix Channels V2 frames: the JSON
 // array [join_ref, ref, topic, event, payload] and the binary layouts of
-// PHOENIX-PROTOCOL.md §7. Decoding never panics on any input (it is fuzzed)
+// docs/phoenix-protocol.md#7-binary-frames. Decoding never panics on any input (it is fuzzed)
 // and reports how far it got, so a server can answer a half-valid frame with
 // an error reply instead of closing the connection.
 package phoenix

@@ -17,7 +17,8 @@ import (
 // JetStream's own max_deliver is off (-1 in streams/consumers): a message
 // that exhausted it is dropped by JetStream without telling anyone, so a
 // process killed during a job's last allowed delivery would leave the job
-// "running" forever, with no terminal state (DESIGN.md, promise 3). The
+// "running" forever, with no terminal state
+// (docs/design.md#promise-3-exactly-one-terminal-state). The
 // processor enforces Config.MaxDeliver itself instead:
 //
 //   - The attempt number of a run is the stored snapshot's attempt + 1. A

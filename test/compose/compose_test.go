@@ -1,5 +1,5 @@
 // Package compose checks that compose.yaml and the Dockerfile wire what
-// DESIGN.md promises. There is no Docker engine here, so compose.yaml is
+// docs/design.md#beyond-one-machine promises. There is no Docker engine here, so compose.yaml is
 // loaded and validated with compose-go (the library `docker compose` itself
 // uses), and each NATS node's command line is parsed by nats-server's own
 // flag parser against the committed nats.conf.

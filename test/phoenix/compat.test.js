@@ -1,5 +1,5 @@
 // Compatibility of the Beamline notifier with the official phoenix client,
-// newest 1.8.x and 1.8.15 (PHOENIX-PROTOCOL.md §10). Started by
+// newest 1.8.x and 1.8.15 (docs/phoenix-protocol.md#10-compatibility-checklist). Started by
 // internal/notifier/phoenixjs_test.go, which provides:
 //   NOTIFIER_WS  ws://host:port/socket
 //   CONTROL_URL  http://host:port (create jobs, publish events, broadcast, drop sockets)
@@ -7,7 +7,8 @@
 // The server never answers a push of the event "unanswered" (a test hook).
 // Set BEAMLINE_LONG=1 (or CI=true) for the 65 s heartbeat test.
 //
-// Out of scope: presence (§10 item 12; the notifier has no presence).
+// Out of scope: presence (item 12; the notifier has no presence, see
+// docs/phoenix-protocol.md#8-presence-not-served).
 // Binary frames (item 13) and the long-poll transport (item 14) are in
 // longpoll.test.js.
 "use strict";

@@ -1,6 +1,7 @@
 // The long-poll transport and binary frames against the Beamline notifier,
 // with the official phoenix client, newest 1.8.x and 1.8.15
-// (PHOENIX-PROTOCOL.md §7, §9, §10 items 13 and 14). Started by
+// (docs/phoenix-protocol.md#7-binary-frames, docs/phoenix-protocol.md#9-long-poll-transport,
+// docs/phoenix-protocol.md#10-compatibility-checklist items 13 and 14). Started by
 // internal/notifier/phoenixjs_test.go like compat.test.js.
 // Set BEAMLINE_LONG=1 (or CI=true) for the 15 s quiet-period test.
 "use strict";
@@ -125,7 +126,7 @@ for (const [name, phx] of Object.entries(clients)) {
   });
 }
 
-// §10 item 14: a LongPoll session survives a 15 s quiet period (longer
+// docs/phoenix-protocol.md#10-compatibility-checklist item 14: a LongPoll session survives a 15 s quiet period (longer
 // than the server's 10 s hold, as long as the 15 s unpolled expiry); both
 // client versions at once.
 test("14. a LongPoll session survives a 15 s quiet period", { skip: !LONG && "set BEAMLINE_LONG=1 (CI runs it)" }, async () => {
