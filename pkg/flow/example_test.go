@@ -66,6 +66,48 @@ func ExampleSupervisor_Spec() {
 	// Output: true
 }
 
+// RestForOne: when a stage of a pipeline fails, it and every stage started
+// after it (which depend on it) are restarted; earlier stages keep running.
+// (OneForAll would restart all three.)
+func ExampleRestForOne() {
+	var (
+		mu    sync.Mutex
+		runs  = map[string]int{}
+		ready = make(chan struct{}, 3)
+	)
+	stage := func(name string, failFirst bool) flow.ChildSpec {
+		return flow.ChildSpec{Name: name, Run: func(ctx context.Context) error {
+			mu.Lock()
+			runs[name]++
+			n := runs[name]
+			mu.Unlock()
+			ready <- struct{}{}
+			if failFirst && n == 1 {
+				return errors.New("connection lost")
+			}
+			<-ctx.Done()
+			return nil
+		}}
+	}
+	sup, _ := flow.NewSupervisor(flow.SupervisorConfig{
+		Name: "pipeline", Strategy: flow.RestForOne,
+		BackoffMin: time.Millisecond, BackoffMax: time.Millisecond,
+	}, stage("source", false), stage("decode", true), stage("sink", false))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx) }()
+	for range 5 { // 3 starts, then decode and sink again
+		<-ready
+	}
+	cancel()
+	fmt.Println("Run:", <-done)
+	fmt.Println("source", runs["source"], "decode", runs["decode"], "sink", runs["sink"])
+	// Output:
+	// Run: <nil>
+	// source 1 decode 2 sink 2
+}
+
 func ExampleBoundary_Do() {
 	b := flow.Boundary{Timeout: 10 * time.Millisecond}
 	ctx := context.Background()
