@@ -32,10 +32,10 @@ type Processor struct {
 	m   *metrics
 	mux *http.ServeMux
 
-	store *jobstore.Store
-	reg   *registry
-	fair  *fairness
-	ready readyQueues
+	store      *jobstore.Store
+	deliveries *deliveries // held messages: heartbeats, cancel by job id
+	fair       *fairness
+	ready      readyQueues
 
 	kindProviders map[string]provider.Provider
 	kindBreakers  map[string]*flow.Breaker
@@ -70,23 +70,23 @@ type testHooks struct {
 	progressStored func(d *delivery, pct int, err error)
 }
 
-// New validates cfg and builds a Processor. Metrics are registered on reg.
-// Nothing touches NATS before Run.
-func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, reg prometheus.Registerer) (*Processor, error) {
+// New validates cfg and builds a Processor. Metrics are registered on
+// registerer. Nothing touches NATS before Run.
+func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, registerer prometheus.Registerer) (*Processor, error) {
 	c, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
 	}
-	if nc == nil || js == nil || log == nil || reg == nil {
+	if nc == nil || js == nil || log == nil || registerer == nil {
 		return nil, fmt.Errorf("%w: nats connection, jetstream, logger and registerer are required", ErrInvalidConfig)
 	}
-	m, err := newMetrics(reg)
+	m, err := newMetrics(registerer)
 	if err != nil {
 		return nil, fmt.Errorf("processor: metrics: %w", err)
 	}
 	p := &Processor{
 		cfg: c, nc: nc, js: js, log: log, m: m,
-		reg:           newRegistry(log),
+		deliveries:    newDeliveries(log),
 		fair:          newFairness(c.MaxPerUser, c.WaitingRoom),
 		kindProviders: map[string]provider.Provider{},
 		kindBreakers:  map[string]*flow.Breaker{},
@@ -125,7 +125,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 		}
 	}
 	p.mux = http.NewServeMux()
-	g, ok := reg.(prometheus.Gatherer)
+	g, ok := registerer.(prometheus.Gatherer)
 	if !ok {
 		g = prometheus.NewRegistry()
 	}
@@ -162,7 +162,7 @@ func (p *Processor) Run(ctx context.Context) error {
 	p.stopCtx, p.jobBase = stopCtx, jobBase
 
 	var bg sync.WaitGroup
-	bg.Go(func() { _ = p.reg.runHeartbeats(hbCtx, p.cfg.AckWait/3) })
+	bg.Go(func() { _ = p.deliveries.runHeartbeats(hbCtx, p.cfg.AckWait/3) })
 	defer func() { stopHeartbeats(); bg.Wait() }()
 
 	stopPick := make(chan struct{})

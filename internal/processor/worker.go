@@ -220,8 +220,8 @@ func (p *Processor) run(d *delivery) {
 	// arriving after it cancels jctx. No window where it is dropped.
 	jctx, cancel := context.WithCancel(p.jobBase)
 	defer cancel()
-	p.reg.running(d, cancel)
-	defer p.reg.stopped(d)
+	p.deliveries.running(d, cancel)
+	defer p.deliveries.stopped(d)
 
 	// The started write: now on a redelivery (so crashed runs are
 	// counted, attempts.go), else deferred by StartedDelay and skipped
@@ -231,7 +231,7 @@ func (p *Processor) run(d *delivery) {
 		delay = 0
 	}
 	d.start = p.newStarter(ctx, d, cancel, delay)
-	defer func() { _, _, _ = d.start.settle() }()
+	defer func() { _, _, _ = d.start.skipOrAwait() }()
 	if delay == 0 {
 		if snap, err := d.start.ensure(); err != nil {
 			p.startFailed(ctx, d, snap, err, log)
@@ -247,7 +247,7 @@ func (p *Processor) run(d *delivery) {
 
 	result, callErr := p.call(ctx, jctx, d, done, log)
 	telemetry.RecordError(span, callErr)
-	skipped, snap, err := d.start.settle()
+	skipped, snap, err := d.start.skipOrAwait()
 	if err != nil {
 		p.startFailed(ctx, d, snap, err, log)
 		return
@@ -378,14 +378,14 @@ func (p *Processor) count(d *delivery, outcome string) {
 // AckWait, which the job's CAS-guarded state tolerates).
 
 func (p *Processor) ack(d *delivery) {
-	p.reg.release(d)
+	p.deliveries.release(d)
 	if err := d.msg.Ack(); err != nil {
 		p.log.Error("ack failed", "job", d.job.ID, "kind", d.kind, "err", err)
 	}
 }
 
 func (p *Processor) nak(d *delivery, delay time.Duration) {
-	p.reg.release(d)
+	p.deliveries.release(d)
 	var err error
 	if delay > 0 {
 		err = d.msg.NakWithDelay(delay)
@@ -398,7 +398,7 @@ func (p *Processor) nak(d *delivery, delay time.Duration) {
 }
 
 func (p *Processor) term(d *delivery) {
-	p.reg.release(d)
+	p.deliveries.release(d)
 	if err := d.msg.Term(); err != nil {
 		p.log.Error("term failed", "job", d.job.ID, "kind", d.kind, "err", err)
 	}
