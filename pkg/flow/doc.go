@@ -36,7 +36,7 @@
 // failure classification, [Breaker], [KeyedLimiter] and [Backoff]. [Mailbox],
 // [Limiter], [Span] and the [OneForAll] and [RestForOne] strategies are
 // library API that no Beamline binary uses today; each is tested and has a
-// runnable example.
+// runnable example (ExampleStrategy for the strategies).
 //
 // No part takes a clock: every timing (supervisor backoff and Period,
 // shutdown bounds, Boundary timeouts, Mailbox idle timeouts, Breaker open
