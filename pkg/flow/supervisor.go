@@ -248,7 +248,8 @@ func (s *Supervisor) Name() string { return s.cfg.Name }
 
 // Spec returns a ChildSpec that runs s, so that s can be a child of another
 // supervisor. If s gives up, its ErrRestartIntensity error is the failure
-// the parent sees — the escalation of OTP.
+// the parent sees — the escalation of OTP. Its Shutdown is infinite: s
+// bounds the stopping of its own children.
 func (s *Supervisor) Spec(restart Restart) ChildSpec {
 	return ChildSpec{Name: s.cfg.Name, Run: s.Run, Restart: restart, Shutdown: -1}
 }
