@@ -22,7 +22,7 @@ func (p *Processor) runCancels(ctx context.Context) error {
 		if len(parts) != 3 {
 			return
 		}
-		if p.reg.cancelJob(parts[2]) {
+		if p.deliveries.cancelJob(parts[2]) {
 			p.log.Info("cancelling running job", "job", parts[2], "user", parts[1])
 		}
 	})

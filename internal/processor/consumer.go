@@ -124,7 +124,7 @@ func (u *puller) pull(ctx context.Context, cons jetstream.Consumer, n int) (int,
 			continue
 		}
 		d := &delivery{msg: msg, prio: u.prio, kind: u.kind, credits: u.credits}
-		u.p.reg.hold(d)
+		u.p.deliveries.hold(d)
 		u.queue <- d
 	}
 	err = batch.Error()

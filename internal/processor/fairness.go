@@ -23,7 +23,7 @@ type fairness struct {
 	seed     maphash.Seed
 	capacity int64
 	parked   atomic.Int64
-	shards   [registryShards]roomShard
+	shards   [shardCount]roomShard
 	closed   atomic.Bool
 }
 
@@ -54,7 +54,7 @@ const (
 // job's snapshot, so a full room never costs a job its last attempt.
 func (f *fairness) admit(d *delivery) admission {
 	user := d.job.User
-	s := &f.shards[maphash.String(f.seed, user)%registryShards]
+	s := &f.shards[maphash.String(f.seed, user)%shardCount]
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if f.closed.Load() {
@@ -75,7 +75,7 @@ func (f *fairness) admit(d *delivery) admission {
 // that user, to be run by the caller with the slot it still holds, or nil
 // after releasing the slot.
 func (f *fairness) done(user string) *delivery {
-	s := &f.shards[maphash.String(f.seed, user)%registryShards]
+	s := &f.shards[maphash.String(f.seed, user)%shardCount]
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if q := s.users[user]; len(q) > 0 && !f.closed.Load() {

@@ -34,7 +34,7 @@ type metrics struct {
 	dlq           prometheus.Gauge
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(registerer prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "beamline_processor_jobs_total",
@@ -102,7 +102,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	for _, c := range []prometheus.Collector{m.jobs, m.duration, m.queueWait, m.attempts, m.providerCalls,
 		m.breakerState, m.restarts, m.supEvents, m.panics, m.timeouts, m.inflight, m.waiting, m.pending, m.ackPending, m.dlq} {
-		if err := reg.Register(c); err != nil {
+		if err := registerer.Register(c); err != nil {
 			return nil, err
 		}
 	}

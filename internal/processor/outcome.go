@@ -60,7 +60,7 @@ func (p *Processor) finish(ctx context.Context, d *delivery, result json.RawMess
 			p.tooLarge(ctx, d, fmt.Sprintf("result too large: %d bytes do not fit the job's final event (%d bytes)", len(result), envelope.MaxSize), log)
 			return
 		}
-		p.settle(ctx, d, snap, err, outcomeSucceeded, log, p.ack)
+		p.resolveOutcome(ctx, d, snap, err, outcomeSucceeded, log, p.ack)
 		return
 	}
 
@@ -84,7 +84,7 @@ func (p *Processor) finish(ctx context.Context, d *delivery, result json.RawMess
 		s.Error = msg
 		return nil
 	})
-	p.settle(ctx, d, snap, err, outcomeRetried, log, func(d *delivery) { p.nak(d, delay) })
+	p.resolveOutcome(ctx, d, snap, err, outcomeRetried, log, func(d *delivery) { p.nak(d, delay) })
 }
 
 // fail ends the job failed (terminal, no retry) and terms its message.
@@ -94,7 +94,7 @@ func (p *Processor) fail(ctx context.Context, d *delivery, reason string, log *s
 		s.Error = reason
 		return nil
 	})
-	p.settle(ctx, d, snap, err, outcomeFailed, log, p.term)
+	p.resolveOutcome(ctx, d, snap, err, outcomeFailed, log, p.term)
 }
 
 // tooLarge ends a job whose result cannot be stored: failed, no result.
@@ -110,7 +110,7 @@ func (p *Processor) die(ctx context.Context, d *delivery, reason string, log *sl
 		s.Error = reason
 		return nil
 	})
-	p.settle(ctx, d, snap, err, outcomeDead, log, func(d *delivery) {
+	p.resolveOutcome(ctx, d, snap, err, outcomeDead, log, func(d *delivery) {
 		if err := p.ensureDeadLettered(ctx, d, reason); err != nil {
 			log.Error("DLQ copy of dead job not stored; will retry", "err", err)
 			p.nak(d, p.backoff(d.delivered, nil))
@@ -120,7 +120,7 @@ func (p *Processor) die(ctx context.Context, d *delivery, reason string, log *sl
 	})
 }
 
-// cancelledRun settles a run stopped by a cancel notice: the stored
+// cancelledRun ends a run stopped by a cancel notice: the stored
 // snapshot (cancelled) is read again and confirmed like any final state.
 func (p *Processor) cancelledRun(ctx context.Context, d *delivery, log *slog.Logger) {
 	// The cancel was stored after this run's last change; if that change's
@@ -144,12 +144,12 @@ func (p *Processor) cancelledRun(ctx context.Context, d *delivery, log *slog.Log
 	}
 }
 
-// settle acts on the result of the final Apply of an attempt: stored and
+// resolveOutcome acts on the result of the outcome write of an attempt: stored and
 // announced → the outcome's action; already terminal (cancelled meanwhile)
 // → skipTerminal; stored but not announced → counted, then Nak'd (a retry
 // with its delay) so the redelivery announces it; not stored → Nak so the
 // attempt is redone.
-func (p *Processor) settle(ctx context.Context, d *delivery, snap envelope.Snapshot, err error,
+func (p *Processor) resolveOutcome(ctx context.Context, d *delivery, snap envelope.Snapshot, err error,
 	outcome string, log *slog.Logger, action func(*delivery)) {
 	switch {
 	case err == nil:

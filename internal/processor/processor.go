@@ -32,10 +32,10 @@ type Processor struct {
 	m   *metrics
 	mux *http.ServeMux
 
-	store *jobstore.Store
-	reg   *registry
-	fair  *fairness
-	ready readyQueues
+	store      *jobstore.Store
+	deliveries *deliveries // held messages: heartbeats, cancel by job id
+	fair       *fairness
+	ready      readyQueues
 
 	kindProviders map[string]provider.Provider
 	kindBreakers  map[string]*flow.Breaker
@@ -45,10 +45,11 @@ type Processor struct {
 	consMu    sync.Mutex
 	consumers map[string]jetstream.Consumer
 
-	// stopCtx ends when shutdown starts: pulling and waiting stop.
-	// jobBase ends when the grace period is over: running jobs are cancelled.
-	stopCtx context.Context
-	jobBase context.Context
+	// stopCtx ends when the pool drains (stopWaiting): waiting for a
+	// breaker's admission stops. jobBase ends when the grace period is over
+	// (cancelJobs): running jobs are cancelled.
+	stopCtx, jobBase        context.Context
+	stopWaiting, cancelJobs context.CancelFunc
 
 	// cancelSubject is CancelSubject; tests break it to make a supervised
 	// child fail.
@@ -68,25 +69,29 @@ type testHooks struct {
 	beforeCall func(d *delivery)
 	// progressStored runs after each progress write, with its outcome.
 	progressStored func(d *delivery, pct int, err error)
+	// beforePick runs in a worker before each pick, holding nothing.
+	beforePick func()
+	// heartbeatsStarted runs when the heartbeats child starts.
+	heartbeatsStarted func()
 }
 
-// New validates cfg and builds a Processor. Metrics are registered on reg.
-// Nothing touches NATS before Run.
-func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, reg prometheus.Registerer) (*Processor, error) {
+// New validates cfg and builds a Processor. Metrics are registered on
+// registerer. Nothing touches NATS before Run.
+func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, registerer prometheus.Registerer) (*Processor, error) {
 	c, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
 	}
-	if nc == nil || js == nil || log == nil || reg == nil {
+	if nc == nil || js == nil || log == nil || registerer == nil {
 		return nil, fmt.Errorf("%w: nats connection, jetstream, logger and registerer are required", ErrInvalidConfig)
 	}
-	m, err := newMetrics(reg)
+	m, err := newMetrics(registerer)
 	if err != nil {
 		return nil, fmt.Errorf("processor: metrics: %w", err)
 	}
 	p := &Processor{
 		cfg: c, nc: nc, js: js, log: log, m: m,
-		reg:           newRegistry(log),
+		deliveries:    newDeliveries(log),
 		fair:          newFairness(c.MaxPerUser, c.WaitingRoom),
 		kindProviders: map[string]provider.Provider{},
 		kindBreakers:  map[string]*flow.Breaker{},
@@ -125,7 +130,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 		}
 	}
 	p.mux = http.NewServeMux()
-	g, ok := reg.(prometheus.Gatherer)
+	g, ok := registerer.(prometheus.Gatherer)
 	if !ok {
 		g = prometheus.NewRegistry()
 	}
@@ -139,9 +144,10 @@ func (p *Processor) Handler() http.Handler { return p.mux }
 // Run processes jobs until ctx is done, then shuts down gracefully: it stops
 // pulling, Naks (without delay) what is pulled but not running — including
 // the waiting room — so another processor takes it at once, lets running jobs
-// finish within Grace, cancels and Naks the rest, and returns nil. It
-// returns an error when the setup fails or when the supervisor of the
-// pullers, the cancel subscriber and the ops server gives up.
+// finish within Grace, cancels and Naks the rest, and returns nil. Every
+// long-running part is a child of the processor's supervision tree
+// (pool.go). Run returns an error when the setup fails or when that
+// supervisor gives up.
 func (p *Processor) Run(ctx context.Context) error {
 	if err := p.setup(ctx); err != nil {
 		if ctx.Err() != nil {
@@ -158,18 +164,8 @@ func (p *Processor) Run(ctx context.Context) error {
 	defer stop()
 	jobBase, cancelJobs := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelJobs()
-	hbCtx, stopHeartbeats := context.WithCancel(context.WithoutCancel(ctx))
 	p.stopCtx, p.jobBase = stopCtx, jobBase
-
-	var bg sync.WaitGroup
-	bg.Go(func() { _ = p.reg.runHeartbeats(hbCtx, p.cfg.AckWait/3) })
-	defer func() { stopHeartbeats(); bg.Wait() }()
-
-	stopPick := make(chan struct{})
-	var workers sync.WaitGroup
-	for range p.cfg.Concurrency {
-		workers.Go(func() { p.work(stopPick) })
-	}
+	p.stopWaiting, p.cancelJobs = stop, cancelJobs
 
 	sup, err := flow.NewSupervisor(flow.SupervisorConfig{
 		Name:     "processor",
@@ -177,42 +173,16 @@ func (p *Processor) Run(ctx context.Context) error {
 		OnEvent:  p.onSupervisorEvent,
 	}, p.children(ln)...)
 	if err != nil {
-		close(stopPick)
-		workers.Wait()
 		_ = ln.Close()
 		return err
 	}
 	p.log.Info("processor running", "addr", ln.Addr().String(), "kinds", len(p.cfg.Kinds),
 		"concurrency", p.cfg.Concurrency, "max_per_user", p.cfg.MaxPerUser,
 		"max_ack_pending", maxAckPending(p.cfg))
-	supErr := sup.Run(ctx) // returns once ctx is done and every child stopped, or on giving up
-
-	// Shutdown: nothing is pulled any more.
-	stop()
-	close(stopPick)
-	parked := p.fair.close()
-	for _, d := range parked {
-		p.m.waiting.Dec()
-		p.nak(d, 0)
-	}
-	done := make(chan struct{})
-	go func() { workers.Wait(); close(done) }()
-	grace := time.NewTimer(p.cfg.Grace)
-	select {
-	case <-done:
-	case <-grace.C:
-		p.log.Warn("grace period over: cancelling running jobs", "grace", p.cfg.Grace)
-		cancelJobs()
-		<-done
-	}
-	grace.Stop()
-	left := p.ready.drain()
-	for _, d := range left {
-		p.nak(d, 0)
-	}
-	p.log.Info("processor stopped", "handed_back", len(left)+len(parked))
-	if supErr != nil {
-		return fmt.Errorf("processor: %w", supErr)
+	// Run returns once ctx is done and every child stopped (the pool has
+	// drained by then, pool.go), or when the supervisor gives up.
+	if err := sup.Run(ctx); err != nil {
+		return fmt.Errorf("processor: %w", err)
 	}
 	return nil
 }
@@ -266,14 +236,18 @@ func (p *Processor) trySetup(ctx context.Context) error {
 }
 
 func (p *Processor) children(ln net.Listener) []flow.ChildSpec {
-	var out []flow.ChildSpec
+	out := []flow.ChildSpec{
+		{Name: "heartbeats", Run: p.runHeartbeats, Restart: flow.Permanent},
+		{Name: "workers", Run: p.runWorkers, Restart: flow.Permanent, Shutdown: p.poolShutdown()},
+	}
 	for _, u := range p.pullers {
-		out = append(out, flow.ChildSpec{Name: "pull:" + u.name(), Run: u.run, Restart: flow.Permanent})
+		out = append(out, flow.ChildSpec{Name: "pull:" + u.name(), Run: u.run, Restart: flow.Permanent,
+			Shutdown: p.cfg.PollWait + childShutdown})
 	}
 	out = append(out,
-		flow.ChildSpec{Name: "cancel", Run: p.runCancels, Restart: flow.Permanent},
-		flow.ChildSpec{Name: "ops", Run: p.opsServer(ln), Restart: flow.Permanent},
-		flow.ChildSpec{Name: "metrics", Run: p.runMetrics, Restart: flow.Permanent},
+		flow.ChildSpec{Name: "cancel", Run: p.runCancels, Restart: flow.Permanent, Shutdown: childShutdown},
+		flow.ChildSpec{Name: "ops", Run: p.opsServer(ln), Restart: flow.Permanent, Shutdown: childShutdown},
+		flow.ChildSpec{Name: "metrics", Run: p.runMetrics, Restart: flow.Permanent, Shutdown: childShutdown},
 	)
 	return out
 }
@@ -310,6 +284,9 @@ func (p *Processor) onSupervisorEvent(ev flow.SupervisorEvent) {
 		p.log.Error("child panicked", "supervisor", ev.Supervisor, "child", ev.Child, "err", ev.Err)
 	case flow.SupervisorGaveUp:
 		p.log.Error("supervisor gave up", "supervisor", ev.Supervisor, "err", ev.Err)
+	case flow.ChildAbandoned:
+		p.log.Error("child ignored its context past its shutdown timeout; no longer waited for",
+			"supervisor", ev.Supervisor, "child", ev.Child, "err", ev.Err)
 	case flow.ChildExited:
 		if ev.Err != nil && !errors.Is(ev.Err, context.Canceled) {
 			p.log.Warn("child exited", "supervisor", ev.Supervisor, "child", ev.Child, "err", ev.Err)

@@ -107,8 +107,9 @@ func (r *wrr) next() int {
 // credits of the priority's pullers, so a puller never blocks on a push.
 type readyQueues [3]chan *delivery
 
-// pick returns the next delivery for a worker, or nil once stop is closed.
-func (q *readyQueues) pick(r *wrr, stop <-chan struct{}) *delivery {
+// pick returns the next delivery for a worker, or nil once stop or done is
+// closed.
+func (q *readyQueues) pick(r *wrr, stop, done <-chan struct{}) *delivery {
 	first := r.next()
 	if d := q.try(first); d != nil {
 		return d
@@ -123,6 +124,8 @@ func (q *readyQueues) pick(r *wrr, stop <-chan struct{}) *delivery {
 	select {
 	case <-stop:
 		return nil
+	case <-done:
+		return nil
 	default:
 	}
 	// Nothing ready: wait for whichever priority delivers first.
@@ -134,6 +137,8 @@ func (q *readyQueues) pick(r *wrr, stop <-chan struct{}) *delivery {
 	case d := <-q[2]:
 		return d
 	case <-stop:
+		return nil
+	case <-done:
 		return nil
 	}
 }

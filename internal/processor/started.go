@@ -88,11 +88,11 @@ func (s *starter) ensure() (envelope.Snapshot, error) {
 	return s.snap, s.err
 }
 
-// settle is called when the call is over (and, deferred, whenever the run
+// skipOrAwait is called when the call is over (and, deferred, whenever the run
 // ends, so no timer writes a start after a panic): it skips a start not yet begun
 // (true: the outcome is the job's first change of this run), or waits for
 // the one under way and returns its result.
-func (s *starter) settle() (skipped bool, snap envelope.Snapshot, err error) {
+func (s *starter) skipOrAwait() (skipped bool, snap envelope.Snapshot, err error) {
 	s.mu.Lock()
 	switch s.state {
 	case startPending:

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime/debug"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -46,34 +45,96 @@ import (
 // ticker and sent only for messages held longer than AckWait/3, the
 // per-user limiter and the waiting room are in memory.
 
-// work is one worker: a goroutine that lives as long as Run, picking
-// deliveries by weighted priority and handling them one at a time.
-func (p *Processor) work(stop <-chan struct{}) {
+// work is one worker, a child of the "workers" supervisor (pool.go): it
+// picks deliveries by weighted priority and handles them one at a time
+// until stop is closed (shutdown) or ctx is done (its supervisor stops).
+func (p *Processor) work(ctx context.Context, stop <-chan struct{}) error {
 	r := newWRR(p.cfg.PriorityWeights)
 	for {
-		d := p.ready.pick(r, stop)
+		if h := p.hooks.beforePick; h != nil {
+			h()
+		}
+		d := p.ready.pick(r, stop, ctx.Done())
+		if d == nil {
+			return nil
+		}
+		d.credits.release(1)
+		p.handle(d)
+	}
+}
+
+// runResult is what one run of a delivery on a worker came to. The run
+// acks, naks or terms its message itself on every path it foresees; the
+// result carries what is left: the panic of a run that did not end
+// (err, a *flow.PanicError with its value and stack), and whether the run
+// held a slot of its user that must be handed over or released.
+type runResult struct {
+	d    *delivery
+	held bool
+	err  error
+}
+
+// handle takes d from the ready queue to its Ack, Nak or Term: decoded and
+// admitted by per-user fairness, it is run; then the user's next parked
+// delivery, if any, is run with the same slot, and so on. Each run has its
+// own error boundary (execute) and its result is reported once (report),
+// so a panic Naks the delivery that panicked and the slot is handed over or
+// released all the same: the user's other jobs are never stranded.
+func (p *Processor) handle(d *delivery) {
+	res := p.execute(d, p.dispatch)
+	for {
+		p.report(res)
+		if !res.held {
+			return
+		}
+		d = p.fair.done(res.d.job.User)
 		if d == nil {
 			return
 		}
-		d.credits.release(1)
-		p.contain(d, func() { p.dispatch(d) })
+		p.m.waiting.Dec()
+		res = p.execute(d, func(d *delivery, res *runResult) {
+			res.held = true // handed over by the user's finished run
+			p.run(d)
+		})
 	}
 }
 
-// contain runs fn and turns a panic in the processor's own code (not the
-// provider's: that has its Boundary) into a logged Nak, so no bug takes the
-// worker down.
-func (p *Processor) contain(d *delivery, fn func()) {
-	err := flow.Boundary{}.Do(context.Background(), func(context.Context) error { fn(); return nil })
+// execute runs fn inside the run's error boundary: the one recover of a
+// run on the worker's goroutine. (The provider call runs on a goroutine of
+// its own, abandoned if it outlives the job's timeout, and is contained by
+// its own flow.Boundary: its panic reaches the run as an ordinary failure,
+// a *flow.PanicError the outcome code acts on.)
+func (p *Processor) execute(d *delivery, fn func(*delivery, *runResult)) runResult {
+	res := runResult{d: d}
+	res.err = flow.Boundary{}.Do(context.Background(), func(context.Context) error {
+		fn(d, &res)
+		return nil
+	})
+	return res
+}
+
+// report acts on a run's result. A run that panicked is a bug of the
+// processor's own code: it is logged and its delivery Nak'd so the job is
+// redelivered — with a backoff if it was being run, at once if it panicked
+// before its user's admission.
+func (p *Processor) report(res runResult) {
 	var pe *flow.PanicError
-	if errors.As(err, &pe) {
-		p.log.Error("worker panicked; job will be redelivered", "job", d.job.ID, "err", pe, "stack", string(pe.Stack))
-		p.nak(d, 0)
+	if !errors.As(res.err, &pe) {
+		return
 	}
+	d := res.d
+	p.log.Error("run panicked; job will be redelivered", "job", d.job.ID, "user", d.job.User,
+		"kind", d.kind, "panic", fmt.Sprint(pe.Value), "stack", string(pe.Stack))
+	var delay time.Duration
+	if res.held {
+		delay = p.backoff(d.delivered, nil)
+	}
+	p.nak(d, delay)
 }
 
-// dispatch decodes d and runs it, or parks it when its user is at the limit.
-func (p *Processor) dispatch(d *delivery) {
+// dispatch decodes d and runs it, or parks it when its user is at the
+// limit.
+func (p *Processor) dispatch(d *delivery, res *runResult) {
 	if !p.decode(d) {
 		return
 	}
@@ -91,32 +152,8 @@ func (p *Processor) dispatch(d *delivery) {
 		p.nak(d, 0)
 		return
 	}
-	for d != nil {
-		d = p.runHeld(d)
-		if d != nil {
-			p.m.waiting.Dec()
-		}
-	}
-}
-
-// runHeld runs d, whose user's slot is held, and then hands the slot to the
-// user's next parked job (returned, to be run with the same slot) or
-// releases it. A panic in the run is recovered here, per run: the delivery
-// that panicked is Nak'd (not the one dispatch started with, when slots were
-// handed over), and the slot is handed over or released all the same, so
-// the user's other jobs are never stranded.
-func (p *Processor) runHeld(d *delivery) (next *delivery) {
-	user := d.job.User
-	defer func() {
-		if r := recover(); r != nil {
-			p.log.Error("run panicked; job will be redelivered", "job", d.job.ID, "user", user,
-				"kind", d.kind, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-			p.nak(d, p.backoff(d.delivered, nil))
-		}
-		next = p.fair.done(user)
-	}()
+	res.held = true
 	p.run(d)
-	return nil
 }
 
 // decode reads the envelope; an invalid one is dead-lettered and termed.
@@ -220,8 +257,8 @@ func (p *Processor) run(d *delivery) {
 	// arriving after it cancels jctx. No window where it is dropped.
 	jctx, cancel := context.WithCancel(p.jobBase)
 	defer cancel()
-	p.reg.running(d, cancel)
-	defer p.reg.stopped(d)
+	p.deliveries.running(d, cancel)
+	defer p.deliveries.stopped(d)
 
 	// The started write: now on a redelivery (so crashed runs are
 	// counted, attempts.go), else deferred by StartedDelay and skipped
@@ -231,7 +268,7 @@ func (p *Processor) run(d *delivery) {
 		delay = 0
 	}
 	d.start = p.newStarter(ctx, d, cancel, delay)
-	defer func() { _, _, _ = d.start.settle() }()
+	defer func() { _, _, _ = d.start.skipOrAwait() }()
 	if delay == 0 {
 		if snap, err := d.start.ensure(); err != nil {
 			p.startFailed(ctx, d, snap, err, log)
@@ -247,7 +284,7 @@ func (p *Processor) run(d *delivery) {
 
 	result, callErr := p.call(ctx, jctx, d, done, log)
 	telemetry.RecordError(span, callErr)
-	skipped, snap, err := d.start.settle()
+	skipped, snap, err := d.start.skipOrAwait()
 	if err != nil {
 		p.startFailed(ctx, d, snap, err, log)
 		return
@@ -378,14 +415,14 @@ func (p *Processor) count(d *delivery, outcome string) {
 // AckWait, which the job's CAS-guarded state tolerates).
 
 func (p *Processor) ack(d *delivery) {
-	p.reg.release(d)
+	p.deliveries.release(d)
 	if err := d.msg.Ack(); err != nil {
 		p.log.Error("ack failed", "job", d.job.ID, "kind", d.kind, "err", err)
 	}
 }
 
 func (p *Processor) nak(d *delivery, delay time.Duration) {
-	p.reg.release(d)
+	p.deliveries.release(d)
 	var err error
 	if delay > 0 {
 		err = d.msg.NakWithDelay(delay)
@@ -398,7 +435,7 @@ func (p *Processor) nak(d *delivery, delay time.Duration) {
 }
 
 func (p *Processor) term(d *delivery) {
-	p.reg.release(d)
+	p.deliveries.release(d)
 	if err := d.msg.Term(); err != nil {
 		p.log.Error("term failed", "job", d.job.ID, "kind", d.kind, "err", err)
 	}

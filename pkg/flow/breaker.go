@@ -139,8 +139,8 @@ func readyToTrip(minRequests uint32, ratio float64, consecutive uint32) func(gob
 // ratio-with-volume trip rule, and WaitAllowed so a consumer stops pulling
 // work while the provider is down.
 //
-// gobreaker reads the wall clock itself, so a Breaker takes no Clock; tests
-// drive it with testing/synctest.
+// gobreaker reads the wall clock itself (like every part of this package,
+// see the package doc); tests drive it with testing/synctest.
 type Breaker struct {
 	name        string
 	cb          *gobreaker.TwoStepCircuitBreaker[struct{}]

@@ -14,7 +14,8 @@
 //     contains their panics, restarts them per [Strategy] and [Restart] type
 //     with jittered backoff, and escalates with [ErrRestartIntensity] when
 //     they restart too often. A supervisor is itself a child ([Supervisor.Spec]),
-//     so supervisors nest into trees.
+//     so supervisors nest into trees. Stopping waits for each child at most
+//     its [ChildSpec] Shutdown, then reports it ([ChildAbandoned]).
 //   - [Boundary] is an error boundary around one unit of work: it converts
 //     panics into [*PanicError] and enforces a deadline ([*TimeoutError]).
 //   - [Retryable], [Terminal], [IsTerminal] and [RetryAfterHint] classify
@@ -31,12 +32,22 @@
 //     [Observer] (logs, metrics, traces).
 //   - [Backoff] computes jittered exponential delays.
 //
-// Time-dependent components take a [Clock]; tests use [NewFakeClock] to
-// drive time explicitly instead of sleeping.
+// Beamline's processor uses [Supervisor] (one-for-one), [Boundary], the
+// failure classification, [Breaker], [KeyedLimiter] and [Backoff]. [Mailbox],
+// [Limiter], [Span] and the [OneForAll] and [RestForOne] strategies are
+// library API that no Beamline binary uses today; each is tested and has a
+// runnable example (ExampleStrategy for the strategies).
+//
+// No part takes a clock: every timing (supervisor backoff and Period,
+// shutdown bounds, Boundary timeouts, Mailbox idle timeouts, Breaker open
+// timeouts, which gobreaker reads from the wall clock) uses package time.
+// Tests fake time with testing/synctest: inside a bubble, time moves only
+// when every goroutine of the test is blocked, so a test of a one-minute
+// timeout takes no real time and asserts exact durations.
 //
 // Every goroutine started by this package has an owner that waits for it:
 // [Supervisor.Run] and [Mailbox.Run] do not return before the goroutines they
-// started have returned. The one documented exception is [Boundary.Do] with a
-// Timeout, which abandons (but never kills) a function that ignores its
-// context.
+// started have returned. The documented exceptions abandon (but never kill)
+// a function that ignores its context: [Boundary.Do] with a Timeout, and
+// [Supervisor.Run] stopping a child past its Shutdown.
 package flow

@@ -25,6 +25,9 @@ var (
 	// ErrAlreadyRunning is returned by Run when the same value is already
 	// running.
 	ErrAlreadyRunning = errors.New("flow: already running")
+	// ErrShutdownTimeout is wrapped by the Err of a ChildAbandoned event: the
+	// child did not return within its Shutdown after being cancelled.
+	ErrShutdownTimeout = errors.New("flow: child ignored its context past its shutdown timeout")
 )
 
 // class is a failure class attached to an error by Retryable or Terminal.

@@ -66,6 +66,53 @@ func ExampleSupervisor_Spec() {
 	// Output: true
 }
 
+// The three strategies on a pipeline of three stages whose middle stage
+// fails once: OneForOne restarts only it, RestForOne it and the stages
+// started after it (which depend on it), OneForAll every stage.
+func ExampleStrategy() {
+	for _, strategy := range []flow.Strategy{flow.OneForOne, flow.RestForOne, flow.OneForAll} {
+		var (
+			mu     sync.Mutex
+			starts = map[string]int{}
+			ready  = make(chan struct{}, 6)
+		)
+		stage := func(name string, failFirst bool) flow.ChildSpec {
+			return flow.ChildSpec{Name: name, Run: func(ctx context.Context) error {
+				mu.Lock()
+				starts[name]++
+				n := starts[name]
+				mu.Unlock()
+				ready <- struct{}{}
+				if failFirst && n == 1 {
+					return errors.New("connection lost")
+				}
+				<-ctx.Done()
+				return nil
+			}}
+		}
+		sup, _ := flow.NewSupervisor(flow.SupervisorConfig{
+			Name: "pipeline", Strategy: strategy,
+			BackoffMin: time.Millisecond, BackoffMax: time.Millisecond,
+		}, stage("source", false), stage("decode", true), stage("sink", false))
+
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- sup.Run(ctx) }()
+		restarted := map[flow.Strategy]int{flow.OneForOne: 1, flow.RestForOne: 2, flow.OneForAll: 3}[strategy]
+		for range 3 + restarted {
+			<-ready
+		}
+		cancel()
+		err := <-done
+		fmt.Printf("%s: source %d, decode %d, sink %d starts; Run: %v\n",
+			strategy, starts["source"], starts["decode"], starts["sink"], err)
+	}
+	// Output:
+	// one_for_one: source 1, decode 2, sink 1 starts; Run: <nil>
+	// rest_for_one: source 1, decode 2, sink 2 starts; Run: <nil>
+	// one_for_all: source 2, decode 2, sink 2 starts; Run: <nil>
+}
+
 func ExampleBoundary_Do() {
 	b := flow.Boundary{Timeout: 10 * time.Millisecond}
 	ctx := context.Background()

@@ -20,8 +20,6 @@ type MailboxConfig struct {
 	// keys may run concurrently. (The key is typed any because MailboxConfig
 	// is not generic; it holds a K.)
 	OnPanic func(key any, p *PanicError)
-	// Clock drives IdleTimeout. nil → RealClock.
-	Clock Clock
 }
 
 const (
@@ -50,7 +48,6 @@ type Mailbox[K comparable] struct {
 	queueSize   int
 	idleTimeout time.Duration
 	onPanic     func(key any, p *PanicError)
-	clock       Clock
 
 	mu    sync.Mutex
 	state mailboxState
@@ -79,7 +76,6 @@ func NewMailbox[K comparable](cfg MailboxConfig) *Mailbox[K] {
 		queueSize:   cfg.QueueSize,
 		idleTimeout: cfg.IdleTimeout,
 		onPanic:     cfg.OnPanic,
-		clock:       orRealClock(cfg.Clock),
 		keys:        make(map[K]*mailboxKey),
 	}
 	if m.queueSize <= 0 {
@@ -168,14 +164,14 @@ func (m *Mailbox[K]) Len() int {
 
 // serve is the goroutine of one key.
 func (m *Mailbox[K]) serve(ctx context.Context, key K, k *mailboxKey) {
-	idle := m.clock.NewTimer(m.idleTimeout)
+	idle := time.NewTimer(m.idleTimeout)
 	defer idle.Stop()
 	for {
 		select {
 		case msg := <-k.queue:
 			m.deliver(ctx, key, msg)
 			idle.Reset(m.idleTimeout)
-		case <-idle.C():
+		case <-idle.C:
 			if m.retire(key, k) {
 				return
 			}

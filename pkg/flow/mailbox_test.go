@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/beamline/beamline/pkg/flow"
@@ -125,28 +126,31 @@ func TestMailboxPanicDoesNotKillKey(t *testing.T) {
 }
 
 func TestMailboxIdleKeysAreRemoved(t *testing.T) {
-	clock := flow.NewFakeClock(epoch)
-	m := flow.NewMailbox[int](flow.MailboxConfig{IdleTimeout: time.Minute, Clock: clock})
-	runMailbox(t, m)
-	var wg sync.WaitGroup
-	for key := range 50 {
-		wg.Add(1)
-		if err := m.Send(context.Background(), key, func(context.Context) { wg.Done() }); err != nil {
-			t.Fatal(err)
+	synctest.Test(t, func(t *testing.T) {
+		m := flow.NewMailbox[int](flow.MailboxConfig{IdleTimeout: time.Minute})
+		runMailbox(t, m)
+		var wg sync.WaitGroup
+		for key := range 50 {
+			wg.Add(1)
+			if err := m.Send(context.Background(), key, func(context.Context) { wg.Done() }); err != nil {
+				t.Fatal(err)
+			}
 		}
-	}
-	wg.Wait()
-	if n := m.Len(); n == 0 {
-		t.Fatalf("Len = %d right after sending, want active keys", n)
-	}
-	eventually(t, "idle keys to exit", func() bool {
-		clock.Advance(time.Minute)
-		return m.Len() == 0
+		wg.Wait()
+		synctest.Wait()
+		if n := m.Len(); n != 50 {
+			t.Fatalf("Len = %d before IdleTimeout, want 50 active keys", n)
+		}
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		if n := m.Len(); n != 0 {
+			t.Fatalf("Len = %d after IdleTimeout, want 0", n)
+		}
+		// A key that went idle comes back on the next message.
+		ran := make(chan struct{})
+		_ = m.Send(context.Background(), 7, func(context.Context) { close(ran) })
+		wait(t, "message to a revived key", ran)
 	})
-	// A key that went idle comes back on the next message.
-	ran := make(chan struct{})
-	_ = m.Send(context.Background(), 7, func(context.Context) { close(ran) })
-	wait(t, "message to a revived key", ran)
 }
 
 func TestMailboxLifecycle(t *testing.T) {

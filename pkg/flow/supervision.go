@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"sync"
 	"time"
 )
 
@@ -26,19 +25,29 @@ type supervision struct {
 	// next by the loop.
 	pending  []childExit
 	restarts []time.Time // restarts within Period, for the intensity check
-	wg       sync.WaitGroup
 }
 
 type childState struct {
 	spec     ChildSpec
 	running  bool // launched and its exit not yet received
 	cancel   context.CancelFunc
+	cur      *launch     // the current (or last) launch
 	restarts int         // restarts during this Run
 	recent   []time.Time // this child's restarts within Period, for backoff
 }
 
+// launch is one start of a child's goroutine.
+type launch struct {
+	done chan struct{} // closed when the goroutine has returned
+	// abandoned is closed when the supervisor stops waiting for the
+	// goroutine (Shutdown passed): its exit is then never received, so it
+	// must not block on sending it.
+	abandoned chan struct{}
+}
+
 type childExit struct {
 	idx      int
+	from     *launch
 	err      error
 	panicked bool
 }
@@ -80,25 +89,52 @@ func (r *supervision) loop() error {
 func (r *supervision) launch(i int, delay time.Duration) {
 	c := r.children[i]
 	ctx, cancel := context.WithCancel(r.base)
-	c.running, c.cancel = true, cancel
+	l := &launch{done: make(chan struct{}), abandoned: make(chan struct{})}
+	c.running, c.cancel, c.cur = true, cancel, l
 	r.emit(SupervisorEvent{Child: c.spec.Name, Kind: ChildStarted, Restarts: c.restarts})
-	clock := r.s.cfg.Clock
-	r.wg.Go(func() {
+	go func() {
+		defer close(l.done)
 		defer cancel()
+		ex := childExit{idx: i, from: l}
 		if delay > 0 {
-			t := clock.NewTimer(delay)
+			t := time.NewTimer(delay)
 			select {
-			case <-t.C():
+			case <-t.C:
 			case <-ctx.Done():
 				t.Stop()
-				r.exits <- childExit{idx: i, err: ctx.Err()}
+				ex.err = ctx.Err()
+				r.send(ex)
 				return
 			}
 		}
-		err := call(ctx, c.spec.Run)
-		_, panicked := err.(*PanicError) // not errors.As: a child returning a wrapped panic did not panic
-		r.exits <- childExit{idx: i, err: err, panicked: panicked}
-	})
+		ex.err = call(ctx, c.spec.Run)
+		_, ex.panicked = ex.err.(*PanicError) // not errors.As: a child returning a wrapped panic did not panic
+		r.send(ex)
+	}()
+}
+
+// send delivers a child's exit, unless the supervisor has abandoned it.
+// exits holds one exit per child, and a child is relaunched only after its
+// exit was received or it was abandoned, so only an abandoned child can find
+// the buffer full.
+func (r *supervision) send(ex childExit) {
+	select {
+	case r.exits <- ex:
+	case <-ex.from.abandoned:
+	}
+}
+
+// wait blocks until every launched goroutine that was not abandoned has
+// returned.
+func (r *supervision) wait() {
+	for _, c := range r.children {
+		if l := c.cur; l != nil {
+			select {
+			case <-l.done:
+			case <-l.abandoned:
+			}
+		}
+	}
 }
 
 // next returns the next exit to handle, or false once ctx is done.
@@ -110,34 +146,59 @@ func (r *supervision) next() (childExit, bool) {
 	}
 	select {
 	case ex := <-r.exits:
-		r.received(ex)
+		if !r.received(ex) {
+			return r.next()
+		}
 		return ex, true
 	case <-r.ctx.Done():
 		return childExit{}, false
 	}
 }
 
-func (r *supervision) received(ex childExit) {
+// received marks the child of ex stopped and waits for its goroutine to
+// return; false for the exit of a launch that was abandoned (to be ignored).
+func (r *supervision) received(ex childExit) bool {
 	c := r.children[ex.idx]
+	if ex.from != c.cur || !c.running {
+		return false
+	}
 	c.running = false
 	c.cancel()
+	<-ex.from.done
+	return true
 }
 
-// stop cancels child i and waits for it to return. Exits of other children
-// arriving meanwhile are queued in pending.
+// stop cancels child i and waits for it to return, at most its Shutdown:
+// a child still running then is abandoned (ChildAbandoned) and treated as
+// stopped. Exits of other children arriving meanwhile are queued in pending.
 func (r *supervision) stop(i int) {
 	c := r.children[i]
 	if !c.running {
 		return
 	}
 	c.cancel()
+	var timeout <-chan time.Time
+	if d := c.spec.Shutdown; d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		timeout = t.C
+	}
 	for c.running {
-		ex := <-r.exits
-		r.received(ex)
-		if ex.idx == i {
-			r.emitExit(ex)
-		} else {
-			r.pending = append(r.pending, ex)
+		select {
+		case ex := <-r.exits:
+			if !r.received(ex) {
+				continue
+			}
+			if ex.idx == i {
+				r.emitExit(ex)
+			} else {
+				r.pending = append(r.pending, ex)
+			}
+		case <-timeout:
+			c.running = false
+			close(c.cur.abandoned)
+			r.emit(SupervisorEvent{Child: c.spec.Name, Kind: ChildAbandoned, Restarts: c.restarts,
+				Err: fmt.Errorf("%w: child %q still running %v after it was cancelled", ErrShutdownTimeout, c.spec.Name, c.spec.Shutdown)})
 		}
 	}
 }
@@ -163,7 +224,7 @@ func (r *supervision) handle(ex childExit) error {
 		return nil
 	}
 
-	now := r.s.cfg.Clock.Now()
+	now := time.Now()
 	r.restarts = r.pruned(append(r.restarts, now), now)
 	if len(r.restarts) > r.s.cfg.MaxRestarts {
 		return r.giveUp(c, ex.err)

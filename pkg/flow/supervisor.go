@@ -3,6 +3,7 @@ package flow
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"time"
 )
@@ -78,6 +79,13 @@ type ChildSpec struct {
 	Run func(ctx context.Context) error
 	// Restart is the child's restart type.
 	Restart Restart
+	// Shutdown bounds how long the supervisor waits for Run to return after
+	// cancelling its context (OTP's shutdown). A child still running then is
+	// reported (a ChildAbandoned event) and left behind: Go cannot kill a
+	// goroutine, so the supervisor stops waiting for it instead. 0 → 5s;
+	// negative → wait as long as it takes (OTP's infinity, the default of
+	// Spec, since a nested supervisor bounds its own children).
+	Shutdown time.Duration
 }
 
 // EventKind is the kind of a SupervisorEvent.
@@ -100,6 +108,11 @@ const (
 	// SupervisorGaveUp: restart intensity was exceeded; the supervisor stops
 	// all children and Run returns an error wrapping ErrRestartIntensity.
 	SupervisorGaveUp
+	// ChildAbandoned: the child was cancelled and had not returned within
+	// its Shutdown; the supervisor no longer waits for it (its goroutine is
+	// left to finish on its own, its exit discarded). Err wraps
+	// ErrShutdownTimeout.
+	ChildAbandoned
 )
 
 func (k EventKind) String() string {
@@ -114,6 +127,8 @@ func (k EventKind) String() string {
 		return "child_panicked"
 	case SupervisorGaveUp:
 		return "supervisor_gave_up"
+	case ChildAbandoned:
+		return "child_abandoned"
 	default:
 		return fmt.Sprintf("EventKind(%d)", int(k))
 	}
@@ -151,8 +166,6 @@ type SupervisorConfig struct {
 	// OnEvent, if set, receives every event. It is called from the
 	// supervisor's own goroutine, one event at a time; it must not block.
 	OnEvent func(SupervisorEvent)
-	// Clock drives Period and backoff. nil → RealClock.
-	Clock Clock
 }
 
 const (
@@ -160,6 +173,7 @@ const (
 	defaultPeriod      = 5 * time.Second
 	defaultBackoffMin  = 10 * time.Millisecond
 	defaultBackoffMax  = time.Second
+	defaultShutdown    = 5 * time.Second
 	backoffJitter      = 0.2
 )
 
@@ -201,10 +215,11 @@ func NewSupervisor(cfg SupervisorConfig, children ...ChildSpec) (*Supervisor, er
 	if cfg.BackoffMax < cfg.BackoffMin {
 		return bad("BackoffMax %v < BackoffMin %v", cfg.BackoffMax, cfg.BackoffMin)
 	}
-	cfg.Clock = orRealClock(cfg.Clock)
 
+	children = slices.Clone(children)
 	seen := make(map[string]bool, len(children))
 	for i, c := range children {
+		children[i].Shutdown = cmpOr(c.Shutdown, defaultShutdown)
 		switch {
 		case c.Name == "":
 			return bad("child %d has no name", i)
@@ -233,15 +248,17 @@ func (s *Supervisor) Name() string { return s.cfg.Name }
 
 // Spec returns a ChildSpec that runs s, so that s can be a child of another
 // supervisor. If s gives up, its ErrRestartIntensity error is the failure
-// the parent sees — the escalation of OTP.
+// the parent sees — the escalation of OTP. Its Shutdown is infinite: s
+// bounds the stopping of its own children.
 func (s *Supervisor) Spec(restart Restart) ChildSpec {
-	return ChildSpec{Name: s.cfg.Name, Run: s.Run, Restart: restart}
+	return ChildSpec{Name: s.cfg.Name, Run: s.Run, Restart: restart, Shutdown: -1}
 }
 
 // Run starts the children in order and supervises them. It returns:
 //
 //   - nil when ctx is done, after stopping the children in reverse start
-//     order and waiting for each to return;
+//     order and waiting for each to return (at most its Shutdown: a child
+//     that ignores its context is abandoned, see ChildAbandoned);
 //   - nil when every child has exited and none is to be restarted (all
 //     Temporary, or Transient and successful);
 //   - an error wrapping ErrRestartIntensity (and the last child failure)
@@ -250,7 +267,8 @@ func (s *Supervisor) Spec(restart Restart) ChildSpec {
 //   - ErrAlreadyRunning if s is already running.
 //
 // A panic in a child is recovered and treated as the child failing with a
-// *PanicError. Run may be called again after it returned (as it is when a
+// *PanicError. Run does not return before every child goroutine it started
+// has returned, except one abandoned after its Shutdown. Run may be called again after it returned (as it is when a
 // parent supervisor restarts it); each Run starts from a clean state.
 func (s *Supervisor) Run(ctx context.Context) error {
 	if !s.running.CompareAndSwap(false, true) {
@@ -262,6 +280,6 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	}
 
 	r := newSupervision(ctx, s)
-	defer r.wg.Wait()
+	defer r.wait()
 	return r.loop()
 }

@@ -7,17 +7,17 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/beamline/beamline/pkg/flow"
 )
 
-// harness runs a supervisor on a fake clock that is advanced whenever the
-// supervisor waits for a backoff timer.
+// harness runs a supervisor. Tests using it run in a testing/synctest
+// bubble: time moves on (backoff, Period) only while every goroutine of the
+// test is blocked, so a backoff takes no real time.
 type harness struct {
 	t      *testing.T
-	clock  *flow.FakeClock
-	step   time.Duration // how far each backoff wait advances the clock; 0: the test drives it
 	mu     sync.Mutex
 	starts map[string]int
 	events []flow.SupervisorEvent
@@ -25,14 +25,14 @@ type harness struct {
 }
 
 func newHarness(t *testing.T) *harness {
-	return &harness{t: t, clock: flow.NewFakeClock(epoch), step: time.Second, starts: map[string]int{}, start: make(chan string, 1000)}
+	return &harness{t: t, starts: map[string]int{}, start: make(chan string, 1000)}
 }
 
 // config returns a config wired to the harness; Period is long enough that
-// the clock advancing for backoff does not age restarts out of it.
+// time passing in backoff does not age restarts out of it.
 func (h *harness) config(strategy flow.Strategy) flow.SupervisorConfig {
 	return flow.SupervisorConfig{
-		Name: "sup", Strategy: strategy, Period: time.Hour, Clock: h.clock,
+		Name: "sup", Strategy: strategy, Period: time.Hour,
 		OnEvent: func(ev flow.SupervisorEvent) {
 			h.mu.Lock()
 			defer h.mu.Unlock()
@@ -72,27 +72,23 @@ func (h *harness) eventsOf(child string) []string {
 	return out
 }
 
+// snapshot returns a copy of the events so far.
+func (h *harness) snapshot() []flow.SupervisorEvent {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.events)
+}
+
 // run starts s.Run and returns a cancel func and a wait func for its result.
 func (h *harness) run(s *flow.Supervisor) (cancel func(), result func() error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
-
-	advCtx, stopAdv := context.WithCancel(context.Background())
-	advDone := make(chan struct{})
-	go func(step time.Duration) {
-		defer close(advDone)
-		for step > 0 && h.clock.BlockUntilContext(advCtx, 1) == nil {
-			h.clock.Advance(step)
-		}
-	}(h.step)
 	var once sync.Once
 	var err error
 	result = func() error {
 		once.Do(func() {
 			err = wait(h.t, "Supervisor.Run", done)
-			stopAdv()
-			<-advDone
 		})
 		return err
 	}
@@ -178,59 +174,63 @@ func TestSupervisorRestartTypes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h := newHarness(t)
-			behave := func(ctx context.Context, n int) error {
-				switch {
-				case n > 1:
-					return blockUntilDone(ctx, n)
-				case tt.panics:
-					panic("crash")
-				default:
-					return tt.first
+			synctest.Test(t, func(t *testing.T) {
+				h := newHarness(t)
+				behave := func(ctx context.Context, n int) error {
+					switch {
+					case n > 1:
+						return blockUntilDone(ctx, n)
+					case tt.panics:
+						panic("crash")
+					default:
+						return tt.first
+					}
 				}
-			}
-			s, err := flow.NewSupervisor(h.config(flow.OneForOne), h.child("c", tt.restart, behave))
-			if err != nil {
-				t.Fatal(err)
-			}
-			cancel, result := h.run(s)
-			if tt.wantRestart {
-				h.waitStarts(2)
-				cancel()
-			}
-			// Without a restart Run returns by itself: no child is left.
-			if err := result(); err != nil {
-				t.Fatalf("Run = %v", err)
-			}
-			if want := map[bool]int{true: 2, false: 1}[tt.wantRestart]; h.startsOf("c") != want {
-				t.Errorf("starts = %d, want %d", h.startsOf("c"), want)
-			}
+				s, err := flow.NewSupervisor(h.config(flow.OneForOne), h.child("c", tt.restart, behave))
+				if err != nil {
+					t.Fatal(err)
+				}
+				cancel, result := h.run(s)
+				if tt.wantRestart {
+					h.waitStarts(2)
+					cancel()
+				}
+				// Without a restart Run returns by itself: no child is left.
+				if err := result(); err != nil {
+					t.Fatalf("Run = %v", err)
+				}
+				if want := map[bool]int{true: 2, false: 1}[tt.wantRestart]; h.startsOf("c") != want {
+					t.Errorf("starts = %d, want %d", h.startsOf("c"), want)
+				}
+			})
 		})
 	}
 }
 
 func TestSupervisorContainsPanic(t *testing.T) {
-	h := newHarness(t)
-	s, _ := flow.NewSupervisor(h.config(flow.OneForOne), h.child("c", flow.Permanent, failFirst(nil)))
-	cancel, result := h.run(s)
-	h.waitStarts(2)
-	cancel()
-	if err := result(); err != nil {
-		t.Fatal(err)
-	}
-	want := []string{"c:child_started", "c:child_panicked", "c:child_restarting", "c:child_started", "c:child_exited"}
-	if got := h.eventsOf("c"); !slices.Equal(got, want) {
-		t.Errorf("events = %v, want %v", got, want)
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	var pe *flow.PanicError
-	if !errors.As(h.events[1].Err, &pe) || pe.Value != "crash" {
-		t.Errorf("panic event err = %v", h.events[1].Err)
-	}
-	if r := h.events[2]; r.Restarts != 1 || r.Backoff <= 0 || r.Backoff > time.Second || r.Supervisor != "sup" {
-		t.Errorf("restarting event = %+v", r)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness(t)
+		s, _ := flow.NewSupervisor(h.config(flow.OneForOne), h.child("c", flow.Permanent, failFirst(nil)))
+		cancel, result := h.run(s)
+		h.waitStarts(2)
+		cancel()
+		if err := result(); err != nil {
+			t.Fatal(err)
+		}
+		want := []string{"c:child_started", "c:child_panicked", "c:child_restarting", "c:child_started", "c:child_exited"}
+		if got := h.eventsOf("c"); !slices.Equal(got, want) {
+			t.Errorf("events = %v, want %v", got, want)
+		}
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		var pe *flow.PanicError
+		if !errors.As(h.events[1].Err, &pe) || pe.Value != "crash" {
+			t.Errorf("panic event err = %v", h.events[1].Err)
+		}
+		if r := h.events[2]; r.Restarts != 1 || r.Backoff <= 0 || r.Backoff > time.Second || r.Supervisor != "sup" {
+			t.Errorf("restarting event = %+v", r)
+		}
+	})
 }
 
 func TestSupervisorStrategies(t *testing.T) {
@@ -245,186 +245,209 @@ func TestSupervisorStrategies(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.strategy.String(), func(t *testing.T) {
-			h := newHarness(t)
-			s, _ := flow.NewSupervisor(h.config(tt.strategy),
-				h.child("a", flow.Permanent, blockUntilDone),
-				h.child("b", flow.Permanent, failFirst(errBase)),
-				h.child("c", flow.Permanent, blockUntilDone),
-				h.child("t", flow.Temporary, blockUntilDone), // stopped, never restarted
-			)
-			cancel, result := h.run(s)
-			total := 1 // the temporary child
-			for _, n := range tt.wantStarts {
-				total += n
-			}
-			h.waitStarts(total)
-			var exits []string
-			for _, e := range h.eventsOf("") {
-				if name, ok := strings.CutSuffix(e, ":child_exited"); ok && name != "t" {
-					exits = append(exits, name)
+			synctest.Test(t, func(t *testing.T) {
+				h := newHarness(t)
+				s, _ := flow.NewSupervisor(h.config(tt.strategy),
+					h.child("a", flow.Permanent, blockUntilDone),
+					h.child("b", flow.Permanent, failFirst(errBase)),
+					h.child("c", flow.Permanent, blockUntilDone),
+					h.child("t", flow.Temporary, blockUntilDone), // stopped, never restarted
+				)
+				cancel, result := h.run(s)
+				total := 1 // the temporary child
+				for _, n := range tt.wantStarts {
+					total += n
 				}
-			}
-			cancel()
-			if err := result(); err != nil {
-				t.Fatal(err)
-			}
-			for name, want := range tt.wantStarts {
-				if got := h.startsOf(name); got != want {
-					t.Errorf("%s started %d times, want %d", name, got, want)
+				h.waitStarts(total)
+				var exits []string
+				for _, e := range h.eventsOf("") {
+					if name, ok := strings.CutSuffix(e, ":child_exited"); ok && name != "t" {
+						exits = append(exits, name)
+					}
 				}
-			}
-			if h.startsOf("t") != 1 {
-				t.Errorf("temporary child started %d times", h.startsOf("t"))
-			}
-			if !slices.Equal(exits, tt.wantExits) {
-				t.Errorf("exit order = %v, want %v", exits, tt.wantExits)
-			}
+				cancel()
+				if err := result(); err != nil {
+					t.Fatal(err)
+				}
+				for name, want := range tt.wantStarts {
+					if got := h.startsOf(name); got != want {
+						t.Errorf("%s started %d times, want %d", name, got, want)
+					}
+				}
+				if h.startsOf("t") != 1 {
+					t.Errorf("temporary child started %d times", h.startsOf("t"))
+				}
+				if !slices.Equal(exits, tt.wantExits) {
+					t.Errorf("exit order = %v, want %v", exits, tt.wantExits)
+				}
+			})
 		})
 	}
 }
 
 func TestSupervisorStopsChildrenInReverseOrder(t *testing.T) {
-	h := newHarness(t)
-	s, _ := flow.NewSupervisor(h.config(flow.OneForOne),
-		h.child("a", flow.Permanent, blockUntilDone),
-		h.child("b", flow.Permanent, blockUntilDone),
-		h.child("c", flow.Permanent, blockUntilDone),
-	)
-	cancel, result := h.run(s)
-	h.waitStarts(3)
-	cancel()
-	if err := result(); err != nil {
-		t.Fatalf("Run = %v, want nil on cancellation", err)
-	}
-	want := []string{"a:child_started", "b:child_started", "c:child_started", "c:child_exited", "b:child_exited", "a:child_exited"}
-	if got := h.eventsOf(""); !slices.Equal(got, want) {
-		t.Errorf("events = %v, want %v", got, want)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness(t)
+		s, _ := flow.NewSupervisor(h.config(flow.OneForOne),
+			h.child("a", flow.Permanent, blockUntilDone),
+			h.child("b", flow.Permanent, blockUntilDone),
+			h.child("c", flow.Permanent, blockUntilDone),
+		)
+		cancel, result := h.run(s)
+		h.waitStarts(3)
+		cancel()
+		if err := result(); err != nil {
+			t.Fatalf("Run = %v, want nil on cancellation", err)
+		}
+		want := []string{"a:child_started", "b:child_started", "c:child_started", "c:child_exited", "b:child_exited", "a:child_exited"}
+		if got := h.eventsOf(""); !slices.Equal(got, want) {
+			t.Errorf("events = %v, want %v", got, want)
+		}
+	})
 }
 
 func TestSupervisorRestartIntensity(t *testing.T) {
-	h := newHarness(t)
-	cfg := h.config(flow.OneForOne)
-	cfg.MaxRestarts = 3
-	s, _ := flow.NewSupervisor(cfg,
-		h.child("flaky", flow.Permanent, func(context.Context, int) error { return errBase }),
-		h.child("steady", flow.Permanent, blockUntilDone),
-	)
-	_, result := h.run(s)
-	err := result()
-	if !errors.Is(err, flow.ErrRestartIntensity) || !errors.Is(err, errBase) {
-		t.Fatalf("Run = %v, want ErrRestartIntensity wrapping the child error", err)
-	}
-	if got := h.startsOf("flaky"); got != 4 {
-		t.Errorf("flaky started %d times, want 1 + MaxRestarts", got)
-	}
-	events := h.eventsOf("")
-	if !slices.Contains(events, "flaky:supervisor_gave_up") || events[len(events)-1] != "steady:child_exited" {
-		t.Errorf("events = %v: want give-up, then siblings stopped", events)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness(t)
+		cfg := h.config(flow.OneForOne)
+		cfg.MaxRestarts = 3
+		s, _ := flow.NewSupervisor(cfg,
+			h.child("flaky", flow.Permanent, func(context.Context, int) error { return errBase }),
+			h.child("steady", flow.Permanent, blockUntilDone),
+		)
+		_, result := h.run(s)
+		err := result()
+		if !errors.Is(err, flow.ErrRestartIntensity) || !errors.Is(err, errBase) {
+			t.Fatalf("Run = %v, want ErrRestartIntensity wrapping the child error", err)
+		}
+		if got := h.startsOf("flaky"); got != 4 {
+			t.Errorf("flaky started %d times, want 1 + MaxRestarts", got)
+		}
+		events := h.eventsOf("")
+		if !slices.Contains(events, "flaky:supervisor_gave_up") || events[len(events)-1] != "steady:child_exited" {
+			t.Errorf("events = %v: want give-up, then siblings stopped", events)
+		}
+	})
 }
 
 // Restarts spread further apart than Period never add up to giving up.
 func TestSupervisorIntensityWindowSlides(t *testing.T) {
-	h := newHarness(t)
-	h.step = 10 * time.Second // each backoff wait moves time past Period
-	cfg := h.config(flow.OneForOne)
-	cfg.MaxRestarts, cfg.Period = 1, 5*time.Second
-	s, _ := flow.NewSupervisor(cfg, h.child("c", flow.Transient, func(ctx context.Context, n int) error {
-		if n <= 6 {
-			return errBase
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness(t)
+		cfg := h.config(flow.OneForOne)
+		cfg.MaxRestarts, cfg.Period = 1, time.Second
+		s, _ := flow.NewSupervisor(cfg, h.child("c", flow.Transient, func(ctx context.Context, n int) error {
+			if n <= 6 {
+				time.Sleep(2 * time.Second) // each run outlasts Period
+				return errBase
+			}
+			return nil
+		}))
+		_, result := h.run(s)
+		if err := result(); err != nil {
+			t.Fatalf("Run = %v, want nil after the child finally succeeded", err)
 		}
-		return nil
-	}))
-	_, result := h.run(s)
-	if err := result(); err != nil {
-		t.Fatalf("Run = %v, want nil after the child finally succeeded", err)
-	}
-	if got := h.startsOf("c"); got != 7 {
-		t.Errorf("starts = %d, want 7", got)
-	}
+		if got := h.startsOf("c"); got != 7 {
+			t.Errorf("starts = %d, want 7", got)
+		}
+	})
 }
 
 func TestSupervisorWaitsForBackoff(t *testing.T) {
-	h := newHarness(t)
-	h.step = 0 // the test drives the clock
-	s, _ := flow.NewSupervisor(h.config(flow.OneForOne), h.child("c", flow.Permanent, failFirst(errBase)))
-	cancel, result := h.run(s)
-	h.waitStarts(1)
-	h.clock.BlockUntil(1) // the restart is waiting for its backoff
-	if h.startsOf("c") != 1 {
-		t.Fatal("restarted before the backoff elapsed")
-	}
-	h.clock.Advance(time.Second) // BackoffMax
-	h.waitStarts(1)
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness(t)
+		s, _ := flow.NewSupervisor(h.config(flow.OneForOne), h.child("c", flow.Permanent, failFirst(errBase)))
+		cancel, result := h.run(s)
+		h.waitStarts(1)
+		failed := time.Now()
+		synctest.Wait() // the restart is waiting for its backoff; time stands still
+		if h.startsOf("c") != 1 {
+			t.Fatal("restarted before the backoff elapsed")
+		}
+		h.waitStarts(1) // time moves on once every goroutine waits
+		var backoff time.Duration
+		for _, ev := range h.snapshot() {
+			if ev.Kind == flow.ChildRestarting {
+				backoff = ev.Backoff
+			}
+		}
+		if backoff <= 0 || time.Since(failed) < backoff {
+			t.Fatalf("restarted %v after the failure, backoff %v", time.Since(failed), backoff)
+		}
 
-	cancel()
-	if err := result(); err != nil {
-		t.Fatal(err)
-	}
-	if h.startsOf("c") != 2 {
-		t.Fatalf("starts = %d, want 2", h.startsOf("c"))
-	}
+		cancel()
+		if err := result(); err != nil {
+			t.Fatal(err)
+		}
+		if h.startsOf("c") != 2 {
+			t.Fatalf("starts = %d, want 2", h.startsOf("c"))
+		}
+	})
 }
 
 func TestSupervisorCancelDuringBackoff(t *testing.T) {
-	h := newHarness(t)
-	h.step = 0
-	s, _ := flow.NewSupervisor(h.config(flow.OneForOne), h.child("c", flow.Permanent, failFirst(errBase)))
-	cancel, result := h.run(s)
-	h.waitStarts(1)
-	h.clock.BlockUntil(1)
-	cancel()
-	if err := result(); err != nil {
-		t.Fatal(err)
-	}
-	if h.startsOf("c") != 1 {
-		t.Fatal("a child cancelled during its backoff must not run")
-	}
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness(t)
+		s, _ := flow.NewSupervisor(h.config(flow.OneForOne), h.child("c", flow.Permanent, failFirst(errBase)))
+		cancel, result := h.run(s)
+		h.waitStarts(1)
+		synctest.Wait() // the restart is waiting for its backoff
+		cancel()
+		if err := result(); err != nil {
+			t.Fatal(err)
+		}
+		if h.startsOf("c") != 1 {
+			t.Fatal("a child cancelled during its backoff must not run")
+		}
+	})
 }
 
 func TestSupervisorNestedEscalation(t *testing.T) {
-	h := newHarness(t)
-	innerCfg := h.config(flow.OneForOne)
-	innerCfg.Name, innerCfg.MaxRestarts = "inner", 1
-	inner, _ := flow.NewSupervisor(innerCfg, h.child("leaf", flow.Permanent, func(context.Context, int) error { return errBase }))
-	outerCfg := h.config(flow.OneForOne)
-	outerCfg.Name, outerCfg.MaxRestarts = "outer", 1
-	outer, _ := flow.NewSupervisor(outerCfg, inner.Spec(flow.Permanent))
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness(t)
+		innerCfg := h.config(flow.OneForOne)
+		innerCfg.Name, innerCfg.MaxRestarts = "inner", 1
+		inner, _ := flow.NewSupervisor(innerCfg, h.child("leaf", flow.Permanent, func(context.Context, int) error { return errBase }))
+		outerCfg := h.config(flow.OneForOne)
+		outerCfg.Name, outerCfg.MaxRestarts = "outer", 1
+		outer, _ := flow.NewSupervisor(outerCfg, inner.Spec(flow.Permanent))
 
-	_, result := h.run(outer)
-	err := result()
-	if !errors.Is(err, flow.ErrRestartIntensity) || !errors.Is(err, errBase) {
-		t.Fatalf("Run = %v", err)
-	}
-	if !strings.Contains(err.Error(), `"outer"`) || !strings.Contains(err.Error(), `"inner"`) {
-		t.Errorf("error %q should name both supervisors", err)
-	}
-	// outer runs inner twice; each inner run starts leaf twice.
-	if got := h.startsOf("leaf"); got != 4 {
-		t.Errorf("leaf started %d times, want 4", got)
-	}
+		_, result := h.run(outer)
+		err := result()
+		if !errors.Is(err, flow.ErrRestartIntensity) || !errors.Is(err, errBase) {
+			t.Fatalf("Run = %v", err)
+		}
+		if !strings.Contains(err.Error(), `"outer"`) || !strings.Contains(err.Error(), `"inner"`) {
+			t.Errorf("error %q should name both supervisors", err)
+		}
+		// outer runs inner twice; each inner run starts leaf twice.
+		if got := h.startsOf("leaf"); got != 4 {
+			t.Errorf("leaf started %d times, want 4", got)
+		}
+	})
 }
 
 func TestSupervisorRunTwice(t *testing.T) {
-	h := newHarness(t)
-	s, _ := flow.NewSupervisor(h.config(flow.OneForOne), h.child("c", flow.Permanent, blockUntilDone))
-	cancel, result := h.run(s)
-	h.waitStarts(1)
-	if err := s.Run(context.Background()); !errors.Is(err, flow.ErrAlreadyRunning) {
-		t.Errorf("concurrent Run = %v, want ErrAlreadyRunning", err)
-	}
-	cancel()
-	if err := result(); err != nil {
-		t.Fatal(err)
-	}
-	// Run again after it returned, as a parent supervisor would.
-	cancel, result = h.run(s)
-	h.waitStarts(1)
-	cancel()
-	if err := result(); err != nil {
-		t.Fatal(err)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness(t)
+		s, _ := flow.NewSupervisor(h.config(flow.OneForOne), h.child("c", flow.Permanent, blockUntilDone))
+		cancel, result := h.run(s)
+		h.waitStarts(1)
+		if err := s.Run(context.Background()); !errors.Is(err, flow.ErrAlreadyRunning) {
+			t.Errorf("concurrent Run = %v, want ErrAlreadyRunning", err)
+		}
+		cancel()
+		if err := result(); err != nil {
+			t.Fatal(err)
+		}
+		// Run again after it returned, as a parent supervisor would.
+		cancel, result = h.run(s)
+		h.waitStarts(1)
+		cancel()
+		if err := result(); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
 
 func TestEnumStrings(t *testing.T) {

@@ -21,7 +21,7 @@ type delivery struct {
 	prio    envelope.Priority
 	kind    string
 	credits *credits
-	id      uint64 // registry key
+	id      uint64 // key in deliveries
 
 	// Set by the worker after decoding.
 	job       envelope.Job
@@ -52,17 +52,17 @@ type delivery struct {
 	cancelled atomic.Bool // cancelled by a cancel.<user>.<job> message
 }
 
-const registryShards = 16
+const shardCount = 16
 
-// registry knows every held message, to heartbeat them (InProgress every
+// deliveries knows every held message, to heartbeat them (InProgress every
 // AckWait/3 — one ticker for all messages rather than a timer per job) and
 // to find a running job by id when its cancel message arrives. Sharded: every
 // job enters and leaves it twice.
-type registry struct {
+type deliveries struct {
 	next   atomic.Uint64
 	seed   maphash.Seed
-	held   [registryShards]heldShard
-	byJob  [registryShards]jobShard
+	held   [shardCount]heldShard
+	byJob  [shardCount]jobShard
 	logger *slog.Logger
 }
 
@@ -76,8 +76,8 @@ type jobShard struct {
 	m  map[string]*delivery
 }
 
-func newRegistry(log *slog.Logger) *registry {
-	r := &registry{seed: maphash.MakeSeed(), logger: log}
+func newDeliveries(log *slog.Logger) *deliveries {
+	r := &deliveries{seed: maphash.MakeSeed(), logger: log}
 	for i := range r.held {
 		r.held[i].m = make(map[uint64]*delivery)
 		r.byJob[i].m = make(map[string]*delivery)
@@ -86,33 +86,33 @@ func newRegistry(log *slog.Logger) *registry {
 }
 
 // hold registers a pulled message for heartbeats.
-func (r *registry) hold(d *delivery) {
+func (r *deliveries) hold(d *delivery) {
 	d.id = r.next.Add(1)
-	s := &r.held[d.id%registryShards]
+	s := &r.held[d.id%shardCount]
 	s.mu.Lock()
 	s.m[d.id] = d
 	s.mu.Unlock()
 }
 
 // release forgets a message once it was acked, nak'd or termed.
-func (r *registry) release(d *delivery) {
-	s := &r.held[d.id%registryShards]
+func (r *deliveries) release(d *delivery) {
+	s := &r.held[d.id%shardCount]
 	s.mu.Lock()
 	delete(s.m, d.id)
 	s.mu.Unlock()
 }
 
 // running makes d findable by job id while its provider call runs.
-func (r *registry) running(d *delivery, cancel context.CancelFunc) {
-	s := &r.byJob[maphash.String(r.seed, d.job.ID)%registryShards]
+func (r *deliveries) running(d *delivery, cancel context.CancelFunc) {
+	s := &r.byJob[maphash.String(r.seed, d.job.ID)%shardCount]
 	s.mu.Lock()
 	d.cancel = cancel
 	s.m[d.job.ID] = d
 	s.mu.Unlock()
 }
 
-func (r *registry) stopped(d *delivery) {
-	s := &r.byJob[maphash.String(r.seed, d.job.ID)%registryShards]
+func (r *deliveries) stopped(d *delivery) {
+	s := &r.byJob[maphash.String(r.seed, d.job.ID)%shardCount]
 	s.mu.Lock()
 	if s.m[d.job.ID] == d {
 		delete(s.m, d.job.ID)
@@ -121,8 +121,8 @@ func (r *registry) stopped(d *delivery) {
 }
 
 // cancelJob cancels the running job id, if this process runs it.
-func (r *registry) cancelJob(id string) bool {
-	s := &r.byJob[maphash.String(r.seed, id)%registryShards]
+func (r *deliveries) cancelJob(id string) bool {
+	s := &r.byJob[maphash.String(r.seed, id)%shardCount]
 	s.mu.Lock()
 	d := s.m[id]
 	s.mu.Unlock()
@@ -135,7 +135,7 @@ func (r *registry) cancelJob(id string) bool {
 }
 
 // heartbeat sends InProgress for every held message.
-func (r *registry) heartbeat() {
+func (r *deliveries) heartbeat() {
 	var batch []*delivery
 	for i := range r.held {
 		s := &r.held[i]
@@ -154,7 +154,7 @@ func (r *registry) heartbeat() {
 }
 
 // runHeartbeats heartbeats every interval until ctx is done.
-func (r *registry) runHeartbeats(ctx context.Context, every time.Duration) error {
+func (r *deliveries) runHeartbeats(ctx context.Context, every time.Duration) error {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
