@@ -326,3 +326,57 @@ func TestChangeStoredBehindTheRunIsAnnouncedFirst(t *testing.T) {
 		t.Fatalf("events %+v, want started, progress 30, succeeded", evs)
 	}
 }
+
+// Issue 18, 3: the same job id published straight to JOBS on two priority
+// subjects reaches two consumers. Only the first runs; the other collides
+// with its snapshot (priority, like user and kind) and is dead-lettered,
+// never run beside it.
+func TestSameJobOnTwoPrioritiesRunsOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		delay time.Duration
+	}{
+		{"running written first", -1},
+		{"claimed, start deferred", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			g := newGate()
+			cfg := withProvider(baseConfig(t), g)
+			cfg.StartedDelay = tc.delay
+			e.start(cfg)
+			j := newJob("alice", "image", envelope.PriorityHigh, nil)
+			e.publish(j)
+			waitFor(t, 10*time.Second, func() bool { return g.calls.Load() == 1 })
+
+			dup := j
+			dup.Priority = envelope.PriorityNormal
+			m, err := envelope.NewJobMsg(dup, "/test", "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			m.Header.Del(envelope.HeaderMsgID) // not the JOBS duplicate it is
+			if _, err := e.js.PublishMsg(context.Background(), m); err != nil {
+				t.Fatal(err)
+			}
+			// Settled (termed: JOBS holds only the first again) or run.
+			waitFor(t, 10*time.Second, func() bool {
+				msgs, _ := e.jobsState(envelope.PriorityNormal, "image")
+				return msgs == 1 || g.calls.Load() > 1
+			})
+			if n := g.calls.Load(); n != 1 {
+				t.Fatalf("provider called %d times for one job id", n)
+			}
+			if reason := e.lastDLQ("dlq.image").Header.Get(HeaderDeadReason); !strings.Contains(reason, "collides") {
+				t.Fatalf("DLQ reason %q", reason)
+			}
+			g.release()
+			s := e.waitStatus(j.ID, envelope.StatusSucceeded, 10*time.Second)
+			if s.Priority != envelope.PriorityHigh || s.Attempt != 1 {
+				t.Fatalf("snapshot %+v", s)
+			}
+			e.waitJobsEmpty()
+			e.checkSeqs(j, envelope.StatusSucceeded)
+		})
+	}
+}

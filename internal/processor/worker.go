@@ -249,11 +249,12 @@ func (p *Processor) run(d *delivery) {
 // invalid, already terminal, or Nak'd while its last event is missing).
 func (p *Processor) loaded(ctx context.Context, d *delivery, log *slog.Logger) bool {
 	j := d.job
-	if d.snap.User != j.User || d.snap.Kind != j.Kind {
-		// A job published straight to its subject with the id of another
-		// user's (or kind's) job: never run it against that job's state.
-		p.invalid(d, d.streamSeq, fmt.Errorf("job id %s collides with a job of user %q kind %q (envelope: user %q kind %q)",
-			j.ID, d.snap.User, d.snap.Kind, j.User, j.Kind))
+	if d.snap.User != j.User || d.snap.Kind != j.Kind || d.snap.Priority != j.Priority {
+		// A job published straight to a subject with the id of another
+		// user's (or kind's, or priority's) job: never run it against
+		// that job's state — nor beside it, on another consumer.
+		p.invalid(d, d.streamSeq, fmt.Errorf("job id %s collides with a job of user %q kind %q priority %q (envelope: user %q kind %q priority %q)",
+			j.ID, d.snap.User, d.snap.Kind, d.snap.Priority, j.User, j.Kind, j.Priority))
 		return false
 	}
 	if d.snap.Status.Terminal() {
