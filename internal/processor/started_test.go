@@ -15,8 +15,8 @@ func startedConfig(t *testing.T, delay time.Duration) Config {
 	return cfg
 }
 
-// A job done within StartedDelay goes from queued straight to succeeded:
-// one write, one event (seq 1), carrying attempt 1.
+// A job done within StartedDelay goes from its claim (running, seq 0, no
+// event) straight to succeeded: one event (seq 1), carrying attempt 1.
 func TestFastJobSkipsStarted(t *testing.T) {
 	e := newEnv(t)
 	e.start(startedConfig(t, 10*time.Second))
