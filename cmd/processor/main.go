@@ -54,7 +54,7 @@ func run(args []string) error {
 		"runs (attempts) a failing job gets before it is dead; enforced by the processor, so Naks that run nothing cost none and a run lost with its process counts")
 	fs.DurationVar(&cfg.Grace, "grace", processor.DefaultGrace, "how long running jobs may finish after SIGTERM")
 	fs.DurationVar(&cfg.StartedDelay, "started-delay", processor.DefaultStartedDelay,
-		"defer a first run's running write and started event by this long; a job done sooner goes queued -> outcome in one write (0: always write running first)")
+		"defer a first run's running write and started event by this long after it claims the job (running, seq 0, no event); a job done sooner goes claim -> outcome, one event (0: no claim, always write running first)")
 	var minRequests uint
 	fs.UintVar(&minRequests, "breaker-min-requests", flow.DefaultBreakerMinRequests,
 		"provider breaker: calls within its 10s window below which it never opens")

@@ -46,8 +46,21 @@ func (s *Service) cancel(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RequestTimeout)
 	defer cancel()
+	// Whoever writes seq N+1 makes sure seq N's event is in EVENTS: the
+	// processor that stored N may have died, or EVENTS refused its event,
+	// and once the cancel is stored over it nobody could publish N any
+	// more. While it cannot be published, the cancel is refused (503).
+	switch err := s.store.EnsurePublished(ctx, snap); {
+	case errors.Is(err, jobstore.ErrSeqGap):
+		log.Error("job's events have a gap that cannot be filled", "seq", snap.Seq, "err", err)
+	case err != nil:
+		log.Warn("cancel refused: the job's last change is not announced", "seq", snap.Seq, "err", err)
+		writeError(w, unavailable())
+		return
+	}
 	// At the revision read (RevAbsent for a job only in JOBS: the cancel
-	// creates its snapshot); a change made since is read again.
+	// creates its snapshot); a change made since is read again (and its
+	// event made sure of, jobstore.ErrUnannounced otherwise).
 	next, _, err := s.store.ApplyAt(ctx, snap, rev, envelope.TypeCancelled, func(sn *envelope.Snapshot) error {
 		sn.Status = envelope.StatusCancelled
 		return nil

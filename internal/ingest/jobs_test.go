@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/beamline/beamline/pkg/envelope"
 	"github.com/beamline/beamline/streams"
@@ -144,5 +145,69 @@ func TestOpsRoutes(t *testing.T) {
 		if !strings.Contains(string(r.Body), name) {
 			t.Errorf("/metrics lacks %s", name)
 		}
+	}
+}
+
+// Whoever writes seq N+1 makes sure seq N's event exists. A processor
+// stored running (seq 1) but EVENTS refused its event: a DELETE must not
+// store cancelled (seq 2) over it — nobody could publish seq 1 afterwards —
+// so it is refused (503) while EVENTS refuses; once EVENTS is back it
+// publishes seq 1 first, and the job's events are 1, 2 in order.
+func TestCancelOverAnUnannouncedChange(t *testing.T) {
+	h := newHarness(t, nil)
+	alice := token(t, "alice")
+	id := h.submit(alice, `{"kind":"image"}`).snapshot(t).ID
+	ctx := context.Background()
+	st, err := h.js.Stream(ctx, streams.Events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig := st.CachedInfo().Config
+	broken := orig
+	broken.MaxMsgSize = 1
+	if _, err := h.js.UpdateStream(ctx, broken); err != nil {
+		t.Fatal(err)
+	}
+	snap, rev, err := h.store.Lookup(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := h.store.ApplyAt(ctx, snap, rev, envelope.TypeStarted, func(s *envelope.Snapshot) error {
+		s.Status, s.Attempt = envelope.StatusRunning, 1
+		return nil
+	}); err == nil {
+		t.Fatal("started published with EVENTS refusing publishes")
+	}
+
+	r := h.do(http.MethodDelete, "/v1/jobs/"+id, nil, bearer(alice))
+	if r.Status != http.StatusServiceUnavailable || r.errorCode(t) != CodeUnavailable || r.Header.Get("Retry-After") == "" {
+		t.Fatalf("DELETE over an unannounced seq 1: %d %s", r.Status, r.Body)
+	}
+	if s, _, err := h.store.Get(ctx, id); err != nil || s.Seq != 1 || s.Status != envelope.StatusRunning {
+		t.Fatalf("stored after the refused DELETE: %+v, %v", s, err)
+	}
+
+	if _, err := h.js.UpdateStream(ctx, orig); err != nil {
+		t.Fatal(err)
+	}
+	r = h.do(http.MethodDelete, "/v1/jobs/"+id, nil, bearer(alice))
+	if r.Status != http.StatusOK || r.snapshot(t).Seq != 2 {
+		t.Fatalf("DELETE once EVENTS is back: %d %s", r.Status, r.Body)
+	}
+	var seqs []uint64
+	for seq := uint64(1); ; seq++ {
+		m, err := st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(envelope.EventSubject("alice", id)))
+		if err != nil {
+			break
+		}
+		_, es, err := envelope.DecodeEvent(m.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs = append(seqs, es.Seq)
+		seq = m.Sequence
+	}
+	if len(seqs) != 2 || seqs[0] != 1 || seqs[1] != 2 {
+		t.Fatalf("event seqs %v, want 1 2", seqs)
 	}
 }

@@ -34,6 +34,11 @@ var (
 	ErrTerminal = errors.New("jobstore: job is already in a terminal state")
 	ErrExists   = errors.New("jobstore: job exists")
 	ErrConflict = errors.New("jobstore: too many concurrent writers")
+	// ErrUnannounced: the stored snapshot's event is not in EVENTS and
+	// could not be published, so no change was written over it (seq N+1
+	// is never stored while N's event is missing). Nothing was stored;
+	// retry once EVENTS takes writes again.
+	ErrUnannounced = errors.New("jobstore: the job's last change is not announced; nothing stored")
 )
 
 // Config configures a Store.
@@ -110,6 +115,35 @@ func (s *Store) CreateAt(ctx context.Context, j envelope.Job) (envelope.Snapshot
 	return snap, rev, nil
 }
 
+// Claim creates the snapshot of job j, which nobody has written yet, as
+// `running` attempt attempt at seq 0: the job is taken, visibly (GET and
+// joins say running), before its provider is called, and any later change
+// — a cancel — is a compare-and-set after it. It has no event: it takes no
+// seq, so the next change (the outcome, or running at seq 1 with its
+// started event) is the job's first event. ErrExists means a snapshot is
+// stored (a cancel came first, or another run): read it.
+func (s *Store) Claim(ctx context.Context, j envelope.Job, attempt int) (envelope.Snapshot, uint64, error) {
+	snap := envelope.NewSnapshot(j)
+	snap.Status = envelope.StatusRunning
+	snap.Attempt = attempt
+	snap.UpdatedAt = s.cfg.Now().UTC()
+	if err := snap.Validate(); err != nil {
+		return snap, 0, err
+	}
+	b, err := snap.Marshal()
+	if err != nil {
+		return snap, 0, err
+	}
+	rev, err := s.kv.Create(ctx, j.ID, b)
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return snap, 0, ErrExists
+	}
+	if err != nil {
+		return snap, 0, fmt.Errorf("jobstore: claim %s: %w", j.ID, err)
+	}
+	return snap, rev, nil
+}
+
 // Mutation changes a snapshot in place. Returning an error aborts the change.
 type Mutation func(*envelope.Snapshot) error
 
@@ -132,7 +166,11 @@ func (s *Store) Apply(ctx context.Context, id string, seed *envelope.Job, t enve
 
 // ApplyAt is Apply for a caller that already holds the job's snapshot cur at
 // KV revision rev (from Get, or from the previous ApplyAt): it applies mutate
-// to cur and writes at rev without reading first. Only when that
+// to cur and writes at rev without reading first. The caller vouches that
+// cur's event is in EVENTS (it published it, or EnsurePublished confirmed
+// it): whoever writes seq N+1 makes sure seq N's event exists, or N's event
+// could be lost for good (the bucket keeps only the latest snapshot). The
+// store makes sure of it itself for every snapshot it reads. Only when that
 // compare-and-set loses (someone else wrote the job meanwhile: a cancel, a
 // second processor) does it fall back to Apply's read-modify-write loop, so
 // mutate must be written against whatever snapshot it is given, not against
@@ -218,6 +256,11 @@ func (s *Store) applyLoop(ctx context.Context, id string, seed *envelope.Job, t 
 		if cur.Status.Terminal() {
 			return cur, rev, ErrTerminal
 		}
+		// Read here, so nobody vouches for its event: the writer that
+		// stored it may have died, or lost the reply, before publishing.
+		if err := s.ensureBefore(ctx, cur); err != nil {
+			return cur, rev, err
+		}
 		next, msg, b, err := s.prepare(ctx, cur, t, mutate)
 		if err != nil {
 			return cur, rev, err
@@ -233,6 +276,18 @@ func (s *Store) applyLoop(ctx context.Context, id string, seed *envelope.Job, t 
 		return next, newRev, s.announce(ctx, msg, next, newRev)
 	}
 	return envelope.Snapshot{}, 0, fmt.Errorf("%w: %s", ErrConflict, id)
+}
+
+// ensureBefore makes sure the event of cur, a stored snapshot about to be
+// written over, is in EVENTS: ErrUnannounced when it is not and cannot be
+// published. A gap older than cur (ErrSeqGap) cannot be mended by refusing
+// the change, so the change goes on.
+func (s *Store) ensureBefore(ctx context.Context, cur envelope.Snapshot) error {
+	err := s.EnsurePublished(ctx, cur)
+	if err == nil || errors.Is(err, ErrSeqGap) {
+		return nil
+	}
+	return fmt.Errorf("%w: %s seq %d: %w", ErrUnannounced, cur.ID, cur.Seq, err)
 }
 
 // announce publishes the event of a change just stored at rev; a failure is

@@ -21,9 +21,9 @@ import (
 const RevAbsent = ^uint64(0)
 
 // A job costs one durable write at submission: its message in JOBS. Nobody
-// writes a queued snapshot; the job's first change (a processor's running
-// or outcome, or a cancel) creates its snapshot in job_status at seq 1.
-// Until then the JOBS message is the job's state, and Lookup reads it there.
+// writes a queued snapshot; the job's first write creates its snapshot in
+// job_status: a processor's claim (Claim: running at seq 0, no event) or
+// running at seq 1, or a cancel at seq 1. Until then the JOBS message is the job's state, and Lookup reads it there.
 // The processor acks the message only after it stored a snapshot, so at any
 // moment at least one of the two holds the job.
 

@@ -44,10 +44,23 @@ func (e *NotPublishedError) Unwrap() []error { return []error{ErrNotPublished, e
 // none). Unlike Publish it does not depend on the EVENTS duplicate window,
 // so a job redelivered long after it ended gets no second final event.
 //
-// A snapshot of seq 0 (queued) has no event; nothing is done for it. If the
-// job's events aged out of EVENTS (max_age), the event is published again:
-// nobody can replay the old one any more.
+// Every writer publishes seq N's event before it stores N+1 (ApplyAt), so
+// a last event at or above snap.Seq means snap's is there, and one below
+// snap.Seq-1 means events are missing that nobody can publish any more
+// (the bucket keeps only the latest snapshot): snap's event is published
+// all the same, and the error is a *GapError (ErrSeqGap) for the caller to
+// report. A job whose events all aged out of EVENTS (max_age) looks the
+// same.
+//
+// A snapshot of seq 0 (queued, or claimed: Claim) has no event; nothing is
+// done for it.
 func (s *Store) EnsurePublished(ctx context.Context, snap envelope.Snapshot) error {
+	return s.EnsurePublishedAs(ctx, EventTypeOf(snap), snap)
+}
+
+// EnsurePublishedAs is EnsurePublished for a caller that knows the event's
+// type (a progress report of 0 % reads as started from the snapshot alone).
+func (s *Store) EnsurePublishedAs(ctx context.Context, t envelope.Type, snap envelope.Snapshot) error {
 	if snap.Seq == 0 {
 		return nil
 	}
@@ -58,8 +71,31 @@ func (s *Store) EnsurePublished(ctx context.Context, snap envelope.Snapshot) err
 	if last >= snap.Seq {
 		return nil
 	}
-	return s.Publish(ctx, EventTypeOf(snap), snap)
+	if err := s.Publish(ctx, t, snap); err != nil {
+		return err
+	}
+	if last+1 < snap.Seq {
+		return &GapError{ID: snap.ID, From: last + 1, To: snap.Seq - 1}
+	}
+	return nil
 }
+
+// ErrSeqGap: a job's events lack seqs that can no longer be published.
+var ErrSeqGap = errors.New("jobstore: events missing from EVENTS")
+
+// GapError names the seqs EnsurePublished found missing before the one it
+// published.
+type GapError struct {
+	ID       string
+	From, To uint64
+}
+
+func (e *GapError) Error() string {
+	return fmt.Sprintf("jobstore: %s: events of seq %d..%d are not in EVENTS and cannot be published any more", e.ID, e.From, e.To)
+}
+
+// Is makes errors.Is(err, ErrSeqGap) hold.
+func (e *GapError) Is(target error) bool { return target == ErrSeqGap }
 
 // lastEventSeq is the Beamline-Seq of the last stored event of a job, 0 when
 // it has none.

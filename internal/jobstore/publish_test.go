@@ -61,9 +61,13 @@ func TestApplyAtNotPublishedCarriesStoredSnapshot(t *testing.T) {
 	if gerr != nil || stored.Seq != 1 || storedRev != newRev || snap.Seq != 1 || snap.Status != envelope.StatusRunning {
 		t.Fatalf("returned %+v rev %d; stored %+v rev %d, %v", snap, newRev, stored, storedRev, gerr)
 	}
-	// Apply reports it the same way.
-	if _, err := f.store.Apply(ctx, j.ID, nil, envelope.TypeProgress, func(s *envelope.Snapshot) error { s.Progress = 10; return nil }); !errors.Is(err, ErrNotPublished) {
-		t.Fatalf("Apply: %v, want ErrNotPublished", err)
+	// Apply reads it and must not store seq 2 over it while seq 1's event
+	// cannot be published: nothing stored, ErrUnannounced.
+	if _, err := f.store.Apply(ctx, j.ID, nil, envelope.TypeProgress, func(s *envelope.Snapshot) error { s.Progress = 10; return nil }); !errors.Is(err, ErrUnannounced) || errors.Is(err, ErrNotPublished) {
+		t.Fatalf("Apply over an unannounced change: %v, want ErrUnannounced", err)
+	}
+	if again, againRev, err := f.store.Get(ctx, j.ID); err != nil || again.Seq != 1 || againRev != newRev {
+		t.Fatalf("after the refused Apply: %+v rev %d, %v", again, againRev, err)
 	}
 	restore()
 	if err := f.store.Publish(ctx, envelope.TypeStarted, snap); err != nil {

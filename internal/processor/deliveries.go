@@ -35,10 +35,11 @@ type delivery struct {
 	attempt int
 	snap    envelope.Snapshot
 	rev     uint64
-	// start is the run's started write (started.go); startSkipped: the
-	// outcome came first, so the outcome write also records the attempt.
-	start        *starter
-	startSkipped bool
+	// start is the run's started write (started.go); claimed: the run
+	// began by claiming the job (running at seq 0, no event), so its
+	// snapshot already records the attempt.
+	start   *starter
+	claimed bool
 	// unannounced is the event type of d.snap when d.snap is stored but
 	// its event is not confirmed published (a progress write whose
 	// publish failed twice); "" otherwise. The next change of this run

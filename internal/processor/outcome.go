@@ -187,7 +187,7 @@ func (p *Processor) resolveOutcome(ctx context.Context, d *delivery, snap envelo
 // what is missing is published, so a redelivery after the duplicate window
 // announces nothing twice.
 func (p *Processor) skipTerminal(ctx context.Context, d *delivery, snap envelope.Snapshot, log *slog.Logger) {
-	if err := p.store.EnsurePublished(ctx, snap); err != nil {
+	if err := p.ensurePublished(ctx, snap, log); err != nil {
 		log.Warn("final event not confirmed published; will retry", "status", snap.Status, "seq", snap.Seq, "err", err)
 		p.nak(d, p.backoff(d.delivered, nil))
 		return
@@ -208,6 +208,19 @@ func (p *Processor) skipTerminal(ctx context.Context, d *delivery, snap envelope
 	p.ack(d)
 }
 
+// ensurePublished is jobstore.EnsurePublished with a gap — events missing
+// before snap's, which nobody can publish any more — logged rather than
+// retried: retrying cannot bring them back, and holding snap's event back
+// would only widen the gap.
+func (p *Processor) ensurePublished(ctx context.Context, snap envelope.Snapshot, log *slog.Logger) error {
+	err := p.store.EnsurePublished(ctx, snap)
+	if errors.Is(err, jobstore.ErrSeqGap) {
+		log.Error("job's events have a gap that cannot be filled", "seq", snap.Seq, "err", err)
+		return nil
+	}
+	return err
+}
+
 // apply is jobstore.ApplyAt at the revision the delivery carries (d.snap,
 // d.rev, updated whenever the change is stored), with a few quick retries
 // on infrastructure errors. A change stored without its event
@@ -217,19 +230,6 @@ func (p *Processor) skipTerminal(ctx context.Context, d *delivery, snap envelope
 func (p *Processor) apply(ctx context.Context, d *delivery, t envelope.Type, fn jobstore.Mutation) (envelope.Snapshot, error) {
 	ctx, span := p.startSpan(ctx, "job store write", attribute.String("beamline.event", t.Short()))
 	defer span.End()
-	if d.startSkipped {
-		// The outcome is this run's first change (queued → outcome): it
-		// records what the skipped started write would have.
-		inner := fn
-		fn = func(s *envelope.Snapshot) error {
-			if s.Status == envelope.StatusQueued {
-				s.Attempt = d.attempt
-				s.Progress = 0
-				s.Error = ""
-			}
-			return inner(s)
-		}
-	}
 	snap, rev, err := p.applyAt(ctx, d, t, fn)
 	for i := 1; ; i++ {
 		if err == nil || errors.Is(err, jobstore.ErrNotPublished) {

@@ -62,10 +62,11 @@ type Processor struct {
 // testHooks let tests act at fixed points of a run (inject a panic, cancel
 // at a precise moment). All nil outside tests.
 type testHooks struct {
-	// afterLoad runs after the job's snapshot was read, before anything
-	// else of the run.
+	// afterLoad runs after the job's snapshot was read (or claimed),
+	// before anything else of the run.
 	afterLoad func(d *delivery)
-	// beforeCall runs after the started write, before the provider call.
+	// beforeCall runs after the claim or the started write, before the
+	// provider call.
 	beforeCall func(d *delivery)
 	// progressStored runs after each progress write, with its outcome.
 	progressStored func(d *delivery, pct int, err error)

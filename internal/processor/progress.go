@@ -42,14 +42,16 @@ func (p *Processor) storeProgress(ctx context.Context, d *delivery, pct int) err
 }
 
 // announcePending publishes the event of d.snap when it is stored but not
-// yet announced (d.unannounced). Publishing is idempotent (Nats-Msg-Id
-// <job>:<seq>), so a publish that did land before reporting an error is
-// not duplicated.
+// yet announced (d.unannounced) — and only when EVENTS lacks it: a cancel
+// written over d.snap meanwhile published it first (whoever writes seq N+1
+// makes sure N's event exists), and a copy stored after the cancel's event
+// would put the job's events out of order once the duplicate window is over.
 func (p *Processor) announcePending(ctx context.Context, d *delivery) error {
 	if d.unannounced == "" {
 		return nil
 	}
-	if err := p.store.Publish(ctx, d.unannounced, d.snap); err != nil {
+	err := p.store.EnsurePublishedAs(ctx, d.unannounced, d.snap)
+	if err != nil && !errors.Is(err, jobstore.ErrSeqGap) {
 		return &pendingError{seq: d.snap.Seq, err: err}
 	}
 	d.unannounced = ""

@@ -7,27 +7,59 @@ import (
 	"sync"
 	"time"
 
+	"github.com/beamline/beamline/internal/jobstore"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
-// The started write is deferred (Config.StartedDelay). A job that reaches
-// its outcome within the delay is never stored as running and gets no
-// started event: its first change goes straight from queued to the outcome
-// (one seq step, one KV write and one event instead of two of each). So
-// `running`/`started` announce only jobs that actually take time; a fast job's
-// events are just its outcome (seq 1). The outcome snapshot carries the
-// attempt number all the same.
+// A first delivery claims its job before the provider is called, and its
+// started write is deferred (Config.StartedDelay).
 //
-// Attempts stay counted (attempts.go): only a first delivery defers. A
-// process that dies inside the window leaves the snapshot queued, so the
-// crashed run is not counted — but every redelivery writes running before it
-// calls the provider, so a job that crashes its process at once is counted
-// from its second run on and is dead-lettered after at most MaxDeliver + 1
-// runs, never redelivered forever.
+// The claim (jobstore.Claim) creates the job's snapshot as `running`, this
+// run's attempt, at seq 0 and without an event, by compare-and-set ("no
+// key yet"), and without reading the job first. From then on GET and joins
+// say running, and a cancel is a compare-and-set after the claim: a
+// cancel of a running job, which stops the call and counts its attempt. A
+// cancel stored before the claim makes the claim fail: the run reads the
+// job, finds it terminal and never calls the provider. So a job DELETE
+// reports as cancelled while queued never reaches its provider. A claim
+// that finds any snapshot stored (a cancel, a duplicate message, an earlier
+// run) is followed by the read and checks of a redelivery.
 //
-// The write happens at most once, whoever comes first: the timer, a
-// progress report (progress needs a running snapshot), or — when it already
-// began — the outcome, which waits for it. The outcome cancels it otherwise.
+// The claim takes no seq, so seqs stay contiguous: the run's first event is
+// its outcome, or running at seq 1 with its started event once the job has
+// run StartedDelay. A job that reaches its outcome within the delay is
+// never announced started: its events are just its outcome (seq 1), one
+// seq step, one event; its KV writes are the claim and the outcome (its
+// first delivery reads nothing). So `started` announces only jobs that take
+// time. The outcome snapshot carries the attempt number all the same.
+//
+// Attempts stay counted (attempts.go): a process that dies after the claim
+// leaves the job running with this attempt, and its redelivery counts it.
+// Every delivery but the first (and every run with StartedDelay ≤ 0) reads
+// the job and writes running before it calls the provider.
+//
+// The started write happens at most once, whoever comes first: the timer, a
+// progress report (progress needs a running snapshot with its event), or —
+// when it already began — the outcome, which waits for it. The outcome
+// cancels it otherwise.
+
+// claim claims d's job for a first delivery with a deferred start; false
+// (and no error) when the run must read the job instead: not a first
+// delivery, StartedDelay ≤ 0, or a snapshot is stored already.
+func (p *Processor) claim(ctx context.Context, d *delivery) (bool, error) {
+	if d.delivered != 1 || p.cfg.StartedDelay <= 0 {
+		return false, nil
+	}
+	snap, rev, err := p.store.Claim(ctx, d.job, 1)
+	if errors.Is(err, jobstore.ErrExists) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	d.snap, d.rev, d.attempt, d.claimed = snap, rev, 1, true
+	return true, nil
+}
 
 // startState is where a deferred start is.
 type startState int
@@ -114,14 +146,19 @@ func (s *starter) skipOrAwait() (skipped bool, snap envelope.Snapshot, err error
 // against the snapshot actually written over, not only load's read: when the
 // compare-and-set at that revision loses (the read was stale, or another run
 // wrote meanwhile) apply re-reads, and the attempt must be that snapshot's
-// attempt + 1 so a crashed run recorded since is counted. If that is not
-// d.attempt (the number this run was admitted with, which the provider call,
-// MaxDeliver and the outcome use), nothing is stored: errAttemptMoved, the
-// run is Nak'd and its redelivery counts from what is stored. (d.attempt is
-// not changed here: a deferred start runs beside the provider call.)
+// attempt + 1 so a crashed run recorded since is counted (after a claim:
+// the claim's own attempt). If that is not d.attempt (the number this run
+// was admitted with, which the provider call, MaxDeliver and the outcome
+// use), nothing is stored: errAttemptMoved, the run is Nak'd and its
+// redelivery counts from what is stored. (d.attempt is not changed here: a
+// deferred start runs beside the provider call.)
 func (p *Processor) writeStarted(ctx context.Context, d *delivery) (envelope.Snapshot, error) {
+	over := d.attempt - 1 // the attempt of the snapshot this run was admitted from
+	if d.claimed {
+		over = d.attempt // this run's claim
+	}
 	return p.apply(ctx, d, envelope.TypeStarted, func(s *envelope.Snapshot) error {
-		if s.Attempt+1 != d.attempt {
+		if s.Attempt != over {
 			return fmt.Errorf("%w: stored attempt %d, this run %d", errAttemptMoved, s.Attempt, d.attempt)
 		}
 		s.Status = envelope.StatusRunning

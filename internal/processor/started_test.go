@@ -15,8 +15,8 @@ func startedConfig(t *testing.T, delay time.Duration) Config {
 	return cfg
 }
 
-// A job done within StartedDelay goes from queued straight to succeeded:
-// one write, one event (seq 1), carrying attempt 1.
+// A job done within StartedDelay goes from its claim (running, seq 0, no
+// event) straight to succeeded: one event (seq 1), carrying attempt 1.
 func TestFastJobSkipsStarted(t *testing.T) {
 	e := newEnv(t)
 	e.start(startedConfig(t, 10*time.Second))
@@ -77,11 +77,12 @@ func TestProgressInsideWindowWritesStartFirst(t *testing.T) {
 	}
 }
 
-// A run that dies inside the window leaves nothing stored (here: a panic
-// before the call; a kill -9 looks the same from outside). Redeliveries
-// write running before the call, so a job that always dies is counted from
-// its second run on and ends dead — never redelivered forever — and no
-// start is written after the dead run's delivery was let go of.
+// A run that dies inside the window (here: a panic before the call; a
+// kill -9 looks the same from outside) leaves its claim stored: running,
+// attempt 1, seq 0, no event. Its redelivery counts it, so a job that
+// always dies ends dead after MaxDeliver runs, and no start is written
+// after the dead run's delivery was let go of. (Before the claim, the first
+// run inside the window went uncounted: MaxDeliver + 1 runs.)
 func TestCrashInsideWindowStillEndsDead(t *testing.T) {
 	e := newEnv(t)
 	cfg := startedConfig(t, 10*time.Second)
@@ -98,13 +99,47 @@ func TestCrashInsideWindowStillEndsDead(t *testing.T) {
 	e.waitStatus(j.ID, envelope.StatusDead, 20*time.Second)
 	e.waitJobsEmpty()
 	evs := e.checkSeqs(j, envelope.StatusDead)
-	// delivery 1: nothing stored; 2: running attempt 1; 3: running
-	// attempt 2; 4: attempts used up → dead.
-	if n := runs.Load(); n != 3 {
-		t.Fatalf("%d runs, want 3 (MaxDeliver 2, plus the uncounted first)", n)
+	// delivery 1: claimed, attempt 1 (no event); 2: running attempt 2;
+	// 3: attempts used up → dead.
+	if n := runs.Load(); n != 2 {
+		t.Fatalf("%d runs, want 2 (MaxDeliver 2)", n)
 	}
-	if len(evs) != 3 || evs[0].Attempt != 1 || evs[1].Attempt != 2 || evs[2].Status != envelope.StatusDead {
-		t.Fatalf("events %+v, want running 1, running 2, dead", evs)
+	if len(evs) != 2 || evs[0].Status != envelope.StatusRunning || evs[0].Attempt != 2 || evs[1].Status != envelope.StatusDead {
+		t.Fatalf("events %+v, want running 2, dead", evs)
+	}
+}
+
+// The claim makes a job visibly running before its provider is called,
+// without an event (it takes no seq); a cancel then is a cancel of a
+// running job: the run is stopped and its attempt counted.
+func TestClaimedJobIsVisiblyRunning(t *testing.T) {
+	e := newEnv(t)
+	cfg := withProvider(startedConfig(t, 10*time.Second), newGate())
+	g := cfg.Providers["gate"].(*gate)
+	e.start(cfg)
+	j := newJob("alice", "image", envelope.PriorityNormal, nil)
+	e.submit(j)
+	waitFor(t, 10*time.Second, func() bool { return g.calls.Load() == 1 })
+	if s := e.snapshot(j.ID); s.Status != envelope.StatusRunning || s.Seq != 0 || s.Attempt != 1 {
+		t.Fatalf("snapshot during the call %+v, want running seq 0 attempt 1", s)
+	}
+	if evs := e.events(j); len(evs) != 0 {
+		t.Fatalf("events %+v, want none before the outcome", evs)
+	}
+	s, err := e.apply(t.Context(), j.ID, envelope.TypeCancelled, func(s *envelope.Snapshot) error {
+		s.Status = envelope.StatusCancelled
+		return nil
+	})
+	if err != nil || s.Seq != 1 || s.Attempt != 1 {
+		t.Fatalf("cancel: %+v, %v; want cancelled seq 1 attempt 1", s, err)
+	}
+	if err := e.nc.Publish("cancel."+j.User+"."+j.ID, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() bool { return g.cancelled.Load() == 1 })
+	e.waitJobsEmpty()
+	if evs := e.checkSeqs(j, envelope.StatusCancelled); len(evs) != 1 || evs[0].Attempt != 1 {
+		t.Fatalf("events %+v, want cancelled attempt 1 only", evs)
 	}
 }
 

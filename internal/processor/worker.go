@@ -18,29 +18,32 @@ import (
 )
 
 // Round trips per job, on the happy path of a job submitted through ingest
-// (which stores only its JOBS message, no snapshot):
+// (which stores only its JOBS message, no snapshot), first delivery, with
+// the default deferred start (started.go):
 //
-//	0. KV get     not found (the job is its message's queued snapshot, at
-//	                         jobstore.RevAbsent; attempt 1)
-//	1. KV create  running   (jobstore.ApplyAt at RevAbsent: the first change
-//	                         creates the snapshot, no read of its own)
-//	2. event      started   (EVENTS publish, PubAck awaited)
-//	3. KV update  succeeded (ApplyAt at the revision step 1 returned)
-//	4. event      succeeded
-//	5. Ack        (fire-and-forget; removes the message from the work queue)
+//	1. KV create  claim     (jobstore.Claim: running at seq 0, attempt 1,
+//	                         no event, no read first; compare-and-set
+//	                         "no key yet", so a cancel stored first wins)
+//	   (provider call)
+//	2. KV update  succeeded (ApplyAt at the revision step 1 returned: seq 1)
+//	3. event      succeeded
+//	4. Ack        (fire-and-forget; removes the message from the work queue)
 //
-// i.e. 1 KV read, 4 acknowledged stream writes + 1 ack (it was 2 reads when
-// every change went through jobstore.Apply's read-modify-write). A job of a
-// first delivery that ends within Config.StartedDelay skips steps 1 and 2
-// (started.go): 1 KV read, 2 writes (the create of the outcome, seq 1, and
-// its event) + 1 ack. Only a lost compare-and-set (a cancel, a second
-// processor) costs a read more. A job published straight to JOBS costs the
-// same as one submitted over HTTP. Each progress report adds one KV update
-// and one event (coalesced: at most one in flight per job), carrying the
-// revision too.
-// A redelivery, and a delivery of a job already terminal, add one direct
-// get of the job's last event (EnsurePublished: publish what EVENTS lacks);
-// a dead job adds the read and write of its DLQ marker.
+// i.e. 3 acknowledged stream writes + 1 ack, no read. A job still running
+// after Config.StartedDelay adds a KV update (running, seq 1) and its
+// started event before the outcome. A run that does not claim — a
+// redelivery, StartedDelay ≤ 0, or a claim that finds a snapshot — reads
+// the job (KV get), then writes running and its started event before the
+// call: 1 KV read, 4 writes + 1 ack. Only a lost compare-and-set (a cancel,
+// a second processor) costs a read more, and the direct get that makes
+// sure the snapshot it read is announced. A job published straight to JOBS
+// costs the same as one submitted over HTTP. Each progress report adds one
+// KV update and one event (coalesced: at most one in flight per job),
+// carrying the revision too.
+// A run that reads a snapshot with a seq, and a delivery of a job already
+// terminal, add one direct get of the job's last event (EnsurePublished:
+// publish what EVENTS lacks); a dead job adds the read and write of its DLQ
+// marker.
 // Nothing else goes to the server per job: heartbeats are batched on one
 // ticker and sent only for messages held longer than AckWait/3, the
 // per-user limiter and the waiting room are in memory.
@@ -193,9 +196,8 @@ func (p *Processor) run(d *delivery) {
 	defer span.End()
 	log := p.log.With("job", j.ID, "user", j.User, "kind", j.Kind).With(telemetry.LogAttrs(ctx)...)
 	// Admission by the provider's breaker comes first, before the attempt
-	// is counted (the running write, or the outcome of a run that skips
-	// it): a run is counted only once its provider call is sure to be
-	// made. While the breaker is open, or half-open with its probes taken,
+	// is counted (the claim, or the running write): a run is counted only
+	// once its provider call is sure to be made. While the breaker is open, or half-open with its probes taken,
 	// the run waits here (heartbeats keep the message), costing neither an
 	// attempt nor a delivery. The pullers have stopped, so only prefetched
 	// messages ever wait; a shutdown meanwhile hands the message back before
@@ -210,9 +212,23 @@ func (p *Processor) run(d *delivery) {
 	}
 	defer done(flow.ErrNotCalled)
 
-	// The attempt number: one more than the stored snapshot's (see
-	// attempts.go). A delivery past the limit is dead-lettered, not run.
-	err := p.load(ctx, d)
+	// Findable by a cancel notice before the run's first write (its claim,
+	// or the started write): ingest writes cancelled before it sends the
+	// notice, so a notice arriving before that write means the write finds
+	// the job terminal, and one arriving after it cancels jctx. No window
+	// where it is dropped.
+	jctx, cancel := context.WithCancel(p.jobBase)
+	defer cancel()
+	p.deliveries.running(d, cancel)
+	defer p.deliveries.stopped(d)
+
+	// A first delivery claims the job without reading it (started.go).
+	// Any other run reads it: the attempt number is one more than the
+	// stored snapshot's (see attempts.go).
+	claimed, err := p.claim(ctx, d)
+	if err == nil && !claimed {
+		err = p.load(ctx, d)
+	}
 	if h := p.hooks.afterLoad; h != nil && err == nil {
 		h(d)
 	}
@@ -221,51 +237,24 @@ func (p *Processor) run(d *delivery) {
 		p.nak(d, p.backoff(d.delivered, nil))
 		return
 	}
-	if d.snap.User != j.User || d.snap.Kind != j.Kind {
-		// A job published straight to its subject with the id of another
-		// user's (or kind's) job: never run it against that job's state.
-		p.invalid(d, d.streamSeq, fmt.Errorf("job id %s collides with a job of user %q kind %q (envelope: user %q kind %q)",
-			j.ID, d.snap.User, d.snap.Kind, j.User, j.Kind))
+	if !claimed && !p.loaded(ctx, d, log) {
 		return
 	}
-	if d.snap.Status.Terminal() {
-		p.skipTerminal(ctx, d, d.snap, log)
-		return
-	}
-	if d.delivered > 1 {
-		// A redelivery: the last change may be stored without its event
-		// (a crash, or EVENTS unavailable). Announce it before the next
-		// change, so seqs reach clients without a gap.
-		if err := p.store.EnsurePublished(ctx, d.snap); err != nil {
-			log.Warn("last event not confirmed published; will retry", "seq", d.snap.Seq, "err", err)
-			p.nak(d, p.backoff(d.delivered, nil))
-			return
-		}
-	}
-	d.attempt = d.snap.Attempt + 1
 	span.SetAttributes(attribute.Int("beamline.attempt", d.attempt))
 	log = log.With("attempt", d.attempt)
 	p.watchDeliveries(d, log)
 	if d.attempt > p.cfg.MaxDeliver {
+		// A delivery past the limit is dead-lettered, not run.
 		p.exhausted(ctx, d, log)
 		return
 	}
 
-	// Findable by a cancel notice before the started write: ingest writes
-	// cancelled before it sends the notice, so a notice arriving before
-	// this point means the started write finds the job terminal, and one
-	// arriving after it cancels jctx. No window where it is dropped.
-	jctx, cancel := context.WithCancel(p.jobBase)
-	defer cancel()
-	p.deliveries.running(d, cancel)
-	defer p.deliveries.stopped(d)
-
-	// The started write: now on a redelivery (so crashed runs are
-	// counted, attempts.go), else deferred by StartedDelay and skipped
-	// when the outcome comes first (started.go).
-	delay := p.cfg.StartedDelay
-	if d.delivered > 1 || delay < 0 {
-		delay = 0
+	// The started write: deferred by StartedDelay after a claim, and
+	// skipped when the outcome comes first (started.go); otherwise now,
+	// before the call (so crashed runs are counted, attempts.go).
+	var delay time.Duration
+	if claimed {
+		delay = p.cfg.StartedDelay
 	}
 	d.start = p.newStarter(ctx, d, cancel, delay)
 	defer func() { _, _, _ = d.start.skipOrAwait() }()
@@ -284,13 +273,41 @@ func (p *Processor) run(d *delivery) {
 
 	result, callErr := p.call(ctx, jctx, d, done, log)
 	telemetry.RecordError(span, callErr)
-	skipped, snap, err := d.start.skipOrAwait()
+	_, snap, err := d.start.skipOrAwait()
 	if err != nil {
 		p.startFailed(ctx, d, snap, err, log)
 		return
 	}
-	d.startSkipped = skipped
 	p.finish(ctx, d, result, callErr, log)
+}
+
+// loaded checks the snapshot load read against the delivery and numbers the
+// attempt; false when the delivery was settled instead (dead-lettered as
+// invalid, already terminal, or Nak'd while its last event is missing).
+func (p *Processor) loaded(ctx context.Context, d *delivery, log *slog.Logger) bool {
+	j := d.job
+	if d.snap.User != j.User || d.snap.Kind != j.Kind || d.snap.Priority != j.Priority {
+		// A job published straight to a subject with the id of another
+		// user's (or kind's, or priority's) job: never run it against
+		// that job's state — nor beside it, on another consumer.
+		p.invalid(d, d.streamSeq, fmt.Errorf("job id %s collides with a job of user %q kind %q priority %q (envelope: user %q kind %q priority %q)",
+			j.ID, d.snap.User, d.snap.Kind, d.snap.Priority, j.User, j.Kind, j.Priority))
+		return false
+	}
+	if d.snap.Status.Terminal() {
+		p.skipTerminal(ctx, d, d.snap, log)
+		return false
+	}
+	// The last change may be stored without its event (a crash, EVENTS
+	// unavailable, a reply lost): announce it before the next change, so
+	// seqs reach clients without a gap. Nothing to do at seq 0.
+	if err := p.ensurePublished(ctx, d.snap, log); err != nil {
+		log.Warn("last event not confirmed published; will retry", "seq", d.snap.Seq, "err", err)
+		p.nak(d, p.backoff(d.delivered, nil))
+		return false
+	}
+	d.attempt = d.snap.Attempt + 1
+	return true
 }
 
 // startFailed acts on a failed started write: the job became terminal
@@ -343,7 +360,13 @@ func (p *Processor) call(actx, jctx context.Context, d *delivery, done func(erro
 		if _, err := d.start.ensure(); err != nil {
 			return // the call is being stopped; run acts on the error
 		}
-		err := p.storeProgress(jctx, d, pct)
+		if jctx.Err() != nil {
+			return // stopped: no new change
+		}
+		// With the run's store context, not jctx: a cancel notice or the
+		// end of the grace must not cut off the reply of a write that
+		// lands, or this run would not know the seq it stored.
+		err := p.storeProgress(actx, d, pct)
 		if err != nil && !errors.Is(err, errSkip) && !errors.Is(err, jobstore.ErrTerminal) && jctx.Err() == nil {
 			log.Warn("progress not recorded", "progress", pct, "err", err)
 		}
