@@ -89,6 +89,18 @@ type CogConfig struct {
 	Quiet time.Duration
 }
 
+// ParseCogURLs splits the -cog-url flag (URL[,URL...]); empty parts are
+// skipped, so "" gives nil (the default server).
+func ParseCogURLs(s string) []string {
+	var out []string
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			out = append(out, part)
+		}
+	}
+	return out
+}
+
 // HealthChecker is implemented by providers that can tell whether their
 // remote side can take work (readiness, breakers).
 type HealthChecker interface {
