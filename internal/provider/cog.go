@@ -109,8 +109,8 @@ type HealthChecker interface {
 	Health(ctx context.Context) error
 }
 
-// NewCog returns the provider for Cog model servers (github.com/replicate/cog,
-// docs/http.md). Each Call:
+// NewCog returns the provider for Cog model servers (their HTTP API is
+// github.com/replicate/cog/docs/http.md). Each Call:
 //
 //   - sends the job's input, without DropKeys, as the prediction's input,
 //     with PUT /predictions/{id}; id is CogPredictionID(job, attempt), so a
@@ -238,7 +238,7 @@ func (p *cogProvider) Name() string { return p.name }
 var cogIDEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
 
 // CogPredictionID is the Cog prediction id of one attempt at a job: 26
-// lower-case base32 characters (the form docs/http.md recommends) of a
+// lower-case base32 characters (the form Cog's http.md recommends) of a
 // hash of both, so every process computes the same id.
 func CogPredictionID(jobID string, attempt int) string {
 	sum := sha256.Sum256([]byte("beamline/cog\x00" + jobID + "\x00" + strconv.Itoa(max(attempt, 1))))

@@ -3,7 +3,7 @@
 // replicate/cog repository documents and implements (read at commit
 // 6110c91, August 2026):
 //
-//   - docs/http.md: PUT /predictions/{id} is the idempotent create, with
+//   - replicate/cog/docs/http.md: PUT /predictions/{id} is the idempotent create, with
 //     `Prefer: respond-async` answering 202 {"id","status":"starting"} at
 //     once, and without it holding the response until the prediction ends
 //     (200 with the final prediction object, also when it failed or was
@@ -275,7 +275,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.put(w, r, id)
 	case strings.HasPrefix(path, "/predictions/") && r.Method == http.MethodGet:
 		// Not in Cog's API: "Polling for prediction status is not
-		// currently supported" (docs/http.md).
+		// currently supported" (replicate/cog/docs/http.md).
 		writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"detail": "Method Not Allowed"})
 	default:
 		writeJSON(w, http.StatusNotFound, map[string]string{"detail": "Not Found"})
