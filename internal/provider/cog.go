@@ -227,6 +227,13 @@ func (s *cogServer) usable(now time.Time) bool {
 	return s.status == "" || s.status == "READY" || s.status == "BUSY"
 }
 
+// busy reports whether the server recently said all its slots were taken.
+func (s *cogServer) busy(now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.status == "BUSY" && now.Sub(s.checked) <= time.Second
+}
+
 func (s *cogServer) setStatus(status string, now time.Time) {
 	s.mu.Lock()
 	s.status, s.checked = status, now
@@ -410,12 +417,17 @@ func (p *cogProvider) order(id string) []*cogServer {
 	start := int(p.rr.Add(1) % uint64(n))
 	now := time.Now()
 	out := make([]*cogServer, 0, n)
+	var busy []*cogServer
 	for i := range n {
-		if s := p.servers[(start+i)%n]; s.usable(now) {
+		switch s := p.servers[(start+i)%n]; {
+		case !s.usable(now):
+		case s.busy(now):
+			busy = append(busy, s) // tried last: it just answered 409
+		default:
 			out = append(out, s)
 		}
 	}
-	return out
+	return append(out, busy...)
 }
 
 func (p *cogProvider) place(id string, srv *cogServer) {
@@ -575,7 +587,10 @@ func (p *cogProvider) outcome(id string, pred cogPrediction, progress *progressT
 		progress.report(100)
 		return json.RawMessage(out), nil
 	case "failed":
-		msg := strings.Trim(string(pred.Error), `"`)
+		var msg string
+		if json.Unmarshal(pred.Error, &msg) != nil {
+			msg = string(pred.Error)
+		}
 		return nil, flow.Retryable(fmt.Errorf("%w: cog prediction %s failed: %s", ErrRemote, id, snippet([]byte(msg))), 0)
 	default:
 		return nil, flow.Retryable(fmt.Errorf("%w: cog prediction %s was canceled", ErrRemote, id), 0)
