@@ -23,6 +23,7 @@ import (
 	"github.com/beamline/beamline/internal/auth"
 	"github.com/beamline/beamline/internal/config"
 	"github.com/beamline/beamline/internal/devstack"
+	"github.com/beamline/beamline/internal/provider"
 	"github.com/beamline/beamline/internal/telemetry"
 )
 
@@ -44,7 +45,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		procAddr     = fs.String("processor-addr", "127.0.0.1:9091", "processor /metrics, /healthz, /readyz address")
 		secret       = fs.String("auth-secret", "", "token secret, dev only (default: $"+auth.EnvSecret+", else random)")
 		logFormat    = fs.String("log-format", "text", "log format: text or json")
-		kinds        = fs.String("kinds", config.DefaultKinds, "job kinds, all served by the sim provider")
+		kinds        = fs.String("kinds", config.DefaultKinds, "job kinds, served by the sim provider unless named: image,video=cog")
+		cogURLs      = fs.String("cog-url", "", "Cog servers for kinds served by cog, URL[,URL...] (default "+provider.DefaultCogURL+")")
 	)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: go run ./cmd/devstack [flags]\n\nRuns NATS (embedded), ingest, processor (sim provider) and notifier in one process.\n\n")
@@ -92,6 +94,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		ProcessorAddr: *procAddr,
 		Secret:        key,
 		Kinds:         ks,
+		CogURLs:       provider.ParseCogURLs(*cogURLs),
 		Logger:        log,
 	})
 	if err != nil {

@@ -38,9 +38,10 @@ func run(args []string) error {
 	var common config.Common
 	common.Register(fs)
 	var cfg processor.Config
-	var providerName, httpURL, kindTimeouts string
+	var providerName, httpURL, kindTimeouts, cogURLs string
 	fs.StringVar(&cfg.Addr, "addr", processor.DefaultAddr, "address of /metrics, /healthz and /readyz")
-	fs.StringVar(&providerName, "provider", "sim", "default provider: sim or http")
+	fs.StringVar(&providerName, "provider", "sim", "default provider: sim, http or cog (per kind: -kinds video=cog)")
+	fs.StringVar(&cogURLs, "cog-url", "", "Cog servers of the cog provider, URL[,URL...] (default "+provider.DefaultCogURL+")")
 	fs.StringVar(&httpURL, "http-url", os.Getenv(provider.EnvHTTPURL), "URL of the http provider (default $"+provider.EnvHTTPURL+")")
 	fs.IntVar(&cfg.Concurrency, "concurrency", processor.DefaultConcurrency, "jobs run at once by this process")
 	fs.IntVar(&cfg.MaxPerUser, "max-per-user", processor.DefaultMaxPerUser, "jobs of one user run at once")
@@ -94,6 +95,7 @@ func run(args []string) error {
 	}
 	pcfg := provider.Config{HTTP: provider.HTTPConfigFromEnv(os.Getenv)}
 	pcfg.HTTP.URL = httpURL
+	pcfg.Cog.URLs = provider.ParseCogURLs(cogURLs)
 	cfg.Providers = map[string]provider.Provider{}
 	names := map[string]bool{providerName: true}
 	for _, k := range cfg.Kinds {

@@ -44,8 +44,12 @@ type Config struct {
 	IngestAddr, NotifierAddr, ProcessorAddr string
 	// Secret signs and verifies tokens; at least 16 bytes. Required.
 	Secret []byte
-	// Kinds served. Default image and video with the sim provider.
+	// Kinds served. Default image and video with the sim provider; a kind
+	// may name another provider (video=cog).
 	Kinds []config.Kind
+	// CogURLs are the Cog servers of the cog provider, when a kind uses
+	// it. Default provider.DefaultCogURL.
+	CogURLs []string
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 	// Tune, when set, adjusts the service configurations before they are

@@ -63,15 +63,22 @@ func (s *Stack) startProcessor(ctx context.Context, ln net.Listener) (func(conte
 	if err != nil {
 		return nil, err
 	}
-	sim, err := provider.New("sim", provider.Config{})
-	if err != nil {
-		nc.Close()
-		return nil, err
+	providers := map[string]provider.Provider{}
+	for _, k := range append([]config.Kind{{Provider: "sim"}}, s.cfg.Kinds...) {
+		if k.Provider == "" || providers[k.Provider] != nil {
+			continue
+		}
+		p, err := provider.New(k.Provider, provider.Config{Cog: provider.CogConfig{URLs: s.cfg.CogURLs}})
+		if err != nil {
+			nc.Close()
+			return nil, err
+		}
+		providers[k.Provider] = p
 	}
 	cfg := processor.Config{
 		Listener:        ln,
 		Kinds:           s.cfg.Kinds,
-		Providers:       map[string]provider.Provider{"sim": sim},
+		Providers:       providers,
 		DefaultProvider: "sim",
 		TracerProvider:  tracerProvider(),
 	}

@@ -21,12 +21,13 @@ const (
 type Config struct {
 	Sim  SimConfig
 	HTTP HTTPConfig
+	Cog  CogConfig
 }
 
 // Names lists the provider names New accepts.
-func Names() []string { return []string{"http", "sim"} }
+func Names() []string { return []string{"cog", "http", "sim"} }
 
-// New builds the provider called name ("sim" or "http"). An unknown name is
+// New builds the provider called name ("sim", "http" or "cog"). An unknown name is
 // an error wrapping ErrUnknownProvider; an invalid config one wrapping
 // ErrInvalidConfig.
 func New(name string, cfg Config) (Provider, error) {
@@ -35,6 +36,8 @@ func New(name string, cfg Config) (Provider, error) {
 		return NewSim(cfg.Sim)
 	case "http":
 		return NewHTTP(cfg.HTTP)
+	case "cog":
+		return NewCog(cfg.Cog)
 	default:
 		return nil, fmt.Errorf("%w: %q (want one of %s)", ErrUnknownProvider, name, strings.Join(Names(), ", "))
 	}
