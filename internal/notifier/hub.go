@@ -4,100 +4,14 @@ import (
 	"context"
 	"hash/maphash"
 	"strconv"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/beamline/beamline/internal/phoenix"
 	"github.com/beamline/beamline/pkg/envelope"
 )
-
-// event is one thing to push to a topic's subscribers. Events read from the
-// stream carry both sequences; server broadcasts carry neither.
-type event struct {
-	name      string // the Phoenix event name ("job")
-	payload   []byte // JSON object, encoded once for every subscriber
-	short     string // the short envelope type ("progress")
-	jobSeq    uint64
-	streamSeq uint64
-	at        time.Time // the envelope's time, for the latency metric
-	terminal  bool
-	trace     eventTrace // for the push span (zero: not traced)
-	late      bool       // read to fill a gap after a later event of another job went out
-	// mark is the topic's contiguous watermark when the topic handed the
-	// event out (0: not handed out by a topic, e.g. a join's replay).
-	mark uint64
-	// replayed: read by a user-topic join's replay, which returns every
-	// event on the filter after the client's last_seq in stream order.
-	replayed bool
-}
-
-// sink is where a subscription's events go: a WebSocket connection or an
-// SSE stream. Neither method may block.
-type sink interface {
-	deliver(sb *sub, ev *event)
-	// end tells the subscriber the server ended the subscription with
-	// event (phx_close or phx_error) and payload.
-	end(sb *sub, event string, payload []byte)
-}
-
-// sub is one (connection, topic) subscription. The fields below sink are
-// guarded by the sink's own lock.
-type sub struct {
-	topic   string
-	kind    topicKind
-	joinRef phoenix.Ref
-	sink    sink
-
-	last      uint64   // highest key delivered (job seq, or stream seq for user topics)
-	base      uint64   // the last key the join itself covered (snapshot and replay)
-	replaying bool     // join in progress: live events wait in pending
-	pending   []*event // live events that arrived during the join
-	closed    bool     // left, replaced, or ended by the server
-	// resume (user topics) is the highest stream seq R such that every
-	// event of the topic up to R reached this subscriber (pushed, or
-	// covered by its join): the resume_seq of its pushes.
-	resume uint64
-	// joinMark is the topic's watermark right after sb was added (set by
-	// hub.add on the joining goroutine): every event up to it was stored
-	// before the join read its snapshot or replay.
-	joinMark uint64
-	// joinPos is the topic's position right after sb was added: every
-	// event the topic handled before is at or below it, so the join's
-	// snapshot and replay must cover the stream up to it (later events
-	// reach sb through the topic).
-	joinPos  uint64
-	endFrame []byte // phx_close/phx_error that ended it during the join, sent after the join's pushes
-}
-
-// key is what a subscription de-duplicates and orders by.
-func (sb *sub) key(ev *event) uint64 {
-	if sb.kind == kindUser {
-		return ev.streamSeq
-	}
-	return ev.jobSeq
-}
-
-// fresh reports whether ev is new for sb, and records it. Events without
-// sequences (broadcasts) are always fresh. A late event (a gap filled on one
-// job of a user topic after another job's later event went out) is new when
-// the join did not cover it: the topic delivers each stream seq once, so it
-// cannot be a duplicate.
-func (sb *sub) fresh(ev *event) bool {
-	k := sb.key(ev)
-	if k == 0 {
-		return true
-	}
-	if k > sb.last {
-		sb.last = k
-		return true
-	}
-	return ev.late && sb.kind == kindUser && k > sb.base
-}
 
 const shardCount = 64
 
@@ -115,40 +29,6 @@ type hubShard struct {
 	topics map[string]*topic
 }
 
-// topic is one joined topic on this notifier: its subscribers and, for
-// stream-fed topics, the core NATS subscription on the live subject.
-type topic struct {
-	name    string
-	subject string // stream subject filter, "" for server-local topics (admin:metrics)
-	subs    map[*sub]struct{}
-	list    atomic.Pointer[[]*sub]
-
-	ready chan struct{} // closed once started (err set on failure)
-	err   error
-	nsub  *nats.Subscription
-
-	// mu serializes delivery on the topic: live messages, gap fills and
-	// refills after a reconnect. Lock order: mu, then a sink's lock.
-	mu    sync.Mutex
-	ended bool   // closed by the server (closeTopic) or dropped by the last subscriber
-	start uint64 // the stream's last seq when the topic began: older events are the joiners' business
-	pos   uint64 // highest stream seq delivered
-	// mark is the contiguous watermark: every event on subject with a
-	// stream seq ≤ mark was handled. Only a sweep that read the whole
-	// filter moves it (reconcile, refill), never a live message: on a user
-	// topic a live event of one job says nothing about the others.
-	mark     uint64
-	last     map[string]uint64 // subject → stream seq of the last event delivered on it, when above mark
-	live     uint64            // stream seq of the last live message handled
-	dropped  uint64            // the subscription's dropped count when last looked at
-	finished bool              // a job topic that delivered its job's terminal event: nothing more to check
-	due      time.Time         // next reconciliation (the sweeper's)
-	fails    int               // sweeps in a row that could not read the topic (the sweeper's)
-	// stale is set by a lane that could not fill a gap: the sweeper
-	// reconciles the topic on its next tick.
-	stale atomic.Bool
-}
-
 func newHub(s *Service) *hub {
 	h := &hub{s: s, seed: maphash.MakeSeed()}
 	for i := range h.shards {
@@ -164,14 +44,6 @@ func (h *hub) hash(name string) uint64 { return maphash.String(h.seed, name) }
 
 func (h *hub) shard(name string) *hubShard {
 	return &h.shards[h.hash(name)%shardCount]
-}
-
-func (t *topic) refresh() {
-	l := make([]*sub, 0, len(t.subs))
-	for sb := range t.subs {
-		l = append(l, sb)
-	}
-	t.list.Store(&l)
 }
 
 // add subscribes sb to its topic, creating the topic (and its NATS
@@ -344,25 +216,6 @@ func (h *hub) dispatch(name string, ev *event) {
 	defer t.mu.Unlock()
 	if !t.ended {
 		t.fanOut(ev)
-	}
-}
-
-// deliverStored hands an event read from the stream (live or caught up) to
-// every subscriber; t.mu is held.
-func (t *topic) deliverStored(ev *event) {
-	if ev.terminal && !strings.HasSuffix(t.subject, ".*") {
-		t.finished = true
-	}
-	ev.mark = t.mark
-	t.fanOut(ev)
-}
-
-// fanOut delivers ev to every subscriber; t.mu is held.
-func (t *topic) fanOut(ev *event) {
-	if l := t.list.Load(); l != nil {
-		for _, sb := range *l {
-			sb.sink.deliver(sb, ev)
-		}
 	}
 }
 

@@ -45,7 +45,7 @@ type Service struct {
 	cancel context.CancelFunc
 
 	mu       sync.Mutex
-	conns    map[*conn]struct{}
+	conns    map[*session]struct{}
 	quit     chan struct{} // closed when shutting down
 	stopping bool
 	wg       sync.WaitGroup // connections, writers, SSE streams, the sweeper
@@ -87,7 +87,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 		store:  jobstore.New(js, kv, jobstore.Config{Source: "/beamline/notifier"}),
 		events: events, directGet: directGetSubject(js, streams.Events),
 		ctx: ctx, cancel: cancel,
-		conns: map[*conn]struct{}{},
+		conns: map[*session]struct{}{},
 		quit:  make(chan struct{}),
 		upgrader: websocket.Upgrader{
 			ReadBufferSize:  1024,
@@ -194,23 +194,23 @@ func (s *Service) shutdown() {
 	s.stopping = true
 	close(s.quit)
 	s.mu.Unlock()
-	s.closeAll(websocket.CloseServiceRestart, "server shutting down", "shutdown")
+	s.closeAll(disconnectShutdown)
 }
 
-// closeAll closes every open WebSocket with code and msg.
-func (s *Service) closeAll(code int, msg, reason string) {
+// closeAll ends every open session with d.
+func (s *Service) closeAll(d disconnect) {
 	s.mu.Lock()
-	conns := make([]*conn, 0, len(s.conns))
+	conns := make([]*session, 0, len(s.conns))
 	for c := range s.conns {
 		conns = append(conns, c)
 	}
 	s.mu.Unlock()
 	for _, c := range conns {
-		c.fail(code, msg, reason)
+		c.fail(d)
 	}
 }
 
-func (s *Service) addConn(c *conn) bool {
+func (s *Service) addConn(c *session) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopping {
@@ -222,7 +222,7 @@ func (s *Service) addConn(c *conn) bool {
 	return true
 }
 
-func (s *Service) removeConn(c *conn) {
+func (s *Service) removeConn(c *session) {
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()

@@ -28,11 +28,9 @@ func (k *sseSink) deliver(sb *sub, ev *event) {
 		return
 	}
 	if sb.replaying {
-		if len(sb.pending) >= 4*cap(k.ch) {
+		if !sb.hold(ev, 4*cap(k.ch)) {
 			k.overflow()
-			return
 		}
-		sb.pending = append(sb.pending, ev)
 		return
 	}
 	if !sb.fresh(ev) {
@@ -45,14 +43,19 @@ func (k *sseSink) deliver(sb *sub, ev *event) {
 	}
 }
 
-// end closes the stream when the server ends the topic; an EventSource
-// reconnects with Last-Event-ID and misses nothing.
-func (k *sseSink) end(*sub, string, []byte) {
+// end closes the stream when the server ends the topic (during the join:
+// after the join's events); an EventSource reconnects with Last-Event-ID
+// and misses nothing.
+func (k *sseSink) end(sb *sub, event string, payload []byte) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if !k.done {
-		k.overflow()
+	if k.done {
+		return
 	}
+	if sb.replaying {
+		sb.ended = &serverEnd{event: event, payload: payload}
+	}
+	k.overflow()
 }
 
 func (k *sseSink) overflow() {
@@ -140,12 +143,7 @@ func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request) {
 	}
 	var queue []*event
 	k.mu.Lock()
-	for _, ev := range append(res.replay, sb.pending...) {
-		if sb.fresh(ev) {
-			queue = append(queue, ev)
-		}
-	}
-	sb.pending, sb.replaying = nil, false
+	end := sb.handOver(res.replay, nil, func(ev *event) { queue = append(queue, ev) })
 	// From here deliver writes sb.last under k.mu: read it now.
 	sent := sb.last
 	k.mu.Unlock()
@@ -153,6 +151,9 @@ func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request) {
 		if !write(ev) || ev.terminal {
 			return
 		}
+	}
+	if end != nil {
+		return // the server ended the topic during the join
 	}
 	if res.snapshot.Status.Terminal() && sent >= res.snapshot.Seq {
 		return

@@ -1,0 +1,39 @@
+package notifier
+
+import "time"
+
+// transport carries one session's frames between the notifier and a client
+// (in the manner of centrifuge's transport.go): websocket.go and
+// longpoll.go implement it, one file each, and the session never knows
+// which one it is on.
+//
+// A transport owns the goroutine that reads the client (or waits for it)
+// and runs it under session.run, which tears the session down when it
+// returns. It hands every inbound frame to session.receive, holding
+// session.in, and writes what session.take returns, reporting each frame
+// written with session.sent. Another WebSocket library implements it in
+// one file the same way: a reader loop that returns why reading ended, a
+// writer that drains the session's queue while it holds frames, a close.
+type transport interface {
+	// wake tells the transport that frames are queued: session.take
+	// returns them. It is called with the session's lock held, so it
+	// must neither block nor call into the session.
+	wake()
+	// interrupt tells the transport that the session failed: it stops
+	// reading (or waiting), so that session.run returns and tears the
+	// session down. It never blocks and may be called more than once.
+	interrupt()
+	// close runs once, on the transport's goroutine, after the session
+	// was torn down (no frame will be queued any more): it tells the
+	// client d (nothing when d.code is 0), stops the transport's writes
+	// and releases what it holds.
+	close(d disconnect)
+}
+
+// outFrame is one queued frame.
+type outFrame struct {
+	data   []byte
+	binary bool
+	at     time.Time // event time, for the latency metric (zero: not an event)
+	trace  eventTrace
+}
