@@ -1,6 +1,7 @@
 package notifier
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -124,8 +125,13 @@ func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 
 	write := func(ev *event) bool {
+		data, ok := sseData(ev.payload)
+		if !ok {
+			s.log.Warn("SSE: an event's data does not fit on one line; ending the stream", "topic", sb.topic, "seq", ev.jobSeq)
+			return false
+		}
 		_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
-		_, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", ev.jobSeq, ev.short, ev.payload)
+		_, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", ev.jobSeq, ev.short, data)
 		if err == nil {
 			err = rc.Flush()
 		}
@@ -185,4 +191,21 @@ func snapshotEvent(snap envelope.Snapshot) *event {
 	data, _ := json.Marshal(snap) // a validated snapshot always marshals
 	env := &envelope.Envelope{Type: jobstore.EventTypeOf(snap), Data: data}
 	return newJobEvent(env, snap, 0)
+}
+
+// sseData returns payload as the one line an SSE data: field holds. A
+// payload is JSON, and JSON holds a line break only as whitespace between
+// tokens, which compacting drops; an event published raw to events.* (an
+// admin may) can be pretty-printed, and a second line would be taken by the
+// client as a field of its own, cutting the event's data. ok is false for
+// a payload that still would not fit (not JSON: never sent).
+func sseData(payload []byte) (data []byte, ok bool) {
+	if !bytes.ContainsAny(payload, "\r\n") {
+		return payload, true
+	}
+	var b bytes.Buffer
+	if json.Compact(&b, payload) != nil || bytes.ContainsAny(b.Bytes(), "\r\n") {
+		return nil, false
+	}
+	return b.Bytes(), true
 }

@@ -2,9 +2,15 @@ package notifier
 
 import (
 	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/beamline/beamline/pkg/envelope"
 )
 
 type sseEvent struct{ id, event, data string }
@@ -83,6 +89,51 @@ func TestSSEWithLastEventID(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != want {
 			t.Errorf("token %q: %d, want %d", tok, resp.StatusCode, want)
+		}
+	}
+}
+
+// TestSSEOneDataLinePerEvent: an event published raw to events.* (an admin
+// may) with pretty-printed JSON still reaches an SSE client as one data:
+// line per event, replayed or live.
+func TestSSEOneDataLinePerEvent(t *testing.T) {
+	w := newWorld(t)
+	n := startNotifier(t, w, Config{})
+	id := w.newJob(t, "alice")
+	publishIndented := func(typ envelope.Type, status envelope.Status, seq uint64) {
+		snap := envelope.Snapshot{ID: id, User: "alice", Kind: "image", Priority: envelope.PriorityNormal, Status: status, Seq: seq, Attempt: 1}
+		m, err := envelope.NewEventMsg(typ, snap, "/admin", "")
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		var pretty bytes.Buffer
+		if err := json.Indent(&pretty, m.Data, "", "  "); err != nil {
+			t.Error(err)
+			return
+		}
+		m.Data = pretty.Bytes()
+		if _, err := w.js.PublishMsg(context.Background(), m); err != nil {
+			t.Error(err)
+		}
+	}
+	publishIndented(envelope.TypeStarted, envelope.StatusRunning, 1) // replayed
+	req, _ := http.NewRequest("GET", n.url+"/v1/jobs/"+id+"/events?token="+token(t, "alice", false), nil)
+	req.Header.Set("Last-Event-ID", "0")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	go publishIndented(envelope.TypeSucceeded, envelope.StatusSucceeded, 2) // live
+	evs := readSSE(t, resp)
+	if len(evs) != 2 {
+		t.Fatalf("%+v", evs)
+	}
+	for _, e := range evs {
+		var p push
+		if err := json.Unmarshal([]byte(e.data), &p); err != nil || strconv.FormatUint(p.Seq, 10) != e.id {
+			t.Fatalf("event %s: data %q is not the whole push (%v)", e.id, e.data, err)
 		}
 	}
 }
