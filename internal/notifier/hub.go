@@ -3,12 +3,14 @@ package notifier
 import (
 	"context"
 	"hash/maphash"
+	"log/slog"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/beamline/beamline/pkg/envelope"
 )
@@ -18,7 +20,7 @@ const shardCount = 64
 // hub maps topics to their subscribers, sharded so that fan-out on one topic
 // does not contend with joins on another.
 type hub struct {
-	s      *Service
+	hubConfig
 	seed   maphash.Seed
 	shards [shardCount]hubShard
 	lanes  [laneCount]lane
@@ -29,13 +31,38 @@ type hubShard struct {
 	topics map[string]*topic
 }
 
-func newHub(s *Service) *hub {
-	h := &hub{s: s, seed: maphash.MakeSeed()}
+// hubStream is what the hub reads of the EVENTS stream (eventsReader).
+type hubStream interface {
+	info(ctx context.Context) (*jetstream.StreamInfo, error)
+	readFrom(ctx context.Context, subject string, seq uint64, fn func(*jetstream.RawStreamMsg) bool) (end bool, err error)
+	lastStreamSeqUpTo(ctx context.Context, subjects []string, upTo uint64) (map[string]uint64, error)
+	nextOnLeader(ctx context.Context, filter string, seq uint64) (uint64, error)
+}
+
+var _ hubStream = (*eventsReader)(nil)
+
+// hubConfig is what a hub works with; it never calls into the Service.
+type hubConfig struct {
+	ctx           context.Context // the service's: starting a topic's subscription hangs off it
+	nc            *nats.Conn      // for the live subscriptions
+	stream        hubStream
+	log           *slog.Logger
+	subscriptions prometheus.Gauge // core NATS subscriptions held
+	// traceOf reads an event's trace context from its message's headers.
+	traceOf func(h interface{ Get(string) string }) eventTrace
+	// reconcileEvery, beforeRefill and laneDepth: see Config.
+	reconcileEvery time.Duration
+	beforeRefill   func()
+	laneDepth      int
+}
+
+func newHub(cfg hubConfig) *hub {
+	h := &hub{hubConfig: cfg, seed: maphash.MakeSeed()}
 	for i := range h.shards {
 		h.shards[i].topics = map[string]*topic{}
 	}
 	for i := range h.lanes {
-		h.lanes[i] = lane{ch: make(chan *nats.Msg, s.cfg.laneDepth), subs: map[*nats.Subscription]*topic{}}
+		h.lanes[i] = lane{ch: make(chan *nats.Msg, cfg.laneDepth), subs: map[*nats.Subscription]*topic{}}
 	}
 	return h
 }
@@ -103,9 +130,9 @@ func (h *hub) start(t *topic) {
 		fail(err)
 		return
 	}
-	ctx, cancel := context.WithTimeout(h.s.ctx, 5*time.Second)
+	ctx, cancel := context.WithTimeout(h.ctx, 5*time.Second)
 	defer cancel()
-	info, err := h.s.events.Info(ctx)
+	info, err := h.stream.info(ctx)
 	if err != nil {
 		h.unsubscribeLive(t, nsub)
 		fail(err)
@@ -113,7 +140,7 @@ func (h *hub) start(t *topic) {
 	}
 	t.start, t.pos, t.mark = info.State.LastSeq, info.State.LastSeq, info.State.LastSeq
 	t.nsub = nsub
-	h.s.m.subscriptions.Inc()
+	h.subscriptions.Inc()
 }
 
 // remove unsubscribes sb; the last one out drops the NATS subscription.
@@ -156,7 +183,7 @@ func (h *hub) drop(t *topic) {
 func (h *hub) unsubscribe(t *topic) {
 	if t.err == nil && t.nsub != nil {
 		h.unsubscribeLive(t, t.nsub)
-		h.s.m.subscriptions.Dec()
+		h.subscriptions.Dec()
 	}
 }
 
@@ -247,11 +274,11 @@ func (h *hub) streamTopics() []*topic {
 func (h *hub) decode(m *jetstream.RawStreamMsg) *event {
 	env, snap, err := envelope.DecodeEvent(m.Data)
 	if err != nil {
-		h.s.log.Warn("undecodable event in stream", "subject", m.Subject, "stream_seq", m.Sequence, "err", err)
+		h.log.Warn("undecodable event in stream", "subject", m.Subject, "stream_seq", m.Sequence, "err", err)
 		return nil
 	}
 	ev := newJobEvent(env, snap, m.Sequence)
-	ev.trace = h.s.traceOf(m.Header)
+	ev.trace = h.traceOf(m.Header)
 	return ev
 }
 

@@ -213,7 +213,7 @@ func (s *Service) openJob(ctx context.Context, p auth.Principal, sb *sub, id str
 	// of the job is the snapshot after its change; take it when newer. A
 	// terminal snapshot is final: nothing is stored after it.
 	if sb.joinPos > 0 && !snap.Status.Terminal() {
-		m, err := s.msgOnLeader(ctx, natsx.MsgGet{LastFor: subject})
+		m, err := s.events.msgOnLeader(ctx, natsx.MsgGet{LastFor: subject})
 		if err != nil {
 			return fail(err)
 		}

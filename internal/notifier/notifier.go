@@ -31,13 +31,11 @@ type Service struct {
 	m        *metrics
 	verifier *auth.Verifier
 	store    *jobstore.Store
-	events   jetstream.Stream
+	events   *eventsReader // the EVENTS stream
 	hub      *hub
 	sessions *lpRegistry // long-poll sessions
-	// directGet is the EVENTS direct-get API subject (batched reads).
-	directGet string
-	upgrader  websocket.Upgrader
-	handler   http.Handler
+	upgrader websocket.Upgrader
+	handler  http.Handler
 
 	// ctx is cancelled when the service stops; NATS requests made for
 	// clients hang off it.
@@ -85,8 +83,8 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 	s := &Service{
 		cfg: cfg, nc: nc, js: js, log: log.With("component", "notifier"), m: m, verifier: v,
 		store:  jobstore.New(js, kv, jobstore.Config{Source: "/beamline/notifier"}),
-		events: events, directGet: directGetSubject(js, streams.Events),
-		ctx: ctx, cancel: cancel,
+		events: newEventsReader(js, events),
+		ctx:    ctx, cancel: cancel,
 		conns: map[*session]struct{}{},
 		quit:  make(chan struct{}),
 		upgrader: websocket.Upgrader{
@@ -97,7 +95,11 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 			CheckOrigin: func(*http.Request) bool { return true },
 		},
 	}
-	s.hub = newHub(s)
+	s.events.direct.Hide = cfg.hideDirect
+	s.hub = newHub(hubConfig{
+		ctx: ctx, nc: nc, stream: s.events, log: s.log, subscriptions: m.subscriptions, traceOf: s.traceOf,
+		reconcileEvery: cfg.reconcileEvery, beforeRefill: cfg.beforeRefill, laneDepth: cfg.laneDepth,
+	})
 	s.sessions = newLPRegistry()
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /socket/websocket", s.serveWebSocket)
