@@ -265,7 +265,7 @@ func (h *hub) streamTopics() []*topic {
 // decode turns a stream message into a push event:
 // {"type":"<short>","job":<snapshot>,"seq":<job seq>,"stream_seq":<stream seq>}.
 // On a user: topic each push also carries "resume_seq" (added per
-// subscriber, see conn.pushFrame): every event of the topic with a stream
+// subscriber, see session.pushFrame): every event of the topic with a stream
 // seq up to it has reached this subscriber, so a client that rejoins with
 // last_seq = resume_seq misses nothing — not even an event delivered late
 // (a gap filled on one job after a later event of another job went out,
