@@ -11,9 +11,12 @@ import "time"
 // and runs it under session.run, which tears the session down when it
 // returns. It hands every inbound frame to session.receive, holding
 // session.in, and writes what session.take returns, reporting each frame
-// written with session.sent. Another WebSocket library implements it in
-// one file the same way: a reader loop that returns why reading ended, a
-// writer that drains the session's queue while it holds frames, a close.
+// written with session.sent. A transport that streams frames as they are
+// queued leaves that to a burstWriter (writer.go) and implements
+// frameWriter. Another WebSocket library implements it all in one file,
+// as websocket.go does for gorilla/websocket: the upgrade handler, a read
+// loop that returns why reading ended (interrupt makes it return: an
+// expired read deadline, a cancelled context), writeFrame, and close.
 type transport interface {
 	// wake tells the transport that frames are queued: session.take
 	// returns them. It is called with the session's lock held, so it

@@ -6,22 +6,20 @@ import (
 	"io"
 	"net/http"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
 )
 
 // wsTransport is the WebSocket transport (gorilla/websocket). Its reader
-// goroutine reads and hands over frames in order; a writer goroutine exists
-// only while frames are queued, so an idle connection costs its read
-// buffer and one parked goroutine.
+// goroutine reads and hands over frames in order; a writer goroutine
+// (burstWriter) exists only while frames are queued, so an idle connection
+// costs its read buffer and one parked goroutine.
 type wsTransport struct {
 	c  *session
 	ws *websocket.Conn
 
-	writing atomic.Bool    // a writer goroutine runs
-	writers sync.WaitGroup // the writer goroutine, for close
+	writer burstWriter
 }
 
 var readBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
@@ -133,53 +131,16 @@ func (t *wsTransport) receive(binary bool, data []byte) {
 	<-done
 }
 
-func isTimeout(err error) bool {
-	var ne interface{ Timeout() bool }
-	return errors.As(err, &ne) && ne.Timeout()
-}
-
 // wake starts the writer unless it runs.
-func (t *wsTransport) wake() {
-	if t.writing.CompareAndSwap(false, true) {
-		t.writers.Add(1)
-		t.c.s.wg.Add(1)
-		go t.write()
-	}
-}
+func (t *wsTransport) wake() { t.writer.kick(t.c, t) }
 
-// write writes queued frames and exits when the queue is empty.
-func (t *wsTransport) write() {
-	defer t.c.s.wg.Done()
-	defer t.writers.Done()
-	c := t.c
-	for {
-		batch := c.take()
-		if batch == nil {
-			t.writing.Store(false)
-			// A frame queued before the store saw a writer running.
-			if !c.queued() || !t.writing.CompareAndSwap(false, true) {
-				return
-			}
-			continue
-		}
-		_ = t.ws.SetWriteDeadline(time.Now().Add(c.s.cfg.WriteTimeout))
-		for _, f := range batch {
-			mt := websocket.TextMessage
-			if f.binary {
-				mt = websocket.BinaryMessage
-			}
-			if err := t.ws.WriteMessage(mt, f.data); err != nil {
-				d := disconnectWriteError
-				if isTimeout(err) {
-					d = disconnectSlowConsumer
-				}
-				c.fail(d)
-				break
-			}
-			c.sent(f)
-		}
-		c.recycle(batch)
+func (t *wsTransport) writeFrame(f outFrame, deadline time.Time) error {
+	_ = t.ws.SetWriteDeadline(deadline) // gorilla only stores it for the write
+	mt := websocket.TextMessage
+	if f.binary {
+		mt = websocket.BinaryMessage
 	}
+	return t.ws.WriteMessage(mt, f.data)
 }
 
 // interrupt wakes the reader by expiring its read deadline.
@@ -203,8 +164,11 @@ func (t *wsTransport) close(d disconnect) {
 		_, _ = io.Copy(io.Discard, io.LimitReader(t.ws.NetConn(), 1<<20))
 	}
 	_ = t.ws.NetConn().SetWriteDeadline(time.Now())
-	t.writers.Wait()
+	t.writer.wait()
 	_ = t.ws.Close()
 }
 
-var _ transport = (*wsTransport)(nil)
+var (
+	_ transport   = (*wsTransport)(nil)
+	_ frameWriter = (*wsTransport)(nil)
+)
