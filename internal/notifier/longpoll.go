@@ -219,9 +219,13 @@ func (s *Service) lpOpen(w http.ResponseWriter, r *http.Request) {
 		return
 	default:
 	}
-	c := newSession(s, p)
-	l := &lpTransport{c: c, notify: make(chan struct{}, 1), done: make(chan struct{}), lastSeen: time.Now()}
-	c.t = l
+	both := &struct {
+		c session
+		l lpTransport
+	}{}
+	c, l := &both.c, &both.l
+	l.c, l.notify, l.done, l.lastSeen = c, make(chan struct{}, 1), make(chan struct{}), time.Now()
+	c.init(s, p, l)
 	token, ok := s.sessions.add(l, s.cfg.LongPollSessions)
 	if !ok {
 		s.countDisconnect(disconnectSessionsFull)
@@ -234,13 +238,14 @@ func (s *Service) lpOpen(w http.ResponseWriter, r *http.Request) {
 		busy()
 		return
 	}
-	go c.run(l.wait)
+	go c.run()
 	lpWrite(w, lpPoll{Status: http.StatusGone, Token: token, Messages: []string{}})
 }
 
-// wait waits until the session fails or goes unpolled for lpExpiry, then
-// forgets its token: session.run then tears it down.
-func (l *lpTransport) wait() disconnect {
+// loop waits until the session fails or goes unpolled for lpExpiry, then
+// forgets its token: session.run then tears it down. (Client frames come
+// in POSTs, see receive.)
+func (l *lpTransport) loop() disconnect {
 	c, s := l.c, l.c.s
 	t := time.NewTimer(s.cfg.lpExpiry)
 	defer t.Stop()

@@ -28,24 +28,27 @@ type session struct {
 	lastRefill time.Time
 
 	mu     sync.Mutex
-	cond   *sync.Cond // signalled when the queue drains or the session closes
+	cond   sync.Cond // on mu; signalled when the queue drains or the session closes
 	queue  []outFrame
 	spare  []outFrame
 	closed bool
 	disc   disconnect // why it closed
 }
 
-func newSession(s *Service, p auth.Principal) *session {
-	c := &session{s: s, p: p, subs: map[string]*sub{}, tokens: float64(2 * s.cfg.PushRate), lastRefill: time.Now()}
-	c.cond = sync.NewCond(&c.mu)
-	return c
+// init sets up a new session of p on t; the transport allocates it, with
+// itself, in one object.
+func (c *session) init(s *Service, p auth.Principal, t transport) {
+	c.s, c.p, c.t = s, p, t
+	c.subs = map[string]*sub{}
+	c.tokens, c.lastRefill = float64(2*s.cfg.PushRate), time.Now()
+	c.cond.L = &c.mu
 }
 
 // run runs the transport's loop, which reads the client (or waits for the
 // session to end) and returns why reading ended, then tears the session
 // down. A panic in it closes this session with 1011 and still tears it
 // down: it must never take the process and every other client with it.
-func (c *session) run(loop func() disconnect) {
+func (c *session) run() {
 	defer c.s.removeConn(c)
 	d := disconnectPanic
 	defer func() {
@@ -54,7 +57,7 @@ func (c *session) run(loop func() disconnect) {
 		}
 		c.teardown(d)
 	}()
-	d = loop()
+	d = c.t.loop()
 }
 
 // teardown drops the subscriptions, closes the session (with d, unless it

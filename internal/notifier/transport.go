@@ -7,8 +7,8 @@ import "time"
 // longpoll.go implement it, one file each, and the session never knows
 // which one it is on.
 //
-// A transport owns the goroutine that reads the client (or waits for it)
-// and runs it under session.run, which tears the session down when it
+// The goroutine that reads the client (or waits for it) runs the
+// transport's loop under session.run, which tears the session down when it
 // returns. It hands every inbound frame to session.receive, holding
 // session.in, and writes what session.take returns, reporting each frame
 // written with session.sent. A transport that streams frames as they are
@@ -18,6 +18,11 @@ import "time"
 // loop that returns why reading ended (interrupt makes it return: an
 // expired read deadline, a cancelled context), writeFrame, and close.
 type transport interface {
+	// loop runs on the goroutine that session.run starts for the
+	// transport: it reads the client (or waits for the session to end)
+	// until the client goes away or interrupt is called, and returns why
+	// reading ended.
+	loop() disconnect
 	// wake tells the transport that frames are queued: session.take
 	// returns them. It is called with the session's lock held, so it
 	// must neither block nor call into the session.

@@ -52,9 +52,14 @@ func (s *Service) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // the upgrader has answered
 	}
-	c := newSession(s, p)
-	t := &wsTransport{c: c, ws: ws}
-	c.t = t
+	// One allocation for the session and its transport.
+	both := &struct {
+		c session
+		t wsTransport
+	}{}
+	c, t := &both.c, &both.t
+	t.c, t.ws = c, ws
+	c.init(s, p, t)
 	if !s.addConn(c) {
 		d := disconnectShutdown
 		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(d.code, d.reason), time.Now().Add(time.Second))
@@ -65,12 +70,12 @@ func (s *Service) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	// that stayed in its read loop kept net/http's per-connection state alive
 	// (its 4 KiB bufio reader and writer, the request) for the life of every
 	// WebSocket — about 9 KiB of heap per idle connection.
-	go c.run(t.read)
+	go c.run()
 }
 
-// read reads and hands over frames until the connection ends, and returns
+// loop reads and hands over frames until the connection ends, and returns
 // why it ended.
-func (t *wsTransport) read() disconnect {
+func (t *wsTransport) loop() disconnect {
 	c, s := t.c, t.c.s
 	for {
 		// Push the idle deadline forward; interrupt may race with this
@@ -164,7 +169,7 @@ func (t *wsTransport) close(d disconnect) {
 		_, _ = io.Copy(io.Discard, io.LimitReader(t.ws.NetConn(), 1<<20))
 	}
 	_ = t.ws.NetConn().SetWriteDeadline(time.Now())
-	t.writer.wait()
+	t.writer.wait(t.c)
 	_ = t.ws.Close()
 }
 

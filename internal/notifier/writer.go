@@ -2,7 +2,6 @@ package notifier
 
 import (
 	"errors"
-	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -20,15 +19,13 @@ type frameWriter interface {
 // only while frames are queued, so an idle client costs no writer. A
 // streaming transport calls kick from its wake and wait from its close.
 type burstWriter struct {
-	running atomic.Bool    // a writer goroutine runs
-	wg      sync.WaitGroup // the writer goroutine
+	running atomic.Bool // a writer goroutine runs (or is about to)
 }
 
 // kick starts the writer unless it runs. Like transport.wake it is called
 // with the session's lock held and never blocks.
 func (b *burstWriter) kick(c *session, w frameWriter) {
 	if b.running.CompareAndSwap(false, true) {
-		b.wg.Add(1)
 		c.s.wg.Add(1)
 		go b.run(c, w)
 	}
@@ -39,13 +36,15 @@ func (b *burstWriter) kick(c *session, w frameWriter) {
 // not keep up (slow consumer).
 func (b *burstWriter) run(c *session, w frameWriter) {
 	defer c.s.wg.Done()
-	defer b.wg.Done()
 	for {
 		batch := c.take()
 		if batch == nil {
 			b.running.Store(false)
 			// A frame queued before the store saw a writer running.
 			if !c.queued() || !b.running.CompareAndSwap(false, true) {
+				c.mu.Lock()
+				c.cond.Broadcast() // for wait
+				c.mu.Unlock()
 				return
 			}
 			continue
@@ -67,8 +66,16 @@ func (b *burstWriter) run(c *session, w frameWriter) {
 }
 
 // wait waits for the writer to exit; the session is closed (so no kick
-// comes any more) and the transport made its writes fail fast.
-func (b *burstWriter) wait() { b.wg.Wait() }
+// comes any more) and the transport made its writes fail fast. (The
+// session's condition, not a WaitGroup: it costs an idle connection
+// nothing.)
+func (b *burstWriter) wait(c *session) {
+	c.mu.Lock()
+	for b.running.Load() {
+		c.cond.Wait()
+	}
+	c.mu.Unlock()
+}
 
 // isTimeout reports whether err is a timeout (a deadline or a context's).
 func isTimeout(err error) bool {
