@@ -78,7 +78,7 @@ func BinaryBroadcast(topic, event string, payload []byte) []byte {
 	return append(out, payload...)
 }
 
-// Decode decodes a client frame that arrived as a binary (§7 push) or a
+// Decode decodes a client frame that arrived as a binary (DecodeBinary) or a
 // text (JSON array) message.
 func Decode(b []byte, binary bool) (Frame, error) {
 	if binary {
