@@ -18,7 +18,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/goleak"
 
 	"github.com/beamline/beamline/internal/auth"
 	"github.com/beamline/beamline/internal/jobstore"
@@ -26,14 +25,6 @@ import (
 	"github.com/beamline/beamline/internal/natstest"
 	"github.com/beamline/beamline/pkg/envelope"
 )
-
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreAnyFunction("github.com/nats-io/nats-server/v2/server.(*Server).startGoRoutine.func1"),
-		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
-		goleak.IgnoreAnyFunction("github.com/nats-io/nats-server/v2/server.(*fileStore).syncBlocks"),
-	)
-}
 
 var secret = []byte("test-secret-0123456789abcdef")
 

@@ -3,108 +3,24 @@ package notifier
 import (
 	"context"
 	"hash/maphash"
+	"log/slog"
 	"strconv"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/beamline/beamline/internal/phoenix"
 	"github.com/beamline/beamline/pkg/envelope"
 )
-
-// event is one thing to push to a topic's subscribers. Events read from the
-// stream carry both sequences; server broadcasts carry neither.
-type event struct {
-	name      string // the Phoenix event name ("job")
-	payload   []byte // JSON object, encoded once for every subscriber
-	short     string // the short envelope type ("progress")
-	jobSeq    uint64
-	streamSeq uint64
-	at        time.Time // the envelope's time, for the latency metric
-	terminal  bool
-	trace     eventTrace // for the push span (zero: not traced)
-	late      bool       // read to fill a gap after a later event of another job went out
-	// mark is the topic's contiguous watermark when the topic handed the
-	// event out (0: not handed out by a topic, e.g. a join's replay).
-	mark uint64
-	// replayed: read by a user-topic join's replay, which returns every
-	// event on the filter after the client's last_seq in stream order.
-	replayed bool
-}
-
-// sink is where a subscription's events go: a WebSocket connection or an
-// SSE stream. Neither method may block.
-type sink interface {
-	deliver(sb *sub, ev *event)
-	// end tells the subscriber the server ended the subscription with
-	// event (phx_close or phx_error) and payload.
-	end(sb *sub, event string, payload []byte)
-}
-
-// sub is one (connection, topic) subscription. The fields below sink are
-// guarded by the sink's own lock.
-type sub struct {
-	topic   string
-	kind    topicKind
-	joinRef phoenix.Ref
-	sink    sink
-
-	last      uint64   // highest key delivered (job seq, or stream seq for user topics)
-	base      uint64   // the last key the join itself covered (snapshot and replay)
-	replaying bool     // join in progress: live events wait in pending
-	pending   []*event // live events that arrived during the join
-	closed    bool     // left, replaced, or ended by the server
-	// resume (user topics) is the highest stream seq R such that every
-	// event of the topic up to R reached this subscriber (pushed, or
-	// covered by its join): the resume_seq of its pushes.
-	resume uint64
-	// joinMark is the topic's watermark right after sb was added (set by
-	// hub.add on the joining goroutine): every event up to it was stored
-	// before the join read its snapshot or replay.
-	joinMark uint64
-	// joinPos is the topic's position right after sb was added: every
-	// event the topic handled before is at or below it, so the join's
-	// snapshot and replay must cover the stream up to it (later events
-	// reach sb through the topic).
-	joinPos  uint64
-	endFrame []byte // phx_close/phx_error that ended it during the join, sent after the join's pushes
-}
-
-// key is what a subscription de-duplicates and orders by.
-func (sb *sub) key(ev *event) uint64 {
-	if sb.kind == kindUser {
-		return ev.streamSeq
-	}
-	return ev.jobSeq
-}
-
-// fresh reports whether ev is new for sb, and records it. Events without
-// sequences (broadcasts) are always fresh. A late event (a gap filled on one
-// job of a user topic after another job's later event went out) is new when
-// the join did not cover it: the topic delivers each stream seq once, so it
-// cannot be a duplicate.
-func (sb *sub) fresh(ev *event) bool {
-	k := sb.key(ev)
-	if k == 0 {
-		return true
-	}
-	if k > sb.last {
-		sb.last = k
-		return true
-	}
-	return ev.late && sb.kind == kindUser && k > sb.base
-}
 
 const shardCount = 64
 
 // hub maps topics to their subscribers, sharded so that fan-out on one topic
 // does not contend with joins on another.
 type hub struct {
-	s      *Service
+	hubConfig
 	seed   maphash.Seed
 	shards [shardCount]hubShard
 	lanes  [laneCount]lane
@@ -115,47 +31,38 @@ type hubShard struct {
 	topics map[string]*topic
 }
 
-// topic is one joined topic on this notifier: its subscribers and, for
-// stream-fed topics, the core NATS subscription on the live subject.
-type topic struct {
-	name    string
-	subject string // stream subject filter, "" for server-local topics (admin:metrics)
-	subs    map[*sub]struct{}
-	list    atomic.Pointer[[]*sub]
-
-	ready chan struct{} // closed once started (err set on failure)
-	err   error
-	nsub  *nats.Subscription
-
-	// mu serializes delivery on the topic: live messages, gap fills and
-	// refills after a reconnect. Lock order: mu, then a sink's lock.
-	mu    sync.Mutex
-	ended bool   // closed by the server (closeTopic) or dropped by the last subscriber
-	start uint64 // the stream's last seq when the topic began: older events are the joiners' business
-	pos   uint64 // highest stream seq delivered
-	// mark is the contiguous watermark: every event on subject with a
-	// stream seq ≤ mark was handled. Only a sweep that read the whole
-	// filter moves it (reconcile, refill), never a live message: on a user
-	// topic a live event of one job says nothing about the others.
-	mark     uint64
-	last     map[string]uint64 // subject → stream seq of the last event delivered on it, when above mark
-	live     uint64            // stream seq of the last live message handled
-	dropped  uint64            // the subscription's dropped count when last looked at
-	finished bool              // a job topic that delivered its job's terminal event: nothing more to check
-	due      time.Time         // next reconciliation (the sweeper's)
-	fails    int               // sweeps in a row that could not read the topic (the sweeper's)
-	// stale is set by a lane that could not fill a gap: the sweeper
-	// reconciles the topic on its next tick.
-	stale atomic.Bool
+// hubStream is what the hub reads of the EVENTS stream (eventsReader).
+type hubStream interface {
+	info(ctx context.Context) (*jetstream.StreamInfo, error)
+	readFrom(ctx context.Context, subject string, seq uint64, fn func(*jetstream.RawStreamMsg) bool) (end bool, err error)
+	lastStreamSeqUpTo(ctx context.Context, subjects []string, upTo uint64) (map[string]uint64, error)
+	nextOnLeader(ctx context.Context, filter string, seq uint64) (uint64, error)
 }
 
-func newHub(s *Service) *hub {
-	h := &hub{s: s, seed: maphash.MakeSeed()}
+var _ hubStream = (*eventsReader)(nil)
+
+// hubConfig is what a hub works with; it never calls into the Service.
+type hubConfig struct {
+	ctx           context.Context // the service's: starting a topic's subscription hangs off it
+	nc            *nats.Conn      // for the live subscriptions
+	stream        hubStream
+	log           *slog.Logger
+	subscriptions prometheus.Gauge // core NATS subscriptions held
+	// traceOf reads an event's trace context from its message's headers.
+	traceOf func(h interface{ Get(string) string }) eventTrace
+	// reconcileEvery, beforeRefill and laneDepth: see Config.
+	reconcileEvery time.Duration
+	beforeRefill   func()
+	laneDepth      int
+}
+
+func newHub(cfg hubConfig) *hub {
+	h := &hub{hubConfig: cfg, seed: maphash.MakeSeed()}
 	for i := range h.shards {
 		h.shards[i].topics = map[string]*topic{}
 	}
 	for i := range h.lanes {
-		h.lanes[i] = lane{ch: make(chan *nats.Msg, s.cfg.laneDepth), subs: map[*nats.Subscription]*topic{}}
+		h.lanes[i] = lane{ch: make(chan *nats.Msg, cfg.laneDepth), subs: map[*nats.Subscription]*topic{}}
 	}
 	return h
 }
@@ -164,14 +71,6 @@ func (h *hub) hash(name string) uint64 { return maphash.String(h.seed, name) }
 
 func (h *hub) shard(name string) *hubShard {
 	return &h.shards[h.hash(name)%shardCount]
-}
-
-func (t *topic) refresh() {
-	l := make([]*sub, 0, len(t.subs))
-	for sb := range t.subs {
-		l = append(l, sb)
-	}
-	t.list.Store(&l)
 }
 
 // add subscribes sb to its topic, creating the topic (and its NATS
@@ -231,9 +130,9 @@ func (h *hub) start(t *topic) {
 		fail(err)
 		return
 	}
-	ctx, cancel := context.WithTimeout(h.s.ctx, 5*time.Second)
+	ctx, cancel := context.WithTimeout(h.ctx, 5*time.Second)
 	defer cancel()
-	info, err := h.s.events.Info(ctx)
+	info, err := h.stream.info(ctx)
 	if err != nil {
 		h.unsubscribeLive(t, nsub)
 		fail(err)
@@ -241,7 +140,7 @@ func (h *hub) start(t *topic) {
 	}
 	t.start, t.pos, t.mark = info.State.LastSeq, info.State.LastSeq, info.State.LastSeq
 	t.nsub = nsub
-	h.s.m.subscriptions.Inc()
+	h.subscriptions.Inc()
 }
 
 // remove unsubscribes sb; the last one out drops the NATS subscription.
@@ -284,7 +183,7 @@ func (h *hub) drop(t *topic) {
 func (h *hub) unsubscribe(t *topic) {
 	if t.err == nil && t.nsub != nil {
 		h.unsubscribeLive(t, t.nsub)
-		h.s.m.subscriptions.Dec()
+		h.subscriptions.Dec()
 	}
 }
 
@@ -347,25 +246,6 @@ func (h *hub) dispatch(name string, ev *event) {
 	}
 }
 
-// deliverStored hands an event read from the stream (live or caught up) to
-// every subscriber; t.mu is held.
-func (t *topic) deliverStored(ev *event) {
-	if ev.terminal && !strings.HasSuffix(t.subject, ".*") {
-		t.finished = true
-	}
-	ev.mark = t.mark
-	t.fanOut(ev)
-}
-
-// fanOut delivers ev to every subscriber; t.mu is held.
-func (t *topic) fanOut(ev *event) {
-	if l := t.list.Load(); l != nil {
-		for _, sb := range *l {
-			sb.sink.deliver(sb, ev)
-		}
-	}
-}
-
 // topics returns the stream-fed topics joined on this notifier.
 func (h *hub) streamTopics() []*topic {
 	var out []*topic
@@ -385,7 +265,7 @@ func (h *hub) streamTopics() []*topic {
 // decode turns a stream message into a push event:
 // {"type":"<short>","job":<snapshot>,"seq":<job seq>,"stream_seq":<stream seq>}.
 // On a user: topic each push also carries "resume_seq" (added per
-// subscriber, see conn.pushFrame): every event of the topic with a stream
+// subscriber, see session.pushFrame): every event of the topic with a stream
 // seq up to it has reached this subscriber, so a client that rejoins with
 // last_seq = resume_seq misses nothing — not even an event delivered late
 // (a gap filled on one job after a later event of another job went out,
@@ -394,11 +274,11 @@ func (h *hub) streamTopics() []*topic {
 func (h *hub) decode(m *jetstream.RawStreamMsg) *event {
 	env, snap, err := envelope.DecodeEvent(m.Data)
 	if err != nil {
-		h.s.log.Warn("undecodable event in stream", "subject", m.Subject, "stream_seq", m.Sequence, "err", err)
+		h.log.Warn("undecodable event in stream", "subject", m.Subject, "stream_seq", m.Sequence, "err", err)
 		return nil
 	}
 	ev := newJobEvent(env, snap, m.Sequence)
-	ev.trace = h.s.traceOf(m.Header)
+	ev.trace = h.traceOf(m.Header)
 	return ev
 }
 

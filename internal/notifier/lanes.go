@@ -42,7 +42,7 @@ func (h *hub) subscribeLive(t *topic) (*nats.Subscription, error) {
 	// lane looks topics up under the same lock.
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	nsub, err := h.s.nc.ChanSubscribe(liveSubject(t.subject), l.ch)
+	nsub, err := h.nc.ChanSubscribe(liveSubject(t.subject), l.ch)
 	if err != nil {
 		return nil, err
 	}

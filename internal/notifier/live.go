@@ -76,7 +76,7 @@ func (h *hub) onLive(ctx context.Context, t *topic, m *nats.Msg) {
 	prev, err2 := strconv.ParseUint(m.Header.Get(jetstream.LastSequenceHeader), 10, 64)
 	subject, ok := strings.CutPrefix(m.Subject, livePrefix)
 	if err1 != nil || err2 != nil || !ok || seq == 0 {
-		h.s.log.Warn("live event without stream sequence headers", "subject", m.Subject)
+		h.log.Warn("live event without stream sequence headers", "subject", m.Subject)
 		return
 	}
 	t.mu.Lock()
@@ -113,11 +113,11 @@ func (h *hub) onLive(ctx context.Context, t *topic, m *nats.Msg) {
 	t.advance(subject, seq)
 	env, snap, err := envelope.DecodeEvent(m.Data)
 	if err != nil {
-		h.s.log.Warn("undecodable live event", "subject", subject, "stream_seq", seq, "err", err)
+		h.log.Warn("undecodable live event", "subject", subject, "stream_seq", seq, "err", err)
 		return
 	}
 	ev := newJobEvent(env, snap, seq)
-	ev.trace = h.s.traceOf(m.Header)
+	ev.trace = h.traceOf(m.Header)
 	t.deliverStored(ev)
 }
 
@@ -125,7 +125,7 @@ func (h *hub) onLive(ctx context.Context, t *topic, m *nats.Msg) {
 // sweeper reconciles t on its next tick. t.mu is held.
 func (h *hub) leaveToSweeper(t *topic, err error) {
 	t.stale.Store(true)
-	h.s.log.Warn("filling a gap from the events stream; left to the sweeper", "topic", t.name, "err", err)
+	h.log.Warn("filling a gap from the events stream; left to the sweeper", "topic", t.name, "err", err)
 }
 
 // catchUp delivers the events stored on filter from seq from up to, not
@@ -138,7 +138,7 @@ func (h *hub) leaveToSweeper(t *topic, err error) {
 func (h *hub) catchUp(ctx context.Context, timeout time.Duration, t *topic, filter string, from, upTo uint64) (top uint64, end bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	end, err = h.s.readFrom(ctx, filter, from, func(m *jetstream.RawStreamMsg) bool {
+	end, err = h.stream.readFrom(ctx, filter, from, func(m *jetstream.RawStreamMsg) bool {
 		if upTo != 0 && m.Sequence >= upTo {
 			return false
 		}

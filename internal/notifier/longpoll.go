@@ -11,15 +11,13 @@ import (
 	"sync"
 	"time"
 
-	"github.com/gorilla/websocket"
-
 	"github.com/beamline/beamline/internal/phoenix"
 )
 
 // The long-poll transport (docs/phoenix-protocol.md#9-long-poll-transport) for clients that cannot
-// keep a WebSocket open. A session is a conn without a socket: the channel,
-// join, replay and push logic is the WebSocket's, frames the server sends
-// wait in the conn's queue (bounded by Config.SendQueue; a full queue ends
+// keep a WebSocket open. The session (channels, joins, replays, pushes) is
+// the one every transport carries; frames the server sends wait in the
+// session's queue (bounded by Config.SendQueue; a full queue ends
 // the session as it would cut off a slow WebSocket client) until a poll
 // takes them, and frames the client POSTs are handled in order, one batch
 // at a time. Sessions live in this process only: behind a load balancer a
@@ -28,40 +26,50 @@ import (
 // lpMaxBatch is the most frames one POST may carry (the client sends ≤ 100).
 const lpMaxBatch = 100
 
-// lpSession is the long-poll side of a conn.
-type lpSession struct {
-	c      *conn
+// lpTransport is the long-poll transport of one session.
+type lpTransport struct {
+	c      *session
 	token  string
 	notify chan struct{} // a frame was queued (capacity 1)
-	done   chan struct{} // closed when the conn fails
+	done   chan struct{} // closed when the session fails
 	once   sync.Once
-	// inMu serializes inbound batches (frames are handled in order, rule
-	// 5 of docs/phoenix-protocol.md#61-server-rules) and the teardown that drops the subscriptions.
-	inMu sync.Mutex
 
-	// Guarded by c.mu.
+	mu       sync.Mutex
 	polls    int       // polls being held now
 	lastSeen time.Time // end of the last poll or POST
 }
 
-func (l *lpSession) wake() {
+func (l *lpTransport) wake() {
 	select {
 	case l.notify <- struct{}{}:
 	default:
 	}
 }
 
-func (l *lpSession) stop() { l.once.Do(func() { close(l.done) }) }
+func (l *lpTransport) interrupt() { l.once.Do(func() { close(l.done) }) }
 
-// lpRegistry maps session tokens to their conns.
-type lpRegistry struct {
-	mu sync.Mutex
-	m  map[string]*conn
+// close has nothing to tell the client: its next request learns that the
+// session ended (410).
+func (l *lpTransport) close(disconnect) {}
+
+// seen records that the client polled or posted now.
+func (l *lpTransport) seen() {
+	l.mu.Lock()
+	l.lastSeen = time.Now()
+	l.mu.Unlock()
 }
 
-func newLPRegistry() *lpRegistry { return &lpRegistry{m: map[string]*conn{}} }
+var _ transport = (*lpTransport)(nil)
 
-func (r *lpRegistry) get(token string) *conn {
+// lpRegistry maps session tokens to their transports.
+type lpRegistry struct {
+	mu sync.Mutex
+	m  map[string]*lpTransport
+}
+
+func newLPRegistry() *lpRegistry { return &lpRegistry{m: map[string]*lpTransport{}} }
+
+func (r *lpRegistry) get(token string) *lpTransport {
 	if token == "" {
 		return nil
 	}
@@ -70,8 +78,8 @@ func (r *lpRegistry) get(token string) *conn {
 	return r.m[token]
 }
 
-// add registers c under a new random token unless max sessions are open.
-func (r *lpRegistry) add(c *conn, max int) (string, bool) {
+// add registers l under a new random token unless max sessions are open.
+func (r *lpRegistry) add(l *lpTransport, max int) (string, bool) {
 	var b [16]byte // 128 bits from the CSPRNG
 	_, _ = rand.Read(b[:])
 	token := base64.RawURLEncoding.EncodeToString(b[:])
@@ -80,7 +88,7 @@ func (r *lpRegistry) add(c *conn, max int) (string, bool) {
 	if len(r.m) >= max {
 		return "", false
 	}
-	r.m[token] = c
+	r.m[token] = l
 	return token, true
 }
 
@@ -143,18 +151,18 @@ func (s *Service) serveLongPoll(w http.ResponseWriter, r *http.Request) {
 		h.Set("Access-Control-Max-Age", "3600")
 		w.WriteHeader(http.StatusOK)
 	case http.MethodGet:
-		if c := s.lpSessionOf(r); c != nil {
-			s.lpPoll(w, r, c)
+		if l := s.lpSessionOf(r); l != nil {
+			s.lpPoll(w, r, l)
 			return
 		}
 		s.lpOpen(w, r)
 	case http.MethodPost:
-		c := s.lpSessionOf(r)
-		if c == nil {
+		l := s.lpSessionOf(r)
+		if l == nil {
 			lpWrite(w, lpStatus{Status: http.StatusGone})
 			return
 		}
-		s.lpPublish(w, r, c)
+		s.lpPublish(w, r, l)
 	default:
 		w.Header().Set("Allow", "GET, POST, OPTIONS")
 		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "use GET, POST or OPTIONS")
@@ -165,14 +173,14 @@ func (s *Service) serveLongPoll(w http.ResponseWriter, r *http.Request) {
 // X-Phoenix-LongPoll-Token header, else the last token query key), or nil.
 // A request that also carries a valid credential of another user does not
 // get the session: a session token is bound to the user who opened it.
-func (s *Service) lpSessionOf(r *http.Request) *conn {
+func (s *Service) lpSessionOf(r *http.Request) *lpTransport {
 	tok := r.Header.Get("X-Phoenix-LongPoll-Token")
 	ts := r.URL.Query()["token"]
 	if tok == "" && len(ts) > 0 {
 		tok = ts[len(ts)-1]
 	}
-	c := s.sessions.get(tok)
-	if c == nil {
+	l := s.sessions.get(tok)
+	if l == nil {
 		return nil
 	}
 	cred := r.Header.Get("X-Phoenix-AuthToken")
@@ -180,11 +188,11 @@ func (s *Service) lpSessionOf(r *http.Request) *conn {
 		cred = ts[0]
 	}
 	if cred != "" {
-		if p, err := s.authenticate(cred); err == nil && p.User != c.p.User {
+		if p, err := s.authenticate(cred); err == nil && p.User != l.c.p.User {
 			return nil
 		}
 	}
-	return c
+	return l
 }
 
 // lpOpen runs the WebSocket's connect check and opens a session:
@@ -211,112 +219,91 @@ func (s *Service) lpOpen(w http.ResponseWriter, r *http.Request) {
 		return
 	default:
 	}
-	c := &conn{s: s, p: p, subs: map[string]*sub{}, tokens: float64(2 * s.cfg.PushRate), lastRefill: time.Now()}
-	c.cond = sync.NewCond(&c.mu)
-	lp := &lpSession{c: c, notify: make(chan struct{}, 1), done: make(chan struct{}), lastSeen: time.Now()}
-	c.lp = lp
-	token, ok := s.sessions.add(c, s.cfg.LongPollSessions)
+	both := &struct {
+		c session
+		l lpTransport
+	}{}
+	c, l := &both.c, &both.l
+	l.c, l.notify, l.done, l.lastSeen = c, make(chan struct{}, 1), make(chan struct{}), time.Now()
+	c.init(s, p, l)
+	token, ok := s.sessions.add(l, s.cfg.LongPollSessions)
 	if !ok {
-		s.m.disconnects.WithLabelValues("lp_sessions_full").Inc()
+		s.countDisconnect(disconnectSessionsFull)
 		busy()
 		return
 	}
-	lp.token = token
+	l.token = token
 	if !s.addConn(c) {
 		s.sessions.remove(token)
 		busy()
 		return
 	}
-	go lp.run()
+	go c.run()
 	lpWrite(w, lpPoll{Status: http.StatusGone, Token: token, Messages: []string{}})
 }
 
-// run ends the session when it fails or goes unpolled for lpExpiry, then
-// drops its subscriptions.
-func (l *lpSession) run() {
+// loop waits until the session fails or goes unpolled for lpExpiry, then
+// forgets its token: session.run then tears it down. (Client frames come
+// in POSTs, see receive.)
+func (l *lpTransport) loop() disconnect {
 	c, s := l.c, l.c.s
-	defer s.removeConn(c)
 	t := time.NewTimer(s.cfg.lpExpiry)
 	defer t.Stop()
-loop:
+	defer s.sessions.remove(l.token)
 	for {
 		select {
 		case <-l.done:
-			break loop
+			return disconnectExpired // the session failed: not used
 		case <-t.C:
-			c.mu.Lock()
+			l.mu.Lock()
 			idle := time.Since(l.lastSeen)
 			held := l.polls > 0
-			c.mu.Unlock()
+			l.mu.Unlock()
 			if !held && idle >= s.cfg.lpExpiry {
-				c.fail(0, "session expired", "lp_expired")
-				break loop
+				c.fail(disconnectExpired)
+				return disconnectExpired
 			}
 			t.Reset(max(s.cfg.lpExpiry-idle, s.cfg.lpExpiry/10))
 		}
 	}
-	s.sessions.remove(l.token)
-	l.inMu.Lock()
-	for _, sb := range c.subs {
-		s.hub.remove(sb)
-	}
-	clear(c.subs)
-	l.inMu.Unlock()
-	c.mu.Lock()
-	reason := c.reason
-	c.queue = nil
-	c.cond.Broadcast()
-	c.mu.Unlock()
-	s.m.disconnects.WithLabelValues(reason).Inc()
 }
 
 // lpPoll holds the request up to lpHold for frames: 200 with them, 204
 // with none, 410 when the session ended.
-func (s *Service) lpPoll(w http.ResponseWriter, r *http.Request, c *conn) {
-	l := c.lp
-	c.mu.Lock()
+func (s *Service) lpPoll(w http.ResponseWriter, r *http.Request, l *lpTransport) {
+	c := l.c
+	l.mu.Lock()
 	l.polls++
-	c.mu.Unlock()
+	l.mu.Unlock()
 	defer func() {
-		c.mu.Lock()
+		l.mu.Lock()
 		l.polls--
 		l.lastSeen = time.Now()
-		c.mu.Unlock()
+		l.mu.Unlock()
 	}()
 	hold := time.NewTimer(s.cfg.lpHold)
 	defer hold.Stop()
 	for {
-		c.mu.Lock()
-		if c.closed {
-			c.mu.Unlock()
+		if c.isClosed() {
 			lpWrite(w, lpStatus{Status: http.StatusGone})
 			return
 		}
-		if len(c.queue) > 0 {
-			batch := c.queue
-			c.queue = nil
-			c.cond.Broadcast() // a join's replay may be waiting for room
-			c.mu.Unlock()
+		if batch := c.take(); batch != nil {
 			msgs := make([]string, 0, len(batch))
 			for _, f := range batch {
 				data := f.data
 				if f.binary {
-					data = textOf(data)
+					data = phoenix.TextOf(data)
 				}
 				if data == nil {
 					continue
 				}
 				msgs = append(msgs, string(data))
-				if !f.at.IsZero() {
-					s.m.pushes.Inc()
-					s.m.latency.Observe(time.Since(f.at).Seconds())
-					s.tracePush(f)
-				}
+				c.sent(f)
 			}
 			lpWrite(w, lpPoll{Status: http.StatusOK, Token: l.token, Messages: msgs})
 			return
 		}
-		c.mu.Unlock()
 		select {
 		case <-l.notify:
 		case <-l.done:
@@ -332,8 +319,8 @@ func (s *Service) lpPoll(w http.ResponseWriter, r *http.Request, c *conn) {
 // lpPublish handles a POST of up to lpMaxBatch newline-separated frames:
 // a line starting with "[" is a JSON frame, any other is a base64 binary
 // frame.
-func (s *Service) lpPublish(w http.ResponseWriter, r *http.Request, c *conn) {
-	l := c.lp
+func (s *Service) lpPublish(w http.ResponseWriter, r *http.Request, l *lpTransport) {
+	c := l.c
 	limit := int64(lpMaxBatch) * int64(s.cfg.MaxFrame*4/3+8)
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
@@ -345,37 +332,7 @@ func (s *Service) lpPublish(w http.ResponseWriter, r *http.Request, c *conn) {
 		lpWrite(w, lpStatus{Status: http.StatusRequestEntityTooLarge})
 		return
 	}
-	l.inMu.Lock()
-	defer l.inMu.Unlock()
-	c.mu.Lock()
-	l.lastSeen = time.Now()
-	c.mu.Unlock()
-	for _, line := range lines {
-		line = bytes.TrimRight(line, "\r")
-		if len(line) == 0 {
-			continue
-		}
-		if c.isClosed() {
-			break
-		}
-		mt, data := websocket.TextMessage, line
-		if line[0] != '[' {
-			mt = websocket.BinaryMessage
-			data, err = base64.StdEncoding.DecodeString(strings.TrimSpace(string(line)))
-			if err != nil {
-				c.fail(websocket.CloseInvalidFramePayloadData, "malformed frame", "malformed_frame")
-				break
-			}
-		}
-		if len(data) > s.cfg.MaxFrame {
-			c.fail(websocket.CloseMessageTooBig, "frame too large", "frame_too_large")
-			break
-		}
-		c.handleSafe(mt, data)
-	}
-	c.mu.Lock()
-	l.lastSeen = time.Now()
-	c.mu.Unlock()
+	l.receive(lines)
 	if c.isClosed() {
 		lpWrite(w, lpStatus{Status: http.StatusGone})
 		return
@@ -383,66 +340,36 @@ func (s *Service) lpPublish(w http.ResponseWriter, r *http.Request, c *conn) {
 	lpWrite(w, lpStatus{Status: http.StatusOK})
 }
 
-// textOf turns a server binary frame (docs/phoenix-protocol.md#7-binary-frames) into a JSON frame for a
-// transport that carries text only: the long-poll client decodes every
-// message as JSON, so the bytes travel base64-encoded as
-// {"binary":"<base64>"} (a reply's response, or a push's payload).
-func textOf(b []byte) []byte {
-	field := func(p *[]byte, n int) (string, bool) {
-		if len(*p) < n {
-			return "", false
+// receive hands the frames of one POST to the session, in order, as one
+// batch: two POSTs of a client never interleave their frames.
+func (l *lpTransport) receive(lines [][]byte) {
+	c := l.c
+	c.in.Lock()
+	defer c.in.Unlock()
+	l.seen()
+	defer l.seen()
+	for _, line := range lines {
+		line = bytes.TrimRight(line, "\r")
+		if len(line) == 0 {
+			continue
 		}
-		s := string((*p)[:n])
-		*p = (*p)[n:]
-		return s, true
+		if c.isClosed() {
+			return
+		}
+		binary, data := false, line
+		if line[0] != '[' {
+			var err error
+			binary = true
+			data, err = base64.StdEncoding.DecodeString(strings.TrimSpace(string(line)))
+			if err != nil {
+				c.fail(disconnectMalformed)
+				return
+			}
+		}
+		if len(data) > c.s.cfg.MaxFrame {
+			c.fail(disconnectFrameTooLarge)
+			return
+		}
+		c.receive(binary, data)
 	}
-	ref := func(s string) phoenix.Ref {
-		if s == "" {
-			return phoenix.Ref{}
-		}
-		return phoenix.StrRef(s)
-	}
-	wrap := func(raw []byte) []byte {
-		out, _ := json.Marshal(map[string]string{"binary": base64.StdEncoding.EncodeToString(raw)})
-		return out
-	}
-	if len(b) < 3 {
-		return nil
-	}
-	switch b[0] {
-	case phoenix.KindReply:
-		if len(b) < 5 {
-			return nil
-		}
-		rest := b[5:]
-		jr, ok1 := field(&rest, int(b[1]))
-		rf, ok2 := field(&rest, int(b[2]))
-		topic, ok3 := field(&rest, int(b[3]))
-		status, ok4 := field(&rest, int(b[4]))
-		if !ok1 || !ok2 || !ok3 || !ok4 {
-			return nil
-		}
-		return phoenix.Reply(ref(jr), ref(rf), topic, status, wrap(rest))
-	case phoenix.KindPush:
-		if len(b) < 4 {
-			return nil
-		}
-		rest := b[4:]
-		jr, ok1 := field(&rest, int(b[1]))
-		topic, ok2 := field(&rest, int(b[2]))
-		event, ok3 := field(&rest, int(b[3]))
-		if !ok1 || !ok2 || !ok3 {
-			return nil
-		}
-		return phoenix.AppendFrame(nil, ref(jr), phoenix.Ref{}, topic, event, wrap(rest))
-	case phoenix.KindBroadcast:
-		rest := b[3:]
-		topic, ok1 := field(&rest, int(b[1]))
-		event, ok2 := field(&rest, int(b[2]))
-		if !ok1 || !ok2 {
-			return nil
-		}
-		return phoenix.AppendFrame(nil, phoenix.Ref{}, phoenix.Ref{}, topic, event, wrap(rest))
-	}
-	return nil
 }

@@ -31,13 +31,11 @@ type Service struct {
 	m        *metrics
 	verifier *auth.Verifier
 	store    *jobstore.Store
-	events   jetstream.Stream
+	events   *eventsReader // the EVENTS stream
 	hub      *hub
 	sessions *lpRegistry // long-poll sessions
-	// directGet is the EVENTS direct-get API subject (batched reads).
-	directGet string
-	upgrader  websocket.Upgrader
-	handler   http.Handler
+	upgrader websocket.Upgrader
+	handler  http.Handler
 
 	// ctx is cancelled when the service stops; NATS requests made for
 	// clients hang off it.
@@ -45,7 +43,7 @@ type Service struct {
 	cancel context.CancelFunc
 
 	mu       sync.Mutex
-	conns    map[*conn]struct{}
+	conns    map[*session]struct{}
 	quit     chan struct{} // closed when shutting down
 	stopping bool
 	wg       sync.WaitGroup // connections, writers, SSE streams, the sweeper
@@ -85,9 +83,9 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 	s := &Service{
 		cfg: cfg, nc: nc, js: js, log: log.With("component", "notifier"), m: m, verifier: v,
 		store:  jobstore.New(js, kv, jobstore.Config{Source: "/beamline/notifier"}),
-		events: events, directGet: directGetSubject(js, streams.Events),
-		ctx: ctx, cancel: cancel,
-		conns: map[*conn]struct{}{},
+		events: newEventsReader(js, events),
+		ctx:    ctx, cancel: cancel,
+		conns: map[*session]struct{}{},
 		quit:  make(chan struct{}),
 		upgrader: websocket.Upgrader{
 			ReadBufferSize:  1024,
@@ -97,7 +95,11 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 			CheckOrigin: func(*http.Request) bool { return true },
 		},
 	}
-	s.hub = newHub(s)
+	s.events.direct.Hide = cfg.hideDirect
+	s.hub = newHub(hubConfig{
+		ctx: ctx, nc: nc, stream: s.events, log: s.log, subscriptions: m.subscriptions, traceOf: s.traceOf,
+		reconcileEvery: cfg.reconcileEvery, beforeRefill: cfg.beforeRefill, laneDepth: cfg.laneDepth,
+	})
 	s.sessions = newLPRegistry()
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /socket/websocket", s.serveWebSocket)
@@ -194,23 +196,23 @@ func (s *Service) shutdown() {
 	s.stopping = true
 	close(s.quit)
 	s.mu.Unlock()
-	s.closeAll(websocket.CloseServiceRestart, "server shutting down", "shutdown")
+	s.closeAll(disconnectShutdown)
 }
 
-// closeAll closes every open WebSocket with code and msg.
-func (s *Service) closeAll(code int, msg, reason string) {
+// closeAll ends every open session with d.
+func (s *Service) closeAll(d disconnect) {
 	s.mu.Lock()
-	conns := make([]*conn, 0, len(s.conns))
+	conns := make([]*session, 0, len(s.conns))
 	for c := range s.conns {
 		conns = append(conns, c)
 	}
 	s.mu.Unlock()
 	for _, c := range conns {
-		c.fail(code, msg, reason)
+		c.fail(d)
 	}
 }
 
-func (s *Service) addConn(c *conn) bool {
+func (s *Service) addConn(c *session) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopping {
@@ -222,7 +224,7 @@ func (s *Service) addConn(c *conn) bool {
 	return true
 }
 
-func (s *Service) removeConn(c *conn) {
+func (s *Service) removeConn(c *session) {
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()

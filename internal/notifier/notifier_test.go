@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
+
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -39,4 +41,15 @@ func TestJoinJobReceivesEveryEventInOrder(t *testing.T) {
 		t.Fatalf("types: %+v", got)
 	}
 	c.quiet("job:"+id, 100*time.Millisecond)
+}
+
+func TestShutdownClosesWith1012(t *testing.T) {
+	w := newWorld(t)
+	n := startNotifier(t, w, Config{})
+	c := dial(t, n, token(t, "alice", false))
+	c.join("user:alice", nil)
+	n.stop(t)
+	if err := c.closeErr(5 * time.Second); !isClose(err, websocket.CloseServiceRestart) {
+		t.Fatalf("close: %v", err)
+	}
 }

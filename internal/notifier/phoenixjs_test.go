@@ -103,7 +103,7 @@ func controlServer(t *testing.T, w *world, n *running) string {
 		if code == 0 {
 			code = websocket.CloseServiceRestart
 		}
-		n.svc.closeAll(code, "dropped by test", "test")
+		n.svc.closeAll(disconnect{code: code, reason: "dropped by test", label: "test"})
 		reply(rw, map[string]any{"ok": true})
 	})
 	// /push sends a push stamped with the given join_ref to every
@@ -119,7 +119,7 @@ func controlServer(t *testing.T, w *world, n *running) string {
 		sh.mu.RUnlock()
 		if tp != nil {
 			for _, sb := range *tp.list.Load() {
-				if c, ok := sb.sink.(*conn); ok {
+				if c, ok := sb.sink.(*session); ok {
 					c.send(frame)
 					sent++
 				}

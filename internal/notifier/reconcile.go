@@ -34,7 +34,7 @@ const (
 // A signal on refill (the NATS connection came back: everything
 // re-published while it was down is lost) reconciles every topic at once.
 func (h *hub) sweepLoop(ctx context.Context, refill <-chan struct{}) {
-	every := h.s.cfg.reconcileEvery
+	every := h.reconcileEvery
 	tick := time.NewTicker(min(time.Second, every/5))
 	defer tick.Stop()
 	for {
@@ -42,7 +42,7 @@ func (h *hub) sweepLoop(ctx context.Context, refill <-chan struct{}) {
 		case <-ctx.Done():
 			return
 		case <-refill:
-			if hook := h.s.cfg.beforeRefill; hook != nil {
+			if hook := h.beforeRefill; hook != nil {
 				hook()
 			}
 			h.sweep(ctx, true)
@@ -54,7 +54,7 @@ func (h *hub) sweepLoop(ctx context.Context, refill <-chan struct{}) {
 
 // sweep reconciles the topics that are due (all of them when all is set).
 func (h *hub) sweep(ctx context.Context, all bool) {
-	every := h.s.cfg.reconcileEvery
+	every := h.reconcileEvery
 	now := time.Now()
 	var due []*topic
 	for _, t := range h.streamTopics() {
@@ -84,13 +84,13 @@ func (h *hub) sweep(ctx context.Context, all bool) {
 	}
 	var last, first uint64
 	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	info, err := h.s.events.Info(ictx)
+	info, err := h.stream.info(ictx)
 	cancel()
 	switch {
 	case err == nil:
 		last, first = info.State.LastSeq, info.State.FirstSeq
 	case !all:
-		h.s.log.Warn("reconciling topics: reading the events stream", "err", err)
+		h.log.Warn("reconciling topics: reading the events stream", "err", err)
 		return // they stay due
 	}
 	// Job topics whose watermark is behind: one multi_last request per
@@ -115,7 +115,7 @@ func (h *hub) sweep(ctx context.Context, all bool) {
 	}
 	if len(jobs) > 0 {
 		ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		stored, err := h.s.lastStreamSeqUpTo(ictx, subjects, last)
+		stored, err := h.stream.lastStreamSeqUpTo(ictx, subjects, last)
 		cancel()
 		for _, t := range jobs {
 			if ctx.Err() != nil {
@@ -199,7 +199,7 @@ func (h *hub) reconcile(ctx context.Context, t *topic, last, first uint64) {
 			if last > read {
 				var next uint64
 				lctx, cancel := context.WithTimeout(ctx, sweepReadTimeout)
-				next, err = h.s.nextOnLeader(lctx, t.subject, read+1)
+				next, err = h.stream.nextOnLeader(lctx, t.subject, read+1)
 				cancel()
 				switch {
 				case err != nil:
@@ -218,9 +218,9 @@ func (h *hub) reconcile(ctx context.Context, t *topic, last, first uint64) {
 				return // shutting down
 			}
 			t.fails++
-			h.s.log.Warn("reconciling a topic: reading the events stream", "topic", t.name, "attempt", t.fails, "err", err)
+			h.log.Warn("reconciling a topic: reading the events stream", "topic", t.name, "attempt", t.fails, "err", err)
 			if t.fails >= catchUpAttempts {
-				h.s.log.Error("cannot read missed events; erroring the topic's channels so clients rejoin and replay", "topic", t.name)
+				h.log.Error("cannot read missed events; erroring the topic's channels so clients rejoin and replay", "topic", t.name)
 				h.endLocked(t, phoenix.EventError, phoenix.ErrorReason("stream unavailable"))
 				return
 			}

@@ -2,11 +2,8 @@ package notifier
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"net"
-	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,7 +12,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/beamline/beamline/pkg/envelope"
+	"github.com/beamline/beamline/internal/jsm"
+	"github.com/beamline/beamline/internal/natstest"
 )
 
 // gateDialer refuses to dial while down, so a test decides when a
@@ -169,161 +167,93 @@ func TestUserTopicForgetsFinishedJobs(t *testing.T) {
 	c.quiet("user:alice", 300*time.Millisecond)
 }
 
-// TestUserJoinScanIsBounded: a user with more open jobs than the scan
-// bound gets an ok join with what was found and truncated:true, not an
-// error the client would retry forever.
-func TestUserJoinScanIsBounded(t *testing.T) {
-	w := newWorld(t)
-	n := startNotifier(t, w, Config{userScanMax: 3})
-	for range 5 {
-		w.start(t, w.newJob(t, "alice"))
-	}
-	c := dial(t, n, token(t, "alice", false))
-	rep, _ := c.join("user:alice", nil)
-	var resp struct {
-		Jobs      []envelope.Snapshot
-		Truncated bool
-	}
-	if err := json.Unmarshal(rep.response(), &resp); err != nil || rep.status() != "ok" {
-		t.Fatalf("%s", rep.Payload)
-	}
-	if !resp.Truncated || len(resp.Jobs) != 3 {
-		t.Fatalf("%s", rep.Payload)
-	}
-	n2 := startNotifier(t, w, Config{})
-	c2 := dial(t, n2, token(t, "alice", false))
-	rep, _ = c2.join("user:alice", nil)
-	resp.Jobs = nil
-	if err := json.Unmarshal(rep.response(), &resp); err != nil || resp.Truncated || len(resp.Jobs) != 5 {
-		t.Fatalf("%s", rep.Payload)
-	}
-}
-
-// TestUserReplayAfterPerSubjectLimit: when max_msgs_per_subject removed a
-// chatty job's events after the client's last_seq, the replay says
-// recovered:false even though the stream's first seq is old enough.
-func TestUserReplayAfterPerSubjectLimit(t *testing.T) {
-	w := newWorld(t)
-	ctx := context.Background()
-	st, err := w.js.Stream(ctx, "EVENTS")
+// TestNATSReconnectFillsGap: events stored while the notifier's NATS
+// connection was down reach its clients after the reconnect.
+func TestNATSReconnectFillsGap(t *testing.T) {
+	dir := t.TempDir()
+	srv := natstest.StartDir(t, dir)
+	nc := natstest.Connect(t, srv)
+	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := st.CachedInfo().Config
-	cfg.MaxMsgsPerSubject = 3
-	if _, err := w.js.UpdateStream(ctx, cfg); err != nil {
+	if err := jsm.ApplyStreams(context.Background(), js, jsm.Options{}); err != nil {
 		t.Fatal(err)
 	}
-	n := startNotifier(t, w, Config{})
-	quiet := w.newJob(t, "alice")
-	w.start(t, quiet) // keeps the stream's first seq at 1
-	chatty := w.newJob(t, "alice")
-	w.start(t, chatty)
-	seen := w.progress(t, chatty, 1) // the client saw up to here
-	info, err := st.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lastSeq := info.State.LastSeq
-	for p := 2; p <= 6; p++ { // 4 and 5 (job seqs) are removed by the limit
-		w.progress(t, chatty, p)
-	}
-	c := dial(t, n, token(t, "alice", false))
-	rep, _ := c.join("user:alice", map[string]any{"last_seq": lastSeq})
-	if !strings.Contains(string(rep.response()), `"recovered":false`) {
-		t.Fatalf("job seq %d seen, replay %s", seen.Seq, rep.Payload)
-	}
-	c.quiet("user:alice", 100*time.Millisecond)
-	// Nothing removed after last_seq: recovered.
-	info, _ = st.Info(ctx)
-	w.progress(t, chatty, 7)
-	c2 := dial(t, n, token(t, "alice", false))
-	rep, _ = c2.join("user:alice", map[string]any{"last_seq": info.State.LastSeq})
-	if !strings.Contains(string(rep.response()), `"recovered":true`) {
-		t.Fatalf("%s", rep.Payload)
-	}
-	if p := c2.pushes("user:alice", 1); p[0].Job.Progress != 7 {
-		t.Fatalf("%+v", p)
-	}
-}
-
-// TestSSEWhileEventsArrive: SSE streams opened while their job is busy
-// (run with -race: the stream's state is shared with the live path).
-func TestSSEWhileEventsArrive(t *testing.T) {
-	w := newWorld(t)
-	n := startNotifier(t, w, Config{})
-	tok := token(t, "alice", false)
-	for range 10 {
-		id := w.newJob(t, "alice")
-		w.start(t, id)
-		resp, err := http.Get(n.url + "/v1/jobs/" + id + "/events?token=" + tok)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for p := range 3 {
-				w.progress(t, id, p+1)
-			}
-			w.succeed(t, id)
-		}()
-		evs := readSSE(t, resp)
-		resp.Body.Close()
-		wg.Wait()
-		if len(evs) == 0 || evs[len(evs)-1].event != "succeeded" {
-			t.Fatalf("%+v", evs)
-		}
-	}
-}
-
-// TestSSECaughtUpOnFinishedJob: SSE streams resuming a finished job at its
-// last seq while (stray, later-seq) events of the job keep arriving: the
-// handler's end-of-stream check and the live path share the stream's
-// position (run with -race).
-func TestSSECaughtUpOnFinishedJob(t *testing.T) {
-	w := newWorld(t)
+	w := worldOn(t, srv, js)
 	n := startNotifier(t, w, Config{})
 	id := w.newJob(t, "alice")
+	c := dial(t, n, token(t, "alice", false))
+	c.join("job:"+id, nil)
 	w.start(t, id)
-	final := w.succeed(t, id)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		snap := final
-		snap.Status = envelope.StatusRunning // not terminal: the stream goes on past them
-		for i := 0; i < 2000; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			snap.Seq++
-			m, err := envelope.NewEventMsg(envelope.TypeProgress, snap, "/test", "")
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			if _, err := w.js.PublishMsg(context.Background(), m); err != nil {
-				t.Error(err)
-				return
-			}
-		}
-	}()
-	tok := token(t, "alice", false)
-	for range 30 {
-		req, _ := http.NewRequest("GET", n.url+"/v1/jobs/"+id+"/events?token="+tok, nil)
-		req.Header.Set("Last-Event-ID", "2")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		readSSE(t, resp)
-		resp.Body.Close()
+	c.pushes("job:"+id, 1)
+	// Cut the notifier's connection only: the server kicks it, it
+	// reconnects; meanwhile events are stored.
+	cid, _ := n.svc.nc.GetClientID()
+	w.progress(t, id, 10)
+	if err := srv.DisconnectClientByID(cid); err != nil {
+		t.Fatal(err)
 	}
-	close(stop)
-	wg.Wait()
+	w.progress(t, id, 20)
+	w.progress(t, id, 30)
+	got := c.pushes("job:"+id, 3)
+	if got[0].Seq != 2 || got[2].Seq != 4 {
+		t.Fatalf("%+v", got)
+	}
+}
+
+// TestLaggingReplicaDoesNotMoveTheWatermark: an event the live path missed
+// (never re-published) and a replica does not return yet is not skipped:
+// the next live event of the job is held back (its Nats-Last-Sequence
+// proves the missed one exists), the sweeper does not move the topic's
+// watermark past the missed event on the replica's "nothing there", and
+// both are delivered, in order, once the replica has them.
+func TestLaggingReplicaDoesNotMoveTheWatermark(t *testing.T) {
+	w := newWorld(t)
+	var lag lagging
+	n := startNotifier(t, w, Config{reconcileEvery: 100 * time.Millisecond, hideDirect: lag.hide})
+	id := w.newJob(t, "alice")
+	cj := dial(t, n, token(t, "alice", false))
+	cj.join("job:"+id, nil)
+	cu := dial(t, n, token(t, "alice", false))
+	cu.join("user:alice", nil)
+	// A job topic is settled from a multi_last answer, a user topic
+	// reconciled by reading its filter and asking the leader.
+	topics := []*topic{topicOf(t, n, "job:"+id), topicOf(t, n, "user:alice")}
+	w.start(t, id)
+	cj.pushes("job:"+id, 1)
+	cu.pushes("user:alice", 1)
+
+	missed := lastSeq(t, w) + 1
+	lag.from.Store(missed)
+	setRepublish(t, w, false)
+	w.progress(t, id, 10) // stored at missed, not re-published
+	setRepublish(t, w, true)
+	w.progress(t, id, 20) // live, Nats-Last-Sequence = missed
+
+	// Many sweeps run meanwhile (every 100 ms, and on the next tick for a
+	// topic a lane left stale).
+	cj.quiet("job:"+id, 800*time.Millisecond)
+	cu.quiet("user:alice", 100*time.Millisecond)
+	for _, tp := range topics {
+		tp.mu.Lock()
+		mark, floor := tp.mark, tp.floor("events.alice."+id)
+		tp.mu.Unlock()
+		if mark >= missed || floor >= missed {
+			t.Fatalf("%s: watermark %d, floor %d moved past the unread event at %d", tp.name, mark, floor, missed)
+		}
+	}
+
+	lag.from.Store(0) // the replica caught up
+	for _, c := range []*client{cj, cu} {
+		topic := "job:" + id
+		if c == cu {
+			topic = "user:alice"
+		}
+		got := c.pushes(topic, 2)
+		if got[0].Seq != 2 || got[0].StreamSeq != missed || got[1].Seq != 3 {
+			t.Fatalf("%s: %+v", topic, got)
+		}
+		c.quiet(topic, 300*time.Millisecond)
+	}
 }

@@ -25,7 +25,7 @@ func (s *Service) replayJob(ctx context.Context, subject string, n, current, upT
 	}
 	var out []*event
 	recovered, first := true, true
-	err := s.readConfirmed(ctx, subject, 1, upTo, func(m *jetstream.RawStreamMsg) bool {
+	err := s.events.readConfirmed(ctx, subject, 1, upTo, func(m *jetstream.RawStreamMsg) bool {
 		env, snap, err := envelope.DecodeEvent(m.Data)
 		if err != nil {
 			return true
@@ -66,7 +66,7 @@ func (s *Service) replayJob(ctx context.Context, subject string, n, current, upT
 // (EVENTS keeps at most max_msgs_per_subject events per job and drops a
 // chatty job's oldest ones, whatever the stream's first seq says).
 func (s *Service) replayUser(ctx context.Context, user string, n, upTo uint64) ([]*event, bool, error) {
-	info, err := s.events.Info(ctx)
+	info, err := s.events.info(ctx)
 	if err != nil {
 		return nil, false, err
 	}
@@ -76,7 +76,7 @@ func (s *Service) replayUser(ctx context.Context, user string, n, upTo uint64) (
 	var out []*event
 	recovered := true
 	firstOf := map[string]uint64{} // job subject → job seq of its first replayed event
-	err = s.readConfirmed(ctx, userSubject(user), n+1, upTo, func(m *jetstream.RawStreamMsg) bool {
+	err = s.events.readConfirmed(ctx, userSubject(user), n+1, upTo, func(m *jetstream.RawStreamMsg) bool {
 		env, snap, err := envelope.DecodeEvent(m.Data)
 		if err != nil {
 			return true
@@ -104,7 +104,7 @@ func (s *Service) replayUser(ctx context.Context, user string, n, upTo uint64) (
 		}
 	}
 	if len(check) > 0 {
-		prev, err := s.lastUpTo(ctx, check, n)
+		prev, err := s.events.lastUpTo(ctx, check, n)
 		if err != nil {
 			return nil, false, err
 		}
@@ -137,7 +137,7 @@ const (
 // each window forward in stream order, and a job counts once, in the
 // newest window holding one of its events.
 func (s *Service) userJobs(ctx context.Context, user string, upTo uint64) (jobs []json.RawMessage, last uint64, truncated bool, err error) {
-	info, err := s.events.Info(ctx)
+	info, err := s.events.info(ctx)
 	if err != nil {
 		return nil, 0, false, err
 	}
@@ -177,9 +177,9 @@ func (s *Service) userJobs(ctx context.Context, user string, upTo uint64) (jobs 
 			return true
 		}
 		if top {
-			err = s.readConfirmed(sctx, filter, lo, upTo, read)
+			err = s.events.readConfirmed(sctx, filter, lo, upTo, read)
 		} else {
-			_, err = s.readFrom(sctx, filter, lo, read)
+			_, err = s.events.readFrom(sctx, filter, lo, read)
 		}
 		if err != nil {
 			if ctx.Err() == nil && sctx.Err() != nil {

@@ -1,6 +1,7 @@
 package notifier
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -28,11 +29,9 @@ func (k *sseSink) deliver(sb *sub, ev *event) {
 		return
 	}
 	if sb.replaying {
-		if len(sb.pending) >= 4*cap(k.ch) {
+		if !sb.hold(ev, 4*cap(k.ch)) {
 			k.overflow()
-			return
 		}
-		sb.pending = append(sb.pending, ev)
 		return
 	}
 	if !sb.fresh(ev) {
@@ -45,14 +44,19 @@ func (k *sseSink) deliver(sb *sub, ev *event) {
 	}
 }
 
-// end closes the stream when the server ends the topic; an EventSource
-// reconnects with Last-Event-ID and misses nothing.
-func (k *sseSink) end(*sub, string, []byte) {
+// end closes the stream when the server ends the topic (during the join:
+// after the join's events); an EventSource reconnects with Last-Event-ID
+// and misses nothing.
+func (k *sseSink) end(sb *sub, event string, payload []byte) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if !k.done {
-		k.overflow()
+	if k.done {
+		return
 	}
+	if sb.replaying {
+		sb.ended = &serverEnd{event: event, payload: payload}
+	}
+	k.overflow()
 }
 
 func (k *sseSink) overflow() {
@@ -121,8 +125,13 @@ func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 
 	write := func(ev *event) bool {
+		data, ok := sseData(ev.payload)
+		if !ok {
+			s.log.Warn("SSE: an event's data does not fit on one line; ending the stream", "topic", sb.topic, "seq", ev.jobSeq)
+			return false
+		}
 		_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
-		_, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", ev.jobSeq, ev.short, ev.payload)
+		_, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", ev.jobSeq, ev.short, data)
 		if err == nil {
 			err = rc.Flush()
 		}
@@ -140,12 +149,7 @@ func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request) {
 	}
 	var queue []*event
 	k.mu.Lock()
-	for _, ev := range append(res.replay, sb.pending...) {
-		if sb.fresh(ev) {
-			queue = append(queue, ev)
-		}
-	}
-	sb.pending, sb.replaying = nil, false
+	end := sb.handOver(res.replay, nil, func(ev *event) { queue = append(queue, ev) })
 	// From here deliver writes sb.last under k.mu: read it now.
 	sent := sb.last
 	k.mu.Unlock()
@@ -153,6 +157,9 @@ func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request) {
 		if !write(ev) || ev.terminal {
 			return
 		}
+	}
+	if end != nil {
+		return // the server ended the topic during the join
 	}
 	if res.snapshot.Status.Terminal() && sent >= res.snapshot.Seq {
 		return
@@ -184,4 +191,21 @@ func snapshotEvent(snap envelope.Snapshot) *event {
 	data, _ := json.Marshal(snap) // a validated snapshot always marshals
 	env := &envelope.Envelope{Type: jobstore.EventTypeOf(snap), Data: data}
 	return newJobEvent(env, snap, 0)
+}
+
+// sseData returns payload as the one line an SSE data: field holds. A
+// payload is JSON, and JSON holds a line break only as whitespace between
+// tokens, which compacting drops; an event published raw to events.* (an
+// admin may) can be pretty-printed, and a second line would be taken by the
+// client as a field of its own, cutting the event's data. ok is false for
+// a payload that still would not fit (not JSON: never sent).
+func sseData(payload []byte) (data []byte, ok bool) {
+	if !bytes.ContainsAny(payload, "\r\n") {
+		return payload, true
+	}
+	var b bytes.Buffer
+	if json.Compact(&b, payload) != nil || bytes.ContainsAny(b.Bytes(), "\r\n") {
+		return nil, false
+	}
+	return b.Bytes(), true
 }

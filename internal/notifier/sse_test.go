@@ -2,9 +2,16 @@ package notifier
 
 import (
 	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
 	"net/http"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
+
+	"github.com/beamline/beamline/pkg/envelope"
 )
 
 type sseEvent struct{ id, event, data string }
@@ -85,4 +92,130 @@ func TestSSEWithLastEventID(t *testing.T) {
 			t.Errorf("token %q: %d, want %d", tok, resp.StatusCode, want)
 		}
 	}
+}
+
+// TestSSEOneDataLinePerEvent: an event published raw to events.* (an admin
+// may) with pretty-printed JSON still reaches an SSE client as one data:
+// line per event, replayed or live.
+func TestSSEOneDataLinePerEvent(t *testing.T) {
+	w := newWorld(t)
+	n := startNotifier(t, w, Config{})
+	id := w.newJob(t, "alice")
+	publishIndented := func(typ envelope.Type, status envelope.Status, seq uint64) {
+		snap := envelope.Snapshot{ID: id, User: "alice", Kind: "image", Priority: envelope.PriorityNormal, Status: status, Seq: seq, Attempt: 1}
+		m, err := envelope.NewEventMsg(typ, snap, "/admin", "")
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		var pretty bytes.Buffer
+		if err := json.Indent(&pretty, m.Data, "", "  "); err != nil {
+			t.Error(err)
+			return
+		}
+		m.Data = pretty.Bytes()
+		if _, err := w.js.PublishMsg(context.Background(), m); err != nil {
+			t.Error(err)
+		}
+	}
+	publishIndented(envelope.TypeStarted, envelope.StatusRunning, 1) // replayed
+	req, _ := http.NewRequest("GET", n.url+"/v1/jobs/"+id+"/events?token="+token(t, "alice", false), nil)
+	req.Header.Set("Last-Event-ID", "0")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	go publishIndented(envelope.TypeSucceeded, envelope.StatusSucceeded, 2) // live
+	evs := readSSE(t, resp)
+	if len(evs) != 2 {
+		t.Fatalf("%+v", evs)
+	}
+	for _, e := range evs {
+		var p push
+		if err := json.Unmarshal([]byte(e.data), &p); err != nil || strconv.FormatUint(p.Seq, 10) != e.id {
+			t.Fatalf("event %s: data %q is not the whole push (%v)", e.id, e.data, err)
+		}
+	}
+}
+
+// TestSSEWhileEventsArrive: SSE streams opened while their job is busy
+// (run with -race: the stream's state is shared with the live path).
+func TestSSEWhileEventsArrive(t *testing.T) {
+	w := newWorld(t)
+	n := startNotifier(t, w, Config{})
+	tok := token(t, "alice", false)
+	for range 10 {
+		id := w.newJob(t, "alice")
+		w.start(t, id)
+		resp, err := http.Get(n.url + "/v1/jobs/" + id + "/events?token=" + tok)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := range 3 {
+				w.progress(t, id, p+1)
+			}
+			w.succeed(t, id)
+		}()
+		evs := readSSE(t, resp)
+		resp.Body.Close()
+		wg.Wait()
+		if len(evs) == 0 || evs[len(evs)-1].event != "succeeded" {
+			t.Fatalf("%+v", evs)
+		}
+	}
+}
+
+// TestSSECaughtUpOnFinishedJob: SSE streams resuming a finished job at its
+// last seq while (stray, later-seq) events of the job keep arriving: the
+// handler's end-of-stream check and the live path share the stream's
+// position (run with -race).
+func TestSSECaughtUpOnFinishedJob(t *testing.T) {
+	w := newWorld(t)
+	n := startNotifier(t, w, Config{})
+	id := w.newJob(t, "alice")
+	w.start(t, id)
+	final := w.succeed(t, id)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		snap := final
+		snap.Status = envelope.StatusRunning // not terminal: the stream goes on past them
+		for i := 0; i < 2000; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			snap.Seq++
+			m, err := envelope.NewEventMsg(envelope.TypeProgress, snap, "/test", "")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if _, err := w.js.PublishMsg(context.Background(), m); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	tok := token(t, "alice", false)
+	for range 30 {
+		req, _ := http.NewRequest("GET", n.url+"/v1/jobs/"+id+"/events?token="+tok, nil)
+		req.Header.Set("Last-Event-ID", "2")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		readSSE(t, resp)
+		resp.Body.Close()
+	}
+	close(stop)
+	wg.Wait()
 }

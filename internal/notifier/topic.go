@@ -1,16 +1,76 @@
 package notifier
 
 import (
-	"context"
-	"encoding/json"
-	"errors"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
 
-	"github.com/beamline/beamline/internal/auth"
-	"github.com/beamline/beamline/internal/jobstore"
-	"github.com/beamline/beamline/internal/natsx"
+	"github.com/nats-io/nats.go"
+
 	"github.com/beamline/beamline/pkg/envelope"
 )
+
+// topic is one joined topic on this notifier: its subscribers and, for
+// stream-fed topics, the core NATS subscription on the live subject.
+type topic struct {
+	name    string
+	subject string // stream subject filter, "" for server-local topics (admin:metrics)
+	subs    map[*sub]struct{}
+	list    atomic.Pointer[[]*sub]
+
+	ready chan struct{} // closed once started (err set on failure)
+	err   error
+	nsub  *nats.Subscription
+
+	// mu serializes delivery on the topic: live messages, gap fills and
+	// refills after a reconnect. Lock order: mu, then a sink's lock.
+	mu    sync.Mutex
+	ended bool   // closed by the server (closeTopic) or dropped by the last subscriber
+	start uint64 // the stream's last seq when the topic began: older events are the joiners' business
+	pos   uint64 // highest stream seq delivered
+	// mark is the contiguous watermark: every event on subject with a
+	// stream seq ≤ mark was handled. Only a sweep that read the whole
+	// filter moves it (reconcile, refill), never a live message: on a user
+	// topic a live event of one job says nothing about the others.
+	mark     uint64
+	last     map[string]uint64 // subject → stream seq of the last event delivered on it, when above mark
+	live     uint64            // stream seq of the last live message handled
+	dropped  uint64            // the subscription's dropped count when last looked at
+	finished bool              // a job topic that delivered its job's terminal event: nothing more to check
+	due      time.Time         // next reconciliation (the sweeper's)
+	fails    int               // sweeps in a row that could not read the topic (the sweeper's)
+	// stale is set by a lane that could not fill a gap: the sweeper
+	// reconciles the topic on its next tick.
+	stale atomic.Bool
+}
+
+func (t *topic) refresh() {
+	l := make([]*sub, 0, len(t.subs))
+	for sb := range t.subs {
+		l = append(l, sb)
+	}
+	t.list.Store(&l)
+}
+
+// deliverStored hands an event read from the stream (live or caught up) to
+// every subscriber; t.mu is held.
+func (t *topic) deliverStored(ev *event) {
+	if ev.terminal && !strings.HasSuffix(t.subject, ".*") {
+		t.finished = true
+	}
+	ev.mark = t.mark
+	t.fanOut(ev)
+}
+
+// fanOut delivers ev to every subscriber; t.mu is held.
+func (t *topic) fanOut(ev *event) {
+	if l := t.list.Load(); l != nil {
+		for _, sb := range *l {
+			sb.sink.deliver(sb, ev)
+		}
+	}
+}
 
 // topicKind is what a topic carries.
 type topicKind int
@@ -61,147 +121,3 @@ func parseTopic(t string) (kind topicKind, id, reason string) {
 
 // userSubject is the subject of all of a user's events.
 func userSubject(user string) string { return "events." + user + ".*" }
-
-// joinResult is the outcome of opening a topic for one subscriber.
-type joinResult struct {
-	reason   string          // join error reason; "" means ok
-	response json.RawMessage // the ok reply's response object
-	replay   []*event        // missed events to push after the reply
-	snapshot *envelope.Snapshot
-}
-
-// open authorizes p for the topic, subscribes sb (left in replaying state)
-// and reads what the join reply carries. On error sb is not subscribed.
-func (s *Service) open(ctx context.Context, p auth.Principal, sb *sub, kind topicKind, id string, lastSeq *uint64) joinResult {
-	switch kind {
-	case kindJob:
-		return s.openJob(ctx, p, sb, id, lastSeq)
-	case kindUser:
-		return s.openUser(ctx, p, sb, id, lastSeq)
-	case kindAdmin:
-		if !p.Admin {
-			return joinResult{reason: reasonUnauthorized}
-		}
-		if err := s.hub.add(sb, ""); err != nil {
-			return joinResult{reason: reasonUnavailable}
-		}
-		return joinResult{response: json.RawMessage(`{}`)}
-	}
-	return joinResult{reason: reasonUnmatched}
-}
-
-func (s *Service) openJob(ctx context.Context, p auth.Principal, sb *sub, id string, lastSeq *uint64) joinResult {
-	// Lookup, not Get: a job accepted but not yet written by a processor
-	// has no snapshot, only its message in JOBS (queued, seq 0).
-	snap, _, err := s.store.Lookup(ctx, id)
-	switch {
-	case errors.Is(err, jobstore.ErrNotFound):
-		return joinResult{reason: reasonNotFound}
-	case err != nil:
-		s.log.Warn("join: reading job", "job", id, "err", err)
-		return joinResult{reason: reasonUnavailable}
-	case snap.User != p.User && !p.Admin:
-		return joinResult{reason: reasonUnauthorized}
-	}
-	subject := envelope.EventSubject(snap.User, id)
-	if err := s.hub.add(sb, subject); err != nil {
-		s.log.Warn("join: subscribing", "job", id, "err", err)
-		return joinResult{reason: reasonUnavailable}
-	}
-	fail := func(err error) joinResult {
-		s.hub.remove(sb)
-		s.log.Warn("join: reading job", "job", id, "err", err)
-		return joinResult{reason: reasonUnavailable}
-	}
-	// Read the snapshot again now that live events are being collected:
-	// anything after it is either in the replay or among them.
-	if snap, _, err = s.store.Lookup(ctx, id); err != nil {
-		return fail(err)
-	}
-	// The KV read may be answered by a replica that lags (allow_direct):
-	// its snapshot may miss a change whose event is at or below the
-	// topic's position, which will not come live. The leader's last event
-	// of the job is the snapshot after its change; take it when newer. A
-	// terminal snapshot is final: nothing is stored after it.
-	if sb.joinPos > 0 && !snap.Status.Terminal() {
-		m, err := s.msgOnLeader(ctx, natsx.MsgGet{LastFor: subject})
-		if err != nil {
-			return fail(err)
-		}
-		if m != nil {
-			if k, ok := envelope.SeqOf(m.Header); ok && k > snap.Seq {
-				_, newer, err := envelope.DecodeEvent(m.Data)
-				if err != nil {
-					return fail(err)
-				}
-				snap = newer
-			}
-		}
-	}
-	res := joinResult{snapshot: &snap}
-	recovered := false
-	sb.last = snap.Seq
-	if lastSeq != nil {
-		var replay []*event
-		replay, recovered, err = s.replayJob(ctx, subject, *lastSeq, snap.Seq, sb.joinPos)
-		if err != nil {
-			return fail(err)
-		}
-		if recovered {
-			sb.last, res.replay = *lastSeq, replay
-		}
-	}
-	res.response, err = json.Marshal(map[string]any{"snapshot": snap, "recovered": recovered})
-	if err != nil {
-		return fail(err)
-	}
-	return res
-}
-
-func (s *Service) openUser(ctx context.Context, p auth.Principal, sb *sub, id string, lastSeq *uint64) joinResult {
-	if id != p.User && !p.Admin {
-		return joinResult{reason: reasonUnauthorized}
-	}
-	if err := s.hub.add(sb, userSubject(id)); err != nil {
-		s.log.Warn("join: subscribing", "user", id, "err", err)
-		return joinResult{reason: reasonUnavailable}
-	}
-	fail := func(err error) joinResult {
-		s.hub.remove(sb)
-		s.log.Warn("join: reading user jobs", "user", id, "err", err)
-		return joinResult{reason: reasonUnavailable}
-	}
-	jobs, streamSeq, truncated, err := s.userJobs(ctx, id, sb.joinPos)
-	if err != nil {
-		return fail(err)
-	}
-	var res joinResult
-	recovered := false
-	sb.last = streamSeq
-	// Every event up to joinMark was stored before the scan above, which
-	// saw the result; later ones reach sb live.
-	sb.resume = sb.joinMark
-	if lastSeq != nil {
-		var replay []*event
-		replay, recovered, err = s.replayUser(ctx, id, *lastSeq, sb.joinPos)
-		if err != nil {
-			return fail(err)
-		}
-		if recovered {
-			// The client has everything up to last_seq; the replay
-			// brings the rest, in stream order, after the reply.
-			sb.last, res.replay, sb.resume = *lastSeq, replay, *lastSeq
-			for _, ev := range replay {
-				ev.replayed = true
-			}
-		}
-	}
-	if jobs == nil {
-		jobs = []json.RawMessage{}
-	}
-	res.response, err = json.Marshal(map[string]any{"jobs": jobs, "stream_seq": streamSeq, "recovered": recovered, "truncated": truncated, "resume_seq": sb.resume})
-	if err != nil {
-		return fail(err)
-	}
-	return res
-}

@@ -1,6 +1,10 @@
 package phoenix
 
-import "fmt"
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+)
 
 // Binary frame kinds (docs/phoenix-protocol.md#7-binary-frames).
 const (
@@ -72,4 +76,79 @@ func BinaryBroadcast(topic, event string, payload []byte) []byte {
 	out = append(out, topic...)
 	out = append(out, event...)
 	return append(out, payload...)
+}
+
+// Decode decodes a client frame that arrived as a binary (DecodeBinary) or a
+// text (JSON array) message.
+func Decode(b []byte, binary bool) (Frame, error) {
+	if binary {
+		return DecodeBinary(b)
+	}
+	return DecodeFrame(b)
+}
+
+// TextOf turns a server→client binary frame (a kind 0 push, a kind 1 reply
+// or a kind 2 broadcast) into a JSON frame for a transport that carries
+// text only: the long-poll client decodes every message as JSON, so the
+// bytes travel base64-encoded as {"binary":"<base64>"} (a reply's
+// response, or a push's payload). It returns nil for bytes that are not
+// such a frame.
+func TextOf(b []byte) []byte {
+	field := func(p *[]byte, n int) (string, bool) {
+		if len(*p) < n {
+			return "", false
+		}
+		s := string((*p)[:n])
+		*p = (*p)[n:]
+		return s, true
+	}
+	ref := func(s string) Ref {
+		if s == "" {
+			return Ref{}
+		}
+		return StrRef(s)
+	}
+	wrap := func(raw []byte) []byte {
+		out, _ := json.Marshal(map[string]string{"binary": base64.StdEncoding.EncodeToString(raw)})
+		return out
+	}
+	if len(b) < 3 {
+		return nil
+	}
+	switch b[0] {
+	case KindReply:
+		if len(b) < 5 {
+			return nil
+		}
+		rest := b[5:]
+		jr, ok1 := field(&rest, int(b[1]))
+		rf, ok2 := field(&rest, int(b[2]))
+		topic, ok3 := field(&rest, int(b[3]))
+		status, ok4 := field(&rest, int(b[4]))
+		if !ok1 || !ok2 || !ok3 || !ok4 {
+			return nil
+		}
+		return Reply(ref(jr), ref(rf), topic, status, wrap(rest))
+	case KindPush:
+		if len(b) < 4 {
+			return nil
+		}
+		rest := b[4:]
+		jr, ok1 := field(&rest, int(b[1]))
+		topic, ok2 := field(&rest, int(b[2]))
+		event, ok3 := field(&rest, int(b[3]))
+		if !ok1 || !ok2 || !ok3 {
+			return nil
+		}
+		return AppendFrame(nil, ref(jr), Ref{}, topic, event, wrap(rest))
+	case KindBroadcast:
+		rest := b[3:]
+		topic, ok1 := field(&rest, int(b[1]))
+		event, ok2 := field(&rest, int(b[2]))
+		if !ok1 || !ok2 {
+			return nil
+		}
+		return AppendFrame(nil, Ref{}, Ref{}, topic, event, wrap(rest))
+	}
+	return nil
 }

@@ -98,3 +98,43 @@ func FuzzDecodeFrame(f *testing.F) {
 		_, _ = DecodeBinary(b)
 	})
 }
+
+func TestTextOf(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		in   []byte
+		want string
+	}{
+		{"reply", BinaryReply(StrRef("1"), StrRef("2"), "t", "ok", []byte{0xde, 0xad}), `["1","2","t","phx_reply",{"status":"ok","response":{"binary":"3q0="}}]`},
+		{"broadcast", BinaryBroadcast("t", "e", []byte{1}), `[null,null,"t","e",{"binary":"AQ=="}]`},
+		{"push", append([]byte{KindPush, 1, 1, 1}, "3te\x07"...), `["3",null,"t","e",{"binary":"Bw=="}]`},
+		{"short", []byte{KindReply, 1}, ""},
+		{"header past the end", []byte{KindReply, 9, 9, 9, 9, 'x'}, ""},
+		{"unknown kind", []byte{7, 0, 0, 0}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := TextOf(tc.in); string(got) != tc.want {
+				t.Fatalf("TextOf(%q) = %s, want %s", tc.in, got, tc.want)
+			}
+		})
+	}
+}
+
+func FuzzTextOf(f *testing.F) {
+	f.Add(BinaryReply(StrRef("1"), StrRef("2"), "t", "ok", []byte{7}))
+	f.Add(BinaryBroadcast("t", "e", []byte{1}))
+	f.Add(append([]byte{KindPush, 1, 1, 1}, "3te\x07"...))
+	f.Add([]byte{KindReply, 255, 255, 255, 255})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		out := TextOf(b)
+		if out == nil {
+			return
+		}
+		// What it makes is a V2 JSON frame: five elements, the payload
+		// an object.
+		var parts []json.RawMessage
+		if err := json.Unmarshal(out, &parts); err != nil || len(parts) != 5 || parts[4][0] != '{' {
+			t.Fatalf("TextOf(%q) = %s: %v", b, out, err)
+		}
+	})
+}
