@@ -67,8 +67,9 @@ func pipelineRate(ctx context.Context, t *target, o *options, rep *reporter) err
 	n := o.pipeJobs
 	run := fmt.Sprintf("%x", time.Now().UnixNano()&0xffffffff)
 	tl := &tally{want: n, done: make(chan struct{})}
-	sub, err := t.nc.Subscribe("events.*.*", func(m *nats.Msg) {
-		if strings.HasPrefix(m.Subject, "events.pa") && isTerminalType(m.Header.Get(envelope.HeaderType)) {
+	sub, err := t.nc.Subscribe(envelope.EventSubject("*", "*"), func(m *nats.Msg) {
+		user, _, err := envelope.ParseEventSubject(m.Subject)
+		if err == nil && strings.HasPrefix(user, "pa") && isTerminalType(m.Header.Get(envelope.HeaderType)) {
 			tl.hit(time.Now())
 		}
 	})

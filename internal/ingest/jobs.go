@@ -14,11 +14,6 @@ import (
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
-// CancelSubject is the core-NATS subject (not stored) ingest publishes to,
-// with an empty body, after it cancelled a job, so that a processor running
-// the job cancels its context: cancel.<user>.<job>.
-func CancelSubject(user, job string) string { return "cancel." + user + "." + job }
-
 // get handles GET /v1/jobs/{id}.
 func (s *Service) get(w http.ResponseWriter, r *http.Request) {
 	_, snap, _, aerr := s.lookup(r)
@@ -73,7 +68,7 @@ func (s *Service) cancel(w http.ResponseWriter, r *http.Request) {
 		writeError(w, unavailable())
 		return
 	}
-	msg := nats.NewMsg(CancelSubject(next.User, next.ID))
+	msg := nats.NewMsg(envelope.CancelSubject(next.User, next.ID))
 	if tp := telemetry.Traceparent(ctx); tp != "" {
 		msg.Header.Set(envelope.HeaderTraceparent, tp)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"hash/maphash"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -350,7 +349,7 @@ func (h *hub) dispatch(name string, ev *event) {
 // deliverStored hands an event read from the stream (live or caught up) to
 // every subscriber; t.mu is held.
 func (t *topic) deliverStored(ev *event) {
-	if ev.terminal && !strings.HasSuffix(t.subject, ".*") {
+	if ev.terminal && envelope.IsJobEventSubject(t.subject) {
 		t.finished = true
 	}
 	ev.mark = t.mark

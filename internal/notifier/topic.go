@@ -59,9 +59,6 @@ func parseTopic(t string) (kind topicKind, id, reason string) {
 	return kind, id, ""
 }
 
-// userSubject is the subject of all of a user's events.
-func userSubject(user string) string { return "events." + user + ".*" }
-
 // joinResult is the outcome of opening a topic for one subscriber.
 type joinResult struct {
 	reason   string          // join error reason; "" means ok
@@ -162,7 +159,7 @@ func (s *Service) openUser(ctx context.Context, p auth.Principal, sb *sub, id st
 	if id != p.User && !p.Admin {
 		return joinResult{reason: reasonUnauthorized}
 	}
-	if err := s.hub.add(sb, userSubject(id)); err != nil {
+	if err := s.hub.add(sb, envelope.UserEventsSubject(id)); err != nil {
 		s.log.Warn("join: subscribing", "user", id, "err", err)
 		return joinResult{reason: reasonUnavailable}
 	}

@@ -44,8 +44,8 @@ func TestDeliveryPastTheLimitIsDeadWithoutRunning(t *testing.T) {
 	}
 	ctx := context.Background()
 	m := e.lastDLQ("dlq.image")
-	if m.Header.Get(HeaderAttempts) != "3" || m.Header.Get("Nats-Msg-Id") != "dead:"+j.ID ||
-		!strings.Contains(m.Header.Get(HeaderDeadReason), "never finished") {
+	if m.Header.Get(envelope.HeaderAttempts) != "3" || m.Header.Get("Nats-Msg-Id") != "dead:"+j.ID ||
+		!strings.Contains(m.Header.Get(envelope.HeaderDeadReason), "never finished") {
 		t.Fatalf("DLQ headers %v", m.Header)
 	}
 	waitFor(t, 5*time.Second, func() bool { // termed, not redelivered

@@ -101,7 +101,7 @@ func TestMalformedMessageGoesToDLQAndConsumerGoesOn(t *testing.T) {
 		t.Fatal(err)
 	}
 	if string(m.Data) != string(bad.Data) || m.Subject != "dlq.image" ||
-		m.Header.Get(HeaderOriginalSubject) != "jobs.normal.image" || m.Header.Get(HeaderDeadReason) == "" {
+		m.Header.Get(envelope.HeaderOriginalSubject) != "jobs.normal.image" || m.Header.Get(envelope.HeaderDeadReason) == "" {
 		t.Fatalf("DLQ entry %s %q %v", m.Subject, m.Data, m.Header)
 	}
 	// Terminated, not redelivered: the work queue is empty.
@@ -143,7 +143,7 @@ func TestJobOnAnotherJobsSubjectGoesToDLQ(t *testing.T) {
 		t.Fatal(err)
 	}
 	d, err := dlq.GetMsg(ctx, 1)
-	if err != nil || d.Header.Get(HeaderOriginalSubject) != m.Subject {
+	if err != nil || d.Header.Get(envelope.HeaderOriginalSubject) != m.Subject {
 		t.Fatalf("DLQ entry %v: %v", d, err)
 	}
 }

@@ -84,8 +84,8 @@ func TestMaxDeliverExceededIsDeadWithDLQCopy(t *testing.T) {
 	if err != nil || orig.ID != j.ID {
 		t.Fatalf("DLQ body is not the original envelope: %v %+v", err, orig)
 	}
-	if m.Header.Get(HeaderAttempts) != "3" || m.Header.Get(HeaderDeadReason) == "" ||
-		m.Header.Get(HeaderOriginalSubject) != "jobs.low.video."+j.ID || m.Header.Get("Nats-Msg-Id") != "dead:"+j.ID {
+	if m.Header.Get(envelope.HeaderAttempts) != "3" || m.Header.Get(envelope.HeaderDeadReason) == "" ||
+		m.Header.Get(envelope.HeaderOriginalSubject) != "jobs.low.video."+j.ID || m.Header.Get("Nats-Msg-Id") != "dead:"+j.ID {
 		t.Fatalf("DLQ headers %v", m.Header)
 	}
 	// Terminated: not redelivered, and counted.

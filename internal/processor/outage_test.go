@@ -329,7 +329,7 @@ func TestCollidingJobIDIsDeadLetteredNotRun(t *testing.T) {
 	if err != nil {
 		t.Fatalf("no DLQ copy: %v", err)
 	}
-	if reason := m.Header.Get(HeaderDeadReason); !strings.Contains(reason, "collides") {
+	if reason := m.Header.Get(envelope.HeaderDeadReason); !strings.Contains(reason, "collides") {
 		t.Fatalf("DLQ reason %q", reason)
 	}
 	if s := e.snapshot(alice.ID); s.User != "alice" || s.Status != envelope.StatusQueued || s.Seq != 0 {

@@ -50,7 +50,7 @@ type Processor struct {
 	stopCtx context.Context
 	jobBase context.Context
 
-	// cancelSubject is CancelSubject; tests break it to make a supervised
+	// cancelSubject is envelope.CancelFilter; tests break it to make a supervised
 	// child fail.
 	cancelSubject string
 
@@ -92,7 +92,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 		kindBreakers:  map[string]*flow.Breaker{},
 		breakers:      map[string]*flow.Breaker{},
 		consumers:     map[string]jetstream.Consumer{},
-		cancelSubject: CancelSubject,
+		cancelSubject: envelope.CancelFilter,
 	}
 	for _, k := range c.Kinds {
 		name := c.providerName(k)
