@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/beamline/beamline/internal/auth"
+	"github.com/beamline/beamline/internal/httpx"
 	"github.com/beamline/beamline/internal/jobstore"
 	"github.com/beamline/beamline/internal/telemetry"
 	"github.com/beamline/beamline/pkg/envelope"
@@ -21,7 +22,7 @@ func (s *Service) get(w http.ResponseWriter, r *http.Request) {
 		writeError(w, aerr)
 		return
 	}
-	writeJSON(w, http.StatusOK, snap)
+	httpx.WriteJSON(w, http.StatusOK, snap)
 }
 
 // cancel handles DELETE /v1/jobs/{id}: a job not yet terminal becomes
@@ -76,7 +77,7 @@ func (s *Service) cancel(w http.ResponseWriter, r *http.Request) {
 		log.Warn("cancel notice not published", "err", err)
 	}
 	log.Info("job cancelled", "by", p.User, "seq", next.Seq)
-	writeJSON(w, http.StatusOK, next)
+	httpx.WriteJSON(w, http.StatusOK, next)
 }
 
 // lookup authenticates, validates the path id and loads the job the caller

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/beamline/beamline/internal/auth"
+	"github.com/beamline/beamline/internal/httpx"
 	"github.com/beamline/beamline/internal/jobstore"
 	"github.com/beamline/beamline/internal/jsm"
 	"github.com/beamline/beamline/internal/natstest"
@@ -155,7 +156,7 @@ func (r response) snapshot(t *testing.T) envelope.Snapshot {
 // errorCode decodes the JSON error body strictly and returns its code.
 func (r response) errorCode(t *testing.T) string {
 	t.Helper()
-	var e errorBody
+	var e httpx.ErrorBody
 	dec := json.NewDecoder(bytes.NewReader(r.Body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&e); err != nil || e.Error.Code == "" || e.Error.Message == "" {

@@ -13,6 +13,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/beamline/beamline/internal/auth"
+	"github.com/beamline/beamline/internal/httpx"
 	"github.com/beamline/beamline/internal/phoenix"
 )
 
@@ -70,7 +71,7 @@ func (s *Service) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	select {
 	case <-s.quit:
 		w.Header().Set("Retry-After", "1")
-		writeError(w, http.StatusServiceUnavailable, "shutting_down", "notifier is shutting down")
+		httpx.WriteError(w, http.StatusServiceUnavailable, "shutting_down", "notifier is shutting down")
 		return
 	default:
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/beamline/beamline/internal/httpx"
 	"github.com/beamline/beamline/internal/phoenix"
 )
 
@@ -157,7 +158,7 @@ func (s *Service) serveLongPoll(w http.ResponseWriter, r *http.Request) {
 		s.lpPublish(w, r, c)
 	default:
 		w.Header().Set("Allow", "GET, POST, OPTIONS")
-		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "use GET, POST or OPTIONS")
+		httpx.WriteError(w, http.StatusMethodNotAllowed, "method_not_allowed", "use GET, POST or OPTIONS")
 	}
 }
 
