@@ -23,6 +23,7 @@ import (
 	"github.com/beamline/beamline/internal/jobstore"
 	"github.com/beamline/beamline/internal/jsm"
 	"github.com/beamline/beamline/internal/natstest"
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/pkg/envelope"
 	"github.com/beamline/beamline/streams"
 )
@@ -87,7 +88,7 @@ func newHarness(t *testing.T, mutate func(*Config)) *harness {
 		}
 		tr.CloseIdleConnections()
 	})
-	waitFor(t, 5*time.Second, func() bool {
+	testutil.WaitFor(t, 5*time.Second, func() bool {
 		resp, err := tr.RoundTrip(mustRequest(t, http.MethodGet, h.url+"/healthz", nil))
 		if err != nil {
 			return false
@@ -108,16 +109,6 @@ func mustRequest(t *testing.T, method, url string, body io.Reader) *http.Request
 }
 
 // waitFor polls cond until it holds or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v", timeout)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
 
 func token(t *testing.T, user string) string {
 	t.Helper()

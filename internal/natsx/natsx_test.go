@@ -15,6 +15,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
+
+	"github.com/beamline/beamline/internal/testutil"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -86,17 +88,6 @@ func (s *syncBuf) String() string {
 	return s.b.String()
 }
 
-func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v", timeout)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // A binary survives a NATS restart: the server comes back on the same port
 // and store folder, the connection reconnects by itself, and the JetStream
 // data is still there.
@@ -131,13 +122,13 @@ func TestConnectReconnectsAfterRestart(t *testing.T) {
 
 	srv.Shutdown()
 	srv.WaitForShutdown()
-	waitFor(t, 10*time.Second, func() bool { return !nc.IsConnected() })
+	testutil.WaitFor(t, 10*time.Second, func() bool { return !nc.IsConnected() })
 
 	srv, err = RunEmbedded(EmbeddedConfig{Port: port, StoreDir: dir, ServerName: "n1"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 15*time.Second, nc.IsConnected)
+	testutil.WaitFor(t, 15*time.Second, nc.IsConnected)
 
 	if _, err := js.Publish(ctx, "t.2", []byte("after")); err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -117,7 +118,7 @@ func TestCancelInsideWindow(t *testing.T) {
 	e.start(cfg)
 	j := newJob("alice", "image", envelope.PriorityNormal, nil)
 	e.submit(j)
-	waitFor(t, 10*time.Second, func() bool { return g.calls.Load() == 1 })
+	testutil.WaitFor(t, 10*time.Second, func() bool { return g.calls.Load() == 1 })
 	if _, err := e.apply(t.Context(), j.ID, envelope.TypeCancelled, func(s *envelope.Snapshot) error {
 		s.Status = envelope.StatusCancelled
 		return nil

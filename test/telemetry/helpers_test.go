@@ -20,17 +20,6 @@ import (
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
-func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in time")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // start runs a devstack with quick retries and metric refreshes; tune may
 // adjust the configuration further.
 func start(t *testing.T, tune func(*devstack.Config)) *devstack.Stack {
