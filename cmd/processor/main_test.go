@@ -358,7 +358,7 @@ func TestBreakerFlags(t *testing.T) {
 		{"-breaker-failure-ratio", "1.5"}, {"-breaker-failure-ratio", "0"},
 		{"-breaker-min-requests", "0"}, {"-breaker-open", "0s"},
 	} {
-		if err := run(args); err == nil || !strings.Contains(err.Error(), "breaker") {
+		if err := run(context.Background(), args, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "breaker") {
 			t.Errorf("run(%v) = %v, want a breaker flag error", args, err)
 		}
 	}
