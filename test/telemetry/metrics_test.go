@@ -107,7 +107,7 @@ func TestMetricsScrapeAndMove(t *testing.T) {
 		lat, _ := value(n, "beamline_notifier_push_latency_seconds", nil)
 		return conns >= 1 && joins >= 1 && pushes >= 6 && lat >= 6
 	})
-	c.ws.Close()
+	c.c.Abort()
 	testutil.WaitFor(t, 10*time.Second, func() bool {
 		n := scrape(t, st.NotifierURL)
 		d, _ := value(n, "beamline_notifier_disconnects_total", nil)
