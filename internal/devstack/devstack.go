@@ -74,7 +74,6 @@ type Stack struct {
 	failed chan struct{}
 	once   sync.Once
 	err    error
-	conns  []*nats.Conn
 }
 
 // part is one service running under the stack.
