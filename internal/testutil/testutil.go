@@ -7,6 +7,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // PollInterval is how often WaitFor asks its condition again.
@@ -41,4 +44,51 @@ func failure(timeout time.Duration, msg []any) string {
 		}
 	}
 	return s + ": " + strings.Join(parts, " ")
+}
+
+// MetricValue sums the series of family name in mfs whose labels include
+// want: counters, gauges and untyped metrics by value, histograms by their
+// sample count. found says whether any series matched.
+func MetricValue(mfs []*dto.MetricFamily, name string, want map[string]string) (sum float64, found bool) {
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			have := map[string]string{}
+			for _, l := range m.GetLabel() {
+				have[l.GetName()] = l.GetValue()
+			}
+			for k, v := range want {
+				if have[k] != v {
+					continue series
+				}
+			}
+			found = true
+			switch {
+			case m.Counter != nil:
+				sum += m.Counter.GetValue()
+			case m.Gauge != nil:
+				sum += m.Gauge.GetValue()
+			case m.Histogram != nil:
+				sum += float64(m.Histogram.GetSampleCount())
+			case m.Untyped != nil:
+				sum += m.Untyped.GetValue()
+			}
+		}
+	}
+	return sum, found
+}
+
+// GatheredValue gathers g (failing t when it cannot) and returns the
+// MetricValue of name for want.
+func GatheredValue(t testing.TB, g prometheus.Gatherer, name string, want map[string]string) float64 {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _ := MetricValue(mfs, name, want)
+	return v
 }

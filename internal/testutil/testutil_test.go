@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 )
 
@@ -57,5 +58,41 @@ func TestWaitForTimesOut(t *testing.T) {
 	}()
 	if f.failed != "condition not met within 30ms: never" {
 		t.Errorf("failed with %q", f.failed)
+	}
+}
+
+func TestMetricValue(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "c_total"}, []string{"kind", "code"})
+	h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "h_seconds"})
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "g"})
+	reg.MustRegister(c, h, g)
+	c.WithLabelValues("image", "202").Add(2)
+	c.WithLabelValues("video", "202").Add(3)
+	c.WithLabelValues("video", "429").Inc()
+	h.Observe(1)
+	h.Observe(2)
+	g.Set(7)
+	for _, tc := range []struct {
+		name string
+		want map[string]string
+		v    float64
+	}{
+		{"c_total", nil, 6},
+		{"c_total", map[string]string{"code": "202"}, 5},
+		{"c_total", map[string]string{"kind": "video", "code": "429"}, 1},
+		{"h_seconds", nil, 2},
+		{"g", nil, 7},
+	} {
+		if v := GatheredValue(t, reg, tc.name, tc.want); v != tc.v {
+			t.Errorf("%s %v = %v, want %v", tc.name, tc.want, v, tc.v)
+		}
+	}
+	mfs, _ := reg.Gather()
+	if _, found := MetricValue(mfs, "c_total", map[string]string{"kind": "audio"}); found {
+		t.Error("found a series of kind audio")
+	}
+	if _, found := MetricValue(mfs, "missing", nil); found {
+		t.Error("found a missing family")
 	}
 }

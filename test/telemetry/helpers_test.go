@@ -18,6 +18,7 @@ import (
 	"github.com/beamline/beamline/internal/devstack/devstacktest"
 	"github.com/beamline/beamline/internal/phoenix/phoenixtest"
 	"github.com/beamline/beamline/internal/processor"
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -70,32 +71,7 @@ func value(mfs map[string]*dto.MetricFamily, name string, want map[string]string
 	if !ok {
 		return 0, false
 	}
-	var sum float64
-	found := false
-next:
-	for _, m := range mf.GetMetric() {
-		have := map[string]string{}
-		for _, l := range m.GetLabel() {
-			have[l.GetName()] = l.GetValue()
-		}
-		for k, v := range want {
-			if have[k] != v {
-				continue next
-			}
-		}
-		found = true
-		switch mf.GetType() {
-		case dto.MetricType_COUNTER:
-			sum += m.GetCounter().GetValue()
-		case dto.MetricType_GAUGE:
-			sum += m.GetGauge().GetValue()
-		case dto.MetricType_HISTOGRAM:
-			sum += float64(m.GetHistogram().GetSampleCount())
-		default:
-			sum += m.GetUntyped().GetValue()
-		}
-	}
-	return sum, found
+	return testutil.MetricValue([]*dto.MetricFamily{mf}, name, want)
 }
 
 // phx is a Phoenix Channels V2 WebSocket client.
