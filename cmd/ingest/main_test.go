@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/beamline/beamline/internal/auth"
 	"github.com/beamline/beamline/internal/config"
 	"github.com/beamline/beamline/internal/natstest"
+	"github.com/beamline/beamline/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -75,7 +75,7 @@ func TestRuns(t *testing.T) {
 	ln.Close() // the port is free again for run to take
 
 	ctx, cancel := context.WithCancel(context.Background())
-	var out syncBuffer
+	var out testutil.Buffer
 	done := make(chan int, 1)
 	go func() {
 		err := run(ctx, []string{"-nats", srv.ClientURL(), "-addr", addr, "-log-format", "json", "-kinds", "image"}, io.Discard, &out)
@@ -134,22 +134,4 @@ func TestRuns(t *testing.T) {
 	if strings.Contains(logs, secret) || strings.Contains(logs, tok) {
 		t.Fatal("a secret or token was logged")
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the service's goroutines to log to.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -3,8 +3,10 @@
 package testutil
 
 import (
+	"bytes"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -91,4 +93,24 @@ func GatheredValue(t testing.TB, g prometheus.Gatherer, name string, want map[st
 	}
 	v, _ := MetricValue(mfs, name, want)
 	return v
+}
+
+// Buffer is a bytes.Buffer that several goroutines may write to at once:
+// a log sink for a service under test.
+type Buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+// String returns what was written so far.
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

@@ -96,3 +96,22 @@ func TestMetricValue(t *testing.T) {
 		t.Error("found a missing family")
 	}
 }
+
+func TestBufferConcurrentWrites(t *testing.T) {
+	var b Buffer
+	done := make(chan struct{})
+	for range 4 {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for range 100 {
+				_, _ = b.Write([]byte("x"))
+			}
+		}()
+	}
+	for range 4 {
+		<-done
+	}
+	if got := len(b.String()); got != 400 {
+		t.Errorf("wrote %d bytes, want 400", got)
+	}
+}
