@@ -13,7 +13,6 @@ import (
 	"github.com/beamline/beamline/internal/auth"
 	"github.com/beamline/beamline/internal/config"
 	"github.com/beamline/beamline/internal/ingest"
-	"github.com/beamline/beamline/internal/telemetry"
 )
 
 func main() { config.Main("ingest", run) }
@@ -54,28 +53,19 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 
-	nc, js, err := common.Connect(ctx, "ingest", log)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	shutdownTracing, err := telemetry.SetupTracing(ctx, "beamline-ingest")
-	if err != nil {
-		return config.Invalid(err)
-	}
-	defer func() { _ = shutdownTracing(context.WithoutCancel(ctx)) }()
-	reg := config.NewRegistry()
-	svc, err := ingest.New(ingest.Config{
-		Addr:           *addr,
-		Kinds:          config.KindNames(kinds),
-		Secret:         secret,
-		MaxBody:        *maxBody,
-		MaxInFlight:    *maxInFlight,
-		RequestTimeout: *timeout,
-		TracerProvider: telemetry.GlobalTracerProvider(),
-	}, nc, js, log, reg)
-	if err != nil {
-		return config.Invalid(err)
-	}
-	return telemetry.RunWithMetrics(ctx, nc, "ingest", reg, nil, log, svc.Run)
+	return common.Serve(ctx, "ingest", log, func(d config.Deps) (config.Service, error) {
+		svc, err := ingest.New(ingest.Config{
+			Addr:           *addr,
+			Kinds:          config.KindNames(kinds),
+			Secret:         secret,
+			MaxBody:        *maxBody,
+			MaxInFlight:    *maxInFlight,
+			RequestTimeout: *timeout,
+			TracerProvider: d.Tracer,
+		}, d.NC, d.JS, log, d.Registry)
+		if err != nil {
+			return config.Service{}, err
+		}
+		return config.Service{Run: svc.Run}, nil
+	})
 }

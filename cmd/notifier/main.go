@@ -19,7 +19,6 @@ import (
 	"github.com/beamline/beamline/internal/auth"
 	"github.com/beamline/beamline/internal/config"
 	"github.com/beamline/beamline/internal/notifier"
-	"github.com/beamline/beamline/internal/telemetry"
 )
 
 // defaultGCPercent is the notifier's GOGC when $GOGC is unset.
@@ -75,23 +74,14 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 		defer stopPprof()
 	}
 
-	nc, js, err := common.Connect(ctx, "notifier", log)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	shutdownTracing, err := telemetry.SetupTracing(ctx, "beamline-notifier")
-	if err != nil {
-		return config.Invalid(err)
-	}
-	defer func() { _ = shutdownTracing(context.WithoutCancel(ctx)) }()
-	reg := config.NewRegistry()
-	svc, err := notifier.New(notifier.Config{Addr: *addr, Secret: secret, AllowedOrigins: allowed,
-		TracerProvider: telemetry.GlobalTracerProvider()}, nc, js, log, reg)
-	if err != nil {
-		return config.Invalid(err)
-	}
-	return telemetry.RunWithMetrics(ctx, nc, "notifier", reg, svc, log, svc.Run)
+	return common.Serve(ctx, "notifier", log, func(d config.Deps) (config.Service, error) {
+		svc, err := notifier.New(notifier.Config{Addr: *addr, Secret: secret, AllowedOrigins: allowed,
+			TracerProvider: d.Tracer}, d.NC, d.JS, log, d.Registry)
+		if err != nil {
+			return config.Service{}, err
+		}
+		return config.Service{Run: svc.Run, Admin: svc}, nil
+	})
 }
 
 // servePprof serves net/http/pprof on addr, which must be a loopback

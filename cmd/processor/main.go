@@ -15,7 +15,6 @@ import (
 	"github.com/beamline/beamline/internal/config"
 	"github.com/beamline/beamline/internal/processor"
 	"github.com/beamline/beamline/internal/provider"
-	"github.com/beamline/beamline/internal/telemetry"
 	"github.com/beamline/beamline/pkg/flow"
 )
 
@@ -98,21 +97,12 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	cfg.DefaultProvider = providerName
 
-	nc, js, err := common.Connect(ctx, "processor", log)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	shutdownTracing, err := telemetry.SetupTracing(ctx, "beamline-processor")
-	if err != nil {
-		return config.Invalid(err)
-	}
-	defer func() { _ = shutdownTracing(context.WithoutCancel(ctx)) }()
-	cfg.TracerProvider = telemetry.GlobalTracerProvider()
-	reg := config.NewRegistry()
-	p, err := processor.New(cfg, nc, js, log, reg)
-	if err != nil {
-		return config.Invalid(err)
-	}
-	return telemetry.RunWithMetrics(ctx, nc, "processor", reg, nil, log, p.Run)
+	return common.Serve(ctx, "processor", log, func(d config.Deps) (config.Service, error) {
+		cfg.TracerProvider = d.Tracer
+		p, err := processor.New(cfg, d.NC, d.JS, log, d.Registry)
+		if err != nil {
+			return config.Service{}, err
+		}
+		return config.Service{Run: p.Run}, nil
+	})
 }

@@ -1,5 +1,7 @@
 // Package config holds what the binaries share on their command lines: the
-// NATS URL, the log format, the replica count and the kinds that exist.
+// NATS URL, the log format, the replica count and the kinds that exist; and
+// the shape of their main: Main (signals and exit codes) around
+// run(ctx, args, stdout, stderr) error, which ends in Common.Serve.
 package config
 
 import (

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/beamline/beamline/internal/jsm"
 	"github.com/beamline/beamline/internal/natsx"
@@ -122,4 +123,45 @@ func NewRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return reg
+}
+
+// Deps is what Serve hands the constructor of a service.
+type Deps struct {
+	NC       *nats.Conn
+	JS       jetstream.JetStream
+	Registry *prometheus.Registry
+	// Tracer is the global tracer provider, set up from the standard
+	// OTEL_* variables (a no-op without them).
+	Tracer trace.TracerProvider
+}
+
+// Service is a built service: Run runs it until ctx is done. Admin, when
+// set (the notifier), receives the admin:metrics figures.
+type Service struct {
+	Run   func(ctx context.Context) error
+	Admin telemetry.Broadcaster
+}
+
+// Serve is the second half of every service binary: Connect (NATS, streams
+// under jsm.SetupTimeout), tracing as beamline-<service>, the binary's own
+// registry (NewRegistry), then build and run the service beside its
+// metrics publisher (telemetry.RunWithMetrics) until ctx is done. An error
+// of build is Invalid: it can only be the configuration's.
+func (c *Common) Serve(ctx context.Context, service string, log *slog.Logger, build func(Deps) (Service, error)) error {
+	nc, js, err := c.Connect(ctx, service, log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	shutdownTracing, err := telemetry.SetupTracing(ctx, "beamline-"+service)
+	if err != nil {
+		return Invalid(err)
+	}
+	defer func() { _ = shutdownTracing(context.WithoutCancel(ctx)) }()
+	reg := NewRegistry()
+	svc, err := build(Deps{NC: nc, JS: js, Registry: reg, Tracer: telemetry.GlobalTracerProvider()})
+	if err != nil {
+		return Invalid(err)
+	}
+	return telemetry.RunWithMetrics(ctx, nc, service, reg, svc.Admin, log, svc.Run)
 }
