@@ -101,16 +101,7 @@ func (s *stack) submit(n int, durationMS int) []envelope.Job {
 			Priority: envelope.PriorityNormal, CreatedAt: time.Now().UTC(),
 			Input: []byte(fmt.Sprintf(`{"sim":{"duration_ms":%d}}`, durationMS)),
 		}
-		if _, err := s.store.Create(context.Background(), j); err != nil {
-			s.t.Fatal(err)
-		}
-		m, err := envelope.NewJobMsg(j, "/test", "")
-		if err != nil {
-			s.t.Fatal(err)
-		}
-		if _, err := s.js.PublishMsg(context.Background(), m); err != nil {
-			s.t.Fatal(err)
-		}
+		s.enqueue(j)
 		out = append(out, j)
 	}
 	return out
@@ -239,6 +230,13 @@ func (s *stack) submitSim(sim string) envelope.Job {
 		Priority: envelope.PriorityNormal, CreatedAt: time.Now().UTC(),
 		Input: []byte(`{"sim":` + sim + `}`),
 	}
+	s.enqueue(j)
+	return j
+}
+
+// enqueue stores j's queued snapshot and publishes its job message.
+func (s *stack) enqueue(j envelope.Job) {
+	s.t.Helper()
 	if _, err := s.store.Create(context.Background(), j); err != nil {
 		s.t.Fatal(err)
 	}
@@ -249,7 +247,6 @@ func (s *stack) submitSim(sim string) envelope.Job {
 	if _, err := s.js.PublishMsg(context.Background(), m); err != nil {
 		s.t.Fatal(err)
 	}
-	return j
 }
 
 // kill -9 during a job's last allowed attempt: JetStream's own max_deliver
