@@ -7,12 +7,13 @@ import (
 	"crypto/sha256"
 	"embed"
 	"encoding/hex"
-	"encoding/json"
 	"io/fs"
 	"net/http"
 	"path"
 	"strings"
 	"sync"
+
+	"github.com/beamline/beamline/internal/httpx"
 )
 
 //go:embed *.html *.js *.d.ts *.css *.svg
@@ -45,7 +46,7 @@ func Handler() http.Handler {
 func serve(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
-		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "only GET and HEAD are served here")
+		httpx.WriteError(w, http.StatusMethodNotAllowed, "method_not_allowed", "only GET and HEAD are served here")
 		return
 	}
 	name := strings.TrimPrefix(path.Clean("/"+r.URL.Path), "/")
@@ -57,7 +58,7 @@ func serve(w http.ResponseWriter, r *http.Request) {
 	}
 	b, err := files.ReadFile(name)
 	if err != nil || strings.Contains(name, "/") {
-		writeError(w, http.StatusNotFound, "not_found", "no such page or asset")
+		httpx.WriteError(w, http.StatusNotFound, "not_found", "no such page or asset")
 		return
 	}
 	ext := path.Ext(name)
@@ -95,10 +96,4 @@ func etagOf(name string, b []byte) string {
 	e := `"` + hex.EncodeToString(sum[:8]) + `"`
 	etags.Store(name, e)
 	return e
-}
-
-func writeError(w http.ResponseWriter, status int, code, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": code, "message": msg}})
 }

@@ -12,7 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/beamline/beamline/internal/phoenix"
+	"github.com/beamline/beamline/internal/phoenix/phoenixtest"
 )
 
 // envClientToken passes the token to push-clients children (never a flag,
@@ -22,7 +22,7 @@ const envClientToken = "BEAMLINE_BENCH_TOKEN"
 // clientSet is a set of WebSocket clients, each joined to one job topic,
 // recording publish→receipt latency of the pushes they get.
 type clientSet struct {
-	conns    []*wsClient
+	conns    []*phoenixtest.Client
 	lat      *latencies
 	received atomic.Int64
 	failed   int
@@ -33,7 +33,7 @@ type clientSet struct {
 // job:<id>. It returns with whatever connected; failed counts the rest.
 func openClients(ctx context.Context, notifierURL, token string, ids []string, conc int) *clientSet {
 	cs := &clientSet{lat: newLatencies(1 << 21)}
-	onPush := func(f *phoenix.Frame, at time.Time) {
+	onPush := func(f *phoenixtest.Frame, at time.Time) {
 		if p, ok := decodeJobPush(f); ok {
 			cs.received.Add(1)
 			cs.lat.add(at.Sub(p.Job.UpdatedAt))
@@ -52,8 +52,8 @@ func openClients(ctx context.Context, notifierURL, token string, ids []string, c
 			defer func() { <-sem; wg.Done() }()
 			c, err := dialWS(ctx, notifierURL, token, nil, onPush)
 			if err == nil {
-				if _, err = c.join(ctx, "job:"+id, nil); err != nil {
-					c.close()
+				if err = joinWS(ctx, c, "job:"+id); err != nil {
+					c.Close()
 				}
 			}
 			mu.Lock()
@@ -85,7 +85,7 @@ func (cs *clientSet) heartbeats(ctx context.Context) {
 				return
 			case <-time.After(step):
 			}
-			c.heartbeat()
+			c.Heartbeat()
 		}
 	}
 }
@@ -98,7 +98,7 @@ func (cs *clientSet) close() {
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			c.close()
+			c.Close()
 		}()
 	}
 	wg.Wait()
@@ -173,7 +173,7 @@ func runPushClients(ctx context.Context, args []string, stdin io.Reader, stdout,
 	cs.lat.mu.Unlock()
 	err := enc.Encode(res)
 	for _, c := range cs.conns {
-		c.c.Close()
+		c.Abort()
 	}
 	return err
 }

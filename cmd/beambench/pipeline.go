@@ -17,7 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/beamline/beamline/internal/jsm"
-	"github.com/beamline/beamline/internal/phoenix"
+	"github.com/beamline/beamline/internal/phoenix/phoenixtest"
 	"github.com/beamline/beamline/pkg/envelope"
 	"github.com/beamline/beamline/streams"
 )
@@ -67,8 +67,9 @@ func pipelineRate(ctx context.Context, t *target, o *options, rep *reporter) err
 	n := o.pipeJobs
 	run := fmt.Sprintf("%x", time.Now().UnixNano()&0xffffffff)
 	tl := &tally{want: n, done: make(chan struct{})}
-	sub, err := t.nc.Subscribe("events.*.*", func(m *nats.Msg) {
-		if strings.HasPrefix(m.Subject, "events.pa") && isTerminalType(m.Header.Get(envelope.HeaderType)) {
+	sub, err := t.nc.Subscribe(envelope.EventSubject("*", "*"), func(m *nats.Msg) {
+		user, _, err := envelope.ParseEventSubject(m.Subject)
+		if err == nil && strings.HasPrefix(user, "pa") && isTerminalType(m.Header.Get(envelope.HeaderType)) {
 			tl.hit(time.Now())
 		}
 	})
@@ -217,7 +218,7 @@ func pipelineLatency(ctx context.Context, t *target, o *options, rep *reporter) 
 			}
 		}
 	}
-	ws, err := dialWS(ctx, t.notifierURL, tok, nil, func(f *phoenix.Frame, at time.Time) {
+	ws, err := dialWS(ctx, t.notifierURL, tok, nil, func(f *phoenixtest.Frame, at time.Time) {
 		p, ok := decodeJobPush(f)
 		if !ok || !p.Job.Status.Terminal() {
 			return
@@ -230,8 +231,8 @@ func pipelineLatency(ctx context.Context, t *target, o *options, rep *reporter) 
 	if err != nil {
 		return err
 	}
-	defer ws.close()
-	if _, err := ws.join(ctx, "user:"+user, nil); err != nil {
+	defer ws.Close()
+	if err := joinWS(ctx, ws, "user:"+user); err != nil {
 		return err
 	}
 	total := int(float64(o.pipeRate) * o.pipeDur.Seconds())

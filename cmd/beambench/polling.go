@@ -10,7 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/beamline/beamline/internal/phoenix"
+	"github.com/beamline/beamline/internal/phoenix/phoenixtest"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -35,7 +35,7 @@ func runPolling(ctx context.Context, t *target, o *options, rep *reporter) error
 	pushDelay := newLatencies(1 << 20)
 	pushChanges, pushTerminal := 0, map[string]bool{}
 	var watchFrom atomic.Int64
-	ws, err := dialWS(ctx, t.notifierURL, tok, &pushBytes, func(f *phoenix.Frame, at time.Time) {
+	ws, err := dialWS(ctx, t.notifierURL, tok, &pushBytes, func(f *phoenixtest.Frame, at time.Time) {
 		p, ok := decodeJobPush(f)
 		if !ok || p.Job.UpdatedAt.UnixNano() < watchFrom.Load() {
 			return
@@ -51,8 +51,8 @@ func runPolling(ctx context.Context, t *target, o *options, rep *reporter) error
 	if err != nil {
 		return err
 	}
-	defer ws.close()
-	if _, err := ws.join(ctx, "user:"+user, nil); err != nil {
+	defer ws.Close()
+	if err := joinWS(ctx, ws, "user:"+user); err != nil {
 		return err
 	}
 
@@ -103,7 +103,7 @@ func runPolling(ctx context.Context, t *target, o *options, rep *reporter) error
 			done[id] = true
 		}
 		if time.Since(hb) >= 30*time.Second { // the push client's heartbeat, as phoenix.js sends it
-			ws.heartbeat()
+			ws.Heartbeat()
 			hb = time.Now()
 		}
 	}

@@ -105,7 +105,7 @@ func runPush(ctx context.Context, t *target, o *options, rep *reporter) error {
 
 	raw := newLatencies(1 << 21)
 	var rawN atomic.Int64
-	sub, err := t.nc.Subscribe(fmt.Sprintf("events.%s.*", user), func(m *nats.Msg) {
+	sub, err := t.nc.Subscribe(envelope.UserEventsSubject(user), func(m *nats.Msg) {
 		at := time.Now()
 		if _, snap, err := envelope.DecodeEvent(m.Data); err == nil {
 			rawN.Add(1)

@@ -140,12 +140,6 @@ func (l *latencies) add(d time.Duration) {
 	l.mu.Unlock()
 }
 
-func (l *latencies) addAll(ds []time.Duration) {
-	for _, d := range ds {
-		l.add(d)
-	}
-}
-
 func (l *latencies) len() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -6,16 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/url"
-	"strconv"
-	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/gorilla/websocket"
-
-	"github.com/beamline/beamline/internal/phoenix"
+	"github.com/beamline/beamline/internal/phoenix/phoenixtest"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -65,130 +59,34 @@ type jobPush struct {
 	} `json:"job"`
 }
 
-// wsClient is a minimal Phoenix V2 client: joins wait for their reply,
-// pushes go to onPush with the time they were read.
-type wsClient struct {
-	c       *websocket.Conn
-	wmu     sync.Mutex
-	ref     atomic.Uint64
-	mu      sync.Mutex
-	waiting map[string]chan phoenix.Frame
-	onPush  func(f *phoenix.Frame, at time.Time)
-	done    chan struct{}
-	err     error
-}
-
-// wsURL turns the notifier's base URL into its socket URL for token.
-func wsURL(base, token string) string {
-	u := strings.Replace(strings.Replace(base, "https://", "wss://", 1), "http://", "ws://", 1)
-	return u + "/socket/websocket?vsn=2.0.0&token=" + url.QueryEscape(token)
-}
-
-// dialWS connects and starts reading; onPush may be nil.
-func dialWS(ctx context.Context, base, token string, counter *byteCounter, onPush func(*phoenix.Frame, time.Time)) (*wsClient, error) {
-	d := websocket.Dialer{NetDialContext: countingDial(counter), HandshakeTimeout: 10 * time.Second,
-		ReadBufferSize: 1024, WriteBufferSize: 1024}
-	c, resp, err := d.DialContext(ctx, wsURL(base, token), nil)
+// dialWS connects a Phoenix client to the notifier at base; onPush gets
+// every frame that answers no request, with the time it was read, and may
+// be nil.
+func dialWS(ctx context.Context, base, token string, counter *byteCounter, onPush func(*phoenixtest.Frame, time.Time)) (*phoenixtest.Client, error) {
+	if onPush == nil {
+		onPush = func(*phoenixtest.Frame, time.Time) {}
+	}
+	c, resp, err := phoenixtest.Dial(ctx, phoenixtest.URL(base, token), phoenixtest.Options{
+		NetDialContext: countingDial(counter), ReadBufferSize: 1024, WriteBufferSize: 1024, OnFrame: onPush})
 	if err != nil {
 		if resp != nil {
 			return nil, fmt.Errorf("dial notifier: %w (HTTP %s)", err, resp.Status)
 		}
 		return nil, fmt.Errorf("dial notifier: %w", err)
 	}
-	w := &wsClient{c: c, waiting: map[string]chan phoenix.Frame{}, onPush: onPush, done: make(chan struct{})}
-	go w.read()
-	return w, nil
+	return c, nil
 }
 
-func (w *wsClient) read() {
-	defer close(w.done)
-	for {
-		_, b, err := w.c.ReadMessage()
-		at := time.Now()
-		if err != nil {
-			w.err = err
-			return
-		}
-		f, err := phoenix.DecodeFrame(b)
-		if err != nil {
-			continue
-		}
-		if f.Event == "phx_reply" && f.Ref.Valid {
-			w.mu.Lock()
-			ch := w.waiting[f.Ref.S]
-			delete(w.waiting, f.Ref.S)
-			w.mu.Unlock()
-			if ch != nil {
-				ch <- f
-			}
-			continue
-		}
-		if w.onPush != nil {
-			w.onPush(&f, at)
-		}
-	}
-}
-
-func (w *wsClient) send(joinRef, ref phoenix.Ref, topic, event string, payload []byte) error {
-	b := phoenix.AppendFrame(nil, joinRef, ref, topic, event, payload)
-	w.wmu.Lock()
-	defer w.wmu.Unlock()
-	w.c.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	return w.c.WriteMessage(websocket.TextMessage, b)
-}
-
-// join joins topic and returns the reply's response once it says ok.
-func (w *wsClient) join(ctx context.Context, topic string, params []byte) (json.RawMessage, error) {
-	ref := phoenix.StrRef(strconv.FormatUint(w.ref.Add(1), 10))
-	ch := make(chan phoenix.Frame, 1)
-	w.mu.Lock()
-	w.waiting[ref.S] = ch
-	w.mu.Unlock()
-	if params == nil {
-		params = []byte(`{}`)
-	}
-	if err := w.send(ref, ref, topic, "phx_join", params); err != nil {
-		return nil, err
-	}
+// joinWS joins topic, waiting at most 15 s for an ok reply.
+func joinWS(ctx context.Context, c *phoenixtest.Client, topic string) error {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	select {
-	case f := <-ch:
-		var r struct {
-			Status   string          `json:"status"`
-			Response json.RawMessage `json:"response"`
-		}
-		if err := json.Unmarshal(f.Payload, &r); err != nil {
-			return nil, err
-		}
-		if r.Status != "ok" {
-			return nil, fmt.Errorf("join %s: %s %s", topic, r.Status, r.Response)
-		}
-		return r.Response, nil
-	case <-w.done:
-		return nil, fmt.Errorf("join %s: connection closed: %w", topic, w.err)
-	case <-ctx.Done():
-		return nil, fmt.Errorf("join %s: %w", topic, ctx.Err())
-	}
-}
-
-// heartbeat sends one Phoenix heartbeat (its reply is ignored).
-func (w *wsClient) heartbeat() error {
-	ref := phoenix.StrRef("hb" + strconv.FormatUint(w.ref.Add(1), 10))
-	return w.send(phoenix.Ref{}, ref, "phoenix", "heartbeat", []byte(`{}`))
-}
-
-func (w *wsClient) close() {
-	w.wmu.Lock()
-	w.c.SetWriteDeadline(time.Now().Add(time.Second))
-	w.c.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""))
-	w.wmu.Unlock()
-	w.c.Close()
-	<-w.done
+	_, err := c.JoinOK(ctx, topic, nil)
+	return err
 }
 
 // decodeJobPush reads a "job" push; ok is false for anything else.
-func decodeJobPush(f *phoenix.Frame) (jobPush, bool) {
+func decodeJobPush(f *phoenixtest.Frame) (jobPush, bool) {
 	var p jobPush
 	if f.Event != "job" || json.Unmarshal(f.Payload, &p) != nil {
 		return p, false

@@ -17,32 +17,31 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/beamline/beamline/internal/auth"
 	"github.com/beamline/beamline/internal/config"
 	"github.com/beamline/beamline/internal/devstack"
+	"github.com/beamline/beamline/internal/ingest"
+	"github.com/beamline/beamline/internal/natsx"
+	"github.com/beamline/beamline/internal/notifier"
+	"github.com/beamline/beamline/internal/processor"
 	"github.com/beamline/beamline/internal/provider"
 	"github.com/beamline/beamline/internal/telemetry"
 )
 
-func main() {
-	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, "devstack:", err)
-		os.Exit(1)
-	}
-}
+func main() { config.Main("devstack", run) }
 
-func run(args []string, stdout, stderr io.Writer) error {
+// run serves the stack until ctx is done. Bad flags are config.Invalid
+// (exit 2); a failure of the stack is any other error.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("devstack", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
 		dataDir      = fs.String("data", "./data", "JetStream storage folder")
-		natsPort     = fs.Int("nats-port", 4222, "embedded NATS client port on 127.0.0.1 (-1: any free port)")
-		ingestAddr   = fs.String("ingest-addr", "127.0.0.1:8080", "ingest HTTP address")
-		notifierAddr = fs.String("notifier-addr", "127.0.0.1:8090", "notifier HTTP/WebSocket address")
-		procAddr     = fs.String("processor-addr", "127.0.0.1:9091", "processor /metrics, /healthz, /readyz address")
+		natsPort     = fs.Int("nats-port", natsx.DefaultPort, "embedded NATS client port on 127.0.0.1 (-1: any free port)")
+		ingestAddr   = fs.String("ingest-addr", ingest.DefaultAddr, "ingest HTTP address")
+		notifierAddr = fs.String("notifier-addr", notifier.DefaultAddr, "notifier HTTP/WebSocket address")
+		procAddr     = fs.String("processor-addr", processor.DefaultAddr, "processor /metrics, /healthz, /readyz address")
 		secret       = fs.String("auth-secret", "", "token secret, dev only (default: $"+auth.EnvSecret+", else random)")
 		logFormat    = fs.String("log-format", "text", "log format: text or json")
 		kinds        = fs.String("kinds", config.DefaultKinds, "job kinds, served by the sim provider unless named: image,video=cog")
@@ -52,15 +51,12 @@ func run(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(fs.Output(), "Usage: go run ./cmd/devstack [flags]\n\nRuns NATS (embedded), ingest, processor (sim provider) and notifier in one process.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			return nil
-		}
+	if err := config.Parse(fs, args); err != nil {
 		return err
 	}
 	log, err := telemetry.NewLogger(*logFormat, stderr, slog.LevelInfo)
 	if err != nil {
-		return err
+		return config.Invalid(err)
 	}
 	ks, err := config.ParseKinds(*kinds)
 	if err != nil {
@@ -78,12 +74,10 @@ func run(args []string, stdout, stderr io.Writer) error {
 		key = []byte(hex.EncodeToString(b))
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	// Off unless the standard OTEL_EXPORTER_OTLP_* variables are set.
 	shutdownTracing, err := telemetry.SetupTracing(ctx, "beamline-devstack")
 	if err != nil {
-		return err
+		return config.Invalid(err)
 	}
 	defer func() { _ = shutdownTracing(context.Background()) }()
 	stack, err := devstack.Start(ctx, devstack.Config{

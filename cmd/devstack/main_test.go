@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/beamline/beamline/internal/config"
 	"github.com/beamline/beamline/internal/natsx"
 	"github.com/beamline/beamline/streams"
 )
@@ -200,7 +201,7 @@ func queuedIn(t *testing.T, dataDir string) uint64 {
 
 func TestHelp(t *testing.T) {
 	var out, errb bytes.Buffer
-	if err := run([]string{"--help"}, &out, &errb); err != nil {
+	if err := run(context.Background(), []string{"--help"}, &out, &errb); config.ExitCode(err) != config.ExitOK {
 		t.Fatal(err)
 	}
 	for _, flag := range []string{"-data", "-nats-port", "-ingest-addr", "-notifier-addr", "-auth-secret"} {

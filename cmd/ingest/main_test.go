@@ -3,17 +3,20 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
 	"github.com/beamline/beamline/internal/auth"
+	"github.com/beamline/beamline/internal/config"
 	"github.com/beamline/beamline/internal/natstest"
+	"github.com/beamline/beamline/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -22,7 +25,7 @@ func TestMain(m *testing.M) {
 
 func TestHelp(t *testing.T) {
 	var out bytes.Buffer
-	if code := run(context.Background(), []string{"--help"}, &out); code != 0 {
+	if code := config.ExitCode(run(context.Background(), []string{"--help"}, io.Discard, &out)); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
 	for _, want := range []string{"-addr", "-nats", "-log-format", "-replicas", "-kinds", "-max-body", "-max-inflight", auth.EnvSecret} {
@@ -35,24 +38,26 @@ func TestHelp(t *testing.T) {
 func TestRefusesToStartWithoutSecret(t *testing.T) {
 	t.Setenv(auth.EnvSecret, "")
 	var out bytes.Buffer
-	if code := run(context.Background(), []string{"-nats", "nats://127.0.0.1:1"}, &out); code != 2 {
+	err := run(context.Background(), []string{"-nats", "nats://127.0.0.1:1"}, io.Discard, &out)
+	if code := config.ExitCode(err); code != 2 {
 		t.Fatalf("exit %d", code)
 	}
-	if !strings.Contains(out.String(), auth.EnvSecret) {
-		t.Fatalf("error does not name the variable: %s", out.String())
+	if !strings.Contains(err.Error(), auth.EnvSecret) {
+		t.Fatalf("error does not name the variable: %v", err)
 	}
 	t.Setenv(auth.EnvSecret, "short")
-	out.Reset()
-	if code := run(context.Background(), nil, &out); code != 2 || !strings.Contains(out.String(), "shorter") {
-		t.Fatalf("short secret: exit %d: %s", code, out.String())
+	err = run(context.Background(), nil, io.Discard, &out)
+	if code := config.ExitCode(err); code != 2 || !strings.Contains(err.Error(), "shorter") {
+		t.Fatalf("short secret: exit %d: %v", code, err)
 	}
 }
 
 func TestBadFlag(t *testing.T) {
 	t.Setenv(auth.EnvSecret, "0123456789abcdef0123")
 	var out bytes.Buffer
-	if code := run(context.Background(), []string{"-kinds", "a.b"}, &out); code != 2 {
-		t.Fatalf("exit %d: %s", code, out.String())
+	err := run(context.Background(), []string{"-kinds", "a.b"}, io.Discard, &out)
+	if code := config.ExitCode(err); code != 2 {
+		t.Fatalf("exit %d: %v", code, err)
 	}
 }
 
@@ -70,10 +75,14 @@ func TestRuns(t *testing.T) {
 	ln.Close() // the port is free again for run to take
 
 	ctx, cancel := context.WithCancel(context.Background())
-	var out syncBuffer
+	var out testutil.Buffer
 	done := make(chan int, 1)
 	go func() {
-		done <- run(ctx, []string{"-nats", srv.ClientURL(), "-addr", addr, "-log-format", "json", "-kinds", "image"}, &out)
+		err := run(ctx, []string{"-nats", srv.ClientURL(), "-addr", addr, "-log-format", "json", "-kinds", "image"}, io.Discard, &out)
+		if err != nil {
+			fmt.Fprintln(&out, "ingest:", err)
+		}
+		done <- config.ExitCode(err)
 	}()
 	tr := &http.Transport{}
 	defer tr.CloseIdleConnections()
@@ -125,22 +134,4 @@ func TestRuns(t *testing.T) {
 	if strings.Contains(logs, secret) || strings.Contains(logs, tok) {
 		t.Fatal("a secret or token was logged")
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the service's goroutines to log to.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -5,59 +5,45 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
-	"os/signal"
 	"runtime/debug"
 	"strings"
-	"syscall"
 	"time"
-
-	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/beamline/beamline/internal/auth"
 	"github.com/beamline/beamline/internal/config"
-	"github.com/beamline/beamline/internal/jsm"
-	"github.com/beamline/beamline/internal/natsx"
 	"github.com/beamline/beamline/internal/notifier"
-	"github.com/beamline/beamline/internal/telemetry"
 )
 
 // defaultGCPercent is the notifier's GOGC when $GOGC is unset.
 const defaultGCPercent = 50
 
-func main() {
-	if err := run(os.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(0)
-		}
-		fmt.Fprintln(os.Stderr, "notifier:", err)
-		os.Exit(1)
-	}
-}
+func main() { config.Main("notifier", run) }
 
-func run(args []string) error {
+// run serves until ctx is done. Bad flags or configuration are
+// config.Invalid (exit 2); a failure of the service is any other error.
+func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := flag.NewFlagSet("notifier", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	var common config.Common
 	common.Register(fs)
-	addr := fs.String("addr", "127.0.0.1:8090", "listen address (WebSocket, SSE, /metrics, /healthz, /readyz)")
+	addr := fs.String("addr", notifier.DefaultAddr, "listen address (WebSocket, SSE, /metrics, /healthz, /readyz)")
 	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this loopback `addr` (e.g. 127.0.0.1:6061; empty: off)")
 	origins := fs.String("allowed-origins", "", "comma-separated Origin values allowed to open WebSockets, or * (default: same origin as the Host)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: notifier [flags]\n\nPushes job status over Phoenix Channels V2 WebSockets and SSE.\nThe token secret is read from $%s.\n\nFlags:\n", auth.EnvSecret)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := config.Parse(fs, args); err != nil {
 		return err
 	}
-	log, err := common.Logger()
+	log, err := common.Logger(stderr)
 	if err != nil {
 		return err
 	}
@@ -83,38 +69,19 @@ func run(args []string) error {
 	if *pprofAddr != "" {
 		stopPprof, err := servePprof(*pprofAddr)
 		if err != nil {
-			return err
+			return config.Invalid(err)
 		}
 		defer stopPprof()
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	nc, err := natsx.Connect(ctx, common.NATSURL, "beamline-notifier", log, natsx.Inbox("notifier"))
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	if err := jsm.ApplyStreams(ctx, js, jsm.Options{Replicas: common.Replicas}); err != nil {
-		return err
-	}
-	shutdownTracing, err := telemetry.SetupTracing(ctx, "beamline-notifier")
-	if err != nil {
-		return err
-	}
-	defer func() { _ = shutdownTracing(context.WithoutCancel(ctx)) }()
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	svc, err := notifier.New(notifier.Config{Addr: *addr, Secret: secret, AllowedOrigins: allowed,
-		TracerProvider: telemetry.GlobalTracerProvider()}, nc, js, log, reg)
-	if err != nil {
-		return err
-	}
-	return telemetry.RunWithMetrics(ctx, nc, "notifier", reg, svc, log, svc.Run)
+	return common.Serve(ctx, "notifier", log, func(d config.Deps) (config.Service, error) {
+		svc, err := notifier.New(notifier.Config{Addr: *addr, Secret: secret, AllowedOrigins: allowed,
+			TracerProvider: d.Tracer}, d.NC, d.JS, log, d.Registry)
+		if err != nil {
+			return config.Service{}, err
+		}
+		return config.Service{Run: svc.Run, Admin: svc}, nil
+	})
 }
 
 // servePprof serves net/http/pprof on addr, which must be a loopback

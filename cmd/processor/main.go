@@ -5,36 +5,26 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math"
 	"os"
-	"os/signal"
-	"syscall"
-	"time"
-
-	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/beamline/beamline/internal/config"
-	"github.com/beamline/beamline/internal/jsm"
-	"github.com/beamline/beamline/internal/natsx"
 	"github.com/beamline/beamline/internal/processor"
 	"github.com/beamline/beamline/internal/provider"
-	"github.com/beamline/beamline/internal/telemetry"
 	"github.com/beamline/beamline/pkg/flow"
 )
 
-func main() {
-	if err := run(os.Args[1:]); err != nil {
-		fmt.Fprintln(os.Stderr, "processor:", err)
-		os.Exit(1)
-	}
-}
+func main() { config.Main("processor", run) }
 
-func run(args []string) error {
+// run processes jobs until ctx is done. Bad flags or configuration are
+// config.Invalid (exit 2); a failure of the service is any other error.
+func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := flag.NewFlagSet("processor", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	var common config.Common
 	common.Register(fs)
 	var cfg processor.Config
@@ -67,20 +57,17 @@ func run(args []string) error {
 		fmt.Fprintf(fs.Output(), "Usage: processor [flags]\n\nRuns Beamline jobs from NATS JetStream.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			return nil
-		}
+	if err := config.Parse(fs, args); err != nil {
 		return err
 	}
 	if minRequests < 1 || minRequests > math.MaxUint32 {
-		return fmt.Errorf("-breaker-min-requests must be in 1..%d, got %d", uint32(math.MaxUint32), minRequests)
+		return config.Invalid(fmt.Errorf("-breaker-min-requests must be in 1..%d, got %d", uint32(math.MaxUint32), minRequests))
 	}
 	cfg.Breaker.MinRequests = uint32(minRequests)
 	if cfg.Breaker.FailureRatio <= 0 || cfg.Breaker.FailureRatio > 1 || cfg.Breaker.OpenTimeout <= 0 {
-		return fmt.Errorf("-breaker-failure-ratio must be in (0, 1] and -breaker-open > 0")
+		return config.Invalid(errors.New("-breaker-failure-ratio must be in (0, 1] and -breaker-open > 0"))
 	}
-	log, err := common.Logger()
+	log, err := common.Logger(stderr)
 	if err != nil {
 		return err
 	}
@@ -88,7 +75,7 @@ func run(args []string) error {
 		return err
 	}
 	if cfg.KindTimeouts, err = processor.ParseKindTimeouts(kindTimeouts); err != nil {
-		return err
+		return config.Invalid(err)
 	}
 	if cfg.StartedDelay == 0 {
 		cfg.StartedDelay = -1 // the flag's 0 means off; Config's zero is the default
@@ -106,41 +93,18 @@ func run(args []string) error {
 	for name := range names {
 		p, err := provider.New(name, pcfg)
 		if err != nil {
-			return fmt.Errorf("provider %s: %w", name, err)
+			return config.Invalid(fmt.Errorf("provider %s: %w", name, err))
 		}
 		cfg.Providers[name] = p
 	}
 	cfg.DefaultProvider = providerName
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-
-	nc, err := natsx.Connect(ctx, common.NATSURL, "beamline-processor", log, natsx.Inbox("processor"))
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	actx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err = jsm.ApplyStreams(actx, js, jsm.Options{Replicas: common.Replicas})
-	cancel()
-	if err != nil {
-		return err
-	}
-	shutdownTracing, err := telemetry.SetupTracing(ctx, "beamline-processor")
-	if err != nil {
-		return err
-	}
-	defer func() { _ = shutdownTracing(context.WithoutCancel(ctx)) }()
-	cfg.TracerProvider = telemetry.GlobalTracerProvider()
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	p, err := processor.New(cfg, nc, js, log, reg)
-	if err != nil {
-		return err
-	}
-	return telemetry.RunWithMetrics(ctx, nc, "processor", reg, nil, log, p.Run)
+	return common.Serve(ctx, "processor", log, func(d config.Deps) (config.Service, error) {
+		cfg.TracerProvider = d.Tracer
+		p, err := processor.New(cfg, d.NC, d.JS, log, d.Registry)
+		if err != nil {
+			return config.Service{}, err
+		}
+		return config.Service{Run: p.Run}, nil
+	})
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/beamline/beamline/internal/jobstore"
 	"github.com/beamline/beamline/internal/jsm"
 	"github.com/beamline/beamline/internal/natstest"
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -100,16 +101,7 @@ func (s *stack) submit(n int, durationMS int) []envelope.Job {
 			Priority: envelope.PriorityNormal, CreatedAt: time.Now().UTC(),
 			Input: []byte(fmt.Sprintf(`{"sim":{"duration_ms":%d}}`, durationMS)),
 		}
-		if _, err := s.store.Create(context.Background(), j); err != nil {
-			s.t.Fatal(err)
-		}
-		m, err := envelope.NewJobMsg(j, "/test", "")
-		if err != nil {
-			s.t.Fatal(err)
-		}
-		if _, err := s.js.PublishMsg(context.Background(), m); err != nil {
-			s.t.Fatal(err)
-		}
+		s.enqueue(j)
 		out = append(out, j)
 	}
 	return out
@@ -118,7 +110,7 @@ func (s *stack) submit(n int, durationMS int) []envelope.Job {
 // waitAllDelivered waits until every one of n messages is delivered and unacked.
 func (s *stack) waitAllDelivered(n int) {
 	s.t.Helper()
-	waitFor(s.t, 20*time.Second, func() bool {
+	testutil.WaitFor(s.t, 20*time.Second, func() bool {
 		c, err := s.js.Consumer(context.Background(), "JOBS", jsm.ConsumerName(envelope.PriorityNormal, "image"))
 		if err != nil {
 			return false
@@ -131,17 +123,6 @@ func (s *stack) waitAllDelivered(n int) {
 func (s *stack) snapshot(id string) envelope.Snapshot {
 	snap, _, _ := s.store.Get(context.Background(), id)
 	return snap
-}
-
-func waitFor(t *testing.T, timeout time.Duration, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatal("timed out")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func TestHelp(t *testing.T) {
@@ -159,7 +140,7 @@ func TestKill9JobsCompleteOnOtherProcessorAfterAckWait(t *testing.T) {
 	jobs := s.submit(3, 2000)
 	a := s.processor("-ack-wait", "2s", "-concurrency", "4")
 	s.waitAllDelivered(len(jobs))
-	waitFor(t, 10*time.Second, func() bool {
+	testutil.WaitFor(t, 10*time.Second, func() bool {
 		for _, j := range jobs {
 			if s.snapshot(j.ID).Status != envelope.StatusRunning {
 				return false
@@ -172,7 +153,7 @@ func TestKill9JobsCompleteOnOtherProcessorAfterAckWait(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = a.Wait()
-	waitFor(t, 30*time.Second, func() bool {
+	testutil.WaitFor(t, 30*time.Second, func() bool {
 		for _, j := range jobs {
 			if s.snapshot(j.ID).Status != envelope.StatusSucceeded {
 				return false
@@ -198,7 +179,7 @@ func TestSIGTERMFinishesInFlightAndHandsOverTheRest(t *testing.T) {
 	a := s.processor("-ack-wait", "60s", "-concurrency", "2", "-max-per-user", "1")
 	s.waitAllDelivered(len(jobs))
 	var first envelope.Job
-	waitFor(t, 10*time.Second, func() bool {
+	testutil.WaitFor(t, 10*time.Second, func() bool {
 		for _, j := range jobs {
 			if s.snapshot(j.ID).Status == envelope.StatusRunning {
 				first = j
@@ -212,7 +193,7 @@ func TestSIGTERMFinishesInFlightAndHandsOverTheRest(t *testing.T) {
 	if snap := s.snapshot(first.ID); snap.Status != envelope.StatusSucceeded || snap.Attempt != 1 {
 		t.Fatalf("in-flight job after SIGTERM: %+v", snap)
 	}
-	waitFor(t, 20*time.Second, func() bool {
+	testutil.WaitFor(t, 20*time.Second, func() bool {
 		for _, j := range jobs {
 			if s.snapshot(j.ID).Status != envelope.StatusSucceeded {
 				return false
@@ -249,6 +230,13 @@ func (s *stack) submitSim(sim string) envelope.Job {
 		Priority: envelope.PriorityNormal, CreatedAt: time.Now().UTC(),
 		Input: []byte(`{"sim":` + sim + `}`),
 	}
+	s.enqueue(j)
+	return j
+}
+
+// enqueue stores j's queued snapshot and publishes its job message.
+func (s *stack) enqueue(j envelope.Job) {
+	s.t.Helper()
 	if _, err := s.store.Create(context.Background(), j); err != nil {
 		s.t.Fatal(err)
 	}
@@ -259,7 +247,6 @@ func (s *stack) submitSim(sim string) envelope.Job {
 	if _, err := s.js.PublishMsg(context.Background(), m); err != nil {
 		s.t.Fatal(err)
 	}
-	return j
 }
 
 // kill -9 during a job's last allowed attempt: JetStream's own max_deliver
@@ -275,7 +262,7 @@ func TestKill9OnLastAttemptEndsDead(t *testing.T) {
 	j := s.submitSim(`{"fail_times":1,"duration_ms":60000}`)
 	flags := []string{"-ack-wait", "2s", "-max-deliver", "2", "-concurrency", "2"}
 	a := s.processor(flags...)
-	waitFor(t, 20*time.Second, func() bool {
+	testutil.WaitFor(t, 20*time.Second, func() bool {
 		snap := s.snapshot(j.ID)
 		return snap.Status == envelope.StatusRunning && snap.Attempt == 2
 	})
@@ -284,7 +271,7 @@ func TestKill9OnLastAttemptEndsDead(t *testing.T) {
 	}
 	_ = a.Wait()
 	b := s.processor(flags...)
-	waitFor(t, 30*time.Second, func() bool { return s.snapshot(j.ID).Status == envelope.StatusDead })
+	testutil.WaitFor(t, 30*time.Second, func() bool { return s.snapshot(j.ID).Status == envelope.StatusDead })
 	if snap := s.snapshot(j.ID); snap.Attempt != 2 || !strings.Contains(snap.Error, "never finished") {
 		t.Fatalf("dead snapshot %+v", snap)
 	}
@@ -301,7 +288,7 @@ func TestKill9OnLastAttemptEndsDead(t *testing.T) {
 		m.Header.Get("Beamline-Attempts") != "2" || m.Header.Get("Nats-Msg-Id") != "dead:"+j.ID {
 		t.Fatalf("DLQ entry %v %+v %v", err, orig, m.Header)
 	}
-	waitFor(t, 10*time.Second, func() bool { // termed: nothing left to deliver
+	testutil.WaitFor(t, 10*time.Second, func() bool { // termed: nothing left to deliver
 		c, err := s.js.Consumer(ctx, "JOBS", jsm.ConsumerName(envelope.PriorityNormal, "image"))
 		if err != nil {
 			return false
@@ -326,7 +313,7 @@ func TestSupervisorGiveUpExitsNonZero(t *testing.T) {
 	// Every consumer applied (Run's setup applies them all before it
 	// starts the supervisor), so deleting JOBS hits the supervised pullers,
 	// not the setup.
-	waitFor(t, 20*time.Second, func() bool {
+	testutil.WaitFor(t, 20*time.Second, func() bool {
 		for _, prio := range envelope.Priorities {
 			if _, err := s.js.Consumer(ctx, "JOBS", jsm.ConsumerName(prio, "image")); err != nil {
 				return false
@@ -368,7 +355,7 @@ func TestBreakerFlags(t *testing.T) {
 		{"-breaker-failure-ratio", "1.5"}, {"-breaker-failure-ratio", "0"},
 		{"-breaker-min-requests", "0"}, {"-breaker-open", "0s"},
 	} {
-		if err := run(args); err == nil || !strings.Contains(err.Error(), "breaker") {
+		if err := run(context.Background(), args, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "breaker") {
 			t.Errorf("run(%v) = %v, want a breaker flag error", args, err)
 		}
 	}

@@ -9,6 +9,7 @@ package auth
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -119,4 +120,15 @@ func Issue(secret []byte, user string, admin bool, ttl time.Duration) (string, e
 		},
 	}
 	return jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(secret)
+}
+
+// BearerToken reads the value of an Authorization header: "Bearer <token>",
+// the scheme in any case. isBearer reports whether the header uses the
+// Bearer scheme; token is trimmed and may then still be empty.
+func BearerToken(header string) (token string, isBearer bool) {
+	scheme, token, ok := strings.Cut(header, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	return strings.TrimSpace(token), true
 }

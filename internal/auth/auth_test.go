@@ -195,3 +195,24 @@ func TestIssueRejectsBadUser(t *testing.T) {
 		}
 	}
 }
+
+func TestBearerToken(t *testing.T) {
+	for _, tc := range []struct {
+		header, token string
+		isBearer      bool
+	}{
+		{"Bearer abc", "abc", true},
+		{"bearer  abc ", "abc", true},
+		{"BEARER abc", "abc", true},
+		{"Bearer ", "", true},
+		{"Bearer", "", false},
+		{"Basic abc", "", false},
+		{"Bearerabc", "", false},
+		{"", "", false},
+	} {
+		token, isBearer := BearerToken(tc.header)
+		if token != tc.token || isBearer != tc.isBearer {
+			t.Errorf("BearerToken(%q) = %q %v, want %q %v", tc.header, token, isBearer, tc.token, tc.isBearer)
+		}
+	}
+}

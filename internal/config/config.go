@@ -1,17 +1,17 @@
 // Package config holds what the binaries share on their command lines: the
-// NATS URL, the log format, the replica count and the kinds that exist.
+// NATS URL, the log format, the replica count and the kinds that exist; and
+// the shape of their main: Main (signals and exit codes) around
+// run(ctx, args, stdout, stderr) error, which ends in Common.Serve.
 package config
 
 import (
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
 	"os"
 	"strings"
 
 	"github.com/beamline/beamline/internal/natsx"
-	"github.com/beamline/beamline/internal/telemetry"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -97,15 +97,6 @@ func (c *Common) Register(fs *flag.FlagSet) {
 		kinds = DefaultKinds
 	}
 	fs.StringVar(&c.Kinds, "kinds", kinds, "job kinds served, comma-separated, each optionally kind=provider (default $"+EnvKinds+")")
-}
-
-// Logger builds the logger the flags ask for, writing to stderr.
-func (c *Common) Logger() (*slog.Logger, error) {
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(c.LogLevel)); err != nil {
-		return nil, fmt.Errorf("%w: log-level: %v", ErrInvalid, err)
-	}
-	return telemetry.NewLogger(c.LogFormat, os.Stderr, lvl)
 }
 
 // ParsedKinds parses the -kinds flag.

@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"flag"
+	"io"
 	"reflect"
 	"testing"
 
@@ -109,11 +110,11 @@ func TestRegisterDefaultsAndFlags(t *testing.T) {
 	if c.Kinds != "audio=http" || c.Replicas != 3 || c.LogFormat != "json" {
 		t.Fatalf("parsed = %+v", c)
 	}
-	if _, err := c.Logger(); err != nil {
+	if _, err := c.Logger(io.Discard); err != nil {
 		t.Fatalf("Logger = %v", err)
 	}
 	c.LogLevel = "loud"
-	if _, err := c.Logger(); !errors.Is(err, ErrInvalid) {
+	if _, err := c.Logger(io.Discard); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("Logger(loud) = %v, want ErrInvalid", err)
 	}
 }

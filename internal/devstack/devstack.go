@@ -19,13 +19,14 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/beamline/beamline/internal/auth"
 	"github.com/beamline/beamline/internal/config"
+	"github.com/beamline/beamline/internal/ingest"
 	"github.com/beamline/beamline/internal/jsm"
 	"github.com/beamline/beamline/internal/natsx"
+	"github.com/beamline/beamline/internal/notifier"
+	"github.com/beamline/beamline/internal/processor"
 )
 
 // ErrInvalidConfig is wrapped by configuration errors.
@@ -36,10 +37,11 @@ type Config struct {
 	// DataDir holds the JetStream store. Default "./data".
 	DataDir string
 	// NATSPort is the embedded server's client port on 127.0.0.1: 0 means
-	// 4222, -1 a random free port.
+	// natsx.DefaultPort (4222), -1 a random free port.
 	NATSPort int
 	// IngestAddr, NotifierAddr and ProcessorAddr are the HTTP listen
-	// addresses. Defaults 127.0.0.1:8080, 127.0.0.1:8090, 127.0.0.1:9091;
+	// addresses. Defaults: the services' own DefaultAddr (127.0.0.1:8080,
+	// 127.0.0.1:8090, 127.0.0.1:9091);
 	// "127.0.0.1:0" picks a free port.
 	IngestAddr, NotifierAddr, ProcessorAddr string
 	// Secret signs and verifies tokens; at least 16 bytes. Required.
@@ -76,7 +78,6 @@ type Stack struct {
 	failed chan struct{}
 	once   sync.Once
 	err    error
-	conns  []*nats.Conn
 }
 
 // part is one service running under the stack.
@@ -98,16 +99,16 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		cfg.DataDir = "./data"
 	}
 	if cfg.NATSPort == 0 {
-		cfg.NATSPort = 4222
+		cfg.NATSPort = natsx.DefaultPort
 	}
 	if cfg.IngestAddr == "" {
-		cfg.IngestAddr = "127.0.0.1:8080"
+		cfg.IngestAddr = ingest.DefaultAddr
 	}
 	if cfg.NotifierAddr == "" {
-		cfg.NotifierAddr = "127.0.0.1:8090"
+		cfg.NotifierAddr = notifier.DefaultAddr
 	}
 	if cfg.ProcessorAddr == "" {
-		cfg.ProcessorAddr = "127.0.0.1:9091"
+		cfg.ProcessorAddr = processor.DefaultAddr
 	}
 	if len(cfg.Kinds) == 0 {
 		cfg.Kinds, _ = config.ParseKinds(config.DefaultKinds)
@@ -148,7 +149,7 @@ func (s *Stack) applyStreams(ctx context.Context) error {
 		return err
 	}
 	defer nc.Close()
-	return jsm.ApplyStreams(ctx, js, jsm.Options{})
+	return jsm.Setup(ctx, js, jsm.Options{})
 }
 
 // connect opens a NATS connection for one service; Close closes it.
@@ -166,14 +167,6 @@ func (s *Stack) connect(ctx context.Context, name string) (*nats.Conn, jetstream
 		return nil, nil, err
 	}
 	return nc, js, nil
-}
-
-// registry is a fresh metrics registry with the Go and process collectors,
-// as each binary has its own.
-func registry() *prometheus.Registry {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return reg
 }
 
 func (s *Stack) startPart(ctx context.Context, p *part) error {

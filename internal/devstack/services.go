@@ -49,7 +49,7 @@ func (s *Stack) startIngest(ctx context.Context, ln net.Listener) (func(context.
 	if s.cfg.Tune.Ingest != nil {
 		s.cfg.Tune.Ingest(&cfg)
 	}
-	reg := registry()
+	reg := config.NewRegistry()
 	svc, err := ingest.New(cfg, nc, js, s.log.With("service", "ingest"), reg)
 	if err != nil {
 		nc.Close()
@@ -85,7 +85,7 @@ func (s *Stack) startProcessor(ctx context.Context, ln net.Listener) (func(conte
 	if s.cfg.Tune.Processor != nil {
 		s.cfg.Tune.Processor(&cfg)
 	}
-	reg := registry()
+	reg := config.NewRegistry()
 	svc, err := processor.New(cfg, nc, js, s.log.With("service", "processor"), reg)
 	if err != nil {
 		nc.Close()
@@ -103,7 +103,7 @@ func (s *Stack) startNotifier(ctx context.Context, ln net.Listener) (func(contex
 	if s.cfg.Tune.Notifier != nil {
 		s.cfg.Tune.Notifier(&cfg)
 	}
-	reg := registry()
+	reg := config.NewRegistry()
 	svc, err := notifier.New(cfg, nc, js, s.log.With("service", "notifier"), reg)
 	if err != nil {
 		nc.Close()

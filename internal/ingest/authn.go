@@ -11,14 +11,12 @@ import (
 // authenticate checks the request's bearer token. The token is never logged
 // nor echoed; the error says only which rule it broke.
 func (s *Service) authenticate(r *http.Request) (auth.Principal, *apiError) {
-	h := r.Header.Get("Authorization")
-	scheme, token, ok := strings.Cut(h, " ")
-	if h == "" || !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(token) == "" {
+	token, ok := auth.BearerToken(r.Header.Get("Authorization"))
+	if !ok || token == "" {
 		e := newError(http.StatusUnauthorized, CodeUnauthorized, "missing bearer token (Authorization: Bearer <jwt>)")
 		e.Challenge = `Bearer realm="beamline"`
 		return auth.Principal{}, e
 	}
-	token = strings.TrimSpace(token)
 	if p, ok := s.tokens.get(token); ok {
 		return p, nil
 	}

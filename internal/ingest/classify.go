@@ -1,7 +1,6 @@
 package ingest
 
 import (
-	"context"
 	"errors"
 	"net/http"
 	"strings"
@@ -58,15 +57,6 @@ func classifyNATS(err error) *apiError {
 		return tooLarge("the job is larger than the queue accepts")
 	}
 	return unavailable()
-}
-
-// isNATSDown reports errors that mean NATS could not be reached at all; they
-// are logged at a lower level than unexpected ones.
-func isNATSDown(err error) bool {
-	return errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
-		errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) ||
-		errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrDisconnected) ||
-		errors.Is(err, jetstream.ErrConnectionClosed) || errors.Is(err, nats.ErrConnectionDraining)
 }
 
 func queueFull() *apiError {

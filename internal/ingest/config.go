@@ -24,7 +24,7 @@ const (
 // Config configures the ingest service. Zero values are the documented
 // defaults; Kinds and Secret are required.
 type Config struct {
-	// Addr is where Run listens when Listener is nil. Default 127.0.0.1:8080.
+	// Addr is where Run listens when Listener is nil. Default DefaultAddr.
 	Addr string
 	// Listener, when set, is served instead of listening on Addr (tests and
 	// devstack pass 127.0.0.1:0 listeners). Run closes it.

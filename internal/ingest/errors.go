@@ -1,11 +1,12 @@
 package ingest
 
 import (
-	"encoding/json"
 	"errors"
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/beamline/beamline/internal/httpx"
 )
 
 // ErrInvalidConfig is wrapped by every error New returns for a bad Config.
@@ -58,15 +59,6 @@ func newError(status int, code, msg string) *apiError {
 	return &apiError{Status: status, Code: code, Message: msg}
 }
 
-type errorBody struct {
-	Error errorDetail `json:"error"`
-}
-
-type errorDetail struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
-}
-
 // writeError is the one place error answers are written:
 // {"error":{"code":"...","message":"..."}} plus Retry-After or
 // WWW-Authenticate where the status calls for it.
@@ -78,17 +70,5 @@ func writeError(w http.ResponseWriter, e *apiError) {
 	if e.Challenge != "" {
 		h.Set("WWW-Authenticate", e.Challenge)
 	}
-	writeJSON(w, e.Status, errorBody{Error: errorDetail{Code: e.Code, Message: e.Message}})
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
-	if err != nil { // only our own types are written; this is a bug
-		status = http.StatusInternalServerError
-		b = []byte(`{"error":{"code":"internal","message":"encoding the answer failed"}}`)
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	_, _ = w.Write(append(b, '\n'))
+	httpx.WriteError(w, e.Status, e.Code, e.Message)
 }

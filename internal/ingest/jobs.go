@@ -9,15 +9,11 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/beamline/beamline/internal/auth"
+	"github.com/beamline/beamline/internal/httpx"
 	"github.com/beamline/beamline/internal/jobstore"
 	"github.com/beamline/beamline/internal/telemetry"
 	"github.com/beamline/beamline/pkg/envelope"
 )
-
-// CancelSubject is the core-NATS subject (not stored) ingest publishes to,
-// with an empty body, after it cancelled a job, so that a processor running
-// the job cancels its context: cancel.<user>.<job>.
-func CancelSubject(user, job string) string { return "cancel." + user + "." + job }
 
 // get handles GET /v1/jobs/{id}.
 func (s *Service) get(w http.ResponseWriter, r *http.Request) {
@@ -26,7 +22,7 @@ func (s *Service) get(w http.ResponseWriter, r *http.Request) {
 		writeError(w, aerr)
 		return
 	}
-	writeJSON(w, http.StatusOK, snap)
+	httpx.WriteJSON(w, http.StatusOK, snap)
 }
 
 // cancel handles DELETE /v1/jobs/{id}: a job not yet terminal becomes
@@ -86,7 +82,7 @@ func (s *Service) cancel(w http.ResponseWriter, r *http.Request) {
 		writeError(w, unavailable())
 		return
 	}
-	msg := nats.NewMsg(CancelSubject(next.User, next.ID))
+	msg := nats.NewMsg(envelope.CancelSubject(next.User, next.ID))
 	if tp := telemetry.Traceparent(ctx); tp != "" {
 		msg.Header.Set(envelope.HeaderTraceparent, tp)
 	}
@@ -94,7 +90,7 @@ func (s *Service) cancel(w http.ResponseWriter, r *http.Request) {
 		log.Warn("cancel notice not published", "err", err)
 	}
 	log.Info("job cancelled", "by", p.User, "seq", next.Seq)
-	writeJSON(w, http.StatusOK, next)
+	httpx.WriteJSON(w, http.StatusOK, next)
 }
 
 // lookup authenticates, validates the path id and loads the job the caller

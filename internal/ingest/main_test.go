@@ -19,9 +19,11 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/beamline/beamline/internal/auth"
+	"github.com/beamline/beamline/internal/httpx"
 	"github.com/beamline/beamline/internal/jobstore"
 	"github.com/beamline/beamline/internal/jsm"
 	"github.com/beamline/beamline/internal/natstest"
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/pkg/envelope"
 	"github.com/beamline/beamline/streams"
 )
@@ -86,7 +88,7 @@ func newHarness(t *testing.T, mutate func(*Config)) *harness {
 		}
 		tr.CloseIdleConnections()
 	})
-	waitFor(t, 5*time.Second, func() bool {
+	testutil.WaitFor(t, 5*time.Second, func() bool {
 		resp, err := tr.RoundTrip(mustRequest(t, http.MethodGet, h.url+"/healthz", nil))
 		if err != nil {
 			return false
@@ -107,16 +109,6 @@ func mustRequest(t *testing.T, method, url string, body io.Reader) *http.Request
 }
 
 // waitFor polls cond until it holds or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v", timeout)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
 
 func token(t *testing.T, user string) string {
 	t.Helper()
@@ -155,7 +147,7 @@ func (r response) snapshot(t *testing.T) envelope.Snapshot {
 // errorCode decodes the JSON error body strictly and returns its code.
 func (r response) errorCode(t *testing.T) string {
 	t.Helper()
-	var e errorBody
+	var e httpx.ErrorBody
 	dec := json.NewDecoder(bytes.NewReader(r.Body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&e); err != nil || e.Error.Code == "" || e.Error.Message == "" {
@@ -232,33 +224,5 @@ func (h *harness) streamMsgs(name string) uint64 {
 // include want.
 func (h *harness) metric(name string, want map[string]string) float64 {
 	h.t.Helper()
-	mfs, err := h.reg.Gather()
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	total := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	series:
-		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				labels[lp.GetName()] = lp.GetValue()
-			}
-			for k, v := range want {
-				if labels[k] != v {
-					continue series
-				}
-			}
-			switch {
-			case m.Counter != nil:
-				total += m.Counter.GetValue()
-			case m.Gauge != nil:
-				total += m.Gauge.GetValue()
-			}
-		}
-	}
-	return total
+	return testutil.GatheredValue(h.t, h.reg, name, want)
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/streams"
 )
 
@@ -71,7 +72,7 @@ func TestInFlightLimit(t *testing.T) {
 	if _, err := pw.Write([]byte(`{"kind":"image",`)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, func() bool { return h.metric("beamline_ingest_inflight", nil) == 1 })
+	testutil.WaitFor(t, 5*time.Second, func() bool { return h.metric("beamline_ingest_inflight", nil) == 1 })
 
 	r := h.submit(alice, `{"kind":"image"}`)
 	if r.Status != http.StatusTooManyRequests || r.errorCode(t) != CodeOverloaded {
@@ -110,7 +111,7 @@ func TestNATSDown(t *testing.T) {
 
 	h.srv.Shutdown()
 	h.srv.WaitForShutdown()
-	waitFor(t, 5*time.Second, func() bool { return !h.nc.IsConnected() })
+	testutil.WaitFor(t, 5*time.Second, func() bool { return !h.nc.IsConnected() })
 
 	for _, r := range []response{
 		h.submit(alice, `{"kind":"image"}`),

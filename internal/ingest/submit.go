@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/beamline/beamline/internal/auth"
+	"github.com/beamline/beamline/internal/httpx"
 	"github.com/beamline/beamline/internal/jobstore"
 	"github.com/beamline/beamline/internal/telemetry"
 	"github.com/beamline/beamline/pkg/envelope"
@@ -179,7 +180,7 @@ func (s *Service) existing(ctx context.Context, id string) (envelope.Snapshot, e
 
 func (s *Service) accepted(w http.ResponseWriter, snap envelope.Snapshot) {
 	w.Header().Set("Location", "/v1/jobs/"+snap.ID)
-	writeJSON(w, http.StatusAccepted, snap)
+	httpx.WriteJSON(w, http.StatusAccepted, snap)
 }
 
 // reject writes a refused submission and counts it by reason.

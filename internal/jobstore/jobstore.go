@@ -376,11 +376,6 @@ func EventTypeOf(snap envelope.Snapshot) envelope.Type {
 	return envelope.EventType(snap.Status)
 }
 
-// IsWrongRevision reports whether err is a KV write refused because the key
-// is no longer at the expected revision (a lost compare-and-set, or a
-// conditional delete of a key someone wrote since).
-func IsWrongRevision(err error) bool { return isWrongRevision(err) }
-
 // isWrongRevision reports a lost compare-and-set. A single server answers
 // code 10071 (JSErrCodeStreamWrongLastSequence), a replicated stream 10164;
 // nats.go wraps both with ErrKeyRevisionMismatch, which older versions lack,

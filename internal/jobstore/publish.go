@@ -146,13 +146,12 @@ func (s *Store) eventsStream(ctx context.Context) (jetstream.Stream, error) {
 // redelivery of a dead job copies it again only when the marker is missing.
 // The copy carries Nats-Msg-Id dead:<job>, so the one window left (a crash
 // between the copy and the marker) is covered by the DLQ duplicate window,
-// which is far longer than the redelivery that follows a crash (ack_wait).
-
-func dlqMarkerKey(id string) string { return "dlq." + id }
+// which is far longer than the redelivery that follows a crash
+// (ack_wait). The key is envelope.DLQMarkerKey.
 
 // DeadLettered reports whether job id's DLQ copy is recorded.
 func (s *Store) DeadLettered(ctx context.Context, id string) (bool, error) {
-	_, err := s.kv.Get(ctx, dlqMarkerKey(id))
+	_, err := s.kv.Get(ctx, envelope.DLQMarkerKey(id))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return false, nil
 	}
@@ -165,7 +164,7 @@ func (s *Store) DeadLettered(ctx context.Context, id string) (bool, error) {
 // MarkDeadLettered records that job id's DLQ copy is stored at DLQ stream
 // sequence seq.
 func (s *Store) MarkDeadLettered(ctx context.Context, id string, seq uint64) error {
-	if _, err := s.kv.Put(ctx, dlqMarkerKey(id), []byte(strconv.FormatUint(seq, 10))); err != nil {
+	if _, err := s.kv.Put(ctx, envelope.DLQMarkerKey(id), []byte(strconv.FormatUint(seq, 10))); err != nil {
 		return fmt.Errorf("jobstore: dlq marker of %s: %w", id, err)
 	}
 	return nil

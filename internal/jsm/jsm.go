@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"path"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -197,4 +198,15 @@ func JobStatus(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue,
 		return nil, fmt.Errorf("jsm: open KV %s: %w", streams.JobStatus, err)
 	}
 	return kv, nil
+}
+
+// SetupTimeout bounds the stream setup a service does when it starts
+// (Setup): a cluster that cannot answer by then is reported, not waited for.
+const SetupTimeout = 30 * time.Second
+
+// Setup is ApplyStreams under SetupTimeout, as every binary starts.
+func Setup(ctx context.Context, js jetstream.JetStream, opts Options) error {
+	ctx, cancel := context.WithTimeout(ctx, SetupTimeout)
+	defer cancel()
+	return ApplyStreams(ctx, js, opts)
 }

@@ -8,14 +8,19 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 )
 
+// DefaultPort is the NATS client port: DefaultURL's, and the embedded
+// server's when EmbeddedConfig.Port is 0.
+const DefaultPort = 4222
+
 // DefaultURL is used when neither -nats nor $NATS_URL is set.
-const DefaultURL = "nats://127.0.0.1:4222"
+var DefaultURL = "nats://127.0.0.1:" + strconv.Itoa(DefaultPort)
 
 // URLFromEnv returns $NATS_URL or DefaultURL, the default of every -nats flag.
 func URLFromEnv() string {

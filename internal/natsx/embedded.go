@@ -11,7 +11,7 @@ import (
 // EmbeddedConfig configures an in-process nats-server with JetStream.
 type EmbeddedConfig struct {
 	Host     string // default 127.0.0.1
-	Port     int    // 0 → 4222; -1 → a random free port
+	Port     int    // 0 → DefaultPort; -1 → a random free port
 	StoreDir string // JetStream file storage; required
 	// HTTPPort, when not 0, serves the monitoring endpoints (-1 → random).
 	HTTPPort int
@@ -32,7 +32,7 @@ func RunEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 		cfg.Host = "127.0.0.1"
 	}
 	if cfg.Port == 0 {
-		cfg.Port = 4222
+		cfg.Port = DefaultPort
 	}
 	opts := &server.Options{
 		ServerName: cfg.ServerName,

@@ -1,20 +1,20 @@
 package natsx
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"net"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
+
+	"github.com/beamline/beamline/internal/testutil"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -68,35 +68,6 @@ func TestRunEmbeddedNeedsStoreDir(t *testing.T) {
 	}
 }
 
-// syncBuf is a goroutine-safe log sink.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v", timeout)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // A binary survives a NATS restart: the server comes back on the same port
 // and store folder, the connection reconnects by itself, and the JetStream
 // data is still there.
@@ -109,7 +80,7 @@ func TestConnectReconnectsAfterRestart(t *testing.T) {
 	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
 	port := srv.Addr().(*net.TCPAddr).Port
 
-	var logs syncBuf
+	var logs testutil.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -131,13 +102,13 @@ func TestConnectReconnectsAfterRestart(t *testing.T) {
 
 	srv.Shutdown()
 	srv.WaitForShutdown()
-	waitFor(t, 10*time.Second, func() bool { return !nc.IsConnected() })
+	testutil.WaitFor(t, 10*time.Second, func() bool { return !nc.IsConnected() })
 
 	srv, err = RunEmbedded(EmbeddedConfig{Port: port, StoreDir: dir, ServerName: "n1"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 15*time.Second, nc.IsConnected)
+	testutil.WaitFor(t, 15*time.Second, nc.IsConnected)
 
 	if _, err := js.Publish(ctx, "t.2", []byte("after")); err != nil {
 		t.Fatal(err)
@@ -167,7 +138,7 @@ func TestConnectGivesUpWithCtxAndHidesPassword(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close() // nothing listens there now
 
-	var logs syncBuf
+	var logs testutil.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
 	defer cancel()
@@ -200,7 +171,7 @@ func TestConnectWaitsForServer(t *testing.T) {
 		err error
 	}
 	done := make(chan result, 1)
-	log := slog.New(slog.NewTextHandler(&syncBuf{}, nil))
+	log := slog.New(slog.NewTextHandler(&testutil.Buffer{}, nil))
 	go func() {
 		nc, err := Connect(ctx, "nats://127.0.0.1:"+strconv.Itoa(port), "late", log)
 		done <- result{nc, err}

@@ -43,8 +43,8 @@ func tokenFromRequest(r *http.Request) (token string, hadProtocol bool) {
 // bearerToken reads Authorization: Bearer, else ?token= (SSE clients such as
 // EventSource cannot set headers).
 func bearerToken(r *http.Request) string {
-	if h := r.Header.Get("Authorization"); len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
-		return strings.TrimSpace(h[7:])
+	if token, ok := auth.BearerToken(r.Header.Get("Authorization")); ok {
+		return token
 	}
 	return r.URL.Query().Get("token")
 }

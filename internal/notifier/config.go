@@ -41,9 +41,12 @@ import (
 // ErrInvalidConfig is wrapped by every configuration error.
 var ErrInvalidConfig = errors.New("notifier: invalid config")
 
+// DefaultAddr is where Run listens when Config.Addr is empty.
+const DefaultAddr = "127.0.0.1:8090"
+
 // Config configures a Service. Zero values are the documented defaults.
 type Config struct {
-	// Addr is where Run listens when Listener is nil. Default 127.0.0.1:8090.
+	// Addr is where Run listens when Listener is nil. Default DefaultAddr.
 	Addr string
 	// Listener, when set, is used instead of listening on Addr.
 	Listener net.Listener
@@ -110,7 +113,7 @@ type Config struct {
 
 func (c *Config) setDefaults() error {
 	if c.Addr == "" {
-		c.Addr = "127.0.0.1:8090"
+		c.Addr = DefaultAddr
 	}
 	if c.MaxChannels == 0 {
 		c.MaxChannels = 100

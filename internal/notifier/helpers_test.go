@@ -23,6 +23,7 @@ import (
 	"github.com/beamline/beamline/internal/jobstore"
 	"github.com/beamline/beamline/internal/jsm"
 	"github.com/beamline/beamline/internal/natstest"
+	"github.com/beamline/beamline/internal/phoenix/phoenixtest"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -183,11 +184,7 @@ func (r *running) wsURL(params string) string {
 }
 
 // frame is a decoded V2 frame as a test client sees it.
-type frame struct {
-	JoinRef, Ref *string
-	Topic, Event string
-	Payload      json.RawMessage
-}
+type frame struct{ phoenixtest.Frame }
 
 func (f frame) status() string {
 	var r struct{ Status string }
@@ -224,16 +221,13 @@ func (f frame) push(t testing.TB) push {
 	return p
 }
 
-// client is a raw gorilla WebSocket client speaking V2 frames.
+// client is a Phoenix V2 test client (phoenixtest.Client) with the
+// assertions these tests make; frames that answer no reply() wait in
+// backlog for next().
 type client struct {
 	t       testing.TB
-	ws      *websocket.Conn
-	frames  chan frame
+	pc      *phoenixtest.Client
 	backlog []frame
-	ref     int
-	mu      sync.Mutex
-	err     error
-	done    chan struct{}
 }
 
 func dial(t testing.TB, r *running, tok string) *client {
@@ -251,67 +245,35 @@ func dialRaw(r *running, params string, hdr http.Header) (*websocket.Conn, *http
 }
 
 func wrap(t testing.TB, ws *websocket.Conn) *client {
-	c := &client{t: t, ws: ws, frames: make(chan frame, 100000), done: make(chan struct{})}
-	go c.read()
-	t.Cleanup(func() { _ = ws.Close(); <-c.done })
+	c := &client{t: t, pc: phoenixtest.New(ws, phoenixtest.Options{Buffer: 100000})}
+	t.Cleanup(c.pc.Abort)
 	return c
-}
-
-func (c *client) read() {
-	defer close(c.done)
-	defer close(c.frames)
-	for {
-		_, b, err := c.ws.ReadMessage()
-		if err != nil {
-			c.mu.Lock()
-			c.err = err
-			c.mu.Unlock()
-			return
-		}
-		var parts []json.RawMessage
-		if json.Unmarshal(b, &parts) != nil || len(parts) != 5 {
-			c.t.Errorf("bad frame from server: %s", b)
-			continue
-		}
-		var f frame
-		_ = json.Unmarshal(parts[0], &f.JoinRef)
-		_ = json.Unmarshal(parts[1], &f.Ref)
-		_ = json.Unmarshal(parts[2], &f.Topic)
-		_ = json.Unmarshal(parts[3], &f.Event)
-		f.Payload = parts[4]
-		c.frames <- f
-	}
 }
 
 // closeErr waits for the connection to end and returns why.
 func (c *client) closeErr(timeout time.Duration) error {
 	select {
-	case <-c.done:
+	case <-c.pc.Done():
 	case <-time.After(timeout):
 		c.t.Fatal("connection still open")
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.err
+	return c.pc.Err()
 }
 
-func (c *client) nextRef() string {
-	c.ref++
-	return strconv.Itoa(c.ref)
-}
+func (c *client) nextRef() string { return c.pc.NextRef() }
 
 func (c *client) sendRaw(s string) {
 	c.t.Helper()
-	if err := c.ws.WriteMessage(websocket.TextMessage, []byte(s)); err != nil {
+	if err := c.pc.WriteRaw([]byte(s)); err != nil {
 		c.t.Fatal(err)
 	}
 }
 
 func (c *client) send(joinRef *string, ref, topic, event string, payload any) {
 	c.t.Helper()
-	p, _ := json.Marshal(payload)
-	b, _ := json.Marshal([]any{joinRef, ref, topic, event, json.RawMessage(p)})
-	c.sendRaw(string(b))
+	if err := c.pc.Send(joinRef, &ref, topic, event, payload); err != nil {
+		c.t.Fatal(err)
+	}
 }
 
 // next returns the next frame in arrival order.
@@ -322,8 +284,8 @@ func (c *client) next(timeout time.Duration) (frame, bool) {
 		return f, true
 	}
 	select {
-	case f, ok := <-c.frames:
-		return f, ok
+	case f, ok := <-c.pc.Frames():
+		return frame{f}, ok
 	case <-time.After(timeout):
 		return frame{}, false
 	}
@@ -341,14 +303,14 @@ func (c *client) reply(ref string) frame {
 	deadline := time.After(10 * time.Second)
 	for {
 		select {
-		case f, ok := <-c.frames:
+		case pf, ok := <-c.pc.Frames():
 			if !ok {
-				c.t.Fatalf("connection closed waiting for reply %s: %v", ref, c.err)
+				c.t.Fatalf("connection closed waiting for reply %s: %v", ref, c.pc.Err())
 			}
-			if f.Event == "phx_reply" && f.Ref != nil && *f.Ref == ref {
+			if f := (frame{pf}); f.IsReply(ref) {
 				return f
 			}
-			c.backlog = append(c.backlog, f)
+			c.backlog = append(c.backlog, frame{pf})
 		case <-deadline:
 			c.t.Fatalf("no reply to %s", ref)
 		}

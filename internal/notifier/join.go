@@ -251,7 +251,7 @@ func (s *Service) openUser(ctx context.Context, p auth.Principal, sb *sub, id st
 	if id != p.User && !p.Admin {
 		return joinResult{reason: reasonUnauthorized}
 	}
-	if err := s.hub.add(sb, userSubject(id)); err != nil {
+	if err := s.hub.add(sb, envelope.UserEventsSubject(id)); err != nil {
 		s.log.Warn("join: subscribing", "user", id, "err", err)
 		return joinResult{reason: reasonUnavailable}
 	}

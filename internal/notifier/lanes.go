@@ -5,6 +5,8 @@ import (
 	"sync"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/beamline/beamline/pkg/envelope"
 )
 
 // laneCount is how many goroutines hand live messages to their topics.
@@ -42,7 +44,7 @@ func (h *hub) subscribeLive(t *topic) (*nats.Subscription, error) {
 	// lane looks topics up under the same lock.
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	nsub, err := h.nc.ChanSubscribe(liveSubject(t.subject), l.ch)
+	nsub, err := h.nc.ChanSubscribe(envelope.LiveSubject(t.subject), l.ch)
 	if err != nil {
 		return nil, err
 	}

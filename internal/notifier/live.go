@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -12,12 +11,6 @@ import (
 
 	"github.com/beamline/beamline/pkg/envelope"
 )
-
-// livePrefix is what EVENTS puts before a subject when it re-publishes a
-// stored event (streams/events.json: "republish": events.> → live.events.>).
-const livePrefix = "live."
-
-func liveSubject(subject string) string { return livePrefix + subject }
 
 // catchUpAttempts is how many sweeps in a row may fail to read a topic's
 // missed events before its channels are errored (phx_error: the clients
@@ -74,7 +67,7 @@ func (t *topic) prune(firstSeq uint64) {
 func (h *hub) onLive(ctx context.Context, t *topic, m *nats.Msg) {
 	seq, err1 := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
 	prev, err2 := strconv.ParseUint(m.Header.Get(jetstream.LastSequenceHeader), 10, 64)
-	subject, ok := strings.CutPrefix(m.Subject, livePrefix)
+	subject, ok := envelope.EventSubjectOfLive(m.Subject)
 	if err1 != nil || err2 != nil || !ok || seq == 0 {
 		h.log.Warn("live event without stream sequence headers", "subject", m.Subject)
 		return

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/beamline/beamline/internal/httpx"
 	"github.com/beamline/beamline/internal/phoenix"
 )
 
@@ -165,7 +166,7 @@ func (s *Service) serveLongPoll(w http.ResponseWriter, r *http.Request) {
 		s.lpPublish(w, r, l)
 	default:
 		w.Header().Set("Allow", "GET, POST, OPTIONS")
-		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "use GET, POST or OPTIONS")
+		httpx.WriteError(w, http.StatusMethodNotAllowed, "method_not_allowed", "use GET, POST or OPTIONS")
 	}
 }
 

@@ -247,10 +247,3 @@ func (s *Service) Broadcast(topic, name string, payload any) error {
 	s.hub.dispatch(topic, &event{name: name, payload: b})
 	return nil
 }
-
-// writeError writes the JSON error body every Beamline HTTP error has.
-func writeError(w http.ResponseWriter, status int, code, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": code, "message": msg}})
-}

@@ -3,10 +3,10 @@ package notifier
 import (
 	"context"
 	"math/rand/v2"
-	"strings"
 	"time"
 
 	"github.com/beamline/beamline/internal/phoenix"
+	"github.com/beamline/beamline/pkg/envelope"
 )
 
 // Defaults of the reconciliation sweep.
@@ -105,7 +105,7 @@ func (h *hub) sweep(ctx context.Context, all bool) {
 	if last != 0 {
 		rest := due[:0:0]
 		for _, t := range due {
-			if isJobSubject(t.subject) && h.behind(t, last) && !t.stale.Load() {
+			if envelope.IsJobEventSubject(t.subject) && h.behind(t, last) && !t.stale.Load() {
 				jobs, subjects = append(jobs, t), append(subjects, t.subject)
 			} else {
 				rest = append(rest, t)
@@ -137,9 +137,6 @@ func (h *hub) sweep(ctx context.Context, all bool) {
 		t.due = time.Now().Add(every)
 	}
 }
-
-// isJobSubject reports whether subject is one job's (no wildcard).
-func isJobSubject(subject string) bool { return !strings.HasSuffix(subject, ".*") }
 
 // behind reports whether t still needs reconciling against a stream whose
 // last seq is last.

@@ -76,7 +76,7 @@ func (s *Service) replayUser(ctx context.Context, user string, n, upTo uint64) (
 	var out []*event
 	recovered := true
 	firstOf := map[string]uint64{} // job subject → job seq of its first replayed event
-	err = s.events.readConfirmed(ctx, userSubject(user), n+1, upTo, func(m *jetstream.RawStreamMsg) bool {
+	err = s.events.readConfirmed(ctx, envelope.UserEventsSubject(user), n+1, upTo, func(m *jetstream.RawStreamMsg) bool {
 		env, snap, err := envelope.DecodeEvent(m.Data)
 		if err != nil {
 			return true
@@ -152,7 +152,7 @@ func (s *Service) userJobs(ctx context.Context, user string, upTo uint64) (jobs 
 		seq     uint64
 		data    json.RawMessage // nil: terminal
 	}
-	filter := userSubject(user)
+	filter := envelope.UserEventsSubject(user)
 	seen := map[string]bool{} // jobs counted, from newer windows
 	window := 4 * uint64(s.cfg.userScanMax)
 	for top := true; ; top = false {

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/beamline/beamline/internal/httpx"
 	"github.com/beamline/beamline/internal/jobstore"
 	"github.com/beamline/beamline/pkg/envelope"
 )
@@ -70,19 +71,19 @@ func (k *sseSink) overflow() {
 func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request) {
 	p, err := s.authenticate(bearerToken(r))
 	if err != nil {
-		writeError(w, http.StatusUnauthorized, "unauthorized", "missing, invalid or expired token")
+		httpx.WriteError(w, http.StatusUnauthorized, "unauthorized", "missing, invalid or expired token")
 		return
 	}
 	id := r.PathValue("id")
 	if err := envelope.ValidateID("id", id); err != nil {
-		writeError(w, http.StatusBadRequest, "invalid_id", err.Error())
+		httpx.WriteError(w, http.StatusBadRequest, "invalid_id", err.Error())
 		return
 	}
 	var lastSeq *uint64
 	if h := r.Header.Get("Last-Event-ID"); h != "" {
 		n, err := strconv.ParseUint(h, 10, 64)
 		if err != nil {
-			writeError(w, http.StatusBadRequest, "invalid_last_event_id", "Last-Event-ID must be a job seq")
+			httpx.WriteError(w, http.StatusBadRequest, "invalid_last_event_id", "Last-Event-ID must be a job seq")
 			return
 		}
 		lastSeq = &n
@@ -90,7 +91,7 @@ func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	if s.stopping {
 		s.mu.Unlock()
-		writeError(w, http.StatusServiceUnavailable, "shutting_down", "notifier is shutting down")
+		httpx.WriteError(w, http.StatusServiceUnavailable, "shutting_down", "notifier is shutting down")
 		return
 	}
 	s.wg.Add(1)
@@ -105,13 +106,13 @@ func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request) {
 	switch res.reason {
 	case "":
 	case reasonNotFound:
-		writeError(w, http.StatusNotFound, "not_found", "no such job")
+		httpx.WriteError(w, http.StatusNotFound, "not_found", "no such job")
 		return
 	case reasonUnauthorized:
-		writeError(w, http.StatusForbidden, "forbidden", "the job belongs to another user")
+		httpx.WriteError(w, http.StatusForbidden, "forbidden", "the job belongs to another user")
 		return
 	default:
-		writeError(w, http.StatusServiceUnavailable, "unavailable", "cannot read the job now")
+		httpx.WriteError(w, http.StatusServiceUnavailable, "unavailable", "cannot read the job now")
 		return
 	}
 	defer s.hub.remove(sb)

@@ -56,7 +56,7 @@ func (t *topic) refresh() {
 // deliverStored hands an event read from the stream (live or caught up) to
 // every subscriber; t.mu is held.
 func (t *topic) deliverStored(ev *event) {
-	if ev.terminal && !strings.HasSuffix(t.subject, ".*") {
+	if ev.terminal && envelope.IsJobEventSubject(t.subject) {
 		t.finished = true
 	}
 	ev.mark = t.mark
@@ -118,6 +118,3 @@ func parseTopic(t string) (kind topicKind, id, reason string) {
 	}
 	return kind, id, ""
 }
-
-// userSubject is the subject of all of a user's events.
-func userSubject(user string) string { return "events." + user + ".*" }

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/beamline/beamline/internal/httpx"
 	"github.com/gorilla/websocket"
 )
 
@@ -39,7 +40,7 @@ func (s *Service) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	select {
 	case <-s.quit:
 		w.Header().Set("Retry-After", "1")
-		writeError(w, http.StatusServiceUnavailable, "shutting_down", "notifier is shutting down")
+		httpx.WriteError(w, http.StatusServiceUnavailable, "shutting_down", "notifier is shutting down")
 		return
 	default:
 	}

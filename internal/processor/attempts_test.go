@@ -15,6 +15,7 @@ import (
 
 	"github.com/beamline/beamline/internal/jobstore"
 	"github.com/beamline/beamline/internal/jsm"
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/pkg/envelope"
 	"github.com/beamline/beamline/pkg/flow"
 )
@@ -44,11 +45,11 @@ func TestDeliveryPastTheLimitIsDeadWithoutRunning(t *testing.T) {
 	}
 	ctx := context.Background()
 	m := e.lastDLQ("dlq.image")
-	if m.Header.Get(HeaderAttempts) != "3" || m.Header.Get("Nats-Msg-Id") != "dead:"+j.ID ||
-		!strings.Contains(m.Header.Get(HeaderDeadReason), "never finished") {
+	if m.Header.Get(envelope.HeaderAttempts) != "3" || m.Header.Get("Nats-Msg-Id") != "dead:"+j.ID ||
+		!strings.Contains(m.Header.Get(envelope.HeaderDeadReason), "never finished") {
 		t.Fatalf("DLQ headers %v", m.Header)
 	}
-	waitFor(t, 5*time.Second, func() bool { // termed, not redelivered
+	testutil.WaitFor(t, 5*time.Second, func() bool { // termed, not redelivered
 		c, err := e.js.Consumer(ctx, "JOBS", jsm.ConsumerName(envelope.PriorityNormal, "image"))
 		if err != nil {
 			return false
@@ -164,7 +165,7 @@ func TestShutdownNaksCostNoAttempt(t *testing.T) {
 		jobs[i] = newJob("alice", "image", envelope.PriorityNormal, map[string]any{"duration_ms": 3000})
 		e.submit(jobs[i])
 	}
-	waitFor(t, 10*time.Second, func() bool {
+	testutil.WaitFor(t, 10*time.Second, func() bool {
 		return counterValue(t, a, "beamline_processor_waiting", nil) == 3 &&
 			counterValue(t, a, "beamline_processor_inflight", nil) == 1
 	})

@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -91,7 +92,7 @@ func TestMalformedMessageGoesToDLQAndConsumerGoesOn(t *testing.T) {
 	e.waitStatus(j.ID, envelope.StatusSucceeded, 10*time.Second)
 
 	var dlq jetstream.Stream
-	waitFor(t, 5*time.Second, func() bool {
+	testutil.WaitFor(t, 5*time.Second, func() bool {
 		var err error
 		dlq, err = e.js.Stream(ctx, "DLQ")
 		return err == nil && dlq.CachedInfo().State.Msgs == 1
@@ -101,11 +102,11 @@ func TestMalformedMessageGoesToDLQAndConsumerGoesOn(t *testing.T) {
 		t.Fatal(err)
 	}
 	if string(m.Data) != string(bad.Data) || m.Subject != "dlq.image" ||
-		m.Header.Get(HeaderOriginalSubject) != "jobs.normal.image" || m.Header.Get(HeaderDeadReason) == "" {
+		m.Header.Get(envelope.HeaderOriginalSubject) != "jobs.normal.image" || m.Header.Get(envelope.HeaderDeadReason) == "" {
 		t.Fatalf("DLQ entry %s %q %v", m.Subject, m.Data, m.Header)
 	}
 	// Terminated, not redelivered: the work queue is empty.
-	waitFor(t, 5*time.Second, func() bool {
+	testutil.WaitFor(t, 5*time.Second, func() bool {
 		s, err := e.js.Stream(ctx, "JOBS")
 		return err == nil && s.CachedInfo().State.Msgs == 0
 	})
@@ -132,7 +133,7 @@ func TestJobOnAnotherJobsSubjectGoesToDLQ(t *testing.T) {
 	if _, err := e.js.PublishMsg(ctx, m); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, func() bool {
+	testutil.WaitFor(t, 10*time.Second, func() bool {
 		return counterValue(t, r, "beamline_processor_jobs_total", map[string]string{"outcome": "invalid"}) == 1
 	})
 	if s := e.snapshot(j.ID); s.ID != "" {
@@ -143,7 +144,7 @@ func TestJobOnAnotherJobsSubjectGoesToDLQ(t *testing.T) {
 		t.Fatal(err)
 	}
 	d, err := dlq.GetMsg(ctx, 1)
-	if err != nil || d.Header.Get(HeaderOriginalSubject) != m.Subject {
+	if err != nil || d.Header.Get(envelope.HeaderOriginalSubject) != m.Subject {
 		t.Fatalf("DLQ entry %v: %v", d, err)
 	}
 }

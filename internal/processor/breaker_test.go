@@ -10,6 +10,7 @@ import (
 
 	"github.com/beamline/beamline/internal/config"
 	"github.com/beamline/beamline/internal/provider"
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/pkg/envelope"
 	"github.com/beamline/beamline/pkg/flow"
 )
@@ -96,20 +97,20 @@ func testBreakerOutage(t *testing.T, startedDelay time.Duration) {
 		}
 		lastAttempts, lastHits = sum, h
 	}
-	waitFor(t, 10*time.Second, func() bool {
+	testutil.WaitFor(t, 10*time.Second, func() bool {
 		check(concurrency)
 		return counterValue(t, r, "beamline_breaker_state", map[string]string{"provider": "http"}) == 2
 	})
 	// The runs admitted before it opened call at once (no wait): they are
 	// done once Concurrency more calls (probes, 100ms apart) were made.
 	h0 := hits.Load()
-	waitFor(t, 10*time.Second, func() bool {
+	testutil.WaitFor(t, 10*time.Second, func() bool {
 		check(concurrency)
 		return hits.Load() >= h0+concurrency
 	})
 	// Down for at least 10 more half-open windows, one probe (hit) each.
 	h1 := hits.Load()
-	waitFor(t, 20*time.Second, func() bool {
+	testutil.WaitFor(t, 20*time.Second, func() bool {
 		check(int(cfg.Breaker.MaxRequests))
 		return hits.Load() >= h1+10
 	}, func() string { return fmt.Sprintf("%d probes in 20s", hits.Load()-h1) })

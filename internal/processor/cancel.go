@@ -2,15 +2,11 @@ package processor
 
 import (
 	"context"
-	"strings"
 
 	"github.com/nats-io/nats.go"
-)
 
-// CancelSubject is what the cancel subscriber listens on: ingest publishes
-// cancel.<user>.<job> (core NATS, not stored) after cancelling the job in
-// the KV.
-const CancelSubject = "cancel.*.*"
+	"github.com/beamline/beamline/pkg/envelope"
+)
 
 // runCancels is a supervised child: it cancels the context of a running job
 // when its cancel message arrives. The job's stored state is already
@@ -18,12 +14,12 @@ const CancelSubject = "cancel.*.*"
 // later is never started (jobstore.Apply answers ErrTerminal).
 func (p *Processor) runCancels(ctx context.Context) error {
 	sub, err := p.nc.Subscribe(p.cancelSubject, func(m *nats.Msg) {
-		parts := strings.Split(m.Subject, ".")
-		if len(parts) != 3 {
+		user, job, err := envelope.ParseCancelSubject(m.Subject)
+		if err != nil {
 			return
 		}
-		if p.deliveries.cancelJob(parts[2]) {
-			p.log.Info("cancelling running job", "job", parts[2], "user", parts[1])
+		if p.deliveries.cancelJob(job) {
+			p.log.Info("cancelling running job", "job", job, "user", user)
 		}
 	})
 	if err != nil {

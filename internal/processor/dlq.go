@@ -11,13 +11,6 @@ import (
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
-// DLQ message headers. The body is the original message body, unchanged.
-const (
-	HeaderDeadReason      = "Beamline-Dead-Reason"
-	HeaderAttempts        = "Beamline-Attempts"
-	HeaderOriginalSubject = "Beamline-Original-Subject"
-)
-
 // maxReason keeps a reason header readable (and well under header limits).
 const maxReason = 1024
 
@@ -63,9 +56,9 @@ func (p *Processor) publishDLQ(ctx context.Context, d *delivery, msgID, reason s
 	if len(reason) > maxReason {
 		reason = reason[:maxReason]
 	}
-	m.Header.Set(HeaderDeadReason, strings.ToValidUTF8(strings.ReplaceAll(reason, "\n", " "), "?"))
-	m.Header.Set(HeaderAttempts, strconv.Itoa(d.attempt))
-	m.Header.Set(HeaderOriginalSubject, d.msg.Subject())
+	m.Header.Set(envelope.HeaderDeadReason, strings.ToValidUTF8(strings.ReplaceAll(reason, "\n", " "), "?"))
+	m.Header.Set(envelope.HeaderAttempts, strconv.Itoa(d.attempt))
+	m.Header.Set(envelope.HeaderOriginalSubject, d.msg.Subject())
 	m.Header.Set(envelope.HeaderMsgID, msgID)
 	if tp := d.msg.Headers().Get(envelope.HeaderTraceparent); tp != "" {
 		m.Header.Set(envelope.HeaderTraceparent, tp)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/beamline/beamline/internal/jsm"
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -84,12 +85,12 @@ func TestMaxDeliverExceededIsDeadWithDLQCopy(t *testing.T) {
 	if err != nil || orig.ID != j.ID {
 		t.Fatalf("DLQ body is not the original envelope: %v %+v", err, orig)
 	}
-	if m.Header.Get(HeaderAttempts) != "3" || m.Header.Get(HeaderDeadReason) == "" ||
-		m.Header.Get(HeaderOriginalSubject) != "jobs.low.video."+j.ID || m.Header.Get("Nats-Msg-Id") != "dead:"+j.ID {
+	if m.Header.Get(envelope.HeaderAttempts) != "3" || m.Header.Get(envelope.HeaderDeadReason) == "" ||
+		m.Header.Get(envelope.HeaderOriginalSubject) != "jobs.low.video."+j.ID || m.Header.Get("Nats-Msg-Id") != "dead:"+j.ID {
 		t.Fatalf("DLQ headers %v", m.Header)
 	}
 	// Terminated: not redelivered, and counted.
-	waitFor(t, 5*time.Second, func() bool {
+	testutil.WaitFor(t, 5*time.Second, func() bool {
 		c, err := e.js.Consumer(ctx, "JOBS", jsm.ConsumerName(envelope.PriorityLow, "video"))
 		if err != nil {
 			return false
@@ -97,7 +98,7 @@ func TestMaxDeliverExceededIsDeadWithDLQCopy(t *testing.T) {
 		info, err := c.Info(ctx)
 		return err == nil && info.NumAckPending == 0 && info.NumPending == 0
 	})
-	waitFor(t, 5*time.Second, func() bool {
+	testutil.WaitFor(t, 5*time.Second, func() bool {
 		return counterValue(t, r, "beamline_dlq_messages", nil) == 1
 	})
 	if v := counterValue(t, r, "beamline_processor_jobs_total", map[string]string{"outcome": "dead"}); v != 1 {

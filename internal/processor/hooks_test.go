@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/beamline/beamline/internal/provider"
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -123,7 +124,7 @@ func TestResultTooLargeFailsWithoutRerun(t *testing.T) {
 			j := newJob("alice", "image", envelope.PriorityNormal, nil)
 			e.submit(j)
 			var s envelope.Snapshot
-			waitFor(t, 20*time.Second, func() bool {
+			testutil.WaitFor(t, 20*time.Second, func() bool {
 				s = e.snapshot(j.ID)
 				return s.Status.Terminal()
 			})

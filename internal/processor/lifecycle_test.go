@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -13,7 +14,7 @@ func TestCancelStopsRunningJob(t *testing.T) {
 	r := e.start(baseConfig(t))
 	j := newJob("alice", "video", envelope.PriorityNormal, map[string]any{"duration_ms": 60000, "steps": 600})
 	e.submit(j)
-	waitFor(t, 10*time.Second, func() bool { return e.snapshot(j.ID).Progress > 0 })
+	testutil.WaitFor(t, 10*time.Second, func() bool { return e.snapshot(j.ID).Progress > 0 })
 
 	// What ingest's DELETE does: cancel in the KV, then tell the processors.
 	ctx := context.Background()
@@ -26,10 +27,10 @@ func TestCancelStopsRunningJob(t *testing.T) {
 	if err := e.nc.Publish("cancel."+j.User+"."+j.ID, nil); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, func() bool {
+	testutil.WaitFor(t, 10*time.Second, func() bool {
 		return counterValue(t, r, "beamline_processor_jobs_total", map[string]string{"outcome": "cancelled"}) == 1
 	})
-	waitFor(t, 10*time.Second, func() bool {
+	testutil.WaitFor(t, 10*time.Second, func() bool {
 		s, err := e.js.Stream(ctx, "JOBS")
 		return err == nil && s.CachedInfo().State.Msgs == 0 // acked, not redelivered
 	})
@@ -55,7 +56,7 @@ func TestCancelledJobIsNotStarted(t *testing.T) {
 	}
 	e.publish(j)
 	r := e.start(baseConfig(t))
-	waitFor(t, 10*time.Second, func() bool {
+	testutil.WaitFor(t, 10*time.Second, func() bool {
 		return counterValue(t, r, "beamline_processor_jobs_total", map[string]string{"outcome": "cancelled"}) == 1
 	})
 	for _, ev := range e.events(j) {
@@ -78,7 +79,7 @@ func TestGracefulShutdownHandsWaitingJobsOver(t *testing.T) {
 		e.submit(jobs[i])
 	}
 	// One runs on a; the other three wait for alice's slot.
-	waitFor(t, 10*time.Second, func() bool {
+	testutil.WaitFor(t, 10*time.Second, func() bool {
 		return counterValue(t, a, "beamline_processor_waiting", nil) == 3 &&
 			counterValue(t, a, "beamline_processor_inflight", nil) == 1
 	})

@@ -22,6 +22,7 @@ import (
 	"github.com/beamline/beamline/internal/jsm"
 	"github.com/beamline/beamline/internal/natstest"
 	"github.com/beamline/beamline/internal/provider"
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/pkg/envelope"
 	"github.com/beamline/beamline/pkg/flow"
 )
@@ -210,7 +211,7 @@ func (e *env) snapshot(id string) envelope.Snapshot {
 func (e *env) waitStatus(id string, st envelope.Status, timeout time.Duration) envelope.Snapshot {
 	e.t.Helper()
 	var s envelope.Snapshot
-	waitFor(e.t, timeout, func() bool {
+	testutil.WaitFor(e.t, timeout, func() bool {
 		s = e.snapshot(id)
 		return s.Status == st
 	}, func() string { return fmt.Sprintf("job %s: status %q, want %q (%+v)", id, s.Status, st, s) })
@@ -258,7 +259,7 @@ func (e *env) lastDLQ(subject string) *jetstream.RawStreamMsg {
 	e.t.Helper()
 	ctx := context.Background()
 	var m *jetstream.RawStreamMsg
-	waitFor(e.t, 5*time.Second, func() bool {
+	testutil.WaitFor(e.t, 5*time.Second, func() bool {
 		dlq, err := e.js.Stream(ctx, "DLQ")
 		if err != nil {
 			return false
@@ -267,18 +268,4 @@ func (e *env) lastDLQ(subject string) *jetstream.RawStreamMsg {
 		return err == nil
 	})
 	return m
-}
-
-func waitFor(t *testing.T, timeout time.Duration, ok func() bool, msg ...func() string) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !ok() {
-		if time.Now().After(deadline) {
-			if len(msg) > 0 {
-				t.Fatal("timed out: " + msg[0]())
-			}
-			t.Fatal("timed out")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/beamline/beamline/internal/jobstore"
 	"github.com/beamline/beamline/internal/jsm"
 	"github.com/beamline/beamline/internal/provider"
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -98,7 +99,7 @@ func (e *env) jobsState(prio envelope.Priority, kind string) (msgs, delivered ui
 // empty) or delivered again (it was Nak'd).
 func (e *env) waitLetGoOrRedelivered(prio envelope.Priority, kind string) {
 	e.t.Helper()
-	waitFor(e.t, 15*time.Second, func() bool {
+	testutil.WaitFor(e.t, 15*time.Second, func() bool {
 		msgs, delivered := e.jobsState(prio, kind)
 		return msgs == 0 || delivered >= 2
 	})
@@ -106,7 +107,7 @@ func (e *env) waitLetGoOrRedelivered(prio envelope.Priority, kind string) {
 
 func (e *env) waitJobsEmpty() {
 	e.t.Helper()
-	waitFor(e.t, 15*time.Second, func() bool {
+	testutil.WaitFor(e.t, 15*time.Second, func() bool {
 		msgs, _ := e.jobsState(envelope.PriorityNormal, "image")
 		return msgs == 0
 	})
@@ -138,7 +139,7 @@ func TestFinalEventSurvivesEventsOutage(t *testing.T) {
 	j := newJob("alice", "image", envelope.PriorityNormal, nil)
 	e.submit(j)
 	e.waitStatus(j.ID, envelope.StatusRunning, 10*time.Second)
-	waitFor(t, 10*time.Second, func() bool { return len(e.events(j)) == 1 })
+	testutil.WaitFor(t, 10*time.Second, func() bool { return len(e.events(j)) == 1 })
 
 	restore := e.breakStream("EVENTS")
 	g.release()
@@ -146,7 +147,7 @@ func TestFinalEventSurvivesEventsOutage(t *testing.T) {
 	e.waitLetGoOrRedelivered(envelope.PriorityNormal, "image")
 	restore()
 
-	waitFor(t, 15*time.Second, func() bool {
+	testutil.WaitFor(t, 15*time.Second, func() bool {
 		evs := e.events(j)
 		return len(evs) > 0 && evs[len(evs)-1].Status == envelope.StatusSucceeded
 	}, func() string { return "the succeeded event never appeared" })
@@ -166,7 +167,7 @@ func TestCancelledEventPublishedWhenIngestCouldNot(t *testing.T) {
 	j := newJob("alice", "image", envelope.PriorityNormal, nil)
 	e.submit(j)
 	e.waitStatus(j.ID, envelope.StatusRunning, 10*time.Second)
-	waitFor(t, 10*time.Second, func() bool { return len(e.events(j)) == 1 })
+	testutil.WaitFor(t, 10*time.Second, func() bool { return len(e.events(j)) == 1 })
 
 	restore := e.breakStream("EVENTS")
 	ctx := context.Background()
@@ -180,11 +181,11 @@ func TestCancelledEventPublishedWhenIngestCouldNot(t *testing.T) {
 	if err := e.nc.Publish("cancel."+j.User+"."+j.ID, nil); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, func() bool { return g.cancelled.Load() == 1 })
+	testutil.WaitFor(t, 10*time.Second, func() bool { return g.cancelled.Load() == 1 })
 	e.waitLetGoOrRedelivered(envelope.PriorityNormal, "image")
 	restore()
 
-	waitFor(t, 15*time.Second, func() bool {
+	testutil.WaitFor(t, 15*time.Second, func() bool {
 		evs := e.events(j)
 		return len(evs) > 0 && evs[len(evs)-1].Status == envelope.StatusCancelled
 	}, func() string { return "the cancelled event never appeared" })
@@ -200,7 +201,7 @@ func TestStartedPublishFailureLeavesNoSeqGap(t *testing.T) {
 	e.start(baseConfig(t))
 	j := newJob("alice", "image", envelope.PriorityNormal, map[string]any{"duration_ms": 10})
 	e.submit(j)
-	waitFor(t, 10*time.Second, func() bool { return e.snapshot(j.ID).Seq >= 1 })
+	testutil.WaitFor(t, 10*time.Second, func() bool { return e.snapshot(j.ID).Seq >= 1 })
 	e.waitLetGoOrRedelivered(envelope.PriorityNormal, "image")
 	restore()
 	e.waitStatus(j.ID, envelope.StatusSucceeded, 15*time.Second)
@@ -329,7 +330,7 @@ func TestCollidingJobIDIsDeadLetteredNotRun(t *testing.T) {
 	if err != nil {
 		t.Fatalf("no DLQ copy: %v", err)
 	}
-	if reason := m.Header.Get(HeaderDeadReason); !strings.Contains(reason, "collides") {
+	if reason := m.Header.Get(envelope.HeaderDeadReason); !strings.Contains(reason, "collides") {
 		t.Fatalf("DLQ reason %q", reason)
 	}
 	if s := e.snapshot(alice.ID); s.User != "alice" || s.Status != envelope.StatusQueued || s.Seq != 0 {

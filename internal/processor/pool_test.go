@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -28,7 +29,7 @@ func TestCrashedChildrenAreRestartedAndCounted(t *testing.T) {
 			}
 		}
 	})
-	waitFor(t, 10*time.Second, func() bool {
+	testutil.WaitFor(t, 10*time.Second, func() bool {
 		return counterValue(t, r, "beamline_supervisor_restarts_total", map[string]string{"supervisor": "processor", "child": "heartbeats"}) == 1 &&
 			counterValue(t, r, "beamline_supervisor_restarts_total", map[string]string{"supervisor": "workers"}) == 1 &&
 			heartbeatStarts.Load() == 2 // restarted after its backoff

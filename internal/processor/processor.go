@@ -51,7 +51,7 @@ type Processor struct {
 	stopCtx, jobBase        context.Context
 	stopWaiting, cancelJobs context.CancelFunc
 
-	// cancelSubject is CancelSubject; tests break it to make a supervised
+	// cancelSubject is envelope.CancelFilter; tests break it to make a supervised
 	// child fail.
 	cancelSubject string
 
@@ -98,7 +98,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 		kindBreakers:  map[string]*flow.Breaker{},
 		breakers:      map[string]*flow.Breaker{},
 		consumers:     map[string]jetstream.Consumer{},
-		cancelSubject: CancelSubject,
+		cancelSubject: envelope.CancelFilter,
 	}
 	for _, k := range c.Kinds {
 		name := c.providerName(k)

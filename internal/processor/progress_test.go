@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/beamline/beamline/internal/provider"
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -49,7 +50,7 @@ func TestProgressPublishFailureLeavesNoSeqGap(t *testing.T) {
 	j := newJob("alice", "image", envelope.PriorityNormal, nil)
 	e.submit(j)
 	e.waitStatus(j.ID, envelope.StatusRunning, 10*time.Second)
-	waitFor(t, 10*time.Second, func() bool { return len(e.events(j)) == 1 })
+	testutil.WaitFor(t, 10*time.Second, func() bool { return len(e.events(j)) == 1 })
 
 	restore := e.breakStream("EVENTS")
 	close(prov.report)

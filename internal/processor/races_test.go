@@ -20,6 +20,7 @@ import (
 	"github.com/beamline/beamline/internal/auth"
 	"github.com/beamline/beamline/internal/ingest"
 	"github.com/beamline/beamline/internal/provider"
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -70,7 +71,7 @@ func (e *env) startIngest() *front {
 		tr.CloseIdleConnections()
 		nc.Close()
 	})
-	waitFor(e.t, 5*time.Second, func() bool {
+	testutil.WaitFor(e.t, 5*time.Second, func() bool {
 		resp, err := f.client.Get(f.url + "/healthz")
 		if err != nil {
 			return false
@@ -231,7 +232,7 @@ func TestDeleteAfterUnannouncedChangeLeavesNoGap(t *testing.T) {
 	in := e.startIngest()
 	restore := e.breakStream("EVENTS")
 	id := in.submit("alice", `{"kind":"image","input":{"sim":{"duration_ms":30000}}}`)
-	waitFor(t, 10*time.Second, func() bool {
+	testutil.WaitFor(t, 10*time.Second, func() bool {
 		status, b := in.do(http.MethodGet, "/v1/jobs/"+id, "alice", "")
 		s := decodeSnap(t, b)
 		return status == http.StatusOK && s.Status == envelope.StatusRunning && s.Seq == 1
@@ -268,7 +269,7 @@ func TestPendingProgressEventNotAfterCancel(t *testing.T) {
 	id := in.submit("alice", `{"kind":"image"}`)
 	j := envelope.Job{ID: id, User: "alice"}
 	e.waitStatus(id, envelope.StatusRunning, 10*time.Second)
-	waitFor(t, 10*time.Second, func() bool { return len(e.events(j)) == 1 })
+	testutil.WaitFor(t, 10*time.Second, func() bool { return len(e.events(j)) == 1 })
 
 	restore := e.breakStream("EVENTS")
 	close(prov.report)
@@ -303,7 +304,7 @@ func TestChangeStoredBehindTheRunIsAnnouncedFirst(t *testing.T) {
 	e.start(withProvider(baseConfig(t), g))
 	j := newJob("alice", "image", envelope.PriorityNormal, nil)
 	e.submit(j)
-	waitFor(t, 10*time.Second, func() bool { return g.calls.Load() == 1 && len(e.events(j)) == 1 })
+	testutil.WaitFor(t, 10*time.Second, func() bool { return g.calls.Load() == 1 && len(e.events(j)) == 1 })
 
 	restore := e.breakStream("EVENTS")
 	ctx := context.Background()
@@ -347,7 +348,7 @@ func TestSameJobOnTwoPrioritiesRunsOnce(t *testing.T) {
 			e.start(cfg)
 			j := newJob("alice", "image", envelope.PriorityHigh, nil)
 			e.publish(j)
-			waitFor(t, 10*time.Second, func() bool { return g.calls.Load() == 1 })
+			testutil.WaitFor(t, 10*time.Second, func() bool { return g.calls.Load() == 1 })
 
 			dup := j
 			dup.Priority = envelope.PriorityNormal
@@ -360,14 +361,14 @@ func TestSameJobOnTwoPrioritiesRunsOnce(t *testing.T) {
 				t.Fatal(err)
 			}
 			// Settled (termed: JOBS holds only the first again) or run.
-			waitFor(t, 10*time.Second, func() bool {
+			testutil.WaitFor(t, 10*time.Second, func() bool {
 				msgs, _ := e.jobsState(envelope.PriorityNormal, "image")
 				return msgs == 1 || g.calls.Load() > 1
 			})
 			if n := g.calls.Load(); n != 1 {
 				t.Fatalf("provider called %d times for one job id", n)
 			}
-			if reason := e.lastDLQ("dlq.image").Header.Get(HeaderDeadReason); !strings.Contains(reason, "collides") {
+			if reason := e.lastDLQ("dlq.image").Header.Get(envelope.HeaderDeadReason); !strings.Contains(reason, "collides") {
 				t.Fatalf("DLQ reason %q", reason)
 			}
 			g.release()

@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -68,7 +69,7 @@ func TestHighJobOvertakesLowBacklogAndLowKeepsFlowing(t *testing.T) {
 	cfg.Concurrency = 1
 	cfg.Prefetch = 1
 	e.start(cfg)
-	waitFor(t, 10*time.Second, func() bool { return len(log.starts()) >= 3 })
+	testutil.WaitFor(t, 10*time.Second, func() bool { return len(log.starts()) >= 3 })
 	high := newJob("vip", "image", envelope.PriorityHigh, map[string]any{"duration_ms": 20})
 	e.submit(high)
 	e.waitStatus(high.ID, envelope.StatusSucceeded, 10*time.Second)

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -119,7 +120,7 @@ func TestClaimedJobIsVisiblyRunning(t *testing.T) {
 	e.start(cfg)
 	j := newJob("alice", "image", envelope.PriorityNormal, nil)
 	e.submit(j)
-	waitFor(t, 10*time.Second, func() bool { return g.calls.Load() == 1 })
+	testutil.WaitFor(t, 10*time.Second, func() bool { return g.calls.Load() == 1 })
 	if s := e.snapshot(j.ID); s.Status != envelope.StatusRunning || s.Seq != 0 || s.Attempt != 1 {
 		t.Fatalf("snapshot during the call %+v, want running seq 0 attempt 1", s)
 	}
@@ -136,7 +137,7 @@ func TestClaimedJobIsVisiblyRunning(t *testing.T) {
 	if err := e.nc.Publish("cancel."+j.User+"."+j.ID, nil); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, func() bool { return g.cancelled.Load() == 1 })
+	testutil.WaitFor(t, 10*time.Second, func() bool { return g.cancelled.Load() == 1 })
 	e.waitJobsEmpty()
 	if evs := e.checkSeqs(j, envelope.StatusCancelled); len(evs) != 1 || evs[0].Attempt != 1 {
 		t.Fatalf("events %+v, want cancelled attempt 1 only", evs)
@@ -152,7 +153,7 @@ func TestCancelInsideWindow(t *testing.T) {
 	e.start(cfg)
 	j := newJob("alice", "image", envelope.PriorityNormal, nil)
 	e.submit(j)
-	waitFor(t, 10*time.Second, func() bool { return g.calls.Load() == 1 })
+	testutil.WaitFor(t, 10*time.Second, func() bool { return g.calls.Load() == 1 })
 	if _, err := e.apply(t.Context(), j.ID, envelope.TypeCancelled, func(s *envelope.Snapshot) error {
 		s.Status = envelope.StatusCancelled
 		return nil

@@ -13,6 +13,7 @@ import (
 	"github.com/beamline/beamline/internal/jobstore"
 	"github.com/beamline/beamline/internal/jsm"
 	"github.com/beamline/beamline/internal/natstest"
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -53,7 +54,7 @@ func TestRunWaitsForJetStream(t *testing.T) {
 	r := e.startWith(baseConfig(t), func(p *Processor) {
 		p.log = slog.New(countingHandler{testLogger(t).Handler(), "retrying setup", &retries})
 	})
-	waitFor(t, 20*time.Second, func() bool { return retries.Load() >= 3 })
+	testutil.WaitFor(t, 20*time.Second, func() bool { return retries.Load() >= 3 })
 	select {
 	case err := <-r.done:
 		r.done <- err
@@ -86,7 +87,7 @@ func TestRunStopsWhileWaitingForJetStream(t *testing.T) {
 	r := e.startWith(baseConfig(t), func(p *Processor) {
 		p.log = slog.New(countingHandler{testLogger(t).Handler(), "retrying setup", &retries})
 	})
-	waitFor(t, 20*time.Second, func() bool { return retries.Load() >= 1 })
+	testutil.WaitFor(t, 20*time.Second, func() bool { return retries.Load() >= 1 })
 	if err := r.stop(t); err != nil {
 		t.Fatalf("Run: %v", err)
 	}

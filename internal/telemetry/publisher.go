@@ -118,9 +118,6 @@ func NewPublisher(nc *nats.Conn, cfg PublisherConfig) (*Publisher, error) {
 	return p, nil
 }
 
-// Subject is where this publisher's samples go.
-func (p *Publisher) Subject() string { return p.subject }
-
 // Run publishes a sample at once and then every Interval until ctx is done.
 // A failed publish (NATS away) is skipped; the next tick tries again.
 func (p *Publisher) Run(ctx context.Context) error {

@@ -18,20 +18,10 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/beamline/beamline/internal/natstest"
+	"github.com/beamline/beamline/internal/testutil"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in time")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
 
 const tp1 = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -240,7 +230,7 @@ func TestPublisherAndAggregator(t *testing.T) {
 	pwg.Go(func() { _ = pub.Run(pctx) })
 	defer func() { cancel(); stopPub(); wg.Wait(); pwg.Wait() }()
 
-	waitFor(t, 5*time.Second, func() bool {
+	testutil.WaitFor(t, 5*time.Second, func() bool {
 		m, ok := rec.last()
 		return ok && m.QueueDepth.High == 5 && m.QueueDepth.Low == 1 && m.Inflight == 4 && m.Breakers["sim"] == "open"
 	})
@@ -250,7 +240,7 @@ func TestPublisherAndAggregator(t *testing.T) {
 	// broadcast. Jobs keep succeeding here, as they do in a running
 	// pipeline, and every broadcast since the first is looked at.
 	_, from := rec.since(0)
-	waitFor(t, 5*time.Second, func() bool {
+	testutil.WaitFor(t, 5*time.Second, func() bool {
 		jobs.WithLabelValues("image", "high", "succeeded").Add(10)
 		got, _ := rec.since(from)
 		for _, m := range got {
@@ -263,7 +253,7 @@ func TestPublisherAndAggregator(t *testing.T) {
 	// An instance that falls silent expires.
 	stopPub()
 	pwg.Wait()
-	waitFor(t, 5*time.Second, func() bool {
+	testutil.WaitFor(t, 5*time.Second, func() bool {
 		m, _ := rec.last()
 		return m.Inflight == 0 && m.QueueDepth.High == 0 && len(m.Breakers) == 0
 	})

@@ -120,3 +120,33 @@ func ExampleDecode() {
 	// Output:
 	// envelope: unsupported specversion: specversion: "0.3", want "1.0"
 }
+
+// The subjects of one job across the pipeline. A notifier watching a user's
+// jobs subscribes to the live copy of the user's event subjects, and tells a
+// job topic from a user topic with IsJobEventSubject.
+func ExampleEventSubject() {
+	job := envelope.JobMsgSubject(envelope.PriorityHigh, "image", "render-0001")
+	fmt.Println(job)
+	p, kind, id, _ := envelope.ParseJobSubject(job)
+	fmt.Println(p, kind, id)
+
+	ev := envelope.EventSubject("alice", "render-0001")
+	fmt.Println(ev, envelope.IsJobEventSubject(ev))
+	user := envelope.UserEventsSubject("alice")
+	fmt.Println(user, envelope.IsJobEventSubject(user))
+	fmt.Println(envelope.LiveSubject(user))
+	stored, _ := envelope.EventSubjectOfLive(envelope.LiveSubject(ev))
+	fmt.Println(stored)
+
+	fmt.Println(envelope.CancelSubject("alice", "render-0001"))
+	fmt.Println(envelope.DLQSubject("image"), envelope.DLQMarkerKey("render-0001"))
+	// Output:
+	// jobs.high.image.render-0001
+	// high image render-0001
+	// events.alice.render-0001 true
+	// events.alice.* false
+	// live.events.alice.*
+	// events.alice.render-0001
+	// cancel.alice.render-0001
+	// dlq.image dlq.render-0001
+}

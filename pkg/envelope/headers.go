@@ -19,6 +19,18 @@ const (
 	HeaderType = "Beamline-Type"
 )
 
+// Headers of a dead-lettered copy on dlq.<kind>; its body is the original
+// message body, unchanged, and its Nats-Msg-Id is dead:<job> (or
+// invalid:<kind>:<stream seq> for a message that is no job envelope).
+const (
+	// HeaderDeadReason says why the job died (at most 1 KiB, one line).
+	HeaderDeadReason = "Beamline-Dead-Reason"
+	// HeaderAttempts is how many runs the job had.
+	HeaderAttempts = "Beamline-Attempts"
+	// HeaderOriginalSubject is the subject the job was published to.
+	HeaderOriginalSubject = "Beamline-Original-Subject"
+)
+
 // NewJobMsg builds the NATS message that submits j: subject
 // jobs.<priority>.<kind>.<job>, the encoded envelope, and Nats-Msg-Id = job id so a
 // re-publish within the stream's duplicate window creates no second job.

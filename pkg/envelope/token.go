@@ -1,7 +1,5 @@
 package envelope
 
-import "strings"
-
 // Priority is the queue a job waits in. Priorities are served weighted, so a
 // low job is never starved.
 type Priority string
@@ -77,51 +75,4 @@ func tokenByte(c byte, upper bool) bool {
 		return upper
 	}
 	return false
-}
-
-// JobSubject is the queue of a priority and kind: jobs.<priority>.<kind>.
-// The processor's consumer for them takes this subject and the job subjects
-// under it (JobMsgSubject). A job published here is accepted and processed
-// like any other, but it cannot be read before a processor picks it up.
-func JobSubject(p Priority, kind string) string { return "jobs." + string(p) + "." + kind }
-
-// JobMsgSubject is the subject a job is published to:
-// jobs.<priority>.<kind>.<job>. The job id in the subject is what lets a
-// queued job be read straight from JOBS (JobLookupSubject) before any
-// processor has written its snapshot.
-func JobMsgSubject(p Priority, kind, job string) string {
-	return "jobs." + string(p) + "." + kind + "." + job
-}
-
-// JobLookupSubject matches the message of one job in JOBS whatever its
-// priority and kind: jobs.*.*.<job>.
-func JobLookupSubject(job string) string { return "jobs.*.*." + job }
-
-// EventSubject is the subject of a job's events: events.<user>.<job>.
-func EventSubject(user, job string) string { return "events." + user + "." + job }
-
-// DLQSubject is the dead-letter subject of a kind: dlq.<kind>.
-func DLQSubject(kind string) string { return "dlq." + kind }
-
-// ParseJobSubject splits jobs.<priority>.<kind>[.<job>], validating every
-// token; job is empty for a job published to its queue's subject.
-func ParseJobSubject(subject string) (p Priority, kind, job string, err error) {
-	parts := strings.Split(subject, ".")
-	if (len(parts) != 3 && len(parts) != 4) || parts[0] != "jobs" {
-		return "", "", "", fieldErr("subject", ErrInvalidToken, "%q is not jobs.<priority>.<kind>[.<job>]", subject)
-	}
-	p, kind = Priority(parts[1]), parts[2]
-	if err := ValidatePriority(p); err != nil {
-		return "", "", "", err
-	}
-	if err := ValidateKind(kind); err != nil {
-		return "", "", "", err
-	}
-	if len(parts) == 4 {
-		job = parts[3]
-		if err := ValidateID("job", job); err != nil {
-			return "", "", "", err
-		}
-	}
-	return p, kind, job, nil
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/beamline/beamline/internal/auth"
 	"github.com/beamline/beamline/internal/natsx"
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/pkg/envelope"
 	"github.com/beamline/beamline/test/chaos/kit"
 )
@@ -120,7 +121,7 @@ func TestNotifierEnforcesAllowedOrigins(t *testing.T) {
 // service logging JSON at debug level into one buffer, then searches it for
 // the token, the token secret and the NATS password.
 func TestNoSecretInLogs(t *testing.T) {
-	var buf syncBuffer
+	var buf testutil.Buffer
 	log := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	s := startServer(t)
 

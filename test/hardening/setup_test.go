@@ -1,10 +1,8 @@
 package hardening
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
 
@@ -32,24 +30,6 @@ const (
 )
 
 var secret = []byte("hardening-secret-0123456789abcdef")
-
-// syncBuffer is a log sink shared by several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // startServer runs a JetStream server that requires a user and password.
 func startServer(t *testing.T) *server.Server {

@@ -3,33 +3,24 @@
 package telemetry_test
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/gorilla/websocket"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
 	"github.com/beamline/beamline/internal/devstack"
 	"github.com/beamline/beamline/internal/devstack/devstacktest"
+	"github.com/beamline/beamline/internal/phoenix/phoenixtest"
 	"github.com/beamline/beamline/internal/processor"
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/pkg/envelope"
 )
-
-func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in time")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 // start runs a devstack with quick retries and metric refreshes; tune may
 // adjust the configuration further.
@@ -80,99 +71,49 @@ func value(mfs map[string]*dto.MetricFamily, name string, want map[string]string
 	if !ok {
 		return 0, false
 	}
-	var sum float64
-	found := false
-next:
-	for _, m := range mf.GetMetric() {
-		have := map[string]string{}
-		for _, l := range m.GetLabel() {
-			have[l.GetName()] = l.GetValue()
-		}
-		for k, v := range want {
-			if have[k] != v {
-				continue next
-			}
-		}
-		found = true
-		switch mf.GetType() {
-		case dto.MetricType_COUNTER:
-			sum += m.GetCounter().GetValue()
-		case dto.MetricType_GAUGE:
-			sum += m.GetGauge().GetValue()
-		case dto.MetricType_HISTOGRAM:
-			sum += float64(m.GetHistogram().GetSampleCount())
-		default:
-			sum += m.GetUntyped().GetValue()
-		}
-	}
-	return sum, found
+	return testutil.MetricValue([]*dto.MetricFamily{mf}, name, want)
 }
 
 // phx is a Phoenix Channels V2 WebSocket client.
 type phx struct {
-	t  *testing.T
-	ws *websocket.Conn
+	t *testing.T
+	c *phoenixtest.Client
 }
 
 func dial(t *testing.T, st *devstack.Stack, token string) *phx {
 	t.Helper()
-	u := "ws" + strings.TrimPrefix(st.NotifierURL, "http") + "/socket/websocket?vsn=2.0.0&token=" + token
-	ws, resp, err := websocket.DefaultDialer.Dial(u, nil)
+	c, resp, err := phoenixtest.Dial(context.Background(), phoenixtest.URL(st.NotifierURL, token), phoenixtest.Options{})
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
 	resp.Body.Close()
-	t.Cleanup(func() { ws.Close() })
-	return &phx{t: t, ws: ws}
+	t.Cleanup(c.Abort)
+	return &phx{t: t, c: c}
 }
 
-type frame struct {
-	JoinRef, Ref *string
-	Topic, Event string
-	Payload      json.RawMessage
-}
+type frame = phoenixtest.Frame
 
-func (c *phx) send(joinRef, ref, topic, event string, payload any) {
-	c.t.Helper()
-	if err := c.ws.WriteJSON([]any{joinRef, ref, topic, event, payload}); err != nil {
-		c.t.Fatal(err)
-	}
-}
-
+// read returns the next frame that answers no join.
 func (c *phx) read(timeout time.Duration) (frame, error) {
-	_ = c.ws.SetReadDeadline(time.Now().Add(timeout))
-	var raw []json.RawMessage
-	if err := c.ws.ReadJSON(&raw); err != nil {
-		return frame{}, err
-	}
-	var f frame
-	if len(raw) != 5 {
+	select {
+	case f, ok := <-c.c.Frames():
+		if !ok {
+			return frame{}, c.c.Err()
+		}
 		return f, nil
+	case <-time.After(timeout):
+		return frame{}, fmt.Errorf("no frame within %v", timeout)
 	}
-	_ = json.Unmarshal(raw[0], &f.JoinRef)
-	_ = json.Unmarshal(raw[1], &f.Ref)
-	_ = json.Unmarshal(raw[2], &f.Topic)
-	_ = json.Unmarshal(raw[3], &f.Event)
-	f.Payload = raw[4]
-	return f, nil
 }
 
 // join joins topic and returns the reply's status and response.
 func (c *phx) join(topic string) (string, json.RawMessage) {
 	c.t.Helper()
-	c.send("1", "1", topic, "phx_join", map[string]any{})
-	for {
-		f, err := c.read(10 * time.Second)
-		if err != nil {
-			c.t.Fatalf("join %s: %v", topic, err)
-		}
-		if f.Event == "phx_reply" && f.Ref != nil && *f.Ref == "1" {
-			var r struct {
-				Status   string          `json:"status"`
-				Response json.RawMessage `json:"response"`
-			}
-			_ = json.Unmarshal(f.Payload, &r)
-			return r.Status, r.Response
-		}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r, err := c.c.Join(ctx, topic, nil)
+	if err != nil {
+		c.t.Fatalf("join %s: %v", topic, err)
 	}
+	return r.Status, r.Response
 }

@@ -6,6 +6,7 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -98,7 +99,7 @@ func TestMetricsScrapeAndMove(t *testing.T) {
 
 	// The notifier counted the connection, the join and pushed frames
 	// (pushes and push latency are recorded after the write).
-	waitFor(t, 10*time.Second, func() bool {
+	testutil.WaitFor(t, 10*time.Second, func() bool {
 		n := scrape(t, st.NotifierURL)
 		conns, _ := value(n, "beamline_notifier_connections", nil)
 		joins, _ := value(n, "beamline_notifier_joins_total", nil)
@@ -106,8 +107,8 @@ func TestMetricsScrapeAndMove(t *testing.T) {
 		lat, _ := value(n, "beamline_notifier_push_latency_seconds", nil)
 		return conns >= 1 && joins >= 1 && pushes >= 6 && lat >= 6
 	})
-	c.ws.Close()
-	waitFor(t, 10*time.Second, func() bool {
+	c.c.Abort()
+	testutil.WaitFor(t, 10*time.Second, func() bool {
 		n := scrape(t, st.NotifierURL)
 		d, _ := value(n, "beamline_notifier_disconnects_total", nil)
 		conns, _ := value(n, "beamline_notifier_connections", nil)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/beamline/beamline/internal/devstack"
 	"github.com/beamline/beamline/internal/natsx"
+	"github.com/beamline/beamline/internal/testutil"
 )
 
 // /readyz of every binary answers 503 while NATS is gone and 200 again once
@@ -45,7 +46,7 @@ func TestReadinessFlipsWithNATS(t *testing.T) {
 	st.NATS.Shutdown()
 	st.NATS.WaitForShutdown()
 	for _, u := range urls {
-		waitFor(t, 10*time.Second, func() bool { return ready(u) == http.StatusServiceUnavailable })
+		testutil.WaitFor(t, 10*time.Second, func() bool { return ready(u) == http.StatusServiceUnavailable })
 	}
 
 	var err error
@@ -54,6 +55,6 @@ func TestReadinessFlipsWithNATS(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, u := range urls {
-		waitFor(t, 20*time.Second, func() bool { return ready(u) == http.StatusOK })
+		testutil.WaitFor(t, 20*time.Second, func() bool { return ready(u) == http.StatusOK })
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/beamline/beamline/internal/notifier"
 	"github.com/beamline/beamline/internal/processor"
 	"github.com/beamline/beamline/internal/telemetry"
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -64,7 +65,7 @@ func TestOneTraceAcrossServices(t *testing.T) {
 
 	// started, progress×2, succeeded on the second attempt: at least
 	// started, retrying, started, succeeded.
-	waitFor(t, 10*time.Second, func() bool {
+	testutil.WaitFor(t, 10*time.Second, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(events) >= 4
@@ -81,7 +82,7 @@ func TestOneTraceAcrossServices(t *testing.T) {
 	// Spans from the three services, all in the submission's trace; the
 	// notifier's pushes end once the frames are written.
 	names := []string{"ingest submit", "processor attempt", "provider call", "job store write", "notifier push"}
-	waitFor(t, 10*time.Second, func() bool {
+	testutil.WaitFor(t, 10*time.Second, func() bool {
 		seen := map[string]bool{}
 		for _, s := range exp.GetSpans() {
 			if s.SpanContext.TraceID() == want {

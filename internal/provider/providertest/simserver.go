@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 
+	"github.com/beamline/beamline/internal/httpx"
 	"github.com/beamline/beamline/internal/provider"
 	"github.com/beamline/beamline/pkg/envelope"
 	"github.com/beamline/beamline/pkg/flow"
@@ -36,11 +37,11 @@ func SimHandler(p provider.Provider) http.Handler {
 			Input   json.RawMessage `json:"input"`
 		}
 		if r.Method != http.MethodPost {
-			writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "POST only")
+			httpx.WriteError(w, http.StatusMethodNotAllowed, "method_not_allowed", "POST only")
 			return
 		}
 		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&body); err != nil {
-			writeError(w, http.StatusBadRequest, "bad_request", err.Error())
+			httpx.WriteError(w, http.StatusBadRequest, "bad_request", err.Error())
 			return
 		}
 		// Read to EOF: only then does net/http watch the connection and
@@ -85,9 +86,9 @@ func SimHandler(p provider.Provider) http.Handler {
 		case errors.Is(err, r.Context().Err()) && r.Context().Err() != nil:
 			// The client is gone; nobody reads an answer.
 		case flow.IsTerminal(err):
-			writeError(w, http.StatusBadRequest, "terminal", err.Error())
+			httpx.WriteError(w, http.StatusBadRequest, "terminal", err.Error())
 		default:
-			writeError(w, http.StatusServiceUnavailable, "retryable", err.Error())
+			httpx.WriteError(w, http.StatusServiceUnavailable, "retryable", err.Error())
 		}
 	})
 }
@@ -95,11 +96,4 @@ func SimHandler(p provider.Provider) http.Handler {
 func writeLine(w io.Writer, v any) {
 	b, _ := json.Marshal(v)
 	_, _ = w.Write(append(b, '\n'))
-}
-
-func writeError(w http.ResponseWriter, status int, code, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	b, _ := json.Marshal(map[string]map[string]string{"error": {"code": code, "message": msg}})
-	_, _ = w.Write(b)
 }

@@ -1,0 +1,143 @@
+package envelope
+
+import "strings"
+
+// Every NATS subject and KV key of the wire format is built and parsed here;
+// subjects.md lists them with their streams, publishers and readers.
+
+// Subject prefixes (first tokens).
+const (
+	jobsToken   = "jobs"
+	eventsToken = "events"
+	cancelToken = "cancel"
+	dlqToken    = "dlq"
+)
+
+// LivePrefix is what the EVENTS stream puts before an event's subject when it
+// re-publishes the stored event on core NATS (streams/events.json:
+// "republish": events.> → live.events.>).
+const LivePrefix = "live."
+
+// CancelFilter matches every cancel notice: cancel.<user>.<job>.
+const CancelFilter = cancelToken + ".*.*"
+
+// JobSubject is the queue of a priority and kind: jobs.<priority>.<kind>.
+// The processor's consumer for them takes this subject and the job subjects
+// under it (JobMsgSubject). A job published here is accepted and processed
+// like any other, but it cannot be read before a processor picks it up.
+func JobSubject(p Priority, kind string) string { return jobsToken + "." + string(p) + "." + kind }
+
+// JobMsgSubject is the subject a job is published to:
+// jobs.<priority>.<kind>.<job>. The job id in the subject is what lets a
+// queued job be read straight from JOBS (JobLookupSubject) before any
+// processor has written its snapshot.
+func JobMsgSubject(p Priority, kind, job string) string {
+	return JobSubject(p, kind) + "." + job
+}
+
+// JobLookupSubject matches the message of one job in JOBS whatever its
+// priority and kind: jobs.*.*.<job>.
+func JobLookupSubject(job string) string { return jobsToken + ".*.*." + job }
+
+// EventSubject is the subject of a job's events: events.<user>.<job>.
+func EventSubject(user, job string) string { return eventsToken + "." + user + "." + job }
+
+// UserEventsSubject matches the events of every job of a user:
+// events.<user>.*.
+func UserEventsSubject(user string) string { return EventSubject(user, "*") }
+
+// IsJobEventSubject reports whether subject is the event subject of one job
+// (events.<user>.<job>), as opposed to a wildcard such as UserEventsSubject.
+func IsJobEventSubject(subject string) bool {
+	_, job, ok := splitEventSubject(subject)
+	return ok && job != "*" && job != ">"
+}
+
+// ParseEventSubject splits events.<user>.<job>, validating both tokens.
+func ParseEventSubject(subject string) (user, job string, err error) {
+	user, job, ok := splitEventSubject(subject)
+	if !ok {
+		return "", "", fieldErr("subject", ErrInvalidToken, "%q is not events.<user>.<job>", subject)
+	}
+	if err := ValidateID("user", user); err != nil {
+		return "", "", err
+	}
+	if err := ValidateID("job", job); err != nil {
+		return "", "", err
+	}
+	return user, job, nil
+}
+
+// splitEventSubject cuts events.<user>.<job> into its two non-empty tokens
+// without allocating (the notifier asks for every live event).
+func splitEventSubject(subject string) (user, job string, ok bool) {
+	rest, ok := strings.CutPrefix(subject, eventsToken+".")
+	if !ok {
+		return "", "", false
+	}
+	user, job, ok = strings.Cut(rest, ".")
+	if !ok || user == "" || job == "" || strings.IndexByte(job, '.') >= 0 {
+		return "", "", false
+	}
+	return user, job, true
+}
+
+// LiveSubject is the core-NATS subject on which EVENTS re-publishes the
+// events stored on subject (an event subject or a wildcard of them):
+// live.events.<user>.<job>.
+func LiveSubject(subject string) string { return LivePrefix + subject }
+
+// EventSubjectOfLive is the inverse of LiveSubject: the stored event's
+// subject, and false when live is not a re-published subject.
+func EventSubjectOfLive(live string) (string, bool) { return strings.CutPrefix(live, LivePrefix) }
+
+// CancelSubject is the core-NATS subject (not stored) ingest publishes to,
+// with an empty body, after it cancelled a job, so that a processor running
+// the job cancels its context: cancel.<user>.<job>.
+func CancelSubject(user, job string) string { return cancelToken + "." + user + "." + job }
+
+// ParseCancelSubject splits cancel.<user>.<job>, validating both tokens.
+func ParseCancelSubject(subject string) (user, job string, err error) {
+	parts := strings.Split(subject, ".")
+	if len(parts) != 3 || parts[0] != cancelToken {
+		return "", "", fieldErr("subject", ErrInvalidToken, "%q is not cancel.<user>.<job>", subject)
+	}
+	if err := ValidateID("user", parts[1]); err != nil {
+		return "", "", err
+	}
+	if err := ValidateID("job", parts[2]); err != nil {
+		return "", "", err
+	}
+	return parts[1], parts[2], nil
+}
+
+// DLQSubject is the dead-letter subject of a kind: dlq.<kind>.
+func DLQSubject(kind string) string { return dlqToken + "." + kind }
+
+// DLQMarkerKey is the job_status KV key that records that a dead job's DLQ
+// copy is stored: dlq.<job>. No job id has a dot, so it never collides with
+// a job's own key.
+func DLQMarkerKey(job string) string { return dlqToken + "." + job }
+
+// ParseJobSubject splits jobs.<priority>.<kind>[.<job>], validating every
+// token; job is empty for a job published to its queue's subject.
+func ParseJobSubject(subject string) (p Priority, kind, job string, err error) {
+	parts := strings.Split(subject, ".")
+	if (len(parts) != 3 && len(parts) != 4) || parts[0] != jobsToken {
+		return "", "", "", fieldErr("subject", ErrInvalidToken, "%q is not jobs.<priority>.<kind>[.<job>]", subject)
+	}
+	p, kind = Priority(parts[1]), parts[2]
+	if err := ValidatePriority(p); err != nil {
+		return "", "", "", err
+	}
+	if err := ValidateKind(kind); err != nil {
+		return "", "", "", err
+	}
+	if len(parts) == 4 {
+		job = parts[3]
+		if err := ValidateID("job", job); err != nil {
+			return "", "", "", err
+		}
+	}
+	return p, kind, job, nil
+}
