@@ -29,7 +29,7 @@ type outFrame struct {
 // so an idle connection costs its read buffer and one parked goroutine.
 type conn struct {
 	s  *Service
-	ws *websocket.Conn
+	ws wsConn
 	p  auth.Principal
 
 	subs map[string]*sub // owned by the reader goroutine
@@ -74,19 +74,18 @@ func (s *Service) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		return
 	default:
 	}
-	var hdr http.Header
+	subprotocol := ""
 	if hadProtocol {
-		// Exactly "phoenix", never the token value.
-		hdr = http.Header{"Sec-Websocket-Protocol": {"phoenix"}}
+		subprotocol = "phoenix" // exactly "phoenix", never the token value
 	}
-	ws, err := s.upgrader.Upgrade(w, r, hdr)
+	ws, err := s.upgrade(w, r, subprotocol)
 	if err != nil {
 		return // the upgrader has answered
 	}
 	c := &conn{s: s, ws: ws, p: p, subs: map[string]*sub{}, tokens: float64(2 * s.cfg.PushRate), lastRefill: time.Now()}
 	c.cond = sync.NewCond(&c.mu)
 	if !s.addConn(c) {
-		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseServiceRestart, "server shutting down"), time.Now().Add(time.Second))
+		ws.sendClose(websocket.CloseServiceRestart, "server shutting down")
 		_ = ws.Close()
 		return
 	}
@@ -128,10 +127,9 @@ func (c *conn) readFrames() string {
 		}
 		mt, r, err := c.ws.NextReader()
 		if err != nil {
-			var ce *websocket.CloseError
 			switch {
 			case c.isClosed():
-			case errors.As(err, &ce):
+			case isCloseError(err):
 			case isTimeout(err):
 				reason = "idle timeout"
 				c.fail(websocket.CloseGoingAway, "idle timeout", "idle")
@@ -245,17 +243,7 @@ func (c *conn) teardown(readReason string) {
 	c.cond.Broadcast()
 	c.mu.Unlock()
 	if code != 0 {
-		// The writer may be stuck on a client that does not read; the
-		// control write then times out and the socket is closed anyway.
-		_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, msg), time.Now().Add(time.Second))
-		// Half-close and drain until the client answers (or 500ms), so
-		// unread input does not turn our close into a reset that loses the
-		// close frame.
-		if tc, ok := c.ws.NetConn().(interface{ CloseWrite() error }); ok {
-			_ = tc.CloseWrite()
-		}
-		_ = c.ws.NetConn().SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-		_, _ = io.Copy(io.Discard, io.LimitReader(c.ws.NetConn(), 1<<20))
+		c.ws.sendClose(code, msg)
 	}
 	_ = c.ws.NetConn().SetWriteDeadline(time.Now())
 	c.mu.Lock()
