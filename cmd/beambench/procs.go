@@ -349,10 +349,20 @@ func (np *notifierProc) stop() {
 	}
 }
 
+// cpu is the user+system CPU the notifier process used so far (0 for nil).
+func (np *notifierProc) cpu() time.Duration {
+	if np == nil {
+		return 0
+	}
+	return cpuTimeOf(strconv.Itoa(np.cmd.Process.Pid))
+}
+
 // cpuTime is the user+system CPU this process used so far (clock ticks of
 // 10 ms, as /proc reports them).
-func cpuTime() time.Duration {
-	b, err := os.ReadFile("/proc/self/stat")
+func cpuTime() time.Duration { return cpuTimeOf("self") }
+
+func cpuTimeOf(pid string) time.Duration {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
 	if err != nil {
 		return 0
 	}

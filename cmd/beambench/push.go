@@ -119,10 +119,12 @@ func runPush(ctx context.Context, t *target, o *options, rep *reporter) error {
 	sub.SetPendingLimits(-1, -1)
 	t.nc.Flush()
 
+	cpu0 := np.cpu()
 	sent, err := publishEvents(ctx, t, user, prefix, klat, o.pushRate, o.pushDur)
 	if err != nil {
 		return err
 	}
+	cpu := np.cpu() - cpu0
 	deadline := time.Now().Add(5 * time.Second)
 	for rawN.Load() < int64(sent) && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
@@ -139,6 +141,13 @@ func runPush(ctx context.Context, t *target, o *options, rep *reporter) error {
 		"duration_s": o.pushDur.Seconds(), "events": sent, "pushed": received, "raw_received": rawN.Load(), "notifier": where}
 	rep.addVs("push", "publish→push p50", lat.quantile(0.50), "ms", raw.quantile(0.50), p)
 	rep.addVs("push", "publish→push p99", lat.quantile(0.99), "ms", raw.quantile(0.99), p)
+	rep.addVs("push", "publish→push p99.9", lat.quantile(0.999), "ms", raw.quantile(0.999), p)
+	if np != nil && sent > 0 {
+		// The notifier's user+system CPU while the events were published
+		// (10 ms ticks), per event published.
+		rep.add("push", "notifier CPU per event", float64(cpu.Microseconds())/float64(sent), "µs",
+			map[string]any{"cpu_s": round(cpu.Seconds()), "events": sent, "notifier": where})
+	}
 	return nil
 }
 
