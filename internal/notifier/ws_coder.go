@@ -4,6 +4,7 @@ package notifier
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -46,6 +47,13 @@ func (m *coderMsg) Read(p []byte) (int, error) {
 
 var errUnread = errors.New("websocket: previous message not read to its end")
 
+// coderBufSize, when not 0, replaces the 4 KiB read and write buffers
+// coder/websocket keeps for a connection's life (net/http's hijacked
+// bufio.Reader and a new bufio.Writer) with buffers of this size: coder has
+// no option for them (gorilla has ReadBufferSize and WriteBufferPool).
+// Measurement only (-tags coderws,coderwssmall); see BENCHMARKS.md, run G.
+var coderBufSize = 0
+
 // hijackCapture keeps the socket coder/websocket hijacks.
 type hijackCapture struct {
 	http.ResponseWriter
@@ -55,7 +63,21 @@ type hijackCapture struct {
 func (h *hijackCapture) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	nc, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
 	h.nc = nc
-	return nc, brw, err
+	if err != nil || coderBufSize == 0 {
+		return nc, brw, err
+	}
+	// What the client sent after its handshake must be in the new reader's
+	// buffer: Accept takes it from there (Peek(Buffered())).
+	n := brw.Reader.Buffered()
+	if n > coderBufSize {
+		return nc, brw, nil
+	}
+	b, _ := brw.Reader.Peek(n)
+	br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(b)), nc), coderBufSize)
+	if _, err := br.Peek(n); err != nil {
+		return nc, brw, nil
+	}
+	return nc, bufio.NewReadWriter(br, bufio.NewWriterSize(nc, coderBufSize)), nil
 }
 
 func (s *Service) upgrade(w http.ResponseWriter, r *http.Request, subprotocol string) (wsConn, error) {

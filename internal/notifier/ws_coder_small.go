@@ -1,0 +1,5 @@
+//go:build coderws && coderwssmall
+
+package notifier
+
+func init() { coderBufSize = 1024 }
