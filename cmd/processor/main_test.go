@@ -330,7 +330,9 @@ func TestSupervisorGiveUpExitsNonZero(t *testing.T) {
 	select {
 	case err = <-done:
 	case <-time.After(60 * time.Second):
-		t.Fatal("processor did not give up after JOBS was deleted")
+		_ = cmd.Process.Kill()
+		<-done
+		t.Fatalf("processor did not give up after JOBS was deleted; its log:\n%s", stderr.String())
 	}
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) || exit.ExitCode() == 0 {
