@@ -94,6 +94,14 @@ func run(args []string) error {
 	}
 	pcfg := provider.Config{HTTP: provider.HTTPConfigFromEnv(os.Getenv)}
 	pcfg.HTTP.URL = httpURL
+	if path := os.Getenv(provider.EnvSimCallLog); path != "" { // test hook (test/faults)
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return fmt.Errorf("$%s: %w", provider.EnvSimCallLog, err)
+		}
+		defer f.Close()
+		pcfg.Sim.CallLog = f
+	}
 	cfg.Providers = map[string]provider.Provider{}
 	names := map[string]bool{providerName: true}
 	for _, k := range cfg.Kinds {
