@@ -455,17 +455,40 @@ func (rep *report) figures(seed uint64, d, elapsed time.Duration) string {
 func (rep *report) explain(t *testing.T, o *observed) {
 	t.Helper()
 	r := rep.r
-	ids := make([]string, 0, len(rep.byJob))
-	for id := range rep.byJob {
-		ids = append(ids, id)
+	// At most perKind jobs of each violation kind, the rarest kinds first:
+	// a flood of one known bug must not hide a new one.
+	const perKind = 5
+	kinds := rep.kinds()
+	order := make([]string, 0, len(kinds))
+	for k := range kinds {
+		order = append(order, k)
 	}
-	sort.Strings(ids)
-	const maxJobs = 40
-	for i, id := range ids {
-		if i == maxJobs {
-			t.Logf("... and %d more jobs with violations", len(ids)-maxJobs)
-			break
+	sort.Slice(order, func(i, j int) bool {
+		if kinds[order[i]] != kinds[order[j]] {
+			return kinds[order[i]] < kinds[order[j]]
 		}
+		return order[i] < order[j]
+	})
+	shown := map[string]bool{}
+	var ids []string
+	for _, k := range order {
+		n := 0
+		for _, v := range rep.violations {
+			if v.kind != k || v.job == "-" {
+				continue
+			}
+			if n == perKind {
+				t.Logf("%s: %d more violations not shown", k, kinds[k]-n)
+				break
+			}
+			n++
+			if !shown[v.job] {
+				shown[v.job] = true
+				ids = append(ids, v.job)
+			}
+		}
+	}
+	for _, id := range ids {
 		var b strings.Builder
 		fmt.Fprintf(&b, "job %s:\n", id)
 		for _, v := range rep.byJob[id] {
@@ -474,8 +497,8 @@ func (rep *report) explain(t *testing.T, o *observed) {
 		r.mu.Lock()
 		if aj := r.accepted[id]; aj != nil {
 			p := aj.plan
-			fmt.Fprintf(&b, "  plan: #%d at %s user %s %s/%s outcome %s sim %v cancel_after %s watch %v\n",
-				p.N, p.At.Round(time.Millisecond), p.User, p.Priority, p.Kind, p.Outcome, p.Sim, p.CancelAfter, p.Watch)
+			fmt.Fprintf(&b, "  plan: #%d at %s (202 at %s) user %s %s/%s outcome %s sim %v cancel_after %s watch %v\n",
+				p.N, p.At.Round(time.Millisecond), aj.acceptedAt.Round(time.Millisecond), p.User, p.Priority, p.Kind, p.Outcome, p.Sim, p.CancelAfter, p.Watch)
 			if len(aj.deletes) > 0 {
 				fmt.Fprintf(&b, "  DELETE answers %v", aj.deletes)
 				if aj.cancelled != nil {

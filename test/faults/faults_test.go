@@ -29,7 +29,9 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -99,6 +101,8 @@ type acceptedJob struct {
 	// cancel: the last 200 of a DELETE (its body), if any.
 	cancelled *envelope.Snapshot
 	deletes   []int // statuses of every DELETE sent
+	// acceptedAt is the offset of the 202 from the start of the schedule.
+	acceptedAt time.Duration
 }
 
 type run struct {
@@ -115,6 +119,7 @@ type run struct {
 	unaccepted []string
 	faultsDone map[string]int
 	faultErrs  []string
+	faultLog   []string // what ran when, for explaining a failure
 	clients    []*client
 	userClient map[string]*client
 	jobClients map[string][]*client
@@ -197,6 +202,8 @@ func TestFaults(t *testing.T) {
 	rep := r.check(obs)
 	kit.Figures(t, rep.figures(seed, d, time.Since(r.start)))
 	if len(rep.violations) > 0 {
+		sort.Strings(r.faultLog)
+		t.Logf("faults as they ran (offsets from the start of the schedule):\n  %s", strings.Join(r.faultLog, "\n  "))
 		rep.explain(t, obs)
 		t.Errorf("seed %d: %d violations (%s); reproduce with -faults.seed %d -faults.duration %s",
 			seed, len(rep.violations), countList(rep.kinds()), seed, d)
@@ -279,6 +286,7 @@ func (r *run) execute(ctx context.Context) {
 }
 
 func (r *run) fault(ctx context.Context, f faultPlan) {
+	began := time.Since(r.start)
 	var err error
 	st := r.st
 	switch f.Kind {
@@ -309,6 +317,8 @@ func (r *run) fault(ctx context.Context, f faultPlan) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.faultLog = append(r.faultLog, fmt.Sprintf("%s..%s %s target %d",
+		began.Round(time.Millisecond), time.Since(r.start).Round(time.Millisecond), f.Kind, f.Target))
 	if err != nil {
 		r.faultErrs = append(r.faultErrs, fmt.Sprintf("%s: %v", f, err))
 		return
@@ -343,7 +353,7 @@ func (r *run) job(ctx context.Context, jp jobPlan) {
 		return
 	}
 	id := sub.Snapshot.ID
-	aj := &acceptedJob{plan: jp, id: id}
+	aj := &acceptedJob{plan: jp, id: id, acceptedAt: time.Since(r.start)}
 	r.mu.Lock()
 	r.accepted[id] = aj
 	r.byN[jp.N] = id
