@@ -317,8 +317,8 @@ func (r *run) fault(ctx context.Context, f faultPlan) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.faultLog = append(r.faultLog, fmt.Sprintf("%s..%s %s target %d",
-		began.Round(time.Millisecond), time.Since(r.start).Round(time.Millisecond), f.Kind, f.Target))
+	r.faultLog = append(r.faultLog, fmt.Sprintf("%8.3fs..%8.3fs %s target %d", // padded: sorts by time
+		began.Seconds(), time.Since(r.start).Seconds(), f.Kind, f.Target))
 	if err != nil {
 		r.faultErrs = append(r.faultErrs, fmt.Sprintf("%s: %v", f, err))
 		return
