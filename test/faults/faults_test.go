@@ -150,7 +150,7 @@ func TestFaults(t *testing.T) {
 		}
 		r.tokens[u] = tok
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), d+quiesceWithin+clientsWithin+5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), d+quiesceWithin+clientsWithin+2*time.Minute)
 	defer cancel()
 	cctx, stopClients := context.WithCancel(ctx)
 	r.clientCtx = cctx
