@@ -143,6 +143,7 @@ func TestFaults(t *testing.T) {
 		tokens: map[string]string{}, accepted: map[string]*acceptedJob{}, byN: map[int]string{},
 		faultsDone: map[string]int{}, userClient: map[string]*client{}, jobClients: map[string][]*client{},
 		assigned: map[*client]int{}}
+	t.Cleanup(func() { closeIdle(r.hc) })
 	for _, u := range users {
 		tok, err := auth.Issue([]byte(secret), u, false, 2*time.Hour)
 		if err != nil {
