@@ -168,6 +168,7 @@ const (
 	vClientGap      = "client_missed_events"       // a client lacks an event EVENTS holds
 	vClientExtra    = "client_event_not_in_stream" // a client got a seq EVENTS does not hold, or other content
 	vClientWire     = "client_protocol"            // duplicates on a job topic, wire gaps, order, recovered false
+	vHTTP           = "http_answer"                // an HTTP answer that no fault excuses
 )
 
 type violation struct {
@@ -200,6 +201,9 @@ func (r *run) check(o *observed) *report {
 	rep := &report{r: r, byJob: map[string][]violation{}, figs: map[string]int{}}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	for _, a := range r.badAnswers {
+		rep.add(vHTTP, "-", "%s", a)
+	}
 	for _, s := range o.undecod {
 		rep.add(vClientExtra, "-", "undecodable: %s", s)
 	}

@@ -120,6 +120,7 @@ type run struct {
 	faultsDone map[string]int
 	faultErrs  []string
 	faultLog   []string // what ran when, for explaining a failure
+	badAnswers []string // HTTP answers no fault excuses (not 2xx, 409, 429, 503)
 	clients    []*client
 	userClient map[string]*client
 	jobClients map[string][]*client
@@ -342,6 +343,9 @@ func (r *run) job(ctx context.Context, jp jobPlan) {
 			break
 		}
 		if err == nil && sub.Status != http.StatusTooManyRequests && sub.Status != http.StatusServiceUnavailable {
+			r.mu.Lock()
+			r.badAnswers = append(r.badAnswers, fmt.Sprintf("POST of job %d answered %d %s", jp.N, sub.Status, bytes.TrimSpace(sub.Body)))
+			r.mu.Unlock()
 			break
 		}
 		r.refused.Add(1)
@@ -388,6 +392,11 @@ func (r *run) cancel(ctx context.Context, aj *acceptedJob, token string) {
 	for try := 0; try < deleteTries && ctx.Err() == nil; try++ {
 		status, snap, err := del(ctx, r.hc, r.st.ingestURL, token, aj.id)
 		r.mu.Lock()
+		switch status {
+		case 0, http.StatusOK, http.StatusConflict, http.StatusServiceUnavailable:
+		default:
+			r.badAnswers = append(r.badAnswers, fmt.Sprintf("DELETE of job %s answered %d", aj.id, status))
+		}
 		aj.deletes = append(aj.deletes, status)
 		if status == http.StatusOK {
 			aj.cancelled = &snap

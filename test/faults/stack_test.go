@@ -63,16 +63,13 @@ func startStack(t *testing.T) *stack {
 		logs = d
 	}
 	st := &stack{natsPort: kit.FreePort(t), natsHTTP: kit.FreePort(t), callLog: filepath.Join(logs, "sim-calls.log")}
-	conf, err := filepath.Abs(filepath.Join("..", "..", "nats.conf"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	conf := loopbackConf(t, st.natsPort, st.natsHTTP)
 	natsEnv := []string{"BEAMLINE_NATS_SERVER_NAME=faults", "BEAMLINE_NATS_STORE_DIR=" + t.TempDir()}
 	for u, pw := range passwords {
 		natsEnv = append(natsEnv, "BEAMLINE_NATS_"+strings.ToUpper(u)+"_PASSWORD="+pw)
 	}
 	st.nats = kit.NewProc(t, logs, "nats-server", filepath.Join(bin, "nats-server"), natsEnv,
-		"-c", conf, "-a", "127.0.0.1", "-p", strconv.Itoa(st.natsPort), "-m", strconv.Itoa(st.natsHTTP))
+		"-c", conf, "-a", "127.0.0.1", "-p", strconv.Itoa(st.natsPort))
 	st.nats.Start(t)
 	st.nats.WaitHTTP(t, st.natsHealthURL(), 20*time.Second)
 
@@ -101,6 +98,7 @@ func startStack(t *testing.T) *stack {
 	st.ingest.WaitHTTP(t, st.ingestURL+"/readyz", 30*time.Second)
 
 	// The test edits streams and reads the outcome as the NATS admin.
+	var err error
 	st.nc, err = natsx.Connect(context.Background(), userURL(st.natsPort, "admin"), "faults-admin",
 		slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
@@ -127,6 +125,32 @@ func startStack(t *testing.T) *stack {
 		}
 	})
 	return st
+}
+
+// loopbackConf is the repository's nats.conf with its client and
+// monitoring listeners moved to 127.0.0.1 (nats.conf binds 0.0.0.0, and -m
+// overrides only the monitoring port, not its host).
+func loopbackConf(t *testing.T, port, httpPort int) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "..", "nats.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := string(b)
+	for from, to := range map[string]string{
+		"listen: 0.0.0.0:4222": "listen: " + kit.Addr(port),
+		"http: 0.0.0.0:8222":   "http: " + kit.Addr(httpPort),
+	} {
+		if !strings.Contains(conf, from) {
+			t.Fatalf("nats.conf no longer says %q: update loopbackConf", from)
+		}
+		conf = strings.Replace(conf, from, to, 1)
+	}
+	path := filepath.Join(t.TempDir(), "nats.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 func (st *stack) all() []*kit.Proc {
