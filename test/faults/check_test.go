@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -455,10 +456,10 @@ func (rep *report) figures(seed uint64, d, elapsed time.Duration) string {
 		r.kvWatch.count(), len(rep.violations), countList(rep.kinds()), elapsed.Round(time.Second))
 }
 
-// explain logs every violating job with its plan, answers and history.
+// explain logs the violating jobs (a few of each kind) with their plan,
+// answers and history.
 func (rep *report) explain(t *testing.T, o *observed) {
 	t.Helper()
-	r := rep.r
 	// At most perKind jobs of each violation kind, the rarest kinds first:
 	// a flood of one known bug must not hide a new one.
 	const perKind = 5
@@ -493,35 +494,59 @@ func (rep *report) explain(t *testing.T, o *observed) {
 		}
 	}
 	for _, id := range ids {
-		var b strings.Builder
-		fmt.Fprintf(&b, "job %s:\n", id)
-		for _, v := range rep.byJob[id] {
-			fmt.Fprintf(&b, "  VIOLATION %s: %s\n", v.kind, v.detail)
-		}
-		r.mu.Lock()
-		if aj := r.accepted[id]; aj != nil {
-			p := aj.plan
-			fmt.Fprintf(&b, "  plan: #%d at %s (202 at %s) user %s %s/%s outcome %s sim %v cancel_after %s watch %v\n",
-				p.N, p.At.Round(time.Millisecond), aj.acceptedAt.Round(time.Millisecond), p.User, p.Priority, p.Kind, p.Outcome, p.Sim, p.CancelAfter, p.Watch)
-			if len(aj.deletes) > 0 {
-				fmt.Fprintf(&b, "  DELETE answers %v", aj.deletes)
-				if aj.cancelled != nil {
-					fmt.Fprintf(&b, ", 200 body: %s seq %d attempt %d", aj.cancelled.Status, aj.cancelled.Seq, aj.cancelled.Attempt)
-				}
-				b.WriteString("\n")
-			}
-		}
-		r.mu.Unlock()
-		if snap, ok := o.kv[id]; ok {
-			fmt.Fprintf(&b, "  job_status: %s seq %d attempt %d\n", snap.Status, snap.Seq, snap.Attempt)
-		}
-		fmt.Fprintf(&b, "  provider calls (attempts): %v; DLQ copies %d; JOBS left %d\n", o.calls[id], o.dlq[id], o.jobsLeft[id])
-		for _, e := range o.events[id] {
-			fmt.Fprintf(&b, "  event %s\n", e)
-		}
-		t.Log(b.String())
+		t.Log(rep.jobText(id, o))
 	}
 	if v := rep.byJob["-"]; len(v) > 0 {
 		t.Logf("violations without a job: %v", v)
 	}
+}
+
+// jobText is one violating job: its violations, plan, answers and history.
+func (rep *report) jobText(id string, o *observed) string {
+	r := rep.r
+	var b strings.Builder
+	fmt.Fprintf(&b, "job %s:\n", id)
+	for _, v := range rep.byJob[id] {
+		fmt.Fprintf(&b, "  VIOLATION %s: %s\n", v.kind, v.detail)
+	}
+	r.mu.Lock()
+	if aj := r.accepted[id]; aj != nil {
+		p := aj.plan
+		fmt.Fprintf(&b, "  plan: #%d at %s (202 at %s) user %s %s/%s outcome %s sim %v cancel_after %s watch %v\n",
+			p.N, p.At.Round(time.Millisecond), aj.acceptedAt.Round(time.Millisecond), p.User, p.Priority, p.Kind, p.Outcome, p.Sim, p.CancelAfter, p.Watch)
+		if len(aj.deletes) > 0 {
+			fmt.Fprintf(&b, "  DELETE answers %v", aj.deletes)
+			if aj.cancelled != nil {
+				fmt.Fprintf(&b, ", 200 body: %s seq %d attempt %d", aj.cancelled.Status, aj.cancelled.Seq, aj.cancelled.Attempt)
+			}
+			b.WriteString("\n")
+		}
+	}
+	r.mu.Unlock()
+	if snap, ok := o.kv[id]; ok {
+		fmt.Fprintf(&b, "  job_status: %s seq %d attempt %d\n", snap.Status, snap.Seq, snap.Attempt)
+	}
+	fmt.Fprintf(&b, "  provider calls (attempts): %v; DLQ copies %d; JOBS left %d\n", o.calls[id], o.dlq[id], o.jobsLeft[id])
+	for _, e := range o.events[id] {
+		fmt.Fprintf(&b, "  event %s\n", e)
+	}
+	return b.String()
+}
+
+// writeAll writes every violating job to dir/faults-violations.txt.
+func (rep *report) writeAll(dir string, o *observed) error {
+	ids := make([]string, 0, len(rep.byJob))
+	for id := range rep.byJob {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	var b strings.Builder
+	for _, id := range ids {
+		b.WriteString(rep.jobText(id, o))
+		b.WriteString("\n")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "faults-violations.txt"), []byte(b.String()), 0o644)
 }

@@ -275,9 +275,10 @@ func (c *client) join(ctx context.Context, s *kit.Socket, topic string) (bool, e
 	}
 	c.joins++
 	var reply struct {
-		Snapshot  *envelope.Snapshot `json:"snapshot"`
-		Recovered bool               `json:"recovered"`
-		ResumeSeq uint64             `json:"resume_seq"`
+		Snapshot  *envelope.Snapshot  `json:"snapshot"`
+		Recovered bool                `json:"recovered"`
+		ResumeSeq uint64              `json:"resume_seq"`
+		Jobs      []envelope.Snapshot `json:"jobs"`
 	}
 	if err := json.Unmarshal(r.Response, &reply); err != nil {
 		return false, fmt.Errorf("join %s reply %s: %w", topic, r.Response, err)
@@ -287,6 +288,11 @@ func (c *client) join(ctx context.Context, s *kit.Socket, topic string) (bool, e
 			c.views["*"] = c.viewOf("*", 0)
 			c.views["*"].unrecovered++
 			c.views["*"].problems = append(c.views["*"].problems, fmt.Sprintf("user join with last_seq %d: recovered false", sent))
+			// The client takes the reply's snapshots of the open jobs;
+			// jobs that ended meanwhile are not among them.
+			for _, snap := range reply.Jobs {
+				c.viewOf(snap.ID, 0).unrecover(snap.Seq)
+			}
 		}
 		c.resume = reply.ResumeSeq
 		return true, nil

@@ -29,6 +29,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -207,6 +208,13 @@ func TestFaults(t *testing.T) {
 		sort.Strings(r.faultLog)
 		t.Logf("faults as they ran (offsets from the start of the schedule):\n  %s", strings.Join(r.faultLog, "\n  "))
 		rep.explain(t, obs)
+		if dir := violationsDir(); dir != "" {
+			if err := rep.writeAll(dir, obs); err != nil {
+				t.Logf("writing the violations: %v", err)
+			} else {
+				t.Logf("every violating job is in %s", filepath.Join(dir, "faults-violations.txt"))
+			}
+		}
 		t.Errorf("seed %d: %d violations (%s); reproduce with -faults.seed %d -faults.duration %s",
 			seed, len(rep.violations), countList(rep.kinds()), seed, d)
 	}
@@ -573,4 +581,13 @@ func (k *kvWatch) count() int {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return k.updates
+}
+
+// violationsDir is where the full list of violating jobs goes:
+// $BEAMLINE_FAULTS_LOG_DIR, else $BEAMLINE_ARTIFACTS (CI keeps it).
+func violationsDir() string {
+	if d := os.Getenv("BEAMLINE_FAULTS_LOG_DIR"); d != "" {
+		return d
+	}
+	return os.Getenv("BEAMLINE_ARTIFACTS")
 }
