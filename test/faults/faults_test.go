@@ -366,6 +366,11 @@ func (r *run) job(ctx context.Context, jp jobPlan) {
 		return
 	}
 	id := sub.Snapshot.ID
+	if sub.Snapshot.Status != envelope.StatusQueued || sub.Snapshot.Seq != 0 {
+		r.mu.Lock()
+		r.badAnswers = append(r.badAnswers, fmt.Sprintf("202 of job %d (%s) is %s seq %d, want queued seq 0", jp.N, id, sub.Snapshot.Status, sub.Snapshot.Seq))
+		r.mu.Unlock()
+	}
 	aj := &acceptedJob{plan: jp, id: id, acceptedAt: time.Since(r.start)}
 	r.mu.Lock()
 	r.accepted[id] = aj
