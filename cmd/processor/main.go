@@ -83,6 +83,14 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 	pcfg := provider.Config{HTTP: provider.HTTPConfigFromEnv(os.Getenv)}
 	pcfg.HTTP.URL = httpURL
 	pcfg.Cog.URLs = provider.ParseCogURLs(cogURLs)
+	if path := os.Getenv(provider.EnvSimCallLog); path != "" { // test hook (test/faults)
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return fmt.Errorf("$%s: %w", provider.EnvSimCallLog, err)
+		}
+		defer f.Close()
+		pcfg.Sim.CallLog = f
+	}
 	cfg.Providers = map[string]provider.Provider{}
 	names := map[string]bool{providerName: true}
 	for _, k := range cfg.Kinds {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"reflect"
 	"strconv"
 	"time"
@@ -32,7 +33,18 @@ type SimConfig struct {
 	// duration_ms (or that has no input.sim at all). Default 0: such jobs
 	// return at once, without a timer.
 	DefaultDuration time.Duration
+	// CallLog, when set, receives one line "<job id> <attempt>\n" per Call,
+	// written (one Write) before Call does anything else, even for a ctx
+	// that is already done. It is a test hook: test/faults counts how often
+	// each job reached its provider across processor processes (cmd/processor
+	// appends to the file named by $BEAMLINE_SIM_CALL_LOG). A write error is
+	// ignored: the log must never change what a call does.
+	CallLog io.Writer
 }
+
+// EnvSimCallLog names the file cmd/processor appends SimConfig.CallLog
+// lines to. Unset (the default): no log.
+const EnvSimCallLog = "BEAMLINE_SIM_CALL_LOG"
 
 // NewSim returns the simulated provider, "sim". It does no real work: each
 // job's input.sim says how long a call takes, how it reports progress and how
@@ -65,7 +77,7 @@ func NewSim(cfg SimConfig) (Provider, error) {
 		return nil, fmt.Errorf("%w: sim default duration must be within 0..%s, got %s",
 			ErrInvalidConfig, MaxSimDuration, cfg.DefaultDuration)
 	}
-	p := &simProvider{sleep: cfg.Sleep, defaultDuration: cfg.DefaultDuration}
+	p := &simProvider{sleep: cfg.Sleep, defaultDuration: cfg.DefaultDuration, callLog: cfg.CallLog}
 	if p.sleep == nil {
 		p.sleep = sleepContext
 	}
@@ -75,6 +87,7 @@ func NewSim(cfg SimConfig) (Provider, error) {
 type simProvider struct {
 	sleep           func(ctx context.Context, d time.Duration) error
 	defaultDuration time.Duration
+	callLog         io.Writer
 }
 
 var _ Provider = (*simProvider)(nil)
@@ -95,6 +108,9 @@ type simSpec struct {
 var simKey = []byte(`"sim"`)
 
 func (p *simProvider) Call(ctx context.Context, req Request) (json.RawMessage, error) {
+	if p.callLog != nil {
+		_, _ = p.callLog.Write([]byte(req.Job.ID + " " + strconv.Itoa(req.Attempt) + "\n"))
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, flow.Retryable(fmt.Errorf("sim: %w", err), 0)
 	}

@@ -314,3 +314,18 @@ func equalInts(a, b []int) bool {
 	}
 	return true
 }
+
+func TestSimCallLogRecordsEveryCall(t *testing.T) {
+	var log strings.Builder
+	p := newSim(t, provider.SimConfig{CallLog: &log})
+	j := simJob(`{"sim":{"fail_times":1}}`)
+	_, _ = p.Call(context.Background(), provider.Request{Job: j, Attempt: 1})
+	_, _ = p.Call(context.Background(), provider.Request{Job: j, Attempt: 2})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, _ = p.Call(ctx, provider.Request{Job: j, Attempt: 3}) // counted: the provider was called
+	want := j.ID + " 1\n" + j.ID + " 2\n" + j.ID + " 3\n"
+	if log.String() != want {
+		t.Fatalf("call log = %q, want %q", log.String(), want)
+	}
+}
