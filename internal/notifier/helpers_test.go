@@ -38,17 +38,6 @@ func token(t testing.TB, user string, admin bool) string {
 	return tok
 }
 
-func waitFor(t testing.TB, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in time")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // world is a NATS server with the streams and a job store publishing events.
 type world struct {
 	srv   *server.Server

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/nats-io/nats-server/v2/server"
 )
 
@@ -53,7 +54,7 @@ func TestTwoNotifiersInterestOnly(t *testing.T) {
 	}
 	want := func(r *running, subjects ...string) {
 		t.Helper()
-		waitFor(t, 5*time.Second, func() bool {
+		testutil.WaitFor(t, 5*time.Second, func() bool {
 			got := subsOf(r)
 			if len(got) != len(subjects) {
 				return false

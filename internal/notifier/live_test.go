@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/beamline/beamline/internal/phoenix"
+	"github.com/beamline/beamline/internal/testutil"
 )
 
 // topicOf returns the notifier's topic (test access to the hub).
@@ -53,13 +54,13 @@ func TestLiveGapOnJobTopicIsFilled(t *testing.T) {
 		t.Helper()
 		d0, _ := tp.nsub.Delivered()
 		w.progress(t, id, p) // taken by the lane, which waits for the lock
-		waitFor(t, 5*time.Second, func() bool { d, _ := tp.nsub.Delivered(); return d == d0+1 && len(l.ch) == 0 })
+		testutil.WaitFor(t, 5*time.Second, func() bool { d, _ := tp.nsub.Delivered(); return d == d0+1 && len(l.ch) == 0 })
 		w.progress(t, id, p+1) // pending in the lane
-		waitFor(t, 5*time.Second, func() bool { return len(l.ch) == 1 })
+		testutil.WaitFor(t, 5*time.Second, func() bool { return len(l.ch) == 1 })
 		dr0, _ := tp.nsub.Dropped()
 		w.progress(t, id, p+2) // dropped
 		w.progress(t, id, p+3) // dropped
-		waitFor(t, 5*time.Second, func() bool { d, _ := tp.nsub.Dropped(); return d >= dr0+2 })
+		testutil.WaitFor(t, 5*time.Second, func() bool { d, _ := tp.nsub.Dropped(); return d >= dr0+2 })
 	}
 
 	release := starve(t, tp)
@@ -98,11 +99,11 @@ func TestLiveGapOnUserTopicIsFilled(t *testing.T) {
 	l := laneOf(n, tp)
 	release := starve(t, tp)
 	w.start(t, x) // handler
-	waitFor(t, 5*time.Second, func() bool { d, _ := tp.nsub.Delivered(); return d == 1 && len(l.ch) == 0 })
+	testutil.WaitFor(t, 5*time.Second, func() bool { d, _ := tp.nsub.Delivered(); return d == 1 && len(l.ch) == 0 })
 	w.progress(t, x, 10) // pending in the lane
-	waitFor(t, 5*time.Second, func() bool { return len(l.ch) == 1 })
+	testutil.WaitFor(t, 5*time.Second, func() bool { return len(l.ch) == 1 })
 	w.start(t, a) // dropped
-	waitFor(t, 5*time.Second, func() bool { d, _ := tp.nsub.Dropped(); return d >= 1 })
+	testutil.WaitFor(t, 5*time.Second, func() bool { d, _ := tp.nsub.Dropped(); return d >= 1 })
 	release()
 	w.start(t, b)       // may go out before a's missed event is read
 	w.progress(t, a, 5) // reveals a's gap, if the dropped count did not

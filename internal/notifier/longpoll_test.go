@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/beamline/beamline/internal/testutil"
 )
 
 // lpAnswer is a long-poll response body.
@@ -253,14 +255,14 @@ func TestLongPollSessionExpires(t *testing.T) {
 		}
 	}
 	// ...and going quiet ends it: 410, and its subscriptions are dropped.
-	waitFor(t, 5*time.Second, func() bool { return counterValue(t, n, "beamline_notifier_disconnects_total", "lp_expired") == 1 })
+	testutil.WaitFor(t, 5*time.Second, func() bool { return counterValue(t, n, "beamline_notifier_disconnects_total", "lp_expired") == 1 })
 	if a := c.do(http.MethodGet, ""); a.Status != 410 {
 		t.Fatalf("expired session: %+v", a)
 	}
 	if st := c.post(`["1","2","user:alice","ping",{}]`); st != 410 {
 		t.Fatalf("expired session POST: %d", st)
 	}
-	waitFor(t, 5*time.Second, func() bool {
+	testutil.WaitFor(t, 5*time.Second, func() bool {
 		n.svc.mu.Lock()
 		defer n.svc.mu.Unlock()
 		return len(n.svc.conns) == 0
@@ -282,7 +284,7 @@ func TestLongPollBoundedBufferAndSessions(t *testing.T) {
 	for i := range 10 {
 		_ = n.svc.Broadcast("user:alice", "note", map[string]int{"i": i})
 	}
-	waitFor(t, 5*time.Second, func() bool { return counterValue(t, n, "beamline_notifier_disconnects_total", "slow_consumer") == 1 })
+	testutil.WaitFor(t, 5*time.Second, func() bool { return counterValue(t, n, "beamline_notifier_disconnects_total", "slow_consumer") == 1 })
 	// The session is gone: 410. The poll carries alice's token, so it opens
 	// a new session in the slot the old one freed (the client, which had a
 	// token, takes the 410 as "session gone", reconnects and rejoins).

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/gorilla/websocket"
 )
 
@@ -73,7 +74,7 @@ func TestIdleConnMemory(t *testing.T) {
 	for sc.Scan() && !strings.HasPrefix(sc.Text(), "ready") {
 		t.Log("client:", sc.Text())
 	}
-	waitFor(t, 10*time.Second, func() bool { return int(counterGauge(t, r, "beamline_notifier_connections")) >= n+1 })
+	testutil.WaitFor(t, 10*time.Second, func() bool { return int(counterGauge(t, r, "beamline_notifier_connections")) >= n+1 })
 	time.Sleep(500 * time.Millisecond) // let writers finish and park
 	after := measure()
 	if p := os.Getenv("BEAMLINE_MEASURE_HEAPPROFILE"); p != "" {

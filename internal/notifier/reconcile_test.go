@@ -14,6 +14,7 @@ import (
 
 	"github.com/beamline/beamline/internal/jsm"
 	"github.com/beamline/beamline/internal/natstest"
+	"github.com/beamline/beamline/internal/testutil"
 )
 
 // gateDialer refuses to dial while down, so a test decides when a
@@ -62,7 +63,7 @@ func TestRefillAfterReconnectSkipsNothing(t *testing.T) {
 	if err := w.srv.DisconnectClientByID(cid); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, func() bool { return !nc.IsConnected() })
+	testutil.WaitFor(t, 5*time.Second, func() bool { return !nc.IsConnected() })
 	w.progress(t, a, 10) // re-published while the notifier is away: lost
 	w.progress(t, b, 10) // lost too
 	gate.down.Store(false)
@@ -153,7 +154,7 @@ func TestUserTopicForgetsFinishedJobs(t *testing.T) {
 		w.succeed(t, id)
 	}
 	c.pushes("user:alice", 2*jobs)
-	waitFor(t, 10*time.Second, func() bool {
+	testutil.WaitFor(t, 10*time.Second, func() bool {
 		tp.mu.Lock()
 		defer tp.mu.Unlock()
 		return len(tp.last) == 0

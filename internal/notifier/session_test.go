@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/gorilla/websocket"
 )
 
@@ -36,11 +37,11 @@ func TestPanicInFrameHandlerClosesOnlyThatConnection(t *testing.T) {
 	if err := b.closeErr(10 * time.Second); !isClose(err, websocket.CloseInternalServerErr) {
 		t.Fatalf("b closed with %v, want 1011", err)
 	}
-	waitFor(t, 5*time.Second, func() bool {
+	testutil.WaitFor(t, 5*time.Second, func() bool {
 		return counterValue(t, n, "beamline_notifier_disconnects_total", "panic") == 1
 	})
 	tp := topicOf(t, n, "job:"+id)
-	waitFor(t, 5*time.Second, func() bool { return len(*tp.list.Load()) == 1 })
+	testutil.WaitFor(t, 5*time.Second, func() bool { return len(*tp.list.Load()) == 1 })
 
 	w.progress(t, id, 10)
 	if p := a.pushes("job:"+id, 1); p[0].Job.Progress != 10 {
@@ -93,7 +94,7 @@ func TestSlowConsumerIsCutOffOthersKeepReceiving(t *testing.T) {
 			t.Fatalf("good client: push %d seq %d", i, p.Seq)
 		}
 	}
-	waitFor(t, 10*time.Second, func() bool {
+	testutil.WaitFor(t, 10*time.Second, func() bool {
 		return counterValue(t, n, "beamline_notifier_disconnects_total", "slow_consumer") >= 1
 	})
 }
@@ -149,7 +150,7 @@ func TestUserTopicResumeSeq(t *testing.T) {
 	// Once the sweeper has read the topic up to the stream's end, a later
 	// push says everything up to the first push arrived.
 	tp := topicOf(t, n, "user:alice")
-	waitFor(t, 5*time.Second, func() bool {
+	testutil.WaitFor(t, 5*time.Second, func() bool {
 		tp.mu.Lock()
 		defer tp.mu.Unlock()
 		return tp.mark >= p1.StreamSeq
