@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 )
 
 // Reserved topic and event names of the protocol.
@@ -180,6 +179,3 @@ func isPlain(s string) bool {
 	}
 	return true
 }
-
-// Itoa formats a counter as a ref string.
-func Itoa(n uint64) string { return strconv.FormatUint(n, 10) }
