@@ -55,9 +55,9 @@ var passwords = map[string]string{
 
 type cluster struct {
 	natsURL   string
-	ingest    *proc
-	procs     []*proc
-	notifier  *proc
+	ingest    *kit.Proc
+	procs     []*kit.Proc
+	notifier  *kit.Proc
 	ingestURL string
 	notifURL  string
 	nc        *nats.Conn
@@ -70,12 +70,12 @@ func userURL(port int, user string) string {
 
 func startAll(t *testing.T) *cluster {
 	t.Helper()
-	bin := buildBinaries(t)
+	bin := kit.BuildBinaries(t)
 	logs := t.TempDir()
 	if d := os.Getenv("CHAOS_LOG_DIR"); d != "" { // keep the logs for a post-mortem
 		logs = d
 	}
-	natsPort, httpPort := freePort(t), freePort(t)
+	natsPort, httpPort := kit.FreePort(t), kit.FreePort(t)
 	conf, err := filepath.Abs(filepath.Join("..", "..", "nats.conf"))
 	if err != nil {
 		t.Fatal(err)
@@ -84,33 +84,33 @@ func startAll(t *testing.T) *cluster {
 	for u, pw := range passwords {
 		natsEnv = append(natsEnv, "BEAMLINE_NATS_"+upper(u)+"_PASSWORD="+pw)
 	}
-	ns := newProc(t, logs, "nats-server", filepath.Join(bin, "nats-server"), natsEnv,
+	ns := kit.NewProc(t, logs, "nats-server", filepath.Join(bin, "nats-server"), natsEnv,
 		"-c", conf, "-a", "127.0.0.1", "-p", strconv.Itoa(natsPort), "-m", strconv.Itoa(httpPort))
-	ns.start(t)
-	waitHTTP(t, ns, fmt.Sprintf("http://127.0.0.1:%d/healthz?js-enabled-only=true", httpPort), 20*time.Second)
+	ns.Start(t)
+	ns.WaitHTTP(t, fmt.Sprintf("http://127.0.0.1:%d/healthz?js-enabled-only=true", httpPort), 20*time.Second)
 
 	c := &cluster{natsURL: fmt.Sprintf("nats://127.0.0.1:%d", natsPort)}
-	svc := func(name, binary, user string, args ...string) *proc {
+	svc := func(name, binary, user string, args ...string) *kit.Proc {
 		env := []string{"NATS_URL=" + userURL(natsPort, user), "BEAMLINE_AUTH_SECRET=" + secret}
-		return newProc(t, logs, name, filepath.Join(bin, binary), env, append(args, "-log-format", "json", "-kinds", "image")...)
+		return kit.NewProc(t, logs, name, filepath.Join(bin, binary), env, append(args, "-log-format", "json", "-kinds", "image")...)
 	}
-	ip, np := freePort(t), freePort(t)
-	c.ingestURL, c.notifURL = "http://"+addr(ip), "http://"+addr(np)
-	c.notifier = svc("notifier", "notifier", "notifier", "-addr", addr(np))
-	c.notifier.start(t)
-	waitHTTP(t, c.notifier, c.notifURL+"/readyz", 30*time.Second)
+	ip, np := kit.FreePort(t), kit.FreePort(t)
+	c.ingestURL, c.notifURL = "http://"+kit.Addr(ip), "http://"+kit.Addr(np)
+	c.notifier = svc("notifier", "notifier", "notifier", "-addr", kit.Addr(np))
+	c.notifier.Start(t)
+	c.notifier.WaitHTTP(t, c.notifURL+"/readyz", 30*time.Second)
 	for i := range processorsN {
-		pp := freePort(t)
-		p := svc("processor-"+strconv.Itoa(i+1), "processor", "processor", "-addr", addr(pp),
+		pp := kit.FreePort(t)
+		p := svc("processor-"+strconv.Itoa(i+1), "processor", "processor", "-addr", kit.Addr(pp),
 			"-provider", "sim", "-concurrency", "16", "-max-per-user", "16",
 			"-ack-wait", ackWait, "-max-deliver", strconv.Itoa(maxDeliver), "-grace", "1s")
-		p.start(t)
-		waitHTTP(t, p, "http://"+addr(pp)+"/readyz", 30*time.Second)
+		p.Start(t)
+		p.WaitHTTP(t, "http://"+kit.Addr(pp)+"/readyz", 30*time.Second)
 		c.procs = append(c.procs, p)
 	}
-	c.ingest = svc("ingest", "ingest", "ingest", "-addr", addr(ip))
-	c.ingest.start(t)
-	waitHTTP(t, c.ingest, c.ingestURL+"/readyz", 30*time.Second)
+	c.ingest = svc("ingest", "ingest", "ingest", "-addr", kit.Addr(ip))
+	c.ingest.Start(t)
+	c.ingest.WaitHTTP(t, c.ingestURL+"/readyz", 30*time.Second)
 
 	// The test reads the outcome as the NATS admin, like an operator.
 	c.nc, err = nats.Connect(userURL(natsPort, "admin"))
@@ -123,8 +123,8 @@ func startAll(t *testing.T) *cluster {
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			for _, p := range append([]*proc{ns, c.ingest, c.notifier}, c.procs...) {
-				t.Logf("---- %s log tail:\n%s", p.name, p.tail(3000))
+			for _, p := range append([]*kit.Proc{ns, c.ingest, c.notifier}, c.procs...) {
+				t.Logf("---- %s log tail:\n%s", p.Name, p.Tail(3000))
 			}
 		}
 	})
@@ -253,16 +253,16 @@ func TestChaos(t *testing.T) {
 			t.Fatal("deadline during chaos")
 		}
 		p := c.procs[(k+crng.IntN(2))%len(c.procs)]
-		p.signal(syscall.SIGKILL)
+		p.Signal(syscall.SIGKILL)
 		killed++
-		t.Logf("SIGKILL %s (%s)", p.name, time.Since(start).Round(time.Millisecond))
+		t.Logf("SIGKILL %s (%s)", p.Name, time.Since(start).Round(time.Millisecond))
 		if k == kills/2 {
-			c.notifier.signal(syscall.SIGKILL)
+			c.notifier.Signal(syscall.SIGKILL)
 			t.Logf("SIGKILL notifier")
-			c.notifier.start(t)
-			waitHTTP(t, c.notifier, c.notifURL+"/readyz", 30*time.Second)
+			c.notifier.Start(t)
+			c.notifier.WaitHTTP(t, c.notifURL+"/readyz", 30*time.Second)
 		}
-		p.start(t)
+		p.Start(t)
 	}
 	select {
 	case <-submitDone:
@@ -389,7 +389,7 @@ func TestChaos(t *testing.T) {
 	}
 	panics := 0
 	for _, p := range c.procs {
-		panics += p.count("panic")
+		panics += p.Count("panic")
 	}
 	figures := fmt.Sprintf("chaos: accepted=%d completed=%d retried=%d dead=%d failed=%d lost=%d jobs_left=%d dlq=%d "+
 		"events_stored=%d processor_kills=%d notifier_restarts=1 refused_429_503=%d ws_events=%d ws_duplicates=%d ws_joins=%d "+
