@@ -16,22 +16,36 @@ import (
 	"time"
 )
 
+// packages are the binaries BuildBinaries and Build know, by output name.
+var packages = map[string]string{
+	"nats-server": "github.com/nats-io/nats-server/v2",
+	"ingest":      "github.com/beamline/beamline/cmd/ingest",
+	"processor":   "github.com/beamline/beamline/cmd/processor",
+	"notifier":    "github.com/beamline/beamline/cmd/notifier",
+}
+
 // BuildBinaries builds nats-server (from the module cache: it is in go.mod)
 // and the three Beamline binaries into a temporary folder and returns it.
 func BuildBinaries(t testing.TB) string {
 	t.Helper()
+	return Build(t, "nats-server", "ingest", "processor", "notifier")
+}
+
+// Build builds the named binaries (nats-server, ingest, processor,
+// notifier) into a temporary folder and returns it.
+func Build(t testing.TB, names ...string) string {
+	t.Helper()
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	for _, b := range []struct{ out, pkg string }{
-		{"nats-server", "github.com/nats-io/nats-server/v2"},
-		{"ingest", "github.com/beamline/beamline/cmd/ingest"},
-		{"processor", "github.com/beamline/beamline/cmd/processor"},
-		{"notifier", "github.com/beamline/beamline/cmd/notifier"},
-	} {
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(dir, b.out), b.pkg)
+	for _, name := range names {
+		pkg, ok := packages[name]
+		if !ok {
+			t.Fatalf("kit.Build: no binary %q", name)
+		}
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(dir, name), pkg)
 		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("go build %s: %v\n%s", b.pkg, err, out)
+			t.Fatalf("go build %s: %v\n%s", pkg, err, out)
 		}
 	}
 	return dir
@@ -135,6 +149,16 @@ func (p *Proc) Signal(sig syscall.Signal) {
 		_ = cmd.Process.Kill()
 		<-exited
 	}
+}
+
+// Pid is the process id of the last start (0 before the first).
+func (p *Proc) Pid() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
 }
 
 // Running reports whether the process was started and has not exited.
