@@ -1,12 +1,9 @@
 package natsx
 
 import (
-	"context"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -14,22 +11,7 @@ import (
 // stops, the last message per subject at or below a seq, and a hidden
 // message read as a lagging replica answers.
 func TestDirectReader(t *testing.T) {
-	srv, err := RunEmbedded(EmbeddedConfig{Port: -1, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "S", Subjects: []string{"s.>"}, AllowDirect: true}); err != nil {
-		t.Fatal(err)
-	}
+	ctx, js := embeddedStream(t, jetstream.StreamConfig{Name: "S", Subjects: []string{"s.>"}, AllowDirect: true})
 	// 600 messages: more than two batches.
 	for i := range 600 {
 		subj := "s.a"

@@ -14,22 +14,7 @@ import (
 // nil for "no such message", and an error (not nil) for a stream that does
 // not exist.
 func TestGetOnLeader(t *testing.T) {
-	srv, err := RunEmbedded(EmbeddedConfig{Port: -1, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "S", Subjects: []string{"s.>"}}); err != nil {
-		t.Fatal(err)
-	}
+	ctx, js := embeddedStream(t, jetstream.StreamConfig{Name: "S", Subjects: []string{"s.>"}})
 	for _, p := range []struct{ subj, data string }{{"s.a.1", "one"}, {"s.b.2", "two"}, {"s.a.3", "three"}} {
 		m := nats.NewMsg(p.subj)
 		m.Data = []byte(p.data)
@@ -63,4 +48,27 @@ func TestGetOnLeader(t *testing.T) {
 	if m, err := GetOnLeader(ctx, js, "NOPE", MsgGet{Seq: 1}); !errors.Is(err, ErrMsgGet) || m != nil {
 		t.Errorf("missing stream: %v, %v; want ErrMsgGet", m, err)
 	}
+}
+
+// embeddedStream runs an embedded server for the test, connects to it and
+// creates the stream cfg; ctx ends with the test, after 10s at the most.
+func embeddedStream(t *testing.T, cfg jetstream.StreamConfig) (context.Context, jetstream.JetStream) {
+	t.Helper()
+	srv, err := RunEmbedded(EmbeddedConfig{Port: -1, StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	if _, err := js.CreateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	return ctx, js
 }
