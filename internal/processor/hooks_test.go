@@ -63,10 +63,7 @@ func TestCancelRightAfterStartStopsTheCall(t *testing.T) {
 		p.hooks.beforeCall = func(d *delivery) {
 			// What ingest's DELETE does, at this precise point.
 			ctx := context.Background()
-			if _, err := e.apply(ctx, d.job.ID, envelope.TypeCancelled, func(s *envelope.Snapshot) error {
-				s.Status = envelope.StatusCancelled
-				return nil
-			}); err != nil {
+			if _, err := e.cancelStored(ctx, d.job.ID); err != nil {
 				return
 			}
 			if e.nc.Publish("cancel."+d.job.User+"."+d.job.ID, nil) != nil || e.nc.Flush() != nil {

@@ -18,10 +18,7 @@ func TestCancelStopsRunningJob(t *testing.T) {
 
 	// What ingest's DELETE does: cancel in the KV, then tell the processors.
 	ctx := context.Background()
-	if _, err := e.apply(ctx, j.ID, envelope.TypeCancelled, func(s *envelope.Snapshot) error {
-		s.Status = envelope.StatusCancelled
-		return nil
-	}); err != nil {
+	if _, err := e.cancelStored(ctx, j.ID); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.nc.Publish("cancel."+j.User+"."+j.ID, nil); err != nil {
@@ -48,10 +45,7 @@ func TestCancelledJobIsNotStarted(t *testing.T) {
 	if _, err := e.store.Create(context.Background(), j); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.apply(context.Background(), j.ID, envelope.TypeCancelled, func(s *envelope.Snapshot) error {
-		s.Status = envelope.StatusCancelled
-		return nil
-	}); err != nil {
+	if _, err := e.cancelStored(context.Background(), j.ID); err != nil {
 		t.Fatal(err)
 	}
 	e.publish(j)

@@ -187,6 +187,15 @@ func (e *env) apply(ctx context.Context, id string, t envelope.Type, mutate jobs
 }
 
 // publish sends the job straight to its subject, as any service may.
+// cancelStored marks the job cancelled in the store, as ingest's DELETE
+// does before it publishes on the cancel subject.
+func (e *env) cancelStored(ctx context.Context, id string) (envelope.Snapshot, error) {
+	return e.apply(ctx, id, envelope.TypeCancelled, func(s *envelope.Snapshot) error {
+		s.Status = envelope.StatusCancelled
+		return nil
+	})
+}
+
 func (e *env) publish(j envelope.Job) {
 	e.t.Helper()
 	m, err := envelope.NewJobMsg(j, "/test", "")

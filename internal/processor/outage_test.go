@@ -57,6 +57,26 @@ func withProvider(cfg Config, prov provider.Provider) Config {
 	return cfg
 }
 
+// startGated starts the processor with a gate provider for every kind and
+// submits an image job of alice's.
+func (e *env) startGated() (*gate, envelope.Job) {
+	e.t.Helper()
+	g := newGate()
+	e.start(withProvider(baseConfig(e.t), g))
+	j := newJob("alice", "image", envelope.PriorityNormal, nil)
+	e.submit(j)
+	return g, j
+}
+
+// breakEventsOnceRunning waits until j runs and its running event is
+// published, then breaks EVENTS (see breakStream).
+func (e *env) breakEventsOnceRunning(j envelope.Job) (restore func()) {
+	e.t.Helper()
+	e.waitStatus(j.ID, envelope.StatusRunning, 10*time.Second)
+	testutil.WaitFor(e.t, 10*time.Second, func() bool { return len(e.events(j)) == 1 })
+	return e.breakStream("EVENTS")
+}
+
 // breakStream makes a stream refuse every publish (max_msg_size 1) until
 // the returned func restores its configuration. It stays readable.
 func (e *env) breakStream(name string) (restore func()) {
@@ -134,14 +154,8 @@ func (e *env) checkSeqs(j envelope.Job, last envelope.Status) []envelope.Snapsho
 // published, so it appears once EVENTS is back.
 func TestFinalEventSurvivesEventsOutage(t *testing.T) {
 	e := newEnv(t)
-	g := newGate()
-	e.start(withProvider(baseConfig(t), g))
-	j := newJob("alice", "image", envelope.PriorityNormal, nil)
-	e.submit(j)
-	e.waitStatus(j.ID, envelope.StatusRunning, 10*time.Second)
-	testutil.WaitFor(t, 10*time.Second, func() bool { return len(e.events(j)) == 1 })
-
-	restore := e.breakStream("EVENTS")
+	g, j := e.startGated()
+	restore := e.breakEventsOnceRunning(j)
 	g.release()
 	e.waitStatus(j.ID, envelope.StatusSucceeded, 10*time.Second)
 	e.waitLetGoOrRedelivered(envelope.PriorityNormal, "image")
@@ -162,19 +176,10 @@ func TestFinalEventSurvivesEventsOutage(t *testing.T) {
 // event. The processor stopping the run publishes it before acking.
 func TestCancelledEventPublishedWhenIngestCouldNot(t *testing.T) {
 	e := newEnv(t)
-	g := newGate()
-	e.start(withProvider(baseConfig(t), g))
-	j := newJob("alice", "image", envelope.PriorityNormal, nil)
-	e.submit(j)
-	e.waitStatus(j.ID, envelope.StatusRunning, 10*time.Second)
-	testutil.WaitFor(t, 10*time.Second, func() bool { return len(e.events(j)) == 1 })
-
-	restore := e.breakStream("EVENTS")
+	g, j := e.startGated()
+	restore := e.breakEventsOnceRunning(j)
 	ctx := context.Background()
-	_, err := e.apply(ctx, j.ID, envelope.TypeCancelled, func(s *envelope.Snapshot) error {
-		s.Status = envelope.StatusCancelled
-		return nil
-	})
+	_, err := e.cancelStored(ctx, j.ID)
 	if !errors.Is(err, jobstore.ErrNotPublished) {
 		t.Fatalf("cancel with EVENTS down: %v", err)
 	}
@@ -222,10 +227,7 @@ func TestNoSecondFinalEventAfterDuplicateWindow(t *testing.T) {
 		t.Fatal(err)
 	}
 	restore := e.breakStream("EVENTS")
-	snap, err := e.apply(ctx, j.ID, envelope.TypeCancelled, func(s *envelope.Snapshot) error {
-		s.Status = envelope.StatusCancelled
-		return nil
-	})
+	snap, err := e.cancelStored(ctx, j.ID)
 	if !errors.Is(err, jobstore.ErrNotPublished) {
 		t.Fatal(err)
 	}

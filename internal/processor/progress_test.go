@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/beamline/beamline/internal/provider"
-	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -37,31 +36,43 @@ func (r *reporter) Call(ctx context.Context, req provider.Request) (json.RawMess
 	return json.RawMessage(`{"ok":true}`), nil
 }
 
+// startReporter starts the processor with a reporter provider; stored gets
+// the error of every progress change the processor stores.
+func (e *env) startReporter() (*reporter, <-chan error) {
+	e.t.Helper()
+	prov := &reporter{report: make(chan struct{}), release: make(chan struct{})}
+	stored := make(chan error, 1)
+	e.startWith(withProvider(baseConfig(e.t), prov), func(p *Processor) {
+		p.hooks.progressStored = func(_ *delivery, _ int, err error) { stored <- err }
+	})
+	return prov, stored
+}
+
+// waitProgressRefused fails unless the next progress change is stored
+// with its event refused.
+func (e *env) waitProgressRefused(stored <-chan error) {
+	e.t.Helper()
+	select {
+	case err := <-stored:
+		if err == nil {
+			e.t.Fatal("progress published with EVENTS refusing publishes")
+		}
+	case <-time.After(10 * time.Second):
+		e.t.Fatal("progress never stored")
+	}
+}
+
 // Minor 2: a progress change is stored but EVENTS refuses its event (and
 // the immediate re-publish). The next change must announce it first, so
 // the job's events still have every seq.
 func TestProgressPublishFailureLeavesNoSeqGap(t *testing.T) {
 	e := newEnv(t)
-	prov := &reporter{report: make(chan struct{}), release: make(chan struct{})}
-	stored := make(chan error, 1)
-	e.startWith(withProvider(baseConfig(t), prov), func(p *Processor) {
-		p.hooks.progressStored = func(_ *delivery, _ int, err error) { stored <- err }
-	})
+	prov, stored := e.startReporter()
 	j := newJob("alice", "image", envelope.PriorityNormal, nil)
 	e.submit(j)
-	e.waitStatus(j.ID, envelope.StatusRunning, 10*time.Second)
-	testutil.WaitFor(t, 10*time.Second, func() bool { return len(e.events(j)) == 1 })
-
-	restore := e.breakStream("EVENTS")
+	restore := e.breakEventsOnceRunning(j)
 	close(prov.report)
-	select {
-	case err := <-stored:
-		if err == nil {
-			t.Fatal("progress published with EVENTS refusing publishes")
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("progress never stored")
-	}
+	e.waitProgressRefused(stored)
 	if s := e.snapshot(j.ID); s.Seq != 2 || s.Progress != 50 {
 		t.Fatalf("snapshot %+v, want the progress stored at seq 2", s)
 	}

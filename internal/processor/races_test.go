@@ -260,27 +260,13 @@ func TestDeleteAfterUnannouncedChangeLeavesNoGap(t *testing.T) {
 // cancel's: the job's events stay 1, 2, 3 in stream order.
 func TestPendingProgressEventNotAfterCancel(t *testing.T) {
 	e := newEnv(t)
-	prov := &reporter{report: make(chan struct{}), release: make(chan struct{})}
-	stored := make(chan error, 1)
-	e.startWith(withProvider(baseConfig(t), prov), func(p *Processor) {
-		p.hooks.progressStored = func(_ *delivery, _ int, err error) { stored <- err }
-	})
+	prov, stored := e.startReporter()
 	in := e.startIngest()
 	id := in.submit("alice", `{"kind":"image"}`)
 	j := envelope.Job{ID: id, User: "alice"}
-	e.waitStatus(id, envelope.StatusRunning, 10*time.Second)
-	testutil.WaitFor(t, 10*time.Second, func() bool { return len(e.events(j)) == 1 })
-
-	restore := e.breakStream("EVENTS")
+	restore := e.breakEventsOnceRunning(j)
 	close(prov.report)
-	select {
-	case err := <-stored:
-		if err == nil {
-			t.Fatal("progress published with EVENTS refusing publishes")
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("progress never stored")
-	}
+	e.waitProgressRefused(stored)
 	restore()
 	status, b := in.do(http.MethodDelete, "/v1/jobs/"+id, "alice", "")
 	if status != http.StatusOK || decodeSnap(t, b).Seq != 3 {
@@ -300,10 +286,7 @@ func TestPendingProgressEventNotAfterCancel(t *testing.T) {
 // stores the next seq: no gap.
 func TestChangeStoredBehindTheRunIsAnnouncedFirst(t *testing.T) {
 	e := newEnv(t)
-	g := newGate()
-	e.start(withProvider(baseConfig(t), g))
-	j := newJob("alice", "image", envelope.PriorityNormal, nil)
-	e.submit(j)
+	g, j := e.startGated()
 	testutil.WaitFor(t, 10*time.Second, func() bool { return g.calls.Load() == 1 && len(e.events(j)) == 1 })
 
 	restore := e.breakStream("EVENTS")

@@ -115,22 +115,14 @@ func TestCrashInsideWindowStillEndsDead(t *testing.T) {
 // running job: the run is stopped and its attempt counted.
 func TestClaimedJobIsVisiblyRunning(t *testing.T) {
 	e := newEnv(t)
-	cfg := withProvider(startedConfig(t, 10*time.Second), newGate())
-	g := cfg.Providers["gate"].(*gate)
-	e.start(cfg)
-	j := newJob("alice", "image", envelope.PriorityNormal, nil)
-	e.submit(j)
-	testutil.WaitFor(t, 10*time.Second, func() bool { return g.calls.Load() == 1 })
+	g, j := e.callGatedClaimed()
 	if s := e.snapshot(j.ID); s.Status != envelope.StatusRunning || s.Seq != 0 || s.Attempt != 1 {
 		t.Fatalf("snapshot during the call %+v, want running seq 0 attempt 1", s)
 	}
 	if evs := e.events(j); len(evs) != 0 {
 		t.Fatalf("events %+v, want none before the outcome", evs)
 	}
-	s, err := e.apply(t.Context(), j.ID, envelope.TypeCancelled, func(s *envelope.Snapshot) error {
-		s.Status = envelope.StatusCancelled
-		return nil
-	})
+	s, err := e.cancelStored(t.Context(), j.ID)
 	if err != nil || s.Seq != 1 || s.Attempt != 1 {
 		t.Fatalf("cancel: %+v, %v; want cancelled seq 1 attempt 1", s, err)
 	}
@@ -148,16 +140,8 @@ func TestClaimedJobIsVisiblyRunning(t *testing.T) {
 // job cancelled; the job ends cancelled, with no started or succeeded event.
 func TestCancelInsideWindow(t *testing.T) {
 	e := newEnv(t)
-	cfg := withProvider(startedConfig(t, 10*time.Second), newGate())
-	g := cfg.Providers["gate"].(*gate)
-	e.start(cfg)
-	j := newJob("alice", "image", envelope.PriorityNormal, nil)
-	e.submit(j)
-	testutil.WaitFor(t, 10*time.Second, func() bool { return g.calls.Load() == 1 })
-	if _, err := e.apply(t.Context(), j.ID, envelope.TypeCancelled, func(s *envelope.Snapshot) error {
-		s.Status = envelope.StatusCancelled
-		return nil
-	}); err != nil {
+	g, j := e.callGatedClaimed()
+	if _, err := e.cancelStored(t.Context(), j.ID); err != nil {
 		t.Fatal(err)
 	}
 	g.release()
@@ -166,4 +150,17 @@ func TestCancelInsideWindow(t *testing.T) {
 	if len(evs) != 1 {
 		t.Fatalf("events %+v, want only cancelled", evs)
 	}
+}
+
+// callGatedClaimed starts the processor with a start delay longer than
+// any test and a gate provider, submits a job of alice's and returns once
+// the provider was called: the job is claimed, its start not yet stored.
+func (e *env) callGatedClaimed() (*gate, envelope.Job) {
+	e.t.Helper()
+	g := newGate()
+	e.start(withProvider(startedConfig(e.t, 10*time.Second), g))
+	j := newJob("alice", "image", envelope.PriorityNormal, nil)
+	e.submit(j)
+	testutil.WaitFor(e.t, 10*time.Second, func() bool { return g.calls.Load() == 1 })
+	return g, j
 }
