@@ -6,7 +6,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 
@@ -20,10 +19,7 @@ func main() { config.Main("ingest", run) }
 // run serves until ctx is done. Bad flags or configuration are
 // config.Invalid (exit 2); a failure of the service is any other error.
 func run(ctx context.Context, args []string, _, stderr io.Writer) error {
-	fs := flag.NewFlagSet("ingest", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var common config.Common
-	common.Register(fs)
+	fs, common := config.NewFlags("ingest", stderr)
 	addr := fs.String("addr", ingest.DefaultAddr, "listen address (API, /metrics, /healthz, /readyz)")
 	maxBody := fs.Int64("max-body", ingest.DefaultMaxBody, "largest request body in bytes (larger: 413)")
 	maxInFlight := fs.Int("max-inflight", ingest.DefaultMaxInFlight, "submissions handled at once (beyond: 429 with Retry-After)")

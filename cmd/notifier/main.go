@@ -5,7 +5,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -29,10 +28,7 @@ func main() { config.Main("notifier", run) }
 // run serves until ctx is done. Bad flags or configuration are
 // config.Invalid (exit 2); a failure of the service is any other error.
 func run(ctx context.Context, args []string, _, stderr io.Writer) error {
-	fs := flag.NewFlagSet("notifier", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var common config.Common
-	common.Register(fs)
+	fs, common := config.NewFlags("notifier", stderr)
 	addr := fs.String("addr", notifier.DefaultAddr, "listen address (WebSocket, SSE, /metrics, /healthz, /readyz)")
 	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this loopback `addr` (e.g. 127.0.0.1:6061; empty: off)")
 	origins := fs.String("allowed-origins", "", "comma-separated Origin values allowed to open WebSockets, or * (default: same origin as the Host)")

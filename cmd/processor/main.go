@@ -6,7 +6,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"math"
@@ -23,10 +22,7 @@ func main() { config.Main("processor", run) }
 // run processes jobs until ctx is done. Bad flags or configuration are
 // config.Invalid (exit 2); a failure of the service is any other error.
 func run(ctx context.Context, args []string, _, stderr io.Writer) error {
-	fs := flag.NewFlagSet("processor", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var common config.Common
-	common.Register(fs)
+	fs, common := config.NewFlags("processor", stderr)
 	var cfg processor.Config
 	var providerName, httpURL, kindTimeouts, cogURLs string
 	fs.StringVar(&cfg.Addr, "addr", processor.DefaultAddr, "address of /metrics, /healthz and /readyz")

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 
@@ -84,6 +85,16 @@ type Common struct {
 	LogLevel  string
 	Replicas  int
 	Kinds     string
+}
+
+// NewFlags is the flag set of a service binary: errors go to stderr and
+// the Common flags are registered on it.
+func NewFlags(name string, stderr io.Writer) (*flag.FlagSet, *Common) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	common := &Common{}
+	common.Register(fs)
+	return fs, common
 }
 
 // Register adds -nats, -log-format, -log-level, -replicas and -kinds to fs.
