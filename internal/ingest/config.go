@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"cmp"
 	"fmt"
 	"net"
 	"time"
@@ -54,24 +55,12 @@ type Config struct {
 }
 
 func (c Config) withDefaults() (Config, error) {
-	if c.Addr == "" {
-		c.Addr = DefaultAddr
-	}
-	if c.MaxBody == 0 {
-		c.MaxBody = DefaultMaxBody
-	}
-	if c.MaxInFlight == 0 {
-		c.MaxInFlight = DefaultMaxInFlight
-	}
-	if c.RequestTimeout == 0 {
-		c.RequestTimeout = DefaultRequestTimeout
-	}
-	if c.Grace == 0 {
-		c.Grace = DefaultGrace
-	}
-	if c.Source == "" {
-		c.Source = DefaultSource
-	}
+	c.Addr = cmp.Or(c.Addr, DefaultAddr)
+	c.MaxBody = cmp.Or(c.MaxBody, DefaultMaxBody)
+	c.MaxInFlight = cmp.Or(c.MaxInFlight, DefaultMaxInFlight)
+	c.RequestTimeout = cmp.Or(c.RequestTimeout, DefaultRequestTimeout)
+	c.Grace = cmp.Or(c.Grace, DefaultGrace)
+	c.Source = cmp.Or(c.Source, DefaultSource)
 	switch {
 	case c.MaxBody < 0:
 		return c, fmt.Errorf("%w: MaxBody must be > 0", ErrInvalidConfig)

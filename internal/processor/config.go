@@ -6,6 +6,7 @@
 package processor
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
@@ -146,57 +147,23 @@ func (c *Config) withDefaults() (Config, error) {
 	bad := func(format string, args ...any) (Config, error) {
 		return out, fmt.Errorf("%w: %s", ErrInvalidConfig, fmt.Sprintf(format, args...))
 	}
-	if out.Addr == "" {
-		out.Addr = DefaultAddr
-	}
-	if out.Concurrency == 0 {
-		out.Concurrency = DefaultConcurrency
-	}
-	if out.MaxPerUser == 0 {
-		out.MaxPerUser = DefaultMaxPerUser
-	}
-	if out.WaitingRoom == 0 {
-		out.WaitingRoom = 4 * out.Concurrency
-	}
-	if out.Prefetch == 0 {
-		out.Prefetch = max(2, out.Concurrency/2)
-	}
-	if out.JobTimeout == 0 {
-		out.JobTimeout = DefaultJobTimeout
-	}
-	if out.AckWait == 0 {
-		out.AckWait = DefaultAckWait
-	}
-	if out.MaxDeliver == 0 {
-		out.MaxDeliver = DefaultMaxDeliver
-	}
-	if out.BackoffMin == 0 {
-		out.BackoffMin = DefaultBackoffMin
-	}
-	if out.BackoffMax == 0 {
-		out.BackoffMax = DefaultBackoffMax
-	}
-	if out.Grace == 0 {
-		out.Grace = DefaultGrace
-	}
-	if out.PriorityWeights == [3]int{} {
-		out.PriorityWeights = DefaultPriorityWeights
-	}
-	if out.Source == "" {
-		out.Source = DefaultSource
-	}
-	if out.PollWait == 0 {
-		out.PollWait = time.Second
-	}
-	if out.MetricsInterval == 0 {
-		out.MetricsInterval = 5 * time.Second
-	}
-	if out.MaxResult == 0 {
-		out.MaxResult = DefaultMaxResult
-	}
-	if out.StartedDelay == 0 {
-		out.StartedDelay = DefaultStartedDelay
-	}
+	out.Addr = cmp.Or(out.Addr, DefaultAddr)
+	out.Concurrency = cmp.Or(out.Concurrency, DefaultConcurrency)
+	out.MaxPerUser = cmp.Or(out.MaxPerUser, DefaultMaxPerUser)
+	out.WaitingRoom = cmp.Or(out.WaitingRoom, 4*out.Concurrency)
+	out.Prefetch = cmp.Or(out.Prefetch, max(2, out.Concurrency/2))
+	out.JobTimeout = cmp.Or(out.JobTimeout, DefaultJobTimeout)
+	out.AckWait = cmp.Or(out.AckWait, DefaultAckWait)
+	out.MaxDeliver = cmp.Or(out.MaxDeliver, DefaultMaxDeliver)
+	out.BackoffMin = cmp.Or(out.BackoffMin, DefaultBackoffMin)
+	out.BackoffMax = cmp.Or(out.BackoffMax, DefaultBackoffMax)
+	out.Grace = cmp.Or(out.Grace, DefaultGrace)
+	out.PriorityWeights = cmp.Or(out.PriorityWeights, DefaultPriorityWeights)
+	out.Source = cmp.Or(out.Source, DefaultSource)
+	out.PollWait = cmp.Or(out.PollWait, time.Second)
+	out.MetricsInterval = cmp.Or(out.MetricsInterval, 5*time.Second)
+	out.MaxResult = cmp.Or(out.MaxResult, DefaultMaxResult)
+	out.StartedDelay = cmp.Or(out.StartedDelay, DefaultStartedDelay)
 	switch {
 	case out.Concurrency < 1:
 		return bad("concurrency must be >= 1, got %d", out.Concurrency)
@@ -242,10 +209,7 @@ func (c *Config) withDefaults() (Config, error) {
 			return bad("kind %q listed twice", k.Name)
 		}
 		seen[k.Name] = true
-		name := k.Provider
-		if name == "" {
-			name = out.DefaultProvider
-		}
+		name := cmp.Or(k.Provider, out.DefaultProvider)
 		if p := out.Providers[name]; p == nil {
 			return bad("kind %q: no provider named %q", k.Name, name)
 		}
