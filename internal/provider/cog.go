@@ -2,6 +2,7 @@ package provider
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/base32"
@@ -157,30 +158,18 @@ func NewCog(cfg CogConfig) (Provider, error) {
 	if p.client == nil {
 		p.client = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
 	}
-	if p.name == "" {
-		p.name = "cog"
-	}
+	p.name = cmp.Or(p.name, "cog")
 	if p.drop == nil {
 		p.drop = DefaultCogDroppedKeys
 	}
-	if p.maxResponse == 0 {
-		p.maxResponse = DefaultHTTPMaxResponse
-	}
-	if p.reqTimeout == 0 {
-		p.reqTimeout = DefaultCogRequestTimeout
-	}
-	if p.backoffMin == 0 {
-		p.backoffMin = DefaultCogBackoffMin
-	}
-	if p.backoffMax == 0 {
-		p.backoffMax = DefaultCogBackoffMax
-	}
+	p.maxResponse = cmp.Or(p.maxResponse, DefaultHTTPMaxResponse)
+	p.reqTimeout = cmp.Or(p.reqTimeout, DefaultCogRequestTimeout)
+	p.backoffMin = cmp.Or(p.backoffMin, DefaultCogBackoffMin)
+	p.backoffMax = cmp.Or(p.backoffMax, DefaultCogBackoffMax)
 	if p.backoffMax < p.backoffMin {
 		p.backoffMax = p.backoffMin
 	}
-	if p.quiet == 0 {
-		p.quiet = DefaultCogQuiet
-	}
+	p.quiet = cmp.Or(p.quiet, DefaultCogQuiet)
 	return p, nil
 }
 
@@ -398,7 +387,7 @@ func (p *cogProvider) create(ctx context.Context, id string, body []byte, async 
 			return cogPrediction{}, nil, lastErr
 		}
 		// Every server that answered has all its slots busy: wait for one.
-		if err := sleepContext(ctx, flow.Backoff(try+1, p.backoffMin, p.backoffMax, 0.2, nil)); err != nil {
+		if err := flow.Sleep(ctx, flow.Backoff(try+1, p.backoffMin, p.backoffMax, 0.2, nil)); err != nil {
 			return cogPrediction{}, nil, flow.Retryable(fmt.Errorf("cog provider: waiting for a free prediction slot: %w", err), 0)
 		}
 	}
@@ -518,7 +507,7 @@ func (p *cogProvider) await(ctx context.Context, id string, body []byte, srv *co
 		// without a webhook Cog cannot tell anyone how it ended.
 		for try := 0; !pred.terminal(); try++ {
 			progress.fromLogs(pred.Logs)
-			if err := sleepContext(ctx, flow.Backoff(try+1, p.backoffMin, p.backoffMax, 0.2, nil)); err != nil {
+			if err := flow.Sleep(ctx, flow.Backoff(try+1, p.backoffMin, p.backoffMax, 0.2, nil)); err != nil {
 				return nil, flow.Retryable(fmt.Errorf("cog provider: %w", err), 0)
 			}
 			next, s, err := p.create(ctx, id, body, false)
