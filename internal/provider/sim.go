@@ -79,7 +79,7 @@ func NewSim(cfg SimConfig) (Provider, error) {
 	}
 	p := &simProvider{sleep: cfg.Sleep, defaultDuration: cfg.DefaultDuration, callLog: cfg.CallLog}
 	if p.sleep == nil {
-		p.sleep = sleepContext
+		p.sleep = flow.Sleep
 	}
 	return p, nil
 }
@@ -278,19 +278,4 @@ func plainToken(s string) bool {
 		}
 	}
 	return true
-}
-
-// sleepContext waits for d or until ctx is done.
-func sleepContext(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

@@ -1,6 +1,7 @@
 package flow
 
 import (
+	"context"
 	"math/rand/v2"
 	"time"
 )
@@ -46,4 +47,21 @@ func Backoff(attempt int, minDelay, maxDelay time.Duration, jitter float64, rnd 
 
 func clamp[T int | float64 | time.Duration](v, lo, hi T) T {
 	return min(max(v, lo), hi)
+}
+
+// Sleep waits for d or until ctx is done, whichever is first, and returns
+// ctx.Err() in the second case (at once when d <= 0). It is the wait
+// between the tries of a retry loop.
+func Sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }

@@ -345,13 +345,18 @@ func (b *Breaker) WaitAdmitted(ctx context.Context) (done func(err error), err e
 		if b.cb.State() == gobreaker.StateOpen {
 			wait = max(b.untilHalfOpen(), time.Millisecond)
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-changed:
-		case <-t.C:
-		case <-ctx.Done():
-		}
-		t.Stop()
+		waitChange(ctx, changed, wait)
+	}
+}
+
+// waitChange waits until changed is closed, wait has passed or ctx is done.
+func waitChange(ctx context.Context, changed <-chan struct{}, wait time.Duration) {
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-changed:
+	case <-t.C:
+	case <-ctx.Done():
 	}
 }
 
@@ -392,12 +397,6 @@ func (b *Breaker) WaitAllowed(ctx context.Context) error {
 		// it (or on a clock tick late) is harmless: the loop waits a little
 		// more.
 		wait := max(time.Until(halfOpenAt), time.Millisecond)
-		t := time.NewTimer(wait)
-		select {
-		case <-changed:
-		case <-t.C:
-		case <-ctx.Done():
-		}
-		t.Stop()
+		waitChange(ctx, changed, wait)
 	}
 }

@@ -69,7 +69,7 @@ func DefaultPredict(ctx context.Context, r *Run) (json.RawMessage, error) {
 	d := time.Duration(in.DurationMS) * time.Millisecond
 	steps := max(in.Steps, 1)
 	for i := 1; i <= steps; i++ {
-		if err := sleep(ctx, d/time.Duration(steps)); err != nil {
+		if err := flow.Sleep(ctx, d/time.Duration(steps)); err != nil {
 			return nil, err
 		}
 		if in.Steps > 0 {
@@ -97,20 +97,6 @@ func DataURL(id string, n *int) string {
 		b[i] = id[i%max(len(id), 1)] ^ byte(i)
 	}
 	return "data:application/octet-stream;base64," + base64.StdEncoding.EncodeToString(b)
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // Context keys the cog provider sends in the prediction's context (Cog
