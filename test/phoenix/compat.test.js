@@ -16,7 +16,7 @@ const { describe, test, after } = require("node:test");
 const assert = require("node:assert/strict");
 const WebSocket = require("ws");
 
-const { env, clients, sleep, waitFor, ctrl, newJob, event, join, push } = require("./harness.js");
+const { env, clients, sleep, waitFor, ctrl, newJob, event, join, push, socketKit, refusedConnect } = require("./harness.js");
 const { WS, CTRL, ALICE, BOB, LONG } = env;
 
 const joins = async (kind, result) => (await ctrl(`/joins?kind=${kind}&result=${result}`, "GET")).value;
@@ -24,21 +24,8 @@ const joins = async (kind, result) => (await ctrl(`/joins?kind=${kind}&result=${
 
 for (const [name, phx] of Object.entries(clients)) {
   describe(`phoenix ${name}`, () => {
-    const sockets = [];
-    const open = (opts = {}) => {
-      const s = new phx.Socket(WS, { transport: WebSocket, ...opts });
-      sockets.push(s);
-      return s;
-    };
-    const connect = async (opts) => {
-      const s = open(opts);
-      let opened = false;
-      s.onOpen(() => (opened = true));
-      s.connect();
-      await waitFor(() => opened, 5000, "onOpen");
-      return s;
-    };
-    after(() => sockets.forEach((s) => s.disconnect()));
+    const { open, connect, closeAll } = socketKit(phx, { transport: WebSocket });
+    after(closeAll);
 
     test("1. token param: the socket opens", async () => {
       await connect({ params: { token: ALICE } });
@@ -51,13 +38,7 @@ for (const [name, phx] of Object.entries(clients)) {
     });
 
     test("3. bad token: onError, never onOpen, and the client retries", async () => {
-      const s = open({ params: { token: "bad" } });
-      let opened = false, errors = 0;
-      s.onOpen(() => (opened = true));
-      s.onError(() => errors++);
-      s.connect();
-      await waitFor(() => errors >= 2, 3000, "two failed attempts");
-      s.disconnect();
+      const opened = await refusedConnect(open({ params: { token: "bad" } }), 2, "two failed attempts");
       assert.equal(opened, false);
     });
 

@@ -59,4 +59,38 @@ function push(ch, ev, payload) {
       .receive("timeout", () => reject(new Error("push timeout"))));
 }
 
-module.exports = { env, clients, sleep, waitFor, ctrl, newJob, event, join, push };
+// socketKit opens phoenix sockets to WS with defaults under opts, and keeps
+// them so that closeAll (in an after hook) disconnects every one; connect
+// also waits for onOpen.
+function socketKit(phx, defaults = {}) {
+  const sockets = [];
+  const open = (opts = {}) => {
+    const s = new phx.Socket(WS, { ...defaults, ...opts });
+    sockets.push(s);
+    return s;
+  };
+  const connect = async (opts) => {
+    const s = open(opts);
+    let opened = false;
+    s.onOpen(() => (opened = true));
+    s.connect();
+    await waitFor(() => opened, 5000, "onOpen");
+    return s;
+  };
+  const closeAll = () => sockets.forEach((s) => s.disconnect());
+  return { open, connect, closeAll };
+}
+
+// refusedConnect connects s, waits for n onError (what names them in a
+// timeout) and disconnects it; it returns whether onOpen ever fired.
+async function refusedConnect(s, n, what) {
+  let opened = false, errors = 0;
+  s.onOpen(() => (opened = true));
+  s.onError(() => errors++);
+  s.connect();
+  await waitFor(() => errors >= n, 3000, what);
+  s.disconnect();
+  return opened;
+}
+
+module.exports = { env, clients, sleep, waitFor, ctrl, newJob, event, join, push, socketKit, refusedConnect };

@@ -9,7 +9,7 @@ const { describe, test, after } = require("node:test");
 const assert = require("node:assert/strict");
 const WebSocket = require("ws");
 
-const { env, clients, sleep, waitFor, ctrl, newJob, event, join, push } = require("./harness.js");
+const { env, clients, sleep, waitFor, ctrl, newJob, event, join, push, socketKit, refusedConnect } = require("./harness.js");
 const { WS, CTRL, ALICE, LONG } = env;
 
 // A sessionStorage stand-in (Node has none); the fallback remembers itself there.
@@ -22,17 +22,8 @@ const bytes = () => new Uint8Array([0, 1, 2, 0xde, 0xad, 0xbe, 0xef, 255]);
 
 for (const [name, phx] of Object.entries(clients)) {
   describe(`phoenix ${name}`, () => {
-    const sockets = [];
-    const connect = async (opts) => {
-      const s = new phx.Socket(WS, opts);
-      sockets.push(s);
-      let opened = false;
-      s.onOpen(() => (opened = true));
-      s.connect();
-      await waitFor(() => opened, 5000, "onOpen");
-      return s;
-    };
-    after(() => sockets.forEach((s) => s.disconnect()));
+    const { open, connect, closeAll } = socketKit(phx);
+    after(closeAll);
 
     test("13. push('bin', ArrayBuffer) is a binary frame; the binary reply resolves ok with an ArrayBuffer", async () => {
       const s = await connect({ transport: WebSocket, params: { token: ALICE } });
@@ -83,14 +74,7 @@ for (const [name, phx] of Object.entries(clients)) {
     });
 
     test("LongPoll: a bad token is refused (403), onError, never onOpen", async () => {
-      const s = new phx.Socket(WS, { transport: phx.LongPoll, params: { token: "bad" } });
-      sockets.push(s);
-      let opened = false, errors = 0;
-      s.onOpen(() => (opened = true));
-      s.onError(() => errors++);
-      s.connect();
-      await waitFor(() => errors >= 1, 3000, "an error");
-      s.disconnect();
+      const opened = await refusedConnect(open({ transport: phx.LongPoll, params: { token: "bad" } }), 1, "an error");
       assert.equal(opened, false);
     });
 
