@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -48,7 +47,7 @@ const (
 
 var secret = "chaos-test-secret-0123456789abcdef"
 
-var passwords = map[string]string{
+var passwords = kit.Users{
 	"ingest": "chaos-pw-ingest", "processor": "chaos-pw-processor",
 	"notifier": "chaos-pw-notifier", "admin": "chaos-pw-admin",
 }
@@ -64,26 +63,16 @@ type cluster struct {
 	js        jetstream.JetStream
 }
 
-func userURL(port int, user string) string {
-	return fmt.Sprintf("nats://%s:%s@127.0.0.1:%d", user, passwords[user], port)
-}
-
 func startAll(t *testing.T) *cluster {
 	t.Helper()
 	bin := kit.BuildBinaries(t)
-	logs := t.TempDir()
-	if d := os.Getenv("CHAOS_LOG_DIR"); d != "" { // keep the logs for a post-mortem
-		logs = d
-	}
+	logs := kit.LogDir(t, "CHAOS_LOG_DIR")
 	natsPort, httpPort := kit.FreePort(t), kit.FreePort(t)
 	conf, err := filepath.Abs(filepath.Join("..", "..", "nats.conf"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	natsEnv := []string{"BEAMLINE_NATS_SERVER_NAME=chaos", "BEAMLINE_NATS_STORE_DIR=" + t.TempDir()}
-	for u, pw := range passwords {
-		natsEnv = append(natsEnv, "BEAMLINE_NATS_"+upper(u)+"_PASSWORD="+pw)
-	}
+	natsEnv := passwords.ServerEnv("chaos", t.TempDir())
 	ns := kit.NewProc(t, logs, "nats-server", filepath.Join(bin, "nats-server"), natsEnv,
 		"-c", conf, "-a", "127.0.0.1", "-p", strconv.Itoa(natsPort), "-m", strconv.Itoa(httpPort))
 	ns.Start(t)
@@ -91,7 +80,7 @@ func startAll(t *testing.T) *cluster {
 
 	c := &cluster{natsURL: fmt.Sprintf("nats://127.0.0.1:%d", natsPort)}
 	svc := func(name, binary, user string, args ...string) *kit.Proc {
-		env := []string{"NATS_URL=" + userURL(natsPort, user), "BEAMLINE_AUTH_SECRET=" + secret}
+		env := []string{"NATS_URL=" + passwords.URL(natsPort, user), "BEAMLINE_AUTH_SECRET=" + secret}
 		return kit.NewProc(t, logs, name, filepath.Join(bin, binary), env, append(args, "-log-format", "json", "-kinds", "image")...)
 	}
 	ip, np := kit.FreePort(t), kit.FreePort(t)
@@ -113,7 +102,7 @@ func startAll(t *testing.T) *cluster {
 	c.ingest.WaitHTTP(t, c.ingestURL+"/readyz", 30*time.Second)
 
 	// The test reads the outcome as the NATS admin, like an operator.
-	c.nc, err = nats.Connect(userURL(natsPort, "admin"))
+	c.nc, err = nats.Connect(passwords.URL(natsPort, "admin"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,16 +118,6 @@ func startAll(t *testing.T) *cluster {
 		}
 	})
 	return c
-}
-
-func upper(s string) string {
-	b := []byte(s)
-	for i := range b {
-		if b[i] >= 'a' && b[i] <= 'z' {
-			b[i] -= 'a' - 'A'
-		}
-	}
-	return string(b)
 }
 
 // plan says what job i does in the simulator.

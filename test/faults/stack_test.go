@@ -26,7 +26,7 @@ import (
 
 const secret = "faults-test-secret-0123456789abcdef"
 
-var passwords = map[string]string{
+var passwords = kit.Users{
 	"ingest": "faults-pw-ingest", "processor": "faults-pw-processor",
 	"notifier": "faults-pw-notifier", "admin": "faults-pw-admin",
 }
@@ -51,30 +51,20 @@ type stack struct {
 	limits map[string]int32
 }
 
-func userURL(port int, user string) string {
-	return fmt.Sprintf("nats://%s:%s@127.0.0.1:%d", user, passwords[user], port)
-}
-
 func startStack(t *testing.T) *stack {
 	t.Helper()
 	bin := kit.BuildBinaries(t)
-	logs := t.TempDir()
-	if d := os.Getenv("BEAMLINE_FAULTS_LOG_DIR"); d != "" { // keep the logs for a post-mortem
-		logs = d
-	}
+	logs := kit.LogDir(t, "BEAMLINE_FAULTS_LOG_DIR")
 	st := &stack{natsPort: kit.FreePort(t), natsHTTP: kit.FreePort(t), callLog: filepath.Join(logs, "sim-calls.log")}
 	conf := loopbackConf(t, st.natsPort, st.natsHTTP)
-	natsEnv := []string{"BEAMLINE_NATS_SERVER_NAME=faults", "BEAMLINE_NATS_STORE_DIR=" + t.TempDir()}
-	for u, pw := range passwords {
-		natsEnv = append(natsEnv, "BEAMLINE_NATS_"+strings.ToUpper(u)+"_PASSWORD="+pw)
-	}
+	natsEnv := passwords.ServerEnv("faults", t.TempDir())
 	st.nats = kit.NewProc(t, logs, "nats-server", filepath.Join(bin, "nats-server"), natsEnv,
 		"-c", conf, "-a", "127.0.0.1", "-p", strconv.Itoa(st.natsPort))
 	st.nats.Start(t)
 	st.nats.WaitHTTP(t, st.natsHealthURL(), 20*time.Second)
 
 	svc := func(name, binary, user string, env []string, args ...string) *kit.Proc {
-		env = append(env, "NATS_URL="+userURL(st.natsPort, user), "BEAMLINE_AUTH_SECRET="+secret)
+		env = append(env, "NATS_URL="+passwords.URL(st.natsPort, user), "BEAMLINE_AUTH_SECRET="+secret)
 		return kit.NewProc(t, logs, name, filepath.Join(bin, binary), env, append(args, "-log-format", "json", "-kinds", "image,video")...)
 	}
 	ip, np := kit.FreePort(t), kit.FreePort(t)
@@ -99,7 +89,7 @@ func startStack(t *testing.T) *stack {
 
 	// The test edits streams and reads the outcome as the NATS admin.
 	var err error
-	st.nc, err = natsx.Connect(context.Background(), userURL(st.natsPort, "admin"), "faults-admin",
+	st.nc, err = natsx.Connect(context.Background(), passwords.URL(st.natsPort, "admin"), "faults-admin",
 		slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -60,6 +61,34 @@ func FreePort(t testing.TB) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// Users are the nats.conf users (ingest, processor, notifier, admin) and
+// the passwords one test stack gives them.
+type Users map[string]string
+
+// URL is the client URL of user on 127.0.0.1:port, with its password.
+func (u Users) URL(port int, user string) string {
+	return fmt.Sprintf("nats://%s:%s@127.0.0.1:%d", user, u[user], port)
+}
+
+// ServerEnv is what nats.conf reads from the environment: the server name,
+// the store folder and every user's password.
+func (u Users) ServerEnv(name, storeDir string) []string {
+	env := []string{"BEAMLINE_NATS_SERVER_NAME=" + name, "BEAMLINE_NATS_STORE_DIR=" + storeDir}
+	for user, pw := range u {
+		env = append(env, "BEAMLINE_NATS_"+strings.ToUpper(user)+"_PASSWORD="+pw)
+	}
+	return env
+}
+
+// LogDir is a temporary folder for the processes' logs, or $env when that
+// is set, to keep the logs for a post-mortem.
+func LogDir(t testing.TB, env string) string {
+	if d := os.Getenv(env); d != "" {
+		return d
+	}
+	return t.TempDir()
 }
 
 // Addr is 127.0.0.1:port.
