@@ -18,18 +18,24 @@ type Job struct {
 	CreatedAt time.Time       `json:"created_at"`
 }
 
+// validateTokens checks what a job and its snapshots share: the id, the
+// user, the kind and the priority.
+func validateTokens(id, user, kind string, prio Priority) error {
+	if err := ValidateID("id", id); err != nil {
+		return err
+	}
+	if err := ValidateID("user", user); err != nil {
+		return err
+	}
+	if err := ValidateKind(kind); err != nil {
+		return err
+	}
+	return ValidatePriority(prio)
+}
+
 // Validate checks the tokens of j and that Input, if set, is a JSON object.
 func (j *Job) Validate() error {
-	if err := ValidateID("id", j.ID); err != nil {
-		return err
-	}
-	if err := ValidateID("user", j.User); err != nil {
-		return err
-	}
-	if err := ValidateKind(j.Kind); err != nil {
-		return err
-	}
-	if err := ValidatePriority(j.Priority); err != nil {
+	if err := validateTokens(j.ID, j.User, j.Kind, j.Priority); err != nil {
 		return err
 	}
 	if len(j.Input) > 0 && !isObject(j.Input) {

@@ -70,16 +70,7 @@ func NewSnapshot(j Job) Snapshot {
 
 // Validate checks the tokens, the status and the progress range.
 func (s *Snapshot) Validate() error {
-	if err := ValidateID("id", s.ID); err != nil {
-		return err
-	}
-	if err := ValidateID("user", s.User); err != nil {
-		return err
-	}
-	if err := ValidateKind(s.Kind); err != nil {
-		return err
-	}
-	if err := ValidatePriority(s.Priority); err != nil {
+	if err := validateTokens(s.ID, s.User, s.Kind, s.Priority); err != nil {
 		return err
 	}
 	if !s.Status.Valid() {
