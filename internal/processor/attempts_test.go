@@ -106,6 +106,35 @@ func (e *env) startedAttempts(j envelope.Job) []int {
 	return out
 }
 
+// submitAlice submits n normal-priority image jobs of alice's with input
+// sim.
+func (e *env) submitAlice(n int, sim map[string]any) []envelope.Job {
+	e.t.Helper()
+	jobs := make([]envelope.Job, n)
+	for i := range jobs {
+		jobs[i] = newJob("alice", "image", envelope.PriorityNormal, sim)
+		e.submit(jobs[i])
+	}
+	return jobs
+}
+
+// waitOneRunning waits until r runs one of alice's jobs and parks the
+// others for her slot (MaxPerUser 1), and returns the running one.
+func (e *env) waitOneRunning(r *running, jobs []envelope.Job) envelope.Job {
+	e.t.Helper()
+	testutil.WaitFor(e.t, 10*time.Second, func() bool {
+		return counterValue(e.t, r, "beamline_processor_waiting", nil) == float64(len(jobs)-1) &&
+			counterValue(e.t, r, "beamline_processor_inflight", nil) == 1
+	})
+	var run envelope.Job
+	for _, j := range jobs {
+		if e.snapshot(j.ID).Status == envelope.StatusRunning {
+			run = j
+		}
+	}
+	return run
+}
+
 // A full waiting room Naks one user's surplus over and over; none of those
 // deliveries is a run, so none costs an attempt: every job runs exactly
 // twice (fail_times 1) as attempts 1 and 2, though MaxDeliver is 2.
@@ -118,11 +147,7 @@ func TestWaitingRoomNaksCostNoAttempt(t *testing.T) {
 	cfg.WaitingRoom = 1
 	cfg.BackoffMin, cfg.BackoffMax = 10*time.Millisecond, 50*time.Millisecond
 	r := e.start(cfg)
-	jobs := make([]envelope.Job, 8)
-	for i := range jobs {
-		jobs[i] = newJob("alice", "image", envelope.PriorityNormal, map[string]any{"fail_times": 1, "duration_ms": 30})
-		e.submit(jobs[i])
-	}
+	jobs := e.submitAlice(8, map[string]any{"fail_times": 1, "duration_ms": 30})
 	for _, j := range jobs {
 		if s := e.waitStatus(j.ID, envelope.StatusSucceeded, 30*time.Second); s.Attempt != 2 {
 			t.Fatalf("job %s: attempt %d, want 2", j.ID, s.Attempt)
@@ -159,22 +184,9 @@ func TestShutdownNaksCostNoAttempt(t *testing.T) {
 	cfg.AckWait = time.Minute // a takeover within the test is a hand-back, not an ack_wait expiry
 	cfg.Grace = 100 * time.Millisecond
 	a := e.start(cfg)
-	jobs := make([]envelope.Job, 4)
-	for i := range jobs {
-		// Long enough to be still running when the grace of a runs out.
-		jobs[i] = newJob("alice", "image", envelope.PriorityNormal, map[string]any{"duration_ms": 3000})
-		e.submit(jobs[i])
-	}
-	testutil.WaitFor(t, 10*time.Second, func() bool {
-		return counterValue(t, a, "beamline_processor_waiting", nil) == 3 &&
-			counterValue(t, a, "beamline_processor_inflight", nil) == 1
-	})
-	var interrupted envelope.Job
-	for _, j := range jobs {
-		if e.snapshot(j.ID).Status == envelope.StatusRunning {
-			interrupted = j
-		}
-	}
+	// Long enough to be still running when the grace of a runs out.
+	jobs := e.submitAlice(4, map[string]any{"duration_ms": 3000})
+	interrupted := e.waitOneRunning(a, jobs)
 	if err := a.stop(t); err != nil {
 		t.Fatal(err)
 	}

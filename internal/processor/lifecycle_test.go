@@ -67,22 +67,9 @@ func TestGracefulShutdownHandsWaitingJobsOver(t *testing.T) {
 	cfg.MaxPerUser = 1
 	cfg.AckWait = time.Minute // a takeover within the test is not an ack_wait expiry
 	a := e.start(cfg)
-	jobs := make([]envelope.Job, 4)
-	for i := range jobs {
-		jobs[i] = newJob("alice", "image", envelope.PriorityNormal, map[string]any{"duration_ms": 1000})
-		e.submit(jobs[i])
-	}
+	jobs := e.submitAlice(4, map[string]any{"duration_ms": 1000})
 	// One runs on a; the other three wait for alice's slot.
-	testutil.WaitFor(t, 10*time.Second, func() bool {
-		return counterValue(t, a, "beamline_processor_waiting", nil) == 3 &&
-			counterValue(t, a, "beamline_processor_inflight", nil) == 1
-	})
-	var first envelope.Job
-	for _, j := range jobs {
-		if e.snapshot(j.ID).Status == envelope.StatusRunning {
-			first = j
-		}
-	}
+	first := e.waitOneRunning(a, jobs)
 	if err := a.stop(t); err != nil { // returns after the running job finished
 		t.Fatal(err)
 	}
