@@ -65,22 +65,20 @@ func observe(ctx context.Context, st *stack) (*observed, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := eachMsg(ctx, st.js, streams.DLQ, func(m *jetstream.RawStreamMsg) {
-		if _, j, err := envelope.DecodeJob(m.Data); err == nil {
-			o.dlq[j.ID]++
-		} else {
-			o.undecod = append(o.undecod, fmt.Sprintf("DLQ #%d: %v", m.Sequence, err))
-		}
-	}); err != nil {
+	// countJobs counts the job messages of a stream by job id.
+	countJobs := func(stream, label string, into map[string]int) error {
+		return eachMsg(ctx, st.js, stream, func(m *jetstream.RawStreamMsg) {
+			if _, j, err := envelope.DecodeJob(m.Data); err == nil {
+				into[j.ID]++
+			} else {
+				o.undecod = append(o.undecod, fmt.Sprintf("%s #%d: %v", label, m.Sequence, err))
+			}
+		})
+	}
+	if err := countJobs(streams.DLQ, "DLQ", o.dlq); err != nil {
 		return nil, err
 	}
-	if err := eachMsg(ctx, st.js, streams.Jobs, func(m *jetstream.RawStreamMsg) {
-		if _, j, err := envelope.DecodeJob(m.Data); err == nil {
-			o.jobsLeft[j.ID]++
-		} else {
-			o.undecod = append(o.undecod, fmt.Sprintf("JOBS #%d: %v", m.Sequence, err))
-		}
-	}); err != nil {
+	if err := countJobs(streams.Jobs, "JOBS", o.jobsLeft); err != nil {
 		return nil, err
 	}
 	kv, err := st.js.KeyValue(ctx, streams.JobStatus)
