@@ -1,7 +1,7 @@
 // admin.js — the pipeline dashboard: figures pushed on admin:metrics, with
 // hand-rolled SVG charts of the last two minutes. No polling.
 import { connect } from "./beamline.js";
-import { pageToken, saveToken, forgetToken } from "./token.js";
+import { pageToken, askForToken, forgetToken } from "./token.js";
 import { connectionIndicator } from "./conn.js";
 
 const TOKEN_KEY = "beamline.adminToken";
@@ -9,22 +9,8 @@ const WINDOW_MS = 2 * 60 * 1000;
 const $ = (id) => document.getElementById(id);
 
 const token = pageToken(TOKEN_KEY);
-if (!token) showTokenPanel();
+if (!token) askForToken(TOKEN_KEY);
 else start(token);
-
-function showTokenPanel() {
-  $("token-panel").hidden = false;
-  $("conn").dataset.state = "closed";
-  $("conn-text").textContent = "Not connected";
-  $("token-form").addEventListener("submit", (e) => {
-    e.preventDefault();
-    const t = $("token-input").value.trim();
-    if (!t) return;
-    saveToken(TOKEN_KEY, t);
-    location.reload();
-  });
-  $("token-input").focus();
-}
 
 /** One time series: [t, value] samples within the window. */
 class Series {

@@ -1,6 +1,6 @@
 // app.js — the demo page: submit simulated jobs and watch them live.
 import { connect, isTerminal, tokenSubject } from "./beamline.js";
-import { pageToken, saveToken } from "./token.js";
+import { pageToken, askForToken } from "./token.js";
 import { connectionIndicator } from "./conn.js";
 
 const TOKEN_KEY = "beamline.token";
@@ -8,24 +8,10 @@ const $ = (id) => document.getElementById(id);
 
 const token = pageToken(TOKEN_KEY);
 if (!token) {
-  showTokenPanel();
+  $("submit").disabled = true;
+  askForToken(TOKEN_KEY);
 } else {
   start(token);
-}
-
-function showTokenPanel() {
-  $("token-panel").hidden = false;
-  $("submit").disabled = true;
-  $("conn").dataset.state = "closed";
-  $("conn-text").textContent = "Not connected";
-  $("token-form").addEventListener("submit", (e) => {
-    e.preventDefault();
-    const t = $("token-input").value.trim();
-    if (!t) return;
-    saveToken(TOKEN_KEY, t);
-    location.reload();
-  });
-  $("token-input").focus();
 }
 
 function start(token) {

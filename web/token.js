@@ -26,3 +26,23 @@ export function saveToken(key, token) {
 export function forgetToken(key) {
   sessionStorage.removeItem(key);
 }
+
+/**
+ * Shows the page's token form (#token-panel with #token-form and
+ * #token-input) and marks the connection indicator (#conn, #conn-text) not
+ * connected; a submitted token is saved under key and the page reloaded.
+ */
+export function askForToken(key) {
+  const $ = (id) => document.getElementById(id);
+  $("token-panel").hidden = false;
+  $("conn").dataset.state = "closed";
+  $("conn-text").textContent = "Not connected";
+  $("token-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const t = $("token-input").value.trim();
+    if (!t) return;
+    saveToken(key, t);
+    location.reload();
+  });
+  $("token-input").focus();
+}
