@@ -2,6 +2,7 @@ package devstack
 
 import (
 	"context"
+	"log/slog"
 	"net"
 
 	"github.com/beamline/beamline/internal/config"
@@ -9,6 +10,10 @@ import (
 	"github.com/beamline/beamline/internal/notifier"
 	"github.com/beamline/beamline/internal/processor"
 	"github.com/beamline/beamline/internal/provider"
+	"github.com/beamline/beamline/internal/telemetry"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Tuning adjusts service configurations before they are built.
@@ -40,74 +45,71 @@ func (s *Stack) wrap(svc runner, close func()) func(ctx context.Context) error {
 	}
 }
 
-func (s *Stack) startIngest(ctx context.Context, ln net.Listener) (func(context.Context) error, error) {
-	nc, js, err := s.connect(ctx, "beamline-ingest")
+// startService connects as beamline-<name>, builds the service on that
+// connection with a fresh registry and runs it with its telemetry; a
+// service that is a telemetry.Broadcaster (the notifier) also broadcasts
+// the aggregated figures. The connection is closed when the service
+// returns, or at once when it cannot be built.
+func (s *Stack) startService(ctx context.Context, name string,
+	build func(*nats.Conn, jetstream.JetStream, *slog.Logger, *prometheus.Registry) (runner, error),
+) (func(context.Context) error, error) {
+	nc, js, err := s.connect(ctx, "beamline-"+name)
 	if err != nil {
 		return nil, err
 	}
-	cfg := ingest.Config{Listener: ln, Kinds: config.KindNames(s.cfg.Kinds), Secret: s.cfg.Secret, TracerProvider: tracerProvider()}
-	if s.cfg.Tune.Ingest != nil {
-		s.cfg.Tune.Ingest(&cfg)
-	}
 	reg := config.NewRegistry()
-	svc, err := ingest.New(cfg, nc, js, s.log.With("service", "ingest"), reg)
+	svc, err := build(nc, js, s.log.With("service", name), reg)
 	if err != nil {
 		nc.Close()
 		return nil, err
 	}
-	return s.withTelemetry("ingest", nc, reg, nil, s.wrap(svc, nc.Close))
+	out, _ := svc.(telemetry.Broadcaster)
+	return s.withTelemetry(name, nc, reg, out, s.wrap(svc, nc.Close))
+}
+
+func (s *Stack) startIngest(ctx context.Context, ln net.Listener) (func(context.Context) error, error) {
+	return s.startService(ctx, "ingest", func(nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, reg *prometheus.Registry) (runner, error) {
+		cfg := ingest.Config{Listener: ln, Kinds: config.KindNames(s.cfg.Kinds), Secret: s.cfg.Secret, TracerProvider: tracerProvider()}
+		if s.cfg.Tune.Ingest != nil {
+			s.cfg.Tune.Ingest(&cfg)
+		}
+		return ingest.New(cfg, nc, js, log, reg)
+	})
 }
 
 func (s *Stack) startProcessor(ctx context.Context, ln net.Listener) (func(context.Context) error, error) {
-	nc, js, err := s.connect(ctx, "beamline-processor")
-	if err != nil {
-		return nil, err
-	}
-	providers := map[string]provider.Provider{}
-	for _, k := range append([]config.Kind{{Provider: "sim"}}, s.cfg.Kinds...) {
-		if k.Provider == "" || providers[k.Provider] != nil {
-			continue
+	return s.startService(ctx, "processor", func(nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, reg *prometheus.Registry) (runner, error) {
+		providers := map[string]provider.Provider{}
+		for _, k := range append([]config.Kind{{Provider: "sim"}}, s.cfg.Kinds...) {
+			if k.Provider == "" || providers[k.Provider] != nil {
+				continue
+			}
+			p, err := provider.New(k.Provider, provider.Config{Cog: provider.CogConfig{URLs: s.cfg.CogURLs}})
+			if err != nil {
+				return nil, err
+			}
+			providers[k.Provider] = p
 		}
-		p, err := provider.New(k.Provider, provider.Config{Cog: provider.CogConfig{URLs: s.cfg.CogURLs}})
-		if err != nil {
-			nc.Close()
-			return nil, err
+		cfg := processor.Config{
+			Listener:        ln,
+			Kinds:           s.cfg.Kinds,
+			Providers:       providers,
+			DefaultProvider: "sim",
+			TracerProvider:  tracerProvider(),
 		}
-		providers[k.Provider] = p
-	}
-	cfg := processor.Config{
-		Listener:        ln,
-		Kinds:           s.cfg.Kinds,
-		Providers:       providers,
-		DefaultProvider: "sim",
-		TracerProvider:  tracerProvider(),
-	}
-	if s.cfg.Tune.Processor != nil {
-		s.cfg.Tune.Processor(&cfg)
-	}
-	reg := config.NewRegistry()
-	svc, err := processor.New(cfg, nc, js, s.log.With("service", "processor"), reg)
-	if err != nil {
-		nc.Close()
-		return nil, err
-	}
-	return s.withTelemetry("processor", nc, reg, nil, s.wrap(svc, nc.Close))
+		if s.cfg.Tune.Processor != nil {
+			s.cfg.Tune.Processor(&cfg)
+		}
+		return processor.New(cfg, nc, js, log, reg)
+	})
 }
 
 func (s *Stack) startNotifier(ctx context.Context, ln net.Listener) (func(context.Context) error, error) {
-	nc, js, err := s.connect(ctx, "beamline-notifier")
-	if err != nil {
-		return nil, err
-	}
-	cfg := notifier.Config{Listener: ln, Secret: s.cfg.Secret, Static: s.pageHandler(), TracerProvider: tracerProvider()}
-	if s.cfg.Tune.Notifier != nil {
-		s.cfg.Tune.Notifier(&cfg)
-	}
-	reg := config.NewRegistry()
-	svc, err := notifier.New(cfg, nc, js, s.log.With("service", "notifier"), reg)
-	if err != nil {
-		nc.Close()
-		return nil, err
-	}
-	return s.withTelemetry("notifier", nc, reg, svc, s.wrap(svc, nc.Close))
+	return s.startService(ctx, "notifier", func(nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, reg *prometheus.Registry) (runner, error) {
+		cfg := notifier.Config{Listener: ln, Secret: s.cfg.Secret, Static: s.pageHandler(), TracerProvider: tracerProvider()}
+		if s.cfg.Tune.Notifier != nil {
+			s.cfg.Tune.Notifier(&cfg)
+		}
+		return notifier.New(cfg, nc, js, log, reg)
+	})
 }
