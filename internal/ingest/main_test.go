@@ -108,20 +108,14 @@ func mustRequest(t *testing.T, method, url string, body io.Reader) *http.Request
 	return r
 }
 
-// waitFor polls cond until it holds or timeout passes.
+func token(t *testing.T, user string) string { t.Helper(); return issue(t, user, false) }
 
-func token(t *testing.T, user string) string {
-	t.Helper()
-	tok, err := auth.Issue(testSecret, user, false, time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
-}
+func adminToken(t *testing.T, user string) string { t.Helper(); return issue(t, user, true) }
 
-func adminToken(t *testing.T, user string) string {
+// issue is a token of user for a minute, signed with testSecret.
+func issue(t *testing.T, user string, admin bool) string {
 	t.Helper()
-	tok, err := auth.Issue(testSecret, user, true, time.Minute)
+	tok, err := auth.Issue(testSecret, user, admin, time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
