@@ -179,14 +179,19 @@ func (s *childSet) stop() {
 		k.stdin.Close()
 	}
 	for _, k := range s.kids {
-		done := make(chan struct{})
-		go func() { k.cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			k.cmd.Process.Kill()
-			<-done
-		}
+		waitOrKill(k.cmd, 20*time.Second)
+	}
+}
+
+// waitOrKill waits until cmd exits, killing it when d passes first.
+func waitOrKill(cmd *exec.Cmd, d time.Duration) {
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+		cmd.Process.Kill()
+		<-done
 	}
 }
 
@@ -339,14 +344,7 @@ func (np *notifierProc) probe() memSample {
 
 func (np *notifierProc) stop() {
 	np.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { np.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(15 * time.Second):
-		np.cmd.Process.Kill()
-		<-done
-	}
+	waitOrKill(np.cmd, 15*time.Second)
 }
 
 // cpu is the user+system CPU the notifier process used so far (0 for nil).
