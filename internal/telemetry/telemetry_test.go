@@ -14,7 +14,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.uber.org/goleak"
 
 	"github.com/beamline/beamline/internal/natstest"
@@ -94,9 +93,7 @@ func TestNewTracerProviderOn(t *testing.T) {
 }
 
 func TestNATSHeaderPropagation(t *testing.T) {
-	exp := tracetest.NewInMemoryExporter()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
-	defer tp.Shutdown(context.Background())
+	exp, tp := testutil.Tracing(t)
 
 	ctx, span := Tracer(tp).Start(context.Background(), "publish")
 	h := nats.Header{}

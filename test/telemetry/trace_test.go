@@ -1,15 +1,12 @@
 package telemetry_test
 
 import (
-	"context"
 	"net/http"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/beamline/beamline/internal/devstack"
 	"github.com/beamline/beamline/internal/ingest"
@@ -24,9 +21,7 @@ import (
 // trace id of the submission's traceparent, and so do the traceparent
 // headers of its event messages.
 func TestOneTraceAcrossServices(t *testing.T) {
-	exp := tracetest.NewInMemoryExporter()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
-	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	exp, tp := testutil.Tracing(t)
 	st := start(t, func(c *devstack.Config) {
 		proc := c.Tune.Processor
 		c.Tune.Ingest = func(c *ingest.Config) { c.TracerProvider = tp }
