@@ -77,6 +77,18 @@ func (e *env) breakEventsOnceRunning(j envelope.Job) (restore func()) {
 	return e.breakStream("EVENTS")
 }
 
+// waitFinalEvent waits until the last event of j has status st, then for
+// JOBS to be empty, and checks the seqs of j's events (checkSeqs).
+func (e *env) waitFinalEvent(j envelope.Job, st envelope.Status) []envelope.Snapshot {
+	e.t.Helper()
+	testutil.WaitFor(e.t, 15*time.Second, func() bool {
+		evs := e.events(j)
+		return len(evs) > 0 && evs[len(evs)-1].Status == st
+	}, func() string { return "the " + string(st) + " event never appeared" })
+	e.waitJobsEmpty()
+	return e.checkSeqs(j, st)
+}
+
 // breakStream makes a stream refuse every publish (max_msg_size 1) until
 // the returned func restores its configuration. It stays readable.
 func (e *env) breakStream(name string) (restore func()) {
@@ -161,12 +173,7 @@ func TestFinalEventSurvivesEventsOutage(t *testing.T) {
 	e.waitLetGoOrRedelivered(envelope.PriorityNormal, "image")
 	restore()
 
-	testutil.WaitFor(t, 15*time.Second, func() bool {
-		evs := e.events(j)
-		return len(evs) > 0 && evs[len(evs)-1].Status == envelope.StatusSucceeded
-	}, func() string { return "the succeeded event never appeared" })
-	e.waitJobsEmpty()
-	e.checkSeqs(j, envelope.StatusSucceeded)
+	e.waitFinalEvent(j, envelope.StatusSucceeded)
 	if n := g.calls.Load(); n != 1 {
 		t.Fatalf("provider called %d times, want 1", n)
 	}
@@ -190,12 +197,7 @@ func TestCancelledEventPublishedWhenIngestCouldNot(t *testing.T) {
 	e.waitLetGoOrRedelivered(envelope.PriorityNormal, "image")
 	restore()
 
-	testutil.WaitFor(t, 15*time.Second, func() bool {
-		evs := e.events(j)
-		return len(evs) > 0 && evs[len(evs)-1].Status == envelope.StatusCancelled
-	}, func() string { return "the cancelled event never appeared" })
-	e.waitJobsEmpty()
-	e.checkSeqs(j, envelope.StatusCancelled)
+	e.waitFinalEvent(j, envelope.StatusCancelled)
 }
 
 // Minor: EVENTS refuses the started event. The stored start is announced
