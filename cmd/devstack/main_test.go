@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/beamline/beamline/internal/config"
 	"github.com/beamline/beamline/internal/natsx"
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/streams"
 )
 
@@ -102,12 +102,7 @@ func (r *running) do(t *testing.T, method, path, body string) (int, map[string]a
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
+	resp, b := testutil.Do(t, http.DefaultClient, req)
 	var m map[string]any
 	_ = json.Unmarshal(b, &m)
 	return resp.StatusCode, m

@@ -8,7 +8,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -23,6 +22,7 @@ import (
 
 	"github.com/beamline/beamline/internal/devstack"
 	"github.com/beamline/beamline/internal/devstack/devstacktest"
+	"github.com/beamline/beamline/internal/testutil"
 )
 
 // One stack and one browser serve every test of the package: starting them
@@ -304,12 +304,7 @@ func submitAPI(t *testing.T, input string) string {
 	req, _ := http.NewRequest(http.MethodPost, stack.IngestURL+"/v1/jobs", bytes.NewBufferString(body))
 	req.Header.Set("Authorization", "Bearer "+stack.Token)
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
+	resp, b := testutil.Do(t, http.DefaultClient, req)
 	if resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("POST /v1/jobs = %d %s", resp.StatusCode, b)
 	}

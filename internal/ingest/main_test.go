@@ -172,15 +172,7 @@ func (h *harness) do(method, path string, body []byte, opts ...reqOpt) response 
 	for _, o := range opts {
 		o(req)
 	}
-	resp, err := h.client.Do(req)
-	if err != nil {
-		h.t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		h.t.Fatal(err)
-	}
+	resp, b := testutil.Do(h.t, h.client, req)
 	return response{Status: resp.StatusCode, Header: resp.Header, Body: b}
 }
 

@@ -102,15 +102,7 @@ func (f *front) do(method, path, user, body string) (int, []byte) {
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := f.client.Do(req)
-	if err != nil {
-		f.t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		f.t.Fatal(err)
-	}
+	resp, b := testutil.Do(f.t, f.client, req)
 	return resp.StatusCode, b
 }
 
