@@ -60,9 +60,16 @@ func startStack(t *testing.T) *stack {
 	bin := kit.BuildBinaries(t)
 	logs := t.TempDir()
 	if d := os.Getenv("BEAMLINE_FAULTS_LOG_DIR"); d != "" { // keep the logs for a post-mortem
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
 		logs = d
 	}
 	st := &stack{natsPort: kit.FreePort(t), natsHTTP: kit.FreePort(t), callLog: filepath.Join(logs, "sim-calls.log")}
+	// A kept log folder may hold an earlier run's call log: start afresh.
+	if err := os.Remove(st.callLog); err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
 	conf := loopbackConf(t, st.natsPort, st.natsHTTP)
 	natsEnv := []string{"BEAMLINE_NATS_SERVER_NAME=faults", "BEAMLINE_NATS_STORE_DIR=" + t.TempDir()}
 	for u, pw := range passwords {
