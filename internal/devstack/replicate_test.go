@@ -1,0 +1,52 @@
+package devstack_test
+
+import (
+	"encoding/json"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/beamline/beamline/internal/config"
+	"github.com/beamline/beamline/internal/devstack"
+	"github.com/beamline/beamline/internal/devstack/devstacktest"
+	"github.com/beamline/beamline/internal/provider/replicatefake"
+	"github.com/beamline/beamline/pkg/envelope"
+)
+
+// TestReplicateKind: -kinds image=replicate:acme/painter,video
+// -replicate-url <fake>: an image job runs as one Replicate prediction of
+// that model (input without "sim") and its output file URL is the job's
+// result; video jobs stay on the sim provider.
+func TestReplicateKind(t *testing.T) {
+	fake := replicatefake.New(replicatefake.Config{})
+	srv := httptest.NewServer(fake)
+	t.Cleanup(srv.Close)
+	t.Cleanup(fake.Close)
+	st := devstacktest.Start(t, func(c *devstack.Config) {
+		c.Kinds, _ = config.ParseKinds("image=replicate:acme/painter,video")
+		c.Replicate.URL = srv.URL
+		c.Replicate.Token = replicatefake.DefaultToken
+	})
+
+	s := devstacktest.Submit(t, st.IngestURL, st.Token, `{"kind":"image","input":{"prompt":"a lighthouse","duration_ms":20,"sim":{"fail":"terminal"}}}`, nil)
+	got := devstacktest.WaitTerminal(t, st.IngestURL, st.Token, s.ID, 30*time.Second)
+	if got.Status != envelope.StatusSucceeded {
+		t.Fatalf("image job = %+v, want succeeded", got)
+	}
+	var url string
+	if err := json.Unmarshal(got.Result, &url); err != nil || !strings.HasPrefix(url, srv.URL+"/files/") {
+		t.Fatalf("result = %s, want the fake's file URL", got.Result)
+	}
+	if n := fake.Created(`{"duration_ms":20,"prompt":"a lighthouse"}`); n != 1 || fake.CreatedTotal() != 1 {
+		t.Fatalf("Replicate predictions for the job = %d (total %d), want 1", n, fake.CreatedTotal())
+	}
+
+	s = devstacktest.Submit(t, st.IngestURL, st.Token, `{"kind":"video","input":{"sim":{"duration_ms":5}}}`, nil)
+	if got := devstacktest.WaitTerminal(t, st.IngestURL, st.Token, s.ID, 30*time.Second); got.Status != envelope.StatusSucceeded {
+		t.Fatalf("video job = %+v", got)
+	}
+	if n := fake.CreatedTotal(); n != 1 {
+		t.Fatalf("Replicate predictions = %d after a video job, want still 1", n)
+	}
+}
