@@ -38,6 +38,9 @@ const (
 	// may be garbage (2xx but not a prediction object) before the call
 	// gives up on the prediction.
 	DefaultReplicateBadAnswers = 3
+	// replicateLogsAllowance is the room a prediction object may take
+	// beyond MaxResponse, for its logs and input.
+	replicateLogsAllowance = 4 << 20
 )
 
 // ReplicateConfig configures the replicate provider. Zero values are the
@@ -75,9 +78,9 @@ type ReplicateConfig struct {
 	// cancel it nor resume it. Use it only for models that finish well
 	// within the job timeout.
 	Wait time.Duration
-	// MaxResponse bounds a prediction object read from the API, and so the
-	// output; a larger succeeded output is terminal (ErrResponseTooLarge).
-	// Default DefaultHTTPMaxResponse.
+	// MaxResponse bounds the output of a prediction; a larger succeeded
+	// output is terminal (ErrResponseTooLarge). A prediction object may be
+	// 4 MiB larger (its logs). Default DefaultHTTPMaxResponse.
 	MaxResponse int64
 	// RequestTimeout bounds one exchange. Default
 	// DefaultReplicateRequestTimeout (plus Wait for a create).
@@ -572,15 +575,18 @@ func (p *replicateProvider) do(ctx context.Context, method, target string, body 
 		return replicatePrediction{}, flow.Retryable(fmt.Errorf("replicate provider: %s: %w", what, se),
 			parseRetryAfter(resp.Header.Get("Retry-After"), p.now()))
 	}
-	b, err := io.ReadAll(io.LimitReader(resp.Body, p.maxResponse+1))
+	// The object carries the logs besides the output: allow them room, so
+	// a chatty model is not cut off; outcome bounds the output itself.
+	limit := p.maxResponse + replicateLogsAllowance
+	b, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	if err != nil {
 		if ctx.Err() != nil {
 			return replicatePrediction{}, flow.Retryable(fmt.Errorf("replicate provider: %w", ctx.Err()), 0)
 		}
 		return replicatePrediction{}, flow.Retryable(fmt.Errorf("replicate provider: %s: reading the answer: %w", what, err), 0)
 	}
-	if int64(len(b)) > p.maxResponse {
-		return replicatePrediction{}, flow.Terminal(fmt.Errorf("%w: replicate %s: answer over %d bytes", ErrResponseTooLarge, what, p.maxResponse))
+	if int64(len(b)) > limit {
+		return replicatePrediction{}, flow.Terminal(fmt.Errorf("%w: replicate %s: answer over %d bytes", ErrResponseTooLarge, what, limit))
 	}
 	pred, err := decodeReplicatePrediction(b)
 	if err != nil {

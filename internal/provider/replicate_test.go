@@ -360,3 +360,12 @@ func TestReplicateConfig(t *testing.T) {
 		t.Fatalf("token from env = %q", c.Token)
 	}
 }
+
+func TestReplicateOutputTooLargeIsTerminal(t *testing.T) {
+	e := newReplicateEnv(t, replicatefake.Config{})
+	p := e.provider(t, func(c *provider.ReplicateConfig) { c.MaxResponse = 64 })
+	_, err := p.Call(context.Background(), provider.Request{Job: cogJob("job-big", `{"output":"`+strings.Repeat("x", 200)+`"}`), Attempt: 1})
+	if !flow.IsTerminal(err) || !errors.Is(err, provider.ErrResponseTooLarge) {
+		t.Fatalf("err = %v, want terminal ErrResponseTooLarge", err)
+	}
+}
