@@ -36,8 +36,9 @@
 //     unknown prediction or model, 422 "Input validation failed" with
 //     invalid_fields.
 //   - docs/topics/webhooks: webhook and webhook_events_filter (start,
-//     output, logs, completed) are accepted and echoed on the prediction;
-//     this fake does not deliver webhooks (the provider polls).
+//     output, logs, completed) are echoed on the prediction and delivered,
+//     signed with Standard Webhooks headers (see webhooks.go); deliveries
+//     can be dropped, duplicated, reordered or forged (WebhookFaults).
 //
 // Replicate's create is not idempotent: every accepted POST starts a new
 // prediction. Created counts them per job (the model's input key
@@ -98,6 +99,12 @@ type Config struct {
 	Key func(input map[string]json.RawMessage) string
 	// MaxWait caps `Prefer: wait`. Default 60s, as Replicate.
 	MaxWait time.Duration
+	// WebhookSecret signs webhook deliveries ("whsec_<base64 key>", as
+	// GET /v1/webhooks/default/secret answers). Default
+	// DefaultWebhookSecret.
+	WebhookSecret string
+	// Client sends webhooks. Default a plain http.Client.
+	Client *http.Client
 }
 
 // Fault makes the next Times requests to Route ("" for any API route)
@@ -125,7 +132,9 @@ type Run struct {
 func (r *Run) Log(line string) {
 	r.s.mu.Lock()
 	r.p.Logs += line + "\n"
+	r.s.webhookLocked(r.p, "logs")
 	r.s.mu.Unlock()
+	r.s.flush(r.p)
 }
 
 // File stores an output file served once by the fake and returns its URL.
@@ -160,6 +169,11 @@ type Server struct {
 	total   int
 	polls   int
 	seq     int
+
+	hookFaults WebhookFaults
+	hookSeq    int
+	hooksSent  int
+	hooksOK    int
 }
 
 type prediction struct {
@@ -185,6 +199,8 @@ type prediction struct {
 	cancel  context.CancelFunc
 	done    chan struct{}
 	started time.Time
+	hookN   int        // webhook deliveries so far (for WebhookFaults.Drop)
+	pending []delivery // webhook deliveries not sent yet
 }
 
 func (p *prediction) terminal() bool {
@@ -216,6 +232,12 @@ func New(cfg Config) *Server {
 	}
 	if cfg.MaxWait <= 0 {
 		cfg.MaxWait = 60 * time.Second
+	}
+	if cfg.WebhookSecret == "" {
+		cfg.WebhookSecret = DefaultWebhookSecret
+	}
+	if cfg.Client == nil {
+		cfg.Client = &http.Client{Timeout: 10 * time.Second}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
@@ -480,12 +502,15 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, model string) {
 		p.URLs["stream"] = base + "/v1/streams/" + id
 	}
 	s.preds[id] = p
+	s.webhookLocked(p, "start")
 	s.mu.Unlock()
 
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
+		s.flush(p)
 		s.run(ctx, &Run{ID: id, Input: body.Input, s: s, p: p})
+		s.flush(p)
 	}()
 
 	if wait, ok := preferWait(r.Header.Get("Prefer"), s.cfg.MaxWait); ok {
@@ -545,6 +570,7 @@ func (s *Server) run(ctx context.Context, r *Run) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	defer s.webhookLocked(p, "completed")
 	switch {
 	case ctx.Err() != nil:
 		p.Status = "canceled"
@@ -555,6 +581,7 @@ func (s *Server) run(ctx context.Context, r *Run) {
 	default:
 		p.Status = "succeeded"
 		p.Output = out
+		defer s.webhookLocked(p, "output")
 	}
 	now := time.Now().UTC()
 	completed := now.Format(time.RFC3339Nano)

@@ -1,11 +1,16 @@
 package replicatefake_test
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -129,5 +134,127 @@ func TestPreferWaitAndCancel(t *testing.T) {
 	}
 	if code, _, c := do(t, srv, http.MethodPost, "/v1/predictions/"+id+"/cancel", ""); code != http.StatusOK || c["status"] != "canceled" || f.Cancels(id) != 1 {
 		t.Fatalf("second cancel = %d %v, cancels %d", code, c, f.Cancels(id))
+	}
+}
+
+type hook struct {
+	id, ts, sig string
+	body        map[string]any
+}
+
+// verify checks a delivery the way a receiver must, written here from the
+// Standard Webhooks description rather than with Sign.
+func verify(secret string, h hook, raw []byte) bool {
+	key, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(secret, "whsec_"))
+	if err != nil {
+		return false
+	}
+	mac := hmac.New(sha256.New, key)
+	mac.Write([]byte(h.id + "." + h.ts + "."))
+	mac.Write(raw)
+	want := mac.Sum(nil)
+	for _, entry := range strings.Fields(h.sig) {
+		v, b64, ok := strings.Cut(entry, ",")
+		got, err := base64.StdEncoding.DecodeString(b64)
+		if ok && v == "v1" && err == nil && hmac.Equal(got, want) {
+			return true
+		}
+	}
+	return false
+}
+
+func hookReceiver(t *testing.T) (*httptest.Server, func() []hook, func() int) {
+	t.Helper()
+	var mu sync.Mutex
+	var got []hook
+	bad := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		raw, _ := io.ReadAll(r.Body)
+		h := hook{id: r.Header.Get("webhook-id"), ts: r.Header.Get("webhook-timestamp"), sig: r.Header.Get("webhook-signature")}
+		_ = json.Unmarshal(raw, &h.body)
+		mu.Lock()
+		defer mu.Unlock()
+		if ts, err := strconv.ParseInt(h.ts, 10, 64); err != nil || time.Since(time.Unix(ts, 0)).Abs() > 5*time.Minute || !verify(replicatefake.DefaultWebhookSecret, h, raw) {
+			bad++
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		got = append(got, h)
+	}))
+	t.Cleanup(srv.Close)
+	return srv, func() []hook {
+			mu.Lock()
+			defer mu.Unlock()
+			return append([]hook(nil), got...)
+		}, func() int {
+			mu.Lock()
+			defer mu.Unlock()
+			return bad
+		}
+}
+
+func statuses(hs []hook) []string {
+	var out []string
+	for _, h := range hs {
+		out = append(out, h.body["status"].(string))
+	}
+	return out
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// TestWebhooks: signed deliveries for the filtered events, in order; the
+// default filter is output and completed; faults duplicate (same id),
+// reorder, drop and forge them.
+func TestWebhooks(t *testing.T) {
+	f, srv := start(t)
+	rcv, got, bad := hookReceiver(t)
+	create := func(filter string) string {
+		body := `{"version":"v","input":{"duration_ms":10,"steps":2,"output":"o"},"webhook":"` + rcv.URL + `"` + filter + `}`
+		_, _, p := do(t, srv, http.MethodPost, "/v1/predictions", body)
+		return p["id"].(string)
+	}
+	create(`,"webhook_events_filter":["start","logs","completed"]`)
+	waitFor(t, "4 deliveries", func() bool { return len(got()) == 4 })
+	if s := statuses(got()); strings.Join(s, ",") != "starting,processing,processing,succeeded" {
+		t.Fatalf("statuses = %v", s)
+	}
+
+	create("")
+	waitFor(t, "2 more deliveries", func() bool { return len(got()) == 6 })
+	if hs := got()[4:]; hs[0].body["output"] != "o" || hs[1].body["status"] != "succeeded" {
+		t.Fatalf("default filter deliveries = %v", statuses(hs))
+	}
+
+	f.SetWebhookFaults(replicatefake.WebhookFaults{Duplicate: true, Reorder: true})
+	create(`,"webhook_events_filter":["start","completed"]`)
+	waitFor(t, "4 more deliveries", func() bool { return len(got()) == 10 })
+	hs := got()[6:]
+	if hs[0].id != hs[1].id || hs[0].body["status"] != "succeeded" || hs[3].body["status"] != "starting" {
+		t.Fatalf("duplicated, reordered deliveries = %v", statuses(hs))
+	}
+
+	f.SetWebhookFaults(replicatefake.WebhookFaults{Drop: func(event string, _ int) bool { return event == "completed" }})
+	id := create(`,"webhook_events_filter":["start","completed"]`)
+	waitFor(t, "the prediction to end", func() bool { return f.Status(id) == "succeeded" })
+	waitFor(t, "the start delivery", func() bool { return len(got()) == 11 })
+
+	f.SetWebhookFaults(replicatefake.WebhookFaults{Secret: "whsec_" + base64.StdEncoding.EncodeToString([]byte("forged"))})
+	create(`,"webhook_events_filter":["start"]`)
+	waitFor(t, "a refused forgery", func() bool { return bad() == 1 })
+	if f.WebhooksAccepted() != 11 {
+		t.Fatalf("accepted = %d, want 11", f.WebhooksAccepted())
+	}
+	if sig, err := replicatefake.Sign(replicatefake.DefaultWebhookSecret, "msg_1", 1700000000, []byte("{}")); err != nil || !verify(replicatefake.DefaultWebhookSecret, hook{id: "msg_1", ts: "1700000000", sig: sig}, []byte("{}")) {
+		t.Fatalf("Sign = %q, %v", sig, err)
 	}
 }
