@@ -2,6 +2,7 @@ package devstack_test
 
 import (
 	"encoding/json"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -48,5 +49,50 @@ func TestReplicateKind(t *testing.T) {
 	}
 	if n := fake.CreatedTotal(); n != 1 {
 		t.Fatalf("Replicate predictions = %d after a video job, want still 1", n)
+	}
+}
+
+// TestReplicateCancel: DELETE /v1/jobs/{id} of a job whose prediction runs
+// on Replicate cancels the prediction there, and the job ends cancelled.
+func TestReplicateCancel(t *testing.T) {
+	fake := replicatefake.New(replicatefake.Config{})
+	srv := httptest.NewServer(fake)
+	t.Cleanup(srv.Close)
+	t.Cleanup(fake.Close)
+	st := devstacktest.Start(t, func(c *devstack.Config) {
+		c.Kinds, _ = config.ParseKinds("image=replicate:acme/painter")
+		c.Replicate.URL = srv.URL
+		c.Replicate.Token = replicatefake.DefaultToken
+	})
+	s := devstacktest.Submit(t, st.IngestURL, st.Token, `{"kind":"image","input":{"duration_ms":600000}}`, nil)
+	deadline := time.Now().Add(30 * time.Second)
+	for fake.Running() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the prediction never started")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	req, _ := http.NewRequest(http.MethodDelete, st.IngestURL+"/v1/jobs/"+s.ID, nil)
+	req.Header.Set("Authorization", "Bearer "+st.Token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		t.Fatalf("DELETE = %d", resp.StatusCode)
+	}
+	if got := devstacktest.WaitTerminal(t, st.IngestURL, st.Token, s.ID, 30*time.Second); got.Status != envelope.StatusCancelled {
+		t.Fatalf("job = %+v, want cancelled", got)
+	}
+	id := fake.IDs()[0]
+	for fake.Status(id) != "canceled" {
+		if time.Now().After(deadline) {
+			t.Fatalf("prediction %s is %q, want canceled at Replicate", id, fake.Status(id))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if fake.Cancels(id) != 1 || fake.CreatedTotal() != 1 {
+		t.Fatalf("cancels = %d, predictions = %d; want 1, 1", fake.Cancels(id), fake.CreatedTotal())
 	}
 }
