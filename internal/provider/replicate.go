@@ -46,7 +46,7 @@ const (
 // ReplicateConfig configures the replicate provider. Zero values are the
 // documented defaults.
 type ReplicateConfig struct {
-	// URL is the API base. Default DefaultReplicateURL.
+	// URL is the API base, before /v1. Default DefaultReplicateURL.
 	URL string
 	// Token is sent as `Authorization: Bearer <Token>`. Required; the
 	// binaries read it from EnvReplicateToken.
@@ -161,7 +161,9 @@ func NewReplicate(cfg ReplicateConfig) (Provider, error) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("%w: replicate URL %q must be an absolute http(s) URL", ErrInvalidConfig, cfg.URL)
 	}
-	p.base = strings.TrimSuffix(u.String(), "/")
+	// The base is the origin (and any prefix) before /v1; a URL given
+	// with /v1 is taken as meant.
+	p.base = strings.TrimSuffix(strings.TrimSuffix(u.String(), "/"), "/v1")
 	if cfg.Token == "" {
 		return nil, fmt.Errorf("%w: replicate needs an API token ($%s)", ErrInvalidConfig, EnvReplicateToken)
 	}

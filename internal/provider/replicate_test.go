@@ -140,7 +140,10 @@ func TestReplicateFileOutput(t *testing.T) {
 func TestReplicateVersionRoute(t *testing.T) {
 	const version = "5c7d5dc6dd8bf75c1acaa8565735e7986bc5b66206b55cca93cb72c9bf15ccaa"
 	e := newReplicateEnv(t, replicatefake.Config{})
-	p := e.provider(t, func(c *provider.ReplicateConfig) { c.Model = "replicate/hello-world:" + version })
+	p := e.provider(t, func(c *provider.ReplicateConfig) {
+		c.Model = "replicate/hello-world:" + version
+		c.URL = e.url + "/v1/" // taken as the base
+	})
 	if _, err := p.Call(context.Background(), provider.Request{Job: cogJob("job-v", `{"output":"hello"}`), Attempt: 1}); err != nil {
 		t.Fatalf("Call: %v", err)
 	}

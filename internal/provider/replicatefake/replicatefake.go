@@ -105,6 +105,11 @@ type Config struct {
 	WebhookSecret string
 	// Client sends webhooks. Default a plain http.Client.
 	Client *http.Client
+	// CreatesPerMinute, when positive, throttles creates as Replicate does
+	// (600 a minute by default there): over it within a minute window, a
+	// create is answered 429 with Retry-After (seconds to the window's end).
+	// Default 0: no limit.
+	CreatesPerMinute int
 }
 
 // Fault makes the next Times requests to Route ("" for any API route)
@@ -169,6 +174,9 @@ type Server struct {
 	total   int
 	polls   int
 	seq     int
+
+	window      time.Time // start of the current rate-limit minute
+	windowCount int       // creates in it
 
 	hookFaults WebhookFaults
 	hookSeq    int
@@ -432,6 +440,29 @@ func (s *Server) fault(w http.ResponseWriter, route string) bool {
 	return true
 }
 
+// throttled answers 429 when the create is over CreatesPerMinute.
+func (s *Server) throttled(w http.ResponseWriter) bool {
+	if s.cfg.CreatesPerMinute <= 0 {
+		return false
+	}
+	now := time.Now()
+	s.mu.Lock()
+	if now.Sub(s.window) >= time.Minute {
+		s.window, s.windowCount = now, 0
+	}
+	s.windowCount++
+	over := s.windowCount > s.cfg.CreatesPerMinute
+	left := max(int(time.Until(s.window.Add(time.Minute)).Seconds()+0.999), 1)
+	s.mu.Unlock()
+	if !over {
+		return false
+	}
+	w.Header().Set("Retry-After", strconv.Itoa(left))
+	problem(w, http.StatusTooManyRequests, "Request was throttled",
+		fmt.Sprintf("Request was throttled. Your rate limit resets in ~%ds.", left))
+	return true
+}
+
 type createBody struct {
 	Version             string                     `json:"version"`
 	Input               map[string]json.RawMessage `json:"input"`
@@ -441,7 +472,7 @@ type createBody struct {
 }
 
 func (s *Server) create(w http.ResponseWriter, r *http.Request, model string) {
-	if s.fault(w, RouteCreate) {
+	if s.fault(w, RouteCreate) || s.throttled(w) {
 		return
 	}
 	var body createBody

@@ -258,3 +258,24 @@ func TestWebhooks(t *testing.T) {
 		t.Fatalf("Sign = %q, %v", sig, err)
 	}
 }
+
+func TestCreatesPerMinute(t *testing.T) {
+	f := replicatefake.New(replicatefake.Config{CreatesPerMinute: 2})
+	srv := httptest.NewServer(f)
+	t.Cleanup(srv.Close)
+	t.Cleanup(f.Close)
+	for i, want := range []int{http.StatusCreated, http.StatusCreated, http.StatusTooManyRequests} {
+		code, h, p := do(t, srv, http.MethodPost, "/v1/predictions", `{"version":"v","input":{}}`)
+		if code != want {
+			t.Fatalf("create %d = %d %v, want %d", i+1, code, p, want)
+		}
+		if code == http.StatusTooManyRequests {
+			if n, err := strconv.Atoi(h.Get("Retry-After")); err != nil || n < 1 || n > 60 || !strings.Contains(p["detail"].(string), "throttled") {
+				t.Fatalf("throttled answer: Retry-After %q, %v", h.Get("Retry-After"), p)
+			}
+		}
+	}
+	if f.CreatedTotal() != 2 {
+		t.Fatalf("created %d, want 2", f.CreatedTotal())
+	}
+}
