@@ -372,3 +372,26 @@ func TestReplicateOutputTooLargeIsTerminal(t *testing.T) {
 		t.Fatalf("err = %v, want terminal ErrResponseTooLarge", err)
 	}
 }
+
+// TestReplicateAwaitUnknownOrForbidden: awaiting a prediction Replicate no
+// longer has is retryable (the next attempt creates one); a token refused
+// while polling is terminal.
+func TestReplicateAwaitUnknownOrForbidden(t *testing.T) {
+	e := newReplicateEnv(t, replicatefake.Config{})
+	p := e.provider(t, nil).(provider.Resumable)
+	_, err := p.Await(context.Background(), provider.Handle{ID: "gone"}, provider.Request{})
+	if err == nil || flow.IsTerminal(err) || !errors.Is(err, provider.ErrRemote) {
+		t.Fatalf("unknown prediction: err = %v, want retryable ErrRemote", err)
+	}
+	h, err := p.Start(context.Background(), provider.Request{Job: cogJob("job-a", `{"duration_ms":600000}`), Attempt: 1})
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	bad := e.provider(t, func(c *provider.ReplicateConfig) { c.Token = "r8_revoked" }).(provider.Resumable)
+	if _, err := bad.Await(context.Background(), h, provider.Request{}); !flow.IsTerminal(err) {
+		t.Fatalf("revoked token: err = %v, want terminal", err)
+	}
+	if err := p.Cancel(context.Background(), h); err != nil {
+		t.Fatalf("Cancel: %v", err)
+	}
+}
