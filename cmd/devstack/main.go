@@ -44,8 +44,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		procAddr     = fs.String("processor-addr", processor.DefaultAddr, "processor /metrics, /healthz, /readyz address")
 		secret       = fs.String("auth-secret", "", "token secret, dev only (default: $"+auth.EnvSecret+", else random)")
 		logFormat    = fs.String("log-format", "text", "log format: text or json")
-		kinds        = fs.String("kinds", config.DefaultKinds, "job kinds, served by the sim provider unless named: image,video=cog")
+		kinds        = fs.String("kinds", config.DefaultKinds, "job kinds, served by the sim provider unless named: image,video=cog,audio=replicate:owner/name")
 		cogURLs      = fs.String("cog-url", "", "Cog servers for kinds served by cog, URL[,URL...] (default "+provider.DefaultCogURL+")")
+		replicateURL = fs.String("replicate-url", provider.DefaultReplicateURL, "Replicate API base for kinds served by replicate:<model> (token from $"+provider.EnvReplicateToken+")")
 	)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: go run ./cmd/devstack [flags]\n\nRuns NATS (embedded), ingest, processor (sim provider) and notifier in one process.\n\n")
@@ -89,6 +90,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Secret:        key,
 		Kinds:         ks,
 		CogURLs:       provider.ParseCogURLs(*cogURLs),
+		Replicate:     provider.ReplicateConfig{URL: *replicateURL, Token: os.Getenv(provider.EnvReplicateToken)},
 		Logger:        log,
 	})
 	if err != nil {

@@ -24,10 +24,11 @@ func main() { config.Main("processor", run) }
 func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs, common := config.NewFlags("processor", stderr)
 	var cfg processor.Config
-	var providerName, httpURL, kindTimeouts, cogURLs string
+	var providerName, httpURL, kindTimeouts, cogURLs, replicateURL string
 	fs.StringVar(&cfg.Addr, "addr", processor.DefaultAddr, "address of /metrics, /healthz and /readyz")
-	fs.StringVar(&providerName, "provider", "sim", "default provider: sim, http or cog (per kind: -kinds video=cog)")
+	fs.StringVar(&providerName, "provider", "sim", "default provider: sim, http or cog (per kind: -kinds video=cog,image=replicate:owner/name)")
 	fs.StringVar(&cogURLs, "cog-url", "", "Cog servers of the cog provider, URL[,URL...] (default "+provider.DefaultCogURL+")")
+	fs.StringVar(&replicateURL, "replicate-url", provider.DefaultReplicateURL, "Replicate API base of replicate:<model> providers (token from $"+provider.EnvReplicateToken+")")
 	fs.StringVar(&httpURL, "http-url", os.Getenv(provider.EnvHTTPURL), "URL of the http provider (default $"+provider.EnvHTTPURL+")")
 	fs.IntVar(&cfg.Concurrency, "concurrency", processor.DefaultConcurrency, "jobs run at once by this process")
 	fs.IntVar(&cfg.MaxPerUser, "max-per-user", processor.DefaultMaxPerUser, "jobs of one user run at once")
@@ -79,6 +80,8 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 	pcfg := provider.Config{HTTP: provider.HTTPConfigFromEnv(os.Getenv)}
 	pcfg.HTTP.URL = httpURL
 	pcfg.Cog.URLs = provider.ParseCogURLs(cogURLs)
+	pcfg.Replicate = provider.ReplicateConfigFromEnv(os.Getenv)
+	pcfg.Replicate.URL = replicateURL
 	if path := os.Getenv(provider.EnvSimCallLog); path != "" { // test hook (test/faults)
 		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 		if err != nil {

@@ -34,7 +34,7 @@ type Kind struct {
 }
 
 // ParseKinds reads "image,video=http": a comma-separated list of kinds, each
-// optionally naming its provider. Kinds must be unique and valid tokens;
+// optionally naming its provider (image=replicate:owner/name). Kinds must be unique and valid tokens;
 // a provider, when given, is a token of the same shape (so "video=" and
 // "video=http=x" are errors rather than an empty or odd provider name).
 func ParseKinds(s string) ([]Kind, error) {
@@ -66,8 +66,16 @@ func ParseKinds(s string) ([]Kind, error) {
 }
 
 // validProvider reports whether a provider name is a lower-case token, like
-// a kind: "sim", "http", "my-gpus".
-func validProvider(p string) bool { return envelope.ValidateKind(p) == nil }
+// a kind: "sim", "http", "my-gpus", optionally followed by ":" and what it
+// runs ("replicate:black-forest-labs/flux-schnell", a version id); the
+// provider checks that part.
+func validProvider(p string) bool {
+	name, target, hasTarget := strings.Cut(p, ":")
+	if hasTarget && (target == "" || len(target) > 200 || strings.Trim(target, "abcdefghijklmnopqrstuvwxyz0123456789._/:-") != "") {
+		return false
+	}
+	return envelope.ValidateKind(name) == nil
+}
 
 // KindNames returns the names of ks.
 func KindNames(ks []Kind) []string {

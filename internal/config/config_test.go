@@ -26,6 +26,8 @@ func TestParseKinds(t *testing.T) {
 		{"audio", []Kind{{"audio", ""}}},
 		{"image,,video,", []Kind{{"image", ""}, {"video", ""}}},
 		{"my_kind-2=my-gpus", []Kind{{"my_kind-2", "my-gpus"}}},
+		{"image=replicate:black-forest-labs/flux-schnell,video=cog", []Kind{{"image", "replicate:black-forest-labs/flux-schnell"}, {"video", "cog"}}},
+		{"image=replicate:5c7d5dc6dd8bf75c1acaa8565735e7986bc5b66206b55cca93cb72c9bf15ccaa", []Kind{{"image", "replicate:5c7d5dc6dd8bf75c1acaa8565735e7986bc5b66206b55cca93cb72c9bf15ccaa"}}},
 	}
 	for _, tt := range tests {
 		got, err := ParseKinds(tt.in)
@@ -60,6 +62,9 @@ func TestParseKindsErrors(t *testing.T) {
 		{"video=http=x", false, "two equals"},
 		{"video=HTTP", false, "upper-case provider"},
 		{"video=a.b", false, "provider with dot"},
+		{"image=replicate:", false, "empty provider target"},
+		{"image=replicate:Owner/Name", false, "upper-case provider target"},
+		{"image=replicate:a b", false, "space in provider target"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -27,6 +27,7 @@ import (
 	"github.com/beamline/beamline/internal/natsx"
 	"github.com/beamline/beamline/internal/notifier"
 	"github.com/beamline/beamline/internal/processor"
+	"github.com/beamline/beamline/internal/provider"
 )
 
 // ErrInvalidConfig is wrapped by configuration errors.
@@ -52,6 +53,11 @@ type Config struct {
 	// CogURLs are the Cog servers of the cog provider, when a kind uses
 	// it. Default provider.DefaultCogURL.
 	CogURLs []string
+	// Replicate configures the replicate:<model> providers, when a kind
+	// uses one: URL (default provider.DefaultReplicateURL) and Token
+	// (cmd/devstack reads $REPLICATE_API_TOKEN); the model comes from the
+	// kind.
+	Replicate provider.ReplicateConfig
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 	// Tune, when set, adjusts the service configurations before they are

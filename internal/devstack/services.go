@@ -84,7 +84,10 @@ func (s *Stack) startProcessor(ctx context.Context, ln net.Listener) (func(conte
 			if k.Provider == "" || providers[k.Provider] != nil {
 				continue
 			}
-			p, err := provider.New(k.Provider, provider.Config{Cog: provider.CogConfig{URLs: s.cfg.CogURLs}})
+			p, err := provider.New(k.Provider, provider.Config{
+				Cog:       provider.CogConfig{URLs: s.cfg.CogURLs},
+				Replicate: s.cfg.Replicate,
+			})
 			if err != nil {
 				return nil, err
 			}

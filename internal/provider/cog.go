@@ -285,18 +285,11 @@ type cogRequestBody struct {
 
 // cogInput is the job's input without the dropped keys.
 func (p *cogProvider) cogInput(in json.RawMessage) (json.RawMessage, error) {
-	in = bytes.TrimSpace(in)
-	if len(in) == 0 || bytes.Equal(in, []byte("null")) {
-		return json.RawMessage(`{}`), nil
+	out, err := modelInput(in, p.drop)
+	if err != nil {
+		return nil, fmt.Errorf("cog provider: %w", err)
 	}
-	var m map[string]json.RawMessage
-	if in[0] != '{' || json.Unmarshal(in, &m) != nil {
-		return nil, errors.New("cog provider: the job's input must be a JSON object (the model's inputs)")
-	}
-	for _, k := range p.drop {
-		delete(m, k)
-	}
-	return json.Marshal(m)
+	return out, nil
 }
 
 func (p *cogProvider) Call(ctx context.Context, req Request) (json.RawMessage, error) {

@@ -1,6 +1,7 @@
 // Package provider defines how the processor calls the outside service that
 // does a job's work (a GPU farm, Replicate, Modal, ...), and holds the
-// implementations: sim (a simulated provider driven by input.sim) and http.
+// implementations: sim (a simulated provider driven by input.sim), http,
+// cog (Cog model servers) and replicate (the hosted Replicate API).
 package provider
 
 import (

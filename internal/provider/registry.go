@@ -22,16 +22,29 @@ type Config struct {
 	Sim  SimConfig
 	HTTP HTTPConfig
 	Cog  CogConfig
+	// Replicate is the config of every "replicate:<model>" provider; the
+	// model comes from the name.
+	Replicate ReplicateConfig
 }
 
 // Names lists the provider names New accepts.
+// A replicate provider is named with its model, "replicate:<model>", so it
+// is not among them.
 func Names() []string { return []string{"cog", "http", "sim"} }
 
-// New builds the provider called name ("sim", "http" or "cog"). An unknown name is
-// an error wrapping ErrUnknownProvider; an invalid config one wrapping
-// ErrInvalidConfig.
+// New builds the provider called name: "sim", "http", "cog", or
+// "replicate:<model>" (<model> is ReplicateConfig.Model: owner/name, a
+// version id or owner/name:version). An unknown name is an error wrapping
+// ErrUnknownProvider; an invalid config one wrapping ErrInvalidConfig.
 func New(name string, cfg Config) (Provider, error) {
+	if base, model, ok := strings.Cut(name, ":"); ok && base == "replicate" {
+		rc := cfg.Replicate
+		rc.Model = model
+		return NewReplicate(rc)
+	}
 	switch name {
+	case "replicate":
+		return nil, fmt.Errorf("%w: replicate needs a model: replicate:owner/name or replicate:<version id>", ErrInvalidConfig)
 	case "sim":
 		return NewSim(cfg.Sim)
 	case "http":

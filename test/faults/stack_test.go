@@ -56,6 +56,10 @@ func startStack(t *testing.T) *stack {
 	bin := kit.BuildBinaries(t)
 	logs := kit.LogDir(t, "BEAMLINE_FAULTS_LOG_DIR")
 	st := &stack{natsPort: kit.FreePort(t), natsHTTP: kit.FreePort(t), callLog: filepath.Join(logs, "sim-calls.log")}
+	// A kept log folder may hold an earlier run's call log: start afresh.
+	if err := os.Remove(st.callLog); err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
 	conf := loopbackConf(t, st.natsPort, st.natsHTTP)
 	natsEnv := passwords.ServerEnv("faults", t.TempDir())
 	st.nats = kit.NewProc(t, logs, "nats-server", filepath.Join(bin, "nats-server"), natsEnv,

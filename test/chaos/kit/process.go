@@ -83,9 +83,13 @@ func (u Users) ServerEnv(name, storeDir string) []string {
 }
 
 // LogDir is a temporary folder for the processes' logs, or $env when that
-// is set, to keep the logs for a post-mortem.
+// is set (made if missing), to keep the logs for a post-mortem.
 func LogDir(t testing.TB, env string) string {
+	t.Helper()
 	if d := os.Getenv(env); d != "" {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
 		return d
 	}
 	return t.TempDir()
