@@ -557,26 +557,7 @@ func (p *cogProvider) await(ctx context.Context, id string, body []byte, srv *co
 // outcome classifies a terminal prediction.
 func (p *cogProvider) outcome(id string, pred cogPrediction, progress *progressTracker) (json.RawMessage, error) {
 	progress.fromLogs(pred.Logs)
-	switch pred.Status {
-	case "succeeded":
-		out := bytes.TrimSpace(pred.Output)
-		if len(out) == 0 {
-			out = []byte("null")
-		}
-		if int64(len(out)) > p.maxResponse {
-			return nil, flow.Terminal(fmt.Errorf("%w: cog prediction %s output is %d bytes, limit %d", ErrResponseTooLarge, id, len(out), p.maxResponse))
-		}
-		progress.report(100)
-		return json.RawMessage(out), nil
-	case "failed":
-		var msg string
-		if json.Unmarshal(pred.Error, &msg) != nil {
-			msg = string(pred.Error)
-		}
-		return nil, flow.Retryable(fmt.Errorf("%w: cog prediction %s failed: %s", ErrRemote, id, snippet([]byte(msg))), 0)
-	default:
-		return nil, flow.Retryable(fmt.Errorf("%w: cog prediction %s was canceled", ErrRemote, id), 0)
-	}
+	return predictionOutcome("cog", id, pred.Status, pred.Output, pred.Error, p.maxResponse, progress)
 }
 
 // cancelRemote asks the server to cancel prediction id; best effort, on
@@ -654,6 +635,34 @@ func (p *cogProvider) healthOf(ctx context.Context, srv *cogServer) (string, err
 		return "", fmt.Errorf("%w: health check answered %d: %s", ErrInvalidResponse, resp.StatusCode, snippet(b))
 	}
 	return h.Status, nil
+}
+
+// predictionOutcome classifies a terminal prediction of a Cog-style API
+// (Cog, Replicate; service names it in errors): succeeded → its output
+// (null when empty), or a terminal ErrResponseTooLarge past maxResponse;
+// failed → retryable ErrRemote with the prediction's error; canceled →
+// retryable ErrRemote.
+func predictionOutcome(service, id, status string, output, errBody json.RawMessage, maxResponse int64, progress *progressTracker) (json.RawMessage, error) {
+	switch status {
+	case "succeeded":
+		out := bytes.TrimSpace(output)
+		if len(out) == 0 {
+			out = []byte("null")
+		}
+		if int64(len(out)) > maxResponse {
+			return nil, flow.Terminal(fmt.Errorf("%w: %s prediction %s output is %d bytes, limit %d", ErrResponseTooLarge, service, id, len(out), maxResponse))
+		}
+		progress.report(100)
+		return json.RawMessage(out), nil
+	case "failed":
+		var msg string
+		if json.Unmarshal(errBody, &msg) != nil {
+			msg = string(errBody)
+		}
+		return nil, flow.Retryable(fmt.Errorf("%w: %s prediction %s failed: %s", ErrRemote, service, id, snippet([]byte(msg))), 0)
+	default:
+		return nil, flow.Retryable(fmt.Errorf("%w: %s prediction %s was canceled", ErrRemote, service, id), 0)
+	}
 }
 
 // progressTracker turns the percentages a model prints (tqdm's "42%|",

@@ -572,26 +572,7 @@ func (p *replicateProvider) do(ctx context.Context, method, target string, body 
 // outcome classifies a terminal prediction.
 func (p *replicateProvider) outcome(id string, pred replicatePrediction, progress *progressTracker) (json.RawMessage, error) {
 	progress.fromLogs(pred.logs())
-	switch pred.Status {
-	case "succeeded":
-		out := bytes.TrimSpace(pred.Output)
-		if len(out) == 0 {
-			out = []byte("null")
-		}
-		if int64(len(out)) > p.maxResponse {
-			return nil, flow.Terminal(fmt.Errorf("%w: replicate prediction %s output is %d bytes, limit %d", ErrResponseTooLarge, id, len(out), p.maxResponse))
-		}
-		progress.report(100)
-		return json.RawMessage(out), nil
-	case "failed":
-		var msg string
-		if json.Unmarshal(pred.Error, &msg) != nil {
-			msg = string(pred.Error)
-		}
-		return nil, flow.Retryable(fmt.Errorf("%w: replicate prediction %s failed: %s", ErrRemote, id, snippet([]byte(msg))), 0)
-	default:
-		return nil, flow.Retryable(fmt.Errorf("%w: replicate prediction %s was canceled", ErrRemote, id), 0)
-	}
+	return predictionOutcome("replicate", id, pred.Status, pred.Output, pred.Error, p.maxResponse, progress)
 }
 
 // Cancel sends POST urls.cancel. A prediction already finished is

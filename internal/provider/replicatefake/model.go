@@ -97,7 +97,7 @@ func DefaultPredict(ctx context.Context, r *Run) (json.RawMessage, error) {
 	d := time.Duration(in.DurationMS) * time.Millisecond
 	steps := max(in.Steps, 1)
 	for i := 1; i <= steps; i++ {
-		if err := sleep(ctx, d/time.Duration(steps)); err != nil {
+		if err := flow.Sleep(ctx, d/time.Duration(steps)); err != nil {
 			return nil, err
 		}
 		if in.Steps > 0 {

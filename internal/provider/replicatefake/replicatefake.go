@@ -58,6 +58,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/beamline/beamline/pkg/flow"
 )
 
 // DefaultToken is the API token the fake accepts when Config.Token is "".
@@ -581,7 +583,7 @@ func preferWait(h string, maxWait time.Duration) (time.Duration, bool) {
 // run moves the prediction through starting → processing → its outcome.
 func (s *Server) run(ctx context.Context, r *Run) {
 	p := r.p
-	err := sleep(ctx, s.cfg.StartDelay(r.Input))
+	err := flow.Sleep(ctx, s.cfg.StartDelay(r.Input))
 	var out json.RawMessage
 	if err == nil {
 		s.mu.Lock()
@@ -709,18 +711,4 @@ func writeRaw(w http.ResponseWriter, status int, b []byte) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_, _ = w.Write(b)
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

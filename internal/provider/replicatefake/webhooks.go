@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/beamline/beamline/pkg/flow"
 )
 
 // Webhooks, as docs/topics/webhooks (receive-webhook, verify-webhook)
@@ -184,7 +186,7 @@ func (s *Server) send(url, secret string, d delivery) {
 		if ok || s.ctx.Err() != nil {
 			return
 		}
-		if sleep(s.ctx, time.Duration(i+1)*20*time.Millisecond) != nil {
+		if flow.Sleep(s.ctx, time.Duration(i+1)*20*time.Millisecond) != nil {
 			return
 		}
 	}
