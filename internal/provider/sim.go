@@ -9,6 +9,7 @@ import (
 	"io"
 	"reflect"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/beamline/beamline/pkg/flow"
@@ -278,4 +279,37 @@ func plainToken(s string) bool {
 		}
 	}
 	return true
+}
+
+// drySim is a sim provider that does not wait: it tells at once how a call
+// ends.
+var drySim = sync.OnceValue(func() Provider {
+	p, _ := NewSim(SimConfig{Sleep: func(context.Context, time.Duration) error { return nil }})
+	return p
+})
+
+// SimRefusal is the terminal error a sim call of rq ends in (an invalid
+// input.sim, "fail": "terminal"), nil when it ends otherwise or when this
+// attempt panics or hangs at run time. The fake model servers (cogfake,
+// replicatefake) refuse such an input with 422, as a model refuses an
+// input its schema rejects.
+func SimRefusal(rq Request) (refusal error) {
+	var loose struct {
+		Sim struct {
+			PanicTimes int `json:"panic_times"`
+			HangTimes  int `json:"hang_times"`
+		} `json:"sim"`
+	}
+	if json.Unmarshal(rq.Job.Input, &loose) == nil && rq.Attempt <= loose.Sim.PanicTimes+loose.Sim.HangTimes {
+		return nil // this attempt panics or hangs at run time
+	}
+	defer func() {
+		if recover() != nil {
+			refusal = nil
+		}
+	}()
+	if _, err := drySim().Call(context.Background(), rq); flow.IsTerminal(err) {
+		return err
+	}
+	return nil
 }

@@ -116,7 +116,6 @@ const (
 func SimModel() (validate func(map[string]json.RawMessage, map[string]string) error,
 	predict func(context.Context, *Run) (json.RawMessage, error)) {
 	sim, _ := provider.NewSim(provider.SimConfig{})
-	dry, _ := provider.NewSim(provider.SimConfig{Sleep: func(context.Context, time.Duration) error { return nil }})
 	req := func(input map[string]json.RawMessage, c map[string]string, progress func(int)) provider.Request {
 		raw, _ := json.Marshal(input)
 		attempt, _ := strconv.Atoi(c[ContextAttempt])
@@ -125,23 +124,9 @@ func SimModel() (validate func(map[string]json.RawMessage, map[string]string) er
 			Attempt: attempt, Progress: progress,
 		}
 	}
-	validate = func(input map[string]json.RawMessage, c map[string]string) (err error) {
+	validate = func(input map[string]json.RawMessage, c map[string]string) error {
 		rq := req(input, c, nil)
-		var loose struct {
-			Sim struct {
-				PanicTimes int `json:"panic_times"`
-				HangTimes  int `json:"hang_times"`
-			} `json:"sim"`
-		}
-		if json.Unmarshal(rq.Job.Input, &loose) == nil && rq.Attempt <= loose.Sim.PanicTimes+loose.Sim.HangTimes {
-			return nil // this attempt panics or hangs at run time
-		}
-		defer func() {
-			if recover() != nil {
-				err = nil
-			}
-		}()
-		if _, err := dry.Call(context.Background(), rq); flow.IsTerminal(err) {
+		if err := provider.SimRefusal(rq); err != nil {
 			return &InputError{Field: "sim", Msg: err.Error()}
 		}
 		return nil

@@ -155,7 +155,6 @@ const (
 func SimModel() (validate func(map[string]json.RawMessage) error,
 	predict func(context.Context, *Run) (json.RawMessage, error)) {
 	sim, _ := provider.NewSim(provider.SimConfig{})
-	dry, _ := provider.NewSim(provider.SimConfig{Sleep: func(context.Context, time.Duration) error { return nil }})
 	req := func(input map[string]json.RawMessage, progress func(int)) provider.Request {
 		var job, attempt string
 		_ = json.Unmarshal(input[InputJob], &job)
@@ -168,23 +167,9 @@ func SimModel() (validate func(map[string]json.RawMessage) error,
 		raw, _ := json.Marshal(in)
 		return provider.Request{Job: envelope.Job{ID: job, Kind: "image", Input: raw}, Attempt: n, Progress: progress}
 	}
-	validate = func(input map[string]json.RawMessage) (err error) {
+	validate = func(input map[string]json.RawMessage) error {
 		rq := req(input, nil)
-		var loose struct {
-			Sim struct {
-				PanicTimes int `json:"panic_times"`
-				HangTimes  int `json:"hang_times"`
-			} `json:"sim"`
-		}
-		if json.Unmarshal(rq.Job.Input, &loose) == nil && rq.Attempt <= loose.Sim.PanicTimes+loose.Sim.HangTimes {
-			return nil // this attempt panics or hangs at run time
-		}
-		defer func() {
-			if recover() != nil {
-				err = nil
-			}
-		}()
-		if _, err := dry.Call(context.Background(), rq); flow.IsTerminal(err) {
+		if err := provider.SimRefusal(rq); err != nil {
 			return &InputError{Field: "sim", Msg: err.Error()}
 		}
 		return nil
