@@ -312,4 +312,3 @@ func TestSigner(t *testing.T) {
 		}
 	}
 }
-
