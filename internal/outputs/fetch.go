@@ -41,6 +41,9 @@ type FetchConfig struct {
 type Fetcher struct {
 	cfg    FetchConfig
 	client *http.Client
+	// allowDial, set by tests only, lets one address past the guard (a
+	// test server stands in for a public host).
+	allowDial func(netip.AddrPort) bool
 }
 
 // NewFetcher builds a Fetcher whose every connection goes through the
@@ -92,6 +95,9 @@ func (f *Fetcher) control(_, address string, _ syscall.RawConn) error {
 	ap, err := netip.ParseAddrPort(address)
 	if err != nil {
 		return flowTerminal(wrapf(ErrForbiddenAddress, "cannot parse dialled address %q", address))
+	}
+	if f.allowDial != nil && f.allowDial(ap) {
+		return nil
 	}
 	if reason := forbiddenAddr(ap.Addr()); reason != "" {
 		return flowTerminal(wrapf(ErrForbiddenAddress, "%s is %s", ap.Addr(), reason))

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -209,41 +210,57 @@ func TestFetchFailuresAreClassified(t *testing.T) {
 			}
 		})
 	}
-	// A redirect to a loopback address is refused at dial time.
-	dev2 := *prod
-	dev2.Fetcher = &Fetcher{cfg: prod.Fetcher.cfg}
-	if err := dev2.Fetcher.control("tcp4", "127.0.0.1:80", nil); !errors.Is(err, ErrForbiddenAddress) {
+	// The guard itself, on addresses no test server can have.
+	guard := &Fetcher{}
+	if err := guard.control("tcp4", "127.0.0.1:80", nil); !errors.Is(err, ErrForbiddenAddress) {
 		t.Fatalf("control(127.0.0.1) = %v", err)
 	}
-	if err := dev2.Fetcher.control("tcp6", "[::ffff:192.168.1.1]:443", nil); !errors.Is(err, ErrForbiddenAddress) {
+	if err := guard.control("tcp6", "[::ffff:192.168.1.1]:443", nil); !errors.Is(err, ErrForbiddenAddress) {
 		t.Fatalf("control(mapped private) = %v", err)
 	}
-	if err := dev2.Fetcher.control("tcp4", "93.184.216.34:443", nil); err != nil {
+	if err := guard.control("tcp4", "93.184.216.34:443", nil); err != nil {
 		t.Fatalf("control(public) = %v", err)
 	}
 }
 
 // The dial guard covers the address actually dialled, whatever the URL
-// said: a redirect from an allowed server to a loopback one is refused.
+// said: an allowed (stand-in public) https server redirecting to a
+// loopback one is refused at the redirect's dial.
 func TestRedirectToLoopbackIsRefused(t *testing.T) {
-	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	inner := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "image/png")
 		io.WriteString(w, "secret")
 	}))
-	defer target.Close()
+	defer inner.Close()
+	outer := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, inner.URL+"/x.png", http.StatusFound)
+	}))
+	defer outer.Close()
 	f, err := NewFetcher(FetchConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	// Only the guard is under test: let the scheme pass as if it were
-	// https, so the dial is what refuses.
-	f.client.CheckRedirect = nil
-	req, _ := http.NewRequestWithContext(ctxT(t), http.MethodGet, target.URL, nil)
-	_, err = f.client.Do(req)
-	if !errors.Is(err, ErrForbiddenAddress) {
-		t.Fatalf("dial to %s: %v", target.URL, err)
+	f.client.Transport.(*http.Transport).TLSClientConfig = outer.Client().Transport.(*http.Transport).TLSClientConfig
+	outerAddr := outer.Listener.Addr().String()
+	f.allowDial = func(ap netip.AddrPort) bool { return ap.String() == outerAddr }
+
+	_, err = f.Fetch(ctxT(t), outer.URL+"/start")
+	if !errors.Is(err, ErrForbiddenAddress) || !flow.IsTerminal(err) || !strings.Contains(err.Error(), "loopback") {
+		t.Fatalf("redirect to %s: %v", inner.URL, err)
 	}
+	// The stand-in itself is reachable: the refusal was the redirect's.
+	d, err := f.Fetch(ctxT(t), inner.URL+"/x.png")
+	if err == nil {
+		d.Body.Close()
+		t.Fatal("inner server reachable directly")
+	}
+	f.allowDial = func(netip.AddrPort) bool { return true }
+	d, err = f.Fetch(ctxT(t), outer.URL+"/start")
+	if err != nil {
+		t.Fatalf("with both allowed: %v", err)
+	}
+	d.Body.Close()
 }
 
 func TestTooManyOutputs(t *testing.T) {

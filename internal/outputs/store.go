@@ -177,7 +177,12 @@ func (s *Store) Open(ctx context.Context, key string) (*Object, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Object{ctx: ctx, obs: s.obs, Info: info}, nil
+	return s.Reader(ctx, info), nil
+}
+
+// Reader opens the output Stat described, reading with ctx.
+func (s *Store) Reader(ctx context.Context, info Info) *Object {
+	return &Object{ctx: ctx, obs: s.obs, Info: info}
 }
 
 // Object is a stored output opened for reading. Seek only moves the offset
