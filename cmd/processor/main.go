@@ -11,6 +11,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/beamline/beamline/internal/config"
@@ -59,6 +60,9 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 	var outputsTTL time.Duration
 	var keepOutputs bool
 	fs.BoolVar(&keepOutputs, "outputs", true, "copy the output URLs of results (data: and http(s)) into the Object Store bucket outputs, and name them in the result")
+	var outputProviders string
+	fs.StringVar(&outputProviders, "outputs-providers", "cog,replicate",
+		"providers whose results' output URLs are kept (comma-separated; empty: every provider's)")
 	fs.DurationVar(&outputsTTL, "outputs-ttl", outputs.DefaultTTL, "how long stored outputs are kept")
 	fs.Int64Var(&ocfg.MaxBytes, "outputs-max-bytes", outputs.DefaultMaxBytes, "size cap of one output; a larger one fails its job")
 	fs.DurationVar(&ocfg.Timeout, "outputs-timeout", outputs.DefaultFetchTimeout, "timeout of one output download")
@@ -129,6 +133,11 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 				log.Warn("-outputs-allow-private is set: output downloads may reach http, loopback and private addresses (development only)")
 			}
 			cfg.Outputs = keeper
+			for _, name := range strings.Split(outputProviders, ",") {
+				if name = strings.TrimSpace(name); name != "" {
+					cfg.OutputProviders = append(cfg.OutputProviders, name)
+				}
+			}
 		}
 		p, err := processor.New(cfg, d.NC, d.JS, log, d.Registry)
 		if err != nil {

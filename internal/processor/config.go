@@ -144,6 +144,10 @@ type Config struct {
 	// result, docs/design.md#outputs) before the outcome is written. nil:
 	// results are stored as the provider returned them.
 	Outputs OutputKeeper
+	// OutputProviders limits Outputs to the results of these providers
+	// (by Provider.Name()): a generic provider's result may hold links that
+	// are not outputs at all. Empty: every provider's.
+	OutputProviders []string
 }
 
 func (c *Config) withDefaults() (Config, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"slices"
 )
 
 // OutputKeeper stores the outputs a result names and returns the result
@@ -20,6 +21,9 @@ type OutputKeeper interface {
 // jctx is the job's context, so a cancel or a shutdown stops a download.
 func (p *Processor) keepOutputs(jctx context.Context, d *delivery, result json.RawMessage, log *slog.Logger) (json.RawMessage, error) {
 	if p.cfg.Outputs == nil || len(result) == 0 {
+		return result, nil
+	}
+	if ps := p.cfg.OutputProviders; len(ps) > 0 && !slices.Contains(ps, p.kindProviders[d.job.Kind].Name()) {
 		return result, nil
 	}
 	kept, err := p.cfg.Outputs.Keep(jctx, d.job.ID, result)

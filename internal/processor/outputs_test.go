@@ -103,3 +103,18 @@ func TestForbiddenOutputFailsTheJob(t *testing.T) {
 		t.Fatalf("snapshot %+v", s)
 	}
 }
+
+// Outputs apply to the listed providers only: another provider's result
+// keeps its URLs as they are.
+func TestOutputsOfOtherProvidersAreLeftAlone(t *testing.T) {
+	e := newEnv(t)
+	cfg, _ := outputsConfig(t, e)
+	cfg.OutputProviders = []string{"cog", "replicate"}
+	e.start(cfg)
+	j := resultJob(`{"link":"data:,hello"}`)
+	e.submit(j)
+	s := e.waitStatus(j.ID, envelope.StatusSucceeded, 10*time.Second)
+	if string(s.Result) != `{"link":"data:,hello"}` {
+		t.Fatalf("result %s", s.Result)
+	}
+}
