@@ -10,8 +10,11 @@ import (
 	"io"
 	"math"
 	"os"
+	"strings"
+	"time"
 
 	"github.com/beamline/beamline/internal/config"
+	"github.com/beamline/beamline/internal/outputs"
 	"github.com/beamline/beamline/internal/processor"
 	"github.com/beamline/beamline/internal/provider"
 	"github.com/beamline/beamline/pkg/flow"
@@ -50,6 +53,18 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 		"provider breaker: opens when at least this share (0-1] of the calls within its window failed")
 	fs.DurationVar(&cfg.Breaker.OpenTimeout, "breaker-open", flow.DefaultBreakerOpenTimeout,
 		"provider breaker: how long it stays open before letting a few probe calls through")
+	var ocfg outputs.FetchConfig
+	var outputsTTL time.Duration
+	var keepOutputs bool
+	fs.BoolVar(&keepOutputs, "outputs", true, "copy the output URLs of results (data: and http(s)) into the Object Store bucket outputs, and name them in the result")
+	var outputProviders string
+	fs.StringVar(&outputProviders, "outputs-providers", "cog,replicate",
+		"providers whose results' output URLs are kept (comma-separated; empty: every provider's)")
+	fs.DurationVar(&outputsTTL, "outputs-ttl", outputs.DefaultTTL, "how long stored outputs are kept")
+	fs.Int64Var(&ocfg.MaxBytes, "outputs-max-bytes", outputs.DefaultMaxBytes, "size cap of one output; a larger one fails its job")
+	fs.DurationVar(&ocfg.Timeout, "outputs-timeout", outputs.DefaultFetchTimeout, "timeout of one output download")
+	fs.BoolVar(&ocfg.AllowPrivate, "outputs-allow-private", false,
+		"DEVELOPMENT AND TESTS ONLY: let output downloads use http and loopback, private or link-local addresses")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: processor [flags]\n\nRuns Beamline jobs from NATS JetStream.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -108,10 +123,41 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 
 	return common.Serve(ctx, "processor", log, func(d config.Deps) (config.Service, error) {
 		cfg.TracerProvider = d.Tracer
+		if keepOutputs {
+			keeper, err := newKeeper(ctx, d, common.Replicas, outputsTTL, ocfg)
+			if err != nil {
+				return config.Service{}, err
+			}
+			if ocfg.AllowPrivate {
+				log.Warn("-outputs-allow-private is set: output downloads may reach http, loopback and private addresses (development only)")
+			}
+			cfg.Outputs = keeper
+			for _, name := range strings.Split(outputProviders, ",") {
+				if name = strings.TrimSpace(name); name != "" {
+					cfg.OutputProviders = append(cfg.OutputProviders, name)
+				}
+			}
+		}
 		p, err := processor.New(cfg, d.NC, d.JS, log, d.Registry)
 		if err != nil {
 			return config.Service{}, err
 		}
 		return config.Service{Run: p.Run}, nil
 	})
+}
+
+// newKeeper creates (or updates) the outputs bucket and the fetcher of the
+// processor's output keeper.
+func newKeeper(ctx context.Context, d config.Deps, replicas int, ttl time.Duration, fc outputs.FetchConfig) (*outputs.Keeper, error) {
+	f, err := outputs.NewFetcher(fc)
+	if err != nil {
+		return nil, err
+	}
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	st, err := outputs.CreateStore(sctx, d.JS, outputs.StoreConfig{Replicas: replicas, TTL: ttl, MaxBytes: fc.MaxBytes})
+	if err != nil {
+		return nil, err
+	}
+	return &outputs.Keeper{Store: st, Fetcher: f}, nil
 }

@@ -3,6 +3,8 @@
 //	POST   /v1/jobs       submit; 202 only after JetStream acknowledged the job
 //	GET    /v1/jobs/{id}  the job's status snapshot
 //	DELETE /v1/jobs/{id}  cancel a job that has not finished
+//	GET    /v1/jobs/{id}/outputs/{name}       a stored output of the job
+//	GET    /v1/jobs/{id}/outputs/{name}/link  a short-lived signed URL of it
 //
 // beside /metrics, /healthz and /readyz. Callers authenticate with an HS256
 // bearer token whose sub is the user. api/openapi.yaml documents the API;
@@ -25,6 +27,7 @@ import (
 	"github.com/beamline/beamline/internal/jobstore"
 	"github.com/beamline/beamline/internal/jsm"
 	"github.com/beamline/beamline/internal/ops"
+	"github.com/beamline/beamline/internal/outputs"
 	"github.com/beamline/beamline/internal/telemetry"
 )
 
@@ -51,6 +54,8 @@ type Service struct {
 	slots    chan struct{} // one per submission in flight
 	tracer   trace.Tracer
 	handler  http.Handler
+	outputs  outputStore     // the outputs bucket, bound on first use
+	signer   *outputs.Signer // signed output URLs
 }
 
 // New builds the service. It opens the job_status KV bucket, so the streams
@@ -96,6 +101,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 		metrics:  m,
 		slots:    make(chan struct{}, cfg.MaxInFlight),
 		tracer:   telemetry.Tracer(cfg.TracerProvider),
+		signer:   outputs.NewSigner(cfg.Secret),
 	}
 	s.store = jobstore.New(js, kv, jobstore.Config{Source: cfg.Source, Traceparent: telemetry.Traceparent})
 	for _, k := range cfg.Kinds {
@@ -138,6 +144,10 @@ func (s *Service) routes() http.Handler {
 	mux.Handle("POST /v1/jobs", m.instrument(routeSubmit, s.traced(routeSubmit, http.HandlerFunc(s.submit))))
 	mux.Handle("GET /v1/jobs/{id}", m.instrument(routeGet, s.traced(routeGet, http.HandlerFunc(s.get))))
 	mux.Handle("DELETE /v1/jobs/{id}", m.instrument(routeCancel, s.traced(routeCancel, http.HandlerFunc(s.cancel))))
+	mux.Handle("GET /v1/jobs/{id}/outputs/{name}", m.instrument(routeOutput, s.traced(routeOutput, http.HandlerFunc(s.output))))
+	mux.Handle("GET /v1/jobs/{id}/outputs/{name}/link", m.instrument(routeLink, s.traced(routeLink, http.HandlerFunc(s.outputLink))))
+	mux.Handle("/v1/jobs/{id}/outputs/{name}", m.instrument(routeOther, methodNotAllowed("GET, HEAD")))
+	mux.Handle("/v1/jobs/{id}/outputs/{name}/link", m.instrument(routeOther, methodNotAllowed("GET, HEAD")))
 	// The mux's own 404 and 405 answers are plain text; these keep every
 	// error JSON.
 	mux.Handle("/v1/jobs", m.instrument(routeOther, methodNotAllowed("POST")))

@@ -140,6 +140,15 @@ type Config struct {
 	// TracerProvider makes the spans of attempts, provider calls and store
 	// writes. nil means no tracing (traceparents still travel on).
 	TracerProvider trace.TracerProvider
+	// Outputs, when set, keeps the output URLs of a successful result
+	// (outputs.Keeper: copies into the Object Store and rewrites the
+	// result, docs/design.md#outputs) before the outcome is written. nil:
+	// results are stored as the provider returned them.
+	Outputs OutputKeeper
+	// OutputProviders limits Outputs to the results of these providers
+	// (by Provider.Name()): a generic provider's result may hold links that
+	// are not outputs at all. Empty: every provider's.
+	OutputProviders []string
 }
 
 func (c *Config) withDefaults() (Config, error) {

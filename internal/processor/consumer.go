@@ -77,6 +77,7 @@ func (u *puller) run(ctx context.Context) error {
 	}
 	u.p.setConsumer(u.name(), cons)
 	failures := 0
+	var failingSince time.Time
 	for {
 		if err := u.breaker.WaitAllowed(ctx); err != nil {
 			return nil
@@ -94,8 +95,19 @@ func (u *puller) run(ctx context.Context) error {
 			if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
 				return fmt.Errorf("consumer %s: %w", u.name(), err) // restart re-applies it
 			}
+			if failures == 0 {
+				failingSince = time.Now()
+			}
 			failures++
 			u.log.Warn("pull failed", "consumer", u.name(), "err", err)
+			if time.Since(failingSince) > pullFailingLimit {
+				// Not a blip (an election ends well within this): let
+				// the supervisor restart the puller, which re-applies
+				// the consumer, or give up when even that fails (JOBS
+				// deleted: pulls may then fail with no responders and
+				// never report the consumer deleted).
+				return fmt.Errorf("consumer %s: pulls failing for %s: %w", u.name(), time.Since(failingSince).Round(time.Second), err)
+			}
 			if !sleepCtx(ctx, flow.Backoff(failures, 50*time.Millisecond, 2*time.Second, 0.2, nil)) {
 				return nil
 			}
@@ -104,6 +116,10 @@ func (u *puller) run(ctx context.Context) error {
 		failures = 0
 	}
 }
+
+// pullFailingLimit is how long pulls may fail in a row before the puller
+// returns its error to the supervisor.
+const pullFailingLimit = 20 * time.Second
 
 // pull issues one pull request for up to n messages and queues what
 // arrives. Messages that arrive after ctx ended are Nak'd at once so another

@@ -272,6 +272,9 @@ func (p *Processor) run(d *delivery) {
 	}
 
 	result, callErr := p.call(ctx, jctx, d, done, log)
+	if callErr == nil {
+		result, callErr = p.keepOutputs(jctx, d, result, log)
+	}
 	telemetry.RecordError(span, callErr)
 	_, snap, err := d.start.skipOrAwait()
 	if err != nil {

@@ -1,0 +1,127 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/beamline/beamline/internal/httpx"
+	"github.com/beamline/beamline/internal/outputs"
+)
+
+// Route labels of the outputs routes.
+const (
+	routeOutput = "output"
+	routeLink   = "output_link"
+)
+
+// outputStore binds to the outputs bucket on first use: the processor
+// creates it, and ingest may start first.
+type outputStore struct {
+	mu sync.Mutex
+	st *outputs.Store
+}
+
+func (o *outputStore) get(ctx context.Context, js jetstream.JetStream) (*outputs.Store, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.st != nil {
+		return o.st, nil
+	}
+	st, err := outputs.OpenStore(ctx, js)
+	if err != nil {
+		return nil, err
+	}
+	o.st = st
+	return st, nil
+}
+
+// link is the answer of GET /v1/jobs/{id}/outputs/{name}/link.
+type link struct {
+	URL       string    `json:"url"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// outputLink handles GET /v1/jobs/{id}/outputs/{name}/link: for the job's
+// owner or an admin, a signed URL of the output that needs no
+// Authorization header (for <img src> and <video src>), valid for
+// outputs.DefaultLinkTTL.
+func (s *Service) outputLink(w http.ResponseWriter, r *http.Request) {
+	_, snap, _, aerr := s.lookup(r)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	name := r.PathValue("name")
+	if !outputs.ValidName(name) {
+		writeError(w, newError(http.StatusNotFound, CodeNotFound, "no output "+name))
+		return
+	}
+	exp := time.Now().Add(outputs.DefaultLinkTTL).Truncate(time.Second)
+	w.Header().Set("Cache-Control", "no-store")
+	httpx.WriteJSON(w, http.StatusOK, link{URL: s.signer.URL(snap.ID, name, exp), ExpiresAt: exp.UTC()})
+}
+
+// output handles GET /v1/jobs/{id}/outputs/{name}: the stored output, for
+// the job's owner or an admin (bearer token, checked as GET /v1/jobs/{id}
+// does), or for anyone holding a signed URL (?exp=&sig=, from
+// outputLink). It is served by http.ServeContent: Content-Type, ETag (the
+// object's SHA-256 digest), If-None-Match → 304, Range → 206.
+func (s *Service) output(w http.ResponseWriter, r *http.Request) {
+	id, name := r.PathValue("id"), r.PathValue("name")
+	q := r.URL.Query()
+	if q.Has("sig") || q.Has("exp") {
+		if err := s.signer.Verify(id, name, q.Get("exp"), q.Get("sig"), time.Now()); err != nil {
+			writeError(w, newError(http.StatusForbidden, CodeForbidden, err.Error()))
+			return
+		}
+	} else if _, _, _, aerr := s.lookup(r); aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	if !outputs.ValidName(name) {
+		writeError(w, newError(http.StatusNotFound, CodeNotFound, "no output "+name))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
+	defer cancel()
+	st, err := s.outputs.get(ctx, s.js)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		writeError(w, newError(http.StatusNotFound, CodeNotFound, "no output "+name+" of job "+id))
+		return
+	}
+	if err != nil {
+		s.log.Warn("outputs bucket not available", "err", err)
+		writeError(w, unavailable())
+		return
+	}
+	// The stat is bounded; the body's stream is not (a large video on a
+	// slow client), only by the request and the server's write timeout.
+	info, err := st.Stat(ctx, outputs.Key(id, name))
+	switch {
+	case errors.Is(err, outputs.ErrNotFound):
+		writeError(w, newError(http.StatusNotFound, CodeNotFound, "no output "+name+" of job "+id))
+		return
+	case err != nil:
+		s.log.Warn("output not readable", "job", id, "output", name, "err", err)
+		writeError(w, unavailable())
+		return
+	}
+	obj := st.Reader(r.Context(), info)
+	defer obj.Close()
+	h := w.Header()
+	h.Set("Content-Type", obj.Info.ContentType)
+	h.Set("ETag", `"`+obj.Info.Digest+`"`)
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Content-Security-Policy", "default-src 'none'; sandbox")
+	if q.Has("sig") {
+		h.Set("Cache-Control", "private, max-age=300")
+	} else {
+		h.Set("Cache-Control", "private, no-cache")
+	}
+	http.ServeContent(w, r, "", obj.Info.ModTime, obj)
+}
