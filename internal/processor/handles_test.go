@@ -291,3 +291,37 @@ func TestCancelReachesThePrediction(t *testing.T) {
 		})
 	}
 }
+
+// TestShutdownLeavesThePredictionRunning: a processor whose shutdown grace
+// runs out while its job's prediction runs hands the job back without
+// cancelling the prediction, and the next run resumes it: one prediction,
+// no cancel. (Before, the end of the grace cancelled the prediction and
+// the next attempt started a new one.)
+func TestShutdownLeavesThePredictionRunning(t *testing.T) {
+	e := newEnv(t)
+	rig := newCogRig(t)
+	p1 := e.startCog(rig)
+	j := newJob("alice", "image", envelope.PriorityNormal, nil)
+	e.submit(j)
+	id1 := provider.CogPredictionID(j.ID, 1)
+	testutil.WaitFor(t, 10*time.Second, func() bool { return rig.fake.Started(id1) == 1 && e.handleStored(j.ID) },
+		func() string { return "prediction 1 not started, or its handle not stored" })
+	if err := p1.r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if s := e.snapshot(j.ID); s.Status != envelope.StatusRetrying || s.Attempt != 0 {
+		t.Fatalf("after the shutdown: %+v, want retrying attempt 0 (handed back)", s)
+	}
+	if n := rig.fake.Cancels(id1); n != 0 || rig.fake.InFlight() != 1 {
+		t.Fatalf("the shutdown cancelled the prediction (%d cancels, %d in flight)", n, rig.fake.InFlight())
+	}
+	e.startCog(rig)
+	testutil.WaitFor(t, 20*time.Second, func() bool { return rig.putsOf(id1) == 2 || rig.fake.StartedTotal() > 1 },
+		func() string { return "the next run neither resumed nor started a prediction" })
+	rig.finish()
+	s := e.waitStatus(j.ID, envelope.StatusSucceeded, 20*time.Second)
+	if n := rig.fake.StartedTotal(); n != 1 || s.Attempt != 1 {
+		t.Fatalf("%d predictions started, attempt %d; want 1 and 1", n, s.Attempt)
+	}
+	e.checkSeqs(j, envelope.StatusSucceeded)
+}

@@ -44,6 +44,10 @@ import (
 // terminal, add one direct get of the job's last event (EnsurePublished:
 // publish what EVENTS lacks); a dead job adds the read and write of its DLQ
 // marker.
+// A provider that resumes (provider.Resumer, handles.go) adds one KV put
+// per job, the handle stored before the wait (on job_handles, not
+// job_status: no seq, no event), and a KV read to every run that does not
+// claim; a failed remote prediction adds the put that marks it ended.
 // Nothing else goes to the server per job: heartbeats are batched on one
 // ticker and sent only for messages held longer than AckWait/3, the
 // per-user limiter and the waiting room are in memory.
