@@ -17,7 +17,8 @@ import (
 
 // Remote work survives a crash (docs/design.md#remote-work-survives-a-crash).
 //
-// A provider that implements provider.Resumer is not called with Call: the
+// A provider that implements provider.Resumer (and can resume as it is
+// configured: provider.AsResumer) is not called with Call: the
 // run Starts the remote work, stores its handle in the job_handles bucket
 // (key: the job id) and only then Awaits it. The handle is not part of the
 // job's snapshot: storing it takes no seq and sends no event (seqs stay
@@ -47,7 +48,7 @@ import (
 // setupHandles opens the job_handles bucket when a provider resumes.
 func (p *Processor) setupHandles(ctx context.Context) error {
 	for _, prov := range p.kindProviders {
-		if _, ok := prov.(provider.Resumer); ok {
+		if _, ok := provider.AsResumer(prov); ok {
 			kv, err := jsm.JobHandles(ctx, p.js)
 			if err != nil {
 				return err
@@ -61,7 +62,7 @@ func (p *Processor) setupHandles(ctx context.Context) error {
 
 // resumer is prov as a Resumer, when it is one and the bucket is open.
 func (p *Processor) resumer(prov provider.Provider) (provider.Resumer, bool) {
-	r, ok := prov.(provider.Resumer)
+	r, ok := provider.AsResumer(prov)
 	return r, ok && p.handles != nil
 }
 

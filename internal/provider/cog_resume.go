@@ -22,7 +22,16 @@ import (
 // leads the next run to the same id, and Cog's idempotent PUT re-attaches
 // to it instead of starting a second prediction.
 
-var _ Resumer = (*cogProvider)(nil)
+var (
+	_ Resumer            = (*cogProvider)(nil)
+	_ ConditionalResumer = (*cogProvider)(nil)
+)
+
+// CanResume is true with webhooks. Without, the outcome comes only in the
+// response of a synchronous PUT, and Cog cancels that prediction when its
+// client goes away: a crash ends it whatever is stored, so the processor
+// calls Call as before and stores no handle.
+func (p *cogProvider) CanResume() bool { return p.hooks != nil }
 
 // Start creates prediction number req.Prediction of the job. With webhooks
 // it is the async PUT (Prefer: respond-async) on a server with a free slot,

@@ -121,3 +121,22 @@ func TestCogPredictionNumberNamesThePrediction(t *testing.T) {
 		t.Fatalf("ids %s %s, numbers %d %d", h1.RemoteID, h2.RemoteID, h1.Number, h2.Number)
 	}
 }
+
+// TestCogResumesOnlyWithWebhooks: without a webhook receiver a Cog
+// prediction cannot outlive its synchronous PUT, so the provider is not
+// offered as a Resumer.
+func TestCogResumesOnlyWithWebhooks(t *testing.T) {
+	if _, ok := provider.AsResumer(newCogEnv(t, 1, false, cogfake.Config{}).provider(t, nil)); ok {
+		t.Error("a cog provider without webhooks is a Resumer")
+	}
+	if _, ok := provider.AsResumer(newCogEnv(t, 1, true, cogfake.Config{}).provider(t, nil)); !ok {
+		t.Error("a cog provider with webhooks is not a Resumer")
+	}
+	sim, err := provider.NewSim(provider.SimConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := provider.AsResumer(sim); ok {
+		t.Error("sim is a Resumer")
+	}
+}

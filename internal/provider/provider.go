@@ -64,6 +64,27 @@ type Resumer interface {
 	Cancel(ctx context.Context, h Handle) error
 }
 
+// ConditionalResumer is implemented by a Resumer whose configuration
+// decides whether its work survives the process that awaits it: CanResume
+// false (a cog provider without a webhook receiver, whose outcome comes
+// only in the response of a synchronous PUT that Cog cancels when the
+// connection drops) makes it an ordinary Provider.
+type ConditionalResumer interface {
+	CanResume() bool
+}
+
+// AsResumer returns p as a Resumer when it is one that can resume.
+func AsResumer(p Provider) (Resumer, bool) {
+	r, ok := p.(Resumer)
+	if !ok {
+		return nil, false
+	}
+	if c, ok := p.(ConditionalResumer); ok && !c.CanResume() {
+		return nil, false
+	}
+	return r, true
+}
+
 // Handle names one piece of remote work of a job, so that any process can
 // await or cancel it. It is stored as JSON.
 type Handle struct {
