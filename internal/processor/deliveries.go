@@ -50,7 +50,7 @@ type delivery struct {
 	unannounced envelope.Type
 
 	// handle is the run's remote work, once started or resumed (a
-	// provider.Resumer, handles.go); atomic: the provider call may outlive
+	// provider.Resumable, handles.go); atomic: the provider call may outlive
 	// the run's wait for it (the timeout abandons it).
 	handle atomic.Pointer[provider.Handle]
 

@@ -17,8 +17,8 @@ import (
 
 // Remote work survives a crash (docs/design.md#remote-work-survives-a-crash).
 //
-// A provider that implements provider.Resumer (and can resume as it is
-// configured: provider.AsResumer) is not called with Call: the
+// A provider that implements provider.Resumable (and can resume as it is
+// configured: provider.AsResumable) is not called with Call: the
 // run Starts the remote work, stores its handle in the job_handles bucket
 // (key: the job id) and only then Awaits it. The handle is not part of the
 // job's snapshot: storing it takes no seq and sends no event (seqs stay
@@ -48,7 +48,7 @@ import (
 // setupHandles opens the job_handles bucket when a provider resumes.
 func (p *Processor) setupHandles(ctx context.Context) error {
 	for _, prov := range p.kindProviders {
-		if _, ok := provider.AsResumer(prov); ok {
+		if _, ok := provider.AsResumable(prov); ok {
 			kv, err := jsm.JobHandles(ctx, p.js)
 			if err != nil {
 				return err
@@ -60,9 +60,9 @@ func (p *Processor) setupHandles(ctx context.Context) error {
 	return nil
 }
 
-// resumer is prov as a Resumer, when it is one and the bucket is open.
-func (p *Processor) resumer(prov provider.Provider) (provider.Resumer, bool) {
-	r, ok := provider.AsResumer(prov)
+// resumer is prov as a Resumable, when it is one and the bucket is open.
+func (p *Processor) resumer(prov provider.Provider) (provider.Resumable, bool) {
+	r, ok := provider.AsResumable(prov)
 	return r, ok && p.handles != nil
 }
 
@@ -91,11 +91,11 @@ func (p *Processor) putHandle(ctx context.Context, job string, h provider.Handle
 	return err
 }
 
-// callRemote is the provider call of a Resumer: resume the stored handle's
+// callRemote is the provider call of a Resumable: resume the stored handle's
 // work, or start new work and store its handle before awaiting it. sctx is
 // the run's store context, ctx the call's (cancelled by a DELETE, the
 // timeout, the end of the grace).
-func (p *Processor) callRemote(sctx, ctx context.Context, d *delivery, r provider.Resumer, req provider.Request) (json.RawMessage, error) {
+func (p *Processor) callRemote(sctx, ctx context.Context, d *delivery, r provider.Resumable, req provider.Request) (json.RawMessage, error) {
 	var prev *provider.Handle
 	if !d.claimed {
 		h, err := p.storedHandle(sctx, d.job.ID)
@@ -108,7 +108,7 @@ func (p *Processor) callRemote(sctx, ctx context.Context, d *delivery, r provide
 		h := *prev
 		d.handle.Store(&h)
 		p.m.remote.WithLabelValues(r.Name(), "resume").Inc()
-		return r.Await(ctx, req, h)
+		return r.Await(ctx, h, req)
 	}
 	req.Prediction = 1
 	if prev != nil {
@@ -118,6 +118,9 @@ func (p *Processor) callRemote(sctx, ctx context.Context, d *delivery, r provide
 	if err != nil {
 		return nil, err
 	}
+	if h.Number == 0 {
+		h.Number = req.Prediction
+	}
 	p.m.remote.WithLabelValues(r.Name(), "start").Inc()
 	if err := p.putHandle(sctx, d.job.ID, h); err != nil {
 		// Never wait on work a crash would lose track of: stop it. The
@@ -126,11 +129,11 @@ func (p *Processor) callRemote(sctx, ctx context.Context, d *delivery, r provide
 		return nil, flow.Retryable(fmt.Errorf("processor: storing the job's remote handle: %w", err), 0)
 	}
 	d.handle.Store(&h)
-	return r.Await(ctx, req, h)
+	return r.Await(ctx, h, req)
 }
 
 // settleRemote acts on the handle of a finished Await (see above).
-func (p *Processor) settleRemote(ctx context.Context, d *delivery, r provider.Resumer, callErr error, log *slog.Logger) {
+func (p *Processor) settleRemote(ctx context.Context, d *delivery, r provider.Resumable, callErr error, log *slog.Logger) {
 	h := d.handle.Load()
 	if h == nil || callErr == nil {
 		return
@@ -154,7 +157,7 @@ func (p *Processor) settleRemote(ctx context.Context, d *delivery, r provider.Re
 	ended := *h
 	ended.Ended = true
 	if err := p.putHandle(ctx, d.job.ID, ended); err != nil {
-		log.Warn("remote work not recorded as ended; the next run awaits it again", "remote_id", h.RemoteID, "err", err)
+		log.Warn("remote work not recorded as ended; the next run awaits it again", "remote_id", h.ID, "err", err)
 	}
 }
 
@@ -179,11 +182,11 @@ func (p *Processor) cancelStored(ctx context.Context, d *delivery, log *slog.Log
 // cancelHandleTimeout bounds one remote cancel.
 const cancelHandleTimeout = 10 * time.Second
 
-func (p *Processor) cancelHandle(ctx context.Context, r provider.Resumer, h provider.Handle, log *slog.Logger) {
+func (p *Processor) cancelHandle(ctx context.Context, r provider.Resumable, h provider.Handle, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cancelHandleTimeout)
 	defer cancel()
 	p.m.remote.WithLabelValues(r.Name(), "cancel").Inc()
 	if err := r.Cancel(ctx, h); err != nil && log != nil {
-		log.Warn("remote work not cancelled", "remote_id", h.RemoteID, "err", err)
+		log.Warn("remote work not cancelled", "remote_id", h.ID, "err", err)
 	}
 }

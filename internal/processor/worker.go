@@ -44,7 +44,7 @@ import (
 // terminal, add one direct get of the job's last event (EnsurePublished:
 // publish what EVENTS lacks); a dead job adds the read and write of its DLQ
 // marker.
-// A provider that resumes (provider.Resumer, handles.go) adds one KV put
+// A provider that resumes (provider.Resumable, handles.go) adds one KV put
 // per job, the handle stored before the wait (on job_handles, not
 // job_status: no seq, no event), and a KV read to every run that does not
 // claim; a failed remote prediction adds the put that marks it ended.

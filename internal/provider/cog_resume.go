@@ -12,7 +12,7 @@ import (
 	"github.com/beamline/beamline/pkg/flow"
 )
 
-// The cog provider is a Resumer: the processor stores the handle Start
+// The cog provider is a Resumable: the processor stores the handle Start
 // returns and a run redelivered after a crash Awaits the same prediction.
 //
 // The prediction id is CogPredictionID(job, req.Prediction): the job's
@@ -23,8 +23,8 @@ import (
 // to it instead of starting a second prediction.
 
 var (
-	_ Resumer            = (*cogProvider)(nil)
-	_ ConditionalResumer = (*cogProvider)(nil)
+	_ Resumable            = (*cogProvider)(nil)
+	_ ConditionalResumable = (*cogProvider)(nil)
 )
 
 // CanResume is true with webhooks. Without, the outcome comes only in the
@@ -49,7 +49,7 @@ func (p *cogProvider) Start(ctx context.Context, req Request) (Handle, error) {
 	if err != nil {
 		return Handle{}, err
 	}
-	h := Handle{Provider: p.name, RemoteID: id, Number: n, Attempt: req.Attempt}
+	h := Handle{Provider: p.name, ID: id, Number: n, Attempt: req.Attempt}
 	if p.hooks == nil {
 		return h, nil
 	}
@@ -62,7 +62,7 @@ func (p *cogProvider) Start(ctx context.Context, req Request) (Handle, error) {
 	return h, nil
 }
 
-// Await waits for the outcome of prediction h.RemoteID. A terminal webhook
+// Await waits for the outcome of prediction h.ID. A terminal webhook
 // that came while nobody waited (the CogWebhooks receiver keeps the last
 // ones) is the outcome at once. Otherwise, when this process did not start
 // the prediction (a resume after a crash), Await re-attaches first with an
@@ -72,8 +72,8 @@ func (p *cogProvider) Start(ctx context.Context, req Request) (Handle, error) {
 // second start, which only a webhook receiver that outlives the processor
 // (issue 13 §2) removes. Then it waits like Call, re-attaching after Quiet.
 // When ctx ends, Await returns without cancelling the prediction.
-func (p *cogProvider) Await(ctx context.Context, req Request, h Handle) (json.RawMessage, error) {
-	id := h.RemoteID
+func (p *cogProvider) Await(ctx context.Context, h Handle, req Request) (json.RawMessage, error) {
+	id := h.ID
 	defer p.unplace(id)
 	b, err := p.requestBody(req, id)
 	if err != nil {
@@ -115,11 +115,11 @@ func (p *cogProvider) Await(ctx context.Context, req Request, h Handle) (json.Ra
 // (so the prediction is not in flight there), wherever create finds one.
 func (p *cogProvider) reattach(ctx context.Context, h Handle, body []byte) (cogPrediction, *cogServer, error) {
 	if srv := p.serverOf(h.Server); srv != nil {
-		pred, err := p.put(ctx, srv, h.RemoteID, body, true)
+		pred, err := p.put(ctx, srv, h.ID, body, true)
 		var se *StatusError
 		switch {
 		case err == nil:
-			p.place(h.RemoteID, srv)
+			p.place(h.ID, srv)
 			return pred, srv, nil
 		case ctx.Err() != nil:
 			return pred, nil, flow.Retryable(fmt.Errorf("cog provider: %w", ctx.Err()), 0)
@@ -128,7 +128,7 @@ func (p *cogProvider) reattach(ctx context.Context, h Handle, body []byte) (cogP
 			return pred, nil, err
 		}
 	}
-	return p.create(ctx, h.RemoteID, body, true)
+	return p.create(ctx, h.ID, body, true)
 }
 
 func (p *cogProvider) serverOf(base string) *cogServer {
@@ -150,7 +150,7 @@ func (p *cogProvider) Cancel(ctx context.Context, h Handle) error {
 	}
 	var errs []error
 	for _, srv := range targets {
-		if err := p.cancelOn(ctx, srv, h.RemoteID); err != nil {
+		if err := p.cancelOn(ctx, srv, h.ID); err != nil {
 			errs = append(errs, err)
 		}
 	}
