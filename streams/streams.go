@@ -13,7 +13,7 @@ import "embed"
 
 // FS holds every *.json definition of this folder.
 //
-//go:embed *.json consumers/*.json
+//go:embed *.json consumers/*.json processor/*.json
 var FS embed.FS
 
 // Stream and bucket names, as written in the files.
@@ -22,4 +22,10 @@ const (
 	Events    = "EVENTS"
 	DLQ       = "DLQ"
 	JobStatus = "job_status" // KV bucket; backing stream KV_job_status
+	// JobHandles is the KV bucket of the handles of remote work
+	// (processor/kv_job_handles.json; backing stream KV_job_handles). Only
+	// the processor applies and uses it, and only when a provider resumes
+	// (provider.Resumer), so it is not among the streams every binary
+	// applies.
+	JobHandles = "job_handles"
 )

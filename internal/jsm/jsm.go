@@ -210,3 +210,30 @@ func Setup(ctx context.Context, js jetstream.JetStream, opts Options) error {
 	defer cancel()
 	return ApplyStreams(ctx, js, opts)
 }
+
+// jobHandlesFile defines the job_handles bucket (streams.JobHandles).
+const jobHandlesFile = "processor/kv_job_handles.json"
+
+// JobHandles creates or updates the job_handles KV bucket and opens it. Its
+// replicas are those of the job_status bucket (ApplyStreams must have run),
+// so it is as durable as the job states it goes with. Only the processor
+// calls it, when a provider of its resumes remote work.
+func JobHandles(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
+	var cfg jetstream.StreamConfig
+	if err := readJSON(jobHandlesFile, &cfg); err != nil {
+		return nil, err
+	}
+	st, err := js.Stream(ctx, "KV_"+streams.JobStatus)
+	if err != nil {
+		return nil, fmt.Errorf("jsm: look up stream KV_%s: %w", streams.JobStatus, err)
+	}
+	cfg.Replicas = st.CachedInfo().Config.Replicas
+	if err := applyStream(ctx, js, cfg); err != nil {
+		return nil, err
+	}
+	kv, err := js.KeyValue(ctx, streams.JobHandles)
+	if err != nil {
+		return nil, fmt.Errorf("jsm: open KV %s: %w", streams.JobHandles, err)
+	}
+	return kv, nil
+}

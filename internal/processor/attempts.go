@@ -104,6 +104,7 @@ func (p *Processor) exhausted(ctx context.Context, d *delivery, log *slog.Logger
 	}
 	d.attempt = used
 	log.Warn("job dead: attempts used up", "reason", reason, "delivered", d.delivered)
+	p.cancelStored(ctx, d, log) // its remote work, if it still runs (handles.go)
 	p.die(ctx, d, reason, log)
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/beamline/beamline/internal/provider"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -47,6 +48,11 @@ type delivery struct {
 	// event and in order. Written and read by one writer at a time (the
 	// run's writes are serial: start, progress, outcome).
 	unannounced envelope.Type
+
+	// handle is the run's remote work, once started or resumed (a
+	// provider.Resumable, handles.go); atomic: the provider call may outlive
+	// the run's wait for it (the timeout abandons it).
+	handle atomic.Pointer[provider.Handle]
 
 	// cancel cancels the running job's context; set while it runs.
 	cancel    context.CancelFunc

@@ -32,6 +32,7 @@ type metrics struct {
 	pending       *prometheus.GaugeVec
 	ackPending    *prometheus.GaugeVec
 	dlq           prometheus.Gauge
+	remote        *prometheus.CounterVec
 }
 
 func newMetrics(registerer prometheus.Registerer) (*metrics, error) {
@@ -99,9 +100,13 @@ func newMetrics(registerer prometheus.Registerer) (*metrics, error) {
 			Name: "beamline_dlq_messages",
 			Help: "Messages in the DLQ stream.",
 		}),
+		remote: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "beamline_processor_remote_total",
+			Help: "Remote work of resuming providers, by action: start (new work), resume (a run awaiting work a crashed run started), cancel.",
+		}, []string{"provider", "action"}),
 	}
 	for _, c := range []prometheus.Collector{m.jobs, m.duration, m.queueWait, m.attempts, m.providerCalls,
-		m.breakerState, m.restarts, m.supEvents, m.panics, m.timeouts, m.inflight, m.waiting, m.pending, m.ackPending, m.dlq} {
+		m.breakerState, m.restarts, m.supEvents, m.panics, m.timeouts, m.inflight, m.waiting, m.pending, m.ackPending, m.dlq, m.remote} {
 		if err := registerer.Register(c); err != nil {
 			return nil, err
 		}

@@ -33,7 +33,8 @@ type Processor struct {
 	mux *http.ServeMux
 
 	store      *jobstore.Store
-	deliveries *deliveries // held messages: heartbeats, cancel by job id
+	handles    jetstream.KeyValue // job_handles; nil when no provider resumes (handles.go)
+	deliveries *deliveries        // held messages: heartbeats, cancel by job id
 	fair       *fairness
 	ready      readyQueues
 
@@ -231,6 +232,9 @@ func (p *Processor) trySetup(ctx context.Context) error {
 		if _, err := jsm.ApplyConsumer(ctx, p.js, u.prio, u.kind, p.consumerConfig); err != nil {
 			return err
 		}
+	}
+	if err := p.setupHandles(ctx); err != nil {
+		return err
 	}
 	p.store = jobstore.New(p.js, kv, jobstore.Config{Source: p.cfg.Source, Traceparent: traceparentOf})
 	return nil

@@ -44,6 +44,10 @@ import (
 // terminal, add one direct get of the job's last event (EnsurePublished:
 // publish what EVENTS lacks); a dead job adds the read and write of its DLQ
 // marker.
+// A provider that resumes (provider.Resumable, handles.go) adds one KV put
+// per job, the handle stored before the wait (on job_handles, not
+// job_status: no seq, no event), and a KV read to every run that does not
+// claim; a failed remote prediction adds the put that marks it ended.
 // Nothing else goes to the server per job: heartbeats are batched on one
 // ticker and sent only for messages held longer than AckWait/3, the
 // per-user limiter and the waiting room are in memory.
@@ -298,6 +302,11 @@ func (p *Processor) loaded(ctx context.Context, d *delivery, log *slog.Logger) b
 		return false
 	}
 	if d.snap.Status.Terminal() {
+		if d.snap.Status == envelope.StatusCancelled {
+			// Cancelled while no processor held it: its remote work,
+			// if any, is stopped too (handles.go).
+			p.cancelStored(ctx, d, log)
+		}
 		p.skipTerminal(ctx, d, d.snap, log)
 		return false
 	}
@@ -384,13 +393,24 @@ func (p *Processor) call(actx, jctx context.Context, d *delivery, done func(erro
 	start := time.Now()
 	// A panic is a *flow.PanicError here (the Boundary), reported to the
 	// breaker as a failure like any other.
+	r, remote := p.resumer(prov)
 	err := bd.Do(jctx, func(ctx context.Context) error {
-		res, err := prov.Call(ctx, provider.Request{Job: j, Attempt: d.attempt, Progress: prog.report})
+		req := provider.Request{Job: j, Attempt: d.attempt, Progress: prog.report}
+		var res json.RawMessage
+		var err error
+		if remote {
+			res, err = p.callRemote(actx, ctx, d, r, req) // handles.go
+		} else {
+			res, err = prov.Call(ctx, req)
+		}
 		if err == nil {
 			result = res
 		}
 		return err
 	})
+	if remote {
+		p.settleRemote(actx, d, r, err, log)
+	}
 	done(err)
 	p.m.duration.WithLabelValues(j.Kind).Observe(time.Since(start).Seconds())
 	p.countCall(prov.Name(), j.Kind, err)

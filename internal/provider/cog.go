@@ -296,27 +296,17 @@ func (p *cogProvider) Call(ctx context.Context, req Request) (json.RawMessage, e
 	if err := ctx.Err(); err != nil {
 		return nil, flow.Retryable(fmt.Errorf("cog provider: %w", err), 0)
 	}
-	input, err := p.cogInput(req.Job.Input)
-	if err != nil {
-		return nil, flow.Terminal(err)
-	}
 	id := CogPredictionID(req.Job.ID, req.Attempt)
-	body := cogRequestBody{
-		ID: id, Input: input,
-		Context: map[string]string{CogContextJob: req.Job.ID, CogContextAttempt: strconv.Itoa(max(req.Attempt, 1))},
+	b, err := p.requestBody(req, id)
+	if err != nil {
+		return nil, err
 	}
 	progress := newProgressTracker(req.Progress)
 	var deliveries <-chan cogPrediction
 	if p.hooks != nil {
-		body.Webhook = p.hooks.URL(id)
-		body.WebhookEventsFilter = []string{"start", "output", "logs", "completed"}
 		c, stop := p.hooks.subscribe(id)
 		defer stop()
 		deliveries = c
-	}
-	b, err := json.Marshal(body)
-	if err != nil {
-		return nil, flow.Terminal(fmt.Errorf("cog provider: encode request: %w", err))
 	}
 
 	if deliveries != nil {
@@ -342,6 +332,28 @@ func (p *cogProvider) Call(ctx context.Context, req Request) (json.RawMessage, e
 	}
 	p.unplace(id)
 	return out, err
+}
+
+// requestBody is the PUT body of prediction id for req: the job's input
+// without the dropped keys, the context, and the webhook when async.
+func (p *cogProvider) requestBody(req Request, id string) ([]byte, error) {
+	input, err := p.cogInput(req.Job.Input)
+	if err != nil {
+		return nil, flow.Terminal(err)
+	}
+	body := cogRequestBody{
+		ID: id, Input: input,
+		Context: map[string]string{CogContextJob: req.Job.ID, CogContextAttempt: strconv.Itoa(max(req.Attempt, 1))},
+	}
+	if p.hooks != nil {
+		body.Webhook = p.hooks.URL(id)
+		body.WebhookEventsFilter = []string{"start", "output", "logs", "completed"}
+	}
+	b, err := json.Marshal(body)
+	if err != nil {
+		return nil, flow.Terminal(fmt.Errorf("cog provider: encode request: %w", err))
+	}
+	return b, nil
 }
 
 // create sends the PUT to a server with a free slot and returns the

@@ -19,6 +19,9 @@ type Request struct {
 	// Progress reports progress in percent (0..100). It may be nil. It must
 	// be cheap to call; the processor turns calls into progress events.
 	Progress func(percent int)
+	// Prediction is the job's prediction number for Resumable.Start (see
+	// Handle.Number); 0 for Call, where providers number by Attempt.
+	Prediction int
 }
 
 // Provider does the work of a job. Call returns the job's result (a JSON

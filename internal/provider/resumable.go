@@ -9,12 +9,32 @@ import (
 // with the job before it waits, so that a later attempt (after a crash)
 // resumes the work instead of starting it again. It is JSON so it can live
 // in the job's state.
+//
+// The processor stores it in the job_handles bucket, not in the job's
+// snapshot (docs/design.md, "Remote work survives a crash").
 type Handle struct {
-	Provider  string `json:"provider"`
-	ID        string `json:"id"`
+	// Provider is the provider's Name().
+	Provider string `json:"provider"`
+	// ID is the remote side's id of the work (a prediction id).
+	ID string `json:"id"`
+	// GetURL and CancelURL are where the work is read and cancelled, when
+	// the remote API gives them.
 	GetURL    string `json:"get_url,omitempty"`
 	CancelURL string `json:"cancel_url,omitempty"`
-	Attempt   int    `json:"attempt"`
+	// Attempt is the processor attempt (run) that started the work.
+	Attempt int `json:"attempt"`
+	// Server is the base URL of the server that holds the work, when the
+	// provider spreads work over several (Cog's idempotency is per server).
+	Server string `json:"server,omitempty"`
+	// Number is the job's prediction number at this provider
+	// (Request.Prediction): 1 for its first piece of remote work; only
+	// work that ended without a result (failed, canceled, timed out) makes
+	// the next one 2, 3, ... A processor crash does not: the next run
+	// resumes the same work. The processor sets it when Start leaves it 0.
+	Number int `json:"number,omitempty"`
+	// Ended is set by the processor once the work is over without a
+	// result the job kept: the next run starts prediction Number+1.
+	Ended bool `json:"ended,omitempty"`
 }
 
 // Resumable is implemented by providers whose remote work outlives a Call.
@@ -32,4 +52,25 @@ type Resumable interface {
 	Await(ctx context.Context, h Handle, req Request) (json.RawMessage, error)
 	// Cancel asks the remote side to stop the work h names; best effort.
 	Cancel(ctx context.Context, h Handle) error
+}
+
+// ConditionalResumable is implemented by a Resumable whose configuration
+// decides whether its work survives the process that awaits it: CanResume
+// false (a cog provider without a webhook receiver, whose outcome comes
+// only in the response of a synchronous PUT that Cog cancels when the
+// connection drops) makes it an ordinary Provider for the processor.
+type ConditionalResumable interface {
+	CanResume() bool
+}
+
+// AsResumable returns p as a Resumable when it is one that can resume.
+func AsResumable(p Provider) (Resumable, bool) {
+	r, ok := p.(Resumable)
+	if !ok {
+		return nil, false
+	}
+	if c, ok := p.(ConditionalResumable); ok && !c.CanResume() {
+		return nil, false
+	}
+	return r, true
 }

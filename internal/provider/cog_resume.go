@@ -1,0 +1,177 @@
+package provider
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+
+	"github.com/beamline/beamline/pkg/flow"
+)
+
+// The cog provider is a Resumable: the processor stores the handle Start
+// returns and a run redelivered after a crash Awaits the same prediction.
+//
+// The prediction id is CogPredictionID(job, req.Prediction): the job's
+// prediction number, which only a prediction that ended without a result
+// increments, not the processor's attempt, which a crash increments too.
+// So a crash at any moment, even between the PUT and the handle's store,
+// leads the next run to the same id, and Cog's idempotent PUT re-attaches
+// to it instead of starting a second prediction.
+
+var (
+	_ Resumable            = (*cogProvider)(nil)
+	_ ConditionalResumable = (*cogProvider)(nil)
+)
+
+// CanResume is true with webhooks. Without, the outcome comes only in the
+// response of a synchronous PUT, and Cog cancels that prediction when its
+// client goes away: a crash ends it whatever is stored, so the processor
+// calls Call as before and stores no handle.
+func (p *cogProvider) CanResume() bool { return p.hooks != nil }
+
+// Start creates prediction number req.Prediction of the job. With webhooks
+// it is the async PUT (Prefer: respond-async) on a server with a free slot,
+// waiting through 409s like Call; the handle names that server. Without
+// webhooks nothing is sent: Cog's only way to report an outcome is then
+// the synchronous PUT, which Await makes; the handle is stored before the
+// prediction exists, which is as early as it gets.
+func (p *cogProvider) Start(ctx context.Context, req Request) (Handle, error) {
+	if err := ctx.Err(); err != nil {
+		return Handle{}, flow.Retryable(fmt.Errorf("cog provider: %w", err), 0)
+	}
+	n := max(req.Prediction, 1)
+	id := CogPredictionID(req.Job.ID, n)
+	b, err := p.requestBody(req, id)
+	if err != nil {
+		return Handle{}, err
+	}
+	h := Handle{Provider: p.name, ID: id, Number: n, Attempt: req.Attempt}
+	if p.hooks == nil {
+		return h, nil
+	}
+	_, srv, err := p.create(ctx, id, b, true)
+	if err != nil {
+		return Handle{}, err
+	}
+	h.Server = srv.base
+	h.CancelURL = srv.base + "/predictions/" + url.PathEscape(id) + "/cancel"
+	return h, nil
+}
+
+// Await waits for the outcome of prediction h.ID. A terminal webhook
+// that came while nobody waited (the CogWebhooks receiver keeps the last
+// ones) is the outcome at once. Otherwise, when this process did not start
+// the prediction (a resume after a crash), Await re-attaches first with an
+// async PUT of the same id to h.Server: Cog answers 202 with the state of a
+// prediction in flight; a prediction that ended meanwhile is gone from Cog
+// (it keeps no history), so that PUT starts it again, the one case of a
+// second start, which only a webhook receiver that outlives the processor
+// (issue 13 §2) removes. Then it waits like Call, re-attaching after Quiet.
+// When ctx ends, Await returns without cancelling the prediction.
+func (p *cogProvider) Await(ctx context.Context, h Handle, req Request) (json.RawMessage, error) {
+	id := h.ID
+	defer p.unplace(id)
+	b, err := p.requestBody(req, id)
+	if err != nil {
+		return nil, err
+	}
+	progress := newProgressTracker(req.Progress)
+	if p.hooks == nil {
+		pred, srv, err := p.create(ctx, id, b, false)
+		if err != nil {
+			return nil, err
+		}
+		return p.await(ctx, id, b, srv, pred, nil, progress)
+	}
+	deliveries, stop := p.hooks.subscribe(id)
+	defer stop()
+	select {
+	case d := <-deliveries:
+		if d.terminal() {
+			p.hooks.forget(id)
+			return p.outcome(id, d, progress)
+		}
+	default:
+	}
+	p.mu.Lock()
+	srv := p.placed[id]
+	p.mu.Unlock()
+	var pred cogPrediction
+	if srv == nil {
+		pred, srv, err = p.reattach(ctx, h, b)
+		if err != nil {
+			return nil, err
+		}
+	}
+	return p.await(ctx, id, b, srv, pred, deliveries, progress)
+}
+
+// reattach sends the async PUT of h's prediction to the server that holds
+// it, or, when that server is gone from the configuration or has no slot
+// (so the prediction is not in flight there), wherever create finds one.
+func (p *cogProvider) reattach(ctx context.Context, h Handle, body []byte) (cogPrediction, *cogServer, error) {
+	if srv := p.serverOf(h.Server); srv != nil {
+		pred, err := p.put(ctx, srv, h.ID, body, true)
+		var se *StatusError
+		switch {
+		case err == nil:
+			p.place(h.ID, srv)
+			return pred, srv, nil
+		case ctx.Err() != nil:
+			return pred, nil, flow.Retryable(fmt.Errorf("cog provider: %w", ctx.Err()), 0)
+		case errors.As(err, &se) && se.StatusCode == http.StatusConflict:
+		case flow.IsTerminal(err):
+			return pred, nil, err
+		}
+	}
+	return p.create(ctx, h.ID, body, true)
+}
+
+func (p *cogProvider) serverOf(base string) *cogServer {
+	for _, s := range p.servers {
+		if s.base == base {
+			return s
+		}
+	}
+	return nil
+}
+
+// Cancel sends POST /predictions/{id}/cancel to the server that holds the
+// prediction (to every server when the handle names none: a synchronous
+// prediction). A 404 (the prediction already ended) is not an error.
+func (p *cogProvider) Cancel(ctx context.Context, h Handle) error {
+	targets := p.servers
+	if srv := p.serverOf(h.Server); srv != nil {
+		targets = []*cogServer{srv}
+	}
+	var errs []error
+	for _, srv := range targets {
+		if err := p.cancelOn(ctx, srv, h.ID); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (p *cogProvider) cancelOn(ctx context.Context, srv *cogServer, id string) error {
+	ctx, cancel := context.WithTimeout(ctx, p.reqTimeout)
+	defer cancel()
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, srv.base+"/predictions/"+url.PathEscape(id)+"/cancel", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := p.client.Do(hreq)
+	if err != nil {
+		return fmt.Errorf("cog provider: cancel %s on %s: %w", id, srv.base, err)
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
+	_ = resp.Body.Close()
+	if resp.StatusCode/100 != 2 && resp.StatusCode != http.StatusNotFound {
+		return fmt.Errorf("cog provider: cancel %s on %s: %w", id, srv.base, &StatusError{StatusCode: resp.StatusCode})
+	}
+	return nil
+}
