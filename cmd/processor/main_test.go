@@ -280,10 +280,12 @@ func TestKill9OnLastAttemptEndsDead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := dlq.GetLastMsgForSubject(ctx, "dlq.image")
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The DLQ copy is stored after the dead snapshot: wait for it.
+	var m *jetstream.RawStreamMsg
+	testutil.WaitFor(t, 10*time.Second, func() bool {
+		m, err = dlq.GetLastMsgForSubject(ctx, "dlq.image")
+		return err == nil
+	}, "no DLQ copy of the dead job")
 	if _, orig, err := envelope.DecodeJob(m.Data); err != nil || orig.ID != j.ID ||
 		m.Header.Get("Beamline-Attempts") != "2" || m.Header.Get("Nats-Msg-Id") != "dead:"+j.ID {
 		t.Fatalf("DLQ entry %v %+v %v", err, orig, m.Header)

@@ -124,6 +124,7 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	closed bool // set by Close under mu: no prediction starts after it
 
 	mu       sync.Mutex
 	health   string // forced status; "" means READY or BUSY from the slots
@@ -191,6 +192,9 @@ func New(cfg Config) *Server {
 // Close cancels every running prediction and waits for them (and their
 // webhooks) to end.
 func (s *Server) Close() {
+	s.mu.Lock()
+	s.closed = true // every wg.Add happens under mu before this, or never
+	s.mu.Unlock()
 	s.cancel()
 	s.wg.Wait()
 }
@@ -375,7 +379,7 @@ func (s *Server) put(w http.ResponseWriter, r *http.Request, id string) {
 		writeRaw(w, http.StatusAccepted, snap)
 		return
 	}
-	if s.health != "" {
+	if s.health != "" || s.closed {
 		s.mu.Unlock()
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "Predictor not ready", "status": "failed"})
 		return
@@ -408,10 +412,10 @@ func (s *Server) put(w http.ResponseWriter, r *http.Request, id string) {
 	s.started[id]++
 	s.total++
 	startSnap := p.snapshot()
+	s.wg.Add(1)
 	s.mu.Unlock()
 
 	run := &Run{ID: id, Input: body.Input, Context: body.Context, s: s, p: p}
-	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		s.webhook(p, "start", startSnap)

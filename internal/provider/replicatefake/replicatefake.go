@@ -165,6 +165,7 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	closed bool // set by Close under mu: no prediction starts after it
 
 	mu      sync.Mutex
 	preds   map[string]*prediction
@@ -259,6 +260,9 @@ func New(cfg Config) *Server {
 
 // Close cancels every running prediction and waits for them to end.
 func (s *Server) Close() {
+	s.mu.Lock()
+	s.closed = true // every wg.Add happens under mu before this, or never
+	s.mu.Unlock()
 	s.cancel()
 	s.wg.Wait()
 }
@@ -515,8 +519,13 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, model string) {
 		scheme = "https"
 	}
 	base := scheme + "://" + r.Host
-	ctx, cancel := context.WithCancel(s.ctx)
 	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		problem(w, http.StatusServiceUnavailable, "Service Unavailable", "the fake is closed")
+		return
+	}
+	ctx, cancel := context.WithCancel(s.ctx)
 	s.seq++
 	s.total++
 	s.created[s.cfg.Key(body.Input)]++
@@ -536,9 +545,9 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, model string) {
 	}
 	s.preds[id] = p
 	s.webhookLocked(p, "start")
+	s.wg.Add(1)
 	s.mu.Unlock()
 
-	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		s.flush(p)
