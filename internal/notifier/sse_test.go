@@ -126,8 +126,13 @@ func TestSSEOneDataLinePerEvent(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	go publishIndented(envelope.TypeSucceeded, envelope.StatusSucceeded, 2) // live
+	published := make(chan struct{})
+	go func() { // live
+		defer close(published)
+		publishIndented(envelope.TypeSucceeded, envelope.StatusSucceeded, 2)
+	}()
 	evs := readSSE(t, resp)
+	<-published // its PubAck may come after the push: wait before the connection closes
 	if len(evs) != 2 {
 		t.Fatalf("%+v", evs)
 	}
