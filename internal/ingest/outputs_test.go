@@ -60,6 +60,11 @@ func TestOutputServedToItsOwner(t *testing.T) {
 	if r.Status != http.StatusPartialContent || !bytes.Equal(r.Body, video[len(video)-10:]) {
 		t.Fatalf("suffix Range: %d", r.Status)
 	}
+	// Several ranges: the whole object, never one stream restart per range.
+	r = h.do(http.MethodGet, path, nil, alice, withHeader("Range", "bytes=270000-270001,0-0,270000-270001"))
+	if r.Status != http.StatusOK || !bytes.Equal(r.Body, video) {
+		t.Fatalf("multi-range: %d, %d bytes", r.Status, len(r.Body))
+	}
 
 	// If-None-Match: 304.
 	r = h.do(http.MethodGet, path, nil, alice, withHeader("If-None-Match", etag))

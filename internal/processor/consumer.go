@@ -101,12 +101,22 @@ func (u *puller) run(ctx context.Context) error {
 			failures++
 			u.log.Warn("pull failed", "consumer", u.name(), "err", err)
 			if time.Since(failingSince) > pullFailingLimit {
-				// Not a blip (an election ends well within this): let
-				// the supervisor restart the puller, which re-applies
-				// the consumer, or give up when even that fails (JOBS
-				// deleted: pulls may then fail with no responders and
-				// never report the consumer deleted).
-				return fmt.Errorf("consumer %s: pulls failing for %s: %w", u.name(), time.Since(failingSince).Round(time.Second), err)
+				// Not a blip (an election ends well within this).
+				// Pulls of a consumer that is gone may fail with no
+				// responders and never report it deleted, so re-apply
+				// it here. Only the server refusing that (JOBS
+				// deleted, an incompatible definition) goes to the
+				// supervisor; an outage keeps backing off in place, so
+				// a long one never exhausts the restart intensity.
+				again, aerr := jsm.ApplyConsumer(ctx, u.p.js, u.prio, u.kind, u.p.consumerConfig)
+				switch {
+				case aerr == nil:
+					cons = again
+					u.p.setConsumer(u.name(), cons)
+				case errors.Is(aerr, jsm.ErrIncompatible):
+					return fmt.Errorf("consumer %s: pulls failing for %s, and %w", u.name(), time.Since(failingSince).Round(time.Second), aerr)
+				}
+				failingSince = time.Now()
 			}
 			if !sleepCtx(ctx, flow.Backoff(failures, 50*time.Millisecond, 2*time.Second, 0.2, nil)) {
 				return nil

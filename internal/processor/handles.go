@@ -106,9 +106,8 @@ func (p *Processor) callRemote(sctx, ctx context.Context, d *delivery, r provide
 	}
 	if prev != nil && !prev.Ended && prev.Provider == r.Name() {
 		h := *prev
-		d.handle.Store(&h)
 		p.m.remote.WithLabelValues(r.Name(), "resume").Inc()
-		return r.Await(ctx, h, req)
+		return p.awaitHandle(ctx, sctx, d, r, h, req)
 	}
 	req.Prediction = 1
 	if prev != nil {
@@ -128,7 +127,22 @@ func (p *Processor) callRemote(sctx, ctx context.Context, d *delivery, r provide
 		p.cancelHandle(sctx, r, h, nil)
 		return nil, flow.Retryable(fmt.Errorf("processor: storing the job's remote handle: %w", err), 0)
 	}
+	return p.awaitHandle(ctx, sctx, d, r, h, req)
+}
+
+// awaitHandle makes h the run's handle and waits on it. The call runs inside
+// the run's boundary, which returns as soon as ctx ends (a DELETE, the job
+// timeout) without waiting for this goroutine: settleRemote may then have
+// looked for the handle before it was set here. So a run whose ctx ended by
+// the time h is set settles h itself (settleRemote is idempotent: a second
+// cancel of the same work is a no-op), and remote work is never left running
+// unwatched.
+func (p *Processor) awaitHandle(ctx, sctx context.Context, d *delivery, r provider.Resumable, h provider.Handle, req provider.Request) (json.RawMessage, error) {
 	d.handle.Store(&h)
+	if err := ctx.Err(); err != nil {
+		p.settleRemote(sctx, d, r, err, p.log.With("job", d.job.ID))
+		return nil, err
+	}
 	return r.Await(ctx, h, req)
 }
 
@@ -166,9 +180,12 @@ func (p *Processor) settleRemote(ctx context.Context, d *delivery, r provider.Re
 // effort.
 func (p *Processor) cancelStored(ctx context.Context, d *delivery, log *slog.Logger) {
 	r, ok := p.resumer(p.kindProviders[d.kind])
-	if !ok || d.snap.Attempt == 0 {
-		return // never run: no remote work
+	if !ok {
+		return // no remote work
 	}
+	// Not skipped at attempt 0: a run handed back at shutdown stores
+	// `retrying` at attempt 0 and leaves its work live for the next run.
+
 	h, err := p.storedHandle(ctx, d.job.ID)
 	if err != nil {
 		log.Warn("remote handle not read; its work is not cancelled", "err", err)

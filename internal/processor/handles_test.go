@@ -115,7 +115,7 @@ type cogProc struct {
 	tr *cutTransport
 }
 
-func (e *env) startCog(rig *cogRig) *cogProc {
+func (e *env) startCog(rig *cogRig, wrap ...func(provider.Resumable) provider.Provider) *cogProc {
 	e.t.Helper()
 	tr := &cutTransport{base: &http.Transport{}}
 	e.t.Cleanup(tr.base.CloseIdleConnections)
@@ -129,7 +129,15 @@ func (e *env) startCog(rig *cogRig) *cogProc {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	cfg := withProvider(baseConfig(e.t), prov)
+	var served provider.Provider = prov
+	for _, w := range wrap {
+		r, ok := provider.AsResumable(prov)
+		if !ok {
+			e.t.Fatal("the cog provider with webhooks is not resumable")
+		}
+		served = w(r)
+	}
+	cfg := withProvider(baseConfig(e.t), served)
 	cfg.AckWait = time.Second
 	cfg.Grace = 50 * time.Millisecond
 	return &cogProc{r: e.start(cfg), tr: tr}
@@ -324,4 +332,71 @@ func TestShutdownLeavesThePredictionRunning(t *testing.T) {
 		t.Fatalf("%d predictions started, attempt %d; want 1 and 1", n, s.Attempt)
 	}
 	e.checkSeqs(j, envelope.StatusSucceeded)
+}
+
+// TestCancelAfterHandBackReachesThePrediction: a job handed back at the end
+// of a shutdown's grace is stored `retrying` at attempt 0 with its
+// prediction left running for the next run; a DELETE then must still reach
+// that prediction when the next delivery finds the job cancelled. (It did
+// not: the stored handle was skipped for attempt-0 snapshots.)
+func TestCancelAfterHandBackReachesThePrediction(t *testing.T) {
+	e := newEnv(t)
+	rig := newCogRig(t)
+	p1 := e.startCog(rig)
+	j := newJob("alice", "image", envelope.PriorityNormal, nil)
+	e.submit(j)
+	id1 := provider.CogPredictionID(j.ID, 1)
+	testutil.WaitFor(t, 10*time.Second, func() bool { return rig.fake.Started(id1) == 1 && e.handleStored(j.ID) },
+		func() string { return "prediction 1 not started, or its handle not stored" })
+	if err := p1.r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if s := e.snapshot(j.ID); s.Status != envelope.StatusRetrying || s.Attempt != 0 {
+		t.Fatalf("after the shutdown: %+v, want retrying attempt 0 (handed back)", s)
+	}
+	e.cancelAsIngest(j)
+	e.startCog(rig)
+	testutil.WaitFor(t, 20*time.Second, func() bool { return rig.fake.Cancels(id1) == 1 && rig.fake.InFlight() == 0 },
+		func() string { return "the handed-back prediction was not cancelled" })
+	e.waitJobsEmpty()
+}
+
+// startGate is a resumable provider whose Start waits for the test and then
+// creates the work whatever its ctx says: a create that was in flight when
+// the job was cancelled.
+type startGate struct {
+	provider.Resumable
+	entered chan struct{}
+	open    chan struct{}
+}
+
+func (g *startGate) Start(ctx context.Context, req provider.Request) (provider.Handle, error) {
+	close(g.entered)
+	<-g.open
+	return g.Resumable.Start(context.WithoutCancel(ctx), req)
+}
+
+// TestCancelDuringStartReachesThePrediction: a DELETE while the provider's
+// Start is under way ends the run at once (its boundary does not wait for
+// the call), so the handle Start returns afterwards must still be settled:
+// the work is cancelled, not left running unwatched. (It was left running:
+// the run had settled before the handle existed.)
+func TestCancelDuringStartReachesThePrediction(t *testing.T) {
+	e := newEnv(t)
+	rig := newCogRig(t)
+	g := &startGate{entered: make(chan struct{}), open: make(chan struct{})}
+	e.startCog(rig, func(r provider.Resumable) provider.Provider { g.Resumable = r; return g })
+	j := newJob("alice", "image", envelope.PriorityNormal, nil)
+	e.submit(j)
+	select {
+	case <-g.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Start was not called")
+	}
+	e.cancelAsIngest(j)
+	e.waitJobsEmpty()
+	close(g.open)
+	id1 := provider.CogPredictionID(j.ID, 1)
+	testutil.WaitFor(t, 20*time.Second, func() bool { return rig.fake.Cancels(id1) == 1 && rig.fake.InFlight() == 0 },
+		func() string { return "the prediction started after the cancel was left running" })
 }
