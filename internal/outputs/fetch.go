@@ -115,6 +115,9 @@ var forbiddenPrefixes = []struct {
 	{netip.MustParsePrefix("198.18.0.0/15"), "benchmarking"},
 	{netip.MustParsePrefix("240.0.0.0/4"), "reserved"},
 	{netip.MustParsePrefix("64:ff9b::/96"), "NAT64 (may reach IPv4 private space)"},
+	{netip.MustParsePrefix("64:ff9b:1::/48"), "local-use NAT64 (may reach IPv4 private space)"},
+	{netip.MustParsePrefix("fec0::/10"), "site-local (deprecated private space)"},
+	{netip.MustParsePrefix("2002::/16"), "6to4 (may embed an IPv4 private address)"},
 }
 
 // forbiddenAddr says why ip may not be dialled, "" if it may.
