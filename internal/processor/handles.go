@@ -156,7 +156,7 @@ func (p *Processor) settleRemote(ctx context.Context, d *delivery, r provider.Re
 	case d.cancelled.Load():
 		p.cancelHandle(ctx, r, *h, log)
 		return
-	case errors.Is(callErr, errShutdown) || p.jobBase.Err() != nil:
+	case p.jobBase.Err() != nil:
 		return // handed back: the next run resumes it
 	}
 	// The work may still run (a timeout, a lost connection, a refused

@@ -35,7 +35,7 @@ func (p *Processor) finish(ctx context.Context, d *delivery, result json.RawMess
 		log.Info("job cancelled while running")
 		p.cancelledRun(ctx, d, log)
 		return
-	case callErr != nil && (errors.Is(callErr, errShutdown) || p.jobBase.Err() != nil):
+	case callErr != nil && p.jobBase.Err() != nil:
 		// Shutdown grace ran out: give it back at once, and give the
 		// attempt back too (attempts.go).
 		p.handBack(ctx, d, log)

@@ -487,7 +487,4 @@ func (p *Processor) term(d *delivery) {
 	}
 }
 
-var (
-	errSkip     = errors.New("processor: skip")
-	errShutdown = errors.New("processor: shutting down")
-)
+var errSkip = errors.New("processor: skip")
