@@ -300,18 +300,17 @@ func TestCancelReachesThePrediction(t *testing.T) {
 	}
 }
 
-// TestShutdownLeavesThePredictionRunning: a processor whose shutdown grace
-// runs out while its job's prediction runs hands the job back without
-// cancelling the prediction, and the next run resumes it: one prediction,
-// no cancel. (Before, the end of the grace cancelled the prediction and
-// the next attempt started a new one.)
-func TestShutdownLeavesThePredictionRunning(t *testing.T) {
-	e := newEnv(t)
-	rig := newCogRig(t)
+// handedBack runs a job's Cog prediction on a processor whose shutdown
+// grace then runs out, and checks the job was handed back (retrying at
+// attempt 0, its handle stored, its prediction 1 id1 started).
+func handedBack(t *testing.T) (e *env, rig *cogRig, j envelope.Job, id1 string) {
+	t.Helper()
+	e = newEnv(t)
+	rig = newCogRig(t)
 	p1 := e.startCog(rig)
-	j := newJob("alice", "image", envelope.PriorityNormal, nil)
+	j = newJob("alice", "image", envelope.PriorityNormal, nil)
 	e.submit(j)
-	id1 := provider.CogPredictionID(j.ID, 1)
+	id1 = provider.CogPredictionID(j.ID, 1)
 	testutil.WaitFor(t, 10*time.Second, func() bool { return rig.fake.Started(id1) == 1 && e.handleStored(j.ID) },
 		func() string { return "prediction 1 not started, or its handle not stored" })
 	if err := p1.r.stop(t); err != nil {
@@ -320,6 +319,16 @@ func TestShutdownLeavesThePredictionRunning(t *testing.T) {
 	if s := e.snapshot(j.ID); s.Status != envelope.StatusRetrying || s.Attempt != 0 {
 		t.Fatalf("after the shutdown: %+v, want retrying attempt 0 (handed back)", s)
 	}
+	return e, rig, j, id1
+}
+
+// TestShutdownLeavesThePredictionRunning: a processor whose shutdown grace
+// runs out while its job's prediction runs hands the job back without
+// cancelling the prediction, and the next run resumes it: one prediction,
+// no cancel. (Before, the end of the grace cancelled the prediction and
+// the next attempt started a new one.)
+func TestShutdownLeavesThePredictionRunning(t *testing.T) {
+	e, rig, j, id1 := handedBack(t)
 	if n := rig.fake.Cancels(id1); n != 0 || rig.fake.InFlight() != 1 {
 		t.Fatalf("the shutdown cancelled the prediction (%d cancels, %d in flight)", n, rig.fake.InFlight())
 	}
@@ -340,20 +349,7 @@ func TestShutdownLeavesThePredictionRunning(t *testing.T) {
 // that prediction when the next delivery finds the job cancelled. (It did
 // not: the stored handle was skipped for attempt-0 snapshots.)
 func TestCancelAfterHandBackReachesThePrediction(t *testing.T) {
-	e := newEnv(t)
-	rig := newCogRig(t)
-	p1 := e.startCog(rig)
-	j := newJob("alice", "image", envelope.PriorityNormal, nil)
-	e.submit(j)
-	id1 := provider.CogPredictionID(j.ID, 1)
-	testutil.WaitFor(t, 10*time.Second, func() bool { return rig.fake.Started(id1) == 1 && e.handleStored(j.ID) },
-		func() string { return "prediction 1 not started, or its handle not stored" })
-	if err := p1.r.stop(t); err != nil {
-		t.Fatal(err)
-	}
-	if s := e.snapshot(j.ID); s.Status != envelope.StatusRetrying || s.Attempt != 0 {
-		t.Fatalf("after the shutdown: %+v, want retrying attempt 0 (handed back)", s)
-	}
+	e, rig, j, id1 := handedBack(t)
 	e.cancelAsIngest(j)
 	e.startCog(rig)
 	testutil.WaitFor(t, 20*time.Second, func() bool { return rig.fake.Cancels(id1) == 1 && rig.fake.InFlight() == 0 },
