@@ -26,6 +26,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/beamline/beamline/pkg/envelope"
+	"github.com/beamline/beamline/pkg/flow"
 )
 
 // Sentinel errors.
@@ -331,14 +332,7 @@ const maxAttempts = 64
 // that writers colliding on one job spread out instead of colliding again.
 func conflictPause(ctx context.Context, conflicts int) error {
 	ceiling := time.Millisecond << min(conflicts, 5) // 2ms .. 32ms
-	t := time.NewTimer(time.Duration(rand.Int64N(int64(ceiling))))
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
+	return flow.Sleep(ctx, time.Duration(rand.Int64N(int64(ceiling))))
 }
 
 // Publish publishes the event of a stored snapshot. It is idempotent within

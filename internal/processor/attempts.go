@@ -74,7 +74,7 @@ func loadSnapshot(ctx context.Context, d *delivery,
 		if err == nil || i == loadTries || ctx.Err() != nil {
 			return err
 		}
-		if !sleepCtx(ctx, flow.Backoff(i, 50*time.Millisecond, time.Second, 0.2, nil)) {
+		if flow.Sleep(ctx, flow.Backoff(i, 50*time.Millisecond, time.Second, 0.2, nil)) != nil {
 			return err
 		}
 	}

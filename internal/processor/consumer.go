@@ -118,7 +118,7 @@ func (u *puller) run(ctx context.Context) error {
 				}
 				failingSince = time.Now()
 			}
-			if !sleepCtx(ctx, flow.Backoff(failures, 50*time.Millisecond, 2*time.Second, 0.2, nil)) {
+			if flow.Sleep(ctx, flow.Backoff(failures, 50*time.Millisecond, 2*time.Second, 0.2, nil)) != nil {
 				return nil
 			}
 			continue
@@ -158,15 +158,4 @@ func (u *puller) pull(ctx context.Context, cons jetstream.Consumer, n int) (int,
 		err = nil
 	}
 	return got, err
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

@@ -242,7 +242,7 @@ func (p *Processor) apply(ctx context.Context, d *delivery, t envelope.Type, fn 
 			errors.Is(err, errAttemptMoved) || errors.Is(err, envelope.ErrTooLarge) || i == 5 || ctx.Err() != nil {
 			return snap, err
 		}
-		if !sleepCtx(ctx, flow.Backoff(i, 50*time.Millisecond, time.Second, 0.2, nil)) {
+		if flow.Sleep(ctx, flow.Backoff(i, 50*time.Millisecond, time.Second, 0.2, nil)) != nil {
 			return snap, err
 		}
 		if errors.Is(err, jobstore.ErrNotPublished) {

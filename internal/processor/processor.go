@@ -217,7 +217,7 @@ func (p *Processor) setup(ctx context.Context) error {
 		}
 		wait := flow.Backoff(attempt, 100*time.Millisecond, 5*time.Second, 0.2, nil)
 		p.log.Warn("JetStream not ready; retrying setup", "attempt", attempt, "retry_in", wait, "err", err)
-		if !sleepCtx(ctx, wait) {
+		if flow.Sleep(ctx, wait) != nil {
 			return ctx.Err()
 		}
 	}

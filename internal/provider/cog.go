@@ -313,13 +313,8 @@ func (p *cogProvider) Call(ctx context.Context, req Request) (json.RawMessage, e
 		// The prediction may have ended while nobody waited (a call
 		// re-attaching after a crash): its outcome is already here, and a
 		// PUT would start it again.
-		select {
-		case d := <-deliveries:
-			if d.terminal() {
-				p.hooks.forget(id)
-				return p.outcome(id, d, progress)
-			}
-		default:
+		if out, ok, err := p.alreadyEnded(id, deliveries, progress); ok {
+			return out, err
 		}
 	}
 	pred, srv, err := p.create(ctx, id, b, p.hooks != nil)
@@ -567,6 +562,23 @@ func (p *cogProvider) await(ctx context.Context, id string, body []byte, srv *co
 }
 
 // outcome classifies a terminal prediction.
+// alreadyEnded takes a terminal webhook of prediction id that arrived while
+// nobody waited (a call re-attaching after a crash): ok when there was one,
+// and then a PUT must not be sent, since it would start the prediction
+// again.
+func (p *cogProvider) alreadyEnded(id string, deliveries <-chan cogPrediction, progress *progressTracker) (out json.RawMessage, ok bool, err error) {
+	select {
+	case d := <-deliveries:
+		if d.terminal() {
+			p.hooks.forget(id)
+			out, err = p.outcome(id, d, progress)
+			return out, true, err
+		}
+	default:
+	}
+	return nil, false, nil
+}
+
 func (p *cogProvider) outcome(id string, pred cogPrediction, progress *progressTracker) (json.RawMessage, error) {
 	progress.fromLogs(pred.Logs)
 	return predictionOutcome("cog", id, pred.Status, pred.Output, pred.Error, p.maxResponse, progress)

@@ -89,13 +89,8 @@ func (p *cogProvider) Await(ctx context.Context, h Handle, req Request) (json.Ra
 	}
 	deliveries, stop := p.hooks.subscribe(id)
 	defer stop()
-	select {
-	case d := <-deliveries:
-		if d.terminal() {
-			p.hooks.forget(id)
-			return p.outcome(id, d, progress)
-		}
-	default:
+	if out, ok, err := p.alreadyEnded(id, deliveries, progress); ok {
+		return out, err
 	}
 	p.mu.Lock()
 	srv := p.placed[id]
