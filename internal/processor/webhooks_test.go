@@ -156,7 +156,9 @@ func TestReplicateWebhooksOutOfOrder(t *testing.T) {
 	s := e.waitStatus(j.ID, envelope.StatusSucceeded, 20*time.Second)
 	// Every delivery was answered (stored, duplicate or dropped for the
 	// finished job) before the job is checked again.
-	testutil.WaitFor(t, 10*time.Second, func() bool { return rig.fake.WebhooksSent() > 2 && rig.fake.WebhooksAccepted() == rig.fake.WebhooksSent() },
+	testutil.WaitFor(t, 10*time.Second, func() bool {
+		return rig.fake.WebhooksSent() > 2 && rig.fake.WebhooksAccepted() == rig.fake.WebhooksSent()
+	},
 		func() string { return "webhooks not all answered 2xx" })
 	if after := e.snapshot(j.ID); after.Status != envelope.StatusSucceeded || after.Seq != s.Seq || string(after.Result) != `"painted"` {
 		t.Fatalf("after the late deliveries: %+v, want still %+v", after, s)
