@@ -16,6 +16,7 @@ import (
 	"github.com/beamline/beamline/internal/auth"
 	"github.com/beamline/beamline/internal/config"
 	"github.com/beamline/beamline/internal/natstest"
+	"github.com/beamline/beamline/internal/provider"
 	"github.com/beamline/beamline/internal/testutil"
 )
 
@@ -133,5 +134,16 @@ func TestRuns(t *testing.T) {
 	}
 	if strings.Contains(logs, secret) || strings.Contains(logs, tok) {
 		t.Fatal("a secret or token was logged")
+	}
+}
+
+// TestBadReplicateWebhookSecret: a secret that is not whsec_<base64> is
+// refused at start (exit 2), naming the variable.
+func TestBadReplicateWebhookSecret(t *testing.T) {
+	t.Setenv(auth.EnvSecret, "0123456789abcdef0123")
+	t.Setenv(provider.EnvReplicateWebhookSecret, "not-a-secret")
+	err := run(context.Background(), nil, io.Discard, io.Discard)
+	if code := config.ExitCode(err); code != 2 || !strings.Contains(err.Error(), provider.EnvReplicateWebhookSecret) {
+		t.Fatalf("exit %d: %v", code, err)
 	}
 }

@@ -17,9 +17,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 
+	"github.com/beamline/beamline/internal/config"
 	"github.com/beamline/beamline/internal/jobstore"
 	"github.com/beamline/beamline/internal/jsm"
 	"github.com/beamline/beamline/internal/natstest"
+	"github.com/beamline/beamline/internal/provider"
 	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/pkg/envelope"
 )
@@ -361,6 +363,28 @@ func TestBreakerFlags(t *testing.T) {
 	} {
 		if err := run(context.Background(), args, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "breaker") {
 			t.Errorf("run(%v) = %v, want a breaker flag error", args, err)
+		}
+	}
+}
+
+// TestWebhookURLFlag: -webhook-url must be an absolute URL, and needs a key
+// (BEAMLINE_WEBHOOK_KEY, or the auth secret to derive it): exit 2 otherwise.
+func TestWebhookURLFlag(t *testing.T) {
+	t.Setenv(provider.EnvWebhookKey, "")
+	t.Setenv("BEAMLINE_AUTH_SECRET", "")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-webhook-url", "http://ingest:8080"}, provider.EnvWebhookKey},
+		{[]string{"-webhook-url", "ingest:8080"}, "webhook-url"},
+	} {
+		if tc.want == "webhook-url" {
+			t.Setenv(provider.EnvWebhookKey, "a-webhook-key-0123456789")
+		}
+		err := run(context.Background(), tc.args, io.Discard, io.Discard)
+		if code := config.ExitCode(err); code != 2 || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("run(%v) = exit %d: %v; want 2 naming %s", tc.args, code, err, tc.want)
 		}
 	}
 }
