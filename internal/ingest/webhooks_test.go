@@ -3,12 +3,15 @@ package ingest
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/beamline/beamline/internal/auth"
+	"github.com/beamline/beamline/internal/natstest"
 	"github.com/beamline/beamline/internal/provider"
 	"github.com/beamline/beamline/internal/provider/replicatefake"
 	"github.com/beamline/beamline/pkg/envelope"
@@ -238,5 +241,57 @@ func TestWebhooksNotConfigured(t *testing.T) {
 	}
 	if _, err := ParseWebhookSecret("whsec_!!"); err == nil {
 		t.Error("a secret that is not base64 was taken")
+	}
+}
+
+// BenchmarkCogWebhook: one Cog webhook received, checked and stored in
+// JetStream (answered after the PubAck) per op, over HTTP on 127.0.0.1.
+func BenchmarkCogWebhook(b *testing.B) {
+	_, nc, js := natstest.StartWithStreams(b)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	svc, err := New(Config{Listener: ln, Kinds: []string{"image"}, Secret: testSecret, WebhookKey: testWebhookKey}, nc, js, nil, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	base := "http://" + ln.Addr().String()
+	client := &http.Client{Transport: &http.Transport{}}
+	defer client.CloseIdleConnections()
+	tok, err := auth.Issue(testSecret, "alice", false, time.Hour)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var snap envelope.Snapshot
+	for range 100 { // until ingest serves
+		req, _ := http.NewRequest(http.MethodPost, base+"/v1/jobs", strings.NewReader(`{"kind":"image","input":{}}`))
+		req.Header.Set("Authorization", "Bearer "+tok)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := client.Do(req)
+		if err == nil {
+			_ = json.NewDecoder(resp.Body).Decode(&snap)
+			resp.Body.Close()
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if snap.ID == "" {
+		b.Fatal("no job submitted")
+	}
+	target := base + provider.CogWebhookPath(snap.ID, 1) + "?token=" + provider.CogWebhookToken(testWebhookKey, snap.ID, 1)
+	id := provider.CogPredictionID(snap.ID, 1)
+	b.ResetTimer()
+	for i := range b.N {
+		body := `{"id":"` + id + `","status":"processing","logs":"step ` + strconv.Itoa(i) + `"}`
+		resp, err := client.Post(target, "application/json", strings.NewReader(body))
+		if err != nil || resp.StatusCode != http.StatusOK {
+			b.Fatalf("webhook: %v %v", resp, err)
+		}
+		resp.Body.Close()
 	}
 }
