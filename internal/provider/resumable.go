@@ -56,7 +56,7 @@ type Resumable interface {
 
 // ConditionalResumable is implemented by a Resumable whose configuration
 // decides whether its work survives the process that awaits it: CanResume
-// false (a cog provider without a webhook receiver, whose outcome comes
+// false (a cog provider without webhooks, -webhook-url, whose outcome comes
 // only in the response of a synchronous PUT that Cog cancels when the
 // connection drops) makes it an ordinary Provider for the processor.
 type ConditionalResumable interface {
