@@ -28,4 +28,8 @@ const (
 	// (provider.Resumer), so it is not among the streams every binary
 	// applies.
 	JobHandles = "job_handles"
+	// Webhooks is the stream of webhook deliveries (webhooks.json). Only
+	// ingest (which stores them) and the processor (which reads them)
+	// apply it, so it is not among the streams every binary applies either.
+	Webhooks = "WEBHOOKS"
 )

@@ -47,6 +47,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		kinds        = fs.String("kinds", config.DefaultKinds, "job kinds, served by the sim provider unless named: image,video=cog,audio=replicate:owner/name")
 		cogURLs      = fs.String("cog-url", "", "Cog servers for kinds served by cog, URL[,URL...] (default "+provider.DefaultCogURL+")")
 		replicateURL = fs.String("replicate-url", provider.DefaultReplicateURL, "Replicate API base for kinds served by replicate:<model> (token from $"+provider.EnvReplicateToken+")")
+		webhookURL   = fs.String("webhook-url", "", "base URL Cog and Replicate send webhooks to (default: this stack's ingest; none: no webhooks; a Cog container reaches the host as http://host.docker.internal:8080 on Docker Desktop)")
 	)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: go run ./cmd/devstack [flags]\n\nRuns NATS (embedded), ingest, processor (sim provider) and notifier in one process.\n\n")
@@ -91,7 +92,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Kinds:         ks,
 		CogURLs:       provider.ParseCogURLs(*cogURLs),
 		Replicate:     provider.ReplicateConfig{URL: *replicateURL, Token: os.Getenv(provider.EnvReplicateToken)},
-		Logger:        log,
+		WebhookURL:    *webhookURL,
+
+		ReplicateWebhookSecret: os.Getenv(provider.EnvReplicateWebhookSecret),
+		Logger:                 log,
 	})
 	if err != nil {
 		return err

@@ -8,10 +8,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/beamline/beamline/internal/auth"
 	"github.com/beamline/beamline/internal/config"
 	"github.com/beamline/beamline/internal/ingest"
+	"github.com/beamline/beamline/internal/provider"
 )
 
 func main() { config.Main("ingest", run) }
@@ -27,7 +29,10 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: ingest [flags]\n\n"+
 			"Serves the Beamline job API: POST /v1/jobs, GET and DELETE /v1/jobs/{id}.\n"+
-			"The HS256 token secret (at least %d bytes) is read from $%s.\n\nFlags:\n", auth.MinSecretLen, auth.EnvSecret)
+			"The HS256 token secret (at least %d bytes) is read from $%s.\n"+
+			"Provider webhooks (POST /v1/webhooks/replicate, /v1/webhooks/cog/...): Replicate's signing secret\n"+
+			"from $%s; the key of Cog webhook tokens from $%s (default: derived from $%s).\n\nFlags:\n",
+			auth.MinSecretLen, auth.EnvSecret, provider.EnvReplicateWebhookSecret, provider.EnvWebhookKey, auth.EnvSecret)
 		fs.PrintDefaults()
 	}
 	if err := config.Parse(fs, args); err != nil {
@@ -39,6 +44,18 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	if len(secret) < auth.MinSecretLen {
 		return config.Invalid(fmt.Errorf("refusing to start: $%s is shorter than %d bytes", auth.EnvSecret, auth.MinSecretLen))
+	}
+	// The same function as the processor's, so both derive the same key
+	// from the auth secret when $BEAMLINE_WEBHOOK_KEY is unset.
+	webhookKey, err := provider.WebhookKey(os.Getenv)
+	if err != nil {
+		return config.Invalid(err)
+	}
+	replicateSecret := os.Getenv(provider.EnvReplicateWebhookSecret)
+	if replicateSecret != "" {
+		if _, err := ingest.ParseWebhookSecret(replicateSecret); err != nil {
+			return config.Invalid(fmt.Errorf("$%s: %w", provider.EnvReplicateWebhookSecret, err))
+		}
 	}
 	kinds, err := common.ParsedKinds()
 	if err != nil {
@@ -58,6 +75,9 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 			MaxInFlight:    *maxInFlight,
 			RequestTimeout: *timeout,
 			TracerProvider: d.Tracer,
+
+			ReplicateWebhookSecret: replicateSecret,
+			WebhookKey:             webhookKey,
 		}, d.NC, d.JS, log, d.Registry)
 		if err != nil {
 			return config.Service{}, err

@@ -27,11 +27,13 @@ func main() { config.Main("processor", run) }
 func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs, common := config.NewFlags("processor", stderr)
 	var cfg processor.Config
-	var providerName, httpURL, kindTimeouts, cogURLs, replicateURL string
+	var providerName, httpURL, kindTimeouts, cogURLs, replicateURL, webhookURL string
 	fs.StringVar(&cfg.Addr, "addr", processor.DefaultAddr, "address of /metrics, /healthz and /readyz")
 	fs.StringVar(&providerName, "provider", "sim", "default provider: sim, http or cog (per kind: -kinds video=cog,image=replicate:owner/name)")
 	fs.StringVar(&cogURLs, "cog-url", "", "Cog servers of the cog provider, URL[,URL...] (default "+provider.DefaultCogURL+")")
 	fs.StringVar(&replicateURL, "replicate-url", provider.DefaultReplicateURL, "Replicate API base of replicate:<model> providers (token from $"+provider.EnvReplicateToken+")")
+	fs.StringVar(&webhookURL, "webhook-url", "",
+		"public base URL of ingest that Cog and Replicate send webhooks to (e.g. https://api.example.com); empty: no webhooks, Replicate is polled and Cog answers synchronously. Cog token key from $"+provider.EnvWebhookKey+" (default derived from $BEAMLINE_AUTH_SECRET)")
 	fs.StringVar(&httpURL, "http-url", os.Getenv(provider.EnvHTTPURL), "URL of the http provider (default $"+provider.EnvHTTPURL+")")
 	fs.IntVar(&cfg.Concurrency, "concurrency", processor.DefaultConcurrency, "jobs run at once by this process")
 	fs.IntVar(&cfg.MaxPerUser, "max-per-user", processor.DefaultMaxPerUser, "jobs of one user run at once")
@@ -97,6 +99,18 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 	pcfg.Cog.URLs = provider.ParseCogURLs(cogURLs)
 	pcfg.Replicate = provider.ReplicateConfigFromEnv(os.Getenv)
 	pcfg.Replicate.URL = replicateURL
+	if webhookURL != "" {
+		// The same key function as ingest's, so the tokens match.
+		key, err := provider.WebhookKey(os.Getenv)
+		if err != nil {
+			return config.Invalid(fmt.Errorf("-webhook-url: %w", err))
+		}
+		hooks, err := processor.NewWebhooks(webhookURL, key)
+		if err != nil {
+			return config.Invalid(err)
+		}
+		pcfg.Cog.Webhooks, pcfg.Replicate.Webhooks, cfg.Webhooks = hooks, hooks, hooks
+	}
 	if path := os.Getenv(provider.EnvSimCallLog); path != "" { // test hook (test/faults)
 		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 		if err != nil {

@@ -58,6 +58,19 @@ type Config struct {
 	// (cmd/devstack reads $REPLICATE_API_TOKEN); the model comes from the
 	// kind.
 	Replicate provider.ReplicateConfig
+	// WebhookURL is the base URL Cog and Replicate send webhooks to (the
+	// processor's -webhook-url). Default: the stack's own ingest, so cog
+	// kinds resume after a crash. "none": no webhooks. A Cog container
+	// reaches the host at another address (http://host.docker.internal:8080
+	// on Docker Desktop). Replicate's hosted API cannot reach a loopback
+	// address: it gets webhooks only with ReplicateWebhookSecret and a
+	// non-loopback URL (a tunnel), or a Replicate.URL that is not the
+	// public API (a fake); else it polls.
+	WebhookURL string
+	// ReplicateWebhookSecret is the "whsec_..." secret ingest verifies
+	// Replicate webhooks with (cmd/devstack reads
+	// $BEAMLINE_REPLICATE_WEBHOOK_SECRET).
+	ReplicateWebhookSecret string
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 	// Tune, when set, adjusts the service configurations before they are

@@ -12,6 +12,7 @@ import (
 	"github.com/beamline/beamline/internal/devstack"
 	"github.com/beamline/beamline/internal/devstack/devstacktest"
 	"github.com/beamline/beamline/internal/provider/replicatefake"
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -28,6 +29,9 @@ func TestReplicateKind(t *testing.T) {
 		c.Kinds, _ = config.ParseKinds("image=replicate:acme/painter,video")
 		c.Replicate.URL = srv.URL
 		c.Replicate.Token = replicatefake.DefaultToken
+		// Webhooks to the stack's own ingest, verified with the fake's
+		// signing secret.
+		c.ReplicateWebhookSecret = replicatefake.DefaultWebhookSecret
 	})
 
 	s := devstacktest.Submit(t, st.IngestURL, st.Token, `{"kind":"image","input":{"prompt":"a lighthouse","duration_ms":20,"sim":{"fail":"terminal"}}}`, nil)
@@ -42,6 +46,8 @@ func TestReplicateKind(t *testing.T) {
 	if n := fake.Created(`{"duration_ms":20,"prompt":"a lighthouse"}`); n != 1 || fake.CreatedTotal() != 1 {
 		t.Fatalf("Replicate predictions for the job = %d (total %d), want 1", n, fake.CreatedTotal())
 	}
+	testutil.WaitFor(t, 10*time.Second, func() bool { return fake.WebhooksSent() > 0 && fake.WebhooksAccepted() == fake.WebhooksSent() },
+		"the fake's webhooks were not all accepted by the stack's ingest")
 
 	s = devstacktest.Submit(t, st.IngestURL, st.Token, `{"kind":"video","input":{"sim":{"duration_ms":5}}}`, nil)
 	if got := devstacktest.WaitTerminal(t, st.IngestURL, st.Token, s.ID, 30*time.Second); got.Status != envelope.StatusSucceeded {

@@ -1,9 +1,12 @@
 package devstack
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
 	"net"
+	"net/url"
+	"strings"
 
 	"github.com/beamline/beamline/internal/config"
 	"github.com/beamline/beamline/internal/ingest"
@@ -69,7 +72,8 @@ func (s *Stack) startService(ctx context.Context, name string,
 
 func (s *Stack) startIngest(ctx context.Context, ln net.Listener) (func(context.Context) error, error) {
 	return s.startService(ctx, "ingest", func(nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, reg *prometheus.Registry) (runner, error) {
-		cfg := ingest.Config{Listener: ln, Kinds: config.KindNames(s.cfg.Kinds), Secret: s.cfg.Secret, TracerProvider: tracerProvider()}
+		cfg := ingest.Config{Listener: ln, Kinds: config.KindNames(s.cfg.Kinds), Secret: s.cfg.Secret, TracerProvider: tracerProvider(),
+			WebhookKey: provider.DeriveWebhookKey(s.cfg.Secret), ReplicateWebhookSecret: s.cfg.ReplicateWebhookSecret}
 		if s.cfg.Tune.Ingest != nil {
 			s.cfg.Tune.Ingest(&cfg)
 		}
@@ -80,14 +84,22 @@ func (s *Stack) startIngest(ctx context.Context, ln net.Listener) (func(context.
 func (s *Stack) startProcessor(ctx context.Context, ln net.Listener) (func(context.Context) error, error) {
 	return s.startService(ctx, "processor", func(nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, reg *prometheus.Registry) (runner, error) {
 		providers := map[string]provider.Provider{}
+		pcfg := provider.Config{Cog: provider.CogConfig{URLs: s.cfg.CogURLs}, Replicate: s.cfg.Replicate}
+		hooks, err := s.webhooks()
+		if err != nil {
+			return nil, err
+		}
+		if hooks != nil {
+			pcfg.Cog.Webhooks = hooks
+			if s.replicateWebhooks() {
+				pcfg.Replicate.Webhooks = hooks
+			}
+		}
 		for _, k := range append([]config.Kind{{Provider: "sim"}}, s.cfg.Kinds...) {
 			if k.Provider == "" || providers[k.Provider] != nil {
 				continue
 			}
-			p, err := provider.New(k.Provider, provider.Config{
-				Cog:       provider.CogConfig{URLs: s.cfg.CogURLs},
-				Replicate: s.cfg.Replicate,
-			})
+			p, err := provider.New(k.Provider, pcfg)
 			if err != nil {
 				return nil, err
 			}
@@ -99,12 +111,45 @@ func (s *Stack) startProcessor(ctx context.Context, ln net.Listener) (func(conte
 			Providers:       providers,
 			DefaultProvider: "sim",
 			TracerProvider:  tracerProvider(),
+			Webhooks:        hooks,
 		}
 		if s.cfg.Tune.Processor != nil {
 			s.cfg.Tune.Processor(&cfg)
 		}
 		return processor.New(cfg, nc, js, log, reg)
 	})
+}
+
+// webhooks is the processor's webhook source: at WebhookURL (default the
+// stack's ingest), keyed like ingest from the stack's secret; nil for
+// "none" or when no kind is served by cog or replicate.
+func (s *Stack) webhooks() (*processor.Webhooks, error) {
+	remote := false
+	for _, k := range s.cfg.Kinds {
+		remote = remote || k.Provider == "cog" || strings.HasPrefix(k.Provider, "replicate:")
+	}
+	if !remote || s.cfg.WebhookURL == "none" {
+		return nil, nil
+	}
+	return processor.NewWebhooks(cmp.Or(s.cfg.WebhookURL, s.IngestURL), provider.DeriveWebhookKey(s.cfg.Secret))
+}
+
+// replicateWebhooks reports whether Replicate's webhooks can be verified
+// (ReplicateWebhookSecret) and can reach the webhook URL: the hosted API
+// cannot reach a loopback address.
+func (s *Stack) replicateWebhooks() bool {
+	if s.cfg.ReplicateWebhookSecret == "" {
+		return false
+	}
+	if s.cfg.Replicate.URL != "" && s.cfg.Replicate.URL != provider.DefaultReplicateURL {
+		return true // a fake or a proxy on this machine
+	}
+	u, err := url.Parse(cmp.Or(s.cfg.WebhookURL, s.IngestURL))
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(u.Hostname())
+	return u.Hostname() != "localhost" && (ip == nil || !ip.IsLoopback())
 }
 
 func (s *Stack) startNotifier(ctx context.Context, ln net.Listener) (func(context.Context) error, error) {

@@ -52,6 +52,21 @@ type Config struct {
 	// TracerProvider makes the server span of each request; nil means no
 	// tracing (an incoming traceparent is still forwarded).
 	TracerProvider trace.TracerProvider
+
+	// ReplicateWebhookSecret is the "whsec_..." secret Replicate signs its
+	// webhooks with ($BEAMLINE_REPLICATE_WEBHOOK_SECRET). Empty: POST
+	// /v1/webhooks/replicate answers 404.
+	ReplicateWebhookSecret string
+	// WebhookKey is the key of the tokens in Cog webhook URLs
+	// (provider.WebhookKey: $BEAMLINE_WEBHOOK_KEY, else derived from the
+	// auth secret). nil: POST /v1/webhooks/cog/... answers 404.
+	WebhookKey []byte
+	// WebhookMaxBody bounds a webhook body; larger gets 413. Default
+	// DefaultWebhookMaxBody.
+	WebhookMaxBody int64
+	// WebhookTolerance is how far a signed webhook's timestamp may be from
+	// now. Default DefaultWebhookTolerance (5 minutes).
+	WebhookTolerance time.Duration
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -61,6 +76,8 @@ func (c Config) withDefaults() (Config, error) {
 	c.RequestTimeout = cmp.Or(c.RequestTimeout, DefaultRequestTimeout)
 	c.Grace = cmp.Or(c.Grace, DefaultGrace)
 	c.Source = cmp.Or(c.Source, DefaultSource)
+	c.WebhookMaxBody = cmp.Or(c.WebhookMaxBody, DefaultWebhookMaxBody)
+	c.WebhookTolerance = cmp.Or(c.WebhookTolerance, DefaultWebhookTolerance)
 	switch {
 	case c.MaxBody < 0:
 		return c, fmt.Errorf("%w: MaxBody must be > 0", ErrInvalidConfig)
@@ -68,6 +85,10 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: MaxInFlight must be > 0", ErrInvalidConfig)
 	case c.RequestTimeout < 0:
 		return c, fmt.Errorf("%w: RequestTimeout must be > 0", ErrInvalidConfig)
+	case c.WebhookMaxBody < 0 || c.WebhookTolerance < 0:
+		return c, fmt.Errorf("%w: WebhookMaxBody and WebhookTolerance must be > 0", ErrInvalidConfig)
+	case c.WebhookKey != nil && len(c.WebhookKey) < auth.MinSecretLen:
+		return c, fmt.Errorf("%w: WebhookKey must be at least %d bytes", ErrInvalidConfig, auth.MinSecretLen)
 	case c.Grace < 0:
 		return c, fmt.Errorf("%w: Grace must be > 0", ErrInvalidConfig)
 	case len(c.Secret) < auth.MinSecretLen:

@@ -5,6 +5,7 @@
 //	DELETE /v1/jobs/{id}  cancel a job that has not finished
 //	GET    /v1/jobs/{id}/outputs/{name}       a stored output of the job
 //	GET    /v1/jobs/{id}/outputs/{name}/link  a short-lived signed URL of it
+//	POST   /v1/webhooks/replicate, /v1/webhooks/cog/{job}/{n}  provider webhooks (webhooks.go)
 //
 // beside /metrics, /healthz and /readyz. Callers authenticate with an HS256
 // bearer token whose sub is the user. api/openapi.yaml documents the API;
@@ -56,6 +57,9 @@ type Service struct {
 	handler  http.Handler
 	outputs  outputStore     // the outputs bucket, bound on first use
 	signer   *outputs.Signer // signed output URLs
+	// replicateKey is the HMAC key of Replicate's webhook signatures; nil
+	// when they are not configured.
+	replicateKey []byte
 }
 
 // New builds the service. It opens the job_status KV bucket, so the streams
@@ -104,6 +108,19 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 		signer:   outputs.NewSigner(cfg.Secret),
 	}
 	s.store = jobstore.New(js, kv, jobstore.Config{Source: cfg.Source, Traceparent: telemetry.Traceparent})
+	if cfg.ReplicateWebhookSecret != "" {
+		if s.replicateKey, err = ParseWebhookSecret(cfg.ReplicateWebhookSecret); err != nil {
+			return nil, fmt.Errorf("%w: ReplicateWebhookSecret: %w", ErrInvalidConfig, err)
+		}
+	}
+	if s.replicateKey != nil || cfg.WebhookKey != nil {
+		wctx, wcancel := context.WithTimeout(context.Background(), jsm.SetupTimeout)
+		err := jsm.ApplyWebhooks(wctx, js)
+		wcancel()
+		if err != nil {
+			return nil, fmt.Errorf("ingest: %w", err)
+		}
+	}
 	for _, k := range cfg.Kinds {
 		s.kinds[k] = true
 	}
@@ -148,6 +165,11 @@ func (s *Service) routes() http.Handler {
 	mux.Handle("GET /v1/jobs/{id}/outputs/{name}/link", m.instrument(routeLink, s.traced(routeLink, http.HandlerFunc(s.outputLink))))
 	mux.Handle("/v1/jobs/{id}/outputs/{name}", m.instrument(routeOther, methodNotAllowed("GET, HEAD")))
 	mux.Handle("/v1/jobs/{id}/outputs/{name}/link", m.instrument(routeOther, methodNotAllowed("GET, HEAD")))
+	// Webhooks authenticate by signature or URL token, not by bearer token.
+	mux.Handle("POST /v1/webhooks/replicate", m.instrument(routeWebhookReplicate, s.traced(routeWebhookReplicate, http.HandlerFunc(s.replicateWebhook))))
+	mux.Handle("POST /v1/webhooks/cog/{job}/{n}", m.instrument(routeWebhookCog, s.traced(routeWebhookCog, http.HandlerFunc(s.cogWebhook))))
+	mux.Handle("/v1/webhooks/replicate", m.instrument(routeOther, methodNotAllowed("POST")))
+	mux.Handle("/v1/webhooks/cog/{job}/{n}", m.instrument(routeOther, methodNotAllowed("POST")))
 	// The mux's own 404 and 405 answers are plain text; these keep every
 	// error JSON.
 	mux.Handle("/v1/jobs", m.instrument(routeOther, methodNotAllowed("POST")))

@@ -16,6 +16,10 @@ type metrics struct {
 	submitted *prometheus.CounterVec   // kind, priority
 	rejected  *prometheus.CounterVec   // reason
 	inflight  prometheus.Gauge
+
+	webhooks        *prometheus.CounterVec   // api, result
+	webhooksDropped *prometheus.CounterVec   // api, reason
+	webhookLag      *prometheus.HistogramVec // api
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -41,8 +45,21 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "beamline_ingest_inflight",
 			Help: "Submissions being handled now (bounded by -max-inflight).",
 		}),
+		webhooks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "beamline_ingest_webhooks_total",
+			Help: "Webhook deliveries, by api (cog, replicate) and result: stored, duplicate (stored before), dropped, or refused_<error code>.",
+		}, []string{"api", "result"}),
+		webhooksDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "beamline_ingest_webhooks_dropped_total",
+			Help: "Webhook deliveries acknowledged but not stored, by api and reason (unknown_job, finished_job).",
+		}, []string{"api", "reason"}),
+		webhookLag: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "beamline_ingest_webhook_lag_seconds",
+			Help:    "From a signed webhook's timestamp (when the provider sent it) to its storage in JetStream, by api.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+		}, []string{"api"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.submitted, m.rejected, m.inflight} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.submitted, m.rejected, m.inflight, m.webhooks, m.webhooksDropped, m.webhookLag} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

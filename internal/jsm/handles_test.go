@@ -2,6 +2,7 @@ package jsm_test
 
 import (
 	"testing"
+	"time"
 
 	"github.com/beamline/beamline/internal/jsm"
 	"github.com/beamline/beamline/streams"
@@ -42,5 +43,33 @@ func TestJobHandlesKV(t *testing.T) {
 	}
 	if e, err := kv.Get(ctx, "job-1"); err != nil || string(e.Value()) != `{"number":1,"ended":true}` {
 		t.Fatalf("Get = %v %v", e, err)
+	}
+}
+
+// TestApplyWebhooks: the WEBHOOKS stream needs job_status (its replicas
+// follow it), applying it twice is a no-op, and what the nats CLI makes of
+// streams/webhooks.json is what jsm makes (natscli_test.go adds the file
+// with the others).
+func TestApplyWebhooks(t *testing.T) {
+	js := newJS(t)
+	ctx := ctxT(t)
+	if err := jsm.ApplyWebhooks(ctx, js); err == nil {
+		t.Fatal("ApplyWebhooks before ApplyStreams succeeded")
+	}
+	if err := jsm.ApplyStreams(ctx, js, jsm.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := jsm.ApplyWebhooks(ctx, js); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := js.Stream(ctx, streams.Webhooks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := st.CachedInfo().Config
+	if !cfg.AllowDirect || cfg.Subjects[0] != "webhooks.*.*.*" || cfg.Duplicates < 5*time.Minute {
+		t.Fatalf("WEBHOOKS = %+v", cfg)
 	}
 }

@@ -237,3 +237,23 @@ func JobHandles(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue
 	}
 	return kv, nil
 }
+
+// webhooksFile defines the WEBHOOKS stream (streams.Webhooks).
+const webhooksFile = "webhooks.json"
+
+// ApplyWebhooks creates or updates the WEBHOOKS stream, with the replicas
+// of the job_status bucket (ApplyStreams must have run). Ingest, which
+// stores webhook deliveries, and the processor, which reads them, call it;
+// no other service touches the stream.
+func ApplyWebhooks(ctx context.Context, js jetstream.JetStream) error {
+	var cfg jetstream.StreamConfig
+	if err := readJSON(webhooksFile, &cfg); err != nil {
+		return err
+	}
+	st, err := js.Stream(ctx, "KV_"+streams.JobStatus)
+	if err != nil {
+		return fmt.Errorf("jsm: look up stream KV_%s: %w", streams.JobStatus, err)
+	}
+	cfg.Replicas = st.CachedInfo().Config.Replicas
+	return applyStream(ctx, js, cfg)
+}

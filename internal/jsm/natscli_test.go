@@ -21,7 +21,7 @@ func streamFiles(t *testing.T) (streamsDir string, files, consumers []string) {
 		t.Fatal(err)
 	}
 	files, err = filepath.Glob(filepath.Join(dir, "*.json"))
-	if err != nil || len(files) != 4 {
+	if err != nil || len(files) != 5 { // the four every binary applies, and WEBHOOKS
 		t.Fatalf("stream files: %v %v", files, err)
 	}
 	consumers, err = filepath.Glob(filepath.Join(dir, "consumers", "*.json"))
@@ -87,7 +87,13 @@ func TestNATSCLIAcceptsStreamFiles(t *testing.T) {
 	if err := jsm.ApplyStreams(ctx, ref, jsm.Options{}); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range allStreams {
+	if err := jsm.ApplyWebhooks(ctx, js); err != nil {
+		t.Fatalf("ApplyWebhooks after the CLI: %v", err)
+	}
+	if err := jsm.ApplyWebhooks(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range append(allStreams, streams.Webhooks) {
 		byCLI, err := js.Stream(ctx, name)
 		if err != nil {
 			t.Fatal(err)

@@ -145,6 +145,10 @@ type Config struct {
 	// result, docs/design.md#outputs) before the outcome is written. nil:
 	// results are stored as the provider returned them.
 	Outputs OutputKeeper
+	// Webhooks, when set, is the webhook source the cog and replicate
+	// providers were built with (NewWebhooks, -webhook-url): the processor
+	// applies the WEBHOOKS stream and runs its one consumer (webhooks.go).
+	Webhooks *Webhooks
 	// OutputProviders limits Outputs to the results of these providers
 	// (by Provider.Name()): a generic provider's result may hold links that
 	// are not outputs at all. Empty: every provider's.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -12,20 +13,23 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/beamline/beamline/internal/ingest"
 	"github.com/beamline/beamline/internal/provider"
 	"github.com/beamline/beamline/internal/provider/cogfake"
 	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
-// cogRig is a fake Cog server whose predictions wait for the test, and
-// the webhook receiver every processor's cog provider shares (the stand-in
-// for webhooks received by ingest: a webhook outlives the processor that
-// asked for it).
+// cogRig is a fake Cog server whose predictions wait for the test, and a
+// real ingest that receives its webhooks and stores them in WEBHOOKS, where
+// every processor reads them: a webhook outlives the processor that asked
+// for it.
 type cogRig struct {
-	fake  *cogfake.Server
-	url   string
-	hooks *provider.CogWebhooks
+	fake      *cogfake.Server
+	url       string
+	ingestURL string
 
 	mu      sync.Mutex
 	started int           // predictions started, in order
@@ -44,21 +48,57 @@ func (r *cogRig) putsOf(id string) int64 {
 	return 0
 }
 
-func newCogRig(t *testing.T) *cogRig {
+// testWebhookKey keys the Cog webhook tokens of ingest and processors.
+var testWebhookKey = []byte("test-webhook-key-0123")
+
+// startWebhookIngest runs an ingest that takes webhooks (Cog tokens keyed with
+// testWebhookKey, Replicate signatures with replicateSecret when set) and
+// returns its base URL.
+func (e *env) startWebhookIngest(replicateSecret string) string {
+	e.t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	svc, err := ingest.New(ingest.Config{
+		Listener: ln, Kinds: []string{"image", "video"}, Secret: []byte("test-auth-secret-0123456789"),
+		Grace: time.Second, WebhookKey: testWebhookKey, ReplicateWebhookSecret: replicateSecret,
+	}, e.nc, e.js, testLogger(e.t), prometheus.NewRegistry())
+	if err != nil {
+		_ = ln.Close()
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	e.t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			e.t.Errorf("ingest: %v", err)
+		}
+	})
+	return "http://" + ln.Addr().String()
+}
+
+// webhooks is one processor's webhook source, pointing at ingest.
+func (e *env) webhooks(ingestURL string) *Webhooks {
+	e.t.Helper()
+	w, err := NewWebhooks(ingestURL, testWebhookKey)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return w
+}
+
+func newCogRig(t *testing.T, e *env) *cogRig {
 	t.Helper()
 	r := &cogRig{fail: map[int]bool{}, release: make(chan struct{})}
-	mux := http.NewServeMux()
-	hookSrv := httptest.NewServer(mux)
-	t.Cleanup(hookSrv.Close)
-	h, err := provider.NewCogWebhooks(hookSrv.URL+"/cog", []byte("test-key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux.Handle("/cog/", h)
-	r.hooks = h
+	r.ingestURL = e.startWebhookIngest("")
+	hookClient := &http.Client{Transport: &http.Transport{}}
+	t.Cleanup(hookClient.CloseIdleConnections)
 	r.fake = cogfake.New(cogfake.Config{
 		Slots:  4,
-		Client: hookSrv.Client(),
+		Client: hookClient,
 		Predict: func(ctx context.Context, run *cogfake.Run) (json.RawMessage, error) {
 			r.mu.Lock()
 			r.started++
@@ -119,8 +159,9 @@ func (e *env) startCog(rig *cogRig, wrap ...func(provider.Resumable) provider.Pr
 	e.t.Helper()
 	tr := &cutTransport{base: &http.Transport{}}
 	e.t.Cleanup(tr.base.CloseIdleConnections)
+	hooks := e.webhooks(rig.ingestURL)
 	prov, err := provider.NewCog(provider.CogConfig{
-		URLs: []string{rig.url}, Client: &http.Client{Transport: tr}, Webhooks: rig.hooks,
+		URLs: []string{rig.url}, Client: &http.Client{Transport: tr}, Webhooks: hooks,
 		BackoffMin: time.Millisecond, BackoffMax: 20 * time.Millisecond,
 		// No re-attach on a timer: it could land between a prediction's
 		// end and its completed webhook, and start it again (cog.go).
@@ -138,6 +179,7 @@ func (e *env) startCog(rig *cogRig, wrap ...func(provider.Resumable) provider.Pr
 		served = w(r)
 	}
 	cfg := withProvider(baseConfig(e.t), served)
+	cfg.Webhooks = hooks
 	cfg.AckWait = time.Second
 	cfg.Grace = 50 * time.Millisecond
 	return &cogProc{r: e.start(cfg), tr: tr}
@@ -173,7 +215,7 @@ func (c *cogProc) remote(t *testing.T, action string) float64 {
 // PUT a new prediction id: two predictions, the GPU paid twice.)
 func TestCrashResumesThePrediction(t *testing.T) {
 	e := newEnv(t)
-	rig := newCogRig(t)
+	rig := newCogRig(t, e)
 	p1 := e.startCog(rig)
 	j := newJob("alice", "image", envelope.PriorityNormal, nil)
 	e.submit(j)
@@ -210,7 +252,7 @@ func TestCrashResumesThePrediction(t *testing.T) {
 // redelivery started prediction 2 at once, and the failure was never seen.)
 func TestFailedPredictionIsReplaced(t *testing.T) {
 	e := newEnv(t)
-	rig := newCogRig(t)
+	rig := newCogRig(t, e)
 	rig.fail[1] = true
 	p1 := e.startCog(rig)
 	j := newJob("alice", "image", envelope.PriorityNormal, nil)
@@ -275,7 +317,7 @@ func TestCancelReachesThePrediction(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			e := newEnv(t)
-			rig := newCogRig(t)
+			rig := newCogRig(t, e)
 			p1 := e.startCog(rig)
 			j := newJob("alice", "image", envelope.PriorityNormal, nil)
 			e.submit(j)
@@ -306,7 +348,7 @@ func TestCancelReachesThePrediction(t *testing.T) {
 func handedBack(t *testing.T) (e *env, rig *cogRig, j envelope.Job, id1 string) {
 	t.Helper()
 	e = newEnv(t)
-	rig = newCogRig(t)
+	rig = newCogRig(t, e)
 	p1 := e.startCog(rig)
 	j = newJob("alice", "image", envelope.PriorityNormal, nil)
 	e.submit(j)
@@ -379,7 +421,7 @@ func (g *startGate) Start(ctx context.Context, req provider.Request) (provider.H
 // the run had settled before the handle existed.)
 func TestCancelDuringStartReachesThePrediction(t *testing.T) {
 	e := newEnv(t)
-	rig := newCogRig(t)
+	rig := newCogRig(t, e)
 	g := &startGate{entered: make(chan struct{}), open: make(chan struct{})}
 	e.startCog(rig, func(r provider.Resumable) provider.Provider { g.Resumable = r; return g })
 	j := newJob("alice", "image", envelope.PriorityNormal, nil)

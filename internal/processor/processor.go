@@ -131,6 +131,11 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 			})
 		}
 	}
+	if c.Webhooks != nil {
+		if err := c.Webhooks.bind(js, log, registerer); err != nil {
+			return nil, fmt.Errorf("processor: webhooks: %w", err)
+		}
+	}
 	p.mux = http.NewServeMux()
 	g, ok := registerer.(prometheus.Gatherer)
 	if !ok {
@@ -236,6 +241,11 @@ func (p *Processor) trySetup(ctx context.Context) error {
 	if err := p.setupHandles(ctx); err != nil {
 		return err
 	}
+	if p.cfg.Webhooks != nil {
+		if err := p.cfg.Webhooks.setup(ctx); err != nil {
+			return err
+		}
+	}
 	p.store = jobstore.New(p.js, kv, jobstore.Config{Source: p.cfg.Source, Traceparent: traceparentOf})
 	return nil
 }
@@ -254,6 +264,11 @@ func (p *Processor) children(ln net.Listener) []flow.ChildSpec {
 		flow.ChildSpec{Name: "ops", Run: p.opsServer(ln), Restart: flow.Permanent, Shutdown: childShutdown},
 		flow.ChildSpec{Name: "metrics", Run: p.runMetrics, Restart: flow.Permanent, Shutdown: childShutdown},
 	)
+	if p.cfg.Webhooks != nil {
+		// Not stopped before the pool drains: a run finishing in the
+		// grace may still wait for its webhook.
+		out = append(out, flow.ChildSpec{Name: "webhooks", Run: p.cfg.Webhooks.run, Restart: flow.Permanent, Shutdown: childShutdown})
+	}
 	return out
 }
 

@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/beamline/beamline/pkg/envelope"
 	"github.com/beamline/beamline/pkg/flow"
 )
 
@@ -71,10 +72,11 @@ type CogConfig struct {
 	// input.sim).
 	DropKeys []string
 	// Webhooks, when set, makes predictions asynchronous: created with
-	// `Prefer: respond-async` and a webhook pointing at Webhooks, whose
-	// deliveries end the call. nil: each prediction is one synchronous
-	// PUT whose response carries the outcome (Cog offers no polling).
-	Webhooks *CogWebhooks
+	// `Prefer: respond-async` and a webhook at Webhooks.URL (ingest, which
+	// stores the deliveries in JetStream), whose deliveries end the call.
+	// nil: each prediction is one synchronous PUT whose response carries
+	// the outcome (Cog offers no polling).
+	Webhooks WebhookSource
 	// MaxResponse bounds a prediction object read from Cog, and so the
 	// output; a larger succeeded output is terminal (ErrResponseTooLarge).
 	// Default DefaultHTTPMaxResponse.
@@ -178,7 +180,7 @@ type cogProvider struct {
 	client      *http.Client
 	name        string
 	drop        []string
-	hooks       *CogWebhooks
+	hooks       WebhookSource
 	maxResponse int64
 	reqTimeout  time.Duration
 	backoffMin  time.Duration
@@ -296,24 +298,22 @@ func (p *cogProvider) Call(ctx context.Context, req Request) (json.RawMessage, e
 	if err := ctx.Err(); err != nil {
 		return nil, flow.Retryable(fmt.Errorf("cog provider: %w", err), 0)
 	}
-	id := CogPredictionID(req.Job.ID, req.Attempt)
-	b, err := p.requestBody(req, id)
+	n := max(req.Attempt, 1)
+	id := CogPredictionID(req.Job.ID, n)
+	b, err := p.requestBody(req, id, n)
 	if err != nil {
 		return nil, err
 	}
 	progress := newProgressTracker(req.Progress)
-	var deliveries <-chan cogPrediction
+	var deliveries <-chan WebhookDelivery
 	if p.hooks != nil {
-		c, stop := p.hooks.subscribe(id)
+		c, stop := p.hooks.Watch(envelope.WebhookCog, req.Job.ID)
 		defer stop()
 		deliveries = c
-	}
-
-	if deliveries != nil {
 		// The prediction may have ended while nobody waited (a call
-		// re-attaching after a crash): its outcome is already here, and a
-		// PUT would start it again.
-		if out, ok, err := p.alreadyEnded(id, deliveries, progress); ok {
+		// re-attaching after a crash): its outcome is already stored, and
+		// a PUT would start it again.
+		if out, ok, err := p.alreadyEnded(ctx, req.Job.ID, id, progress); ok {
 			return out, err
 		}
 	}
@@ -321,7 +321,7 @@ func (p *cogProvider) Call(ctx context.Context, req Request) (json.RawMessage, e
 	if err != nil {
 		return nil, err
 	}
-	out, err := p.await(ctx, id, b, srv, pred, deliveries, progress)
+	out, err := p.await(ctx, req.Job.ID, id, b, srv, pred, deliveries, progress)
 	if err != nil && ctx.Err() != nil {
 		p.cancelRemote(srv, id)
 	}
@@ -329,9 +329,10 @@ func (p *cogProvider) Call(ctx context.Context, req Request) (json.RawMessage, e
 	return out, err
 }
 
-// requestBody is the PUT body of prediction id for req: the job's input
-// without the dropped keys, the context, and the webhook when async.
-func (p *cogProvider) requestBody(req Request, id string) ([]byte, error) {
+// requestBody is the PUT body of prediction id (number n of the job) for
+// req: the job's input without the dropped keys, the context, and the
+// webhook when async.
+func (p *cogProvider) requestBody(req Request, id string, n int) ([]byte, error) {
 	input, err := p.cogInput(req.Job.Input)
 	if err != nil {
 		return nil, flow.Terminal(err)
@@ -341,7 +342,7 @@ func (p *cogProvider) requestBody(req Request, id string) ([]byte, error) {
 		Context: map[string]string{CogContextJob: req.Job.ID, CogContextAttempt: strconv.Itoa(max(req.Attempt, 1))},
 	}
 	if p.hooks != nil {
-		body.Webhook = p.hooks.URL(id)
+		body.Webhook = p.hooks.URL(envelope.WebhookCog, req.Job.ID, n)
 		body.WebhookEventsFilter = []string{"start", "output", "logs", "completed"}
 	}
 	b, err := json.Marshal(body)
@@ -497,8 +498,8 @@ func (p *cogProvider) put(ctx context.Context, srv *cogServer, id string, body [
 }
 
 // await turns the created prediction into the call's outcome.
-func (p *cogProvider) await(ctx context.Context, id string, body []byte, srv *cogServer, pred cogPrediction,
-	deliveries <-chan cogPrediction, progress *progressTracker) (json.RawMessage, error) {
+func (p *cogProvider) await(ctx context.Context, job, id string, body []byte, srv *cogServer, pred cogPrediction,
+	deliveries <-chan WebhookDelivery, progress *progressTracker) (json.RawMessage, error) {
 	if p.hooks == nil {
 		// Synchronous: a 200 is the outcome. A 202 means the id was
 		// already in flight (another call or process started it): poll
@@ -527,22 +528,30 @@ func (p *cogProvider) await(ctx context.Context, id string, body []byte, srv *co
 		select {
 		case <-ctx.Done():
 			return nil, flow.Retryable(fmt.Errorf("cog provider: prediction %s: %w", id, ctx.Err()), 0)
-		case d := <-deliveries:
+		case hd := <-deliveries:
+			d, ok := cogDelivery(id, hd)
+			if !ok {
+				continue // another prediction of the job, or garbage
+			}
 			if d.terminal() {
-				p.hooks.forget(id)
 				return p.outcome(id, d, progress)
 			}
 			progress.fromLogs(d.Logs)
 			try = 0
 			quiet.Reset(p.quiet)
 		case <-quiet.C:
-			// No webhook for Quiet: re-attach with a synchronous PUT of the
-			// same id. While the prediction runs Cog answers at once with
-			// its state (202), and the wait goes on. If it ended and its
-			// completed webhook was lost, Cog starts it again and this PUT
-			// waits for the outcome in its response: the one case of a
-			// second prediction for one attempt, and the way a lost
-			// webhook never strands a call.
+			// No webhook for Quiet. The final one may be stored yet not
+			// dispatched here (a consumer that restarted): read it.
+			if out, ok, err := p.alreadyEnded(ctx, job, id, progress); ok {
+				return out, err
+			}
+			// Else re-attach with a synchronous PUT of the same id. While
+			// the prediction runs Cog answers at once with its state
+			// (202), and the wait goes on. If it ended and its completed
+			// webhook was lost, Cog starts it again and this PUT waits for
+			// the outcome in its response: the one case of a second
+			// prediction for one attempt, and the way a lost webhook never
+			// strands a call.
 			next, _, err := p.create(ctx, id, body, false)
 			switch {
 			case err != nil && (ctx.Err() != nil || flow.IsTerminal(err)):
@@ -561,24 +570,36 @@ func (p *cogProvider) await(ctx context.Context, id string, body []byte, srv *co
 	}
 }
 
-// outcome classifies a terminal prediction.
-// alreadyEnded takes a terminal webhook of prediction id that arrived while
-// nobody waited (a call re-attaching after a crash): ok when there was one,
-// and then a PUT must not be sent, since it would start the prediction
-// again.
-func (p *cogProvider) alreadyEnded(id string, deliveries <-chan cogPrediction, progress *progressTracker) (out json.RawMessage, ok bool, err error) {
-	select {
-	case d := <-deliveries:
-		if d.terminal() {
-			p.hooks.forget(id)
-			out, err = p.outcome(id, d, progress)
-			return out, true, err
-		}
-	default:
+// alreadyEnded reads the last final webhook stored for the job (a direct
+// get): ok when it is about prediction id, which then ended while nobody
+// waited (a call re-attaching after a crash), and a PUT must not be sent,
+// since it would start the prediction again. A failed read is not an
+// outcome: the call goes on and re-attaches.
+func (p *cogProvider) alreadyEnded(ctx context.Context, job, id string, progress *progressTracker) (out json.RawMessage, ok bool, err error) {
+	hd, found, err := p.hooks.LastFinal(ctx, envelope.WebhookCog, job)
+	if err != nil || !found {
+		return nil, false, nil
 	}
-	return nil, false, nil
+	d, mine := cogDelivery(id, hd)
+	if !mine || !d.terminal() {
+		return nil, false, nil
+	}
+	out, err = p.outcome(id, d, progress)
+	return out, true, err
 }
 
+// cogDelivery decodes a webhook delivery: ok when it is a prediction
+// object of prediction id. Deliveries of the job's earlier predictions
+// (their webhooks arrive late) and anything else are ignored.
+func cogDelivery(id string, d WebhookDelivery) (cogPrediction, bool) {
+	pred, err := decodeCogPrediction(d.Body)
+	if err != nil || pred.ID != id {
+		return cogPrediction{}, false
+	}
+	return pred, true
+}
+
+// outcome classifies a terminal prediction.
 func (p *cogProvider) outcome(id string, pred cogPrediction, progress *progressTracker) (json.RawMessage, error) {
 	progress.fromLogs(pred.Logs)
 	return predictionOutcome("cog", id, pred.Status, pred.Output, pred.Error, p.maxResponse, progress)

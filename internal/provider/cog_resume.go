@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 
+	"github.com/beamline/beamline/pkg/envelope"
 	"github.com/beamline/beamline/pkg/flow"
 )
 
@@ -45,7 +46,7 @@ func (p *cogProvider) Start(ctx context.Context, req Request) (Handle, error) {
 	}
 	n := max(req.Prediction, 1)
 	id := CogPredictionID(req.Job.ID, n)
-	b, err := p.requestBody(req, id)
+	b, err := p.requestBody(req, id, n)
 	if err != nil {
 		return Handle{}, err
 	}
@@ -62,20 +63,19 @@ func (p *cogProvider) Start(ctx context.Context, req Request) (Handle, error) {
 	return h, nil
 }
 
-// Await waits for the outcome of prediction h.ID. A terminal webhook
-// that came while nobody waited (the CogWebhooks receiver keeps the last
-// ones) is the outcome at once. Otherwise, when this process did not start
-// the prediction (a resume after a crash), Await re-attaches first with an
+// Await waits for the outcome of prediction h.ID. A final webhook stored
+// while nobody waited (ingest keeps them in JetStream; one direct get) is
+// the outcome at once, so a prediction that ended while its processor was
+// dead is not run again. Otherwise, when this process did not start the
+// prediction (a resume after a crash), Await re-attaches first with an
 // async PUT of the same id to h.Server: Cog answers 202 with the state of a
-// prediction in flight; a prediction that ended meanwhile is gone from Cog
-// (it keeps no history), so that PUT starts it again, the one case of a
-// second start, which only a webhook receiver that outlives the processor
-// (issue 13 §2) removes. Then it waits like Call, re-attaching after Quiet.
+// prediction in flight. Then it waits like Call, re-attaching after Quiet.
 // When ctx ends, Await returns without cancelling the prediction.
 func (p *cogProvider) Await(ctx context.Context, h Handle, req Request) (json.RawMessage, error) {
 	id := h.ID
 	defer p.unplace(id)
-	b, err := p.requestBody(req, id)
+	n := max(h.Number, 1)
+	b, err := p.requestBody(req, id, n)
 	if err != nil {
 		return nil, err
 	}
@@ -85,11 +85,11 @@ func (p *cogProvider) Await(ctx context.Context, h Handle, req Request) (json.Ra
 		if err != nil {
 			return nil, err
 		}
-		return p.await(ctx, id, b, srv, pred, nil, progress)
+		return p.await(ctx, req.Job.ID, id, b, srv, pred, nil, progress)
 	}
-	deliveries, stop := p.hooks.subscribe(id)
+	deliveries, stop := p.hooks.Watch(envelope.WebhookCog, req.Job.ID)
 	defer stop()
-	if out, ok, err := p.alreadyEnded(id, deliveries, progress); ok {
+	if out, ok, err := p.alreadyEnded(ctx, req.Job.ID, id, progress); ok {
 		return out, err
 	}
 	p.mu.Lock()
@@ -102,7 +102,7 @@ func (p *cogProvider) Await(ctx context.Context, h Handle, req Request) (json.Ra
 			return nil, err
 		}
 	}
-	return p.await(ctx, id, b, srv, pred, deliveries, progress)
+	return p.await(ctx, req.Job.ID, id, b, srv, pred, deliveries, progress)
 }
 
 // reattach sends the async PUT of h's prediction to the server that holds

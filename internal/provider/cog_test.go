@@ -25,7 +25,7 @@ import (
 type cogEnv struct {
 	fakes []*cogfake.Server
 	urls  []string
-	hooks *provider.CogWebhooks
+	hooks *providertest.Webhooks
 	tr    *http.Transport
 }
 
@@ -37,11 +37,8 @@ func newCogEnv(t *testing.T, n int, webhooks bool, fcfg cogfake.Config) *cogEnv 
 		mux := http.NewServeMux()
 		hookSrv := httptest.NewServer(mux)
 		t.Cleanup(hookSrv.Close)
-		h, err := provider.NewCogWebhooks(hookSrv.URL+"/cog", []byte("test-key"))
-		if err != nil {
-			t.Fatalf("NewCogWebhooks: %v", err)
-		}
-		mux.Handle("/cog/", h)
+		h := providertest.NewWebhooks(hookSrv.URL, []byte("test-key"))
+		mux.Handle("/v1/webhooks/", h)
 		e.hooks = h
 		if fcfg.Client == nil {
 			fcfg.Client = hookSrv.Client()
@@ -63,10 +60,12 @@ func (e *cogEnv) provider(t *testing.T, mod func(*provider.CogConfig)) provider.
 	cfg := provider.CogConfig{
 		URLs:       e.urls,
 		Client:     &http.Client{Transport: e.tr},
-		Webhooks:   e.hooks,
 		BackoffMin: time.Millisecond,
 		BackoffMax: 20 * time.Millisecond,
 		Quiet:      200 * time.Millisecond,
+	}
+	if e.hooks != nil {
+		cfg.Webhooks = e.hooks
 	}
 	if mod != nil {
 		mod(&cfg)
@@ -457,31 +456,33 @@ func TestCogBadAnswers(t *testing.T) {
 	}
 }
 
-// TestCogWebhookToken: a delivery with a wrong token is refused and never
-// reaches a call.
+// TestCogWebhookToken: the token of a Cog webhook URL names one job, one
+// prediction number and one key.
 func TestCogWebhookToken(t *testing.T) {
-	h, err := provider.NewCogWebhooks("http://127.0.0.1:1/cog", []byte("k"))
-	if err != nil {
-		t.Fatal(err)
+	k := []byte("0123456789abcdef")
+	tok := provider.CogWebhookToken(k, "j1", 1)
+	if len(tok) != 32 || tok != provider.CogWebhookToken(k, "j1", 1) {
+		t.Fatalf("token %q is not a stable 32-digit token", tok)
 	}
-	good := h.URL("abc")
-	for _, tc := range []struct {
-		target string
-		want   int
-	}{
-		{strings.Replace(good, "token=", "token=0", 1), http.StatusForbidden},
-		{"/cog/abc", http.StatusForbidden},
-		{"/cog/other?" + strings.SplitN(good, "?", 2)[1], http.StatusForbidden},
-		{strings.TrimPrefix(good, "http://127.0.0.1:1"), http.StatusOK},
+	for _, other := range []string{
+		provider.CogWebhookToken(k, "j2", 1), provider.CogWebhookToken(k, "j1", 2),
+		provider.CogWebhookToken([]byte("fedcba9876543210"), "j1", 1),
 	} {
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, tc.target, strings.NewReader(`{"id":"abc","status":"processing"}`)))
-		if rec.Code != tc.want {
-			t.Errorf("POST %s = %d, want %d", tc.target, rec.Code, tc.want)
+		if other == tok {
+			t.Fatalf("token %q does not depend on job, number and key", tok)
 		}
 	}
-	if _, err := provider.NewCogWebhooks("ftp://x", []byte("k")); !errors.Is(err, provider.ErrInvalidConfig) {
-		t.Errorf("bad base URL: %v", err)
+	env := map[string]string{"BEAMLINE_AUTH_SECRET": "an-auth-secret-of-32-bytes......"}
+	derived, err := provider.WebhookKey(func(k string) string { return env[k] })
+	if err != nil || string(derived) == env["BEAMLINE_AUTH_SECRET"] || len(derived) != 32 {
+		t.Fatalf("derived key = %x, %v", derived, err)
+	}
+	env[provider.EnvWebhookKey] = "a-webhook-key-of-some-length"
+	if k, err := provider.WebhookKey(func(k string) string { return env[k] }); err != nil || string(k) != env[provider.EnvWebhookKey] {
+		t.Fatalf("explicit key = %q, %v", k, err)
+	}
+	if _, err := provider.WebhookKey(func(string) string { return "" }); !errors.Is(err, provider.ErrInvalidConfig) {
+		t.Fatalf("no secret: %v", err)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/beamline/beamline/pkg/envelope"
 	"github.com/beamline/beamline/pkg/flow"
 )
 
@@ -38,6 +39,11 @@ const (
 	// may be garbage (2xx but not a prediction object) before the call
 	// gives up on the prediction.
 	DefaultReplicateBadAnswers = 3
+	// DefaultReplicateQuiet is how long a prediction with webhooks may go
+	// without one before the call polls it (and then polls with backoff
+	// until the next webhook), so a webhook that never comes never strands
+	// a job.
+	DefaultReplicateQuiet = 30 * time.Second
 	// replicateLogsAllowance is the room a prediction object may take
 	// beyond MaxResponse, for its logs and input.
 	replicateLogsAllowance = 4 << 20
@@ -90,6 +96,14 @@ type ReplicateConfig struct {
 	PollMin, PollMax time.Duration
 	// Now is the clock (Retry-After dates). Default time.Now.
 	Now func() time.Time
+	// Webhooks, when set, asks Replicate for webhooks (webhook,
+	// webhook_events_filter) at Webhooks.URL (ingest, which verifies their
+	// signature and stores them in JetStream): the call waits for them and
+	// polls only after Quiet without one. nil: the call polls.
+	Webhooks WebhookSource
+	// Quiet is how long a prediction with webhooks may stay silent before
+	// the call polls it. Default DefaultReplicateQuiet.
+	Quiet time.Duration
 }
 
 // ReplicateConfigFromEnv returns a ReplicateConfig with the token from
@@ -152,6 +166,7 @@ func NewReplicate(cfg ReplicateConfig) (Provider, error) {
 		client: cfg.Client, name: cfg.Name, drop: cfg.DropKeys, extra: cfg.ExtraInput, token: cfg.Token,
 		wait: cfg.Wait, maxResponse: cfg.MaxResponse, reqTimeout: cfg.RequestTimeout,
 		pollMin: cfg.PollMin, pollMax: cfg.PollMax, now: cfg.Now,
+		hooks: cfg.Webhooks, quiet: cfg.Quiet,
 		finished: map[string]replicatePrediction{},
 	}
 	if cfg.URL == "" {
@@ -178,7 +193,7 @@ func NewReplicate(cfg ReplicateConfig) (Provider, error) {
 	} else {
 		p.version = cfg.Model
 	}
-	if cfg.Wait < 0 || cfg.Wait > 60*time.Second || cfg.MaxResponse < 0 || cfg.RequestTimeout < 0 || cfg.PollMin < 0 || cfg.PollMax < 0 {
+	if cfg.Wait < 0 || cfg.Wait > 60*time.Second || cfg.MaxResponse < 0 || cfg.RequestTimeout < 0 || cfg.PollMin < 0 || cfg.PollMax < 0 || cfg.Quiet < 0 {
 		return nil, fmt.Errorf("%w: replicate durations and sizes must not be negative, and wait at most 60s", ErrInvalidConfig)
 	}
 	if p.client == nil {
@@ -208,6 +223,9 @@ func NewReplicate(cfg ReplicateConfig) (Provider, error) {
 	if p.now == nil {
 		p.now = time.Now
 	}
+	if p.quiet == 0 {
+		p.quiet = DefaultReplicateQuiet
+	}
 	return p, nil
 }
 
@@ -226,6 +244,8 @@ type replicateProvider struct {
 	pollMin     time.Duration
 	pollMax     time.Duration
 	now         func() time.Time
+	hooks       WebhookSource
+	quiet       time.Duration
 
 	mu          sync.Mutex
 	pausedUntil time.Time // a 429 pauses every call until then
@@ -367,6 +387,10 @@ func (p *replicateProvider) Start(ctx context.Context, req Request) (Handle, err
 		return Handle{}, flow.Terminal(fmt.Errorf("replicate provider: %w", err))
 	}
 	body := map[string]any{"input": input}
+	if p.hooks != nil {
+		body["webhook"] = p.hooks.URL(envelope.WebhookReplicate, req.Job.ID, max(req.Prediction, 1))
+		body["webhook_events_filter"] = []string{"start", "output", "logs", "completed"}
+	}
 	target := p.base + "/v1/models/" + p.model + "/predictions"
 	if p.version != "" {
 		body["version"] = p.version
@@ -409,7 +433,12 @@ func (p *replicateProvider) sameOrigin(u, path string) string {
 	return p.base + path
 }
 
-// Await polls the prediction until it is terminal or ctx ends.
+// Await polls the prediction until it is terminal or ctx ends. With
+// webhooks it first reads the job's last final delivery (a prediction that
+// ended while no processor waited, one direct get), then waits for the
+// deliveries and polls only after Quiet without one, then with backoff
+// until the next delivery. Only a delivery of prediction h.ID counts:
+// ingest checked its signature, not that it is about this job's work.
 func (p *replicateProvider) Await(ctx context.Context, h Handle, req Request) (json.RawMessage, error) {
 	progress := newProgressTracker(req.Progress)
 	p.mu.Lock()
@@ -419,13 +448,41 @@ func (p *replicateProvider) Await(ctx context.Context, h Handle, req Request) (j
 	if ok {
 		return p.outcome(h.ID, done, progress)
 	}
+	var deliveries <-chan WebhookDelivery
+	if p.hooks != nil {
+		c, stop := p.hooks.Watch(envelope.WebhookReplicate, req.Job.ID)
+		defer stop()
+		deliveries = c
+		if d, ok, err := p.hooks.LastFinal(ctx, envelope.WebhookReplicate, req.Job.ID); err == nil && ok {
+			if pred, mine := replicateDelivery(h.ID, d); mine && pred.terminal() {
+				return p.outcome(h.ID, pred, progress)
+			}
+		}
+	}
 	getURL := p.sameOrigin(h.GetURL, "/v1/predictions/"+url.PathEscape(h.ID))
 	bad := 0
+	quiet := deliveries != nil
 	for try := 1; ; {
-		if err := flow.Sleep(ctx, flow.Backoff(try, p.pollMin, p.pollMax, 0.2, nil)); err != nil {
+		wait := flow.Backoff(try, p.pollMin, p.pollMax, 0.2, nil)
+		if quiet {
+			wait = p.quiet
+		}
+		pred, got, err := p.waitDelivery(ctx, h.ID, deliveries, wait)
+		if err != nil {
 			return nil, flow.Retryable(fmt.Errorf("replicate provider: prediction %s: %w", h.ID, err), 0)
 		}
-		pred, err := p.do(ctx, http.MethodGet, getURL, nil, 0)
+		if got {
+			if pred.terminal() {
+				return p.outcome(h.ID, pred, progress)
+			}
+			progress.fromLogs(pred.logs())
+			quiet = true
+			continue
+		}
+		// Nothing came for the whole wait: poll, and go on polling with
+		// backoff until a delivery comes.
+		quiet = false
+		pred, err = p.do(ctx, http.MethodGet, getURL, nil, 0)
 		var th *errThrottled
 		var se *StatusError
 		switch {
@@ -459,6 +516,36 @@ func (p *replicateProvider) Await(ctx context.Context, h Handle, req Request) (j
 			try++
 		}
 	}
+}
+
+// waitDelivery waits d for a webhook delivery of prediction id: got when
+// one came (deliveries of other predictions are skipped without cutting
+// the wait short), an error when ctx ended. A nil deliveries just sleeps.
+func (p *replicateProvider) waitDelivery(ctx context.Context, id string, deliveries <-chan WebhookDelivery, d time.Duration) (pred replicatePrediction, got bool, err error) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return pred, false, ctx.Err()
+		case <-t.C:
+			return pred, false, nil
+		case hd := <-deliveries:
+			if pred, ok := replicateDelivery(id, hd); ok {
+				return pred, true, nil
+			}
+		}
+	}
+}
+
+// replicateDelivery decodes a webhook delivery: ok when it is a prediction
+// object of prediction id.
+func replicateDelivery(id string, d WebhookDelivery) (replicatePrediction, bool) {
+	pred, err := decodeReplicatePrediction(d.Body)
+	if err != nil || pred.ID != id {
+		return replicatePrediction{}, false
+	}
+	return pred, true
 }
 
 // backoff waits after a throttled create: Retry-After when given, else a

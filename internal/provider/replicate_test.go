@@ -395,3 +395,57 @@ func TestReplicateAwaitUnknownOrForbidden(t *testing.T) {
 		t.Fatalf("Cancel: %v", err)
 	}
 }
+
+// replicateHooks serves an in-memory webhook source the fake can reach.
+func replicateHooks(t *testing.T) (*providertest.Webhooks, *http.Client) {
+	t.Helper()
+	mux := http.NewServeMux()
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	h := providertest.NewWebhooks(srv.URL, []byte("test-key"))
+	mux.Handle("/v1/webhooks/", h)
+	return h, srv.Client()
+}
+
+// TestReplicateWebhookEndsTheWait: with webhooks the call does not poll
+// before Quiet: the completed webhook ends it (polling is made too slow to).
+// A webhook about another prediction is not taken for this one's.
+func TestReplicateWebhookEndsTheWait(t *testing.T) {
+	hooks, client := replicateHooks(t)
+	e := newReplicateEnv(t, replicatefake.Config{Client: client})
+	p := e.provider(t, func(c *provider.ReplicateConfig) {
+		c.Webhooks = hooks
+		c.Quiet = time.Hour
+	})
+	job := cogJob("job-hook", `{"duration_ms":30,"output":"painted"}`)
+	// A stale final delivery of another prediction of this job.
+	hooks.Deliver("replicate", job.ID, provider.WebhookDelivery{Final: true, Body: []byte(`{"id":"other","status":"succeeded","output":"stale"}`)})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := p.Call(ctx, provider.Request{Job: job, Attempt: 1})
+	if err != nil || string(out) != `"painted"` {
+		t.Fatalf("call = %s, %v", out, err)
+	}
+	if n := e.fake.Polls(); n != 0 {
+		t.Fatalf("polls = %d, want 0: the webhook ends the wait", n)
+	}
+}
+
+// TestReplicateWebhookLostFallsBackToPolls: every webhook is lost; after
+// Quiet the call polls and ends.
+func TestReplicateWebhookLostFallsBackToPolls(t *testing.T) {
+	hooks, client := replicateHooks(t)
+	hooks.Drop = func(string, string, bool) bool { return true }
+	e := newReplicateEnv(t, replicatefake.Config{Client: client})
+	p := e.provider(t, func(c *provider.ReplicateConfig) {
+		c.Webhooks = hooks
+		c.Quiet = 50 * time.Millisecond
+	})
+	out, err := p.Call(context.Background(), provider.Request{Job: cogJob("job-lost-hook", `{"duration_ms":30,"output":"polled"}`), Attempt: 1})
+	if err != nil || string(out) != `"polled"` {
+		t.Fatalf("call = %s, %v", out, err)
+	}
+	if e.fake.Polls() == 0 {
+		t.Fatal("no poll: the call ended without its webhook?")
+	}
+}

@@ -11,6 +11,7 @@ const (
 	eventsToken = "events"
 	cancelToken = "cancel"
 	dlqToken    = "dlq"
+	hooksToken  = "webhooks"
 )
 
 // LivePrefix is what the EVENTS stream puts before an event's subject when it
@@ -140,4 +141,54 @@ func ParseJobSubject(subject string) (p Priority, kind, job string, err error) {
 		}
 	}
 	return p, kind, job, nil
+}
+
+// Webhook APIs: the second token of a webhook subject, one per remote API
+// whose webhooks ingest receives (not a provider's configured name, which
+// may hold a ':' or a '/').
+const (
+	WebhookCog       = "cog"
+	WebhookReplicate = "replicate"
+)
+
+// Kinds of webhook delivery: the last token of a webhook subject.
+const (
+	// webhookUpdate is a delivery about work still running (start, output,
+	// logs).
+	webhookUpdate = "update"
+	// webhookFinal is a delivery of a terminal state (succeeded, failed,
+	// canceled): kept on its own subject so that a job's last one is one
+	// direct get (last by subject) away.
+	webhookFinal = "final"
+)
+
+// WebhookFilter matches every stored webhook delivery:
+// webhooks.<api>.<job>.<update|final>.
+const WebhookFilter = hooksToken + ".*.*.*"
+
+// WebhookSubject is the subject ingest stores a webhook delivery on:
+// webhooks.<api>.<job>.final for a terminal state, else
+// webhooks.<api>.<job>.update. api is WebhookCog or WebhookReplicate.
+func WebhookSubject(api, job string, final bool) string {
+	last := webhookUpdate
+	if final {
+		last = webhookFinal
+	}
+	return hooksToken + "." + api + "." + job + "." + last
+}
+
+// ParseWebhookSubject splits webhooks.<api>.<job>.<update|final>,
+// validating every token.
+func ParseWebhookSubject(subject string) (api, job string, final bool, err error) {
+	parts := strings.Split(subject, ".")
+	if len(parts) != 4 || parts[0] != hooksToken || (parts[3] != webhookUpdate && parts[3] != webhookFinal) {
+		return "", "", false, fieldErr("subject", ErrInvalidToken, "%q is not webhooks.<api>.<job>.<update|final>", subject)
+	}
+	if parts[1] != WebhookCog && parts[1] != WebhookReplicate {
+		return "", "", false, fieldErr("subject", ErrInvalidToken, "%q: unknown webhook api %q", subject, parts[1])
+	}
+	if err := ValidateID("job", parts[2]); err != nil {
+		return "", "", false, err
+	}
+	return parts[1], parts[2], parts[3] == webhookFinal, nil
 }

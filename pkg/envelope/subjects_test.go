@@ -113,3 +113,23 @@ func TestParseJobSubject(t *testing.T) {
 		}
 	}
 }
+
+func TestWebhookSubjects(t *testing.T) {
+	if got := WebhookSubject(WebhookCog, "j1", true); got != "webhooks.cog.j1.final" {
+		t.Fatalf("final = %q", got)
+	}
+	if got := WebhookSubject(WebhookReplicate, "j1", false); got != "webhooks.replicate.j1.update" {
+		t.Fatalf("update = %q", got)
+	}
+	for _, final := range []bool{false, true} {
+		api, job, f, err := ParseWebhookSubject(WebhookSubject(WebhookReplicate, "j-2", final))
+		if err != nil || api != WebhookReplicate || job != "j-2" || f != final {
+			t.Fatalf("parse: %q %q %v %v", api, job, f, err)
+		}
+	}
+	for _, bad := range []string{"webhooks.cog.j1", "webhooks.http.j1.final", "webhooks.cog.j1.other", "events.cog.j1.final", "webhooks.cog.*.final", "webhooks.cog.j1.final.x"} {
+		if _, _, _, err := ParseWebhookSubject(bad); !errors.Is(err, ErrInvalidToken) {
+			t.Errorf("%q: err = %v", bad, err)
+		}
+	}
+}
