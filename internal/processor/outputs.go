@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"log/slog"
 	"slices"
+
+	"github.com/beamline/beamline/internal/provider"
 )
 
 // OutputKeeper stores the outputs a result names and returns the result
@@ -23,7 +25,7 @@ func (p *Processor) keepOutputs(jctx context.Context, d *delivery, result json.R
 	if p.cfg.Outputs == nil || len(result) == 0 {
 		return result, nil
 	}
-	if ps := p.cfg.OutputProviders; len(ps) > 0 && !slices.Contains(ps, p.kindProviders[d.job.Kind].Name()) {
+	if ps := p.cfg.OutputProviders; len(ps) > 0 && !slices.Contains(ps, provider.Family(p.kindProviders[d.job.Kind].Name())) {
 		return result, nil
 	}
 	kept, err := p.cfg.Outputs.Keep(jctx, d.job.ID, result)

@@ -32,6 +32,14 @@ type Config struct {
 // is not among them.
 func Names() []string { return []string{"cog", "http", "sim"} }
 
+// Family is the provider name without its model: "replicate" for
+// "replicate:owner/name", name itself otherwise. Settings that name
+// providers (-outputs-providers) name families.
+func Family(name string) string {
+	base, _, _ := strings.Cut(name, ":")
+	return base
+}
+
 // New builds the provider called name: "sim", "http", "cog", or
 // "replicate:<model>" (<model> is ReplicateConfig.Model: owner/name, a
 // version id or owner/name:version). An unknown name is an error wrapping

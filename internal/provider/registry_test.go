@@ -43,3 +43,16 @@ func TestHTTPConfigFromEnv(t *testing.T) {
 		t.Errorf("no token: header = %v, want none", cfg.Header)
 	}
 }
+
+func TestFamily(t *testing.T) {
+	for name, want := range map[string]string{
+		"replicate:acme/painter":          "replicate",
+		"replicate:acme/painter:0123abcd": "replicate",
+		"cog":                             "cog",
+		"sim":                             "sim",
+	} {
+		if got := provider.Family(name); got != want {
+			t.Errorf("Family(%q) = %q, want %q", name, got, want)
+		}
+	}
+}
