@@ -301,7 +301,7 @@ func (p *cogProvider) Call(ctx context.Context, req Request) (json.RawMessage, e
 	if err != nil {
 		return nil, err
 	}
-	progress := newProgressTracker(req.Progress)
+	progress := newProgressTracker(req.Progress).withPreview(req.Preview)
 	var deliveries <-chan cogPrediction
 	if p.hooks != nil {
 		c, stop := p.hooks.subscribe(id)
@@ -507,6 +507,7 @@ func (p *cogProvider) await(ctx context.Context, id string, body []byte, srv *co
 		// without a webhook Cog cannot tell anyone how it ended.
 		for try := 0; !pred.terminal(); try++ {
 			progress.fromLogs(pred.Logs)
+			progress.output(pred.Output)
 			if err := flow.Sleep(ctx, flow.Backoff(try+1, p.backoffMin, p.backoffMax, 0.2, nil)); err != nil {
 				return nil, flow.Retryable(fmt.Errorf("cog provider: %w", err), 0)
 			}
@@ -533,6 +534,7 @@ func (p *cogProvider) await(ctx context.Context, id string, body []byte, srv *co
 				return p.outcome(id, d, progress)
 			}
 			progress.fromLogs(d.Logs)
+			progress.output(d.Output)
 			try = 0
 			quiet.Reset(p.quiet)
 		case <-quiet.C:
@@ -555,6 +557,7 @@ func (p *cogProvider) await(ctx context.Context, id string, body []byte, srv *co
 				return p.outcome(id, next, progress)
 			}
 			progress.fromLogs(next.Logs)
+			progress.output(next.Output)
 			try = 0
 			quiet.Reset(p.quiet)
 		}
@@ -690,10 +693,26 @@ func predictionOutcome(service, id, status string, output, errBody json.RawMessa
 }
 
 // progressTracker turns the percentages a model prints (tqdm's "42%|",
-// "step 3/10 30%") into non-decreasing progress reports.
+// "step 3/10 30%") into non-decreasing progress reports, and the output a
+// running prediction already holds into previews (Request.Preview).
 type progressTracker struct {
-	report func(int)
-	last   int
+	report  func(int)
+	last    int
+	preview func(json.RawMessage)
+}
+
+// withPreview makes output pass a running prediction's output to f.
+func (t *progressTracker) withPreview(f func(json.RawMessage)) *progressTracker {
+	t.preview = f
+	return t
+}
+
+// output reports the output of a prediction still running, if it has one.
+func (t *progressTracker) output(out json.RawMessage) {
+	if t.preview == nil || len(out) == 0 || bytes.Equal(out, []byte("null")) {
+		return
+	}
+	t.preview(out)
 }
 
 var percentRE = regexp.MustCompile(`(\d{1,3})%`)

@@ -411,7 +411,7 @@ func (p *replicateProvider) sameOrigin(u, path string) string {
 
 // Await polls the prediction until it is terminal or ctx ends.
 func (p *replicateProvider) Await(ctx context.Context, h Handle, req Request) (json.RawMessage, error) {
-	progress := newProgressTracker(req.Progress)
+	progress := newProgressTracker(req.Progress).withPreview(req.Preview)
 	p.mu.Lock()
 	done, ok := p.finished[h.ID]
 	delete(p.finished, h.ID)
@@ -438,6 +438,7 @@ func (p *replicateProvider) Await(ctx context.Context, h Handle, req Request) (j
 				return p.outcome(h.ID, pred, progress)
 			}
 			progress.fromLogs(pred.logs())
+			progress.output(pred.Output)
 			try++
 		case ctx.Err() != nil:
 			return nil, flow.Retryable(fmt.Errorf("replicate provider: prediction %s: %w", h.ID, ctx.Err()), 0)
