@@ -44,8 +44,11 @@ type previews struct {
 	show     func(envelope.Preview)
 	interval time.Duration
 	log      *slog.Logger
-	ctx      context.Context
-	cancel   context.CancelFunc
+	parent   context.Context
+	// ctx (from parent) and cancel exist once a preview is to be stored:
+	// a call that reports none costs no context.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	mu     sync.Mutex
 	raw    json.RawMessage // the provider's newest output, as reported
@@ -64,15 +67,13 @@ func (p *Processor) newPreviews(ctx context.Context, d *delivery, prog *progress
 	if p.cfg.Previews == nil {
 		return nil
 	}
-	ctx, cancel := context.WithCancel(ctx)
 	return &previews{
 		job:      d.job.ID,
 		keep:     p.cfg.Previews,
 		show:     prog.showPreview,
 		interval: p.cfg.PreviewInterval,
 		log:      log,
-		ctx:      ctx,
-		cancel:   cancel,
+		parent:   ctx,
 	}
 }
 
@@ -98,6 +99,9 @@ func (v *previews) report(output json.RawMessage) {
 	v.latest = u
 	if v.busy || u == v.done {
 		return
+	}
+	if v.ctx == nil {
+		v.ctx, v.cancel = context.WithCancel(v.parent)
 	}
 	v.busy = true
 	v.wg.Add(1)
@@ -156,7 +160,10 @@ func (v *previews) close() {
 	}
 	v.mu.Lock()
 	v.closed = true
+	cancel := v.cancel
 	v.mu.Unlock()
-	v.cancel()
+	if cancel != nil {
+		cancel()
+	}
 	v.wg.Wait()
 }
