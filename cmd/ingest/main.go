@@ -8,10 +8,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/beamline/beamline/internal/auth"
 	"github.com/beamline/beamline/internal/config"
 	"github.com/beamline/beamline/internal/ingest"
+	"github.com/beamline/beamline/internal/outputs"
 )
 
 func main() { config.Main("ingest", run) }
@@ -54,6 +56,7 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 			Addr:           *addr,
 			Kinds:          config.KindNames(kinds),
 			Secret:         secret,
+			OutputsKey:     []byte(os.Getenv(outputs.EnvKey)),
 			MaxBody:        *maxBody,
 			MaxInFlight:    *maxInFlight,
 			RequestTimeout: *timeout,
