@@ -68,6 +68,7 @@ function start(token) {
     if (panicTimes === null) return null;
     const sim = { steps, duration_ms: duration, fail_times: failTimes, panic_times: panicTimes };
     if (f.elements.terminal.checked) sim.fail = "terminal";
+    if (f.elements.image.checked) sim.image = true;
     return {
       kind: f.elements.kind.value,
       priority: f.elements.priority.value,
@@ -113,7 +114,12 @@ function start(token) {
         <span data-role="time" class="muted"></span>
         <button type="button" class="link cancel">Cancel</button>
       </div>
-      <p class="job-error" data-role="error" hidden></p>`;
+      <p class="job-error" data-role="error" hidden></p>
+      <figure class="job-media" data-role="media" hidden>
+        <img data-role="image" alt="" width="256" height="256" hidden>
+        <video data-role="video" controls playsinline preload="metadata" hidden></video>
+        <figcaption data-role="caption"></figcaption>
+      </figure>`;
     li.querySelector(".kind").textContent = job.kind;
     li.querySelector(".id").textContent = shortId(job.id);
     li.querySelector(".id").title = job.id;
@@ -152,7 +158,80 @@ function start(token) {
     err.hidden = !job.error;
     err.textContent = job.error ? `Error: ${job.error}` : "";
     li.querySelector(".cancel").hidden = isTerminal(job.status);
+    updateMedia(li, job);
   }
+
+  // updateMedia shows the job's picture: its live preview while it runs
+  // (each progress event may name a newer one), then its stored output —
+  // an <img>, or a <video> player for a video.
+  function updateMedia(li, job) {
+    const out = job.status === "succeeded" ? firstOutput(job.result) : null;
+    if (out) {
+      if (li.dataset.mediaOf === out.url) return;
+      li.dataset.mediaOf = out.url;
+      const video = (out.content_type || "").startsWith("video/");
+      if (!video && !(out.content_type || "").startsWith("image/")) return;
+      signedURL(job.id, out.url).then((src) => {
+        if (src) showMedia(li, video ? "video" : "image", "output", src, `Result of ${job.kind} job ${shortId(job.id)}`);
+      });
+      return;
+    }
+    const pv = job.preview;
+    if (!pv || isTerminal(job.status)) {
+      if (isTerminal(job.status) && li.dataset.media === "preview") li.querySelector('[data-role="media"]').hidden = true;
+      return;
+    }
+    if (li.dataset.mediaOf === pv.digest || !(pv.content_type || "").startsWith("image/")) return;
+    li.dataset.mediaOf = pv.digest;
+    const caption = `Preview of ${job.kind} job ${shortId(job.id)} at ${job.progress}%`;
+    if (pv.signed_url) {
+      showMedia(li, "image", "preview", pv.signed_url, caption);
+    } else {
+      signedURL(job.id, pv.url, pv.digest).then((src) => {
+        if (src && li.dataset.mediaOf === pv.digest) showMedia(li, "image", "preview", src, caption);
+      });
+    }
+  }
+
+  function showMedia(li, kind, what, src, caption) {
+    const fig = li.querySelector('[data-role="media"]');
+    const img = li.querySelector('[data-role="image"]');
+    const video = li.querySelector('[data-role="video"]');
+    const el = kind === "video" ? video : img;
+    (kind === "video" ? img : video).hidden = true;
+    el.hidden = false;
+    if (kind === "image") el.alt = caption;
+    else el.setAttribute("aria-label", caption);
+    el.src = src;
+    li.dataset.media = what;
+    fig.querySelector("figcaption").textContent = what === "preview" ? caption : "";
+    fig.hidden = false;
+  }
+
+  // signedURL asks ingest for a short-lived URL of an output that needs no
+  // Authorization header (<img src>, <video src>); null when refused.
+  async function signedURL(id, path, version) {
+    try {
+      const res = await fetch(`${path}/link`, { headers: { Authorization: `Bearer ${token}` } });
+      if (!res.ok) return null;
+      const { url } = await res.json();
+      return version ? `${url}&v=${encodeURIComponent(version)}` : url;
+    } catch {
+      return null;
+    }
+  }
+}
+
+// firstOutput is the first stored output a result names (an object with
+// output, url and content_type, anywhere in it), or null.
+function firstOutput(v) {
+  if (!v || typeof v !== "object") return null;
+  if (typeof v.output === "string" && typeof v.url === "string" && typeof v.content_type === "string") return v;
+  for (const x of Array.isArray(v) ? v : Object.values(v)) {
+    const o = firstOutput(x);
+    if (o) return o;
+  }
+  return null;
 }
 
 function setFormStatus(text, isError = false) {

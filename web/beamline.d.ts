@@ -6,6 +6,31 @@ export type JobStatus =
 
 export type Priority = "high" | "normal" | "low";
 
+/**
+ * A stored output, as a result names it once kept (docs/design.md#outputs):
+ * `url` needs the bearer token; GET `${url}/link` returns a signed URL for <img>/<video>.
+ */
+export interface Output {
+  /** "0.png", "1.mp4", … */
+  output: string;
+  /** /v1/jobs/{id}/outputs/{output} */
+  url: string;
+  content_type: string;
+  size: number;
+  /** "SHA-256=<base64url>", the served ETag. */
+  digest: string;
+}
+
+/** A running job's latest intermediate output (docs/design.md#live-previews). */
+export interface Preview extends Output {
+  /** Always "preview": each newer preview replaces the previous one. */
+  output: "preview";
+  /** A short-lived URL that needs no Authorization header (for <img src>); absent when the processor cannot sign. */
+  signed_url?: string;
+  /** When signed_url stops working (RFC 3339). */
+  expires_at?: string;
+}
+
 /** A job's state, as returned by ingest and pushed by the notifier. */
 export interface Job {
   id: string;
@@ -16,8 +41,11 @@ export interface Job {
   /** 0–100 */
   progress: number;
   attempt: number;
+  /** The provider's result; stored outputs appear in it as Output objects. */
   result?: unknown;
   error?: string;
+  /** While running: the newest live preview, named by progress events. Cleared by success and by a new attempt. */
+  preview?: Preview;
   /** Monotonic per job; every update carries a larger one. */
   seq: number;
   created_at: string;

@@ -13,6 +13,7 @@ import (
 	"github.com/beamline/beamline/internal/auth"
 	"github.com/beamline/beamline/internal/config"
 	"github.com/beamline/beamline/internal/ingest"
+	"github.com/beamline/beamline/internal/outputs"
 	"github.com/beamline/beamline/internal/provider"
 )
 
@@ -71,6 +72,7 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 			Addr:           *addr,
 			Kinds:          config.KindNames(kinds),
 			Secret:         secret,
+			OutputsKey:     []byte(os.Getenv(outputs.EnvKey)),
 			MaxBody:        *maxBody,
 			MaxInFlight:    *maxInFlight,
 			RequestTimeout: *timeout,

@@ -67,6 +67,11 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.DurationVar(&ocfg.Timeout, "outputs-timeout", outputs.DefaultFetchTimeout, "timeout of one output download")
 	fs.BoolVar(&ocfg.AllowPrivate, "outputs-allow-private", false,
 		"DEVELOPMENT AND TESTS ONLY: let output downloads use http and loopback, private or link-local addresses")
+	var previews bool
+	fs.BoolVar(&previews, "previews", true,
+		"with -outputs: store the outputs a provider reports while a job runs as the job's live preview, named by its progress events "+
+			"(URLs signed with $"+outputs.EnvKey+" when it is set, the key ingest verifies)")
+	fs.DurationVar(&cfg.PreviewInterval, "preview-interval", processor.DefaultPreviewInterval, "least time between two stored previews of one job")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: processor [flags]\n\nRuns Beamline jobs from NATS JetStream.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -93,6 +98,12 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	if cfg.StartedDelay == 0 {
 		cfg.StartedDelay = -1 // the flag's 0 means off; Config's zero is the default
+	}
+	var previewSigner *outputs.Signer // nil: previews carry no signed URL
+	if k := os.Getenv(outputs.EnvKey); k != "" {
+		if previewSigner, err = outputs.NewSignerKey([]byte(k)); err != nil {
+			return config.Invalid(fmt.Errorf("$%s: %w", outputs.EnvKey, err))
+		}
 	}
 	pcfg := provider.Config{HTTP: provider.HTTPConfigFromEnv(os.Getenv)}
 	pcfg.HTTP.URL = httpURL
@@ -146,6 +157,9 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 				log.Warn("-outputs-allow-private is set: output downloads may reach http, loopback and private addresses (development only)")
 			}
 			cfg.Outputs = keeper
+			if previews {
+				cfg.Previews = &outputs.Previewer{Store: keeper.Store, Fetcher: keeper.Fetcher, Signer: previewSigner}
+			}
 			for _, name := range strings.Split(outputProviders, ",") {
 				if name = strings.TrimSpace(name); name != "" {
 					cfg.OutputProviders = append(cfg.OutputProviders, name)

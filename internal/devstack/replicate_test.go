@@ -1,10 +1,8 @@
 package devstack_test
 
 import (
-	"encoding/json"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"testing"
 	"time"
 
@@ -18,8 +16,9 @@ import (
 
 // TestReplicateKind: -kinds image=replicate:acme/painter,video
 // -replicate-url <fake>: an image job runs as one Replicate prediction of
-// that model (input without "sim") and its output file URL is the job's
-// result; video jobs stay on the sim provider.
+// that model (input without "sim") and its output file is kept in the
+// outputs bucket and named by the job's result; video jobs stay on the sim
+// provider.
 func TestReplicateKind(t *testing.T) {
 	fake := replicatefake.New(replicatefake.Config{})
 	srv := httptest.NewServer(fake)
@@ -39,9 +38,8 @@ func TestReplicateKind(t *testing.T) {
 	if got.Status != envelope.StatusSucceeded {
 		t.Fatalf("image job = %+v, want succeeded", got)
 	}
-	var url string
-	if err := json.Unmarshal(got.Result, &url); err != nil || !strings.HasPrefix(url, srv.URL+"/files/") {
-		t.Fatalf("result = %s, want the fake's file URL", got.Result)
+	if b, ct := storedOutput(t, st, got.Result); ct != "text/plain" || len(b) != 16 {
+		t.Fatalf("stored output %q (%s), want the fake's 16 bytes of text", b, ct)
 	}
 	if n := fake.Created(`{"duration_ms":20,"prompt":"a lighthouse"}`); n != 1 || fake.CreatedTotal() != 1 {
 		t.Fatalf("Replicate predictions for the job = %d (total %d), want 1", n, fake.CreatedTotal())

@@ -113,6 +113,9 @@ func (s *Stack) startProcessor(ctx context.Context, ln net.Listener) (func(conte
 			TracerProvider:  tracerProvider(),
 			Webhooks:        hooks,
 		}
+		if err := s.keepOutputs(js, &cfg); err != nil {
+			return nil, err
+		}
 		if s.cfg.Tune.Processor != nil {
 			s.cfg.Tune.Processor(&cfg)
 		}

@@ -35,6 +35,10 @@ type Config struct {
 	Kinds []string
 	// Secret is the HS256 key of the bearer tokens (at least 16 bytes).
 	Secret []byte
+	// OutputsKey, when set, signs and verifies the signed output URLs
+	// instead of a key derived from Secret ($BEAMLINE_OUTPUTS_KEY, shared
+	// with the processors that sign preview URLs; at least 16 bytes).
+	OutputsKey []byte
 	// MaxBody bounds a request body; larger bodies get 413. Default 1 MiB.
 	MaxBody int64
 	// MaxInFlight bounds the submissions handled at once; beyond it POST

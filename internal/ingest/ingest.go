@@ -107,6 +107,11 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 		tracer:   telemetry.Tracer(cfg.TracerProvider),
 		signer:   outputs.NewSigner(cfg.Secret),
 	}
+	if len(cfg.OutputsKey) > 0 {
+		if s.signer, err = outputs.NewSignerKey(cfg.OutputsKey); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+		}
+	}
 	s.store = jobstore.New(js, kv, jobstore.Config{Source: cfg.Source, Traceparent: telemetry.Traceparent})
 	if cfg.ReplicateWebhookSecret != "" {
 		if s.replicateKey, err = ParseWebhookSecret(cfg.ReplicateWebhookSecret); err != nil {

@@ -144,3 +144,33 @@ func TestSignedOutputURL(t *testing.T) {
 		}
 	}
 }
+
+// With an OutputsKey ($BEAMLINE_OUTPUTS_KEY), ingest verifies URLs signed
+// with it — the processors' preview URLs — and no longer those signed with
+// the key derived from the auth secret.
+func TestOutputsKeySignsAndVerifies(t *testing.T) {
+	key := []byte("shared-outputs-key-0123456789")
+	h := newHarness(t, func(c *Config) { c.OutputsKey = key })
+	id := h.submit(token(t, "alice"), `{"kind":"video"}`).snapshot(t).ID
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := outputs.CreateStore(ctx, h.js, outputs.StoreConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Put(ctx, outputs.Key(id, outputs.PreviewName), "image/png", bytes.NewReader([]byte("png"))); err != nil {
+		t.Fatal(err)
+	}
+	shared, err := outputs.NewSignerKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp := time.Now().Add(time.Minute)
+	if r := h.do(http.MethodGet, shared.URL(id, outputs.PreviewName, exp), nil); r.Status != http.StatusOK || string(r.Body) != "png" {
+		t.Fatalf("URL signed with the shared key: %d %s", r.Status, r.Body)
+	}
+	derived := outputs.NewSigner(testSecret)
+	if r := h.do(http.MethodGet, derived.URL(id, outputs.PreviewName, exp), nil); r.Status != http.StatusForbidden {
+		t.Fatalf("URL signed with the derived key: %d, want 403", r.Status)
+	}
+}

@@ -10,11 +10,19 @@ import (
 // whose output URLs are found, in order, and a rewrite with a fixed
 // replacement keeps it valid JSON with none left.
 func FuzzOutputURLs(f *testing.F) {
-	for _, s := range []string{`"https://x/y.png"`, `["data:,a",{"b":"http://h/"}]`, `{"a":1}`, `nul`, `"data:`, `[[["https://a b"]]]`} {
+	for _, s := range []string{`"https://x/y.png"`, `["data:,a",{"b":"http://h/"}]`, `{"a":1}`, `nul`, `"data:`, `[[["https://a b"]]]`, `"\u0064ata:,x"`, `["h\u0074tp://a/", "https://b/"]`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		urls := OutputURLs(b)
+		// The guard that spares Keep and LatestURL the decode never hides
+		// an output URL, and LatestURL is the last one.
+		if len(urls) > 0 && !mayHoldURL(b) {
+			t.Fatalf("mayHoldURL(%q) = false, but it holds %q", b, urls)
+		}
+		if latest := LatestURL(b); (len(urls) == 0 && latest != "") || (len(urls) > 0 && latest != urls[len(urls)-1]) {
+			t.Fatalf("LatestURL = %q, URLs %q", latest, urls)
+		}
 		v, ok := decode(b)
 		if !ok {
 			if urls != nil {

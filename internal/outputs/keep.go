@@ -109,6 +109,9 @@ func walk(v any, fn func(string) any) any {
 // error; outputs already stored stay until their TTL (a rerun replaces
 // them under the same names).
 func (k *Keeper) Keep(ctx context.Context, job string, result []byte) ([]byte, error) {
+	if !mayHoldURL(result) {
+		return result, nil // most results name no output: no decode
+	}
 	v, ok := decode(result)
 	if !ok {
 		return result, nil
@@ -178,8 +181,9 @@ var extRe = regexp.MustCompile(`^\.[a-z0-9]{1,8}$`)
 // nameRe is the shape of every output name: what Name makes.
 var nameRe = regexp.MustCompile(`^[0-9]{1,6}(\.[a-z0-9]{1,8})?$`)
 
-// ValidName reports whether name can be an output's name.
-func ValidName(name string) bool { return nameRe.MatchString(name) }
+// ValidName reports whether name can be an output's name: one Name makes,
+// or PreviewName.
+func ValidName(name string) bool { return name == PreviewName || nameRe.MatchString(name) }
 
 // Name is the name of the i-th output: "<i><ext>", the extension taken from
 // the URL's path when it has a short plain one (…/out-0.webp → 0.webp),

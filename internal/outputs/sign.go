@@ -29,6 +29,23 @@ func NewSigner(authSecret []byte) *Signer {
 	return &Signer{key: m.Sum(nil)}
 }
 
+// EnvKey names the key of signed output URLs, when it is not derived from
+// the auth secret: ingest, which verifies them, and the processor, which
+// signs its previews' URLs (docs/design.md#live-previews), share it, so
+// that processors never hold the auth secret.
+const EnvKey = "BEAMLINE_OUTPUTS_KEY"
+
+// MinKeyLen is the shortest key NewSignerKey accepts.
+const MinKeyLen = 16
+
+// NewSignerKey signs with key as it is ($BEAMLINE_OUTPUTS_KEY).
+func NewSignerKey(key []byte) (*Signer, error) {
+	if len(key) < MinKeyLen {
+		return nil, wrapf(ErrInvalidConfig, "the signing key must have at least %d bytes", MinKeyLen)
+	}
+	return &Signer{key: append([]byte(nil), key...)}, nil
+}
+
 func (s *Signer) mac(job, name string, exp int64) []byte {
 	m := hmac.New(sha256.New, s.key)
 	m.Write([]byte("beamline-output\x00" + job + "\x00" + name + "\x00" + strconv.FormatInt(exp, 10)))

@@ -153,6 +153,17 @@ type Config struct {
 	// (by Provider.Name()): a generic provider's result may hold links that
 	// are not outputs at all. Empty: every provider's.
 	OutputProviders []string
+	// Previews, when set, stores the intermediate outputs a provider
+	// reports while a job runs (Request.Preview: Cog and Replicate
+	// outputs of a prediction still processing, the sim's images) as the
+	// job's live preview, each announced by a progress event that names
+	// it (docs/design.md#live-previews). nil: providers get no Preview
+	// hook.
+	Previews PreviewKeeper
+	// PreviewInterval is the least time between two stored previews of
+	// one job; newer ones supersede those that wait. Default
+	// DefaultPreviewInterval.
+	PreviewInterval time.Duration
 }
 
 func (c *Config) withDefaults() (Config, error) {
@@ -177,6 +188,7 @@ func (c *Config) withDefaults() (Config, error) {
 	out.MetricsInterval = cmp.Or(out.MetricsInterval, 5*time.Second)
 	out.MaxResult = cmp.Or(out.MaxResult, DefaultMaxResult)
 	out.StartedDelay = cmp.Or(out.StartedDelay, DefaultStartedDelay)
+	out.PreviewInterval = cmp.Or(out.PreviewInterval, DefaultPreviewInterval)
 	switch {
 	case out.Concurrency < 1:
 		return bad("concurrency must be >= 1, got %d", out.Concurrency)
@@ -202,6 +214,8 @@ func (c *Config) withDefaults() (Config, error) {
 		return bad("breaker failure ratio must be in (0, 1], got %v", out.Breaker.FailureRatio)
 	case out.Breaker.OpenTimeout < 0:
 		return bad("breaker open time must not be negative")
+	case out.PreviewInterval < 0:
+		return bad("preview interval must not be negative")
 	}
 	for _, w := range out.PriorityWeights {
 		if w < 1 {

@@ -52,6 +52,7 @@ func (p *Processor) finish(ctx context.Context, d *delivery, result json.RawMess
 			s.Progress = 100
 			s.Result = result
 			s.Error = ""
+			s.Preview = nil // the result names the finished output
 			return nil
 		})
 		if errors.Is(err, envelope.ErrTooLarge) {

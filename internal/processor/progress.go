@@ -18,7 +18,10 @@ import (
 // change of the run — another progress report or the outcome (apply) —
 // publishes it first, and if the run ends without that, the Nak'd
 // redelivery does (EnsurePublished).
-func (p *Processor) storeProgress(ctx context.Context, d *delivery, pct int) error {
+//
+// pv, when not nil, is a new preview of the job (previews.go): the event
+// names it (Snapshot.Preview).
+func (p *Processor) storeProgress(ctx context.Context, d *delivery, pct int, pv *envelope.Preview) error {
 	if err := p.announcePending(ctx, d); err != nil {
 		return err
 	}
@@ -27,6 +30,9 @@ func (p *Processor) storeProgress(ctx context.Context, d *delivery, pct int) err
 			return errSkip
 		}
 		s.Progress = pct
+		if pv != nil {
+			s.Preview = pv
+		}
 		return nil
 	})
 	if err == nil || errors.Is(err, jobstore.ErrNotPublished) {
@@ -72,24 +78,27 @@ func (e *pendingError) Error() string {
 
 func (e *pendingError) Unwrap() error { return e.err }
 
-// progress turns a provider's Progress calls into progress events without
-// slowing the provider down: a call only records the value; one goroutine
-// per job at a time stores it, and a burst of calls while it is busy
-// collapses into the last value (last one wins, never more than one write in
-// flight per job). The goroutine only exists while there is something to
-// store.
+// progress turns a provider's Progress calls (and the stored previews,
+// previews.go) into progress events without slowing the provider down: a
+// call only records the value; one goroutine per job at a time stores it,
+// and a burst of calls while it is busy collapses into the last value (last
+// one wins, never more than one write in flight per job). The goroutine
+// only exists while there is something to store.
 type progress struct {
-	store func(pct int)
+	store func(pct int, pv *envelope.Preview)
 
 	mu      sync.Mutex
 	latest  int
 	sent    int
+	preview *envelope.Preview // newest stored preview not yet announced
 	busy    bool
 	closed  bool
 	flushed sync.WaitGroup
 }
 
-func newProgress(store func(int)) *progress { return &progress{store: store, sent: -1} }
+func newProgress(store func(int, *envelope.Preview)) *progress {
+	return &progress{store: store, sent: -1}
+}
 
 // report is the provider's Progress callback.
 func (p *progress) report(pct int) {
@@ -100,7 +109,23 @@ func (p *progress) report(pct int) {
 		return
 	}
 	p.latest = pct
-	if p.busy || pct == p.sent {
+	p.kick()
+}
+
+// showPreview announces a stored preview with the next progress event.
+func (p *progress) showPreview(pv envelope.Preview) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return
+	}
+	p.preview = &pv
+	p.kick()
+}
+
+// kick starts the loop when there is something new; p.mu is held.
+func (p *progress) kick() {
+	if p.busy || (p.latest == p.sent && p.preview == nil) {
 		return
 	}
 	p.busy = true
@@ -112,14 +137,15 @@ func (p *progress) loop() {
 	defer p.flushed.Done()
 	for {
 		p.mu.Lock()
-		v := p.latest
-		if v == p.sent {
+		v, pv := p.latest, p.preview
+		if v == p.sent && pv == nil {
 			p.busy = false
 			p.mu.Unlock()
 			return
 		}
+		p.preview = nil
 		p.mu.Unlock()
-		p.store(v)
+		p.store(max(v, 0), pv)
 		p.mu.Lock()
 		p.sent = v
 		p.mu.Unlock()

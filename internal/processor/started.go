@@ -164,6 +164,7 @@ func (p *Processor) writeStarted(ctx context.Context, d *delivery) (envelope.Sna
 		s.Status = envelope.StatusRunning
 		s.Attempt = d.attempt
 		s.Progress = 0
+		s.Preview = nil // an earlier attempt's picture
 		s.Error = ""
 		return nil
 	})

@@ -367,7 +367,7 @@ func (p *Processor) call(actx, jctx context.Context, d *delivery, done func(erro
 
 	// Progress writes carry the revision too: they are serial (one in
 	// flight per job) and the final write waits for them (prog.close).
-	prog := newProgress(func(pct int) {
+	prog := newProgress(func(pct int, pv *envelope.Preview) {
 		// Progress is a change of a running job: the start first.
 		if _, err := d.start.ensure(); err != nil {
 			return // the call is being stopped; run acts on the error
@@ -378,7 +378,7 @@ func (p *Processor) call(actx, jctx context.Context, d *delivery, done func(erro
 		// With the run's store context, not jctx: a cancel notice or the
 		// end of the grace must not cut off the reply of a write that
 		// lands, or this run would not know the seq it stored.
-		err := p.storeProgress(actx, d, pct)
+		err := p.storeProgress(actx, d, pct, pv)
 		if err != nil && !errors.Is(err, errSkip) && !errors.Is(err, jobstore.ErrTerminal) && jctx.Err() == nil {
 			log.Warn("progress not recorded", "progress", pct, "err", err)
 		}
@@ -387,6 +387,9 @@ func (p *Processor) call(actx, jctx context.Context, d *delivery, done func(erro
 		}
 	})
 	defer prog.close()
+	// Previews are stored apart and announced through prog (previews.go).
+	pvs := p.newPreviews(jctx, d, prog, log)
+	defer pvs.close()
 
 	bd := flow.Boundary{Timeout: p.cfg.timeout(j.Kind)}
 	var result json.RawMessage
@@ -395,7 +398,7 @@ func (p *Processor) call(actx, jctx context.Context, d *delivery, done func(erro
 	// breaker as a failure like any other.
 	r, remote := p.resumer(prov)
 	err := bd.Do(jctx, func(ctx context.Context) error {
-		req := provider.Request{Job: j, Attempt: d.attempt, Progress: prog.report}
+		req := provider.Request{Job: j, Attempt: d.attempt, Progress: prog.report, Preview: pvs.hook()}
 		var res json.RawMessage
 		var err error
 		if remote {
@@ -415,6 +418,7 @@ func (p *Processor) call(actx, jctx context.Context, d *delivery, done func(erro
 	p.m.duration.WithLabelValues(j.Kind).Observe(time.Since(start).Seconds())
 	p.countCall(prov.Name(), j.Kind, err)
 	telemetry.RecordError(span, err)
+	pvs.close()  // no preview announced after this
 	prog.close() // progress events all stored before the final one
 	return result, err
 }

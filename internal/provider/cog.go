@@ -304,7 +304,7 @@ func (p *cogProvider) Call(ctx context.Context, req Request) (json.RawMessage, e
 	if err != nil {
 		return nil, err
 	}
-	progress := newProgressTracker(req.Progress)
+	progress := newProgressTracker(req.Progress).withPreview(req.Preview)
 	var deliveries <-chan WebhookDelivery
 	if p.hooks != nil {
 		c, stop := p.hooks.Watch(envelope.WebhookCog, req.Job.ID)
@@ -508,6 +508,7 @@ func (p *cogProvider) await(ctx context.Context, job, id string, body []byte, sr
 		// without a webhook Cog cannot tell anyone how it ended.
 		for try := 0; !pred.terminal(); try++ {
 			progress.fromLogs(pred.Logs)
+			progress.output(pred.Output)
 			if err := flow.Sleep(ctx, flow.Backoff(try+1, p.backoffMin, p.backoffMax, 0.2, nil)); err != nil {
 				return nil, flow.Retryable(fmt.Errorf("cog provider: %w", err), 0)
 			}
@@ -537,6 +538,7 @@ func (p *cogProvider) await(ctx context.Context, job, id string, body []byte, sr
 				return p.outcome(id, d, progress)
 			}
 			progress.fromLogs(d.Logs)
+			progress.output(d.Output)
 			try = 0
 			quiet.Reset(p.quiet)
 		case <-quiet.C:
@@ -564,6 +566,7 @@ func (p *cogProvider) await(ctx context.Context, job, id string, body []byte, sr
 				return p.outcome(id, next, progress)
 			}
 			progress.fromLogs(next.Logs)
+			progress.output(next.Output)
 			try = 0
 			quiet.Reset(p.quiet)
 		}
@@ -711,10 +714,26 @@ func predictionOutcome(service, id, status string, output, errBody json.RawMessa
 }
 
 // progressTracker turns the percentages a model prints (tqdm's "42%|",
-// "step 3/10 30%") into non-decreasing progress reports.
+// "step 3/10 30%") into non-decreasing progress reports, and the output a
+// running prediction already holds into previews (Request.Preview).
 type progressTracker struct {
-	report func(int)
-	last   int
+	report  func(int)
+	last    int
+	preview func(json.RawMessage)
+}
+
+// withPreview makes output pass a running prediction's output to f.
+func (t *progressTracker) withPreview(f func(json.RawMessage)) *progressTracker {
+	t.preview = f
+	return t
+}
+
+// output reports the output of a prediction still running, if it has one.
+func (t *progressTracker) output(out json.RawMessage) {
+	if t.preview == nil || len(out) == 0 || bytes.Equal(out, []byte("null")) {
+		return
+	}
+	t.preview(out)
 }
 
 var percentRE = regexp.MustCompile(`(\d{1,3})%`)

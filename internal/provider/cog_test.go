@@ -167,7 +167,7 @@ func TestCogSendsModelInput(t *testing.T) {
 		t.Fatalf("Call: %v", err)
 	}
 	var url string
-	if err := json.Unmarshal(out, &url); err != nil || !strings.HasPrefix(url, "data:application/octet-stream;base64,") {
+	if err := json.Unmarshal(out, &url); err != nil || !strings.HasPrefix(url, "data:text/plain;base64,") {
 		t.Fatalf("result %s, want a data: URL string", out)
 	}
 	id := provider.CogPredictionID("j-in", 2)

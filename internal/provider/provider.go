@@ -19,6 +19,14 @@ type Request struct {
 	// Progress reports progress in percent (0..100). It may be nil. It must
 	// be cheap to call; the processor turns calls into progress events.
 	Progress func(percent int)
+	// Preview reports an intermediate output of a call still running: the
+	// prediction's output so far (a JSON value holding data: or http(s)
+	// URLs, as Cog and Replicate report it while processing; the newest
+	// is the last). It may be nil. It must be cheap to call and the value
+	// must not be modified afterwards; the processor stores the latest
+	// one, throttled, and announces it with a progress event
+	// (docs/design.md#live-previews).
+	Preview func(output json.RawMessage)
 	// Prediction is the job's prediction number for Resumable.Start (see
 	// Handle.Number); 0 for Call, where providers number by Attempt.
 	Prediction int

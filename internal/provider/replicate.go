@@ -440,7 +440,7 @@ func (p *replicateProvider) sameOrigin(u, path string) string {
 // until the next delivery. Only a delivery of prediction h.ID counts:
 // ingest checked its signature, not that it is about this job's work.
 func (p *replicateProvider) Await(ctx context.Context, h Handle, req Request) (json.RawMessage, error) {
-	progress := newProgressTracker(req.Progress)
+	progress := newProgressTracker(req.Progress).withPreview(req.Preview)
 	p.mu.Lock()
 	done, ok := p.finished[h.ID]
 	delete(p.finished, h.ID)
@@ -476,6 +476,7 @@ func (p *replicateProvider) Await(ctx context.Context, h Handle, req Request) (j
 				return p.outcome(h.ID, pred, progress)
 			}
 			progress.fromLogs(pred.logs())
+			progress.output(pred.Output)
 			quiet = true
 			continue
 		}
@@ -495,6 +496,7 @@ func (p *replicateProvider) Await(ctx context.Context, h Handle, req Request) (j
 				return p.outcome(h.ID, pred, progress)
 			}
 			progress.fromLogs(pred.logs())
+			progress.output(pred.Output)
 			try++
 		case ctx.Err() != nil:
 			return nil, flow.Retryable(fmt.Errorf("replicate provider: prediction %s: %w", h.ID, ctx.Err()), 0)

@@ -58,6 +58,8 @@ const EnvSimCallLog = "BEAMLINE_SIM_CALL_LOG"
 //	  "hang_times":  1,      // the next hang_times attempts block until ctx is done, then return ctx.Err() (retryable)
 //	  "fail_times":  2,      // the next fail_times attempts fail with a retryable error
 //	  "fail":        "terminal", // after that, fail with a terminal error instead of succeeding
+//	  "image":       true,   // draw a real picture (SimPNG): each progress step but the last hands Request.Preview a PNG
+//	                         // that sharpens with progress, and the result's url is the final PNG as a data: URL
 //	  "result":      {...}   // the JSON result on success (default {"url":"sim://<kind>/<job>","attempt":N})
 //	}}
 //
@@ -103,6 +105,7 @@ type simSpec struct {
 	Fail       string          `json:"fail"`
 	PanicTimes int             `json:"panic_times"`
 	HangTimes  int             `json:"hang_times"`
+	Image      bool            `json:"image"`
 	Result     json.RawMessage `json:"result"`
 }
 
@@ -151,7 +154,13 @@ func (p *simProvider) Call(ctx context.Context, req Request) (json.RawMessage, e
 	if spec.DurationMS != nil {
 		d = time.Duration(*spec.DurationMS) * time.Millisecond
 	}
-	if err := p.run(ctx, d, spec.Steps, req.Progress); err != nil {
+	progress := req.Progress
+	var seed uint64
+	if spec.Image {
+		seed = SimImageSeed(req.Job.ID, req.Job.Input)
+		progress = imageProgress(seed, req.Progress, req.Preview)
+	}
+	if err := p.run(ctx, d, spec.Steps, progress); err != nil {
 		return nil, err
 	}
 	if spec.Fail == "terminal" {
@@ -159,6 +168,13 @@ func (p *simProvider) Call(ctx context.Context, req Request) (json.RawMessage, e
 	}
 	if spec.Result != nil {
 		return spec.Result, nil
+	}
+	if spec.Image {
+		b, err := json.Marshal(struct {
+			URL     string `json:"url"`
+			Attempt int    `json:"attempt"`
+		}{SimPNGDataURL(seed, 100), attempt})
+		return b, err
 	}
 	return defaultSimResult(req.Job.Kind, req.Job.ID, attempt), nil
 }
@@ -187,6 +203,23 @@ func (p *simProvider) run(ctx context.Context, d time.Duration, steps int, progr
 		}
 	}
 	return nil
+}
+
+// imageProgress hands preview, before each progress report short of 100,
+// the picture at that progress (a JSON string, a data:image/png URL). The
+// PNG is only drawn when someone takes it.
+func imageProgress(seed uint64, progress func(int), preview func(json.RawMessage)) func(int) {
+	if preview == nil {
+		return progress
+	}
+	return func(pct int) {
+		if pct < 100 {
+			preview(json.RawMessage(`"` + SimPNGDataURL(seed, pct) + `"`))
+		}
+		if progress != nil {
+			progress(pct)
+		}
+	}
 }
 
 // parseSim extracts and validates input.sim. A missing or null sim is the

@@ -41,18 +41,40 @@ func (s Status) Valid() bool {
 // join reply. Seq grows by one with every event of the job, so clients
 // de-duplicate and resume by it.
 type Snapshot struct {
-	ID        string          `json:"id"`
-	User      string          `json:"user"`
-	Kind      string          `json:"kind"`
-	Priority  Priority        `json:"priority"`
-	Status    Status          `json:"status"`
-	Progress  int             `json:"progress"`
-	Attempt   int             `json:"attempt"`
-	Result    json.RawMessage `json:"result,omitempty"`
-	Error     string          `json:"error,omitempty"`
-	Seq       uint64          `json:"seq"`
-	CreatedAt time.Time       `json:"created_at"`
-	UpdatedAt time.Time       `json:"updated_at"`
+	ID       string          `json:"id"`
+	User     string          `json:"user"`
+	Kind     string          `json:"kind"`
+	Priority Priority        `json:"priority"`
+	Status   Status          `json:"status"`
+	Progress int             `json:"progress"`
+	Attempt  int             `json:"attempt"`
+	Result   json.RawMessage `json:"result,omitempty"`
+	Error    string          `json:"error,omitempty"`
+	// Preview is the latest intermediate output of the running attempt
+	// (a live preview: the image forming), set by progress events; absent
+	// until the provider reported one. A new attempt clears it.
+	Preview   *Preview  `json:"preview,omitempty"`
+	Seq       uint64    `json:"seq"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Preview names a running job's latest intermediate output, stored like
+// its outputs (docs/design.md#live-previews). Output and URL name it for a
+// client with a bearer token; SignedURL, when set, is a short-lived URL
+// that needs none (for <img src>), valid until ExpiresAt.
+type Preview struct {
+	// Output is the stored output's name, "preview".
+	Output string `json:"output"`
+	// URL is where ingest serves it: /v1/jobs/<job>/outputs/preview.
+	URL         string     `json:"url"`
+	SignedURL   string     `json:"signed_url,omitempty"`
+	ExpiresAt   *time.Time `json:"expires_at,omitempty"`
+	ContentType string     `json:"content_type"`
+	Size        int64      `json:"size"`
+	// Digest is the SHA-256 of the bytes ("SHA-256=<base64url>"); it
+	// changes with every new preview.
+	Digest string `json:"digest"`
 }
 
 // NewSnapshot is the queued snapshot (seq 0) of a job that was just accepted.

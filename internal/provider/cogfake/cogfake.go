@@ -92,6 +92,17 @@ type Run struct {
 	p       *prediction
 }
 
+// Output sets the output of the prediction while it runs (a model that
+// yields files: coglet reports the outputs so far in the prediction's
+// state) and sends an "output" webhook.
+func (r *Run) Output(out json.RawMessage) {
+	r.s.mu.Lock()
+	r.p.Output = out
+	snap := r.p.snapshot()
+	r.s.mu.Unlock()
+	r.s.webhook(r.p, "output", snap)
+}
+
 // Log appends a line to the prediction's logs (what the model prints) and
 // sends a "logs" webhook.
 func (r *Run) Log(line string) {

@@ -20,7 +20,7 @@ import (
 //	steps        int     progress lines logged ("NN%"), evenly spaced (0..1000)
 //	fail         string  end "failed" with this error message
 //	output       any     the output (default a data: URL, see output_bytes)
-//	output_bytes int     size of the default data:application/octet-stream output (default 16)
+//	output_bytes int     size of the default data:text/plain output (default 16)
 type defaultInput struct {
 	DurationMS  int64           `json:"duration_ms"`
 	Steps       int             `json:"steps"`
@@ -86,7 +86,9 @@ func DefaultPredict(ctx context.Context, r *Run) (json.RawMessage, error) {
 }
 
 // DataURL is the default model's output for prediction id: n bytes (default
-// 16) derived from id, as data:application/octet-stream;base64,...
+// 16) of lower-case letters derived from id, as data:text/plain;base64,...
+// (a type the outputs allowlist takes, so the output is kept like a
+// model's file).
 func DataURL(id string, n *int) string {
 	size := 16
 	if n != nil {
@@ -94,9 +96,9 @@ func DataURL(id string, n *int) string {
 	}
 	b := make([]byte, size)
 	for i := range b {
-		b[i] = id[i%max(len(id), 1)] ^ byte(i)
+		b[i] = 'a' + (id[i%max(len(id), 1)]^byte(i))%26
 	}
-	return "data:application/octet-stream;base64," + base64.StdEncoding.EncodeToString(b)
+	return "data:text/plain;base64," + base64.StdEncoding.EncodeToString(b)
 }
 
 // Context keys the cog provider sends in the prediction's context (Cog
@@ -132,7 +134,9 @@ func SimModel() (validate func(map[string]json.RawMessage, map[string]string) er
 		return nil
 	}
 	predict = func(ctx context.Context, r *Run) (json.RawMessage, error) {
-		out, err := sim.Call(ctx, req(r.Input, r.Context, func(pct int) { r.Log(fmt.Sprintf("%d%%", pct)) }))
+		rq := req(r.Input, r.Context, func(pct int) { r.Log(fmt.Sprintf("%d%%", pct)) })
+		rq.Preview = r.Output // a sim image's previews are the outputs so far
+		out, err := sim.Call(ctx, rq)
 		if err != nil {
 			return nil, &FailedError{Msg: err.Error()}
 		}

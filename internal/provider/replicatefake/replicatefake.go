@@ -144,6 +144,17 @@ func (r *Run) Log(line string) {
 	r.s.flush(r.p)
 }
 
+// Output sets the output of the prediction while it runs (Replicate shows
+// a model's outputs so far while it is processing) and queues an "output"
+// webhook.
+func (r *Run) Output(out json.RawMessage) {
+	r.s.mu.Lock()
+	r.p.Output = out
+	r.s.webhookLocked(r.p, "output")
+	r.s.mu.Unlock()
+	r.s.flush(r.p)
+}
+
 // File stores an output file served once by the fake and returns its URL.
 func (r *Run) File(name, contentType string, data []byte) string {
 	r.s.mu.Lock()
