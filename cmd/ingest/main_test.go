@@ -28,7 +28,7 @@ func TestHelp(t *testing.T) {
 	if code := config.ExitCode(run(context.Background(), []string{"--help"}, io.Discard, &out)); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
-	for _, want := range []string{"-addr", "-nats", "-log-format", "-replicas", "-kinds", "-max-body", "-max-inflight", auth.EnvSecret} {
+	for _, want := range []string{"-addr", "-nats", "-log-format", "-replicas", "-kinds", "-max-body", "-max-inflight", "-cors-origins", auth.EnvSecret} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("--help lacks %s:\n%s", want, out.String())
 		}
@@ -133,5 +133,13 @@ func TestRuns(t *testing.T) {
 	}
 	if strings.Contains(logs, secret) || strings.Contains(logs, tok) {
 		t.Fatal("a secret or token was logged")
+	}
+}
+
+func TestBadCORSOrigin(t *testing.T) {
+	t.Setenv(auth.EnvSecret, "0123456789abcdef0123")
+	err := run(context.Background(), []string{"-cors-origins", "https://ok.example,*"}, io.Discard, io.Discard)
+	if code := config.ExitCode(err); code != 2 || !strings.Contains(err.Error(), "-cors-origins") {
+		t.Fatalf("exit %d: %v", code, err)
 	}
 }

@@ -6,7 +6,8 @@
 //	GET    /v1/jobs/{id}/outputs/{name}       a stored output of the job
 //	GET    /v1/jobs/{id}/outputs/{name}/link  a short-lived signed URL of it
 //
-// beside /metrics, /healthz and /readyz. Callers authenticate with an HS256
+// beside /metrics, /healthz and /readyz, with CORS for the origins of
+// Config.CORSOrigins. Callers authenticate with an HS256
 // bearer token whose sub is the user. api/openapi.yaml documents the API;
 // the package tests check every live answer against it.
 package ingest
@@ -112,7 +113,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 	} else {
 		s.gatherer = prometheus.Gatherers{}
 	}
-	s.handler = s.routes()
+	s.handler = cors(cfg.CORSOrigins, s.routes())
 	return s, nil
 }
 
