@@ -24,7 +24,7 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 	maxBody := fs.Int64("max-body", ingest.DefaultMaxBody, "largest request body in bytes (larger: 413)")
 	maxInFlight := fs.Int("max-inflight", ingest.DefaultMaxInFlight, "submissions handled at once (beyond: 429 with Retry-After)")
 	timeout := fs.Duration("request-timeout", ingest.DefaultRequestTimeout, "bound on each NATS round trip of a request (beyond: 503)")
-	corsOrigins := fs.String("cors-origins", "", "comma-separated browser origins (https://app.example.com) allowed to call the API from another origin (default none)")
+	corsOrigins := fs.String("cors-origins", "", "comma-separated browser origins (https://app.example.com) allowed to call the API from another origin; empty: none")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: ingest [flags]\n\n"+
 			"Serves the Beamline job API: POST /v1/jobs, GET and DELETE /v1/jobs/{id}.\n"+
