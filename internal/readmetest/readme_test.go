@@ -202,5 +202,12 @@ func TestREADMECommands(t *testing.T) {
 	if strings.Contains(string(out), `{"error":{"code"`) {
 		t.Fatalf("a README command printed a JSON error:\n%s", out)
 	}
+	// What the README says the commands show (issue 16's drift: without
+	// -a, `nats stream ls` hides the KV bucket's stream).
+	for _, want := range []string{"KV_job_status", "Beamline-Dead-Reason", dead.ID} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("the README commands' output lacks %q:\n%s", want, out)
+		}
+	}
 	t.Logf("ran %d README blocks:\n%s", n, out)
 }
