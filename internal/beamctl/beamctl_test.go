@@ -183,6 +183,12 @@ func TestWrongSecretRefused(t *testing.T) {
 	if r.code != ExitRefused || !strings.Contains(r.stderr, "refused the token") {
 		t.Errorf("tail with a wrong secret's token: exit %d, stderr %q", r.code, r.stderr)
 	}
+	// No notifier at the API's address (devstack: ingest and the notifier
+	// on two ports): the error says which flag to give.
+	r = run(t, with(env, EnvToken, st.Token, EnvNotifier, ""), "tail")
+	if r.code != ExitError || !strings.Contains(r.stderr, "--notifier") {
+		t.Errorf("tail against ingest: exit %d, stderr %q", r.code, r.stderr)
+	}
 	if r := run(t, env, "jobs", "get", job.ID); r.code != ExitUsage || !strings.Contains(r.stderr, EnvToken) {
 		t.Errorf("no token at all: exit %d, stderr %q", r.code, r.stderr)
 	}

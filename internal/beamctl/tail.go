@@ -122,12 +122,13 @@ func (t *tailer) session(ctx context.Context, connected *bool) error {
 	u := phoenixtest.URL(t.e.notifier, t.e.token)
 	c, resp, err := phoenixtest.Dial(ctx, u, phoenixtest.Options{Heartbeat: 25 * time.Second, Buffer: 4096})
 	if err != nil {
-		if resp != nil {
-			msg := "the notifier refused the connection"
-			if resp.StatusCode == http.StatusForbidden {
-				msg = "the notifier refused the token (wrong secret, expired, or an Origin it does not allow)"
-			}
-			return &APIError{Method: "GET", URL: t.e.notifier + "/socket/websocket", Status: resp.StatusCode, Message: msg}
+		switch {
+		case resp != nil && resp.StatusCode == http.StatusForbidden:
+			return &APIError{Method: "GET", URL: t.e.notifier + "/socket/websocket", Status: resp.StatusCode,
+				Message: "the notifier refused the token (wrong secret, expired, or an Origin it does not allow)"}
+		case resp != nil:
+			return fmt.Errorf("no notifier WebSocket at %s (HTTP %d): pass --notifier (or $%s) unless ingest and the notifier share one origin behind the gateway",
+				t.e.notifier, resp.StatusCode, EnvNotifier)
 		}
 		return fmt.Errorf("connect to the notifier at %s: %w", t.e.notifier, err)
 	}
