@@ -27,6 +27,7 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 	maxBody := fs.Int64("max-body", ingest.DefaultMaxBody, "largest request body in bytes (larger: 413)")
 	maxInFlight := fs.Int("max-inflight", ingest.DefaultMaxInFlight, "submissions handled at once (beyond: 429 with Retry-After)")
 	timeout := fs.Duration("request-timeout", ingest.DefaultRequestTimeout, "bound on each NATS round trip of a request (beyond: 503)")
+	corsOrigins := fs.String("cors-origins", "", "comma-separated browser origins (https://app.example.com) allowed to call the API from another origin; empty: none")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: ingest [flags]\n\n"+
 			"Serves the Beamline job API: POST /v1/jobs, GET and DELETE /v1/jobs/{id}.\n"+
@@ -58,6 +59,10 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 			return config.Invalid(fmt.Errorf("$%s: %w", provider.EnvReplicateWebhookSecret, err))
 		}
 	}
+	origins, err := ingest.ParseOrigins(*corsOrigins)
+	if err != nil {
+		return config.Invalid(fmt.Errorf("-cors-origins: %w", err))
+	}
 	kinds, err := common.ParsedKinds()
 	if err != nil {
 		return err
@@ -76,6 +81,7 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 			MaxBody:        *maxBody,
 			MaxInFlight:    *maxInFlight,
 			RequestTimeout: *timeout,
+			CORSOrigins:    origins,
 			TracerProvider: d.Tracer,
 
 			ReplicateWebhookSecret: replicateSecret,

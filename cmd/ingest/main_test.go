@@ -29,7 +29,7 @@ func TestHelp(t *testing.T) {
 	if code := config.ExitCode(run(context.Background(), []string{"--help"}, io.Discard, &out)); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
-	for _, want := range []string{"-addr", "-nats", "-log-format", "-replicas", "-kinds", "-max-body", "-max-inflight", auth.EnvSecret} {
+	for _, want := range []string{"-addr", "-nats", "-log-format", "-replicas", "-kinds", "-max-body", "-max-inflight", "-cors-origins", auth.EnvSecret} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("--help lacks %s:\n%s", want, out.String())
 		}
@@ -144,6 +144,14 @@ func TestBadReplicateWebhookSecret(t *testing.T) {
 	t.Setenv(provider.EnvReplicateWebhookSecret, "not-a-secret")
 	err := run(context.Background(), nil, io.Discard, io.Discard)
 	if code := config.ExitCode(err); code != 2 || !strings.Contains(err.Error(), provider.EnvReplicateWebhookSecret) {
+		t.Fatalf("exit %d: %v", code, err)
+	}
+}
+
+func TestBadCORSOrigin(t *testing.T) {
+	t.Setenv(auth.EnvSecret, "0123456789abcdef0123")
+	err := run(context.Background(), []string{"-cors-origins", "https://ok.example,*"}, io.Discard, io.Discard)
+	if code := config.ExitCode(err); code != 2 || !strings.Contains(err.Error(), "-cors-origins") {
 		t.Fatalf("exit %d: %v", code, err)
 	}
 }

@@ -53,6 +53,10 @@ type Config struct {
 	// Source is the CloudEvents source of the envelopes ingest writes.
 	// Default "/beamline/ingest".
 	Source string
+	// CORSOrigins are the browser origins (scheme://host[:port], see
+	// ParseOrigins) allowed to call the API from another origin; preflights
+	// from any other origin get 403. Default none.
+	CORSOrigins []string
 	// TracerProvider makes the server span of each request; nil means no
 	// tracing (an incoming traceparent is still forwarded).
 	TracerProvider trace.TracerProvider
@@ -105,5 +109,14 @@ func (c Config) withDefaults() (Config, error) {
 			return c, fmt.Errorf("%w: Kinds: %w", ErrInvalidConfig, err)
 		}
 	}
+	origins := make([]string, 0, len(c.CORSOrigins))
+	for _, o := range c.CORSOrigins {
+		n, err := normalOrigin(o)
+		if err != nil {
+			return c, fmt.Errorf("%w: CORSOrigins: %w", ErrInvalidConfig, err)
+		}
+		origins = append(origins, n)
+	}
+	c.CORSOrigins = origins
 	return c, nil
 }

@@ -7,7 +7,8 @@
 //	GET    /v1/jobs/{id}/outputs/{name}/link  a short-lived signed URL of it
 //	POST   /v1/webhooks/replicate, /v1/webhooks/cog/{job}/{n}  provider webhooks (webhooks.go)
 //
-// beside /metrics, /healthz and /readyz. Callers authenticate with an HS256
+// beside /metrics, /healthz and /readyz, with CORS for the origins of
+// Config.CORSOrigins. Callers authenticate with an HS256
 // bearer token whose sub is the user. api/openapi.yaml documents the API;
 // the package tests check every live answer against it.
 package ingest
@@ -134,7 +135,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 	} else {
 		s.gatherer = prometheus.Gatherers{}
 	}
-	s.handler = s.routes()
+	s.handler = cors(cfg.CORSOrigins, s.routes())
 	return s, nil
 }
 
