@@ -33,7 +33,7 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.StringVar(&cogURLs, "cog-url", "", "Cog servers of the cog provider, URL[,URL...] (default "+provider.DefaultCogURL+")")
 	fs.StringVar(&replicateURL, "replicate-url", provider.DefaultReplicateURL, "Replicate API base of replicate:<model> providers (token from $"+provider.EnvReplicateToken+")")
 	fs.StringVar(&webhookURL, "webhook-url", "",
-		"public base URL of ingest that Cog and Replicate send webhooks to (e.g. https://api.example.com); empty: no webhooks, Replicate is polled and Cog answers synchronously. Cog token key from $"+provider.EnvWebhookKey+" (default derived from $BEAMLINE_AUTH_SECRET)")
+		"public base URL of ingest that Cog and Replicate send webhooks to (e.g. https://api.example.com); empty: no webhooks, Replicate is polled and Cog answers synchronously. Cog tokens are keyed with $"+provider.EnvWebhookKey+", or else derived from $BEAMLINE_AUTH_SECRET")
 	fs.StringVar(&httpURL, "http-url", os.Getenv(provider.EnvHTTPURL), "URL of the http provider (default $"+provider.EnvHTTPURL+")")
 	fs.IntVar(&cfg.Concurrency, "concurrency", processor.DefaultConcurrency, "jobs run at once by this process")
 	fs.IntVar(&cfg.MaxPerUser, "max-per-user", processor.DefaultMaxPerUser, "jobs of one user run at once")

@@ -25,12 +25,15 @@ const (
 // envDoc says what each environment variable is for; a variable a --help
 // names that is not here still gets a row, saying which flag it sets.
 var envDoc = map[string]string{
-	"BEAMLINE_AUTH_SECRET":        "the HS256 token secret, at least 16 bytes; required (never a flag)",
-	"NATS_URL":                    "the NATS URL, `user:password@` included; the default of `-nats`",
-	"BEAMLINE_KINDS":              "the default of `-kinds`",
-	"BEAMLINE_PROVIDER_URL":       "the default of `-http-url`",
-	"REPLICATE_API_TOKEN":         "the Replicate API token of `replicate:<model>` kinds (never a flag)",
-	"OTEL_EXPORTER_OTLP_ENDPOINT": "when set, traces are exported over OTLP/HTTP (and the other `OTEL_EXPORTER_OTLP_*` settings apply)",
+	"BEAMLINE_AUTH_SECRET":              "the HS256 token secret, at least 16 bytes; required (never a flag)",
+	"NATS_URL":                          "the NATS URL, `user:password@` included; the default of `-nats`",
+	"BEAMLINE_KINDS":                    "the default of `-kinds`",
+	"BEAMLINE_PROVIDER_URL":             "the default of `-http-url`",
+	"REPLICATE_API_TOKEN":               "the Replicate API token of `replicate:<model>` kinds (never a flag)",
+	"BEAMLINE_WEBHOOK_KEY":              "the key of the per-job tokens in Cog webhook URLs, shared by ingest and processors; default derived from `$BEAMLINE_AUTH_SECRET`",
+	"BEAMLINE_REPLICATE_WEBHOOK_SECRET": "the `whsec_…` signing secret of Replicate's webhooks; unset: `POST /v1/webhooks/replicate` answers 404",
+	"BEAMLINE_OUTPUTS_KEY":              "the key of signed output and preview URLs, shared by ingest and processors, so processors can sign preview links without the auth secret; unset: ingest signs with the auth secret and previews carry no signed URL",
+	"OTEL_EXPORTER_OTLP_ENDPOINT":       "when set, traces are exported over OTLP/HTTP (and the other `OTEL_EXPORTER_OTLP_*` settings apply)",
 }
 
 // alwaysEnv are variables every binary reads that no --help names.
