@@ -46,6 +46,8 @@ const (
 	// headers within the default max_payload of 1 MiB) room for the other
 	// fields. The http provider's default MaxResponse is the same.
 	DefaultMaxResult = 900 << 10
+	// DefaultProviderInflight is Config.ProviderInflight's default.
+	DefaultProviderInflight = 100
 )
 
 // DefaultPriorityWeights serve high:normal:low as 6:3:1.
@@ -145,6 +147,13 @@ type Config struct {
 	// result, docs/design.md#outputs) before the outcome is written. nil:
 	// results are stored as the provider returned them.
 	Outputs OutputKeeper
+	// ProviderInflight bounds the remote work (predictions) of one
+	// resuming provider (provider.AsResumable, by Provider.Name()) that
+	// this process starts or awaits at once. Awaiting holds no worker
+	// (inflight.go), so this, not Concurrency, bounds the waits; a job
+	// past it waits for a slot without a worker and without counting an
+	// attempt. Default DefaultProviderInflight.
+	ProviderInflight int
 	// OutputProviders limits Outputs to the results of these providers
 	// (by Provider.Name()): a generic provider's result may hold links that
 	// are not outputs at all. Empty: every provider's.
@@ -173,6 +182,7 @@ func (c *Config) withDefaults() (Config, error) {
 	out.MetricsInterval = cmp.Or(out.MetricsInterval, 5*time.Second)
 	out.MaxResult = cmp.Or(out.MaxResult, DefaultMaxResult)
 	out.StartedDelay = cmp.Or(out.StartedDelay, DefaultStartedDelay)
+	out.ProviderInflight = cmp.Or(out.ProviderInflight, DefaultProviderInflight)
 	switch {
 	case out.Concurrency < 1:
 		return bad("concurrency must be >= 1, got %d", out.Concurrency)
@@ -184,6 +194,8 @@ func (c *Config) withDefaults() (Config, error) {
 		return bad("job timeout and grace must not be negative")
 	case out.AckWait < 300*time.Millisecond:
 		return bad("ack wait must be >= 300ms, got %v", out.AckWait)
+	case out.ProviderInflight < 1:
+		return bad("provider inflight must be >= 1, got %d", out.ProviderInflight)
 	case out.MaxDeliver < 1:
 		return bad("max deliver must be >= 1, got %d", out.MaxDeliver)
 	case out.BackoffMin < 0 || out.BackoffMax < out.BackoffMin:

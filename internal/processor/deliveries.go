@@ -54,6 +54,11 @@ type delivery struct {
 	// the run's wait for it (the timeout abandons it).
 	handle atomic.Pointer[provider.Handle]
 
+	// runner runs the delivery (inflight.go); away is 1 while the run
+	// waits detached from a worker, 2 once it rejoined for good.
+	runner *runner
+	away   atomic.Int32
+
 	// cancel cancels the running job's context; set while it runs.
 	cancel    context.CancelFunc
 	cancelled atomic.Bool // cancelled by a cancel.<user>.<job> message

@@ -137,12 +137,16 @@ func (p *Processor) callRemote(sctx, ctx context.Context, d *delivery, r provide
 // the time h is set settles h itself (settleRemote is idempotent: a second
 // cancel of the same work is a no-op), and remote work is never left running
 // unwatched.
+//
+// The wait holds no worker: the run detaches here, its handle stored, and
+// rejoins once Await returned (inflight.go).
 func (p *Processor) awaitHandle(ctx, sctx context.Context, d *delivery, r provider.Resumable, h provider.Handle, req provider.Request) (json.RawMessage, error) {
 	d.handle.Store(&h)
 	if err := ctx.Err(); err != nil {
 		p.settleRemote(sctx, d, r, err, p.log.With("job", d.job.ID))
 		return nil, err
 	}
+	p.detach(d)
 	return r.Await(ctx, h, req)
 }
 

@@ -33,6 +33,8 @@ type metrics struct {
 	ackPending    *prometheus.GaugeVec
 	dlq           prometheus.Gauge
 	remote        *prometheus.CounterVec
+	detached      prometheus.Gauge
+	predictions   *prometheus.GaugeVec
 }
 
 func newMetrics(registerer prometheus.Registerer) (*metrics, error) {
@@ -104,8 +106,16 @@ func newMetrics(registerer prometheus.Registerer) (*metrics, error) {
 			Name: "beamline_processor_remote_total",
 			Help: "Remote work of resuming providers, by action: start (new work), resume (a run awaiting work a crashed run started), cancel.",
 		}, []string{"provider", "action"}),
+		detached: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "beamline_processor_detached",
+			Help: "Runs waiting without a worker: on remote work, or for an in-flight slot of their provider.",
+		}),
+		predictions: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "beamline_provider_predictions_inflight",
+			Help: "Remote work (predictions) this process starts or awaits, per provider and model; at most -provider-inflight per provider.",
+		}, []string{"provider", "model"}),
 	}
-	for _, c := range []prometheus.Collector{m.jobs, m.duration, m.queueWait, m.attempts, m.providerCalls,
+	for _, c := range []prometheus.Collector{m.detached, m.predictions, m.jobs, m.duration, m.queueWait, m.attempts, m.providerCalls,
 		m.breakerState, m.restarts, m.supEvents, m.panics, m.timeouts, m.inflight, m.waiting, m.pending, m.ackPending, m.dlq, m.remote} {
 		if err := registerer.Register(c); err != nil {
 			return nil, err

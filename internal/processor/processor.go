@@ -37,6 +37,9 @@ type Processor struct {
 	deliveries *deliveries        // held messages: heartbeats, cancel by job id
 	fair       *fairness
 	ready      readyQueues
+	rejoins    *rejoinQueue              // runners back from a detached wait (inflight.go)
+	runners    sync.WaitGroup            // every runner goroutine; the drain waits for them
+	inflight   map[string]*inflightLimit // by provider name: Config.ProviderInflight
 
 	kindProviders map[string]provider.Provider
 	kindBreakers  map[string]*flow.Breaker
@@ -100,6 +103,8 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 		breakers:      map[string]*flow.Breaker{},
 		consumers:     map[string]jetstream.Consumer{},
 		cancelSubject: envelope.CancelFilter,
+		rejoins:       newRejoinQueue(),
+		inflight:      map[string]*inflightLimit{},
 	}
 	for _, k := range c.Kinds {
 		name := c.providerName(k)
@@ -118,6 +123,9 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 		}
 		p.kindProviders[k.Name] = prov
 		p.kindBreakers[k.Name] = br
+		if p.inflight[prov.Name()] == nil {
+			p.inflight[prov.Name()] = newInflightLimit(c.ProviderInflight)
+		}
 	}
 	for i, prio := range envelope.Priorities {
 		p.ready[i] = make(chan *delivery, c.Prefetch*len(c.Kinds))
