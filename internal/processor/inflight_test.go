@@ -216,12 +216,19 @@ func TestPerUserLimitHoldsWhileWaiting(t *testing.T) {
 	cfg := replicateConfig(t, h.url)
 	cfg.Concurrency = 8
 	cfg.MaxPerUser = 2
-	e.start(cfg)
+	r := e.start(cfg)
 	var jobs []envelope.Job
 	for i := range 6 {
+		// One at a time: each finds the ones before it awaiting their
+		// predictions, the third and later are parked.
 		j := userJob("alice", i)
 		jobs = append(jobs, j)
 		e.submit(j)
+		testutil.WaitFor(t, 20*time.Second, func() bool {
+			return h.fake.CreatedTotal() == min(i+1, 2) && counterValue(t, r, "beamline_processor_waiting", nil) == float64(max(0, i-1))
+		}, func() string {
+			return fmt.Sprintf("after alice's job %d: %d predictions, %v parked", i+1, h.fake.CreatedTotal(), counterValue(t, r, "beamline_processor_waiting", nil))
+		})
 	}
 	bob := userJob("bob", 0)
 	jobs = append(jobs, bob)
