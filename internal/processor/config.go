@@ -147,6 +147,11 @@ type Config struct {
 	// result, docs/design.md#outputs) before the outcome is written. nil:
 	// results are stored as the provider returned them.
 	Outputs OutputKeeper
+	// HealthInterval is how often providers that check their health
+	// (provider.HealthChecker: cog's GET /health-check) are asked; the
+	// answer feeds /readyz and holds their kinds while it fails (health.go).
+	// Default 5s.
+	HealthInterval time.Duration
 	// ProviderInflight bounds the remote work (predictions) of one
 	// resuming provider (provider.AsResumable, by Provider.Name()) that
 	// this process starts or awaits at once. Awaiting holds no worker
@@ -183,6 +188,7 @@ func (c *Config) withDefaults() (Config, error) {
 	out.MaxResult = cmp.Or(out.MaxResult, DefaultMaxResult)
 	out.StartedDelay = cmp.Or(out.StartedDelay, DefaultStartedDelay)
 	out.ProviderInflight = cmp.Or(out.ProviderInflight, DefaultProviderInflight)
+	out.HealthInterval = cmp.Or(out.HealthInterval, 5*time.Second)
 	switch {
 	case out.Concurrency < 1:
 		return bad("concurrency must be >= 1, got %d", out.Concurrency)

@@ -87,6 +87,9 @@ func (u *puller) run(ctx context.Context) error {
 		if err := u.p.waitInflightRoom(ctx, u.kind); err != nil {
 			return nil
 		}
+		if err := u.p.waitKindHealthy(ctx, u.kind); err != nil {
+			return nil
+		}
 		n, err := u.credits.take(ctx)
 		if err != nil {
 			return nil

@@ -35,6 +35,8 @@ type metrics struct {
 	remote        *prometheus.CounterVec
 	detached      prometheus.Gauge
 	predictions   *prometheus.GaugeVec
+	healthy       *prometheus.GaugeVec
+	healthChecks  *prometheus.CounterVec
 }
 
 func newMetrics(registerer prometheus.Registerer) (*metrics, error) {
@@ -115,7 +117,15 @@ func newMetrics(registerer prometheus.Registerer) (*metrics, error) {
 			Help: "Remote work (predictions) this process starts or awaits, per provider and model; at most -provider-inflight per provider.",
 		}, []string{"provider", "model"}),
 	}
-	for _, c := range []prometheus.Collector{m.detached, m.predictions, m.jobs, m.duration, m.queueWait, m.attempts, m.providerCalls,
+	m.healthy = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "beamline_provider_healthy",
+		Help: "1 when the provider's last health check (cog: GET /health-check of each server) found a server that takes work, 0 when none did.",
+	}, []string{"provider", "model"})
+	m.healthChecks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "beamline_provider_health_checks_total",
+		Help: "Provider health checks, by result (ok, failed).",
+	}, []string{"provider", "model", "result"})
+	for _, c := range []prometheus.Collector{m.detached, m.predictions, m.healthy, m.healthChecks, m.jobs, m.duration, m.queueWait, m.attempts, m.providerCalls,
 		m.breakerState, m.restarts, m.supEvents, m.panics, m.timeouts, m.inflight, m.waiting, m.pending, m.ackPending, m.dlq, m.remote} {
 		if err := registerer.Register(c); err != nil {
 			return nil, err

@@ -40,6 +40,7 @@ type Processor struct {
 	rejoins    *rejoinQueue              // runners back from a detached wait (inflight.go)
 	runners    sync.WaitGroup            // every runner goroutine; the drain waits for them
 	inflight   map[string]*inflightLimit // by provider name: Config.ProviderInflight
+	health     map[string]*healthState   // by provider name, of HealthCheckers (health.go)
 
 	kindProviders map[string]provider.Provider
 	kindBreakers  map[string]*flow.Breaker
@@ -139,12 +140,19 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 			})
 		}
 	}
+	p.setupHealth()
 	p.mux = http.NewServeMux()
 	g, ok := registerer.(prometheus.Gatherer)
 	if !ok {
 		g = prometheus.NewRegistry()
 	}
-	ops.Register(p.mux, g, ops.NATSReady(nc, js))
+	natsReady := ops.NATSReady(nc, js)
+	ops.Register(p.mux, g, func(ctx context.Context) error {
+		if err := natsReady(ctx); err != nil {
+			return err
+		}
+		return p.providersReady() // health.go
+	})
 	return p, nil
 }
 
@@ -259,6 +267,7 @@ func (p *Processor) children(ln net.Listener) []flow.ChildSpec {
 	}
 	out = append(out,
 		flow.ChildSpec{Name: "cancel", Run: p.runCancels, Restart: flow.Permanent, Shutdown: childShutdown},
+		flow.ChildSpec{Name: "health", Run: p.runHealth, Restart: flow.Permanent, Shutdown: childShutdown},
 		flow.ChildSpec{Name: "ops", Run: p.opsServer(ln), Restart: flow.Permanent, Shutdown: childShutdown},
 		flow.ChildSpec{Name: "metrics", Run: p.runMetrics, Restart: flow.Permanent, Shutdown: childShutdown},
 	)

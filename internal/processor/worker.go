@@ -218,7 +218,14 @@ func (p *Processor) run(d *delivery) {
 	// a terminal job, a panic) releases its admission without an outcome,
 	// so a half-open breaker never waits for a probe that will not come
 	// (done counts once: after the call's own report this is a no-op).
-	// A resuming provider's in-flight slot comes first (inflight.go): it
+	// A provider whose health check fails is waited for (health.go),
+	// like an open breaker, without a worker and before the attempt is
+	// counted.
+	if !p.waitHealthy(d) {
+		p.nak(d, 0)
+		return
+	}
+	// A resuming provider's in-flight slot comes next (inflight.go): it
 	// is held until the remote work ends, and waiting for it costs
 	// neither an attempt nor a worker.
 	release, ok := p.takeInflight(d)

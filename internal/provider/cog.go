@@ -205,15 +205,22 @@ type cogServer struct {
 	checked time.Time
 }
 
-// usable reports whether the server's last health check (if recent) lets
-// it take work.
+// usable reports whether the server's last health check lets it take
+// work. DEFUNCT (the server broke and needs a restart) and SETUP_FAILED
+// (the model's setup failed) do not pass by themselves: such a server
+// stays out of the rotation until a health check (Health, which the
+// processor calls every few seconds) says otherwise. Any other status
+// (STARTING, UNHEALTHY, unreachable, a 503) keeps it out for 5 seconds.
 func (s *cogServer) usable(now time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if now.Sub(s.checked) > 5*time.Second {
+	switch s.status {
+	case "", "READY", "BUSY":
 		return true
+	case "DEFUNCT", "SETUP_FAILED":
+		return false
 	}
-	return s.status == "" || s.status == "READY" || s.status == "BUSY"
+	return now.Sub(s.checked) > 5*time.Second
 }
 
 // busy reports whether the server recently said all its slots were taken.
@@ -610,9 +617,11 @@ func (p *cogProvider) cancelRemote(srv *cogServer, id string) {
 	_ = resp.Body.Close()
 }
 
-// Health asks every server's GET /health-check. It returns nil when one is
-// READY or BUSY (busy servers queue work through 409 waits), else an error
-// listing each server's status.
+// Health asks every server's GET /health-check (READY, BUSY, STARTING,
+// SETUP_FAILED, DEFUNCT, UNHEALTHY) and remembers each answer for the
+// rotation (usable). It returns nil when one is READY or BUSY (busy
+// servers queue work through 409 waits), else an error listing each
+// server's status: the processor's /readyz reason.
 func (p *cogProvider) Health(ctx context.Context) error {
 	var why []string
 	ok := false
