@@ -110,8 +110,10 @@ func (p *Processor) callRemote(sctx, ctx context.Context, d *delivery, r provide
 		return p.awaitHandle(ctx, sctx, d, r, h, req)
 	}
 	req.Prediction = 1
+	starts := 1
 	if prev != nil {
 		req.Prediction = prev.Number + 1
+		starts = prev.Starts + 1
 	}
 	h, err := r.Start(ctx, req)
 	if err != nil {
@@ -120,6 +122,7 @@ func (p *Processor) callRemote(sctx, ctx context.Context, d *delivery, r provide
 	if h.Number == 0 {
 		h.Number = req.Prediction
 	}
+	h.Starts = starts
 	p.m.remote.WithLabelValues(r.Name(), "start").Inc()
 	if err := p.putHandle(sctx, d.job.ID, h); err != nil {
 		// Never wait on work a crash would lose track of: stop it. The

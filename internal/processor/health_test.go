@@ -90,7 +90,10 @@ func TestCogHealthFeedsReadinessAndRotation(t *testing.T) {
 
 	b.fake.SetHealth(cogfake.StatusDefunct)
 	testutil.WaitFor(t, 10*time.Second, func() bool { code, _ := readyz(t, r); return code == http.StatusServiceUnavailable },
-		func() string { code, body := readyz(t, r); return fmt.Sprintf("readyz %d %s with every server DEFUNCT, want 503", code, body) })
+		func() string {
+			code, body := readyz(t, r)
+			return fmt.Sprintf("readyz %d %s with every server DEFUNCT, want 503", code, body)
+		})
 	if _, body := readyz(t, r); !strings.Contains(body, "DEFUNCT") || !strings.Contains(body, b.url) {
 		t.Fatalf("readyz reason %s, want the servers' DEFUNCT status", body)
 	}

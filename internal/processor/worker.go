@@ -420,7 +420,7 @@ func (p *Processor) call(actx, jctx context.Context, d *delivery, done func(erro
 	// breaker as a failure like any other.
 	r, remote := p.resumer(prov)
 	err := bd.Do(jctx, func(ctx context.Context) error {
-		req := provider.Request{Job: j, Attempt: d.attempt, Progress: prog.report}
+		req := provider.Request{Job: j, Attempt: d.attempt, Progress: prog.report, Timing: d.reportTiming}
 		var res json.RawMessage
 		var err error
 		if remote {
@@ -434,6 +434,7 @@ func (p *Processor) call(actx, jctx context.Context, d *delivery, done func(erro
 		return err
 	})
 	if remote {
+		p.observeRemote(d, time.Since(start)) // telemetry.go
 		p.settleRemote(actx, d, r, err, log)
 		// The remote work is over (or handed back): its in-flight slot
 		// is free, and the outcome is written on a worker again.

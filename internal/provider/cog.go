@@ -258,6 +258,7 @@ type cogPrediction struct {
 	Metrics struct {
 		PredictTime *float64 `json:"predict_time"`
 	} `json:"metrics"`
+	predictionTimes
 }
 
 func (c cogPrediction) terminal() bool {
@@ -308,7 +309,7 @@ func (p *cogProvider) Call(ctx context.Context, req Request) (json.RawMessage, e
 	if err != nil {
 		return nil, err
 	}
-	progress := newProgressTracker(req.Progress)
+	progress := newRequestTracker(req)
 	var deliveries <-chan cogPrediction
 	if p.hooks != nil {
 		c, stop := p.hooks.subscribe(id)
@@ -588,6 +589,7 @@ func (p *cogProvider) alreadyEnded(id string, deliveries <-chan cogPrediction, p
 
 func (p *cogProvider) outcome(id string, pred cogPrediction, progress *progressTracker) (json.RawMessage, error) {
 	progress.fromLogs(pred.Logs)
+	progress.timed(pred.timing(pred.Metrics.PredictTime))
 	return predictionOutcome("cog", id, pred.Status, pred.Output, pred.Error, p.maxResponse, progress)
 }
 
@@ -703,6 +705,7 @@ func predictionOutcome(service, id, status string, output, errBody json.RawMessa
 type progressTracker struct {
 	report func(int)
 	last   int
+	timing func(Timing) // timing.go
 }
 
 var percentRE = regexp.MustCompile(`(\d{1,3})%`)

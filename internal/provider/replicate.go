@@ -250,6 +250,7 @@ type replicatePrediction struct {
 	Metrics struct {
 		PredictTime *float64 `json:"predict_time"`
 	} `json:"metrics"`
+	predictionTimes
 }
 
 func (r replicatePrediction) terminal() bool {
@@ -279,6 +280,7 @@ func decodeReplicatePrediction(b []byte) (replicatePrediction, error) {
 		Logs    *string         `json:"logs"`
 		URLs    map[string]any  `json:"urls"`
 		Metrics json.RawMessage `json:"metrics"`
+		predictionTimes
 	}
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return pred, err
@@ -291,7 +293,8 @@ func decodeReplicatePrediction(b []byte) (replicatePrediction, error) {
 	default:
 		return pred, fmt.Errorf("unknown prediction status %q", raw.Status)
 	}
-	pred = replicatePrediction{ID: raw.ID, Status: raw.Status, Output: raw.Output, Error: raw.Error, Logs: raw.Logs}
+	pred = replicatePrediction{ID: raw.ID, Status: raw.Status, Output: raw.Output, Error: raw.Error, Logs: raw.Logs,
+		predictionTimes: raw.predictionTimes}
 	if len(raw.URLs) > 0 {
 		pred.URLs = map[string]string{}
 		for k, v := range raw.URLs {
@@ -411,7 +414,7 @@ func (p *replicateProvider) sameOrigin(u, path string) string {
 
 // Await polls the prediction until it is terminal or ctx ends.
 func (p *replicateProvider) Await(ctx context.Context, h Handle, req Request) (json.RawMessage, error) {
-	progress := newProgressTracker(req.Progress)
+	progress := newRequestTracker(req)
 	p.mu.Lock()
 	done, ok := p.finished[h.ID]
 	delete(p.finished, h.ID)
@@ -572,6 +575,7 @@ func (p *replicateProvider) do(ctx context.Context, method, target string, body 
 // outcome classifies a terminal prediction.
 func (p *replicateProvider) outcome(id string, pred replicatePrediction, progress *progressTracker) (json.RawMessage, error) {
 	progress.fromLogs(pred.logs())
+	progress.timed(pred.timing(pred.Metrics.PredictTime))
 	return predictionOutcome("replicate", id, pred.Status, pred.Output, pred.Error, p.maxResponse, progress)
 }
 
