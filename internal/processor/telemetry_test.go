@@ -61,7 +61,7 @@ func TestRemoteTelemetry(t *testing.T) {
 	}
 	labels := map[string]string{"provider": "replicate", "model": "black-forest-labs/flux-schnell"}
 	for name, want := range map[string]float64{
-		"beamline_provider_remote_starts": 1, // one job ended
+		"beamline_provider_remote_starts":  1, // one job ended
 		"beamline_provider_queued_seconds": 2,
 		"beamline_provider_run_seconds":    2,
 		"beamline_provider_await_seconds":  2,
