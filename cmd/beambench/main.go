@@ -75,9 +75,9 @@ type options struct {
 	pollJobs       int
 	pollDur        time.Duration
 	pollInterval   time.Duration
-	provWaiting    int // providers: predictions awaited at once
-	provOutputMB   int // providers: size of the output served with Range
-	provRangeReqs  int // providers: Range requests per measurement
+	provWaiting    int           // providers: predictions awaited at once
+	provOutputMB   int           // providers: size of the output served with Range
+	provRangeReqs  int           // providers: Range requests per measurement
 	deadline       time.Duration // whole run
 }
 
