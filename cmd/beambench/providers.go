@@ -65,14 +65,21 @@ func runProviders(ctx context.Context, t *target, o *options, rep *reporter) err
 	return providersOutputRange(ctx, t, o, rep)
 }
 
-// memNow is the Go heap in use plus goroutine stacks, after a GC.
+// memNow is the Go heap in use plus goroutine stacks, after GCs (a GC
+// halves a stack that uses less than a quarter of it: a long wait sees
+// many).
 func memNow() (heapStack uint64, goroutines int) {
-	runtime.GC()
-	runtime.GC()
+	for range 6 {
+		runtime.GC()
+	}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
+	memSplit = [2]uint64{ms.HeapInuse, ms.StackInuse}
 	return ms.HeapInuse + ms.StackInuse, runtime.NumGoroutine()
 }
+
+// memSplit is the heap and the stacks of the last memNow.
+var memSplit [2]uint64
 
 // rssNow is this process's resident set, in bytes (0 when unknown).
 func rssNow() uint64 {
@@ -144,6 +151,7 @@ func providersWaiting(ctx context.Context, t *target, o *options, rep *reporter)
 		return fmt.Errorf("baseline predictions running: %d of %d", base.Running(), n)
 	}
 	m1, g1 := memNow()
+	split1 := memSplit
 
 	// The processor under test, on devstack's NATS, serving its own kind.
 	fake, srv := heldFake(release)
@@ -211,12 +219,15 @@ func providersWaiting(ctx context.Context, t *target, o *options, rep *reporter)
 	took := time.Since(start)
 	rssWait := rssNow()
 	m2, g2 := memNow()
+	split2 := memSplit
 
 	fakePer := float64(int64(m1)-int64(m0)) / float64(n)
 	totalPer := float64(int64(m2)-int64(m1)) / float64(n)
 	params := map[string]any{"jobs": n, "workers": 32, "poll": "10m", "fake_per_prediction_bytes": math.Round(fakePer),
 		"goroutines_per_job": math.Round(float64(g2-g1)/float64(n)*10) / 10, "fake_goroutines_per_prediction": math.Round(float64(g1-g0)/float64(n)*10) / 10,
-		"rss_mb": rssWait >> 20}
+		"rss_mb":              rssWait >> 20,
+		"heap_per_job_bytes":  math.Round(float64(int64(split2[0])-int64(split1[0])) / float64(n)),
+		"stack_per_job_bytes": math.Round(float64(int64(split2[1])-int64(split1[1])) / float64(n))}
 	rep.addVs("providers", "memory per waiting job (Go heap + stacks, processor's share)", (totalPer-fakePer)/1024, "KB/job",
 		fakePer/1024, params)
 	rep.add("providers", "all waits started", took.Seconds(), "s", map[string]any{"jobs": n, "workers": 32})
