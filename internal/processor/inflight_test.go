@@ -255,3 +255,46 @@ func TestPerUserLimitHoldsWhileWaiting(t *testing.T) {
 		t.Fatalf("alice had %d predictions at once, want at most 2", h.maxUser["alice"])
 	}
 }
+
+// TestShutdownHandsBackDetachedWaits: a processor with 2 workers and 6
+// jobs awaiting their predictions hands every one back when its grace
+// runs out (retrying at attempt 0, the prediction left running), and the
+// next processor resumes the 6 predictions instead of creating new ones.
+// (A drain that waited for its workers only would return with the 6 runs
+// still awaiting, their jobs never handed back.)
+func TestShutdownHandsBackDetachedWaits(t *testing.T) {
+	e := newEnv(t)
+	h := newHeldReplicate(t)
+	cfg := replicateConfig(t, h.url)
+	cfg.Concurrency = 2
+	cfg.MaxPerUser = 1
+	r := e.start(cfg)
+	var jobs []envelope.Job
+	for i := range 6 {
+		j := userJob(fmt.Sprintf("s%d", i), i)
+		jobs = append(jobs, j)
+		e.submit(j)
+	}
+	testutil.WaitFor(t, 20*time.Second, func() bool {
+		return h.fake.CreatedTotal() == 6 && counterValue(t, r, "beamline_processor_detached", nil) == 6
+	}, func() string { return fmt.Sprintf("%d predictions created, want 6 awaited detached", h.fake.CreatedTotal()) })
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	for _, j := range jobs {
+		if s := e.snapshot(j.ID); s.Status != envelope.StatusRetrying || s.Attempt != 0 {
+			t.Fatalf("job %s after the shutdown: %+v, want retrying at attempt 0 (handed back)", j.ID, s)
+		}
+	}
+	if n := h.fake.CancelsTotal(); n != 0 {
+		t.Fatalf("the shutdown cancelled %d predictions, want none", n)
+	}
+	e.start(cfg)
+	h.finish()
+	for _, j := range jobs {
+		e.waitStatus(j.ID, envelope.StatusSucceeded, 20*time.Second)
+	}
+	if n := h.fake.CreatedTotal(); n != 6 {
+		t.Fatalf("%d predictions created, want 6: the next processor resumes them", n)
+	}
+}
