@@ -48,7 +48,7 @@ func main() {
 }
 
 // scenarios in the order they run.
-var scenarios = []string{"ingest", "pipeline", "push", "polling"}
+var scenarios = []string{"ingest", "pipeline", "push", "polling", "providers"}
 
 // options are the sizes of every scenario; shortOptions and fullOptions
 // are the two presets, flags override single values.
@@ -75,6 +75,9 @@ type options struct {
 	pollJobs       int
 	pollDur        time.Duration
 	pollInterval   time.Duration
+	provWaiting    int           // providers: predictions awaited at once
+	provOutputMB   int           // providers: size of the output served with Range
+	provRangeReqs  int           // providers: Range requests per measurement
 	deadline       time.Duration // whole run
 }
 
@@ -85,6 +88,7 @@ func fullOptions() options {
 		pipeJobs: 50000, pipeRate: 200, pipeDur: 10 * time.Second,
 		pushClients: 15000, pushLatClients: 5000, pushRate: 2000, pushDur: 10 * time.Second,
 		pollJobs: 50, pollDur: 60 * time.Second, pollInterval: 2 * time.Second,
+		provWaiting: 10000, provOutputMB: 20, provRangeReqs: 40,
 		deadline: 20 * time.Minute,
 	}
 }
@@ -96,6 +100,7 @@ func shortOptions() options {
 		pipeJobs: 500, pipeRate: 100, pipeDur: 1500 * time.Millisecond,
 		pushClients: 100, pushLatClients: 50, pushRate: 200, pushDur: 1500 * time.Millisecond,
 		pollJobs: 5, pollDur: 5 * time.Second, pollInterval: 2 * time.Second,
+		provWaiting: 200, provOutputMB: 2, provRangeReqs: 8,
 		deadline: 50 * time.Second,
 	}
 }
@@ -135,6 +140,9 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.pushDur, "push-duration", o.pushDur, "push: length of the latency run")
 	fs.IntVar(&o.pollJobs, "polling-jobs", o.pollJobs, "polling: jobs watched")
 	fs.DurationVar(&o.pollDur, "polling-duration", o.pollDur, "polling: how long they are watched")
+	fs.IntVar(&o.provWaiting, "providers-waiting", o.provWaiting, "providers: jobs awaiting held predictions at once on one processor")
+	fs.IntVar(&o.provOutputMB, "providers-output-mb", o.provOutputMB, "providers: MiB of the output served with Range")
+	fs.IntVar(&o.provRangeReqs, "providers-range-requests", o.provRangeReqs, "providers: Range requests (4 MiB windows) per measurement")
 	fs.DurationVar(&o.ingestDur, "ingest-duration", o.ingestDur, "ingest: length of each concurrency level")
 	fs.StringVar(&o.ingestClient, "ingest-client", o.ingestClient, "ingest: HTTP load generator: lean (one keep-alive connection per worker writing a prebuilt request and parsing the answer with net/http.ReadResponse, as wrk does) or std (net/http.Client)")
 	conc := fs.String("ingest-concurrency", "", "ingest: comma-separated concurrency levels (default 1,16,64; -short 1,8)")
@@ -234,6 +242,8 @@ func bench(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 			err = runPush(ctx, t, o, rep)
 		case "polling":
 			err = runPolling(ctx, t, o, rep)
+		case "providers":
+			err = runProviders(ctx, t, o, rep)
 		}
 		n := rep.count(s)
 		log.Info("scenario done", "name", s, "figures", n, "took", time.Since(start).Round(time.Millisecond), "err", err)

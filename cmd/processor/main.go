@@ -36,7 +36,9 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 		"public base URL of ingest that Cog and Replicate send webhooks to (e.g. https://api.example.com); empty: no webhooks, Replicate is polled and Cog answers synchronously. Cog tokens are keyed with $"+provider.EnvWebhookKey+", or else derived from $BEAMLINE_AUTH_SECRET")
 	fs.StringVar(&httpURL, "http-url", os.Getenv(provider.EnvHTTPURL), "URL of the http provider (default $"+provider.EnvHTTPURL+")")
 	fs.IntVar(&cfg.Concurrency, "concurrency", processor.DefaultConcurrency, "jobs run at once by this process")
-	fs.IntVar(&cfg.MaxPerUser, "max-per-user", processor.DefaultMaxPerUser, "jobs of one user run at once")
+	fs.IntVar(&cfg.MaxPerUser, "max-per-user", processor.DefaultMaxPerUser, "jobs of one user run at once (jobs awaiting remote work included)")
+	fs.IntVar(&cfg.ProviderInflight, "provider-inflight", processor.DefaultProviderInflight,
+		"predictions one resuming provider (cog with webhooks, replicate) may have in flight from this process; awaiting one holds no worker")
 	fs.DurationVar(&cfg.JobTimeout, "job-timeout", processor.DefaultJobTimeout, "timeout of one provider call")
 	fs.StringVar(&kindTimeouts, "kind-timeout", "", "per-kind job timeouts, e.g. video=30m,image=2m")
 	fs.DurationVar(&cfg.AckWait, "ack-wait", processor.DefaultAckWait, "consumer ack_wait (heartbeats every ack-wait/3)")

@@ -46,6 +46,8 @@ const (
 	// headers within the default max_payload of 1 MiB) room for the other
 	// fields. The http provider's default MaxResponse is the same.
 	DefaultMaxResult = 900 << 10
+	// DefaultProviderInflight is Config.ProviderInflight's default.
+	DefaultProviderInflight = 100
 )
 
 // DefaultPriorityWeights serve high:normal:low as 6:3:1.
@@ -149,6 +151,18 @@ type Config struct {
 	// providers were built with (NewWebhooks, -webhook-url): the processor
 	// applies the WEBHOOKS stream and runs its one consumer (webhooks.go).
 	Webhooks *Webhooks
+	// HealthInterval is how often providers that check their health
+	// (provider.HealthChecker: cog's GET /health-check) are asked; the
+	// answer feeds /readyz and holds their kinds while it fails (health.go).
+	// Default 5s.
+	HealthInterval time.Duration
+	// ProviderInflight bounds the remote work (predictions) of one
+	// resuming provider (provider.AsResumable, by Provider.Name()) that
+	// this process starts or awaits at once. Awaiting holds no worker
+	// (inflight.go), so this, not Concurrency, bounds the waits; a job
+	// past it waits for a slot without a worker and without counting an
+	// attempt. Default DefaultProviderInflight.
+	ProviderInflight int
 	// OutputProviders limits Outputs to the results of these providers
 	// (by Provider.Name()): a generic provider's result may hold links that
 	// are not outputs at all. Empty: every provider's.
@@ -189,6 +203,8 @@ func (c *Config) withDefaults() (Config, error) {
 	out.MaxResult = cmp.Or(out.MaxResult, DefaultMaxResult)
 	out.StartedDelay = cmp.Or(out.StartedDelay, DefaultStartedDelay)
 	out.PreviewInterval = cmp.Or(out.PreviewInterval, DefaultPreviewInterval)
+	out.ProviderInflight = cmp.Or(out.ProviderInflight, DefaultProviderInflight)
+	out.HealthInterval = cmp.Or(out.HealthInterval, 5*time.Second)
 	switch {
 	case out.Concurrency < 1:
 		return bad("concurrency must be >= 1, got %d", out.Concurrency)
@@ -200,6 +216,8 @@ func (c *Config) withDefaults() (Config, error) {
 		return bad("job timeout and grace must not be negative")
 	case out.AckWait < 300*time.Millisecond:
 		return bad("ack wait must be >= 300ms, got %v", out.AckWait)
+	case out.ProviderInflight < 1:
+		return bad("provider inflight must be >= 1, got %d", out.ProviderInflight)
 	case out.MaxDeliver < 1:
 		return bad("max deliver must be >= 1, got %d", out.MaxDeliver)
 	case out.BackoffMin < 0 || out.BackoffMax < out.BackoffMin:

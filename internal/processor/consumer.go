@@ -20,18 +20,20 @@ import (
 //
 //	Concurrency (running) + WaitingRoom (parked by per-user fairness)
 //	+ Prefetch (pulled, not yet picked)
+//	+ ProviderInflight (awaiting remote work without a worker, inflight.go)
 //
-// messages. Messages Nak'd with a delay still count against max_ack_pending
+// messages (the pullers of a resuming provider's kinds stop while its
+// in-flight slots are all taken, so only prefetched messages wait for one). Messages Nak'd with a delay still count against max_ack_pending
 // until they are redelivered, and several processors share one durable
 // consumer, so the rule leaves the same again as headroom:
 //
-//	max_ack_pending = 2 × (Concurrency + WaitingRoom + Prefetch)
+//	max_ack_pending = 2 × (Concurrency + WaitingRoom + Prefetch + ProviderInflight)
 //
-// (32 workers with the defaults: 2 × (32 + 128 + 16) = 352). When it is
+// (32 workers with the defaults: 2 × (32 + 128 + 16 + 100) = 552). When it is
 // reached, JetStream stops delivering from that consumer: backpressure, not
 // loss.
 func maxAckPending(c Config) int {
-	return 2 * (c.Concurrency + c.WaitingRoom + c.Prefetch)
+	return 2 * (c.Concurrency + c.WaitingRoom + c.Prefetch + c.ProviderInflight)
 }
 
 // consumerConfig is the mutation applied to the committed definition.
@@ -46,7 +48,7 @@ func (p *Processor) consumerConfig(cc *jetstream.ConsumerConfig) {
 	if cc.MaxWaiting < 16 {
 		cc.MaxWaiting = 16
 	}
-	cc.Description = fmt.Sprintf("%s; max_ack_pending = 2 x (workers + waiting room + prefetch)", cc.Description)
+	cc.Description = fmt.Sprintf("%s; max_ack_pending = 2 x (workers + waiting room + prefetch + provider inflight)", cc.Description)
 }
 
 // puller pulls one consumer (kind × priority) into its priority's ready
@@ -80,6 +82,12 @@ func (u *puller) run(ctx context.Context) error {
 	var failingSince time.Time
 	for {
 		if err := u.breaker.WaitAllowed(ctx); err != nil {
+			return nil
+		}
+		if err := u.p.waitInflightRoom(ctx, u.kind); err != nil {
+			return nil
+		}
+		if err := u.p.waitKindHealthy(ctx, u.kind); err != nil {
 			return nil
 		}
 		n, err := u.credits.take(ctx)

@@ -53,6 +53,15 @@ type delivery struct {
 	// provider.Resumable, handles.go); atomic: the provider call may outlive
 	// the run's wait for it (the timeout abandons it).
 	handle atomic.Pointer[provider.Handle]
+	// timing is what the provider reported of the run's terminal
+	// prediction (telemetry.go).
+	timing        atomic.Pointer[provider.Timing]
+	startsCounted bool // the job's end was counted in remote starts
+
+	// runner runs the delivery (inflight.go); away is 1 while the run
+	// waits detached from a worker, 2 once it rejoined for good.
+	runner *runner
+	away   atomic.Int32
 
 	// cancel cancels the running job's context; set while it runs.
 	cancel    context.CancelFunc

@@ -110,8 +110,10 @@ func (p *Processor) callRemote(sctx, ctx context.Context, d *delivery, r provide
 		return p.awaitHandle(ctx, sctx, d, r, h, req)
 	}
 	req.Prediction = 1
+	starts := 1
 	if prev != nil {
 		req.Prediction = prev.Number + 1
+		starts = prev.Starts + 1
 	}
 	h, err := r.Start(ctx, req)
 	if err != nil {
@@ -120,6 +122,7 @@ func (p *Processor) callRemote(sctx, ctx context.Context, d *delivery, r provide
 	if h.Number == 0 {
 		h.Number = req.Prediction
 	}
+	h.Starts = starts
 	p.m.remote.WithLabelValues(r.Name(), "start").Inc()
 	if err := p.putHandle(sctx, d.job.ID, h); err != nil {
 		// Never wait on work a crash would lose track of: stop it. The
@@ -137,12 +140,16 @@ func (p *Processor) callRemote(sctx, ctx context.Context, d *delivery, r provide
 // the time h is set settles h itself (settleRemote is idempotent: a second
 // cancel of the same work is a no-op), and remote work is never left running
 // unwatched.
+//
+// The wait holds no worker: the run detaches here, its handle stored, and
+// rejoins once Await returned (inflight.go).
 func (p *Processor) awaitHandle(ctx, sctx context.Context, d *delivery, r provider.Resumable, h provider.Handle, req provider.Request) (json.RawMessage, error) {
 	d.handle.Store(&h)
 	if err := ctx.Err(); err != nil {
 		p.settleRemote(sctx, d, r, err, p.log.With("job", d.job.ID))
 		return nil, err
 	}
+	p.detach(d)
 	return r.Await(ctx, h, req)
 }
 

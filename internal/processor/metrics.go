@@ -33,6 +33,15 @@ type metrics struct {
 	ackPending    *prometheus.GaugeVec
 	dlq           prometheus.Gauge
 	remote        *prometheus.CounterVec
+	detached      prometheus.Gauge
+	predictions   *prometheus.GaugeVec
+	healthy       *prometheus.GaugeVec
+	healthChecks  *prometheus.CounterVec
+	remoteWait    *prometheus.HistogramVec
+	remoteQueued  *prometheus.HistogramVec
+	remoteRun     *prometheus.HistogramVec
+	remoteStarts  *prometheus.HistogramVec
+	outputBytes   *prometheus.CounterVec
 }
 
 func newMetrics(registerer prometheus.Registerer) (*metrics, error) {
@@ -104,8 +113,50 @@ func newMetrics(registerer prometheus.Registerer) (*metrics, error) {
 			Name: "beamline_processor_remote_total",
 			Help: "Remote work of resuming providers, by action: start (new work), resume (a run awaiting work a crashed run started), cancel.",
 		}, []string{"provider", "action"}),
+		detached: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "beamline_processor_detached",
+			Help: "Runs waiting without a worker: on remote work, or for an in-flight slot of their provider.",
+		}),
+		predictions: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "beamline_provider_predictions_inflight",
+			Help: "Remote work (predictions) this process starts or awaits, per provider and model; at most -provider-inflight per provider.",
+		}, []string{"provider", "model"}),
 	}
-	for _, c := range []prometheus.Collector{m.jobs, m.duration, m.queueWait, m.attempts, m.providerCalls,
+	m.healthy = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "beamline_provider_healthy",
+		Help: "1 when the provider's last health check (cog: GET /health-check of each server) found a server that takes work, 0 when none did.",
+	}, []string{"provider", "model"})
+	m.healthChecks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "beamline_provider_health_checks_total",
+		Help: "Provider health checks, by result (ok, failed).",
+	}, []string{"provider", "model", "result"})
+	remoteBuckets := prometheus.ExponentialBuckets(0.05, 2, 14) // 50 ms .. ~7 min
+	m.remoteWait = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "beamline_provider_await_seconds",
+		Help:    "How long one run awaited its remote work (start or resume to outcome), per provider and model.",
+		Buckets: remoteBuckets,
+	}, []string{"provider", "model"})
+	m.remoteQueued = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "beamline_provider_queued_seconds",
+		Help:    "Time a prediction waited at the provider before it ran (started_at - created_at), per provider and model.",
+		Buckets: remoteBuckets,
+	}, []string{"provider", "model"})
+	m.remoteRun = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "beamline_provider_run_seconds",
+		Help:    "A prediction's run time (metrics.predict_time), per provider and model.",
+		Buckets: remoteBuckets,
+	}, []string{"provider", "model"})
+	m.remoteStarts = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "beamline_provider_remote_starts",
+		Help:    "Predictions started per job, observed when the job ends; above 1 means a prediction failed or was started again.",
+		Buckets: []float64{1, 2, 3, 4, 5, 7, 10},
+	}, []string{"provider", "model"})
+	m.outputBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "beamline_provider_output_bytes_total",
+		Help: "Bytes of outputs stored in the Object Store, per provider and model.",
+	}, []string{"provider", "model"})
+	for _, c := range []prometheus.Collector{m.detached, m.predictions, m.healthy, m.healthChecks,
+		m.remoteWait, m.remoteQueued, m.remoteRun, m.remoteStarts, m.outputBytes, m.jobs, m.duration, m.queueWait, m.attempts, m.providerCalls,
 		m.breakerState, m.restarts, m.supEvents, m.panics, m.timeouts, m.inflight, m.waiting, m.pending, m.ackPending, m.dlq, m.remote} {
 		if err := registerer.Register(c); err != nil {
 			return nil, err

@@ -231,6 +231,7 @@ func (p *Processor) ensurePublished(ctx context.Context, snap envelope.Snapshot,
 func (p *Processor) apply(ctx context.Context, d *delivery, t envelope.Type, fn jobstore.Mutation) (envelope.Snapshot, error) {
 	ctx, span := p.startSpan(ctx, "job store write", attribute.String("beamline.event", t.Short()))
 	defer span.End()
+	fn = p.withRemoteStats(d, fn) // telemetry.go
 	snap, rev, err := p.applyAt(ctx, d, t, fn)
 	for i := 1; ; i++ {
 		if err == nil || errors.Is(err, jobstore.ErrNotPublished) {

@@ -33,5 +33,6 @@ func (p *Processor) keepOutputs(jctx context.Context, d *delivery, result json.R
 		log.Warn("outputs not stored", "err", err)
 		return nil, err
 	}
+	p.countOutputBytes(d, kept) // telemetry.go
 	return kept, nil
 }

@@ -59,7 +59,7 @@ func resultJob(result string) envelope.Job {
 func TestOutputsAreKeptBeforeTheOutcome(t *testing.T) {
 	e := newEnv(t)
 	cfg, st := outputsConfig(t, e)
-	e.start(cfg)
+	r := e.start(cfg)
 
 	png := bytes.Repeat([]byte{0x89, 'P', 'N', 'G', 1, 2, 3}, 1000)
 	j := resultJob(`{"images":["data:image/png;base64,` + base64.StdEncoding.EncodeToString(png) + `"]}`)
@@ -81,6 +81,9 @@ func TestOutputsAreKeptBeforeTheOutcome(t *testing.T) {
 	defer obj.Close()
 	if b, err := io.ReadAll(obj); err != nil || !bytes.Equal(b, png) {
 		t.Fatalf("stored output differs (%d bytes, %v)", len(b), err)
+	}
+	if v := counterValue(t, r, "beamline_provider_output_bytes_total", map[string]string{"provider": "result"}); v != float64(len(png)) {
+		t.Fatalf("output bytes stored %v, want %d", v, len(png))
 	}
 
 	plain := resultJob(`{"text":"no URL here","z":1.50,"a":1}`)

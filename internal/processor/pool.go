@@ -81,16 +81,25 @@ func (p *Processor) runWorkers(ctx context.Context) error {
 		return err
 	case <-ctx.Done():
 	}
-	p.drain(stopPick, done)
+	// The drain waits for the workers and for every runner, detached
+	// waits included (inflight.go).
+	all := make(chan struct{})
+	go func() {
+		<-done
+		p.runners.Wait()
+		close(all)
+	}()
+	p.drain(stopPick, all)
 	return nil
 }
 
-// drain is the pool's shutdown: nothing waits for admission any more, the
+// drain is the pool's shutdown: nothing waits for admission (nor for an
+// in-flight slot, nor for a worker after a detached wait) any more, the
 // workers stop picking, what waits in the waiting room is Nak'd (without
-// delay) so another processor takes it at once, running jobs may finish
-// within Grace and are cancelled after it, and what is left in the ready
-// queues is Nak'd.
-func (p *Processor) drain(stopPick chan struct{}, done <-chan error) {
+// delay) so another processor takes it at once, running jobs — awaiting
+// remote work or not — may finish within Grace and are cancelled after it,
+// and what is left in the ready queues is Nak'd.
+func (p *Processor) drain(stopPick chan struct{}, done <-chan struct{}) {
 	p.stopWaiting()
 	close(stopPick)
 	parked := p.fair.close()

@@ -37,6 +37,10 @@ type Processor struct {
 	deliveries *deliveries        // held messages: heartbeats, cancel by job id
 	fair       *fairness
 	ready      readyQueues
+	rejoins    *rejoinQueue              // runners back from a detached wait (inflight.go)
+	runners    sync.WaitGroup            // every runner goroutine; the drain waits for them
+	inflight   map[string]*inflightLimit // by provider name: Config.ProviderInflight
+	health     map[string]*healthState   // by provider name, of HealthCheckers (health.go)
 
 	kindProviders map[string]provider.Provider
 	kindBreakers  map[string]*flow.Breaker
@@ -100,6 +104,8 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 		breakers:      map[string]*flow.Breaker{},
 		consumers:     map[string]jetstream.Consumer{},
 		cancelSubject: envelope.CancelFilter,
+		rejoins:       newRejoinQueue(),
+		inflight:      map[string]*inflightLimit{},
 	}
 	for _, k := range c.Kinds {
 		name := c.providerName(k)
@@ -118,6 +124,9 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 		}
 		p.kindProviders[k.Name] = prov
 		p.kindBreakers[k.Name] = br
+		if p.inflight[prov.Name()] == nil {
+			p.inflight[prov.Name()] = newInflightLimit(c.ProviderInflight)
+		}
 	}
 	for i, prio := range envelope.Priorities {
 		p.ready[i] = make(chan *delivery, c.Prefetch*len(c.Kinds))
@@ -136,12 +145,19 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 			return nil, fmt.Errorf("processor: webhooks: %w", err)
 		}
 	}
+	p.setupHealth()
 	p.mux = http.NewServeMux()
 	g, ok := registerer.(prometheus.Gatherer)
 	if !ok {
 		g = prometheus.NewRegistry()
 	}
-	ops.Register(p.mux, g, ops.NATSReady(nc, js))
+	natsReady := ops.NATSReady(nc, js)
+	ops.Register(p.mux, g, func(ctx context.Context) error {
+		if err := natsReady(ctx); err != nil {
+			return err
+		}
+		return p.providersReady() // health.go
+	})
 	return p, nil
 }
 
@@ -261,6 +277,7 @@ func (p *Processor) children(ln net.Listener) []flow.ChildSpec {
 	}
 	out = append(out,
 		flow.ChildSpec{Name: "cancel", Run: p.runCancels, Restart: flow.Permanent, Shutdown: childShutdown},
+		flow.ChildSpec{Name: "health", Run: p.runHealth, Restart: flow.Permanent, Shutdown: childShutdown},
 		flow.ChildSpec{Name: "ops", Run: p.opsServer(ln), Restart: flow.Permanent, Shutdown: childShutdown},
 		flow.ChildSpec{Name: "metrics", Run: p.runMetrics, Restart: flow.Permanent, Shutdown: childShutdown},
 	)

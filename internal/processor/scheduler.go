@@ -107,39 +107,55 @@ func (r *wrr) next() int {
 // credits of the priority's pullers, so a puller never blocks on a push.
 type readyQueues [3]chan *delivery
 
-// pick returns the next delivery for a worker, or nil once stop or done is
-// closed.
-func (q *readyQueues) pick(r *wrr, stop, done <-chan struct{}) *delivery {
+// pick returns the next delivery for a worker, or a runner that rejoins
+// after a detached wait (inflight.go; those come first: they finish work
+// already begun), or neither once stop or done is closed.
+func (q *readyQueues) pick(r *wrr, rj *rejoinQueue, stop, done <-chan struct{}) (*delivery, *rejoin) {
+	for {
+		if w := rj.pop(); w != nil {
+			return nil, w
+		}
+		d, again := q.pickReady(r, rj.wake, stop, done)
+		if !again {
+			return d, nil
+		}
+	}
+}
+
+// pickReady is pick from the ready queues; again when woken by a rejoin.
+func (q *readyQueues) pickReady(r *wrr, wake, stop, done <-chan struct{}) (d *delivery, again bool) {
 	first := r.next()
 	if d := q.try(first); d != nil {
-		return d
+		return d, false
 	}
 	for i := range q {
 		if i != first {
 			if d := q.try(i); d != nil {
-				return d
+				return d, false
 			}
 		}
 	}
 	select {
 	case <-stop:
-		return nil
+		return nil, false
 	case <-done:
-		return nil
+		return nil, false
 	default:
 	}
 	// Nothing ready: wait for whichever priority delivers first.
 	select {
 	case d := <-q[0]:
-		return d
+		return d, false
 	case d := <-q[1]:
-		return d
+		return d, false
 	case d := <-q[2]:
-		return d
+		return d, false
+	case <-wake:
+		return nil, true
 	case <-stop:
-		return nil
+		return nil, false
 	case <-done:
-		return nil
+		return nil, false
 	}
 }
 

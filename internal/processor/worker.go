@@ -55,18 +55,25 @@ import (
 // work is one worker, a child of the "workers" supervisor (pool.go): it
 // picks deliveries by weighted priority and handles them one at a time
 // until stop is closed (shutdown) or ctx is done (its supervisor stops).
+// Each is run on a runner goroutine the worker lends itself to (lend,
+// inflight.go) until the run ends or waits detached; runners that rejoin
+// after such a wait are served first.
 func (p *Processor) work(ctx context.Context, stop <-chan struct{}) error {
 	r := newWRR(p.cfg.PriorityWeights)
 	for {
 		if h := p.hooks.beforePick; h != nil {
 			h()
 		}
-		d := p.ready.pick(r, stop, ctx.Done())
-		if d == nil {
+		d, w := p.ready.pick(r, p.rejoins, stop, ctx.Done())
+		switch {
+		case w != nil:
+			p.serve(w)
+		case d != nil:
+			d.credits.release(1)
+			p.lend(d)
+		default:
 			return nil
 		}
-		d.credits.release(1)
-		p.handle(d)
 	}
 }
 
@@ -87,7 +94,8 @@ type runResult struct {
 // own error boundary (execute) and its result is reported once (report),
 // so a panic Naks the delivery that panicked and the slot is handed over or
 // released all the same: the user's other jobs are never stranded.
-func (p *Processor) handle(d *delivery) {
+func (p *Processor) handle(d *delivery, rn *runner) {
+	d.runner = rn
 	res := p.execute(d, p.dispatch)
 	for {
 		p.report(res)
@@ -99,6 +107,7 @@ func (p *Processor) handle(d *delivery) {
 			return
 		}
 		p.m.waiting.Dec()
+		d.runner = rn
 		res = p.execute(d, func(d *delivery, res *runResult) {
 			res.held = true // handed over by the user's finished run
 			p.run(d)
@@ -209,6 +218,22 @@ func (p *Processor) run(d *delivery) {
 	// a terminal job, a panic) releases its admission without an outcome,
 	// so a half-open breaker never waits for a probe that will not come
 	// (done counts once: after the call's own report this is a no-op).
+	// A provider whose health check fails is waited for (health.go),
+	// like an open breaker, without a worker and before the attempt is
+	// counted.
+	if !p.waitHealthy(d) {
+		p.nak(d, 0)
+		return
+	}
+	// A resuming provider's in-flight slot comes next (inflight.go): it
+	// is held until the remote work ends, and waiting for it costs
+	// neither an attempt nor a worker.
+	release, ok := p.takeInflight(d)
+	if !ok {
+		p.nak(d, 0)
+		return
+	}
+	defer release()
 	done, ok := p.admit(d)
 	if !ok {
 		p.nak(d, 0)
@@ -275,7 +300,7 @@ func (p *Processor) run(d *delivery) {
 		h(d)
 	}
 
-	result, callErr := p.call(ctx, jctx, d, done, log)
+	result, callErr := p.call(ctx, jctx, d, done, release, log)
 	if callErr == nil {
 		result, callErr = p.keepOutputs(jctx, d, result, log)
 	}
@@ -357,7 +382,7 @@ func (p *Processor) admit(d *delivery) (done func(error), ok bool) {
 // (cancelled by cancel.<user>.<job>, or when the shutdown grace runs out).
 // Exactly one call per admission: never a retry here, since the run's
 // attempt is counted.
-func (p *Processor) call(actx, jctx context.Context, d *delivery, done func(error), log *slog.Logger) (json.RawMessage, error) {
+func (p *Processor) call(actx, jctx context.Context, d *delivery, done func(error), release func(), log *slog.Logger) (json.RawMessage, error) {
 	j := d.job
 	prov := p.kindProviders[j.Kind]
 	jctx, span := p.startSpan(withSpanOf(jctx, actx), "provider call", attribute.String("beamline.provider", prov.Name()))
@@ -398,7 +423,7 @@ func (p *Processor) call(actx, jctx context.Context, d *delivery, done func(erro
 	// breaker as a failure like any other.
 	r, remote := p.resumer(prov)
 	err := bd.Do(jctx, func(ctx context.Context) error {
-		req := provider.Request{Job: j, Attempt: d.attempt, Progress: prog.report, Preview: pvs.hook()}
+		req := provider.Request{Job: j, Attempt: d.attempt, Progress: prog.report, Preview: pvs.hook(), Timing: d.reportTiming}
 		var res json.RawMessage
 		var err error
 		if remote {
@@ -412,7 +437,12 @@ func (p *Processor) call(actx, jctx context.Context, d *delivery, done func(erro
 		return err
 	})
 	if remote {
+		p.observeRemote(d, time.Since(start)) // telemetry.go
 		p.settleRemote(actx, d, r, err, log)
+		// The remote work is over (or handed back): its in-flight slot
+		// is free, and the outcome is written on a worker again.
+		release()
+		p.rejoin(d)
 	}
 	done(err)
 	p.m.duration.WithLabelValues(j.Kind).Observe(time.Since(start).Seconds())

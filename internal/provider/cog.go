@@ -207,15 +207,22 @@ type cogServer struct {
 	checked time.Time
 }
 
-// usable reports whether the server's last health check (if recent) lets
-// it take work.
+// usable reports whether the server's last health check lets it take
+// work. DEFUNCT (the server broke and needs a restart) and SETUP_FAILED
+// (the model's setup failed) do not pass by themselves: such a server
+// stays out of the rotation until a health check (Health, which the
+// processor calls every few seconds) says otherwise. Any other status
+// (STARTING, UNHEALTHY, unreachable, a 503) keeps it out for 5 seconds.
 func (s *cogServer) usable(now time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if now.Sub(s.checked) > 5*time.Second {
+	switch s.status {
+	case "", "READY", "BUSY":
 		return true
+	case "DEFUNCT", "SETUP_FAILED":
+		return false
 	}
-	return s.status == "" || s.status == "READY" || s.status == "BUSY"
+	return now.Sub(s.checked) > 5*time.Second
 }
 
 // busy reports whether the server recently said all its slots were taken.
@@ -253,6 +260,7 @@ type cogPrediction struct {
 	Metrics struct {
 		PredictTime *float64 `json:"predict_time"`
 	} `json:"metrics"`
+	predictionTimes
 }
 
 func (c cogPrediction) terminal() bool {
@@ -304,7 +312,7 @@ func (p *cogProvider) Call(ctx context.Context, req Request) (json.RawMessage, e
 	if err != nil {
 		return nil, err
 	}
-	progress := newProgressTracker(req.Progress).withPreview(req.Preview)
+	progress := newRequestTracker(req)
 	var deliveries <-chan WebhookDelivery
 	if p.hooks != nil {
 		c, stop := p.hooks.Watch(envelope.WebhookCog, req.Job.ID)
@@ -605,6 +613,7 @@ func cogDelivery(id string, d WebhookDelivery) (cogPrediction, bool) {
 // outcome classifies a terminal prediction.
 func (p *cogProvider) outcome(id string, pred cogPrediction, progress *progressTracker) (json.RawMessage, error) {
 	progress.fromLogs(pred.Logs)
+	progress.timed(pred.timing(pred.Metrics.PredictTime))
 	return predictionOutcome("cog", id, pred.Status, pred.Output, pred.Error, p.maxResponse, progress)
 }
 
@@ -634,9 +643,11 @@ func (p *cogProvider) cancelRemote(srv *cogServer, id string) {
 	_ = resp.Body.Close()
 }
 
-// Health asks every server's GET /health-check. It returns nil when one is
-// READY or BUSY (busy servers queue work through 409 waits), else an error
-// listing each server's status.
+// Health asks every server's GET /health-check (READY, BUSY, STARTING,
+// SETUP_FAILED, DEFUNCT, UNHEALTHY) and remembers each answer for the
+// rotation (usable). It returns nil when one is READY or BUSY (busy
+// servers queue work through 409 waits), else an error listing each
+// server's status: the processor's /readyz reason.
 func (p *cogProvider) Health(ctx context.Context) error {
 	var why []string
 	ok := false
@@ -720,6 +731,7 @@ type progressTracker struct {
 	report  func(int)
 	last    int
 	preview func(json.RawMessage)
+	timing  func(Timing) // timing.go
 }
 
 // withPreview makes output pass a running prediction's output to f.

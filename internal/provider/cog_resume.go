@@ -79,7 +79,7 @@ func (p *cogProvider) Await(ctx context.Context, h Handle, req Request) (json.Ra
 	if err != nil {
 		return nil, err
 	}
-	progress := newProgressTracker(req.Progress).withPreview(req.Preview)
+	progress := newRequestTracker(req)
 	if p.hooks == nil {
 		pred, srv, err := p.create(ctx, id, b, false)
 		if err != nil {

@@ -30,6 +30,9 @@ type Request struct {
 	// Prediction is the job's prediction number for Resumable.Start (see
 	// Handle.Number); 0 for Call, where providers number by Attempt.
 	Prediction int
+	// Timing, when set, receives the times a terminal remote prediction
+	// reports (cog, replicate). It may be nil.
+	Timing func(Timing)
 }
 
 // Provider does the work of a job. Call returns the job's result (a JSON

@@ -270,6 +270,7 @@ type replicatePrediction struct {
 	Metrics struct {
 		PredictTime *float64 `json:"predict_time"`
 	} `json:"metrics"`
+	predictionTimes
 }
 
 func (r replicatePrediction) terminal() bool {
@@ -299,6 +300,7 @@ func decodeReplicatePrediction(b []byte) (replicatePrediction, error) {
 		Logs    *string         `json:"logs"`
 		URLs    map[string]any  `json:"urls"`
 		Metrics json.RawMessage `json:"metrics"`
+		predictionTimes
 	}
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return pred, err
@@ -311,7 +313,8 @@ func decodeReplicatePrediction(b []byte) (replicatePrediction, error) {
 	default:
 		return pred, fmt.Errorf("unknown prediction status %q", raw.Status)
 	}
-	pred = replicatePrediction{ID: raw.ID, Status: raw.Status, Output: raw.Output, Error: raw.Error, Logs: raw.Logs}
+	pred = replicatePrediction{ID: raw.ID, Status: raw.Status, Output: raw.Output, Error: raw.Error, Logs: raw.Logs,
+		predictionTimes: raw.predictionTimes}
 	if len(raw.URLs) > 0 {
 		pred.URLs = map[string]string{}
 		for k, v := range raw.URLs {
@@ -440,7 +443,7 @@ func (p *replicateProvider) sameOrigin(u, path string) string {
 // until the next delivery. Only a delivery of prediction h.ID counts:
 // ingest checked its signature, not that it is about this job's work.
 func (p *replicateProvider) Await(ctx context.Context, h Handle, req Request) (json.RawMessage, error) {
-	progress := newProgressTracker(req.Progress).withPreview(req.Preview)
+	progress := newRequestTracker(req)
 	p.mu.Lock()
 	done, ok := p.finished[h.ID]
 	delete(p.finished, h.ID)
@@ -661,6 +664,7 @@ func (p *replicateProvider) do(ctx context.Context, method, target string, body 
 // outcome classifies a terminal prediction.
 func (p *replicateProvider) outcome(id string, pred replicatePrediction, progress *progressTracker) (json.RawMessage, error) {
 	progress.fromLogs(pred.logs())
+	progress.timed(pred.timing(pred.Metrics.PredictTime))
 	return predictionOutcome("replicate", id, pred.Status, pred.Output, pred.Error, p.maxResponse, progress)
 }
 

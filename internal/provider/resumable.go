@@ -35,6 +35,9 @@ type Handle struct {
 	// Ended is set by the processor once the work is over without a
 	// result the job kept: the next run starts prediction Number+1.
 	Ended bool `json:"ended,omitempty"`
+	// Starts counts the Starts the processor made for the job, this one
+	// included (set by the processor; telemetry).
+	Starts int `json:"starts,omitempty"`
 }
 
 // Resumable is implemented by providers whose remote work outlives a Call.

@@ -57,6 +57,10 @@ type Snapshot struct {
 	Seq       uint64    `json:"seq"`
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
+	// Remote is the telemetry of the job's remote work (a Cog or
+	// Replicate prediction), once a run awaited it; absent for jobs of
+	// other providers.
+	Remote *RemoteStats `json:"remote,omitempty"`
 }
 
 // Preview names a running job's latest intermediate output, stored like
@@ -75,6 +79,23 @@ type Preview struct {
 	// Digest is the SHA-256 of the bytes ("SHA-256=<base64url>"); it
 	// changes with every new preview.
 	Digest string `json:"digest"`
+}
+
+// RemoteStats is what the processor learnt about a job's remote work
+// (docs/design.md#telemetry).
+type RemoteStats struct {
+	// Provider is the provider's name ("cog", "replicate:owner/name").
+	Provider string `json:"provider"`
+	// Starts is the remote work Beamline started for the job (new
+	// predictions, not resumes): 1 unless a prediction failed, or was
+	// started again, which is then visible.
+	Starts int `json:"starts"`
+	// QueuedMS is how long the last prediction waited at the provider
+	// before it ran (its started_at − created_at), in milliseconds.
+	QueuedMS int64 `json:"queued_ms,omitempty"`
+	// RunMS is the last prediction's run time (its metrics.predict_time),
+	// in milliseconds.
+	RunMS int64 `json:"run_ms,omitempty"`
 }
 
 // NewSnapshot is the queued snapshot (seq 0) of a job that was just accepted.
@@ -103,6 +124,9 @@ func (s *Snapshot) Validate() error {
 	}
 	if len(s.Result) > 0 && !json.Valid(s.Result) {
 		return fieldErr("result", ErrMalformed, "not JSON")
+	}
+	if r := s.Remote; r != nil && (r.Starts < 0 || r.QueuedMS < 0 || r.RunMS < 0) {
+		return fieldErr("remote", ErrMalformed, "negative starts or times")
 	}
 	return nil
 }

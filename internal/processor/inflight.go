@@ -1,0 +1,270 @@
+package processor
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"sync/atomic"
+)
+
+// Waits that hold no worker (docs/design.md#waiting-jobs-hold-no-worker).
+//
+// A worker does not run a delivery on its own goroutine: it starts a
+// runner goroutine for it and lends it a lease, then waits until the
+// lease is released. A run of a resuming provider (handles.go) releases it
+// as soon as its remote work's handle is stored (detach): the worker goes
+// back to picking while the runner awaits the remote outcome. The delivery
+// stays held meanwhile (heartbeats, cancel by job id), and so do its user's
+// slot (per-user fairness) and its provider's in-flight slot. Once the wait
+// ends the runner asks for a worker again (rejoin: a queue the workers pick
+// from before the ready queues) and writes the outcome — keeping outputs
+// may download files — on the lease that worker lends it. Concurrency so
+// bounds work done in this process, and -provider-inflight bounds remote
+// work awaited.
+//
+// While the pool drains (shutdown) nobody lends leases any more: a rejoin
+// then goes on without one, and the drain waits for every runner (pool.go).
+
+// lease is a worker lent to a runner, until release.
+type lease struct {
+	once     sync.Once
+	released chan struct{}
+}
+
+func newLease() *lease { return &lease{released: make(chan struct{})} }
+
+func (l *lease) release() {
+	if l != nil {
+		l.once.Do(func() { close(l.released) })
+	}
+}
+
+// runner is the goroutine that runs one delivery and the deliveries its
+// user's slot is handed over to (worker.go, handle).
+type runner struct {
+	lease atomic.Pointer[lease]
+}
+
+// rejoin is a runner waiting for a worker; state: 0 waiting, 1 taken by a
+// worker (a lease is coming on got), 2 given up (the pool drains).
+type rejoin struct {
+	state atomic.Int32
+	got   chan *lease
+}
+
+// rejoinQueue holds runners waiting for a worker. Unbounded, but never
+// longer than the runs this process awaits.
+type rejoinQueue struct {
+	mu   sync.Mutex
+	q    []*rejoin
+	wake chan struct{} // 1-buffered: something was pushed
+}
+
+func newRejoinQueue() *rejoinQueue { return &rejoinQueue{wake: make(chan struct{}, 1)} }
+
+func (r *rejoinQueue) push(w *rejoin) {
+	r.mu.Lock()
+	r.q = append(r.q, w)
+	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (r *rejoinQueue) pop() *rejoin {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.q) == 0 {
+		return nil
+	}
+	w := r.q[0]
+	r.q[0] = nil
+	r.q = r.q[1:]
+	if len(r.q) > 0 {
+		// Leave the wake set for the next worker.
+		select {
+		case r.wake <- struct{}{}:
+		default:
+		}
+	}
+	return w
+}
+
+// lend runs d on a runner goroutine with this worker's lease and returns
+// when the lease is released: the run (and its hand-overs) ended, or it
+// detached to wait.
+func (p *Processor) lend(d *delivery) {
+	rn := &runner{}
+	l := newLease()
+	rn.lease.Store(l)
+	p.runners.Add(1)
+	go func() {
+		defer p.runners.Done()
+		defer func() { rn.lease.Swap(nil).release() }()
+		p.handle(d, rn)
+	}()
+	<-l.released
+}
+
+// serve lends this worker to a runner that rejoins, if it still waits.
+func (p *Processor) serve(w *rejoin) {
+	if !w.state.CompareAndSwap(0, 1) {
+		return
+	}
+	l := newLease()
+	w.got <- l
+	<-l.released
+}
+
+// detach gives d's worker back to the pool; d's runner goes on without one.
+// Called once d's remote work is stored (or while it waits for an
+// in-flight slot). A no-op after rejoin.
+func (p *Processor) detach(d *delivery) {
+	if d.runner == nil || !d.away.CompareAndSwap(0, 1) {
+		return
+	}
+	p.m.detached.Inc()
+	d.runner.lease.Swap(nil).release()
+}
+
+// rejoin ends d's detached wait: the runner waits for a worker to lend it
+// a lease (none while the pool drains). After it d does not detach again.
+func (p *Processor) rejoin(d *delivery) {
+	if d.runner == nil || d.away.Swap(2) != 1 {
+		return
+	}
+	p.m.detached.Dec()
+	w := &rejoin{got: make(chan *lease, 1)}
+	p.rejoins.push(w)
+	select {
+	case l := <-w.got:
+		d.runner.lease.Store(l)
+	case <-p.stopCtx.Done():
+		if !w.state.CompareAndSwap(0, 2) {
+			d.runner.lease.Store(<-w.got)
+		}
+	}
+}
+
+// inflightLimit bounds the remote work of one provider this process
+// awaits or starts (Config.ProviderInflight).
+type inflightLimit struct {
+	mu    sync.Mutex
+	limit int
+	used  int
+	freed chan struct{} // closed and replaced when a slot is freed
+}
+
+func newInflightLimit(n int) *inflightLimit {
+	return &inflightLimit{limit: n, freed: make(chan struct{})}
+}
+
+func (l *inflightLimit) tryAcquire() (ok bool, freed <-chan struct{}) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.used < l.limit {
+		l.used++
+		return true, nil
+	}
+	return false, l.freed
+}
+
+// acquire waits for a slot until ctx ends.
+func (l *inflightLimit) acquire(ctx context.Context) error {
+	for {
+		ok, freed := l.tryAcquire()
+		if ok {
+			return nil
+		}
+		select {
+		case <-freed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (l *inflightLimit) release() {
+	l.mu.Lock()
+	l.used--
+	close(l.freed)
+	l.freed = make(chan struct{})
+	l.mu.Unlock()
+}
+
+// waitRoom waits until a slot is free (without taking it) or ctx ends:
+// the pullers of the provider's kinds do not pull while it is full.
+func (l *inflightLimit) waitRoom(ctx context.Context) error {
+	for {
+		l.mu.Lock()
+		free, freed := l.used < l.limit, l.freed
+		l.mu.Unlock()
+		if free {
+			return nil
+		}
+		select {
+		case <-freed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (l *inflightLimit) inUse() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.used
+}
+
+// takeInflight takes an in-flight slot of d's provider when it resumes
+// (only remote work is limited); while none is free the run detaches and
+// waits, holding no worker. It returns the release (idempotent), or false
+// when the pool drained first (the caller hands the delivery back).
+func (p *Processor) takeInflight(d *delivery) (release func(), ok bool) {
+	prov := p.kindProviders[d.kind]
+	lim := p.inflight[prov.Name()]
+	if _, remote := p.resumer(prov); !remote || lim == nil {
+		return func() {}, true
+	}
+	if got, _ := lim.tryAcquire(); !got {
+		p.detach(d)
+		err := lim.acquire(p.stopCtx)
+		p.rejoin(d)
+		d.away.Store(0) // detaches again once its handle is stored
+		if err != nil {
+			return nil, false
+		}
+	}
+	name, model := providerLabels(prov.Name())
+	gauge := p.m.predictions.WithLabelValues(name, model)
+	gauge.Inc()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			gauge.Dec()
+			lim.release()
+		})
+	}, true
+}
+
+// providerLabels splits a provider's name into the provider and model
+// labels of its metrics: "replicate:owner/name" is replicate and
+// owner/name; "cog" is cog and no model.
+func providerLabels(name string) (prov, model string) {
+	prov, model, _ = strings.Cut(name, ":")
+	return prov, model
+}
+
+// waitInflightRoom waits while the resuming provider of kind has no free
+// in-flight slot: its pullers do not pull what could only wait.
+func (p *Processor) waitInflightRoom(ctx context.Context, kind string) error {
+	prov := p.kindProviders[kind]
+	if _, remote := p.resumer(prov); !remote {
+		return nil
+	}
+	if lim := p.inflight[prov.Name()]; lim != nil {
+		return lim.waitRoom(ctx)
+	}
+	return nil
+}
