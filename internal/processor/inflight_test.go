@@ -277,7 +277,9 @@ func TestShutdownHandsBackDetachedWaits(t *testing.T) {
 	}
 	testutil.WaitFor(t, 20*time.Second, func() bool {
 		return h.fake.CreatedTotal() == 6 && counterValue(t, r, "beamline_processor_detached", nil) == 6
-	}, func() string { return fmt.Sprintf("%d predictions created, want 6 awaited detached", h.fake.CreatedTotal()) })
+	}, func() string {
+		return fmt.Sprintf("%d predictions created, want 6 awaited detached", h.fake.CreatedTotal())
+	})
 	if err := r.stop(t); err != nil {
 		t.Fatal(err)
 	}
