@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -79,7 +80,7 @@ func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request) {
 	}
 	id := r.PathValue("id")
 	if err := envelope.ValidateID("id", id); err != nil {
-		httpx.WriteError(w, http.StatusBadRequest, "invalid_id", err.Error())
+		httpx.WriteError(w, http.StatusBadRequest, "invalid_id", fieldMessage(err))
 		return
 	}
 	var lastSeq *uint64
@@ -228,4 +229,15 @@ func sseData(payload []byte) (data []byte, ok bool) {
 		return nil, false
 	}
 	return b.Bytes(), true
+}
+
+// fieldMessage renders an envelope.FieldError as "<field>: <rule>", once:
+// "id: character 'Ä' at 0 is not allowed (...)", without the envelope's
+// sentinel text in front.
+func fieldMessage(err error) string {
+	var fe *envelope.FieldError
+	if errors.As(err, &fe) && fe.Msg != "" {
+		return fe.Field + ": " + fe.Msg
+	}
+	return err.Error()
 }
