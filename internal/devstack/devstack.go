@@ -6,6 +6,7 @@
 package devstack
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -120,6 +121,16 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	}
 	if cfg.Grace < 0 || cfg.JobTimeout < 0 {
 		return nil, fmt.Errorf("%w: Grace and JobTimeout must not be negative", ErrInvalidConfig)
+	}
+	if tune := cfg.Tune.Processor; cfg.Grace > 0 || cfg.JobTimeout > 0 {
+		// Before the caller's own tuning, which may still change them.
+		grace, timeout := cfg.Grace, cfg.JobTimeout
+		cfg.Tune.Processor = func(pc *processor.Config) {
+			pc.Grace, pc.JobTimeout = cmp.Or(grace, pc.Grace), cmp.Or(timeout, pc.JobTimeout)
+			if tune != nil {
+				tune(pc)
+			}
+		}
 	}
 	if cfg.NATSPort == 0 {
 		cfg.NATSPort = natsx.DefaultPort

@@ -99,8 +99,6 @@ func (s *Stack) startProcessor(ctx context.Context, ln net.Listener) (func(conte
 			Providers:       providers,
 			DefaultProvider: "sim",
 			TracerProvider:  tracerProvider(),
-			Grace:           s.cfg.Grace,
-			JobTimeout:      s.cfg.JobTimeout,
 		}
 		if s.cfg.Tune.Processor != nil {
 			s.cfg.Tune.Processor(&cfg)
