@@ -26,13 +26,13 @@ let firstSample = 0; // when the first figures arrived
 
 const series = {
   high: new Series(), normal: new Series(), low: new Series(),
-  inflight: new Series(),
+  held: new Series(), inflight: new Series(),
   succeeded: new Series(), failed: new Series(), retried: new Series(), dead: new Series(),
   dlq: new Series(), restarts: new Series(), conns: new Series(),
 };
 
 const COLORS = {
-  high: "#dc2626", normal: "#0284c7", low: "#94a3b8", inflight: "#0284c7",
+  high: "#dc2626", normal: "#0284c7", low: "#94a3b8", held: "#d97706", inflight: "#0284c7",
   succeeded: "#16a34a", failed: "#dc2626", retried: "#d97706", dead: "#7c3aed",
   dlq: "#7c3aed", restarts: "#d97706", conns: "#0284c7",
 };
@@ -66,8 +66,15 @@ function render(m) {
     $("m-queue-" + p).textContent = fmt(q[p]);
     series[p].push(t, q[p]);
   }
+  // Held (num_ack_pending) counts the running jobs and those a processor
+  // keeps until a slot frees (a user's limit, a breaker, a busy pool).
+  const h = m.held || {};
+  const held = m.held ? ["high", "normal", "low"].reduce((s, p) => s + (typeof h[p] === "number" ? h[p] : 0), 0) : undefined;
+  $("m-held").textContent = fmt(held);
+  series.held.push(t, held);
   $("m-inflight").textContent = fmt(m.inflight);
   series.inflight.push(t, m.inflight);
+  $("m-held-waiting").textContent = typeof held === "number" && typeof m.inflight === "number" ? fmt(Math.max(0, held - m.inflight)) : "—";
 
   const r = m.jobs_per_second || {};
   const outcomes = ["succeeded", "failed", "retried", "dead"];
@@ -112,7 +119,7 @@ function renderBreakers(b) {
 
 function drawAll(now) {
   draw($("c-queue"), ["high", "normal", "low"], now);
-  draw($("c-inflight"), ["inflight"], now);
+  draw($("c-inflight"), ["held", "inflight"], now);
   draw($("c-rate"), ["succeeded", "failed", "retried", "dead"], now);
   draw($("c-dlq"), ["dlq"], now);
   draw($("c-restarts"), ["restarts"], now);

@@ -1,6 +1,6 @@
 // app.js — the demo page: submit simulated jobs and watch them live.
 import { connect, isTerminal, tokenSubject } from "./beamline.js";
-import { pageToken, askForToken } from "./token.js";
+import { pageToken, askForToken, forgetToken } from "./token.js";
 import { connectionIndicator } from "./conn.js";
 
 const TOKEN_KEY = "beamline.token";
@@ -21,8 +21,9 @@ function start(token) {
 
   const jobs = new Map(); // id -> {job, el}
   client.watchUser((job, info) => render(job, info), {
-    onError: (reason) => setFormStatus(`Cannot watch your jobs: ${reason}`, true),
+    onError: (reason) => setFormStatus(`Cannot watch your jobs: ${WATCH_ERRORS[reason] || reason}.`, true),
   });
+  checkTokenWhenNotLive(client, token);
 
   const user = tokenSubject(token);
   if (user) $("jobs-title").textContent = `My jobs (${user})`;
@@ -232,6 +233,65 @@ function firstOutput(v) {
     if (o) return o;
   }
   return null;
+}
+
+// Sentences for the reasons watchUser reports (join refusals and the
+// client's own), so that the page never shows a bare code.
+const WATCH_ERRORS = {
+  no_user: "your token names no user (it has no sub claim); ask for a new token",
+  no_token: "no token could be read; reload the page or paste a token",
+  unauthorized: "the server refused your token for these jobs",
+  forbidden: "these jobs belong to another user",
+  not_found: "there is no such topic",
+  "invalid topic": "the user name in your token cannot be watched",
+  "rate limited": "too many requests from this page; it will try again",
+  unavailable: "the server cannot read your jobs just now; it will try again",
+  "too many channels joined": "this page watches too many things at once",
+};
+
+// The notifier refuses a bad token with an empty 403 that a browser cannot
+// read, and the client just retries; so when the socket is not live soon
+// after loading, or drops, ask ingest, whose 401 says why. A refused token
+// is then said in a sentence, with how to get a new one, instead of
+// "Connecting…" forever.
+function checkTokenWhenNotLive(client, token) {
+  let live = false;
+  let checking = false;
+  const check = async () => {
+    if (live || checking) return;
+    checking = true;
+    try {
+      await client.getJob("token-check");
+    } catch (err) {
+      if (err && err.status === 401 && !live) tokenRefused(client, err.message);
+    } finally {
+      checking = false;
+    }
+  };
+  client.onStatus((state) => {
+    live = state === "open" || state === "recovered";
+    if (state === "reconnecting") check();
+  });
+  setTimeout(check, 1500);
+}
+
+function tokenRefused(client, why) {
+  client.close();
+  forgetToken(TOKEN_KEY);
+  $("submit").disabled = true;
+  askForToken(TOKEN_KEY);
+  $("conn-text").textContent = "Token refused";
+  let p = $("token-refused");
+  if (!p) {
+    p = document.createElement("p");
+    p.id = "token-refused";
+    p.className = "form-status error";
+    p.setAttribute("role", "alert");
+    $("token-title").after(p);
+  }
+  p.textContent = `The server refused this page's token (${why}). ` +
+    "A token stops working when it expires or when the secret it was signed with changes. " +
+    "Open the demo page link devstack prints when it starts (it ends in #token=…) to get a new one, or paste a token below.";
 }
 
 function setFormStatus(text, isError = false) {

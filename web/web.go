@@ -40,10 +40,22 @@ const csp = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 's
 // Handler serves / (the demo page), /admin (the dashboard) and the assets.
 // Unknown paths get a JSON 404 like every other Beamline HTTP error.
 func Handler() http.Handler {
-	return http.HandlerFunc(serve)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { serve(w, r, true) })
 }
 
-func serve(w http.ResponseWriter, r *http.Request) {
+// ClientHandler serves what every notifier serves: the client
+// (/beamline.js, /react.js and their .d.ts), the dashboard (/admin and its
+// scripts) and the shared assets. The demo page (/, /index.html, /app.js)
+// is a devstack feature, or the notifier's -demo flag (Handler); here it
+// answers 404.
+func ClientHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { serve(w, r, false) })
+}
+
+// demoOnly are the files only the demo page uses.
+var demoOnly = map[string]bool{"index.html": true, "app.js": true}
+
+func serve(w http.ResponseWriter, r *http.Request, demo bool) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
 		httpx.WriteError(w, http.StatusMethodNotAllowed, "method_not_allowed", "only GET and HEAD are served here")
@@ -57,7 +69,7 @@ func serve(w http.ResponseWriter, r *http.Request) {
 		name = "admin.html"
 	}
 	b, err := files.ReadFile(name)
-	if err != nil || strings.Contains(name, "/") {
+	if err != nil || strings.Contains(name, "/") || !demo && demoOnly[name] {
 		httpx.WriteError(w, http.StatusNotFound, "not_found", "no such page or asset")
 		return
 	}

@@ -86,3 +86,18 @@ func TestErrorsAreJSON(t *testing.T) {
 		}
 	}
 }
+
+// ClientHandler serves the client and the dashboard, not the demo page.
+func TestClientHandlerLeavesOutTheDemo(t *testing.T) {
+	h := web.ClientHandler()
+	for _, p := range []string{"/beamline.js", "/react.js", "/admin", "/admin.js", "/style.css"} {
+		if rec := get(t, h, http.MethodGet, p, nil); rec.Code != http.StatusOK {
+			t.Errorf("GET %s = %d", p, rec.Code)
+		}
+	}
+	for _, p := range []string{"/", "/index.html", "/app.js"} {
+		if rec := get(t, h, http.MethodGet, p, nil); rec.Code != http.StatusNotFound {
+			t.Errorf("GET %s = %d, want 404", p, rec.Code)
+		}
+	}
+}

@@ -10,13 +10,13 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"time"
 
 	"github.com/beamline/beamline/internal/auth"
 	"github.com/beamline/beamline/internal/config"
@@ -31,6 +31,13 @@ import (
 
 func main() { config.Main("devstack", run) }
 
+// A laptop's defaults: Ctrl-C waits a few seconds, not the processor's 25,
+// and a hanging sim job fails after a minute, not ten.
+const (
+	defaultGrace      = 5 * time.Second
+	defaultJobTimeout = time.Minute
+)
+
 // run serves the stack until ctx is done. Bad flags are config.Invalid
 // (exit 2); a failure of the stack is any other error.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -42,7 +49,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		ingestAddr   = fs.String("ingest-addr", ingest.DefaultAddr, "ingest HTTP address")
 		notifierAddr = fs.String("notifier-addr", notifier.DefaultAddr, "notifier HTTP/WebSocket address")
 		procAddr     = fs.String("processor-addr", processor.DefaultAddr, "processor /metrics, /healthz, /readyz address")
-		secret       = fs.String("auth-secret", "", "token secret, dev only (default: $"+auth.EnvSecret+", else random)")
+		secret       = fs.String("auth-secret", "", "token secret, dev only (default: $"+auth.EnvSecret+", else the one kept in <data>/"+devstack.SecretFile+", made on the first start)")
+		grace        = fs.Duration("grace", defaultGrace, "how long running jobs may finish after Ctrl-C (a second Ctrl-C stops at once; the jobs are redelivered on the next start)")
+		jobTimeout   = fs.Duration("job-timeout", defaultJobTimeout, "timeout of one provider call (a sim job with hang_times hangs this long)")
 		logFormat    = fs.String("log-format", "text", "log format: text or json")
 		kinds        = fs.String("kinds", config.DefaultKinds, "job kinds, served by the sim provider unless named: image,video=cog,audio=replicate:owner/name")
 		cogURLs      = fs.String("cog-url", "", "Cog servers for kinds served by cog, URL[,URL...] (default "+provider.DefaultCogURL+")")
@@ -68,12 +77,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(key) == 0 {
 		key = []byte(os.Getenv(auth.EnvSecret))
 	}
+	if *grace < 0 || *jobTimeout < 0 {
+		return config.Invalid(fmt.Errorf("-grace and -job-timeout must not be negative"))
+	}
 	if len(key) == 0 {
-		b := make([]byte, 32)
-		if _, err := rand.Read(b); err != nil {
-			return err
-		}
-		key = []byte(hex.EncodeToString(b))
+		log.Info("tokens are signed with the dev secret kept in the data folder; they stay valid across restarts",
+			"file", filepath.Join(*dataDir, devstack.SecretFile))
 	}
 
 	// Off unless the standard OTEL_EXPORTER_OTLP_* variables are set.
@@ -88,7 +97,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		IngestAddr:    *ingestAddr,
 		NotifierAddr:  *notifierAddr,
 		ProcessorAddr: *procAddr,
-		Secret:        key,
+		Secret:        key, // empty: the one kept in DataDir
+		Grace:         *grace,
+		JobTimeout:    *jobTimeout,
 		Kinds:         ks,
 		CogURLs:       provider.ParseCogURLs(*cogURLs),
 		Replicate:     provider.ReplicateConfig{URL: *replicateURL, Token: os.Getenv(provider.EnvReplicateToken)},
@@ -116,7 +127,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	select {
 	case <-ctx.Done():
-		log.Info("shutting down")
+		log.Info("shutting down (Ctrl-C again to stop at once)")
 	case <-stack.Failed():
 		log.Error("a service stopped; shutting down", "err", stack.Err())
 	}

@@ -40,24 +40,27 @@ func buildDevstack(t *testing.T) string {
 var readyRE = regexp.MustCompile(`^beamline devstack ready: ingest=(\S+) notifier=(\S+) nats=(\S+) processor=(\S+) token=(\S+)$`)
 
 type running struct {
-	cmd    *exec.Cmd
-	ingest string
-	token  string
-	stderr *bytes.Buffer
-	exited chan error
+	cmd      *exec.Cmd
+	ingest   string
+	notifier string
+	token    string
+	stderr   *testutil.Buffer
+	exited   chan error
 }
 
-// startDevstack runs the binary on dataDir and waits for its ready line.
-func startDevstack(t *testing.T, bin, dataDir, secret string) *running {
+// startDevstack runs the binary on dataDir and waits for its ready line;
+// an empty secret leaves devstack to the one kept in dataDir. extra flags
+// come last.
+func startDevstack(t *testing.T, bin, dataDir, secret string, extra ...string) *running {
 	t.Helper()
-	cmd := exec.Command(bin, "-data", dataDir, "-nats-port", "-1",
-		"-ingest-addr", "127.0.0.1:0", "-notifier-addr", "127.0.0.1:0", "-processor-addr", "127.0.0.1:0")
+	cmd := exec.Command(bin, append([]string{"-data", dataDir, "-nats-port", "-1",
+		"-ingest-addr", "127.0.0.1:0", "-notifier-addr", "127.0.0.1:0", "-processor-addr", "127.0.0.1:0"}, extra...)...)
 	cmd.Env = append(os.Environ(), "BEAMLINE_AUTH_SECRET="+secret)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &running{cmd: cmd, stderr: &bytes.Buffer{}, exited: make(chan error, 1)}
+	r := &running{cmd: cmd, stderr: &testutil.Buffer{}, exited: make(chan error, 1)}
 	cmd.Stderr = r.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -86,7 +89,7 @@ func startDevstack(t *testing.T, bin, dataDir, secret string) *running {
 				t.Fatalf("devstack exited before ready; stderr:\n%s", r.stderr)
 			}
 			if m := readyRE.FindStringSubmatch(line); m != nil {
-				r.ingest, r.token = m[1], m[5]
+				r.ingest, r.notifier, r.token = m[1], m[2], m[5]
 				return r
 			}
 		case <-timeout:

@@ -31,10 +31,13 @@ var (
 	ErrExpired      = errors.New("auth: token expired")
 )
 
-// Principal is who a verified token speaks for.
+// Principal is who a verified token speaks for, and until when.
 type Principal struct {
 	User  string
 	Admin bool
+	// Expires is the token's exp: a session opened with the token ends
+	// then (the notifier closes it, docs/phoenix-protocol.md#12-token-expiry).
+	Expires time.Time
 }
 
 type claims struct {
@@ -59,6 +62,12 @@ func NewVerifier(secret []byte) (*Verifier, error) {
 			jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
 			jwt.WithExpirationRequired(),
 			jwt.WithLeeway(5*time.Second),
+			// One spelling per token: the base64url of the last character
+			// of each part must leave its unused low bits zero, so a token
+			// with its last character changed from w to x is refused, not
+			// accepted as the same token under another text (the token
+			// cache and any revocation list remember tokens by their text).
+			jwt.WithStrictDecoding(),
 		),
 	}, nil
 }
@@ -79,9 +88,20 @@ func (v *Verifier) Verify(token string) (Principal, error) {
 		return Principal{}, fmt.Errorf("%w: %s", ErrInvalidToken, reason(err))
 	}
 	if err := envelope.ValidateID("sub", c.Subject); err != nil {
-		return Principal{}, fmt.Errorf("%w: sub: %v", ErrInvalidToken, err)
+		return Principal{}, fmt.Errorf("%w: %s", ErrInvalidToken, fieldRule(err))
 	}
-	return Principal{User: c.Subject, Admin: c.Admin}, nil
+	return Principal{User: c.Subject, Admin: c.Admin, Expires: c.ExpiresAt.Time}, nil
+}
+
+// fieldRule renders an envelope.FieldError as "<field> <rule>", without the
+// envelope's own sentinel text: "sub must not be empty", never
+// "sub: envelope: invalid token: sub: must not be empty".
+func fieldRule(err error) string {
+	var fe *envelope.FieldError
+	if errors.As(err, &fe) && fe.Msg != "" {
+		return fe.Field + ": " + fe.Msg
+	}
+	return err.Error()
 }
 
 // reason names the class of a jwt error without echoing token content.

@@ -60,7 +60,7 @@ func TestRoundTrip(t *testing.T) {
 	p, err := v.Verify(sign(t, jwt.SigningMethodHS256, secret, jwt.MapClaims{
 		"sub": "ops", "admin": true, "exp": time.Now().Add(time.Minute).Unix(), "iss": "host-app", "aud": "beamline",
 	}))
-	if err != nil || p != (Principal{User: "ops", Admin: true}) {
+	if err != nil || p.User != "ops" || !p.Admin {
 		t.Fatalf("Verify(admin) = %+v, %v", p, err)
 	}
 }
@@ -214,5 +214,67 @@ func TestBearerToken(t *testing.T) {
 		if token != tc.token || isBearer != tc.isBearer {
 			t.Errorf("BearerToken(%q) = %q %v, want %q %v", tc.header, token, isBearer, tc.token, tc.isBearer)
 		}
+	}
+}
+
+// A token has one spelling: changing its last character within its
+// base64 group (only the unused low bits) is refused, not read as the same
+// token (issue 16, item 8).
+func TestStrictDecoding(t *testing.T) {
+	v := verifier(t)
+	tok, err := Issue(secret, "alice", false, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Verify(tok); err != nil {
+		t.Fatalf("the token itself: %v", err)
+	}
+	for _, alt := range OtherSpellings(tok) {
+		if _, err := v.Verify(alt); !errors.Is(err, ErrInvalidToken) {
+			t.Errorf("Verify(%q, last character changed) = %v, want ErrInvalidToken", alt[len(alt)-3:], err)
+		}
+	}
+	if len(OtherSpellings(tok)) == 0 {
+		t.Fatal("no other spelling of an HS256 signature: the test proves nothing")
+	}
+}
+
+// A verified principal carries the token's expiry (sessions end then).
+func TestPrincipalExpires(t *testing.T) {
+	exp := time.Now().Add(90 * time.Second).Truncate(time.Second)
+	p, err := verifier(t).Verify(sign(t, jwt.SigningMethodHS256, secret, jwt.MapClaims{"sub": "alice", "exp": exp.Unix()}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !p.Expires.Equal(exp) {
+		t.Fatalf("Expires = %v, want %v", p.Expires, exp)
+	}
+}
+
+// Error texts read once: no repeated prefixes, the offending value quoted.
+func TestErrorMessages(t *testing.T) {
+	v := verifier(t)
+	exp := time.Now().Add(time.Hour).Unix()
+	tests := []struct {
+		name  string
+		token string
+		want  string
+	}{
+		{"sub missing", sign(t, jwt.SigningMethodHS256, secret, jwt.MapClaims{"exp": exp}), "auth: invalid token: sub: must not be empty"},
+		{"sub non-ASCII", sign(t, jwt.SigningMethodHS256, secret, validClaims("ÄÖ")), "auth: invalid token: sub: character 'Ä' at 0 is not allowed (use A-Z a-z 0-9 _ -)"},
+		{"sub with a dot", sign(t, jwt.SigningMethodHS256, secret, validClaims("ab.c")), "auth: invalid token: sub: character '.' at 2 is not allowed (use A-Z a-z 0-9 _ -)"},
+		{"sub with a newline", sign(t, jwt.SigningMethodHS256, secret, validClaims("a\nb")), `auth: invalid token: sub: character '\n' at 1 is not allowed (use A-Z a-z 0-9 _ -)`},
+		{"sub with right-to-left override", sign(t, jwt.SigningMethodHS256, secret, validClaims("ab\u202ec")), `auth: invalid token: sub: character '\u202e' at 2 is not allowed (use A-Z a-z 0-9 _ -)`},
+		{"wrong secret", sign(t, jwt.SigningMethodHS256, []byte("another-secret-of-16+"), validClaims("alice")), "auth: invalid token: bad signature"},
+		{"empty", "", "auth: invalid token: empty"},
+		{"garbage", "not-a-jwt", "auth: invalid token: malformed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := v.Verify(tt.token)
+			if err == nil || err.Error() != tt.want {
+				t.Fatalf("Verify error = %v\nwant            %s", err, tt.want)
+			}
+		})
 	}
 }

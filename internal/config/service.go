@@ -29,18 +29,32 @@ type RunFunc func(ctx context.Context, args []string, stdout, stderr io.Writer) 
 
 // Exit codes of every Beamline binary.
 const (
-	ExitOK     = 0 // a clean stop, or -help
-	ExitFailed = 1 // the service failed
-	ExitUsage  = 2 // bad flags or configuration (ErrInvalid)
+	ExitOK          = 0   // a clean stop, or -help
+	ExitFailed      = 1   // the service failed
+	ExitUsage       = 2   // bad flags or configuration (ErrInvalid)
+	ExitInterrupted = 130 // a second SIGINT or SIGTERM stopped it at once (128+SIGINT)
 )
 
 // Main is the whole main function of a Beamline binary: run under a
 // context cancelled by SIGINT or SIGTERM, then exit with ExitCode, after
-// printing "name: err" for an error.
+// printing "name: err" for an error. A second signal while it stops exits
+// at once with ExitInterrupted: nothing is lost, as the jobs a processor
+// still ran are not acked and JetStream redelivers them after their ack
+// wait (to another processor, or to this one when it starts again).
 func Main(name string, run RunFunc) {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-sigs
+		cancel()
+		sig := <-sigs
+		fmt.Fprintf(os.Stderr, "%s: second %v: stopping at once; jobs still running are redelivered after their ack wait\n", name, sig)
+		os.Exit(ExitInterrupted)
+	}()
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
+	signal.Stop(sigs)
+	cancel()
 	code := ExitCode(err)
 	if code != ExitOK {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)

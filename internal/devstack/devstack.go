@@ -6,6 +6,7 @@
 package devstack
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -45,8 +46,15 @@ type Config struct {
 	// 127.0.0.1:8090, 127.0.0.1:9091);
 	// "127.0.0.1:0" picks a free port.
 	IngestAddr, NotifierAddr, ProcessorAddr string
-	// Secret signs and verifies tokens; at least 16 bytes. Required.
+	// Secret signs and verifies tokens; at least 16 bytes. Default: the
+	// dev secret kept in DataDir (SecretFile, created 0600 on the first
+	// start), so tokens stay valid across restarts on the same data.
 	Secret []byte
+	// Grace is how long running jobs may finish on shutdown, and
+	// JobTimeout bounds one provider call. Defaults: the processor's
+	// (processor.DefaultGrace, processor.DefaultJobTimeout); cmd/devstack
+	// sets shorter ones that suit a laptop.
+	Grace, JobTimeout time.Duration
 	// Kinds served. Default image and video with the sim provider; a kind
 	// may name another provider (video=cog).
 	Kinds []config.Kind
@@ -111,11 +119,31 @@ type part struct {
 
 // Start brings the stack up and returns when every service is serving.
 func Start(ctx context.Context, cfg Config) (*Stack, error) {
+	if cfg.DataDir == "" {
+		cfg.DataDir = "./data"
+	}
+	if len(cfg.Secret) == 0 {
+		key, err := devSecret(cfg.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Secret = key
+	}
 	if len(cfg.Secret) < auth.MinSecretLen {
 		return nil, fmt.Errorf("%w: Secret: %w", ErrInvalidConfig, auth.ErrNoSecret)
 	}
-	if cfg.DataDir == "" {
-		cfg.DataDir = "./data"
+	if cfg.Grace < 0 || cfg.JobTimeout < 0 {
+		return nil, fmt.Errorf("%w: Grace and JobTimeout must not be negative", ErrInvalidConfig)
+	}
+	if tune := cfg.Tune.Processor; cfg.Grace > 0 || cfg.JobTimeout > 0 {
+		// Before the caller's own tuning, which may still change them.
+		grace, timeout := cfg.Grace, cfg.JobTimeout
+		cfg.Tune.Processor = func(pc *processor.Config) {
+			pc.Grace, pc.JobTimeout = cmp.Or(grace, pc.Grace), cmp.Or(timeout, pc.JobTimeout)
+			if tune != nil {
+				tune(pc)
+			}
+		}
 	}
 	if cfg.NATSPort == 0 {
 		cfg.NATSPort = natsx.DefaultPort

@@ -76,8 +76,13 @@ type Config struct {
 	IdleTimeout time.Duration
 	// WriteTimeout bounds one write to a client. Default 10s.
 	WriteTimeout time.Duration
-	// Static, when set, is mounted at / (the web UI).
+	// Static, when set, is mounted at / instead of the web UI below
+	// (devstack adds its /v1/jobs proxy to it).
 	Static http.Handler
+	// Demo serves the demo page at / beside what every notifier serves
+	// when Static is nil: the client (/beamline.js, /react.js) and the
+	// dashboard (/admin). Default off: the demo page is for development.
+	Demo bool
 	// TracerProvider records a span per event pushed to a socket, the
 	// child of the event's traceparent. nil means no tracing.
 	TracerProvider trace.TracerProvider

@@ -19,6 +19,7 @@ type disconnect struct {
 const (
 	closeGoingAway      = 1001
 	closeInvalidPayload = 1007
+	closePolicy         = 1008
 	closeMessageTooBig  = 1009
 	closeInternalError  = 1011
 	closeServiceRestart = 1012
@@ -51,6 +52,11 @@ var (
 	disconnectClientClosed = disconnect{closeNone, "", "client closed"}
 	// disconnectReadError: reading from the client failed.
 	disconnectReadError = disconnect{closeNone, "", "read error"}
+	// disconnectTokenExpired: the token the session was opened with
+	// expired (docs/phoenix-protocol.md#12-token-expiry). Any code but 1000
+	// makes the client reconnect, asking its app for a fresh token; 1008 is
+	// what Phoenix's own long-poll client closes with when refused.
+	disconnectTokenExpired = disconnect{closePolicy, "token expired", "token_expired"}
 	// disconnectSessionsFull: a long-poll session refused because
 	// Config.LongPollSessions are open (counted, never opened).
 	disconnectSessionsFull = disconnect{closeNone, "", "lp_sessions_full"}

@@ -285,8 +285,15 @@ func (s *Service) lpPoll(w http.ResponseWriter, r *http.Request, l *lpTransport)
 	hold := time.NewTimer(s.cfg.lpHold)
 	defer hold.Stop()
 	for {
-		if c.isClosed() {
-			lpWrite(w, lpStatus{Status: http.StatusGone})
+		if d, closed := c.closedFor(); closed {
+			// A session whose token expired answers 403, as a refused
+			// open does: the phoenix client then reconnects with fresh
+			// params (a 410 would make it reopen with the old token).
+			status := http.StatusGone
+			if d == disconnectTokenExpired {
+				status = http.StatusForbidden
+			}
+			lpWrite(w, lpStatus{Status: status})
 			return
 		}
 		if batch := c.take(); batch != nil {

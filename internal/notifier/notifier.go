@@ -20,6 +20,7 @@ import (
 	"github.com/beamline/beamline/internal/jsm"
 	"github.com/beamline/beamline/internal/ops"
 	"github.com/beamline/beamline/streams"
+	"github.com/beamline/beamline/web"
 )
 
 // Service is one notifier.
@@ -106,8 +107,13 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 	mux.HandleFunc("/socket/longpoll", s.serveLongPoll)
 	mux.HandleFunc("GET /v1/jobs/{id}/events", s.serveSSE)
 	ops.Register(mux, gathererOf(reg), ops.NATSReady(nc, js))
-	if cfg.Static != nil {
+	switch {
+	case cfg.Static != nil:
 		mux.Handle("/", cfg.Static)
+	case cfg.Demo:
+		mux.Handle("/", web.Handler())
+	default:
+		mux.Handle("/", web.ClientHandler())
 	}
 	s.handler = mux
 	return s, nil
@@ -120,8 +126,8 @@ func gathererOf(reg prometheus.Registerer) prometheus.Gatherer {
 	return prometheus.NewRegistry()
 }
 
-// Handler serves the WebSocket endpoint, SSE, /metrics, /healthz, /readyz
-// and the optional static UI.
+// Handler serves the WebSocket endpoint, SSE, /metrics, /healthz, /readyz,
+// the client files and the dashboard (and the demo page with Config.Demo).
 func (s *Service) Handler() http.Handler { return s.handler }
 
 // Run serves until ctx is done, then closes every WebSocket with 1012

@@ -16,6 +16,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/beamline/beamline/internal/auth"
 	"github.com/beamline/beamline/internal/phoenix"
 )
 
@@ -132,6 +133,18 @@ func controlServer(t *testing.T, w *world, n *running) string {
 		q := r.URL.Query()
 		ok := n.svc.hub.closeTopic(q.Get("topic"), q.Get("event"), phoenix.ErrorReason("ended by test"))
 		reply(rw, map[string]any{"ok": ok})
+	})
+	// /token issues a token for user that expires in ttl seconds (the
+	// token-expiry tests).
+	mux.HandleFunc("GET /token", func(rw http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		ttl, _ := strconv.Atoi(q.Get("ttl"))
+		tok, err := auth.Issue(secret, q.Get("user"), false, time.Duration(ttl)*time.Second)
+		if err != nil {
+			http.Error(rw, err.Error(), http.StatusBadRequest)
+			return
+		}
+		reply(rw, map[string]string{"token": tok})
 	})
 	mux.HandleFunc("GET /counter", func(rw http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()

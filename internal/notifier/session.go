@@ -51,6 +51,13 @@ func (c *session) init(s *Service, p auth.Principal, t transport) {
 // down: it must never take the process and every other client with it.
 func (c *session) run() {
 	defer c.s.removeConn(c)
+	if exp := c.p.Expires; !exp.IsZero() {
+		// The session ends when its token does: a client kept connected
+		// would otherwise keep receiving on a token that no longer
+		// admits it (docs/phoenix-protocol.md#12-token-expiry).
+		expiry := time.AfterFunc(time.Until(exp), func() { c.fail(disconnectTokenExpired) })
+		defer expiry.Stop()
+	}
 	d := disconnectPanic
 	defer func() {
 		if v := recover(); v != nil {
@@ -108,6 +115,13 @@ func (c *session) isClosed() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.closed
+}
+
+// closedFor reports whether the session closed, and why.
+func (c *session) closedFor() (disconnect, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.disc, c.closed
 }
 
 // fail closes the session with d. It never blocks: it marks the session

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -14,6 +15,9 @@ import (
 	"github.com/beamline/beamline/internal/jobstore"
 	"github.com/beamline/beamline/pkg/envelope"
 )
+
+// sseTokenExpired is the event that ends an SSE stream at its token's expiry.
+const sseTokenExpired = "token_expired"
 
 // sseSink buffers one SSE stream's events; the handler goroutine writes them.
 type sseSink struct {
@@ -76,7 +80,7 @@ func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request) {
 	}
 	id := r.PathValue("id")
 	if err := envelope.ValidateID("id", id); err != nil {
-		httpx.WriteError(w, http.StatusBadRequest, "invalid_id", err.Error())
+		httpx.WriteError(w, http.StatusBadRequest, "invalid_id", fieldMessage(err))
 		return
 	}
 	var lastSeq *uint64
@@ -167,8 +171,24 @@ func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request) {
 	}
 	ping := time.NewTicker(25 * time.Second)
 	defer ping.Stop()
+	// The stream ends when the token does, with a token_expired event: the
+	// app opens a new stream with a fresh token and Last-Event-ID
+	// (docs/phoenix-protocol.md#12-token-expiry).
+	var expired <-chan time.Time
+	if !p.Expires.IsZero() {
+		t := time.NewTimer(time.Until(p.Expires))
+		defer t.Stop()
+		expired = t.C
+	}
 	for {
 		select {
+		case <-expired:
+			_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+			if _, err := fmt.Fprintf(w, "event: %s\ndata: {\"reason\":%q}\n\n", sseTokenExpired, disconnectTokenExpired.reason); err == nil {
+				_ = rc.Flush()
+			}
+			s.countDisconnect(disconnectTokenExpired)
+			return
 		case ev := <-k.ch:
 			if !write(ev) || ev.terminal {
 				return
@@ -209,4 +229,15 @@ func sseData(payload []byte) (data []byte, ok bool) {
 		return nil, false
 	}
 	return b.Bytes(), true
+}
+
+// fieldMessage renders an envelope.FieldError as "<field>: <rule>", once:
+// "id: character 'Ä' at 0 is not allowed (...)", without the envelope's
+// sentinel text in front.
+func fieldMessage(err error) string {
+	var fe *envelope.FieldError
+	if errors.As(err, &fe) && fe.Msg != "" {
+		return fe.Field + ": " + fe.Msg
+	}
+	return err.Error()
 }

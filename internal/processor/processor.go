@@ -202,6 +202,21 @@ func (p *Processor) Run(ctx context.Context) error {
 	p.log.Info("processor running", "addr", ln.Addr().String(), "kinds", len(p.cfg.Kinds),
 		"concurrency", p.cfg.Concurrency, "max_per_user", p.cfg.MaxPerUser,
 		"max_ack_pending", maxAckPending(p.cfg))
+	// Say at once what a stop waits for: the pool then drains quietly for
+	// up to Grace.
+	logged := make(chan struct{})
+	stopLog := context.AfterFunc(ctx, func() {
+		defer close(logged)
+		n := p.deliveries.runningCount()
+		p.log.Info(fmt.Sprintf("stopping: waiting up to %v for %d running job(s) to finish; "+
+			"a second interrupt stops at once and they are redelivered later", p.cfg.Grace, n),
+			"running", n, "grace", p.cfg.Grace)
+	})
+	defer func() {
+		if !stopLog() {
+			<-logged
+		}
+	}()
 	// Run returns once ctx is done and every child stopped (the pool has
 	// drained by then, pool.go), or when the supervisor gives up.
 	if err := sup.Run(ctx); err != nil {
@@ -371,4 +386,17 @@ func (p *Processor) refreshMetrics(ctx context.Context) {
 			p.m.dlq.Set(float64(info.State.Msgs))
 		}
 	}
+}
+
+// runningCount is how many jobs this process runs now (their provider
+// call started and not ended).
+func (r *deliveries) runningCount() int {
+	n := 0
+	for i := range r.byJob {
+		s := &r.byJob[i]
+		s.mu.Lock()
+		n += len(s.m)
+		s.mu.Unlock()
+	}
+	return n
 }

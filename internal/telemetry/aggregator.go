@@ -23,8 +23,15 @@ const (
 // AdminMetrics is the payload of an admin:metrics push. The web dashboard
 // is coded against this shape.
 type AdminMetrics struct {
-	At                  string            `json:"at"`
-	QueueDepth          QueueDepth        `json:"queue_depth"`
+	At string `json:"at"`
+	// QueueDepth is what waits in JOBS, delivered to no processor yet
+	// (the consumers' num_pending).
+	QueueDepth QueueDepth `json:"queue_depth"`
+	// Held is what processors hold: delivered, not acked yet (the
+	// consumers' num_ack_pending) — the jobs running and those waiting in
+	// a processor for a slot (a user's limit, a breaker, a free worker).
+	Held QueueDepth `json:"held"`
+	// Inflight is how many jobs run now, across processors (part of Held).
 	Inflight            int64             `json:"inflight"`
 	JobsPerSecond       JobRates          `json:"jobs_per_second"`
 	Breakers            map[string]string `json:"breakers"`
@@ -33,7 +40,7 @@ type AdminMetrics struct {
 	NotifierConnections int64             `json:"notifier_connections"`
 }
 
-// QueueDepth is the number of jobs waiting per priority (consumer pending).
+// QueueDepth is a number of jobs per priority.
 type QueueDepth struct {
 	High   int64 `json:"high"`
 	Normal int64 `json:"normal"`
@@ -169,7 +176,8 @@ var breakerNames = [...]string{"closed", "half-open", "open"}
 // pending, DLQ size) take the highest report; per-process figures add up.
 func (a *Aggregator) Figures(now time.Time) AdminMetrics {
 	out := AdminMetrics{At: now.UTC().Format(time.RFC3339), Breakers: map[string]string{}}
-	pending := map[string]float64{} // consumer → highest report
+	pending := map[string]float64{}    // consumer → highest report
+	ackPending := map[string]float64{} // consumer → highest report
 	breakers := map[string]float64{}
 	var dlq float64
 	a.mu.Lock()
@@ -182,6 +190,10 @@ func (a *Aggregator) Figures(now time.Time) AdminMetrics {
 		for _, se := range f[FamilyConsumerPending] {
 			c := se.Labels["consumer"]
 			pending[c] = math.Max(pending[c], se.Value)
+		}
+		for _, se := range f[FamilyConsumerAckPending] {
+			c := se.Labels["consumer"]
+			ackPending[c] = math.Max(ackPending[c], se.Value)
 		}
 		for _, se := range f[FamilyBreakerState] {
 			p := se.Labels["provider"]
@@ -199,8 +211,21 @@ func (a *Aggregator) Figures(now time.Time) AdminMetrics {
 		out.JobsPerSecond.Dead += st.rates.Dead
 	}
 	a.mu.Unlock()
-	for c, n := range pending {
-		// proc-<priority>-<kind>
+	out.QueueDepth = byPriority(pending)
+	out.Held = byPriority(ackPending)
+	for p, v := range breakers {
+		i := min(max(int(v), 0), len(breakerNames)-1)
+		out.Breakers[p] = breakerNames[i]
+	}
+	out.DLQ = int64(dlq)
+	return out
+}
+
+// byPriority adds up per-consumer figures by the priority in the
+// consumer's name (proc-<priority>-<kind>).
+func byPriority(perConsumer map[string]float64) QueueDepth {
+	var q QueueDepth
+	for c, n := range perConsumer {
 		rest, ok := strings.CutPrefix(c, "proc-")
 		if !ok {
 			continue
@@ -208,19 +233,14 @@ func (a *Aggregator) Figures(now time.Time) AdminMetrics {
 		prio, _, _ := strings.Cut(rest, "-")
 		switch prio {
 		case "high":
-			out.QueueDepth.High += int64(n)
+			q.High += int64(n)
 		case "normal":
-			out.QueueDepth.Normal += int64(n)
+			q.Normal += int64(n)
 		case "low":
-			out.QueueDepth.Low += int64(n)
+			q.Low += int64(n)
 		}
 	}
-	for p, v := range breakers {
-		i := min(max(int(v), 0), len(breakerNames)-1)
-		out.Breakers[p] = breakerNames[i]
-	}
-	out.DLQ = int64(dlq)
-	return out
+	return q
 }
 
 func sum(ss []Series) int64 {

@@ -27,6 +27,7 @@ const MetricsSubjectPrefix = "beamline.metrics."
 // the names the services register; the publisher sends these by default.
 const (
 	FamilyConsumerPending    = "beamline_consumer_pending"
+	FamilyConsumerAckPending = "beamline_consumer_ack_pending"
 	FamilyInflight           = "beamline_processor_inflight"
 	FamilyDLQ                = "beamline_dlq_messages"
 	FamilyBreakerState       = "beamline_breaker_state"
@@ -38,7 +39,7 @@ const (
 // DefaultFamilies are the families a Publisher sends when Config.Families
 // is empty.
 var DefaultFamilies = []string{
-	FamilyConsumerPending, FamilyInflight, FamilyDLQ, FamilyBreakerState,
+	FamilyConsumerPending, FamilyConsumerAckPending, FamilyInflight, FamilyDLQ, FamilyBreakerState,
 	FamilySupervisorRestarts, FamilyConnections, FamilyJobs,
 }
 

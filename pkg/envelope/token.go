@@ -1,5 +1,10 @@
 package envelope
 
+import (
+	"fmt"
+	"unicode/utf8"
+)
+
 // Priority is the queue a job waits in. Priorities are served weighted, so a
 // low job is never starved.
 type Priority string
@@ -37,7 +42,7 @@ func ValidateID(field, s string) error {
 	}
 	for i := 0; i < len(s); i++ {
 		if !tokenByte(s[i], true) {
-			return fieldErr(field, ErrInvalidToken, "character %q at %d is not allowed (use A-Z a-z 0-9 _ -)", rune(s[i]), i)
+			return fieldErr(field, ErrInvalidToken, "%s is not allowed (use A-Z a-z 0-9 _ -)", badChar(s, i))
 		}
 	}
 	return nil
@@ -53,7 +58,7 @@ func ValidateKind(s string) error {
 	}
 	for i := 0; i < len(s); i++ {
 		if !tokenByte(s[i], false) {
-			return fieldErr("kind", ErrInvalidToken, "character %q at %d is not allowed (use a-z 0-9 _ -)", rune(s[i]), i)
+			return fieldErr("kind", ErrInvalidToken, "%s is not allowed (use a-z 0-9 _ -)", badChar(s, i))
 		}
 	}
 	return nil
@@ -65,6 +70,19 @@ func ValidatePriority(p Priority) error {
 		return fieldErr("priority", ErrInvalidToken, "%q is not high, normal or low", string(p))
 	}
 	return nil
+}
+
+// badChar names the character of s that starts at byte i, quoted with %q
+// (so a control or invisible character is escaped, never echoed raw) and
+// counted in characters, not bytes: "ÄÖ" gives "character 'Ä' at 0", not
+// the 'Ã' of its first byte. A byte that is not UTF-8 is shown as '\xff'.
+func badChar(s string, i int) string {
+	r, size := utf8.DecodeRuneInString(s[i:])
+	at := utf8.RuneCountInString(s[:i])
+	if r == utf8.RuneError && size <= 1 {
+		return fmt.Sprintf("byte %q at %d", s[i:i+1], at)
+	}
+	return fmt.Sprintf("character %q at %d", r, at)
 }
 
 func tokenByte(c byte, upper bool) bool {

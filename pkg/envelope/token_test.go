@@ -93,3 +93,27 @@ func TestValidatePriority(t *testing.T) {
 		}
 	}
 }
+
+// The messages name the offending character once, quoted, counted in
+// characters: a non-ASCII id is never echoed as the garbled first byte of
+// its UTF-8 ("character 'Ã' at 0" for "ÄÖ").
+func TestValidateMessages(t *testing.T) {
+	tests := []struct {
+		err  error
+		want string
+	}{
+		{ValidateID("id", "ÄÖ"), `envelope: invalid token: id: character 'Ä' at 0 is not allowed (use A-Z a-z 0-9 _ -)`},
+		{ValidateID("id", "abÖ"), `envelope: invalid token: id: character 'Ö' at 2 is not allowed (use A-Z a-z 0-9 _ -)`},
+		{ValidateID("id", "éa.b"), `envelope: invalid token: id: character 'é' at 0 is not allowed (use A-Z a-z 0-9 _ -)`},
+		{ValidateID("user", "a\x00"), `envelope: invalid token: user: character '\x00' at 1 is not allowed (use A-Z a-z 0-9 _ -)`},
+		{ValidateID("user", "a\xffb"), `envelope: invalid token: user: byte "\xff" at 1 is not allowed (use A-Z a-z 0-9 _ -)`},
+		{ValidateID("job", ""), `envelope: invalid token: job: must not be empty`},
+		{ValidateKind("Imäge"), `envelope: invalid token: kind: character 'I' at 0 is not allowed (use a-z 0-9 _ -)`},
+		{ValidateKind("imäge"), `envelope: invalid token: kind: character 'ä' at 2 is not allowed (use a-z 0-9 _ -)`},
+	}
+	for _, tt := range tests {
+		if tt.err == nil || tt.err.Error() != tt.want {
+			t.Errorf("got  %v\nwant %s", tt.err, tt.want)
+		}
+	}
+}

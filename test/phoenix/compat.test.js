@@ -224,6 +224,24 @@ for (const [name, phx] of Object.entries(clients)) {
       assert.deepEqual(got, [{ n: "7" }]);
     });
 
+    test("token expiry: closed with 1008, the client reconnects with the fresh token params() gives, and rejoins", async () => {
+      // docs/phoenix-protocol.md#12-token-expiry
+      let token = (await ctrl("/token?user=alice&ttl=2", "GET")).token;
+      let calls = 0;
+      const s = await connect({ params: () => { calls++; return { token }; } });
+      const closes = [];
+      s.onClose((e) => closes.push(e && e.code));
+      const ch = s.channel("user:alice");
+      let oks = 0;
+      ch.join().receive("ok", () => oks++);
+      await waitFor(() => oks === 1, 3000, "first join");
+      token = ALICE; // what the app gives from now on
+      await waitFor(() => closes.length >= 1, 5000, "the close at the token's expiry");
+      assert.equal(closes[0], 1008);
+      await waitFor(() => oks >= 2 && s.isConnected(), 5000, "reconnect and rejoin with the fresh token");
+      assert.ok(calls >= 2, `params() called ${calls} times`);
+    });
+
     test("11. two Channel objects on one topic leave one subscription", async () => {
       const s = await connect({ params: { token: ALICE } });
       const id = await newJob("alice");

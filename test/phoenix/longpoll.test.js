@@ -92,6 +92,21 @@ for (const [name, phx] of Object.entries(clients)) {
       assert.deepEqual(await push(ch, "ping", { via: "fallback" }), { via: "fallback" });
     });
 
+    test("LongPoll: at the token's expiry the client reconnects with the fresh token params() gives, and rejoins", async () => {
+      // docs/phoenix-protocol.md#12-token-expiry
+      let token = (await ctrl("/token?user=alice&ttl=2", "GET")).token;
+      const s = await connect({ transport: phx.LongPoll, params: () => ({ token }) });
+      const ch = s.channel("user:alice");
+      let oks = 0;
+      ch.join().receive("ok", () => oks++);
+      await waitFor(() => oks === 1, 5000, "first join");
+      token = ALICE; // what the app gives from now on
+      const before = await ctrl("/counter?name=beamline_notifier_disconnects_total&label=token_expired", "GET");
+      await waitFor(async () => (await ctrl("/counter?name=beamline_notifier_disconnects_total&label=token_expired", "GET")).value > before.value,
+        5000, "the session ended at the token's expiry");
+      await waitFor(() => oks >= 2, 15000, "rejoin on a new session with the fresh token");
+    });
+
     test("LongPoll: a dropped session (server shutdown of sessions) makes the client rejoin", async () => {
       const s = await connect({ transport: phx.LongPoll, params: { token: ALICE } });
       const id = await newJob("alice");
