@@ -7,6 +7,7 @@
 package auth
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -35,11 +36,78 @@ var (
 type Principal struct {
 	User  string
 	Admin bool
+	// Rooms is the token's "rooms" claim: the studio rooms it may join.
+	Rooms Rooms
 }
 
 type claims struct {
-	Admin bool `json:"admin,omitempty"`
+	Admin bool  `json:"admin,omitempty"`
+	Rooms Rooms `json:"rooms,omitzero"`
 	jwt.RegisteredClaims
+}
+
+// Rooms is the "rooms" claim: a list of room names, or "*" for every room.
+// It is comparable (Principal values are compared); the zero value allows
+// no room.
+type Rooms struct {
+	all  bool
+	list string // the names, each followed by a NUL
+}
+
+// RoomsOf builds a claim from names; "*" among them allows every room.
+func RoomsOf(names ...string) Rooms {
+	var r Rooms
+	for _, n := range names {
+		if n == "*" {
+			return Rooms{all: true}
+		}
+		r.list += n + "\x00"
+	}
+	return r
+}
+
+// Allows reports whether room is among the claim's rooms.
+func (r Rooms) Allows(room string) bool {
+	return room != "" && (r.all || strings.Contains("\x00"+r.list, "\x00"+room+"\x00"))
+}
+
+// IsZero reports whether the claim allows no room (omitted when issuing).
+func (r Rooms) IsZero() bool { return !r.all && r.list == "" }
+
+// UnmarshalJSON reads "*" or a list of names; anything else (another
+// string, a name with a NUL, a non-string element) fails the token.
+func (r *Rooms) UnmarshalJSON(b []byte) error {
+	var all string
+	if json.Unmarshal(b, &all) == nil {
+		if all != "*" {
+			return errors.New(`rooms: a string must be "*"`)
+		}
+		*r = Rooms{all: true}
+		return nil
+	}
+	var names []string
+	if err := json.Unmarshal(b, &names); err != nil {
+		return errors.New(`rooms: want "*" or a list of names`)
+	}
+	for _, n := range names {
+		if n == "" || strings.IndexByte(n, 0) >= 0 {
+			return errors.New("rooms: empty name or NUL")
+		}
+	}
+	*r = RoomsOf(names...)
+	return nil
+}
+
+// MarshalJSON writes "*" or the list.
+func (r Rooms) MarshalJSON() ([]byte, error) {
+	if r.all {
+		return []byte(`"*"`), nil
+	}
+	names := []string{}
+	if r.list != "" {
+		names = strings.Split(strings.TrimSuffix(r.list, "\x00"), "\x00")
+	}
+	return json.Marshal(names)
 }
 
 // Verifier checks tokens against one secret.
@@ -81,7 +149,7 @@ func (v *Verifier) Verify(token string) (Principal, error) {
 	if err := envelope.ValidateID("sub", c.Subject); err != nil {
 		return Principal{}, fmt.Errorf("%w: sub: %v", ErrInvalidToken, err)
 	}
-	return Principal{User: c.Subject, Admin: c.Admin}, nil
+	return Principal{User: c.Subject, Admin: c.Admin, Rooms: c.Rooms}, nil
 }
 
 // reason names the class of a jwt error without echoing token content.
@@ -104,6 +172,12 @@ func reason(err error) string {
 // Issue signs a token for user, valid for ttl. devstack and tests use it;
 // in production the host application issues tokens with the same secret.
 func Issue(secret []byte, user string, admin bool, ttl time.Duration) (string, error) {
+	return IssueWith(secret, Principal{User: user, Admin: admin}, ttl)
+}
+
+// IssueWith signs a token for p (its user, admin flag and rooms), valid for ttl.
+func IssueWith(secret []byte, p Principal, ttl time.Duration) (string, error) {
+	user, admin := p.User, p.Admin
 	if len(secret) < MinSecretLen {
 		return "", ErrNoSecret
 	}
@@ -113,6 +187,7 @@ func Issue(secret []byte, user string, admin bool, ttl time.Duration) (string, e
 	now := time.Now()
 	c := claims{
 		Admin: admin,
+		Rooms: p.Rooms,
 		RegisteredClaims: jwt.RegisteredClaims{
 			Subject:   user,
 			IssuedAt:  jwt.NewNumericDate(now),

@@ -80,7 +80,11 @@ const (
 	kindJob               // job:<id>: one job, owner or admin
 	kindUser              // user:<id>: all of one user's jobs, that user or admin
 	kindAdmin             // admin:metrics: live pipeline figures, admin only
+	kindStudio            // studio:<room>: people working together, the token's rooms
 )
+
+// hasPresence reports whether the topic kind tracks presence.
+func (k topicKind) hasPresence() bool { return k == kindJob || k == kindStudio }
 
 // AdminMetricsTopic is the server-fed topic for admin dashboards (see
 // Service.Broadcast).
@@ -94,6 +98,8 @@ func (k topicKind) String() string {
 		return "user"
 	case kindAdmin:
 		return "admin"
+	case kindStudio:
+		return "studio"
 	}
 	return "unknown"
 }
@@ -110,6 +116,11 @@ func parseTopic(t string) (kind topicKind, id, reason string) {
 		kind = kindJob
 	case ok && prefix == "user":
 		kind = kindUser
+	case ok && prefix == "studio":
+		if strings.ContainsAny(id, ".*>") {
+			return kindStudio, "", reasonBadRoom
+		}
+		kind = kindStudio
 	default:
 		return kindUnknown, "", reasonUnmatched
 	}

@@ -1,0 +1,341 @@
+package notifier
+
+import (
+	"encoding/json"
+	"net"
+	"net/url"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/beamline/beamline/internal/auth"
+	"github.com/beamline/beamline/internal/testutil"
+)
+
+func roomToken(t testing.TB, user string, rooms ...string) string {
+	t.Helper()
+	tok, err := auth.IssueWith(secret, auth.Principal{User: user, Rooms: auth.RoomsOf(rooms...)}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+type presMeta struct {
+	Ref      string          `json:"phx_ref"`
+	Prev     string          `json:"phx_ref_prev"`
+	OnlineAt int64           `json:"online_at"`
+	Device   string          `json:"device"`
+	Meta     json.RawMessage `json:"meta"`
+}
+
+type presState map[string]struct {
+	Metas []presMeta `json:"metas"`
+}
+
+type presDiffT struct {
+	Joins  presState `json:"joins"`
+	Leaves presState `json:"leaves"`
+}
+
+// presenceEvent waits for the next presence_state or presence_diff on
+// topic, skipping other frames.
+func (c *client) presenceEvent(topic string) frame {
+	c.t.Helper()
+	for {
+		f, ok := c.next(5 * time.Second)
+		if !ok {
+			c.t.Fatalf("no presence event on %s", topic)
+		}
+		if f.Topic == topic && strings.HasPrefix(f.Event, "presence_") {
+			return f
+		}
+	}
+}
+
+func (c *client) presenceDiff(topic string) presDiffT {
+	c.t.Helper()
+	f := c.presenceEvent(topic)
+	if f.Event != "presence_diff" {
+		c.t.Fatalf("got %s %s, want presence_diff", f.Event, f.Payload)
+	}
+	var d presDiffT
+	if err := json.Unmarshal(f.Payload, &d); err != nil || d.Joins == nil || d.Leaves == nil {
+		c.t.Fatalf("presence_diff %s: %v (joins and leaves must both be objects)", f.Payload, err)
+	}
+	return d
+}
+
+func (c *client) joinPresence(topic string, params any) presState {
+	st, _ := c.joinPresenceRef(topic, params)
+	return st
+}
+
+func (c *client) joinPresenceRef(topic string, params any) (presState, string) {
+	c.t.Helper()
+	r, jr := c.join(topic, params)
+	if r.status() != "ok" {
+		c.t.Fatalf("join %s: %s", topic, r.Payload)
+	}
+	f := c.presenceEvent(topic)
+	if f.Event != "presence_state" {
+		c.t.Fatalf("first presence event %s %s, want presence_state", f.Event, f.Payload)
+	}
+	var st presState
+	if err := json.Unmarshal(f.Payload, &st); err != nil {
+		c.t.Fatal(err)
+	}
+	return st, jr
+}
+
+func keysOf(st presState) []string {
+	var k []string
+	for key := range st {
+		k = append(k, key)
+	}
+	slices.Sort(k)
+	return k
+}
+
+func TestPresenceStateAndDiffs(t *testing.T) {
+	w := newWorld(t)
+	n := startNotifier(t, w, Config{})
+	alice := dial(t, n, roomToken(t, "alice", "lab"))
+	st := alice.joinPresence("studio:lab", map[string]any{"device": "laptop", "presence": map[string]any{"typing": false}})
+	if got := keysOf(st); !slices.Equal(got, []string{"alice"}) || len(st["alice"].Metas) != 1 {
+		t.Fatalf("presence_state %+v, want alice with one meta", st)
+	}
+	m := st["alice"].Metas[0]
+	if m.Ref == "" || m.Device != "laptop" || string(m.Meta) != `{"typing":false}` || time.Since(time.UnixMilli(m.OnlineAt)) > time.Minute {
+		t.Fatalf("meta %+v", m)
+	}
+	// Her own join follows as a diff, as on Phoenix.
+	if d := alice.presenceDiff("studio:lab"); len(d.Joins["alice"].Metas) != 1 {
+		t.Fatalf("own join diff %+v", d)
+	}
+
+	bob := dial(t, n, roomToken(t, "bob", "*"))
+	st, jr := bob.joinPresenceRef("studio:lab", nil)
+	if got := keysOf(st); !slices.Equal(got, []string{"alice", "bob"}) {
+		t.Fatalf("bob's presence_state keys %v", got)
+	}
+	d := alice.presenceDiff("studio:lab")
+	if len(d.Joins["bob"].Metas) != 1 || len(d.Leaves) != 0 {
+		t.Fatalf("alice saw %+v, want bob's join", d)
+	}
+	bobRef := d.Joins["bob"].Metas[0].Ref
+
+	// A meta update: one diff, the new meta joins (phx_ref_prev), the old leaves.
+	ref := bob.nextRef()
+	bob.send(&jr, ref, "studio:lab", "presence", map[string]any{"meta": map[string]any{"typing": true}})
+	if r := bob.reply(ref); r.status() != "ok" {
+		t.Fatalf("presence update: %s", r.Payload)
+	}
+	d = alice.presenceDiff("studio:lab")
+	if j := d.Joins["bob"].Metas; len(j) != 1 || j[0].Prev != bobRef || string(j[0].Meta) != `{"typing":true}` || d.Leaves["bob"].Metas[0].Ref != bobRef {
+		t.Fatalf("update diff %+v", d)
+	}
+
+	// Bob's socket closes: he leaves.
+	bob.pc.Close()
+	d = alice.presenceDiff("studio:lab")
+	if len(d.Leaves["bob"].Metas) != 1 || len(d.Joins) != 0 {
+		t.Fatalf("alice saw %+v, want bob's leave", d)
+	}
+
+	// Job topics track watchers too.
+	job := w.newJob(t, "alice")
+	st = alice.joinPresence("job:"+job, nil)
+	if got := keysOf(st); !slices.Equal(got, []string{"alice"}) {
+		t.Fatalf("job presence %v", got)
+	}
+}
+
+func TestPresenceAndStudioBadInput(t *testing.T) {
+	w := newWorld(t)
+	n := startNotifier(t, w, Config{StudioRate: 2})
+	c := dial(t, n, roomToken(t, "alice", "lab", "other"))
+	refused := func(topic string, params any, want string) {
+		t.Helper()
+		r, _ := c.join(topic, params)
+		if r.status() != "error" || r.reason() != want {
+			t.Fatalf("join %s %v: %s, want error %q", topic, params, r.Payload, want)
+		}
+	}
+	refused("studio:lab", map[string]any{"presence": map[string]any{"x": strings.Repeat("a", 300)}}, reasonMetaTooLarge)
+	refused("studio:lab", map[string]any{"presence": []int{1}}, reasonBadMeta)
+	refused("studio:lab", map[string]any{"device": strings.Repeat("d", 33)}, reasonBadDevice)
+	refused("studio:a.b", nil, reasonBadRoom)
+	refused("studio:a*", nil, reasonBadRoom)
+	refused("studio:>", nil, reasonBadRoom)
+	refused("studio:", nil, reasonInvalid)
+	refused("studio:secret", nil, reasonUnauthorized) // not in the rooms claim
+
+	// A forged claim (rooms "*" signed with another secret) never connects.
+	forged, err := auth.IssueWith([]byte("another-secret-0123456789"), auth.Principal{User: "alice", Rooms: auth.RoomsOf("*")}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, resp, err := dialRaw(n, "token="+url.QueryEscape(forged)+"&vsn=2.0.0", nil); err == nil || resp == nil || resp.StatusCode != 403 {
+		t.Fatalf("forged rooms claim: %v %v, want 403", err, resp)
+	}
+	// A token without the claim joins no room.
+	plain := dial(t, n, token(t, "alice", false))
+	if r, _ := plain.join("studio:lab", nil); r.reason() != reasonUnauthorized {
+		t.Fatalf("no rooms claim: %s", r.Payload)
+	}
+
+	_, jr := c.joinPresenceRef("studio:lab", nil)
+	pushErr := func(event string, payload any) string {
+		t.Helper()
+		ref := c.nextRef()
+		c.send(&jr, ref, "studio:lab", event, payload)
+		r := c.reply(ref)
+		if r.status() == "ok" {
+			return ""
+		}
+		return r.reason()
+	}
+	if got := pushErr("presence", map[string]any{"meta": map[string]any{"x": strings.Repeat("a", 300)}}); got != reasonMetaTooLarge {
+		t.Fatalf("big meta push: %q", got)
+	}
+	if got := pushErr("msg", map[string]any{"text": strings.Repeat("a", 2000)}); got != reasonMsgTooLarge {
+		t.Fatalf("big message: %q", got)
+	}
+	// Messages reach the room with the sender's id; faster than the limit
+	// (2 a second, burst 4) they are refused, and the connection lives on.
+	if got := pushErr("msg", map[string]any{"text": "hi", "from": "mallory"}); got != "" {
+		t.Fatalf("msg: %q", got)
+	}
+	for {
+		f, ok := c.next(5 * time.Second)
+		if !ok {
+			t.Fatal("own message never arrived")
+		}
+		if f.Event == "msg" {
+			if string(f.Payload) != `{"from":"alice","body":{"from":"mallory","text":"hi"}}` {
+				t.Fatalf("msg push %s", f.Payload)
+			}
+			break
+		}
+	}
+	var limited int
+	for range 10 {
+		if pushErr("msg", map[string]any{"text": "spam"}) == reasonRateLimited {
+			limited++
+		}
+	}
+	if limited < 5 {
+		t.Fatalf("%d of 10 fast messages refused, want most", limited)
+	}
+	if got := pushErr("ping", map[string]any{}); got != "" {
+		t.Fatalf("connection unusable after refusals: %q", got)
+	}
+	// job: topics take no msg; studio topics no cancel.
+	if got := pushErr("cancel", map[string]any{}); got != "unknown event" {
+		t.Fatalf("cancel on a studio topic: %q", got)
+	}
+}
+
+// TestPresenceAcrossNotifiers: two notifiers on one NATS show the same
+// presences; one that dies (its NATS connection cut, so no goodbye) has
+// its presences leave on the other within 2 heartbeat intervals; back
+// under the same name, nobody is shown twice.
+func TestPresenceAcrossNotifiers(t *testing.T) {
+	const interval = 300 * time.Millisecond
+	w := newWorld(t)
+	a := startNotifier(t, w, Config{PresenceNode: "na", PresenceInterval: interval})
+	b := startNotifier(t, w, Config{PresenceNode: "nb", PresenceInterval: interval})
+
+	alice := dial(t, a, roomToken(t, "alice", "lab"))
+	alice.joinPresence("studio:lab", nil)
+	bob := dial(t, b, roomToken(t, "bob", "lab"))
+	// Bob's notifier learns of alice from A's diff or its next heartbeat.
+	testutil.WaitFor(t, 5*interval, func() bool { return len(b.svc.presence.list()) == 1 }, "B learns of alice")
+	st := bob.joinPresence("studio:lab", nil)
+	if got := keysOf(st); !slices.Equal(got, []string{"alice", "bob"}) {
+		t.Fatalf("bob on B sees %v", got)
+	}
+	if d := waitDiff(alice, "studio:lab", func(d presDiffT) bool { return len(d.Joins["bob"].Metas) > 0 }); d == nil {
+		t.Fatal("alice on A never saw bob join on B")
+	}
+
+	// A dies without a goodbye.
+	addr := strings.TrimPrefix(a.url, "http://")
+	aNC := a.svc.nc
+	start := time.Now()
+	aNC.Close()
+	a.stop(t)
+	if waitDiff(bob, "studio:lab", func(d presDiffT) bool { return len(d.Leaves["alice"].Metas) > 0 }) == nil {
+		t.Fatal("alice never left on B")
+	}
+	if took := time.Since(start); took > 2*interval {
+		t.Fatalf("alice left on B %v after A died, want ≤ 2 heartbeats (%v)", took, 2*interval)
+	}
+
+	// A comes back under its name; alice reconnects to it.
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a2 := startNotifier(t, w, Config{PresenceNode: "na", PresenceInterval: interval, Listener: ln})
+	testutil.WaitFor(t, 5*interval, func() bool { return len(a2.svc.presence.list()) == 1 }, "A learns of bob again")
+	alice2 := dial(t, a2, roomToken(t, "alice", "lab"))
+	st = alice2.joinPresence("studio:lab", nil)
+	if got := keysOf(st); !slices.Equal(got, []string{"alice", "bob"}) {
+		t.Fatalf("alice on A again sees %v", got)
+	}
+	for key, p := range st {
+		if len(p.Metas) != 1 {
+			t.Fatalf("%s shown %d times on A: %+v", key, len(p.Metas), st)
+		}
+	}
+	time.Sleep(3 * interval) // heartbeats go round: still one meta each
+	got := b.svc.presence.list()
+	if len(got) != 2 {
+		t.Fatalf("B lists %d presences after A's restart, want 2: %+v", len(got), got)
+	}
+}
+
+// waitDiff reads presence diffs on topic until ok accepts one (nil on timeout).
+func waitDiff(c *client, topic string, ok func(presDiffT) bool) *presDiffT {
+	c.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		f, got := c.next(time.Until(deadline))
+		if !got {
+			return nil
+		}
+		if f.Topic != topic || f.Event != "presence_diff" {
+			continue
+		}
+		var d presDiffT
+		if json.Unmarshal(f.Payload, &d) == nil && ok(d) {
+			return &d
+		}
+	}
+	return nil
+}
+
+// TestPresenceRestartReplacesAtOnce: a notifier that comes back under its
+// name makes its former presences leave everywhere at once, long before
+// they would expire.
+func TestPresenceRestartReplacesAtOnce(t *testing.T) {
+	const interval = 3 * time.Second // expiry 4.5 s: far beyond the wait below
+	w := newWorld(t)
+	a := startNotifier(t, w, Config{PresenceNode: "na", PresenceInterval: interval})
+	b := startNotifier(t, w, Config{PresenceNode: "nb", PresenceInterval: interval})
+	alice := dial(t, a, roomToken(t, "alice", "lab"))
+	alice.joinPresence("studio:lab", nil)
+	testutil.WaitFor(t, 5*time.Second, func() bool { return len(b.svc.presence.list()) == 1 }, "B learns of alice")
+
+	start := time.Now()
+	a.svc.nc.Close() // dies without a goodbye
+	a.stop(t)
+	startNotifier(t, w, Config{PresenceNode: "na", PresenceInterval: interval})
+	testutil.WaitFor(t, 5*time.Second, func() bool { return len(b.svc.presence.list()) == 0 }, "alice's old presence leaves B")
+	if took := time.Since(start); took >= interval {
+		t.Fatalf("the old presence left after %v: by expiry, not by the restart", took)
+	}
+}
