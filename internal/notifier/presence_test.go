@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/beamline/beamline/internal/auth"
+	"github.com/beamline/beamline/internal/natstest"
 	"github.com/beamline/beamline/internal/testutil"
+	"github.com/beamline/beamline/pkg/envelope"
 )
 
 func roomToken(t testing.TB, user string, rooms ...string) string {
@@ -337,5 +339,44 @@ func TestPresenceRestartReplacesAtOnce(t *testing.T) {
 	testutil.WaitFor(t, 5*time.Second, func() bool { return len(b.svc.presence.list()) == 0 }, "alice's old presence leaves B")
 	if took := time.Since(start); took >= interval {
 		t.Fatalf("the old presence left after %v: by expiry, not by the restart", took)
+	}
+}
+
+// TestCancelPush: a cancel push on job:<id> cancels the job as DELETE
+// does — snapshot, event, cancel notice — and a second one is refused.
+func TestCancelPush(t *testing.T) {
+	w := newWorld(t)
+	n := startNotifier(t, w, Config{})
+	job := w.newJob(t, "alice")
+	w.start(t, job)
+	notices, err := natstest.Connect(t, w.srv).SubscribeSync(envelope.CancelSubject("alice", job))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := dial(t, n, token(t, "alice", false))
+	r, jr := c.join("job:"+job, nil)
+	if r.status() != "ok" {
+		t.Fatalf("join: %s", r.Payload)
+	}
+	ref := c.nextRef()
+	c.send(&jr, ref, "job:"+job, "cancel", map[string]any{})
+	r = c.reply(ref)
+	var resp struct{ Job envelope.Snapshot }
+	if r.status() != "ok" || json.Unmarshal(r.response(), &resp) != nil || resp.Job.Status != envelope.StatusCancelled {
+		t.Fatalf("cancel reply %s", r.Payload)
+	}
+	if p := c.pushes("job:"+job, 1)[0]; p.Type != "cancelled" {
+		t.Fatalf("push %+v, want the cancelled event", p)
+	}
+	if _, err := notices.NextMsg(5 * time.Second); err != nil {
+		t.Fatalf("no cancel notice: %v", err)
+	}
+	if snap, _, err := w.store.Get(t.Context(), job); err != nil || snap.Status != envelope.StatusCancelled {
+		t.Fatalf("stored %+v %v", snap, err)
+	}
+	ref = c.nextRef()
+	c.send(&jr, ref, "job:"+job, "cancel", map[string]any{})
+	if r := c.reply(ref); r.reason() != reasonTerminal {
+		t.Fatalf("second cancel: %s", r.Payload)
 	}
 }

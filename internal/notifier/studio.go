@@ -2,7 +2,9 @@ package notifier
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -10,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/beamline/beamline/internal/auth"
+	"github.com/beamline/beamline/internal/jobstore"
 	"github.com/beamline/beamline/internal/phoenix"
 	"github.com/beamline/beamline/pkg/envelope"
 )
@@ -25,6 +28,7 @@ const (
 	reasonMsgTooLarge = "message too large"
 	reasonBadMsg      = "message must be a JSON object"
 	reasonBadDevice   = "invalid device"
+	reasonTerminal    = "already terminal"
 )
 
 // presenceParams are the presence fields of a join's params:
@@ -123,6 +127,8 @@ func (c *session) handleTwoWay(sb *sub, f phoenix.Frame) bool {
 		c.send(phoenix.Reply(f.JoinRef, f.Ref, f.Topic, "ok", nil))
 	case f.Event == "msg" && sb.kind == kindStudio:
 		c.studioMsg(sb, f)
+	case f.Event == "cancel" && sb.kind == kindJob:
+		c.cancelJob(f)
 	default:
 		return false
 	}
@@ -203,4 +209,45 @@ func (b *bucket) allow(rate float64) bool {
 	}
 	b.tokens--
 	return true
+}
+
+// cancelJob answers a cancel push on job:<id>: the job is cancelled as
+// DELETE /v1/jobs/{id} does it (jobstore.Store.Cancel); the reply is ok
+// {"job": <cancelled snapshot>} or an error reason.
+func (c *session) cancelJob(f phoenix.Frame) {
+	s := c.s
+	id := strings.TrimPrefix(f.Topic, "job:")
+	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
+	defer cancel()
+	snap, rev, err := s.store.Lookup(ctx, id)
+	switch {
+	case errors.Is(err, jobstore.ErrNotFound):
+		c.replyError(f, reasonNotFound)
+		return
+	case err != nil:
+		s.log.Warn("cancel push: reading job", "job", id, "err", err)
+		c.replyError(f, reasonUnavailable)
+		return
+	case snap.User != c.p.User && !c.p.Admin:
+		c.replyError(f, reasonUnauthorized)
+		return
+	}
+	log := s.log.With("job", id, "user", snap.User)
+	next, err := s.store.Cancel(ctx, snap, rev, func(msg string, err error) { log.Warn(msg, "err", err) })
+	switch {
+	case errors.Is(err, jobstore.ErrTerminal):
+		c.replyError(f, reasonTerminal)
+		return
+	case err != nil:
+		log.Warn("cancel push refused", "err", err)
+		c.replyError(f, reasonUnavailable)
+		return
+	}
+	log.Info("job cancelled", "by", c.p.User, "via", "notifier", "seq", next.Seq)
+	resp, err := json.Marshal(map[string]any{"job": next})
+	if err != nil {
+		c.replyError(f, reasonUnavailable)
+		return
+	}
+	c.send(phoenix.Reply(f.JoinRef, f.Ref, f.Topic, "ok", resp))
 }
