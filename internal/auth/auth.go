@@ -38,11 +38,19 @@ type Principal struct {
 	Admin bool
 	// Rooms is the token's "rooms" claim: the studio rooms it may join.
 	Rooms Rooms
+	// Share, when set, is the one job a share token lets its holder watch
+	// (IssueShare); such a principal has no User, no Admin, no Rooms, so
+	// every check of a user's rights refuses it.
+	Share string
 }
 
+// MaxShareTTL is the longest a share token may be valid.
+const MaxShareTTL = 24 * time.Hour
+
 type claims struct {
-	Admin bool  `json:"admin,omitempty"`
-	Rooms Rooms `json:"rooms,omitzero"`
+	Admin bool   `json:"admin,omitempty"`
+	Rooms Rooms  `json:"rooms,omitzero"`
+	Share string `json:"share,omitempty"`
 	jwt.RegisteredClaims
 }
 
@@ -149,6 +157,15 @@ func (v *Verifier) Verify(token string) (Principal, error) {
 	if err := envelope.ValidateID("sub", c.Subject); err != nil {
 		return Principal{}, fmt.Errorf("%w: sub: %v", ErrInvalidToken, err)
 	}
+	if c.Share != "" {
+		if err := envelope.ValidateID("share", c.Share); err != nil {
+			return Principal{}, fmt.Errorf("%w: share: %v", ErrInvalidToken, err)
+		}
+		if time.Until(c.ExpiresAt.Time) > MaxShareTTL+time.Minute {
+			return Principal{}, fmt.Errorf("%w: share token valid beyond 24 h", ErrInvalidToken)
+		}
+		return Principal{Share: c.Share}, nil
+	}
 	return Principal{User: c.Subject, Admin: c.Admin, Rooms: c.Rooms}, nil
 }
 
@@ -190,6 +207,33 @@ func IssueWith(secret []byte, p Principal, ttl time.Duration) (string, error) {
 		Rooms: p.Rooms,
 		RegisteredClaims: jwt.RegisteredClaims{
 			Subject:   user,
+			IssuedAt:  jwt.NewNumericDate(now),
+			ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
+		},
+	}
+	return jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(secret)
+}
+
+// IssueShare signs a share token for job, owned by owner, valid for ttl
+// (at most MaxShareTTL): its holder may watch that job and nothing else.
+func IssueShare(secret []byte, owner, job string, ttl time.Duration) (string, error) {
+	if len(secret) < MinSecretLen {
+		return "", ErrNoSecret
+	}
+	if ttl <= 0 || ttl > MaxShareTTL {
+		return "", fmt.Errorf("auth: share ttl %v not in (0, %v]", ttl, MaxShareTTL)
+	}
+	if err := envelope.ValidateID("user", owner); err != nil {
+		return "", err
+	}
+	if err := envelope.ValidateID("job", job); err != nil {
+		return "", err
+	}
+	now := time.Now()
+	c := claims{
+		Share: job,
+		RegisteredClaims: jwt.RegisteredClaims{
+			Subject:   owner,
 			IssuedAt:  jwt.NewNumericDate(now),
 			ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
 		},

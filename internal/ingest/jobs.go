@@ -15,7 +15,7 @@ import (
 
 // get handles GET /v1/jobs/{id}.
 func (s *Service) get(w http.ResponseWriter, r *http.Request) {
-	_, snap, _, aerr := s.lookup(r)
+	_, snap, _, aerr := s.readable(r)
 	if aerr != nil {
 		writeError(w, aerr)
 		return
@@ -57,6 +57,11 @@ func (s *Service) lookup(r *http.Request) (auth.Principal, envelope.Snapshot, ui
 	if aerr != nil {
 		return p, envelope.Snapshot{}, 0, aerr
 	}
+	return s.lookupAs(r, p)
+}
+
+// lookupAs is lookup for an authenticated p.
+func (s *Service) lookupAs(r *http.Request, p auth.Principal) (auth.Principal, envelope.Snapshot, uint64, *apiError) {
 	id := r.PathValue("id")
 	if err := envelope.ValidateID("id", id); err != nil {
 		return p, envelope.Snapshot{}, 0, newError(http.StatusBadRequest, CodeInvalidID, fieldMessage(err))
@@ -73,7 +78,7 @@ func (s *Service) lookup(r *http.Request) (auth.Principal, envelope.Snapshot, ui
 	case err != nil:
 		s.log.Warn("job store read failed", "job", id, "user", p.User, "err", err)
 		return p, snap, 0, unavailable()
-	case snap.User != p.User && !p.Admin:
+	case snap.User != p.User && !p.Admin && p.Share != id:
 		return p, snap, 0, newError(http.StatusForbidden, CodeForbidden, "job "+id+" belongs to another user")
 	}
 	return p, snap, rev, nil

@@ -203,7 +203,7 @@ func (s *Service) openJob(ctx context.Context, p auth.Principal, sb *sub, id str
 	case err != nil:
 		s.log.Warn("join: reading job", "job", id, "err", err)
 		return joinResult{reason: reasonUnavailable}
-	case snap.User != p.User && !p.Admin:
+	case snap.User != p.User && !p.Admin && p.Share != id: // a share token watches its job only
 		return joinResult{reason: reasonUnauthorized}
 	}
 	subject := envelope.EventSubject(snap.User, id)

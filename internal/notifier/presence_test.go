@@ -3,6 +3,7 @@ package notifier
 import (
 	"encoding/json"
 	"net"
+	"net/http"
 	"net/url"
 	"slices"
 	"strings"
@@ -378,5 +379,60 @@ func TestCancelPush(t *testing.T) {
 	c.send(&jr, ref, "job:"+job, "cancel", map[string]any{})
 	if r := c.reply(ref); r.reason() != reasonTerminal {
 		t.Fatalf("second cancel: %s", r.Payload)
+	}
+}
+
+// TestShareTokenOnNotifier: a share token watches its job (join, SSE,
+// presence as "guest") and nothing else; expired, it does not connect.
+func TestShareTokenOnNotifier(t *testing.T) {
+	w := newWorld(t)
+	n := startNotifier(t, w, Config{})
+	job, other := w.newJob(t, "alice"), w.newJob(t, "alice")
+	w.start(t, job)
+	w.succeed(t, job)
+	share, err := auth.IssueShare(secret, "alice", job, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := dial(t, n, share)
+	st, jr := c.joinPresenceRef("job:"+job, nil)
+	if got := keysOf(st); !slices.Equal(got, []string{guestKey}) {
+		t.Fatalf("share holder's presence %v", got)
+	}
+	for _, topic := range []string{"job:" + other, "user:alice", "user:", "studio:lab", "admin:metrics"} {
+		if r, _ := c.join(topic, nil); r.status() != "error" {
+			t.Errorf("share token joined %s: %s", topic, r.Payload)
+		}
+	}
+	ref := c.nextRef()
+	c.send(&jr, ref, "job:"+job, "cancel", map[string]any{})
+	if r := c.reply(ref); r.reason() != reasonUnauthorized {
+		t.Errorf("share token cancel: %s", r.Payload)
+	}
+	sse := func(id, tok string) int {
+		t.Helper()
+		resp, err := http.Get(n.url + "/v1/jobs/" + id + "/events?token=" + url.QueryEscape(tok))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			readSSE(t, resp)
+		}
+		return resp.StatusCode
+	}
+	if code := sse(job, share); code != http.StatusOK {
+		t.Errorf("SSE of the shared job: %d", code)
+	}
+	if code := sse(other, share); code == http.StatusOK {
+		t.Errorf("SSE of another job with a share token: %d", code)
+	}
+	expired, err := auth.IssueShare(secret, "alice", job, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(7 * time.Second) // past exp and the 5 s leeway
+	if _, resp, err := dialRaw(n, "token="+url.QueryEscape(expired)+"&vsn=2.0.0", nil); err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
+		t.Errorf("expired share token: %v %v, want 403", err, resp)
 	}
 }

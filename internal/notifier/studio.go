@@ -96,7 +96,17 @@ func (c *session) trackJoin(sb *sub, pp presenceParams, res *joinResult) {
 		c.presence.onlineAt = time.Now().UnixMilli()
 	}
 	c.presence.device = pp.device
-	res.replay = append(res.replay, c.s.presence.track(sb, c.p.User, c.presence, pp.meta))
+	res.replay = append(res.replay, c.s.presence.track(sb, presenceKey(c.p), c.presence, pp.meta))
+}
+
+// guestKey is the presence key of share-token holders, who have no user id.
+const guestKey = "guest"
+
+func presenceKey(p auth.Principal) string {
+	if p.User == "" {
+		return guestKey
+	}
+	return p.User
 }
 
 // unsubscribe ends sb's subscription on this notifier: its topic and its
