@@ -305,24 +305,30 @@ type localConn struct {
 	device   string
 }
 
-// track adds sb's connection (user key) to sb's topic and subscribes sb to
-// the topic's diffs. It returns the presence_state event, which includes
-// the connection itself; the connection's own join also follows as a diff,
-// as on Phoenix. sb is still replaying: diffs wait behind the join.
-func (p *presence) track(sb *sub, key string, lc localConn, client json.RawMessage) *event {
+// track adds sb's connection (user key) to sb's topic and, when listen is
+// set, subscribes sb to the topic's diffs and returns the presence_state
+// event, which includes the connection itself; the connection's own join
+// also follows as a diff, as on Phoenix. sb is still replaying: diffs wait
+// behind the join.
+func (p *presence) track(sb *sub, key string, lc localConn, client json.RawMessage, listen bool) *event {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	ref := p.newRefLocked()
 	e := &presEntry{Topic: sb.topic, Key: key, Ref: ref, Meta: makeMeta(ref, "", lc.onlineAt, lc.device, client)}
 	p.local[sb] = e
 	t := p.topicLocked(sb.topic)
-	t.subs[sb] = struct{}{}
+	if listen {
+		t.subs[sb] = struct{}{}
+	}
 	d := diffs{}
 	p.joinLocked(d, *e)
-	state := t.stateLocked()
+	var state *event
+	if listen {
+		state = &event{name: "presence_state", payload: t.stateLocked()}
+	}
 	p.flushLocked(d)
 	p.publishLocked(presMsg{Kind: presKindDiff, Joins: []presEntry{*e}})
-	return &event{name: "presence_state", payload: state}
+	return state
 }
 
 // update replaces the client meta of sb's connection: a leave of the old

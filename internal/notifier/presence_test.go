@@ -147,11 +147,29 @@ func TestPresenceStateAndDiffs(t *testing.T) {
 		t.Fatalf("alice saw %+v, want bob's leave", d)
 	}
 
-	// Job topics track watchers too.
+	// Job topics track watchers too; presence frames go to those whose
+	// params ask for them ("presence" or "device"), but every watcher counts.
 	job := w.newJob(t, "alice")
-	st = alice.joinPresence("job:"+job, nil)
+	st = alice.joinPresence("job:"+job, map[string]any{"presence": map[string]any{}})
 	if got := keysOf(st); !slices.Equal(got, []string{"alice"}) {
 		t.Fatalf("job presence %v", got)
+	}
+	alice.presenceDiff("job:" + job) // her own join
+	admin := dial(t, n, token(t, "ops", true))
+	if r, _ := admin.join("job:"+job, nil); r.status() != "ok" {
+		t.Fatalf("admin join: %s", r.Payload)
+	}
+	if d := alice.presenceDiff("job:" + job); len(d.Joins["ops"].Metas) != 1 {
+		t.Fatalf("a plain watcher's join: %+v", d)
+	}
+	for {
+		f, ok := admin.next(300 * time.Millisecond)
+		if !ok {
+			break
+		}
+		if strings.HasPrefix(f.Event, "presence_") {
+			t.Fatalf("a watcher that did not ask got %s", f.Event)
+		}
 	}
 }
 
@@ -395,7 +413,7 @@ func TestShareTokenOnNotifier(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := dial(t, n, share)
-	st, jr := c.joinPresenceRef("job:"+job, nil)
+	st, jr := c.joinPresenceRef("job:"+job, map[string]any{"device": "embed"})
 	if got := keysOf(st); !slices.Equal(got, []string{guestKey}) {
 		t.Fatalf("share holder's presence %v", got)
 	}

@@ -36,6 +36,10 @@ const (
 type presenceParams struct {
 	device string
 	meta   json.RawMessage
+	// listen: the params name "device" or "presence", so the client wants
+	// presence_state and presence_diff on a job: topic (studio: topics
+	// always send them). Every connection counts as present either way.
+	listen bool
 }
 
 // parsePresenceParams reads the presence fields of a join payload (already
@@ -48,6 +52,7 @@ func parsePresenceParams(payload []byte, maxMeta int) (pp presenceParams, reason
 	if json.Unmarshal(payload, &p) != nil {
 		return pp, reasonBadMeta
 	}
+	pp.listen = p.Device != nil || p.Presence != nil
 	if p.Device != nil {
 		if len(*p.Device) > 32 || !utf8.ValidString(*p.Device) {
 			return pp, reasonBadDevice
@@ -96,7 +101,10 @@ func (c *session) trackJoin(sb *sub, pp presenceParams, res *joinResult) {
 		c.presence.onlineAt = time.Now().UnixMilli()
 	}
 	c.presence.device = pp.device
-	res.replay = append(res.replay, c.s.presence.track(sb, presenceKey(c.p), c.presence, pp.meta))
+	listen := pp.listen || sb.kind == kindStudio
+	if ev := c.s.presence.track(sb, presenceKey(c.p), c.presence, pp.meta, listen); ev != nil {
+		res.replay = append(res.replay, ev)
+	}
 }
 
 // guestKey is the presence key of share-token holders, who have no user id.
