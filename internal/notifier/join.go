@@ -109,6 +109,8 @@ func (c *session) join(f phoenix.Frame) {
 		c.subs[f.Topic] = sb
 		if kind.hasPresence() {
 			c.trackJoin(sb, pp, &res)
+		} else if f.Topic == AdminPresenceTopic {
+			res.replay = append(res.replay, s.presence.watchAll(sb))
 		}
 		c.send(phoenix.Reply(f.JoinRef, f.Ref, f.Topic, "ok", res.response))
 	}

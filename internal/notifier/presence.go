@@ -132,6 +132,7 @@ type presence struct {
 	refTag string
 	topics map[string]*presTopic
 	local  map[*sub]*presEntry
+	admins map[*sub]struct{} // admin:presence subscribers
 	nodes  map[string]*presNode
 	nsub   *nats.Subscription
 }
@@ -143,6 +144,7 @@ func newPresence(nc *nats.Conn, log *slog.Logger, node string, interval time.Dur
 		nc: nc, log: log, node: node, start: time.Now().UnixNano(), interval: interval, now: time.Now,
 		refTag: hex.EncodeToString(b[:]),
 		topics: map[string]*presTopic{}, local: map[*sub]*presEntry{}, nodes: map[string]*presNode{},
+		admins: map[*sub]struct{}{},
 	}
 }
 
@@ -215,9 +217,31 @@ func (p *presence) leaveLocked(d diffs, e presEntry) {
 	pd.leaves[e.Key] = append(pd.leaves[e.Key], meta)
 }
 
-// flushLocked pushes every topic's diff to its subscribers here and
-// forgets topics nobody is on any more.
+// flushLocked pushes every topic's diff to its subscribers here (and all
+// of them, each meta with its topic, to admin:presence) and forgets topics
+// nobody is on any more.
 func (p *presence) flushLocked(d diffs) {
+	if len(p.admins) > 0 && len(d) > 0 {
+		all := &topicDiff{joins: map[string][]json.RawMessage{}, leaves: map[string][]json.RawMessage{}}
+		for name, pd := range d {
+			for k, l := range pd.joins {
+				for _, m := range l {
+					all.joins[k] = append(all.joins[k], withTopic(name, m))
+				}
+			}
+			for k, l := range pd.leaves {
+				for _, m := range l {
+					all.leaves[k] = append(all.leaves[k], withTopic(name, m))
+				}
+			}
+		}
+		b := append([]byte(`{"joins":`), appendPresences(nil, all.joins)...)
+		b = append(append(b, `,"leaves":`...), appendPresences(nil, all.leaves)...)
+		ev := &event{name: "presence_diff", payload: append(b, '}')}
+		for sb := range p.admins {
+			sb.sink.deliver(sb, ev)
+		}
+	}
 	for name, pd := range d {
 		t := p.topics[name]
 		if t == nil {
@@ -278,6 +302,35 @@ func (t *presTopic) stateLocked() []byte {
 		m[k] = l
 	}
 	return appendPresences(nil, m)
+}
+
+// withTopic adds "topic" to a meta object: {"topic":…,"phx_ref":…}.
+func withTopic(topic string, meta json.RawMessage) json.RawMessage {
+	b := append([]byte(`{"topic":`), strconv.Quote(topic)...)
+	if len(meta) > 2 {
+		b = append(b, ',')
+	}
+	return append(b, meta[1:]...)
+}
+
+// watchAll subscribes an admin:presence subscriber and returns its
+// presence_state: every presence of every topic.
+func (p *presence) watchAll(sb *sub) *event {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.admins[sb] = struct{}{}
+	m := map[string][]json.RawMessage{}
+	for name, t := range p.topics {
+		for k, refs := range t.keys {
+			for _, meta := range refs {
+				m[k] = append(m[k], withTopic(name, meta))
+			}
+		}
+	}
+	for _, l := range m {
+		slices.SortFunc(l, func(a, b json.RawMessage) int { return bytes.Compare(a, b) })
+	}
+	return &event{name: "presence_state", payload: appendPresences(nil, m)}
 }
 
 // makeMeta builds a connection's meta object: phx_ref, online_at (unix
@@ -356,6 +409,7 @@ func (p *presence) update(sb *sub, lc localConn, client json.RawMessage) bool {
 func (p *presence) untrack(sb *sub) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	delete(p.admins, sb)
 	e := p.local[sb]
 	if e == nil {
 		return

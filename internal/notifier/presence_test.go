@@ -26,6 +26,7 @@ func roomToken(t testing.TB, user string, rooms ...string) string {
 }
 
 type presMeta struct {
+	Topic    string          `json:"topic"` // admin:presence only
 	Ref      string          `json:"phx_ref"`
 	Prev     string          `json:"phx_ref_prev"`
 	OnlineAt int64           `json:"online_at"`
@@ -452,5 +453,32 @@ func TestShareTokenOnNotifier(t *testing.T) {
 	time.Sleep(7 * time.Second) // past exp and the 5 s leeway
 	if _, resp, err := dialRaw(n, "token="+url.QueryEscape(expired)+"&vsn=2.0.0", nil); err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
 		t.Errorf("expired share token: %v %v, want 403", err, resp)
+	}
+}
+
+// TestAdminPresence: admin:presence lists every presence, keyed by user,
+// each meta naming its topic; admins only.
+func TestAdminPresence(t *testing.T) {
+	w := newWorld(t)
+	n := startNotifier(t, w, Config{})
+	alice := dial(t, n, roomToken(t, "alice", "lab"))
+	alice.joinPresence("studio:lab", nil)
+	if r, _ := alice.join(AdminPresenceTopic, nil); r.reason() != reasonUnauthorized {
+		t.Fatalf("non-admin joined admin:presence: %s", r.Payload)
+	}
+	admin := dial(t, n, token(t, "ops", true))
+	st := admin.joinPresence(AdminPresenceTopic, nil)
+	if got := keysOf(st); !slices.Equal(got, []string{"alice"}) || st["alice"].Metas[0].Topic != "studio:lab" {
+		t.Fatalf("admin sees %+v", st)
+	}
+	bob := dial(t, n, roomToken(t, "bob", "*"))
+	bob.joinPresence("studio:other", nil)
+	d := admin.presenceDiff(AdminPresenceTopic)
+	if j := d.Joins["bob"].Metas; len(j) != 1 || j[0].Topic != "studio:other" {
+		t.Fatalf("admin diff %+v", d)
+	}
+	bob.pc.Close()
+	if d := admin.presenceDiff(AdminPresenceTopic); len(d.Leaves["bob"].Metas) != 1 {
+		t.Fatalf("admin diff on bob's leave %+v", d)
 	}
 }

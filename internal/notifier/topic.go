@@ -90,6 +90,10 @@ func (k topicKind) hasPresence() bool { return k == kindJob || k == kindStudio }
 // Service.Broadcast).
 const AdminMetricsTopic = "admin:metrics"
 
+// AdminPresenceTopic shows admins every presence on every topic, as
+// Phoenix presence keyed by user, each meta with its "topic".
+const AdminPresenceTopic = "admin:presence"
+
 func (k topicKind) String() string {
 	switch k {
 	case kindJob:
@@ -107,7 +111,7 @@ func (k topicKind) String() string {
 // parseTopic splits a topic; reason is a join error reason when it is not
 // one we serve.
 func parseTopic(t string) (kind topicKind, id, reason string) {
-	if t == AdminMetricsTopic {
+	if t == AdminMetricsTopic || t == AdminPresenceTopic {
 		return kindAdmin, "", ""
 	}
 	prefix, id, ok := strings.Cut(t, ":")
