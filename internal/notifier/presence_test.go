@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/beamline/beamline/internal/auth"
 	"github.com/beamline/beamline/internal/natstest"
 	"github.com/beamline/beamline/internal/testutil"
@@ -481,4 +483,64 @@ func TestAdminPresence(t *testing.T) {
 	if d := admin.presenceDiff(AdminPresenceTopic); len(d.Leaves["bob"].Metas) != 1 {
 		t.Fatalf("admin diff on bob's leave %+v", d)
 	}
+}
+
+// TestPresenceMessagesHeal drives presence.receive with another node's
+// messages: a full copy replaces what a lost diff left wrong, a copy in
+// parts is applied only whole, a part after a gap is dropped, a former
+// incarnation's late message is ignored, and bye drops the node.
+func TestPresenceMessagesHeal(t *testing.T) {
+	w := newWorld(t)
+	n := startNotifier(t, w, Config{PresenceInterval: time.Hour})
+	p := n.svc.presence
+	send := func(m presMsg) {
+		t.Helper()
+		b, err := json.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.receive(&nats.Msg{Subject: "beamline.presence." + m.Node, Data: b})
+	}
+	entry := func(key, ref string) presEntry {
+		return presEntry{Topic: "studio:lab", Key: key, Ref: ref, Meta: json.RawMessage(`{"phx_ref":"` + ref + `"}`)}
+	}
+	users := func() []string {
+		var u []string
+		for _, e := range p.list() {
+			u = append(u, e.User)
+		}
+		slices.Sort(u)
+		return u
+	}
+	want := func(what string, u ...string) {
+		t.Helper()
+		if got := users(); !slices.Equal(got, u) {
+			t.Fatalf("%s: %v, want %v", what, got, u)
+		}
+	}
+	send(presMsg{Node: "x", Start: 10, Seq: 1, Kind: presKindDiff, Joins: []presEntry{entry("ann", "x1")}})
+	want("a diff", "ann")
+	// Seq 2 (ann's leave, bob's join) is lost; the copy at seq 3 heals.
+	send(presMsg{Node: "x", Start: 10, Seq: 3, Kind: presSync, First: true, Last: true, Joins: []presEntry{entry("bob", "x2")}})
+	want("a full copy after a lost diff", "bob")
+	// A copy in two parts applies only once whole.
+	send(presMsg{Node: "x", Start: 10, Seq: 4, Kind: presSync, First: true, Joins: []presEntry{entry("bob", "x2")}})
+	want("half a copy", "bob")
+	send(presMsg{Node: "x", Start: 10, Seq: 5, Kind: presSync, Last: true, Joins: []presEntry{entry("cy", "x3")}})
+	want("a whole copy", "bob", "cy")
+	// A part after a gap is dropped: the copy stays as it was.
+	send(presMsg{Node: "x", Start: 10, Seq: 6, Kind: presSync, First: true})
+	send(presMsg{Node: "x", Start: 10, Seq: 8, Kind: presSync, Last: true})
+	want("a copy with a lost part", "bob", "cy")
+	// A former incarnation's late message changes nothing.
+	send(presMsg{Node: "x", Start: 9, Seq: 9, Kind: presKindDiff, Joins: []presEntry{entry("old", "x0")}})
+	want("a late message of a former incarnation", "bob", "cy")
+	// Our own messages are not another node's.
+	send(presMsg{Node: p.node, Start: 1, Seq: 1, Kind: presKindDiff, Joins: []presEntry{entry("me", "m1")}})
+	want("our own name", "bob", "cy")
+	send(presMsg{Node: "x", Start: 10, Seq: 9, Kind: presBye})
+	want("bye")
+	// Garbage is dropped.
+	p.receive(&nats.Msg{Subject: "beamline.presence.x", Data: []byte(`{"node":"x","kind":"diff","joins":[{"topic":"user:a","key":"a","ref":"r","meta":{}}]}`)})
+	want("a join on a topic without presence")
 }
