@@ -102,6 +102,10 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 		reconcileEvery: cfg.reconcileEvery, beforeRefill: cfg.beforeRefill, laneDepth: cfg.laneDepth,
 	})
 	s.presence = newPresence(nc, s.log, cfg.PresenceNode, cfg.PresenceInterval)
+	if err := registerPresenceMetrics(reg, s.presence); err != nil {
+		cancel()
+		return nil, err
+	}
 	s.sessions = newLPRegistry()
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /socket/websocket", s.serveWebSocket)

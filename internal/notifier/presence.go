@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/beamline/beamline/pkg/envelope"
 )
@@ -655,4 +656,49 @@ func (s *Service) startPresence() (stop func(), err error) {
 		_ = ssub.Unsubscribe()
 		s.presence.stop()
 	}, nil
+}
+
+// registerPresenceMetrics exports the presences this notifier holds:
+// beamline_notifier_presences{scope="local"|"all"} and the other
+// notifiers it hears, beamline_notifier_presence_peers.
+func registerPresenceMetrics(reg prometheus.Registerer, p *presence) error {
+	if reg == nil {
+		return nil
+	}
+	count := func(all bool) float64 {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if !all {
+			return float64(len(p.local))
+		}
+		n := 0
+		for _, t := range p.topics {
+			for _, refs := range t.keys {
+				n += len(refs)
+			}
+		}
+		return float64(n)
+	}
+	for _, c := range []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "beamline_notifier_presences", Help: "Presences (connections on studio: and job: topics): this notifier's own.",
+			ConstLabels: prometheus.Labels{"scope": "local"},
+		}, func() float64 { return count(false) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "beamline_notifier_presences", Help: "Presences (connections on studio: and job: topics): this notifier's own.",
+			ConstLabels: prometheus.Labels{"scope": "all"},
+		}, func() float64 { return count(true) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "beamline_notifier_presence_peers", Help: "Other notifiers whose presences this one holds.",
+		}, func() float64 {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			return float64(len(p.nodes))
+		}),
+	} {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -284,6 +284,19 @@ func TestPresenceAcrossNotifiers(t *testing.T) {
 	if d := waitDiff(alice, "studio:lab", func(d presDiffT) bool { return len(d.Joins["bob"].Metas) > 0 }); d == nil {
 		t.Fatal("alice on A never saw bob join on B")
 	}
+	for _, m := range []struct {
+		name  string
+		label map[string]string
+		want  float64
+	}{
+		{"beamline_notifier_presences", map[string]string{"scope": "local"}, 1},
+		{"beamline_notifier_presences", map[string]string{"scope": "all"}, 2},
+		{"beamline_notifier_presence_peers", nil, 1},
+	} {
+		if got := testutil.GatheredValue(t, b.reg, m.name, m.label); got != m.want {
+			t.Errorf("B's %s%v = %v, want %v", m.name, m.label, got, m.want)
+		}
+	}
 
 	// A dies without a goodbye.
 	addr := strings.TrimPrefix(a.url, "http://")
