@@ -579,7 +579,7 @@ func (p *presence) startSync() error {
 func (p *presence) loop(done <-chan struct{}) {
 	beat := time.NewTicker(p.interval)
 	defer beat.Stop()
-	check := time.NewTicker(p.interval / 4)
+	check := time.NewTicker(p.interval / 8)
 	defer check.Stop()
 	for {
 		select {
