@@ -50,7 +50,30 @@ function start(token) {
       if (reason === "unauthorized") forgetToken(TOKEN_KEY);
     },
   });
+  // admin:presence: every user on a studio: or job: topic, with the topics.
+  client.presence("admin:presence", renderOnline);
   setInterval(() => drawAll(Date.now()), 1000); // keep charts sliding even if a push is late
+}
+
+function renderOnline(list) {
+  const ul = $("m-online");
+  ul.replaceChildren();
+  if (list.length === 0) {
+    const li = document.createElement("li");
+    li.className = "muted";
+    li.textContent = "nobody";
+    ul.append(li);
+    return;
+  }
+  for (const { key, metas } of list) {
+    const topics = [...new Set(metas.map((m) => m.topic))].sort();
+    const li = document.createElement("li");
+    li.dataset.user = key;
+    const b = document.createElement("b");
+    b.textContent = key;
+    li.append(b, ` — ${topics.join(", ")} (${metas.length} connection${metas.length === 1 ? "" : "s"})`);
+    ul.append(li);
+  }
 }
 
 const fmt = (v, digits = 0) => (typeof v === "number" && Number.isFinite(v) ? v.toFixed(digits) : "—");

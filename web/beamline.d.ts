@@ -128,6 +128,48 @@ export interface Metrics {
 
 export type Unsubscribe = () => void;
 
+/** One connection's presence on a topic (docs/phoenix-protocol.md §8). */
+export interface PresenceMeta {
+  phx_ref: string;
+  /** Set when the meta replaced an earlier one of the same connection. */
+  phx_ref_prev?: string;
+  /** Unix milliseconds. */
+  online_at: number;
+  device: string;
+  /** The client-set meta (a JSON object of at most 256 bytes). */
+  meta?: Record<string, unknown>;
+}
+
+/** A user on a topic ("guest" for share-token holders), one meta per connection. */
+export interface Presence {
+  key: string;
+  metas: PresenceMeta[];
+}
+
+export interface PresenceOptions {
+  /** Shown to the others (≤ 32 bytes); default "web". */
+  device?: string;
+  meta?: Record<string, unknown>;
+  onJoin?: (key: string, current: { metas: PresenceMeta[] } | undefined, joined: { metas: PresenceMeta[] }) => void;
+  onLeave?: (key: string, current: { metas: PresenceMeta[] }, left: { metas: PresenceMeta[] }) => void;
+  /** A refused join: "unauthorized", "invalid room name: …", "presence meta too large", … */
+  onError?: (reason: string) => void;
+}
+
+/** A studio room message: the server sets from to the sender's user id. */
+export interface RoomMessage {
+  from: string;
+  body: Record<string, unknown>;
+}
+
+export interface Studio {
+  /** Broadcast to the room (a JSON object ≤ 1 KiB, 5 a second); rejects with BeamlineError (code = the reason). */
+  send(body: Record<string, unknown>): Promise<Record<string, unknown>>;
+  /** Replace this connection's presence meta. */
+  setMeta(meta: Record<string, unknown>): Promise<Record<string, unknown>>;
+  leave(): void;
+}
+
 export interface Client {
   /** Watch one job. The callback gets every newer state exactly once, in order. */
   watchJob(id: string, onUpdate: (job: Job, info: UpdateInfo) => void, opts?: WatchOptions): Unsubscribe;
@@ -142,6 +184,13 @@ export interface Client {
      */
     onTruncated?: () => void;
   }): Unsubscribe;
+  /** Who is on a studio: or job: topic; onSync gets the whole list after every change. */
+  presence(topic: string, onSync: (list: Presence[]) => void, opts?: PresenceOptions): Unsubscribe;
+  /** Join studio:<room> (the token's rooms claim must name it): presence and messages. */
+  studio(room: string, opts?: PresenceOptions & {
+    onSync?: (list: Presence[]) => void;
+    onMessage?: (m: RoomMessage) => void;
+  }): Studio;
   /** Live pipeline figures (admin tokens only). */
   watchMetrics(onMetrics: (m: Metrics) => void, opts?: WatchOptions): Unsubscribe;
   /** POST /v1/jobs. Resolves with the queued snapshot; rejects with BeamlineError. */
@@ -169,3 +218,4 @@ export const TERMINAL: readonly JobStatus[];
 export function isTerminal(status: JobStatus | string): boolean;
 export function tokenSubject(token: string): string | undefined;
 export function defaultBackoff(attempt: number): number;
+export function presenceList(state: Record<string, { metas: PresenceMeta[] }>): Presence[];

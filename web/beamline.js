@@ -51,6 +51,11 @@ export function tokenSubject(token) {
 const PERMANENT_JOIN_ERRORS = new Set(["unauthorized", "not_found", "invalid_topic", "forbidden"]);
 
 /** Default reconnect delay: exponential from 100 ms to 5 s with ±50% jitter. */
+/** presenceList turns a presence state into [{key, metas}], sorted by key. */
+export function presenceList(state) {
+  return Object.keys(state).sort().map((key) => ({ key, metas: state[key].metas.slice() }));
+}
+
 export function defaultBackoff(attempt) {
   const base = Math.min(5000, 100 * 2 ** Math.max(0, attempt - 1));
   return Math.round(base * (0.5 + Math.random()));
@@ -243,6 +248,102 @@ export function connect(opts = {}) {
       this.rejoinTimer = null;
       this.rejoinAttempts = 0;
       this.dead = false;
+      // Presence (docs/phoenix-protocol.md#8-presence): set by presence().
+      this.presence = null; // {device, meta, state, joinRef, pendingDiffs}
+      this.presenceListeners = new Set(); // {onSync, onJoin, onLeave}
+      this.messageListeners = new Set(); // studio "msg" pushes
+    }
+
+    // params are the handlers' join params plus, when someone watches the
+    // topic's presence, what asks the notifier for presence frames.
+    params() {
+      const p = { ...this.h.params(this) };
+      if (this.presence) {
+        p.device = this.presence.device;
+        p.presence = this.presence.meta ?? {};
+      }
+      return p;
+    }
+
+    // onPresence applies presence_state / presence_diff as the official
+    // Presence class does: diffs wait for the state of the current join.
+    onPresence(event, payload) {
+      const pr = this.presence;
+      if (!pr) return;
+      if (event === "presence_state") {
+        const leaves = {};
+        const joins = {};
+        for (const [key, cur] of Object.entries(pr.state)) {
+          const next = payload[key];
+          const refs = new Set((next?.metas ?? []).map((m) => m.phx_ref));
+          const left = cur.metas.filter((m) => !refs.has(m.phx_ref));
+          if (left.length) leaves[key] = { metas: left };
+        }
+        for (const [key, next] of Object.entries(payload)) {
+          const refs = new Set((pr.state[key]?.metas ?? []).map((m) => m.phx_ref));
+          const joined = next.metas.filter((m) => !refs.has(m.phx_ref));
+          if (joined.length) joins[key] = { metas: joined };
+        }
+        pr.joinRef = this.joinRef;
+        this.applyDiff({ joins, leaves });
+        for (const d of pr.pendingDiffs) this.applyDiff(d);
+        pr.pendingDiffs = [];
+      } else {
+        if (pr.joinRef !== this.joinRef) { pr.pendingDiffs.push(payload); return; }
+        this.applyDiff(payload);
+      }
+      const list = presenceList(pr.state);
+      for (const l of this.presenceListeners) {
+        try { l.onSync?.(list); } catch (e) { console.error(e); }
+      }
+    }
+
+    applyDiff({ joins = {}, leaves = {} }) {
+      const st = this.presence.state;
+      for (const [key, p] of Object.entries(joins)) {
+        const cur = st[key];
+        const refs = new Set(p.metas.map((m) => m.phx_ref));
+        st[key] = { metas: [...(cur ? cur.metas.filter((m) => !refs.has(m.phx_ref)) : []), ...p.metas] };
+        for (const l of this.presenceListeners) {
+          try { l.onJoin?.(key, cur, p); } catch (e) { console.error(e); }
+        }
+      }
+      for (const [key, p] of Object.entries(leaves)) {
+        const cur = st[key];
+        if (!cur) continue;
+        const refs = new Set(p.metas.map((m) => m.phx_ref));
+        cur.metas = cur.metas.filter((m) => !refs.has(m.phx_ref));
+        for (const l of this.presenceListeners) {
+          try { l.onLeave?.(key, cur, p); } catch (e) { console.error(e); }
+        }
+        if (cur.metas.length === 0) delete st[key];
+      }
+    }
+
+    // push sends a client event on the joined topic and resolves with the
+    // reply's response; it rejects with a BeamlineError whose code is the
+    // notifier's reason ("rate limited", "message too large", …).
+    push(event, payload) {
+      return new Promise((resolve, reject) => {
+        if (!this.joined) { reject(new BeamlineError(0, "not_joined", "topic not joined yet")); return; }
+        const ref = nextRef();
+        const timer = setTimeout(() => {
+          if (this.pending.delete(ref)) reject(new BeamlineError(0, "timeout", event + " got no reply"));
+        }, joinTimeoutMs);
+        this.pending.set(ref, (reply) => {
+          clearTimeout(timer);
+          if (reply.status === "ok") resolve(reply.response || {});
+          else {
+            const reason = (reply.response && reply.response.reason) || reply.status;
+            reject(new BeamlineError(0, reason, reason));
+          }
+        });
+        if (!send([this.joinRef, ref, this.topic, event, payload])) {
+          this.pending.delete(ref);
+          clearTimeout(timer);
+          reject(new BeamlineError(0, "connection_closed", "not connected"));
+        }
+      });
     }
 
     // deliver passes job to the listeners when it is newer than anything
@@ -301,7 +402,7 @@ export function connect(opts = {}) {
           }
           resolve(null);
         });
-        if (!send([ref, ref, this.topic, "phx_join", this.h.params(this)])) {
+        if (!send([ref, ref, this.topic, "phx_join", this.params()])) {
           // Not connected: the socket's onopen rejoins every channel.
           this.pending.delete(ref);
           clearTimeout(timer);
@@ -329,6 +430,14 @@ export function connect(opts = {}) {
       if (event === "phx_error" || event === "phx_close") {
         this.joined = false;
         this.scheduleRejoin();
+        return;
+      }
+      if (event === "presence_state" || event === "presence_diff") {
+        this.onPresence(event, payload);
+        return;
+      }
+      if (event === "msg") {
+        emit(this.messageListeners, payload);
         return;
       }
       this.h.onPush(this, event, payload);
@@ -382,6 +491,14 @@ export function connect(opts = {}) {
       ch.listeners.add(listener);
       if (onError) ch.errorListeners.add(onError);
       if (ws && ws.readyState === 1) ch.join();
+    } else if (ch.bare) {
+      // Joined by presence() alone: take the real handlers and rejoin for
+      // the topic's snapshot.
+      ch.h = makeHandlers();
+      ch.bare = false;
+      ch.listeners.add(listener);
+      if (onError) ch.errorListeners.add(onError);
+      if (ws && ws.readyState === 1) ch.join();
     } else {
       ch.listeners.add(listener);
       if (onError) ch.errorListeners.add(onError);
@@ -395,7 +512,61 @@ export function connect(opts = {}) {
     return () => {
       c.listeners.delete(listener);
       if (onError) c.errorListeners.delete(onError);
-      if (c.listeners.size === 0 && channels.get(topic) === c) c.leave();
+      if (idle(c) && channels.get(topic) === c) c.leave();
+    };
+  }
+
+  const idle = (ch) => ch.listeners.size === 0 && ch.presenceListeners.size === 0 && ch.messageListeners.size === 0;
+
+  // presence follows who is on a studio: or job: topic. onSync(list) runs
+  // after every change with [{key, metas: [{phx_ref, online_at, device,
+  // meta}]}]; popts: {device, meta, onJoin(key, current, joined),
+  // onLeave(key, current, left), onError(reason)}. It joins the topic (or
+  // rejoins a watched job topic, asking for presence frames).
+  function presence(topic, onSync, popts = {}) {
+    let ch = channels.get(topic);
+    const listener = { onSync, onJoin: popts.onJoin, onLeave: popts.onLeave };
+    if (!ch) {
+      ch = new Channel(topic, { params: () => ({}), onJoin: () => {}, onPush: () => {} });
+      ch.bare = true;
+      channels.set(topic, ch);
+    }
+    if (popts.onError) ch.errorListeners.add(popts.onError);
+    ch.presenceListeners.add(listener);
+    if (!ch.presence) {
+      ch.presence = { device: popts.device ?? "web", meta: popts.meta, state: {}, joinRef: null, pendingDiffs: [] };
+      if (ws && ws.readyState === 1) ch.join(); // a watched job topic rejoins to ask for presence
+    } else {
+      try { onSync(presenceList(ch.presence.state)); } catch (e) { console.error(e); }
+    }
+    const c = ch;
+    return () => {
+      c.presenceListeners.delete(listener);
+      if (popts.onError) c.errorListeners.delete(popts.onError);
+      if (idle(c) && channels.get(topic) === c) c.leave();
+    };
+  }
+
+  // studio joins studio:<room>: presence plus the members' messages.
+  // sopts: {onSync, onMessage({from, body}), device, meta, onError}.
+  // send(body) and setMeta(meta) resolve with the reply or reject with a
+  // BeamlineError whose code is the notifier's reason.
+  function studio(room, sopts = {}) {
+    const topic = "studio:" + room;
+    const stopPresence = presence(topic, sopts.onSync ?? (() => {}), sopts);
+    const ch = channels.get(topic);
+    const onMessage = sopts.onMessage ?? (() => {});
+    ch.messageListeners.add(onMessage);
+    return {
+      send: (body) => ch.push("msg", body),
+      setMeta: (meta) => {
+        if (ch.presence) ch.presence.meta = meta; // kept for rejoins
+        return ch.push("presence", { meta });
+      },
+      leave: () => {
+        ch.messageListeners.delete(onMessage);
+        stopPresence();
+      },
     };
   }
 
@@ -590,6 +761,8 @@ export function connect(opts = {}) {
     watchJob,
     watchUser,
     watchMetrics,
+    presence,
+    studio,
     submit,
     cancel,
     getJob,

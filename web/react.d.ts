@@ -1,4 +1,4 @@
-import type { Client, Job, JobStatus } from "./beamline";
+import type { Client, Job, JobStatus, Presence, PresenceOptions } from "./beamline";
 
 export interface JobState {
   /** The job's status, or "connecting" until the first snapshot arrives, or "error" if it cannot be watched. */
@@ -18,3 +18,7 @@ export interface ReactLike {
 
 export function createUseJob(React: ReactLike, client: Client): (id: string | null | undefined) => JobState;
 export function useJob(id: string | null | undefined, deps: { client: Client; React: ReactLike }): JobState;
+
+/** Returns a usePresence(topic, opts) hook bound to one client: the topic's presence list, [] until joined. */
+export function createUsePresence(React: ReactLike, client: Client): (topic: string | null | undefined, opts?: PresenceOptions) => Presence[];
+export function usePresence(topic: string | null | undefined, deps: { client: Client; React: ReactLike }, opts?: PresenceOptions): Presence[];

@@ -41,3 +41,31 @@ export function useJob(id, { client, React }) {
   }
   return h(id);
 }
+
+/** Returns a usePresence(topic, opts) hook bound to one client: who is on
+ *  a studio: or job: topic, as [{key, metas}], [] until joined. */
+export function createUsePresence(React, client) {
+  if (!React || !React.useState || !React.useEffect) throw new Error("beamline/react: pass your React");
+  if (!client || !client.presence) throw new Error("beamline/react: pass a client from connect()");
+  return function usePresence(topic, opts = {}) {
+    const [list, setList] = React.useState([]);
+    React.useEffect(() => {
+      setList([]);
+      if (!topic) return undefined;
+      return client.presence(topic, setList, opts);
+    }, [topic]);
+    return list;
+  };
+}
+
+const presenceHooks = new WeakMap();
+
+/** usePresence(topic, {client, React}, opts): the same hook without a factory. */
+export function usePresence(topic, { client, React }, opts) {
+  let h = presenceHooks.get(client);
+  if (!h) {
+    h = createUsePresence(React, client);
+    presenceHooks.set(client, h);
+  }
+  return h(topic, opts);
+}

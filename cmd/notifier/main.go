@@ -32,6 +32,8 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 	addr := fs.String("addr", notifier.DefaultAddr, "listen address (WebSocket, SSE, /metrics, /healthz, /readyz)")
 	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this loopback `addr` (e.g. 127.0.0.1:6061; empty: off)")
 	demo := fs.Bool("demo", false, "also serve the demo page at / (the client files and /admin are always served)")
+	presenceNode := fs.String("presence-node", "", "this notifier's name among those sharing presence (a stable name, e.g. the container's, makes a restart replace its former presences at once; default: random)")
+	presenceEvery := fs.Duration("presence-interval", 5*time.Second, "presence heartbeat: a notifier silent for 1.5 of these is dropped and its users leave")
 	origins := fs.String("allowed-origins", "", "comma-separated Origin values allowed to open WebSockets, or * (default: same origin as the Host)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: notifier [flags]\n\nPushes job status over Phoenix Channels V2 WebSockets and SSE.\nThe token secret is read from $%s.\n\nFlags:\n", auth.EnvSecret)
@@ -73,7 +75,7 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 
 	return common.Serve(ctx, "notifier", log, func(d config.Deps) (config.Service, error) {
 		svc, err := notifier.New(notifier.Config{Addr: *addr, Secret: secret, AllowedOrigins: allowed, Demo: *demo,
-			TracerProvider: d.Tracer}, d.NC, d.JS, log, d.Registry)
+			TracerProvider: d.Tracer, PresenceNode: *presenceNode, PresenceInterval: *presenceEvery}, d.NC, d.JS, log, d.Registry)
 		if err != nil {
 			return config.Service{}, err
 		}

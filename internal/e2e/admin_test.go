@@ -1,10 +1,13 @@
 package e2e
 
 import (
+	"context"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/beamline/beamline/test/chaos/kit"
 )
 
 func openAdmin(t *testing.T, token string, timeout time.Duration) *tab {
@@ -61,4 +64,27 @@ func TestDashboardRefusesUserToken(t *testing.T) {
 	tb.waitJS("the unauthorized message", `(() => { const e = document.getElementById("error"); return !e.hidden && /admin token/.test(e.textContent); })()`, 10*time.Second)
 	msg := eval[string](tb, `document.getElementById("error").textContent`)
 	t.Logf("shown: %q", msg)
+}
+
+// The dashboard lists who is online (admin:presence): a user watching a
+// job appears with the job's topic, and disappears when she leaves.
+func TestDashboardShowsWhoIsOnline(t *testing.T) {
+	id := submitAPI(t, `{"prompt":"watched","sim":{"steps":2,"duration_ms":200}}`)
+	tb := openAdmin(t, stack.AdminToken, 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ws, _, err := kit.Dial(ctx, stack.NotifierURL, stack.Token, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := ws.Join(ctx, "job:"+id, nil); err != nil || r.Status != "ok" {
+		t.Fatalf("join job:%s: %v %+v", id, err, r)
+	}
+	tb.waitJS("the watcher on the dashboard", `(() => {
+		const li = document.querySelector("#m-online li[data-user]");
+		return !!li && li.textContent.includes("job:`+id+`");
+	})()`, 10*time.Second)
+	tb.screenshot("admin-online")
+	ws.Close()
+	tb.waitJS("the watcher gone", `!document.querySelector("#m-online li[data-user]")`, 10*time.Second)
 }

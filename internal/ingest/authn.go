@@ -8,9 +8,19 @@ import (
 	"github.com/beamline/beamline/internal/auth"
 )
 
-// authenticate checks the request's bearer token. The token is never logged
-// nor echoed; the error says only which rule it broke.
+// authenticate checks the request's bearer token and refuses share tokens
+// (they read one job: readable). The token is never logged nor echoed; the
+// error says only which rule it broke.
 func (s *Service) authenticate(r *http.Request) (auth.Principal, *apiError) {
+	p, aerr := s.principal(r)
+	if aerr == nil && p.Share != "" {
+		return auth.Principal{}, shareRefused()
+	}
+	return p, aerr
+}
+
+// principal checks the request's bearer token, share tokens included.
+func (s *Service) principal(r *http.Request) (auth.Principal, *apiError) {
 	token, ok := auth.BearerToken(r.Header.Get("Authorization"))
 	if !ok || token == "" {
 		e := newError(http.StatusUnauthorized, CodeUnauthorized, "missing bearer token (Authorization: Bearer <jwt>)")

@@ -169,6 +169,8 @@ func (s *Service) routes() http.Handler {
 	mux.Handle("DELETE /v1/jobs/{id}", m.instrument(routeCancel, s.traced(routeCancel, http.HandlerFunc(s.cancel))))
 	mux.Handle("GET /v1/jobs/{id}/outputs/{name}", m.instrument(routeOutput, s.traced(routeOutput, http.HandlerFunc(s.output))))
 	mux.Handle("GET /v1/jobs/{id}/outputs/{name}/link", m.instrument(routeLink, s.traced(routeLink, http.HandlerFunc(s.outputLink))))
+	mux.Handle("POST /v1/jobs/{id}/share", m.instrument(routeShare, s.traced(routeShare, http.HandlerFunc(s.share))))
+	mux.Handle("/v1/jobs/{id}/share", m.instrument(routeOther, methodNotAllowed("POST")))
 	mux.Handle("/v1/jobs/{id}/outputs/{name}", m.instrument(routeOther, methodNotAllowed("GET, HEAD")))
 	mux.Handle("/v1/jobs/{id}/outputs/{name}/link", m.instrument(routeOther, methodNotAllowed("GET, HEAD")))
 	// Webhooks authenticate by signature or URL token, not by bearer token.

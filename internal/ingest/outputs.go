@@ -52,7 +52,7 @@ type link struct {
 // Authorization header (for <img src> and <video src>), valid for
 // outputs.DefaultLinkTTL.
 func (s *Service) outputLink(w http.ResponseWriter, r *http.Request) {
-	_, snap, _, aerr := s.lookup(r)
+	_, snap, _, aerr := s.readable(r)
 	if aerr != nil {
 		writeError(w, aerr)
 		return
@@ -80,7 +80,7 @@ func (s *Service) output(w http.ResponseWriter, r *http.Request) {
 			writeError(w, newError(http.StatusForbidden, CodeForbidden, err.Error()))
 			return
 		}
-	} else if _, _, _, aerr := s.lookup(r); aerr != nil {
+	} else if _, _, _, aerr := s.readable(r); aerr != nil {
 		writeError(w, aerr)
 		return
 	}

@@ -59,6 +59,9 @@ func (c *session) handle(binary bool, data []byte) {
 		}
 		c.send(phoenix.Reply(f.JoinRef, f.Ref, f.Topic, "ok", bytes.Clone(f.Payload)))
 	default:
+		if c.handleTwoWay(sb, f) {
+			return
+		}
 		if f.Event == c.s.cfg.unanswered && f.Event != "" {
 			return // a test hook: a push the server never answers
 		}
@@ -67,7 +70,7 @@ func (c *session) handle(binary bool, data []byte) {
 }
 
 func (c *session) leave(sb *sub, f phoenix.Frame) {
-	c.s.hub.remove(sb)
+	c.s.unsubscribe(sb)
 	c.mu.Lock()
 	sb.closed = true
 	c.mu.Unlock()

@@ -28,6 +28,8 @@
 package notifier
 
 import (
+	"github.com/beamline/beamline/pkg/envelope"
+
 	"errors"
 	"fmt"
 	"net"
@@ -83,6 +85,22 @@ type Config struct {
 	// when Static is nil: the client (/beamline.js, /react.js) and the
 	// dashboard (/admin). Default off: the demo page is for development.
 	Demo bool
+	// PresenceNode names this notifier among the others sharing presence
+	// over NATS (an id: [A-Za-z0-9_-]{1,64}). A restarted notifier with the
+	// same name replaces its former presences at once; default random.
+	PresenceNode string
+	// PresenceInterval is the presence heartbeat: every notifier publishes
+	// its presences that often, and one not heard from for 1.5 intervals
+	// is dropped (its presences leave). Default 5s.
+	PresenceInterval time.Duration
+	// PresenceMetaMax is the largest client presence meta, in bytes of
+	// compact JSON. Default 256.
+	PresenceMetaMax int
+	// StudioMsgMax is the largest studio message payload in bytes. Default 1 KiB.
+	StudioMsgMax int
+	// StudioRate is the most studio messages per second per member and
+	// room (burst twice that). Default 5.
+	StudioRate int
 	// TracerProvider records a span per event pushed to a socket, the
 	// child of the event's traceparent. nil means no tracing.
 	TracerProvider trace.TracerProvider
@@ -155,6 +173,24 @@ func (c *Config) setDefaults() error {
 	}
 	if c.laneDepth <= 0 {
 		c.laneDepth = defaultLaneDepth
+	}
+	if c.PresenceNode == "" {
+		c.PresenceNode = newNodeName()
+	}
+	if c.PresenceInterval <= 0 {
+		c.PresenceInterval = 5 * time.Second
+	}
+	if c.PresenceMetaMax <= 0 {
+		c.PresenceMetaMax = 256
+	}
+	if c.StudioMsgMax <= 0 {
+		c.StudioMsgMax = 1 << 10
+	}
+	if c.StudioRate <= 0 {
+		c.StudioRate = 5
+	}
+	if err := envelope.ValidateID("PresenceNode", c.PresenceNode); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	if c.reconcileEvery <= 0 {
 		c.reconcileEvery = defaultReconcileEvery

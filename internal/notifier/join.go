@@ -70,6 +70,15 @@ func (c *session) join(f phoenix.Frame) {
 		c.send(phoenix.Reply(f.JoinRef, f.Ref, f.Topic, "error", phoenix.ErrorReason(reasonBadParams)))
 		return
 	}
+	var pp presenceParams
+	if kind.hasPresence() {
+		var reason string
+		if pp, reason = parsePresenceParams(f.Payload, s.cfg.PresenceMetaMax); reason != "" {
+			s.m.joins.WithLabelValues(kind.String(), metricLabel(reason)).Inc()
+			c.send(phoenix.Reply(f.JoinRef, f.Ref, f.Topic, "error", phoenix.ErrorReason(reason)))
+			return
+		}
+	}
 	old := c.lookup(f.Topic)
 	if old == nil && len(c.subs) >= s.cfg.MaxChannels {
 		for t := range c.subs {
@@ -88,7 +97,7 @@ func (c *session) join(f phoenix.Frame) {
 	s.m.joins.WithLabelValues(kind.String(), metricLabel(res.reason)).Inc()
 
 	if old != nil { // rule 2 (docs/phoenix-protocol.md#61-server-rules): one subscription per (connection, topic)
-		s.hub.remove(old)
+		s.unsubscribe(old)
 		c.mu.Lock()
 		old.closed = true
 		c.mu.Unlock()
@@ -98,6 +107,11 @@ func (c *session) join(f phoenix.Frame) {
 		c.send(phoenix.Reply(f.JoinRef, f.Ref, f.Topic, "error", phoenix.ErrorReason(res.reason)))
 	} else {
 		c.subs[f.Topic] = sb
+		if kind.hasPresence() {
+			c.trackJoin(sb, pp, &res)
+		} else if f.Topic == AdminPresenceTopic {
+			res.replay = append(res.replay, s.presence.watchAll(sb))
+		}
 		c.send(phoenix.Reply(f.JoinRef, f.Ref, f.Topic, "ok", res.response))
 	}
 	if old != nil {
@@ -175,6 +189,8 @@ func (s *Service) open(ctx context.Context, p auth.Principal, sb *sub, kind topi
 			return joinResult{reason: reasonUnavailable}
 		}
 		return joinResult{response: json.RawMessage(`{}`)}
+	case kindStudio:
+		return s.openStudio(p, sb, id)
 	}
 	return joinResult{reason: reasonUnmatched}
 }
@@ -189,7 +205,7 @@ func (s *Service) openJob(ctx context.Context, p auth.Principal, sb *sub, id str
 	case err != nil:
 		s.log.Warn("join: reading job", "job", id, "err", err)
 		return joinResult{reason: reasonUnavailable}
-	case snap.User != p.User && !p.Admin:
+	case snap.User != p.User && !p.Admin && p.Share != id: // a share token watches its job only
 		return joinResult{reason: reasonUnauthorized}
 	}
 	subject := envelope.EventSubject(snap.User, id)
@@ -316,6 +332,10 @@ func metricLabel(reason string) string {
 		return "invalid_params"
 	case reasonRateLimited:
 		return "rate_limited"
+	case reasonBadRoom:
+		return "invalid_room"
+	case reasonMetaTooLarge, reasonBadMeta, reasonBadDevice:
+		return "invalid_presence"
 	}
 	return reason
 }

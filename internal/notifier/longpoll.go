@@ -189,7 +189,7 @@ func (s *Service) lpSessionOf(r *http.Request) *lpTransport {
 		cred = ts[0]
 	}
 	if cred != "" {
-		if p, err := s.authenticate(cred); err == nil && p.User != l.c.p.User {
+		if p, err := s.authenticate(cred); err == nil && (p.User != l.c.p.User || p.Share != l.c.p.Share) {
 			return nil
 		}
 	}

@@ -34,6 +34,7 @@ type Service struct {
 	store    *jobstore.Store
 	events   *eventsReader // the EVENTS stream
 	hub      *hub
+	presence *presence
 	sessions *lpRegistry // long-poll sessions
 	upgrader websocket.Upgrader
 	handler  http.Handler
@@ -101,6 +102,11 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 		ctx: ctx, nc: nc, stream: s.events, log: s.log, subscriptions: m.subscriptions, traceOf: s.traceOf,
 		reconcileEvery: cfg.reconcileEvery, beforeRefill: cfg.beforeRefill, laneDepth: cfg.laneDepth,
 	})
+	s.presence = newPresence(nc, s.log, cfg.PresenceNode, cfg.PresenceInterval)
+	if err := registerPresenceMetrics(reg, s.presence); err != nil {
+		cancel()
+		return nil, err
+	}
 	s.sessions = newLPRegistry()
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /socket/websocket", s.serveWebSocket)
@@ -137,6 +143,11 @@ func (s *Service) Run(ctx context.Context) error {
 	ln, err := ops.Listen(s.cfg.Listener, s.cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("notifier: listen: %w", err)
+	}
+	stopPresence, err := s.startPresence()
+	if err != nil {
+		_ = ln.Close()
+		return err
 	}
 	s.log.Info("notifier listening", "addr", ln.Addr().String())
 	status := s.nc.StatusChanged(nats.CONNECTED)
@@ -185,6 +196,7 @@ loop:
 		serveErr = <-errc
 	}
 	s.wg.Wait()
+	stopPresence()
 	s.cancel()
 	if errors.Is(serveErr, context.Canceled) {
 		serveErr = nil

@@ -27,6 +27,7 @@ type session struct {
 	// tokens and lastRefill implement the client push rate limit (in).
 	tokens     float64
 	lastRefill time.Time
+	presence   localConn // the server's part of its presence metas (in)
 
 	mu     sync.Mutex
 	cond   sync.Cond // on mu; signalled when the queue drains or the session closes
@@ -73,7 +74,7 @@ func (c *session) run() {
 func (c *session) teardown(d disconnect) {
 	c.in.Lock()
 	for _, sb := range c.subs {
-		c.s.hub.remove(sb)
+		c.s.unsubscribe(sb)
 	}
 	clear(c.subs)
 	c.in.Unlock()
@@ -256,6 +257,7 @@ func (c *session) lookup(topic string) *sub {
 	ended := sb.closed
 	c.mu.Unlock()
 	if ended {
+		c.s.presence.untrack(sb)
 		delete(c.subs, topic)
 		return nil
 	}

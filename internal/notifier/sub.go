@@ -64,6 +64,8 @@ type sub struct {
 	// ended is how the server ended the topic during the join: the sink
 	// tells its client after the join's pushes (see handOver).
 	ended *serverEnd
+	// msgRate limits a studio member's messages (the session's in lock).
+	msgRate bucket
 }
 
 // serverEnd is the event (phx_close or phx_error) and payload with which

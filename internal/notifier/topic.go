@@ -80,11 +80,19 @@ const (
 	kindJob               // job:<id>: one job, owner or admin
 	kindUser              // user:<id>: all of one user's jobs, that user or admin
 	kindAdmin             // admin:metrics: live pipeline figures, admin only
+	kindStudio            // studio:<room>: people working together, the token's rooms
 )
+
+// hasPresence reports whether the topic kind tracks presence.
+func (k topicKind) hasPresence() bool { return k == kindJob || k == kindStudio }
 
 // AdminMetricsTopic is the server-fed topic for admin dashboards (see
 // Service.Broadcast).
 const AdminMetricsTopic = "admin:metrics"
+
+// AdminPresenceTopic shows admins every presence on every topic, as
+// Phoenix presence keyed by user, each meta with its "topic".
+const AdminPresenceTopic = "admin:presence"
 
 func (k topicKind) String() string {
 	switch k {
@@ -94,6 +102,8 @@ func (k topicKind) String() string {
 		return "user"
 	case kindAdmin:
 		return "admin"
+	case kindStudio:
+		return "studio"
 	}
 	return "unknown"
 }
@@ -101,7 +111,7 @@ func (k topicKind) String() string {
 // parseTopic splits a topic; reason is a join error reason when it is not
 // one we serve.
 func parseTopic(t string) (kind topicKind, id, reason string) {
-	if t == AdminMetricsTopic {
+	if t == AdminMetricsTopic || t == AdminPresenceTopic {
 		return kindAdmin, "", ""
 	}
 	prefix, id, ok := strings.Cut(t, ":")
@@ -110,6 +120,11 @@ func parseTopic(t string) (kind topicKind, id, reason string) {
 		kind = kindJob
 	case ok && prefix == "user":
 		kind = kindUser
+	case ok && prefix == "studio":
+		if strings.ContainsAny(id, ".*>") {
+			return kindStudio, "", reasonBadRoom
+		}
+		kind = kindStudio
 	default:
 		return kindUnknown, "", reasonUnmatched
 	}

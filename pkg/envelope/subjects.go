@@ -192,3 +192,45 @@ func ParseWebhookSubject(subject string) (api, job string, final bool, err error
 	}
 	return parts[1], parts[2], parts[3] == webhookFinal, nil
 }
+
+// Presence and studio rooms (core NATS, not stored; the notifiers only).
+const (
+	presencePrefix = "beamline.presence."
+	studioPrefix   = "beamline.studio."
+)
+
+// PresenceFilter matches every notifier's presence messages:
+// beamline.presence.<node>.
+const PresenceFilter = presencePrefix + "*"
+
+// PresenceSubject is where the notifier named node publishes its presence
+// diffs and heartbeats: beamline.presence.<node>.
+func PresenceSubject(node string) string { return presencePrefix + node }
+
+// StudioFilter matches the messages of every studio room:
+// beamline.studio.<room>.
+const StudioFilter = studioPrefix + "*"
+
+// StudioSubject is where the members' messages of a studio room travel
+// between notifiers: beamline.studio.<room>. room must have passed
+// ValidateRoom.
+func StudioSubject(room string) string { return studioPrefix + room }
+
+// RoomOfStudioSubject is the inverse of StudioSubject; false when subject
+// is not a valid room's.
+func RoomOfStudioSubject(subject string) (string, bool) {
+	room, ok := strings.CutPrefix(subject, studioPrefix)
+	if !ok || ValidateRoom(room) != nil {
+		return "", false
+	}
+	return room, true
+}
+
+// ValidateRoom checks a studio room name: it becomes a subject token, so
+// it follows the id rules; a '.', '*' or '>' gets its own message.
+func ValidateRoom(room string) error {
+	if strings.ContainsAny(room, ".*>") {
+		return fieldErr("room", ErrInvalidToken, "a room name may not contain '.', '*' or '>'")
+	}
+	return ValidateID("room", room)
+}

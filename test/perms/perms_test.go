@@ -291,17 +291,11 @@ func TestForbiddenActionsFail(t *testing.T) {
 	}
 
 	t.Run("notifier", func(t *testing.T) {
-		for _, subj := range []string{"jobs.normal.image", "jobs.normal.image.j1", "$KV.job_status.j1", "events.alice.j1", "dlq.image", "cancel.alice.j1"} {
+		// It may cancel (a client's cancel push: the KV, the event, the
+		// notice), nothing else.
+		for _, subj := range []string{"jobs.normal.image", "jobs.normal.image.j1", "dlq.image", "$KV.job_handles.j1"} {
 			refusedPublish(t, notif, subj)
 		}
-		jsCall(t, notif, "write the KV", func(ctx context.Context) error {
-			kv, err := notif.js.KeyValue(ctx, streams.JobStatus)
-			if err != nil {
-				return err
-			}
-			_, err = kv.Put(ctx, "j1", []byte("{}"))
-			return err
-		})
 		jsCall(t, notif, "pull jobs", func(ctx context.Context) error {
 			_, err := notif.nc.Request("$JS.API.CONSUMER.MSG.NEXT.JOBS.proc-normal-image", []byte(`{"batch":1,"no_wait":true}`), 500*time.Millisecond)
 			return err
@@ -309,6 +303,13 @@ func TestForbiddenActionsFail(t *testing.T) {
 		refusedSubscribe(t, notif, "jobs.>")
 		refusedSubscribe(t, notif, "cancel.*.*")
 	})
+
+	// Only notifiers speak presence and studio messages.
+	for _, c := range []*client{ingestC, proc} {
+		refusedPublish(t, c, "beamline.presence.n1")
+		refusedPublish(t, c, "beamline.studio.lab")
+		refusedSubscribe(t, c, "beamline.presence.*")
+	}
 
 	t.Run("ingest", func(t *testing.T) {
 		jsCall(t, ingestC, "create a consumer on EVENTS", func(ctx context.Context) error {

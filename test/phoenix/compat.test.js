@@ -7,8 +7,8 @@
 // The server never answers a push of the event "unanswered" (a test hook).
 // Set BEAMLINE_LONG=1 (or CI=true) for the 65 s heartbeat test.
 //
-// Out of scope: presence (item 12; the notifier has no presence, see
-// docs/phoenix-protocol.md#8-presence-not-served).
+// Presence (item 12) is in cluster-presence.js, on two notifiers
+// (docs/phoenix-protocol.md#8-presence).
 // Binary frames (item 13) and the long-poll transport (item 14) are in
 // longpoll.test.js.
 "use strict";
