@@ -35,7 +35,7 @@ func TestRoomsClaim(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := v.Verify(tok)
+	p, err = v.Verify(tok)
 	p.Expires = time.Time{} // the token's exp, checked elsewhere
 	if err != nil || p != (Principal{User: "bob", Rooms: RoomsOf("a", "b")}) {
 		t.Fatalf("round trip: %+v %v", p, err)
