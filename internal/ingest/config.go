@@ -16,6 +16,7 @@ import (
 const (
 	DefaultAddr           = "127.0.0.1:8080"
 	DefaultMaxBody        = 1 << 20 // 1 MiB
+	DefaultMaxBatchBody   = 16 << 20
 	DefaultMaxInFlight    = 256
 	DefaultRequestTimeout = 5 * time.Second
 	DefaultGrace          = 10 * time.Second
@@ -37,6 +38,9 @@ type Config struct {
 	Secret []byte
 	// MaxBody bounds a request body; larger bodies get 413. Default 1 MiB.
 	MaxBody int64
+	// MaxBatchBody bounds a POST /v1/jobs/batch body; larger bodies get
+	// 413. Default 16 MiB.
+	MaxBatchBody int64
 	// MaxInFlight bounds the submissions handled at once; beyond it POST
 	// gets 429 with Retry-After. Default 256.
 	MaxInFlight int
@@ -57,6 +61,7 @@ type Config struct {
 func (c Config) withDefaults() (Config, error) {
 	c.Addr = cmp.Or(c.Addr, DefaultAddr)
 	c.MaxBody = cmp.Or(c.MaxBody, DefaultMaxBody)
+	c.MaxBatchBody = cmp.Or(c.MaxBatchBody, DefaultMaxBatchBody)
 	c.MaxInFlight = cmp.Or(c.MaxInFlight, DefaultMaxInFlight)
 	c.RequestTimeout = cmp.Or(c.RequestTimeout, DefaultRequestTimeout)
 	c.Grace = cmp.Or(c.Grace, DefaultGrace)
@@ -64,6 +69,8 @@ func (c Config) withDefaults() (Config, error) {
 	switch {
 	case c.MaxBody < 0:
 		return c, fmt.Errorf("%w: MaxBody must be > 0", ErrInvalidConfig)
+	case c.MaxBatchBody < 0:
+		return c, fmt.Errorf("%w: MaxBatchBody must be > 0", ErrInvalidConfig)
 	case c.MaxInFlight < 0:
 		return c, fmt.Errorf("%w: MaxInFlight must be > 0", ErrInvalidConfig)
 	case c.RequestTimeout < 0:

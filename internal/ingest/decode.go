@@ -11,11 +11,24 @@ import (
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
-// submitRequest is the body of POST /v1/jobs.
+// submitRequest is the body of POST /v1/jobs, and one item of POST
+// /v1/jobs/batch.
 type submitRequest struct {
 	Kind     string            `json:"kind"`
 	Priority envelope.Priority `json:"priority"`
 	Input    json.RawMessage   `json:"input"`
+	// IdempotencyKey is a batch item's own key (a single submission sends
+	// the Idempotency-Key header instead and is refused with this field).
+	// Present but empty is refused, like an empty header.
+	IdempotencyKey *string `json:"idempotency_key,omitempty"`
+}
+
+// key is the request's idempotency key, "" without one.
+func (r submitRequest) key() string {
+	if r.IdempotencyKey == nil {
+		return ""
+	}
+	return *r.IdempotencyKey
 }
 
 var emptyObject = json.RawMessage(`{}`)
@@ -55,6 +68,11 @@ func decodeSubmit(b []byte) (submitRequest, error) {
 		return submitRequest{}, newError(http.StatusBadRequest, CodeInvalidInput, "input must be a JSON object")
 	default:
 		req.Input = in
+	}
+	if req.IdempotencyKey != nil {
+		if e := checkIdempotencyKey(*req.IdempotencyKey); e != nil {
+			return submitRequest{}, e
+		}
 	}
 	return req, nil
 }

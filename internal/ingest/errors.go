@@ -28,6 +28,7 @@ const (
 	CodeMethodNotAllowed      = "method_not_allowed"
 	CodeAlreadyTerminal       = "already_terminal"
 	CodeTooLarge              = "too_large"
+	CodeBatchTooLarge         = "batch_too_large"
 	CodeUnsupportedMediaType  = "unsupported_media_type"
 	CodeOverloaded            = "overloaded"
 	CodeQueueFull             = "queue_full"

@@ -1,6 +1,7 @@
 // Package ingest is Beamline's HTTP API for submitting and reading jobs:
 //
 //	POST   /v1/jobs       submit; 202 only after JetStream acknowledged the job
+//	POST   /v1/jobs/batch submit up to 1,000 jobs; an answer per item
 //	GET    /v1/jobs/{id}  the job's status snapshot
 //	DELETE /v1/jobs/{id}  cancel a job that has not finished
 //	GET    /v1/jobs/{id}/outputs/{name}       a stored output of the job
@@ -34,6 +35,7 @@ import (
 // Route labels of beamline_ingest_requests_total.
 const (
 	routeSubmit = "submit"
+	routeBatch  = "batch"
 	routeGet    = "get"
 	routeCancel = "cancel"
 	routeOther  = "other"
@@ -142,6 +144,7 @@ func (s *Service) routes() http.Handler {
 	mux := http.NewServeMux()
 	m := s.metrics
 	mux.Handle("POST /v1/jobs", m.instrument(routeSubmit, s.traced(routeSubmit, http.HandlerFunc(s.submit))))
+	mux.Handle("POST /v1/jobs/batch", m.instrument(routeBatch, s.traced(routeBatch, http.HandlerFunc(s.batch))))
 	mux.Handle("GET /v1/jobs/{id}", m.instrument(routeGet, s.traced(routeGet, http.HandlerFunc(s.get))))
 	mux.Handle("DELETE /v1/jobs/{id}", m.instrument(routeCancel, s.traced(routeCancel, http.HandlerFunc(s.cancel))))
 	mux.Handle("GET /v1/jobs/{id}/outputs/{name}", m.instrument(routeOutput, s.traced(routeOutput, http.HandlerFunc(s.output))))

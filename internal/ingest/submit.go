@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/beamline/beamline/internal/auth"
@@ -33,19 +34,11 @@ func (s *Service) submit(w http.ResponseWriter, r *http.Request) {
 		s.reject(w, r, aerr)
 		return
 	}
-	select {
-	case s.slots <- struct{}{}:
-	default:
-		e := newError(http.StatusTooManyRequests, CodeOverloaded, "too many submissions in flight; retry later")
-		e.RetryAfter = retryInFlight
-		s.reject(w, r, e)
+	if aerr := s.acquireSlot(); aerr != nil {
+		s.reject(w, r, aerr)
 		return
 	}
-	s.metrics.inflight.Inc()
-	defer func() {
-		<-s.slots
-		s.metrics.inflight.Dec()
-	}()
+	defer s.releaseSlot()
 
 	key, aerr := idempotencyKey(r)
 	if aerr != nil {
@@ -57,49 +50,103 @@ func (s *Service) submit(w http.ResponseWriter, r *http.Request) {
 		s.reject(w, r, aerr)
 		return
 	}
+	req, aerr := s.checkRequest(body)
+	if aerr != nil {
+		s.reject(w, r, aerr)
+		return
+	}
+	if req.IdempotencyKey != nil {
+		s.reject(w, r, newError(http.StatusBadRequest, CodeInvalidIdempotencyKey, "idempotency_key is a batch item's field; send the Idempotency-Key header"))
+		return
+	}
+	req.IdempotencyKey = &key
+	job := newJob(p.User, req)
+	ctx := r.Context()
+	if key != "" {
+		snap, found, aerr := s.keyedExisting(ctx, job)
+		if aerr != nil {
+			s.reject(w, r, aerr)
+			return
+		}
+		if found {
+			s.accepted(w, snap)
+			return
+		}
+	}
+	s.publish(ctx, w, r, p, job)
+}
+
+// acquireSlot takes one of the MaxInFlight submission slots (a batch takes
+// one, as it is one request), or refuses with 429.
+func (s *Service) acquireSlot() *apiError {
+	select {
+	case s.slots <- struct{}{}:
+	default:
+		e := newError(http.StatusTooManyRequests, CodeOverloaded, "too many submissions in flight; retry later")
+		e.RetryAfter = retryInFlight
+		return e
+	}
+	s.metrics.inflight.Inc()
+	return nil
+}
+
+func (s *Service) releaseSlot() {
+	<-s.slots
+	s.metrics.inflight.Dec()
+}
+
+// checkRequest is every check of one job request, shared by POST /v1/jobs
+// and each item of POST /v1/jobs/batch: the body (decodeSubmit), then
+// whether the kind is served here.
+func (s *Service) checkRequest(body []byte) (submitRequest, *apiError) {
 	req, err := decodeSubmit(body)
 	if err != nil {
 		var e *apiError
 		if !errors.As(err, &e) {
 			e = newError(http.StatusBadRequest, CodeInvalidJSON, err.Error())
 		}
-		s.reject(w, r, e)
-		return
+		return req, e
 	}
 	if !s.kinds[req.Kind] {
-		s.reject(w, r, newError(http.StatusBadRequest, CodeUnknownKind, "kind "+req.Kind+" is not served here"))
-		return
+		return req, newError(http.StatusBadRequest, CodeUnknownKind, "kind "+req.Kind+" is not served here")
 	}
+	return req, nil
+}
 
+// newJob is the job of a checked request by user: its id derived from the
+// user and the request's idempotency key (keyedJobID), random without one.
+func newJob(user string, req submitRequest) envelope.Job {
 	job := envelope.Job{
-		User:      p.User,
+		User:      user,
 		Kind:      req.Kind,
 		Priority:  req.Priority,
 		Input:     req.Input,
 		CreatedAt: time.Now().UTC(),
 	}
-	ctx := r.Context()
-	if key != "" {
-		job.ID = keyedJobID(p.User, key)
-		// Past the duplicate window JetStream would take the same id as a new
-		// message; the job as it is now (stored, or still queued in JOBS)
-		// answers a late retry instead. When that cannot be read, the
-		// retry is refused rather than risk running the job twice.
-		snap, err := s.existing(ctx, job.ID)
-		switch {
-		case err == nil:
-			s.log.Debug("idempotent retry answered from the job store", "job", job.ID, "user", p.User, "kind", snap.Kind)
-			s.accepted(w, snap)
-			return
-		case !errors.Is(err, jobstore.ErrNotFound):
-			s.log.Warn("keyed submission refused: its job could not be looked up", "job", job.ID, "user", p.User, "err", err)
-			s.reject(w, r, unavailable())
-			return
-		}
+	if k := req.key(); k != "" {
+		job.ID = keyedJobID(user, k)
 	} else {
 		job.ID = newJobID()
 	}
-	s.publish(ctx, w, r, p, job)
+	return job
+}
+
+// keyedExisting answers a keyed submission whose job already exists.
+// Past the duplicate window JetStream would take the same id as a new
+// message; the job as it is now (stored, or still queued in JOBS) answers a
+// late retry instead. When that cannot be read, the retry is refused (503)
+// rather than risk running the job twice.
+func (s *Service) keyedExisting(ctx context.Context, job envelope.Job) (envelope.Snapshot, bool, *apiError) {
+	snap, err := s.existing(ctx, job.ID)
+	switch {
+	case err == nil:
+		s.log.Debug("idempotent retry answered from the job store", "job", job.ID, "user", job.User, "kind", snap.Kind)
+		return snap, true, nil
+	case !errors.Is(err, jobstore.ErrNotFound):
+		s.log.Warn("keyed submission refused: its job could not be looked up", "job", job.ID, "user", job.User, "err", err)
+		return snap, false, unavailable()
+	}
+	return snap, false, nil
 }
 
 // publish writes the job to JOBS and answers 202 with its queued snapshot
@@ -109,14 +156,12 @@ func (s *Service) submit(w http.ResponseWriter, r *http.Request) {
 // there (jobstore.Lookup). A refused job therefore leaves nothing behind.
 func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Request, p auth.Principal, job envelope.Job) {
 	log := jobLog{log: s.log, ctx: ctx, job: job.ID, user: p.User, kind: job.Kind}
-	msg, err := envelope.NewJobMsg(job, s.cfg.Source, telemetry.Traceparent(ctx))
-	if err != nil {
-		if errors.Is(err, envelope.ErrTooLarge) {
-			s.reject(w, r, tooLarge("the job envelope exceeds "+byteSize(envelope.MaxSize)))
-			return
+	msg, aerr := s.jobMsg(ctx, job)
+	if aerr != nil {
+		if aerr.Status >= 500 {
+			log.at(slog.LevelError, "building the job message failed", "err", aerr.Message)
 		}
-		log.at(slog.LevelError, "building the job message failed", "err", err)
-		s.reject(w, r, newError(http.StatusInternalServerError, CodeInternal, "the job could not be encoded"))
+		s.reject(w, r, aerr)
 		return
 	}
 	if !s.nc.IsConnected() {
@@ -147,6 +192,19 @@ func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Re
 	s.metrics.submitted.WithLabelValues(job.Kind, string(job.Priority)).Inc()
 	log.at(slog.LevelInfo, "job accepted", "priority", string(job.Priority), "seq", ack.Sequence)
 	s.accepted(w, envelope.NewSnapshot(job))
+}
+
+// jobMsg is the JOBS message of a job (envelope.NewJobMsg), or the answer
+// to give when the job cannot be one.
+func (s *Service) jobMsg(ctx context.Context, job envelope.Job) (*nats.Msg, *apiError) {
+	msg, err := envelope.NewJobMsg(job, s.cfg.Source, telemetry.Traceparent(ctx))
+	if err != nil {
+		if errors.Is(err, envelope.ErrTooLarge) {
+			return nil, tooLarge("the job envelope exceeds " + byteSize(envelope.MaxSize))
+		}
+		return nil, newError(http.StatusInternalServerError, CodeInternal, "the job could not be encoded: "+err.Error())
+	}
+	return msg, nil
 }
 
 // jobLog writes records about one job with its job, user and kind (and
@@ -206,7 +264,11 @@ func checkJSON(r *http.Request) *apiError {
 
 // readBody reads at most MaxBody bytes.
 func (s *Service) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *apiError) {
-	limit := s.cfg.MaxBody
+	return s.readBodyLimit(w, r, s.cfg.MaxBody)
+}
+
+// readBodyLimit reads at most limit bytes.
+func (s *Service) readBodyLimit(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *apiError) {
 	if r.ContentLength > limit {
 		return nil, tooLarge("the body exceeds " + byteSize(limit))
 	}
