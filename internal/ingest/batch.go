@@ -167,6 +167,8 @@ func (s *Service) publishBatch(ctx context.Context, todo []int, jobs []envelope.
 	}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RequestTimeout)
 	defer cancel()
+	stored := make([]envelope.Job, 0, len(todo))
+	defer func() { s.indexAll(ctx, stored) }()
 	for _, i := range todo {
 		f := futures[i]
 		if f == nil {
@@ -183,11 +185,13 @@ func (s *Service) publishBatch(ctx context.Context, todo []int, jobs []envelope.
 				}
 				log.at(slog.LevelInfo, "duplicate submission in a batch", "seq", ack.Sequence)
 				items[i] = acceptedItem(snap)
+				stored = append(stored, job)
 				continue
 			}
 			s.metrics.submitted.WithLabelValues(job.Kind, string(job.Priority)).Inc()
 			log.at(slog.LevelDebug, "job accepted in a batch", "priority", string(job.Priority), "seq", ack.Sequence)
 			items[i] = acceptedItem(envelope.NewSnapshot(job))
+			stored = append(stored, job)
 		case err := <-f.Err():
 			log.at(slog.LevelWarn, "job of a batch not stored", "err", err)
 			items[i] = refusedItem(classifyNATS(err))

@@ -29,6 +29,8 @@ const (
 	CodeAlreadyTerminal       = "already_terminal"
 	CodeTooLarge              = "too_large"
 	CodeBatchTooLarge         = "batch_too_large"
+	CodeInvalidQuery          = "invalid_query"
+	CodeInvalidCursor         = "invalid_cursor"
 	CodeUnsupportedMediaType  = "unsupported_media_type"
 	CodeOverloaded            = "overloaded"
 	CodeQueueFull             = "queue_full"

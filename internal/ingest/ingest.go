@@ -2,6 +2,7 @@
 //
 //	POST   /v1/jobs       submit; 202 only after JetStream acknowledged the job
 //	POST   /v1/jobs/batch submit up to 1,000 jobs; an answer per item
+//	GET    /v1/jobs       the caller's jobs, newest first, cursor-paginated
 //	GET    /v1/jobs/{id}  the job's status snapshot
 //	DELETE /v1/jobs/{id}  cancel a job that has not finished
 //	GET    /v1/jobs/{id}/outputs/{name}       a stored output of the job
@@ -36,6 +37,7 @@ import (
 const (
 	routeSubmit = "submit"
 	routeBatch  = "batch"
+	routeList   = "list"
 	routeGet    = "get"
 	routeCancel = "cancel"
 	routeOther  = "other"
@@ -144,6 +146,7 @@ func (s *Service) routes() http.Handler {
 	mux := http.NewServeMux()
 	m := s.metrics
 	mux.Handle("POST /v1/jobs", m.instrument(routeSubmit, s.traced(routeSubmit, http.HandlerFunc(s.submit))))
+	mux.Handle("GET /v1/jobs", m.instrument(routeList, s.traced(routeList, http.HandlerFunc(s.list))))
 	mux.Handle("POST /v1/jobs/batch", m.instrument(routeBatch, s.traced(routeBatch, http.HandlerFunc(s.batch))))
 	mux.Handle("GET /v1/jobs/{id}", m.instrument(routeGet, s.traced(routeGet, http.HandlerFunc(s.get))))
 	mux.Handle("DELETE /v1/jobs/{id}", m.instrument(routeCancel, s.traced(routeCancel, http.HandlerFunc(s.cancel))))
@@ -153,7 +156,7 @@ func (s *Service) routes() http.Handler {
 	mux.Handle("/v1/jobs/{id}/outputs/{name}/link", m.instrument(routeOther, methodNotAllowed("GET, HEAD")))
 	// The mux's own 404 and 405 answers are plain text; these keep every
 	// error JSON.
-	mux.Handle("/v1/jobs", m.instrument(routeOther, methodNotAllowed("POST")))
+	mux.Handle("/v1/jobs", m.instrument(routeOther, methodNotAllowed("GET, HEAD, POST")))
 	mux.Handle("/v1/jobs/{id}", m.instrument(routeOther, methodNotAllowed("GET, HEAD, DELETE")))
 	mux.Handle("/", m.instrument(routeOther, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, newError(http.StatusNotFound, CodeNotFound, "no such route"))

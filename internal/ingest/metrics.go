@@ -16,6 +16,7 @@ type metrics struct {
 	submitted *prometheus.CounterVec   // kind, priority
 	rejected  *prometheus.CounterVec   // reason
 	inflight  prometheus.Gauge
+	unindexed prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -41,8 +42,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "beamline_ingest_inflight",
 			Help: "Submissions being handled now (bounded by -max-inflight).",
 		}),
+		unindexed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "beamline_ingest_unindexed_total",
+			Help: "Jobs stored whose JOBINDEX entry could not be written (they run, but GET /v1/jobs does not list them).",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.submitted, m.rejected, m.inflight} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.submitted, m.rejected, m.inflight, m.unindexed} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -186,11 +186,13 @@ func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Re
 			snap = envelope.NewSnapshot(job)
 		}
 		log.at(slog.LevelInfo, "duplicate submission", "seq", ack.Sequence)
+		s.index(ctx, job) // de-duplicated; repairs an entry a crash left out
 		s.accepted(w, snap)
 		return
 	}
 	s.metrics.submitted.WithLabelValues(job.Kind, string(job.Priority)).Inc()
 	log.at(slog.LevelInfo, "job accepted", "priority", string(job.Priority), "seq", ack.Sequence)
+	s.index(ctx, job)
 	s.accepted(w, envelope.NewSnapshot(job))
 }
 

@@ -31,7 +31,7 @@ var (
 )
 
 // streamFiles are applied in this order.
-var streamFiles = []string{"jobs.json", "events.json", "dlq.json", "kv_job_status.json"}
+var streamFiles = []string{"jobs.json", "events.json", "dlq.json", "kv_job_status.json", "jobindex.json"}
 
 // templateKind is the kind whose committed consumer files serve as the
 // template for every other configured kind.
@@ -109,8 +109,8 @@ func readJSON(name string, v any) error {
 	return nil
 }
 
-// ApplyStreams creates or updates JOBS, EVENTS, DLQ and the job_status KV
-// bucket. It is safe to call from many processes at once.
+// ApplyStreams creates or updates JOBS, EVENTS, DLQ, the job_status KV
+// bucket and JOBINDEX. It is safe to call from many processes at once.
 func ApplyStreams(ctx context.Context, js jetstream.JetStream, opts Options) error {
 	cfgs, err := Streams(opts)
 	if err != nil {

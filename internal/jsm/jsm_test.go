@@ -139,8 +139,8 @@ func TestReplicasOverride(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(cfgs) != 4 {
-		t.Fatalf("%d stream definitions, want 4", len(cfgs))
+	if len(cfgs) != 5 {
+		t.Fatalf("%d stream definitions, want 5", len(cfgs))
 	}
 	for _, c := range cfgs {
 		if c.Replicas != 3 {

@@ -11,6 +11,7 @@ const (
 	eventsToken = "events"
 	cancelToken = "cancel"
 	dlqToken    = "dlq"
+	indexToken  = "jobindex"
 )
 
 // LivePrefix is what the EVENTS stream puts before an event's subject when it
@@ -141,3 +142,16 @@ func ParseJobSubject(subject string) (p Priority, kind, job string, err error) {
 	}
 	return p, kind, job, nil
 }
+
+// IndexSubject is where ingest records that it accepted a job of user and
+// kind (stream JOBINDEX, body the job id): jobindex.<user>.<kind>. A user's
+// jobs are read newest first from there (GET /v1/jobs).
+func IndexSubject(user, kind string) string { return indexToken + "." + user + "." + kind }
+
+// UserIndexFilter matches the index entries of every kind of a user:
+// jobindex.<user>.*.
+func UserIndexFilter(user string) string { return IndexSubject(user, "*") }
+
+// KVKeySubject is the subject of a key of the job_status bucket:
+// $KV.job_status.<key>.
+func KVKeySubject(bucket, key string) string { return "$KV." + bucket + "." + key }

@@ -1,0 +1,75 @@
+package ingest
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/beamline/beamline/pkg/envelope"
+	"github.com/beamline/beamline/streams"
+)
+
+// A job is listed (GET /v1/jobs) through its entry in JOBINDEX:
+// jobindex.<user>.<kind>, body the job id, Nats-Msg-Id the job id. The
+// entry is written after the job's PubAck, so an entry always names a
+// stored job; a job whose entry was not written (ingest died between the
+// two writes, or JOBINDEX refused it) is still run and readable by id, just
+// not listed. A keyed retry writes the entry again (de-duplicated within
+// the window), which repairs such a gap. docs/design.md#listing-a-users-jobs
+
+// indexMsg is the JOBINDEX entry of job.
+func indexMsg(job envelope.Job) *nats.Msg {
+	m := nats.NewMsg(envelope.IndexSubject(job.User, job.Kind))
+	m.Data = []byte(job.ID)
+	m.Header.Set(envelope.HeaderMsgID, job.ID)
+	return m
+}
+
+// index writes the entry of one accepted job and waits for its PubAck.
+// A failure is logged, not answered: the job is stored and runs.
+func (s *Service) index(ctx context.Context, job envelope.Job) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RequestTimeout)
+	defer cancel()
+	if _, err := s.js.PublishMsg(ctx, indexMsg(job), jetstream.WithExpectStream(streams.JobIndex)); err != nil {
+		s.metrics.unindexed.Inc()
+		jobLog{log: s.log, ctx: ctx, job: job.ID, user: job.User, kind: job.Kind}.at(slog.LevelWarn, "job stored but not indexed: it will not be listed", "err", err)
+	}
+}
+
+// indexAll writes the entries of accepted jobs asynchronously and waits for
+// their PubAcks together, like publishBatch.
+func (s *Service) indexAll(ctx context.Context, jobs []envelope.Job) {
+	if len(jobs) == 0 {
+		return
+	}
+	futures := make([]jetstream.PubAckFuture, len(jobs))
+	for i, job := range jobs {
+		f, err := s.js.PublishMsgAsync(indexMsg(job), jetstream.WithExpectStream(streams.JobIndex))
+		if err != nil {
+			s.metrics.unindexed.Inc()
+			s.log.Warn("job stored but not indexed: it will not be listed", "job", job.ID, "user", job.User, "err", err)
+			continue
+		}
+		futures[i] = f
+	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RequestTimeout)
+	defer cancel()
+	for i, f := range futures {
+		if f == nil {
+			continue
+		}
+		var err error
+		select {
+		case <-f.Ok():
+		case err = <-f.Err():
+		case <-wctx.Done():
+			err = wctx.Err()
+		}
+		if err != nil {
+			s.metrics.unindexed.Inc()
+			s.log.Warn("job stored but not indexed: it will not be listed", "job", jobs[i].ID, "user", jobs[i].User, "err", err)
+		}
+	}
+}

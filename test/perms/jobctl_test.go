@@ -1,0 +1,57 @@
+package perms
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"testing"
+	"time"
+)
+
+// TestIngestListsAndBatchesWithItsOwnUser: a batch (async publishes of
+// jobs and their JOBINDEX entries) and GET /v1/jobs (batched direct gets of
+// JOBINDEX and of job_status) work with ingest's own NATS user.
+func TestIngestListsAndBatchesWithItsOwnUser(t *testing.T) {
+	p := startPipeline(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	hc := &http.Client{Timeout: 10 * time.Second}
+	call := func(method, path, body string) []byte {
+		t.Helper()
+		var rd io.Reader
+		if body != "" {
+			rd = bytes.NewReader([]byte(body))
+		}
+		req, err := http.NewRequestWithContext(ctx, method, p.ingestURL+path, rd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+p.token)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s %s: %d %s (ingest violations %v)", method, path, resp.StatusCode, b, p.ingest.rec.violations())
+		}
+		return b
+	}
+	var batch struct {
+		Accepted int `json:"accepted"`
+	}
+	if err := json.Unmarshal(call(http.MethodPost, "/v1/jobs/batch", `{"jobs":[{"kind":"image","input":{"sim":{"duration_ms":10}}},{"kind":"image","idempotency_key":"k1"}]}`), &batch); err != nil || batch.Accepted != 2 {
+		t.Fatalf("batch: %v %+v", err, batch)
+	}
+	var list struct {
+		Jobs []json.RawMessage `json:"jobs"`
+	}
+	if err := json.Unmarshal(call(http.MethodGet, "/v1/jobs?limit=10", ""), &list); err != nil || len(list.Jobs) != 2 {
+		t.Fatalf("list: %v %d jobs", err, len(list.Jobs))
+	}
+	p.noViolations(t)
+}
