@@ -1,7 +1,7 @@
 // Types for beamline.js, the browser client of Beamline's notifier and ingest API.
 
 export type JobStatus =
-  | "queued" | "running" | "retrying"
+  | "scheduled" | "queued" | "running" | "retrying"
   | "succeeded" | "failed" | "dead" | "cancelled";
 
 export type Priority = "high" | "normal" | "low";
@@ -22,6 +22,8 @@ export interface Job {
   seq: number;
   created_at: string;
   updated_at: string;
+  /** When a scheduled job is due (status "scheduled" only). */
+  run_at?: string;
 }
 
 /** Why a callback ran. */

@@ -9,12 +9,12 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/beamline/beamline/internal/httpx"
 	"github.com/beamline/beamline/pkg/envelope"
-	"github.com/beamline/beamline/streams"
 )
 
 // MaxBatch is the most jobs one POST /v1/jobs/batch takes.
@@ -103,6 +103,7 @@ func (s *Service) batch(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	items := make([]batchItem, len(raws))
 	jobs := make([]envelope.Job, len(raws))
+	dues := make([]time.Time, len(raws))
 	var todo []int // items to publish
 	for i, raw := range raws {
 		req, aerr := s.checkRequest(raw)
@@ -110,7 +111,7 @@ func (s *Service) batch(w http.ResponseWriter, r *http.Request) {
 			items[i] = refusedItem(aerr)
 			continue
 		}
-		jobs[i] = newJob(p.User, req)
+		jobs[i], dues[i] = newJob(p.User, req), req.due
 		if req.key() != "" {
 			snap, found, aerr := s.keyedExisting(ctx, jobs[i])
 			if aerr != nil {
@@ -124,7 +125,7 @@ func (s *Service) batch(w http.ResponseWriter, r *http.Request) {
 		}
 		todo = append(todo, i)
 	}
-	s.publishBatch(ctx, todo, jobs, items)
+	s.publishBatch(ctx, todo, jobs, dues, items)
 
 	resp := batchResponse{Jobs: items}
 	for _, it := range items {
@@ -141,7 +142,7 @@ func (s *Service) batch(w http.ResponseWriter, r *http.Request) {
 
 // publishBatch publishes the jobs of items todo asynchronously and waits for
 // their PubAcks together, within one RequestTimeout; it fills items[i].
-func (s *Service) publishBatch(ctx context.Context, todo []int, jobs []envelope.Job, items []batchItem) {
+func (s *Service) publishBatch(ctx context.Context, todo []int, jobs []envelope.Job, dues []time.Time, items []batchItem) {
 	if len(todo) == 0 {
 		return
 	}
@@ -153,12 +154,12 @@ func (s *Service) publishBatch(ctx context.Context, todo []int, jobs []envelope.
 	}
 	futures := make([]jetstream.PubAckFuture, len(items))
 	for _, i := range todo {
-		msg, aerr := s.jobMsg(ctx, jobs[i])
+		msg, stream, aerr := s.jobMsg(ctx, jobs[i], dues[i])
 		if aerr != nil {
 			items[i] = refusedItem(aerr)
 			continue
 		}
-		f, err := s.js.PublishMsgAsync(msg, jetstream.WithExpectStream(streams.Jobs))
+		f, err := s.js.PublishMsgAsync(msg, jetstream.WithExpectStream(stream))
 		if err != nil {
 			items[i] = refusedItem(classifyNATS(err))
 			continue
@@ -181,7 +182,7 @@ func (s *Service) publishBatch(ctx context.Context, todo []int, jobs []envelope.
 			if ack.Duplicate {
 				snap, err := s.existing(wctx, job.ID)
 				if err != nil {
-					snap = envelope.NewSnapshot(job)
+					snap = acceptedSnapshot(job, dues[i])
 				}
 				log.at(slog.LevelInfo, "duplicate submission in a batch", "seq", ack.Sequence)
 				items[i] = acceptedItem(snap)
@@ -190,7 +191,7 @@ func (s *Service) publishBatch(ctx context.Context, todo []int, jobs []envelope.
 			}
 			s.metrics.submitted.WithLabelValues(job.Kind, string(job.Priority)).Inc()
 			log.at(slog.LevelDebug, "job accepted in a batch", "priority", string(job.Priority), "seq", ack.Sequence)
-			items[i] = acceptedItem(envelope.NewSnapshot(job))
+			items[i] = acceptedItem(acceptedSnapshot(job, dues[i]))
 			stored = append(stored, job)
 		case err := <-f.Err():
 			log.at(slog.LevelWarn, "job of a batch not stored", "err", err)

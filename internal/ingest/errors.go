@@ -31,6 +31,7 @@ const (
 	CodeBatchTooLarge         = "batch_too_large"
 	CodeInvalidQuery          = "invalid_query"
 	CodeInvalidCursor         = "invalid_cursor"
+	CodeInvalidSchedule       = "invalid_schedule"
 	CodeUnsupportedMediaType  = "unsupported_media_type"
 	CodeOverloaded            = "overloaded"
 	CodeQueueFull             = "queue_full"

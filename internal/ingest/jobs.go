@@ -82,6 +82,9 @@ func (s *Service) cancel(w http.ResponseWriter, r *http.Request) {
 		writeError(w, unavailable())
 		return
 	}
+	if snap.Status == envelope.StatusScheduled {
+		s.unschedule(ctx, next)
+	}
 	msg := nats.NewMsg(envelope.CancelSubject(next.User, next.ID))
 	if tp := telemetry.Traceparent(ctx); tp != "" {
 		msg.Header.Set(envelope.HeaderTraceparent, tp)

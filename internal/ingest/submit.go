@@ -73,7 +73,7 @@ func (s *Service) submit(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	s.publish(ctx, w, r, p, job)
+	s.publish(ctx, w, r, p, job, req.due)
 }
 
 // acquireSlot takes one of the MaxInFlight submission slots (a batch takes
@@ -109,6 +109,9 @@ func (s *Service) checkRequest(body []byte) (submitRequest, *apiError) {
 	}
 	if !s.kinds[req.Kind] {
 		return req, newError(http.StatusBadRequest, CodeUnknownKind, "kind "+req.Kind+" is not served here")
+	}
+	if e := req.schedule(time.Now()); e != nil {
+		return req, e
 	}
 	return req, nil
 }
@@ -154,9 +157,12 @@ func (s *Service) keyedExisting(ctx context.Context, job envelope.Job) (envelope
 // durable write: no snapshot is stored for a queued job, whose state is its
 // JOBS message until a processor (or a cancel) writes it, and GET reads it
 // there (jobstore.Lookup). A refused job therefore leaves nothing behind.
-func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Request, p auth.Principal, job envelope.Job) {
+//
+// A job due later (due not zero) is written instead as its schedule message
+// in SCHEDULED, still one write; it answers status scheduled.
+func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Request, p auth.Principal, job envelope.Job, due time.Time) {
 	log := jobLog{log: s.log, ctx: ctx, job: job.ID, user: p.User, kind: job.Kind}
-	msg, aerr := s.jobMsg(ctx, job)
+	msg, stream, aerr := s.jobMsg(ctx, job, due)
 	if aerr != nil {
 		if aerr.Status >= 500 {
 			log.at(slog.LevelError, "building the job message failed", "err", aerr.Message)
@@ -170,7 +176,7 @@ func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Re
 		return
 	}
 	pctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
-	ack, err := s.js.PublishMsg(pctx, msg, jetstream.WithExpectStream(streams.Jobs))
+	ack, err := s.js.PublishMsg(pctx, msg, jetstream.WithExpectStream(stream))
 	cancel()
 	if err != nil {
 		aerr := classifyNATS(err)
@@ -183,7 +189,7 @@ func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Re
 		// stored first, as it is now.
 		snap, err := s.existing(context.WithoutCancel(ctx), job.ID)
 		if err != nil {
-			snap = envelope.NewSnapshot(job)
+			snap = acceptedSnapshot(job, due)
 		}
 		log.at(slog.LevelInfo, "duplicate submission", "seq", ack.Sequence)
 		s.index(ctx, job) // de-duplicated; repairs an entry a crash left out
@@ -191,22 +197,41 @@ func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Re
 		return
 	}
 	s.metrics.submitted.WithLabelValues(job.Kind, string(job.Priority)).Inc()
-	log.at(slog.LevelInfo, "job accepted", "priority", string(job.Priority), "seq", ack.Sequence)
+	log.at(slog.LevelInfo, "job accepted", "priority", string(job.Priority), "seq", ack.Sequence, "stream", stream)
 	s.index(ctx, job)
-	s.accepted(w, envelope.NewSnapshot(job))
+	s.accepted(w, acceptedSnapshot(job, due))
 }
 
-// jobMsg is the JOBS message of a job (envelope.NewJobMsg), or the answer
-// to give when the job cannot be one.
-func (s *Service) jobMsg(ctx context.Context, job envelope.Job) (*nats.Msg, *apiError) {
-	msg, err := envelope.NewJobMsg(job, s.cfg.Source, telemetry.Traceparent(ctx))
+// acceptedSnapshot is the snapshot of a job just stored: queued, or
+// scheduled when it is due later.
+func acceptedSnapshot(job envelope.Job, due time.Time) envelope.Snapshot {
+	if due.IsZero() {
+		return envelope.NewSnapshot(job)
+	}
+	return envelope.NewScheduledSnapshot(job, due)
+}
+
+// jobMsg is the message that stores a job and the stream it goes to: its
+// JOBS message (envelope.NewJobMsg), or for a job due later its schedule
+// message in SCHEDULED (envelope.NewScheduledJobMsg); or the answer to give
+// when the job cannot be one.
+func (s *Service) jobMsg(ctx context.Context, job envelope.Job, due time.Time) (*nats.Msg, string, *apiError) {
+	var msg *nats.Msg
+	var err error
+	stream := streams.Jobs
+	if due.IsZero() {
+		msg, err = envelope.NewJobMsg(job, s.cfg.Source, telemetry.Traceparent(ctx))
+	} else {
+		stream = streams.Scheduled
+		msg, err = envelope.NewScheduledJobMsg(job, s.cfg.Source, telemetry.Traceparent(ctx), due)
+	}
 	if err != nil {
 		if errors.Is(err, envelope.ErrTooLarge) {
-			return nil, tooLarge("the job envelope exceeds " + byteSize(envelope.MaxSize))
+			return nil, "", tooLarge("the job envelope exceeds " + byteSize(envelope.MaxSize))
 		}
-		return nil, newError(http.StatusInternalServerError, CodeInternal, "the job could not be encoded: "+err.Error())
+		return nil, "", newError(http.StatusInternalServerError, CodeInternal, "the job could not be encoded: "+err.Error())
 	}
-	return msg, nil
+	return msg, stream, nil
 }
 
 // jobLog writes records about one job with its job, user and kind (and

@@ -31,7 +31,7 @@ var (
 )
 
 // streamFiles are applied in this order.
-var streamFiles = []string{"jobs.json", "events.json", "dlq.json", "kv_job_status.json", "jobindex.json"}
+var streamFiles = []string{"scheduled.json", "jobs.json", "events.json", "dlq.json", "kv_job_status.json", "jobindex.json"}
 
 // templateKind is the kind whose committed consumer files serve as the
 // template for every other configured kind.

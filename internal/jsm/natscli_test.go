@@ -21,7 +21,7 @@ func streamFiles(t *testing.T) (streamsDir string, files, consumers []string) {
 		t.Fatal(err)
 	}
 	files, err = filepath.Glob(filepath.Join(dir, "*.json"))
-	if err != nil || len(files) != 5 {
+	if err != nil || len(files) != 6 {
 		t.Fatalf("stream files: %v %v", files, err)
 	}
 	consumers, err = filepath.Glob(filepath.Join(dir, "consumers", "*.json"))

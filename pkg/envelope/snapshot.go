@@ -8,11 +8,15 @@ import (
 
 // Status is where a job is in its lifecycle:
 //
-//	queued → running → (progress)* → succeeded | failed | retrying → running … | dead | cancelled
+//	[scheduled →] queued → running → (progress)* → succeeded | failed | retrying → running … | dead | cancelled
+//
+// A job submitted with run_at or delay_ms is scheduled until it is due,
+// then queued; it may be cancelled while scheduled.
 type Status string
 
 // The statuses.
 const (
+	StatusScheduled Status = "scheduled"
 	StatusQueued    Status = "queued"
 	StatusRunning   Status = "running"
 	StatusRetrying  Status = "retrying"
@@ -30,7 +34,7 @@ func (s Status) Terminal() bool {
 // Valid reports whether s is one of the statuses.
 func (s Status) Valid() bool {
 	switch s {
-	case StatusQueued, StatusRunning, StatusRetrying:
+	case StatusScheduled, StatusQueued, StatusRunning, StatusRetrying:
 		return true
 	}
 	return s.Terminal()
@@ -53,6 +57,8 @@ type Snapshot struct {
 	Seq       uint64          `json:"seq"`
 	CreatedAt time.Time       `json:"created_at"`
 	UpdatedAt time.Time       `json:"updated_at"`
+	// RunAt is when a scheduled job is due (status scheduled only).
+	RunAt *time.Time `json:"run_at,omitempty"`
 }
 
 // NewSnapshot is the queued snapshot (seq 0) of a job that was just accepted.
@@ -66,6 +72,16 @@ func NewSnapshot(j Job) Snapshot {
 		CreatedAt: j.CreatedAt,
 		UpdatedAt: j.CreatedAt,
 	}
+}
+
+// NewScheduledSnapshot is the snapshot (seq 0) of a job accepted to run at
+// runAt.
+func NewScheduledSnapshot(j Job, runAt time.Time) Snapshot {
+	s := NewSnapshot(j)
+	s.Status = StatusScheduled
+	at := runAt.UTC()
+	s.RunAt = &at
+	return s
 }
 
 // Validate checks the tokens, the status and the progress range.

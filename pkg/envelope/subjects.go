@@ -12,6 +12,8 @@ const (
 	cancelToken = "cancel"
 	dlqToken    = "dlq"
 	indexToken  = "jobindex"
+	schedToken  = "sched"
+	fireToken   = "schedfire"
 )
 
 // LivePrefix is what the EVENTS stream puts before an event's subject when it
@@ -155,3 +157,20 @@ func UserIndexFilter(user string) string { return IndexSubject(user, "*") }
 // KVKeySubject is the subject of a key of the job_status bucket:
 // $KV.job_status.<key>.
 func KVKeySubject(bucket, key string) string { return "$KV." + bucket + "." + key }
+
+// ScheduleSubject holds a scheduled job's schedule message (stream
+// SCHEDULED) until it is due: sched.<job>. Its body is the job's submitted
+// envelope; its Nats-Schedule-Target is ScheduleFireSubject.
+func ScheduleSubject(job string) string { return schedToken + "." + job }
+
+// ScheduleFireSubject is where the server puts a scheduled job when it is
+// due: schedfire.<job>.<priority>.<kind>. JOBS sources these, rewritten to
+// JobMsgSubject (streams/jobs.json), so the job is then queued like any
+// other.
+func ScheduleFireSubject(p Priority, kind, job string) string {
+	return fireToken + "." + job + "." + string(p) + "." + kind
+}
+
+// ScheduleFireLookup matches the fired copy of one job whatever its
+// priority and kind: schedfire.<job>.*.*.
+func ScheduleFireLookup(job string) string { return fireToken + "." + job + ".*.*" }

@@ -55,3 +55,54 @@ func TestIngestListsAndBatchesWithItsOwnUser(t *testing.T) {
 	}
 	p.noViolations(t)
 }
+
+// TestIngestSchedulesWithItsOwnUser: a job with delay_ms is stored in
+// SCHEDULED, read back as scheduled, cancelled (its schedule purged), and
+// another one fires into JOBS and runs, all with least privilege.
+func TestIngestSchedulesWithItsOwnUser(t *testing.T) {
+	p := startPipeline(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	hc := &http.Client{Timeout: 10 * time.Second}
+	call := func(method, path, body string, want int) map[string]any {
+		t.Helper()
+		var rd io.Reader
+		if body != "" {
+			rd = bytes.NewReader([]byte(body))
+		}
+		req, err := http.NewRequestWithContext(ctx, method, p.ingestURL+path, rd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+p.token)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != want {
+			t.Fatalf("%s %s: %d %s (ingest violations %v)", method, path, resp.StatusCode, b, p.ingest.rec.violations())
+		}
+		var v map[string]any
+		_ = json.Unmarshal(b, &v)
+		return v
+	}
+	later := call(http.MethodPost, "/v1/jobs", `{"kind":"image","delay_ms":60000}`, http.StatusAccepted)["id"].(string)
+	if st := call(http.MethodGet, "/v1/jobs/"+later, "", http.StatusOK)["status"]; st != "scheduled" {
+		t.Fatalf("status %v", st)
+	}
+	if st := call(http.MethodDelete, "/v1/jobs/"+later, "", http.StatusOK)["status"]; st != "cancelled" {
+		t.Fatalf("cancel: status %v", st)
+	}
+	soon := call(http.MethodPost, "/v1/jobs", `{"kind":"image","delay_ms":300,"input":{"sim":{"duration_ms":10}}}`, http.StatusAccepted)["id"].(string)
+	for call(http.MethodGet, "/v1/jobs/"+soon, "", http.StatusOK)["status"] != "succeeded" {
+		if ctx.Err() != nil {
+			t.Fatal("the scheduled job did not run")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	p.noViolations(t)
+}
