@@ -2,7 +2,7 @@
 
 export type JobStatus =
   | "scheduled" | "queued" | "running" | "retrying"
-  | "succeeded" | "failed" | "dead" | "cancelled";
+  | "succeeded" | "failed" | "dead" | "cancelled" | "expired";
 
 export type Priority = "high" | "normal" | "low";
 
@@ -30,7 +30,7 @@ export interface Job {
 export interface UpdateInfo {
   /** "snapshot" (join reply or HTTP read), "submitted", or the event type. */
   type: "snapshot" | "submitted" | "started" | "progress" | "retrying"
-    | "succeeded" | "failed" | "dead" | "cancelled";
+    | "succeeded" | "failed" | "dead" | "cancelled" | "expired";
   seq: number;
   /** On a snapshot after a rejoin: whether missed events were replayed. */
   recovered?: boolean;

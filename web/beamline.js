@@ -19,7 +19,7 @@
 // The demo pages read a dev token from the URL fragment; see app.js.
 
 /** Statuses after which a job never changes. */
-export const TERMINAL = Object.freeze(["succeeded", "failed", "dead", "cancelled"]);
+export const TERMINAL = Object.freeze(["succeeded", "failed", "dead", "cancelled", "expired"]);
 
 /** @param {string} status */
 export function isTerminal(status) {

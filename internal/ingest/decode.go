@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/beamline/beamline/pkg/envelope"
@@ -26,6 +27,9 @@ type submitRequest struct {
 	// (docs/design.md#scheduled-jobs); at most one of them.
 	RunAt   *string `json:"run_at,omitempty"`
 	DelayMs *int64  `json:"delay_ms,omitempty"`
+	// ExpiresInMs: a job not started this long after it is due ends
+	// expired (docs/design.md#expiring-jobs).
+	ExpiresInMs *int64 `json:"expires_in_ms,omitempty"`
 
 	runAt time.Time // RunAt, parsed
 	due   time.Time // when the job is due; zero: now (checkRequest)
@@ -94,6 +98,9 @@ func decodeSubmit(b []byte) (submitRequest, error) {
 	case req.DelayMs != nil && *req.DelayMs < 0:
 		return submitRequest{}, newError(http.StatusBadRequest, CodeInvalidSchedule, "delay_ms must be >= 0")
 	}
+	if e := req.ExpiresInMs; e != nil && (*e < 1 || *e > MaxScheduleAhead.Milliseconds()) {
+		return submitRequest{}, newError(http.StatusBadRequest, CodeInvalidSchedule, "expires_in_ms must be 1 to "+strconv.FormatInt(MaxScheduleAhead.Milliseconds(), 10))
+	}
 	return req, nil
 }
 
@@ -123,6 +130,20 @@ func (req *submitRequest) schedule(now time.Time) *apiError {
 		req.due = due.UTC()
 	}
 	return nil
+}
+
+// expiresAt is when the job expires if not started: expires_in_ms after
+// it is due (its run_at, or now); nil without expires_in_ms.
+func (req *submitRequest) expiresAt(now time.Time) *time.Time {
+	if req.ExpiresInMs == nil {
+		return nil
+	}
+	from := now
+	if !req.due.IsZero() {
+		from = req.due
+	}
+	at := from.Add(time.Duration(*req.ExpiresInMs) * time.Millisecond).UTC()
+	return &at
 }
 
 // jsonReason describes a decoding error without echoing the body.

@@ -119,12 +119,14 @@ func (s *Service) checkRequest(body []byte) (submitRequest, *apiError) {
 // newJob is the job of a checked request by user: its id derived from the
 // user and the request's idempotency key (keyedJobID), random without one.
 func newJob(user string, req submitRequest) envelope.Job {
+	now := time.Now().UTC()
 	job := envelope.Job{
 		User:      user,
 		Kind:      req.Kind,
 		Priority:  req.Priority,
 		Input:     req.Input,
-		CreatedAt: time.Now().UTC(),
+		CreatedAt: now,
+		ExpiresAt: req.expiresAt(now),
 	}
 	if k := req.key(); k != "" {
 		job.ID = keyedJobID(user, k)

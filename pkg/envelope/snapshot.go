@@ -9,6 +9,7 @@ import (
 // Status is where a job is in its lifecycle:
 //
 //	[scheduled →] queued → running → (progress)* → succeeded | failed | retrying → running … | dead | cancelled
+//	queued → expired (not started before its expires_at)
 //
 // A job submitted with run_at or delay_ms is scheduled until it is due,
 // then queued; it may be cancelled while scheduled.
@@ -24,11 +25,13 @@ const (
 	StatusFailed    Status = "failed"
 	StatusDead      Status = "dead"
 	StatusCancelled Status = "cancelled"
+	// StatusExpired: the job was not started before its expires_at.
+	StatusExpired Status = "expired"
 )
 
 // Terminal reports whether s is final: no later event may change it.
 func (s Status) Terminal() bool {
-	return s == StatusSucceeded || s == StatusFailed || s == StatusDead || s == StatusCancelled
+	return s == StatusSucceeded || s == StatusFailed || s == StatusDead || s == StatusCancelled || s == StatusExpired
 }
 
 // Valid reports whether s is one of the statuses.
@@ -183,6 +186,8 @@ func EventType(s Status) Type {
 		return TypeDead
 	case StatusCancelled:
 		return TypeCancelled
+	case StatusExpired:
+		return TypeExpired
 	}
 	return ""
 }
