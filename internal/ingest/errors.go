@@ -32,6 +32,7 @@ const (
 	CodeInvalidQuery          = "invalid_query"
 	CodeInvalidCursor         = "invalid_cursor"
 	CodeInvalidSchedule       = "invalid_schedule"
+	CodeNotRerunnable         = "not_rerunnable"
 	CodeUnsupportedMediaType  = "unsupported_media_type"
 	CodeOverloaded            = "overloaded"
 	CodeQueueFull             = "queue_full"

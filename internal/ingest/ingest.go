@@ -3,6 +3,7 @@
 //	POST   /v1/jobs       submit; 202 only after JetStream acknowledged the job
 //	POST   /v1/jobs/batch submit up to 1,000 jobs; an answer per item
 //	GET    /v1/jobs       the caller's jobs, newest first, cursor-paginated
+//	POST   /v1/jobs/{id}/rerun  a failed, dead, cancelled or expired job again
 //	GET    /v1/jobs/{id}  the job's status snapshot
 //	DELETE /v1/jobs/{id}  cancel a job that has not finished
 //	GET    /v1/jobs/{id}/outputs/{name}       a stored output of the job
@@ -38,6 +39,7 @@ const (
 	routeSubmit = "submit"
 	routeBatch  = "batch"
 	routeList   = "list"
+	routeRerun  = "rerun"
 	routeGet    = "get"
 	routeCancel = "cancel"
 	routeOther  = "other"
@@ -148,6 +150,8 @@ func (s *Service) routes() http.Handler {
 	mux.Handle("POST /v1/jobs", m.instrument(routeSubmit, s.traced(routeSubmit, http.HandlerFunc(s.submit))))
 	mux.Handle("GET /v1/jobs", m.instrument(routeList, s.traced(routeList, http.HandlerFunc(s.list))))
 	mux.Handle("POST /v1/jobs/batch", m.instrument(routeBatch, s.traced(routeBatch, http.HandlerFunc(s.batch))))
+	mux.Handle("POST /v1/jobs/{id}/rerun", m.instrument(routeRerun, s.traced(routeRerun, http.HandlerFunc(s.rerun))))
+	mux.Handle("/v1/jobs/{id}/rerun", m.instrument(routeOther, methodNotAllowed("POST")))
 	mux.Handle("GET /v1/jobs/{id}", m.instrument(routeGet, s.traced(routeGet, http.HandlerFunc(s.get))))
 	mux.Handle("DELETE /v1/jobs/{id}", m.instrument(routeCancel, s.traced(routeCancel, http.HandlerFunc(s.cancel))))
 	mux.Handle("GET /v1/jobs/{id}/outputs/{name}", m.instrument(routeOutput, s.traced(routeOutput, http.HandlerFunc(s.output))))

@@ -12,19 +12,29 @@ import (
 )
 
 // A job is listed (GET /v1/jobs) through its entry in JOBINDEX:
-// jobindex.<user>.<kind>, body the job id, Nats-Msg-Id the job id. The
+// jobindex.<user>.<kind>, body the job's submitted envelope (what a rerun
+// runs again: JOBS forgets a job once it is done), Nats-Msg-Id the job id. The
 // entry is written after the job's PubAck, so an entry always names a
 // stored job; a job whose entry was not written (ingest died between the
 // two writes, or JOBINDEX refused it) is still run and readable by id, just
 // not listed. A keyed retry writes the entry again (de-duplicated within
 // the window), which repairs such a gap. docs/design.md#listing-a-users-jobs
 
-// indexMsg is the JOBINDEX entry of job.
-func indexMsg(job envelope.Job) *nats.Msg {
+// indexMsg is the JOBINDEX entry of job, whose stored message is body.
+func indexMsg(job envelope.Job, body []byte) *nats.Msg {
 	m := nats.NewMsg(envelope.IndexSubject(job.User, job.Kind))
-	m.Data = []byte(job.ID)
+	m.Data = body
 	m.Header.Set(envelope.HeaderMsgID, job.ID)
 	return m
+}
+
+// indexEntryOf is the index entry of job: its envelope as JOBS stores it.
+func (s *Service) indexEntryOf(job envelope.Job) (*nats.Msg, error) {
+	b, err := envelope.EncodeJob(job, s.cfg.Source)
+	if err != nil {
+		return nil, err
+	}
+	return indexMsg(job, b), nil
 }
 
 // index writes the entry of one accepted job and waits for its PubAck.
@@ -32,7 +42,11 @@ func indexMsg(job envelope.Job) *nats.Msg {
 func (s *Service) index(ctx context.Context, job envelope.Job) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RequestTimeout)
 	defer cancel()
-	if _, err := s.js.PublishMsg(ctx, indexMsg(job), jetstream.WithExpectStream(streams.JobIndex)); err != nil {
+	m, err := s.indexEntryOf(job)
+	if err == nil {
+		_, err = s.js.PublishMsg(ctx, m, jetstream.WithExpectStream(streams.JobIndex))
+	}
+	if err != nil {
 		s.metrics.unindexed.Inc()
 		jobLog{log: s.log, ctx: ctx, job: job.ID, user: job.User, kind: job.Kind}.at(slog.LevelWarn, "job stored but not indexed: it will not be listed", "err", err)
 	}
@@ -46,7 +60,11 @@ func (s *Service) indexAll(ctx context.Context, jobs []envelope.Job) {
 	}
 	futures := make([]jetstream.PubAckFuture, len(jobs))
 	for i, job := range jobs {
-		f, err := s.js.PublishMsgAsync(indexMsg(job), jetstream.WithExpectStream(streams.JobIndex))
+		m, err := s.indexEntryOf(job)
+		var f jetstream.PubAckFuture
+		if err == nil {
+			f, err = s.js.PublishMsgAsync(m, jetstream.WithExpectStream(streams.JobIndex))
+		}
 		if err != nil {
 			s.metrics.unindexed.Inc()
 			s.log.Warn("job stored but not indexed: it will not be listed", "job", job.ID, "user", job.User, "err", err)

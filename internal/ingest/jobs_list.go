@@ -287,18 +287,28 @@ func (ix jobIndex) pageBefore(ctx context.Context, before uint64, n int) ([]inde
 			}
 		}
 	}
-	start := lo
+	// Read [lo, before): one batch, more when max_bytes cut it short
+	// (entries hold the jobs' envelopes).
 	entries := make([]indexEntry, 0, n)
-	_, _, err = ix.r.Get(ctx, natsx.DirectGet{Seq: start, NextFor: ix.filter, Batch: n, MaxBytes: natsx.DirectMaxBytes},
-		func(m *jetstream.RawStreamMsg) bool {
-			if m.Sequence >= before {
-				return false
-			}
-			entries = append(entries, indexEntry{seq: m.Sequence, id: string(m.Data)})
-			return true
-		})
-	if err != nil {
-		return nil, false, err
+	for next, done := lo, false; !done && len(entries) < n; {
+		got := 0
+		_, _, err = ix.r.Get(ctx, natsx.DirectGet{Seq: next, NextFor: ix.filter, Batch: n - len(entries), MaxBytes: natsx.DirectMaxBytes},
+			func(m *jetstream.RawStreamMsg) bool {
+				if m.Sequence >= before {
+					done = true
+					return false
+				}
+				got++
+				next = m.Sequence + 1
+				entries = append(entries, indexEntry{seq: m.Sequence, id: m.Header.Get(envelope.HeaderMsgID)})
+				return true
+			})
+		if err != nil {
+			return nil, false, err
+		}
+		if got == 0 {
+			break
+		}
 	}
 	// Newest first.
 	for i, j := 0, len(entries)-1; i < j; i, j = i+1, j-1 {

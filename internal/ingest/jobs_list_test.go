@@ -200,7 +200,7 @@ func TestListManyJobs(t *testing.T) {
 		}
 		id := fmt.Sprintf("j%07d", i)
 		job := envelope.Job{ID: id, User: user, Kind: "image", Priority: envelope.PriorityNormal, CreatedAt: time.Now().UTC()}
-		if _, err := h.js.PublishMsgAsync(indexMsg(job), jetstream.WithExpectStream(streams.JobIndex)); err != nil {
+		if _, err := h.js.PublishMsgAsync(indexMsg(job, []byte(id)), jetstream.WithExpectStream(streams.JobIndex)); err != nil {
 			t.Fatal(err)
 		}
 		if user == "alice" {

@@ -62,6 +62,8 @@ type Snapshot struct {
 	UpdatedAt time.Time       `json:"updated_at"`
 	// RunAt is when a scheduled job is due (status scheduled only).
 	RunAt *time.Time `json:"run_at,omitempty"`
+	// RerunOf is the job this one reruns.
+	RerunOf string `json:"rerun_of,omitempty"`
 }
 
 // NewSnapshot is the queued snapshot (seq 0) of a job that was just accepted.
@@ -74,6 +76,7 @@ func NewSnapshot(j Job) Snapshot {
 		Status:    StatusQueued,
 		CreatedAt: j.CreatedAt,
 		UpdatedAt: j.CreatedAt,
+		RerunOf:   j.RerunOf,
 	}
 }
 
