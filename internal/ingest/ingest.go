@@ -4,6 +4,8 @@
 //	POST   /v1/jobs/batch submit up to 1,000 jobs; an answer per item
 //	GET    /v1/jobs       the caller's jobs, newest first, cursor-paginated
 //	POST   /v1/jobs/{id}/rerun  a failed, dead, cancelled or expired job again
+//	GET    /v1/admin/dlq          dead jobs (admin)
+//	POST   /v1/admin/dlq/redrive  rerun matching dead jobs (admin)
 //	GET    /v1/jobs/{id}  the job's status snapshot
 //	DELETE /v1/jobs/{id}  cancel a job that has not finished
 //	GET    /v1/jobs/{id}/outputs/{name}       a stored output of the job
@@ -40,6 +42,7 @@ const (
 	routeBatch  = "batch"
 	routeList   = "list"
 	routeRerun  = "rerun"
+	routeDLQ    = "dlq"
 	routeGet    = "get"
 	routeCancel = "cancel"
 	routeOther  = "other"
@@ -150,6 +153,10 @@ func (s *Service) routes() http.Handler {
 	mux.Handle("POST /v1/jobs", m.instrument(routeSubmit, s.traced(routeSubmit, http.HandlerFunc(s.submit))))
 	mux.Handle("GET /v1/jobs", m.instrument(routeList, s.traced(routeList, http.HandlerFunc(s.list))))
 	mux.Handle("POST /v1/jobs/batch", m.instrument(routeBatch, s.traced(routeBatch, http.HandlerFunc(s.batch))))
+	mux.Handle("GET /v1/admin/dlq", m.instrument(routeDLQ, s.traced(routeDLQ, http.HandlerFunc(s.dlq))))
+	mux.Handle("POST /v1/admin/dlq/redrive", m.instrument(routeDLQ, s.traced(routeDLQ, http.HandlerFunc(s.redrive))))
+	mux.Handle("/v1/admin/dlq", m.instrument(routeOther, methodNotAllowed("GET, HEAD")))
+	mux.Handle("/v1/admin/dlq/redrive", m.instrument(routeOther, methodNotAllowed("POST")))
 	mux.Handle("POST /v1/jobs/{id}/rerun", m.instrument(routeRerun, s.traced(routeRerun, http.HandlerFunc(s.rerun))))
 	mux.Handle("/v1/jobs/{id}/rerun", m.instrument(routeOther, methodNotAllowed("POST")))
 	mux.Handle("GET /v1/jobs/{id}", m.instrument(routeGet, s.traced(routeGet, http.HandlerFunc(s.get))))

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/beamline/beamline/internal/auth"
 )
 
 // TestIngestListsAndBatchesWithItsOwnUser: a batch (async publishes of
@@ -104,5 +106,57 @@ func TestIngestSchedulesWithItsOwnUser(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	time.Sleep(300 * time.Millisecond)
+	p.noViolations(t)
+}
+
+// TestIngestRedrivesWithItsOwnUser: GET /v1/admin/dlq and a redrive read
+// and delete DLQ entries with ingest's own user.
+func TestIngestRedrivesWithItsOwnUser(t *testing.T) {
+	p := startPipeline(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	hc := &http.Client{Timeout: 10 * time.Second}
+	admin, err := auth.Issue(secret, "ops", true, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	call := func(tok, method, path, body string) map[string]any {
+		t.Helper()
+		var rd io.Reader
+		if body != "" {
+			rd = bytes.NewReader([]byte(body))
+		}
+		req, err := http.NewRequestWithContext(ctx, method, p.ingestURL+path, rd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+tok)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode/100 != 2 {
+			t.Fatalf("%s %s: %d %s (ingest violations %v)", method, path, resp.StatusCode, b, p.ingest.rec.violations())
+		}
+		var v map[string]any
+		_ = json.Unmarshal(b, &v)
+		return v
+	}
+	id := call(p.token, http.MethodPost, "/v1/jobs", `{"kind":"image","input":{"sim":{"fail_times":50}}}`)["id"].(string)
+	for call(p.token, http.MethodGet, "/v1/jobs/"+id, "")["status"] != "dead" {
+		if ctx.Err() != nil {
+			t.Fatal("the job did not die")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if jobs := call(admin, http.MethodGet, "/v1/admin/dlq", "")["jobs"].([]any); len(jobs) != 1 {
+		t.Fatalf("DLQ lists %d jobs", len(jobs))
+	}
+	if n := call(admin, http.MethodPost, "/v1/admin/dlq/redrive", `{"user":"alice"}`)["redriven"]; n != float64(1) {
+		t.Fatalf("redriven %v", n)
+	}
 	p.noViolations(t)
 }
