@@ -33,6 +33,8 @@ const (
 	CodeInvalidCursor         = "invalid_cursor"
 	CodeInvalidSchedule       = "invalid_schedule"
 	CodeNotRerunnable         = "not_rerunnable"
+	CodeInvalidName           = "invalid_name"
+	CodeInvalidCron           = "invalid_cron"
 	CodeUnsupportedMediaType  = "unsupported_media_type"
 	CodeOverloaded            = "overloaded"
 	CodeQueueFull             = "queue_full"

@@ -27,6 +27,8 @@ const (
 	HeaderSchedule       = "Nats-Schedule"
 	HeaderScheduleTarget = "Nats-Schedule-Target"
 	HeaderScheduleTTL    = "Nats-Schedule-TTL"
+	// HeaderScheduleTimeZone is the IANA zone of a cron schedule.
+	HeaderScheduleTimeZone = "Nats-Schedule-Time-Zone"
 )
 
 // FiredTTL is how long the fired copy of a scheduled job stays in

@@ -14,6 +14,8 @@ const (
 	indexToken  = "jobindex"
 	schedToken  = "sched"
 	fireToken   = "schedfire"
+	cronToken   = "cron"
+	cronFire    = "cronfire"
 )
 
 // LivePrefix is what the EVENTS stream puts before an event's subject when it
@@ -174,3 +176,12 @@ func ScheduleFireSubject(p Priority, kind, job string) string {
 // ScheduleFireLookup matches the fired copy of one job whatever its
 // priority and kind: schedfire.<job>.*.*.
 func ScheduleFireLookup(job string) string { return fireToken + "." + job + ".*.*" }
+
+// CronSubject holds a user's repeating schedule (stream SCHEDULED, a cron
+// or @every message schedule): cron.<user>.<name>; the name is a token
+// like a job id.
+func CronSubject(user, name string) string { return cronToken + "." + user + "." + name }
+
+// CronFireSubject is where the server puts each firing of a schedule:
+// cronfire.<user>.<name>; ingest turns each into one job.
+func CronFireSubject(user, name string) string { return cronFire + "." + user + "." + name }

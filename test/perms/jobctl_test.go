@@ -160,3 +160,52 @@ func TestIngestRedrivesWithItsOwnUser(t *testing.T) {
 	}
 	p.noViolations(t)
 }
+
+// TestIngestRunsSchedulesWithItsOwnUser: a repeating schedule is stored,
+// listed, fires into jobs through ingest's consumer, and is deleted, with
+// ingest's own user.
+func TestIngestRunsSchedulesWithItsOwnUser(t *testing.T) {
+	p := startPipeline(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	hc := &http.Client{Timeout: 10 * time.Second}
+	call := func(method, path, body string, want int) []byte {
+		t.Helper()
+		var rd io.Reader
+		if body != "" {
+			rd = bytes.NewReader([]byte(body))
+		}
+		req, err := http.NewRequestWithContext(ctx, method, p.ingestURL+path, rd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+p.token)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != want {
+			t.Fatalf("%s %s: %d %s (ingest violations %v)", method, path, resp.StatusCode, b, p.ingest.rec.violations())
+		}
+		return b
+	}
+	call(http.MethodPost, "/v1/schedules", `{"name":"tick","every":"1s","job":{"kind":"image","input":{"sim":{"duration_ms":10}}}}`, http.StatusCreated)
+	for {
+		var l struct {
+			Jobs []json.RawMessage `json:"jobs"`
+		}
+		if err := json.Unmarshal(call(http.MethodGet, "/v1/jobs", "", http.StatusOK), &l); err == nil && len(l.Jobs) >= 1 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the schedule made no job (ingest violations %v)", p.ingest.rec.violations())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	call(http.MethodGet, "/v1/schedules", "", http.StatusOK)
+	call(http.MethodDelete, "/v1/schedules/tick", "", http.StatusNoContent)
+	p.noViolations(t)
+}
