@@ -79,19 +79,19 @@ func TestScheduleRequestRefused(t *testing.T) {
 	alice := token(t, "alice")
 	job := `"job":{"kind":"image"}`
 	for body, code := range map[string]string{
-		`{"name":"a.b","every":"1s",` + job + `}`:                                   CodeInvalidName,
-		`{"name":"a*","every":"1s",` + job + `}`:                                    CodeInvalidName,
-		`{"name":"","every":"1s",` + job + `}`:                                      CodeInvalidName,
-		`{"name":"x","cron":"61 * * * * *",` + job + `}`:                            CodeInvalidCron,
-		`{"name":"x","cron":"* * * * *",` + job + `}`:                               CodeInvalidCron,
-		`{"name":"x","cron":"0 * * * * *","every":"1s",` + job + `}`:                CodeInvalidCron,
-		`{"name":"x",` + job + `}`:                                                  CodeInvalidCron,
-		`{"name":"x","every":"100ms",` + job + `}`:                                  CodeInvalidCron,
+		`{"name":"a.b","every":"1s",` + job + `}`:                                  CodeInvalidName,
+		`{"name":"a*","every":"1s",` + job + `}`:                                   CodeInvalidName,
+		`{"name":"","every":"1s",` + job + `}`:                                     CodeInvalidName,
+		`{"name":"x","cron":"61 * * * * *",` + job + `}`:                           CodeInvalidCron,
+		`{"name":"x","cron":"* * * * *",` + job + `}`:                              CodeInvalidCron,
+		`{"name":"x","cron":"0 * * * * *","every":"1s",` + job + `}`:               CodeInvalidCron,
+		`{"name":"x",` + job + `}`:                                                 CodeInvalidCron,
+		`{"name":"x","every":"100ms",` + job + `}`:                                 CodeInvalidCron,
 		`{"name":"x","cron":"0 * * * * *","time_zone":"Mars/Olympus",` + job + `}`: CodeInvalidCron,
-		`{"name":"x","every":"1s","job":{"kind":"audio"}}`:                          CodeUnknownKind,
-		`{"name":"x","every":"1s","job":{"kind":"image","delay_ms":5}}`:             CodeInvalidSchedule,
-		`{"name":"x","every":"1s"}`:                                                 CodeInvalidJSON,
-		`{"name":"x","every":"1s",` + job + `,"extra":1}`:                           CodeInvalidJSON,
+		`{"name":"x","every":"1s","job":{"kind":"audio"}}`:                         CodeUnknownKind,
+		`{"name":"x","every":"1s","job":{"kind":"image","delay_ms":5}}`:            CodeInvalidSchedule,
+		`{"name":"x","every":"1s"}`:                                                CodeInvalidJSON,
+		`{"name":"x","every":"1s",` + job + `,"extra":1}`:                          CodeInvalidJSON,
 	} {
 		r := h.do(http.MethodPost, "/v1/schedules", []byte(body), bearer(alice))
 		if r.Status != http.StatusBadRequest || r.errorCode(t) != code {
