@@ -41,6 +41,26 @@ const templateKind = "image"
 type Options struct {
 	// Replicas overrides num_replicas of every stream (3 on a cluster).
 	Replicas int
+	// EventsMaxAge overrides how long EVENTS keeps events (file: 24 h).
+	EventsMaxAge time.Duration
+	// StatusTTL overrides how long job_status keeps a snapshot, and
+	// JOBINDEX a job's entry, after its last change (files: 7 days).
+	StatusTTL time.Duration
+	// DLQMaxAge overrides how long the DLQ keeps a dead job (file: 30 days).
+	DLQMaxAge time.Duration
+}
+
+// maxAge is the retention opts set for stream name, 0 to keep the file's.
+func (o Options) maxAge(name string) time.Duration {
+	switch name {
+	case streams.Events:
+		return o.EventsMaxAge
+	case "KV_" + streams.JobStatus, streams.JobIndex:
+		return o.StatusTTL
+	case streams.DLQ:
+		return o.DLQMaxAge
+	}
+	return 0
 }
 
 // Streams returns the stream definitions of streams/, with opts applied.
@@ -53,6 +73,12 @@ func Streams(opts Options) ([]jetstream.StreamConfig, error) {
 		}
 		if opts.Replicas > 0 {
 			cfg.Replicas = opts.Replicas
+		}
+		switch age := opts.maxAge(cfg.Name); {
+		case age < 0:
+			return nil, fmt.Errorf("%w: %s: a retention must be > 0, not %v", ErrDefinition, cfg.Name, age)
+		case age > 0:
+			cfg.MaxAge = age
 		}
 		out = append(out, cfg)
 	}

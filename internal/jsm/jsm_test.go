@@ -402,3 +402,34 @@ func TestJobStatusKV(t *testing.T) {
 		t.Fatal("watch gave nothing")
 	}
 }
+
+// TestRetentionOptions: -events-max-age, -status-ttl and -dlq-max-age reach
+// the streams when they are applied (and again on a restart with other
+// values); a negative one is refused.
+func TestRetentionOptions(t *testing.T) {
+	js := newJS(t)
+	ctx := ctxT(t)
+	for _, opts := range []jsm.Options{
+		{EventsMaxAge: 2 * time.Hour, StatusTTL: 48 * time.Hour, DLQMaxAge: 72 * time.Hour},
+		{EventsMaxAge: 3 * time.Hour, StatusTTL: 24 * time.Hour, DLQMaxAge: 96 * time.Hour},
+	} {
+		if err := jsm.ApplyStreams(ctx, js, opts); err != nil {
+			t.Fatal(err)
+		}
+		for name, want := range map[string]time.Duration{
+			streams.Events: opts.EventsMaxAge, "KV_" + streams.JobStatus: opts.StatusTTL,
+			streams.JobIndex: opts.StatusTTL, streams.DLQ: opts.DLQMaxAge, streams.Jobs: 0,
+		} {
+			s, err := js.Stream(ctx, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := s.CachedInfo().Config.MaxAge; got != want {
+				t.Errorf("%s max_age %v, want %v", name, got, want)
+			}
+		}
+	}
+	if _, err := jsm.Streams(jsm.Options{DLQMaxAge: -time.Hour}); !errors.Is(err, jsm.ErrDefinition) {
+		t.Fatalf("negative retention: %v", err)
+	}
+}
