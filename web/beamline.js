@@ -554,6 +554,14 @@ export function connect(opts = {}) {
     return request("GET", "/v1/jobs/" + encodeURIComponent(id), undefined, ropts);
   }
 
+  /** GET /v1/jobs: a page of the caller's jobs, newest first ({jobs, next_cursor}). */
+  async function listJobs(query = {}, ropts) {
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries(query)) if (v !== undefined && v !== null && v !== "") q.set(k, String(v));
+    const qs = q.toString();
+    return request("GET", "/v1/jobs" + (qs ? "?" + qs : ""), undefined, ropts);
+  }
+
   function onStatus(cb) {
     statusListeners.add(cb);
     try { cb(state, {}); } catch (e) { console.error(e); }
@@ -593,6 +601,7 @@ export function connect(opts = {}) {
     submit,
     cancel,
     getJob,
+    listJobs,
     onStatus,
     close,
     get status() { return state; },
