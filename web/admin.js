@@ -53,6 +53,47 @@ function start(token) {
   setInterval(() => drawAll(Date.now()), 1000); // keep charts sliding even if a push is late
   jobView(client, token);
   dlqView(token);
+  schedView(token);
+}
+
+// schedView: a user's repeating schedules (GET /v1/schedules?user=), each
+// with a delete button.
+function schedView(token) {
+  const status = (t) => { $("sched-status").textContent = t; };
+  async function load() {
+    const user = $("sched-user").value.trim();
+    const q = user ? "?user=" + encodeURIComponent(user) : "";
+    try {
+      const data = await api(token, "GET", "/v1/schedules" + q);
+      const table = $("sched-table");
+      const body = table.querySelector("tbody");
+      body.replaceChildren();
+      for (const sc of data.schedules) {
+        const tr = document.createElement("tr");
+        tr.dataset.name = sc.name;
+        cell(tr, sc.name); cell(tr, sc.cron || "every " + sc.every); cell(tr, sc.time_zone || "UTC");
+        cell(tr, `${sc.job.kind} (${sc.job.priority || "normal"})`);
+        const td = document.createElement("td");
+        const b = document.createElement("button");
+        b.type = "button";
+        b.className = "link";
+        b.textContent = "Delete";
+        b.addEventListener("click", async () => {
+          if (!window.confirm(`Delete the schedule ${sc.name} of ${sc.user}? It fires no more.`)) return;
+          try {
+            await fetch(`/v1/schedules/${encodeURIComponent(sc.name)}?user=${encodeURIComponent(sc.user)}`,
+              { method: "DELETE", headers: { Authorization: "Bearer " + token } });
+          } finally { load(); }
+        });
+        td.append(b);
+        tr.append(td);
+        body.append(tr);
+      }
+      table.hidden = data.schedules.length === 0;
+      status(data.schedules.length ? `${data.schedules.length} schedule(s)` : "No schedules.");
+    } catch (err) { status(`Cannot list schedules: ${err.message}`); }
+  }
+  $("sched-form").addEventListener("submit", (e) => { e.preventDefault(); load(); });
 }
 
 // ingest's API, on this origin (devstack proxies it; in production a

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"fmt"
 	"net/http"
 	"testing"
@@ -61,4 +62,21 @@ func TestDashboardDLQRedrive(t *testing.T) {
 	t.Logf("confirmation: %q", msg)
 	tb.waitJS("the redriven job gone from the list", fmt.Sprintf(`!document.querySelector('#dlq-table tr[data-job-id=%q]')`, id), 10*time.Second)
 	tb.screenshot("admin-dlq")
+}
+
+// The dashboard's schedules view lists a user's schedule and deletes it.
+func TestDashboardSchedules(t *testing.T) {
+	req, _ := http.NewRequest(http.MethodPost, stack.IngestURL+"/v1/schedules",
+		bytes.NewBufferString(`{"name":"hourly-e2e","every":"1h","job":{"kind":"image"}}`))
+	req.Header.Set("Authorization", "Bearer "+stack.Token)
+	req.Header.Set("Content-Type", "application/json")
+	if resp, b := testutil.Do(t, http.DefaultClient, req); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("POST /v1/schedules = %d %s", resp.StatusCode, b)
+	}
+	tb := openAdmin(t, stack.AdminToken, 60*time.Second)
+	tb.run("show dev's schedules", chromedp.SetValue(chromedp.CSS("#sched-user"), "dev"), chromedp.Click(chromedp.CSS(`#sched-form button[type="submit"]`)))
+	tb.waitJS("the schedule listed", `!!document.querySelector('#sched-table tr[data-name="hourly-e2e"]')`, 10*time.Second)
+	tb.run("accept the confirmation", chromedp.Evaluate[chromedp.Void](`window.confirm = () => true; true`))
+	tb.run("delete", chromedp.Click(chromedp.CSS(`#sched-table tr[data-name="hourly-e2e"] button`)))
+	tb.waitJS("the schedule gone", `!document.querySelector('#sched-table tr[data-name="hourly-e2e"]')`, 10*time.Second)
 }
