@@ -15,6 +15,7 @@ import (
 
 	"github.com/beamline/beamline/internal/httpx"
 	"github.com/beamline/beamline/pkg/envelope"
+	"github.com/beamline/beamline/streams"
 )
 
 // MaxBatch is the most jobs one POST /v1/jobs/batch takes.
@@ -152,7 +153,12 @@ func (s *Service) publishBatch(ctx context.Context, todo []int, jobs []envelope.
 		}
 		return
 	}
+	// Each job's index entry goes out right behind it, pipelined with the
+	// jobs rather than after their PubAcks (a batch is one round of
+	// PubAcks, not two). An entry whose job was then refused names a job
+	// that does not exist; the list skips it (docs/design.md#batches).
 	futures := make([]jetstream.PubAckFuture, len(items))
+	indexed := make([]jetstream.PubAckFuture, len(items))
 	for _, i := range todo {
 		msg, stream, aerr := s.jobMsg(ctx, jobs[i], dues[i])
 		if aerr != nil {
@@ -165,11 +171,14 @@ func (s *Service) publishBatch(ctx context.Context, todo []int, jobs []envelope.
 			continue
 		}
 		futures[i] = f
+		if indexed[i], err = s.js.PublishMsgAsync(indexMsg(jobs[i], msg.Data), jetstream.WithExpectStream(streams.JobIndex)); err != nil {
+			s.metrics.unindexed.Inc()
+			s.log.Warn("job not indexed: it will not be listed", "job", jobs[i].ID, "user", jobs[i].User, "err", err)
+		}
 	}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RequestTimeout)
 	defer cancel()
-	stored := make([]envelope.Job, 0, len(todo))
-	defer func() { s.indexAll(ctx, stored) }()
+	defer s.awaitIndexed(wctx, todo, jobs, indexed)
 	for _, i := range todo {
 		f := futures[i]
 		if f == nil {
@@ -186,13 +195,11 @@ func (s *Service) publishBatch(ctx context.Context, todo []int, jobs []envelope.
 				}
 				log.at(slog.LevelInfo, "duplicate submission in a batch", "seq", ack.Sequence)
 				items[i] = acceptedItem(snap)
-				stored = append(stored, job)
 				continue
 			}
 			s.metrics.submitted.WithLabelValues(job.Kind, string(job.Priority)).Inc()
 			log.at(slog.LevelDebug, "job accepted in a batch", "priority", string(job.Priority), "seq", ack.Sequence)
 			items[i] = acceptedItem(acceptedSnapshot(job, dues[i]))
-			stored = append(stored, job)
 		case err := <-f.Err():
 			log.at(slog.LevelWarn, "job of a batch not stored", "err", err)
 			items[i] = refusedItem(classifyNATS(err))
@@ -202,6 +209,27 @@ func (s *Service) publishBatch(ctx context.Context, todo []int, jobs []envelope.
 			// with the same idempotency key finds it if it was stored.
 			log.at(slog.LevelWarn, "job of a batch: no PubAck in time")
 			items[i] = refusedItem(unavailable())
+		}
+	}
+}
+
+// awaitIndexed waits for the PubAcks of a batch's index entries.
+func (s *Service) awaitIndexed(ctx context.Context, todo []int, jobs []envelope.Job, indexed []jetstream.PubAckFuture) {
+	for _, i := range todo {
+		f := indexed[i]
+		if f == nil {
+			continue
+		}
+		var err error
+		select {
+		case <-f.Ok():
+		case err = <-f.Err():
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+		if err != nil {
+			s.metrics.unindexed.Inc()
+			s.log.Warn("job not indexed: it will not be listed", "job", jobs[i].ID, "user", jobs[i].User, "err", err)
 		}
 	}
 }

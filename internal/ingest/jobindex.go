@@ -13,9 +13,11 @@ import (
 
 // A job is listed (GET /v1/jobs) through its entry in JOBINDEX:
 // jobindex.<user>.<kind>, body the job's submitted envelope (what a rerun
-// runs again: JOBS forgets a job once it is done), Nats-Msg-Id the job id. The
-// entry is written after the job's PubAck, so an entry always names a
-// stored job; a job whose entry was not written (ingest died between the
+// runs again: JOBS forgets a job once it is done), Nats-Msg-Id the job id.
+// A single submission writes the entry after the job's PubAck, so it
+// names a stored job; a batch pipelines each entry right behind its job,
+// and an entry whose job was then refused is skipped by the list (no such
+// job). A job whose entry was not written (ingest died between the
 // two writes, or JOBINDEX refused it) is still run and readable by id, just
 // not listed. A keyed retry writes the entry again (de-duplicated within
 // the window), which repairs such a gap. docs/design.md#listing-a-users-jobs
@@ -49,45 +51,5 @@ func (s *Service) index(ctx context.Context, job envelope.Job) {
 	if err != nil {
 		s.metrics.unindexed.Inc()
 		jobLog{log: s.log, ctx: ctx, job: job.ID, user: job.User, kind: job.Kind}.at(slog.LevelWarn, "job stored but not indexed: it will not be listed", "err", err)
-	}
-}
-
-// indexAll writes the entries of accepted jobs asynchronously and waits for
-// their PubAcks together, like publishBatch.
-func (s *Service) indexAll(ctx context.Context, jobs []envelope.Job) {
-	if len(jobs) == 0 {
-		return
-	}
-	futures := make([]jetstream.PubAckFuture, len(jobs))
-	for i, job := range jobs {
-		m, err := s.indexEntryOf(job)
-		var f jetstream.PubAckFuture
-		if err == nil {
-			f, err = s.js.PublishMsgAsync(m, jetstream.WithExpectStream(streams.JobIndex))
-		}
-		if err != nil {
-			s.metrics.unindexed.Inc()
-			s.log.Warn("job stored but not indexed: it will not be listed", "job", job.ID, "user", job.User, "err", err)
-			continue
-		}
-		futures[i] = f
-	}
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RequestTimeout)
-	defer cancel()
-	for i, f := range futures {
-		if f == nil {
-			continue
-		}
-		var err error
-		select {
-		case <-f.Ok():
-		case err = <-f.Err():
-		case <-wctx.Done():
-			err = wctx.Err()
-		}
-		if err != nil {
-			s.metrics.unindexed.Inc()
-			s.log.Warn("job stored but not indexed: it will not be listed", "job", jobs[i].ID, "user", jobs[i].User, "err", err)
-		}
 	}
 }
