@@ -53,6 +53,13 @@ type harness struct {
 func newHarness(t *testing.T, mutate func(*Config)) *harness {
 	t.Helper()
 	srv, nc, js := natstest.StartWithStreams(t)
+	return newHarnessOn(t, srv, nc, js, mutate)
+}
+
+// newHarnessOn is newHarness on a given server and connection (streams
+// applied).
+func newHarnessOn(t *testing.T, srv *server.Server, nc *nats.Conn, js jetstream.JetStream, mutate func(*Config)) *harness {
+	t.Helper()
 	h := &harness{t: t, srv: srv, nc: nc, js: js, reg: prometheus.NewRegistry()}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
