@@ -54,6 +54,30 @@ function start(token) {
   jobView(client, token);
   dlqView(token);
   schedView(token);
+  streamsView(token);
+}
+
+// streamsView: each stream's messages, bytes and retention
+// (GET /v1/admin/streams), read on open and on Refresh.
+function streamsView(token) {
+  const bytes = (n) => (n >= 1 << 30 ? (n / (1 << 30)).toFixed(1) + " GiB" : n >= 1 << 20 ? (n / (1 << 20)).toFixed(1) + " MiB" : n >= 1024 ? (n / 1024).toFixed(1) + " KiB" : n + " B");
+  async function load() {
+    try {
+      const data = await api(token, "GET", "/v1/admin/streams");
+      const table = $("streams-table");
+      const body = table.querySelector("tbody");
+      body.replaceChildren();
+      for (const st of data.streams) {
+        const tr = document.createElement("tr");
+        tr.dataset.stream = st.name;
+        cell(tr, st.name); cell(tr, String(st.messages)); cell(tr, bytes(st.bytes)); cell(tr, st.max_age || "no limit");
+        body.append(tr);
+      }
+      table.hidden = false;
+    } catch (err) { $("streams-refresh").title = `Cannot read the streams: ${err.message}`; }
+  }
+  $("streams-refresh").addEventListener("click", load);
+  load();
 }
 
 // schedView: a user's repeating schedules (GET /v1/schedules?user=), each

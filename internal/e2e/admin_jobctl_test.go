@@ -80,3 +80,16 @@ func TestDashboardSchedules(t *testing.T) {
 	tb.run("delete", chromedp.Click(chromedp.CSS(`#sched-table tr[data-name="hourly-e2e"] button`)))
 	tb.waitJS("the schedule gone", `!document.querySelector('#sched-table tr[data-name="hourly-e2e"]')`, 10*time.Second)
 }
+
+// The dashboard shows each stream's messages, bytes and retention.
+func TestDashboardStreams(t *testing.T) {
+	tb := openAdmin(t, stack.AdminToken, 30*time.Second)
+	tb.waitJS("the streams table", `(() => {
+		const rows = [...document.querySelectorAll("#streams-table tbody tr")].map((r) => r.dataset.stream);
+		return ["JOBS", "EVENTS", "DLQ", "KV_job_status", "JOBINDEX", "SCHEDULED"].every((s) => rows.includes(s));
+	})()`, 10*time.Second)
+	kept := eval[string](tb, `document.querySelector('#streams-table tr[data-stream="EVENTS"] td:nth-child(4)').textContent`)
+	if kept != "24h0m0s" {
+		t.Errorf("EVENTS kept for %q", kept)
+	}
+}

@@ -107,3 +107,27 @@ func TestDLQListAndRedrive(t *testing.T) {
 		t.Fatalf("bob's dead job: %+v", l)
 	}
 }
+
+// TestAdminStreams: an admin reads each stream's messages, bytes and the
+// retention in force; a user may not.
+func TestAdminStreams(t *testing.T) {
+	h := newHarness(t, nil)
+	h.submit(token(t, "alice"), `{"kind":"image"}`)
+	if r := h.do(http.MethodGet, "/v1/admin/streams", nil, bearer(token(t, "alice"))); r.Status != http.StatusForbidden {
+		t.Fatalf("a user: %d %s", r.Status, r.Body)
+	}
+	r := h.do(http.MethodGet, "/v1/admin/streams", nil, bearer(adminToken(t, "ops")))
+	var out struct {
+		Streams []streamFigure `json:"streams"`
+	}
+	if r.Status != http.StatusOK || json.Unmarshal(r.Body, &out) != nil || len(out.Streams) != 6 {
+		t.Fatalf("%d %s", r.Status, r.Body)
+	}
+	got := map[string]streamFigure{}
+	for _, f := range out.Streams {
+		got[f.Name] = f
+	}
+	if got["JOBS"].Messages != 1 || got["JOBS"].Bytes == 0 || got["JOBINDEX"].Messages != 1 || got["EVENTS"].MaxAgeText != "24h0m0s" || got["DLQ"].MaxAge == 0 {
+		t.Fatalf("figures %+v", got)
+	}
+}

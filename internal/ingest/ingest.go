@@ -7,6 +7,7 @@
 //	GET    /v1/admin/dlq          dead jobs (admin)
 //	POST/GET /v1/schedules, DELETE /v1/schedules/{name}  repeating jobs
 //	POST   /v1/admin/dlq/redrive  rerun matching dead jobs (admin)
+//	GET    /v1/admin/streams      each stream's messages, bytes, retention (admin)
 //	GET    /v1/jobs/{id}  the job's status snapshot
 //	DELETE /v1/jobs/{id}  cancel a job that has not finished
 //	GET    /v1/jobs/{id}/outputs/{name}       a stored output of the job
@@ -170,6 +171,7 @@ func (s *Service) routes() http.Handler {
 	mux.Handle("DELETE /v1/schedules/{name}", m.instrument(routeSched, s.traced(routeSched, http.HandlerFunc(s.deleteSchedule))))
 	mux.Handle("/v1/schedules", m.instrument(routeOther, methodNotAllowed("GET, HEAD, POST")))
 	mux.Handle("/v1/schedules/{name}", m.instrument(routeOther, methodNotAllowed("DELETE")))
+	mux.Handle("GET /v1/admin/streams", m.instrument(routeDLQ, s.traced(routeDLQ, http.HandlerFunc(s.adminStreams))))
 	mux.Handle("GET /v1/admin/dlq", m.instrument(routeDLQ, s.traced(routeDLQ, http.HandlerFunc(s.dlq))))
 	mux.Handle("POST /v1/admin/dlq/redrive", m.instrument(routeDLQ, s.traced(routeDLQ, http.HandlerFunc(s.redrive))))
 	mux.Handle("/v1/admin/dlq", m.instrument(routeOther, methodNotAllowed("GET, HEAD")))
