@@ -158,6 +158,9 @@ func TestIngestRedrivesWithItsOwnUser(t *testing.T) {
 	if n := call(admin, http.MethodPost, "/v1/admin/dlq/redrive", `{"user":"alice"}`)["redriven"]; n != float64(1) {
 		t.Fatalf("redriven %v", n)
 	}
+	if st := call(admin, http.MethodGet, "/v1/admin/streams", "")["streams"].([]any); len(st) != 6 {
+		t.Fatalf("%d streams", len(st))
+	}
 	p.noViolations(t)
 }
 
