@@ -20,7 +20,7 @@ type metrics struct {
 	webhooks        *prometheus.CounterVec   // api, result
 	webhooksDropped *prometheus.CounterVec   // api, reason
 	webhookLag      *prometheus.HistogramVec // api
-	unindexed prometheus.Counter
+	unindexed       prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
