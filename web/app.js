@@ -30,7 +30,9 @@ function start(token) {
   // the newest ends on top; live updates go on as usual.
   client.listJobs({ limit: 50 }).then(
     (page) => { for (const j of [...(page.jobs || [])].reverse()) render(j, { type: "snapshot", seq: j.seq }); },
-    (err) => setFormStatus(`Cannot list your jobs: ${err.message}`, true),
+    // A refused token (401) is explained by checkTokenWhenNotLive, and a
+    // token without a user by watchUser's error: say it once, not twice.
+    (err) => { if (err.status !== 401) setFormStatus(`Cannot list your jobs: ${err.message}`, true); },
   );
 
   const user = tokenSubject(token);
