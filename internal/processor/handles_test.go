@@ -228,9 +228,9 @@ func TestCrashResumesThePrediction(t *testing.T) {
 	}
 
 	p2 := e.startCog(rig)
-	// Resumed (re-attached: a second PUT of the same id), or, without
+	// Resumed (it waits for the prediction's webhooks), or, without
 	// handles, a new prediction started.
-	testutil.WaitFor(t, 20*time.Second, func() bool { return rig.putsOf(id1) == 2 || rig.fake.StartedTotal() > 1 },
+	testutil.WaitFor(t, 20*time.Second, func() bool { return p2.remote(t, "resume") == 1 || rig.fake.StartedTotal() > 1 },
 		func() string { return "the redelivery neither resumed nor started a prediction" })
 	rig.finish()
 	s := e.waitStatus(j.ID, envelope.StatusSucceeded, 20*time.Second)
@@ -263,9 +263,9 @@ func TestFailedPredictionIsReplaced(t *testing.T) {
 	p1.kill(t)
 
 	p2 := e.startCog(rig)
-	// Resumed (re-attached: a second PUT of the same id), or, without
+	// Resumed (it waits for the prediction's webhooks), or, without
 	// handles, a new prediction started.
-	testutil.WaitFor(t, 20*time.Second, func() bool { return rig.putsOf(id1) == 2 || rig.fake.StartedTotal() > 1 },
+	testutil.WaitFor(t, 20*time.Second, func() bool { return p2.remote(t, "resume") == 1 || rig.fake.StartedTotal() > 1 },
 		func() string { return "the redelivery neither resumed nor started a prediction" })
 	rig.finish()
 	s := e.waitStatus(j.ID, envelope.StatusSucceeded, 20*time.Second)
@@ -374,8 +374,8 @@ func TestShutdownLeavesThePredictionRunning(t *testing.T) {
 	if n := rig.fake.Cancels(id1); n != 0 || rig.fake.InFlight() != 1 {
 		t.Fatalf("the shutdown cancelled the prediction (%d cancels, %d in flight)", n, rig.fake.InFlight())
 	}
-	e.startCog(rig)
-	testutil.WaitFor(t, 20*time.Second, func() bool { return rig.putsOf(id1) == 2 || rig.fake.StartedTotal() > 1 },
+	p2 := e.startCog(rig)
+	testutil.WaitFor(t, 20*time.Second, func() bool { return p2.remote(t, "resume") == 1 || rig.fake.StartedTotal() > 1 },
 		func() string { return "the next run neither resumed nor started a prediction" })
 	rig.finish()
 	s := e.waitStatus(j.ID, envelope.StatusSucceeded, 20*time.Second)

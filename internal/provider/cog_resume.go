@@ -66,10 +66,9 @@ func (p *cogProvider) Start(ctx context.Context, req Request) (Handle, error) {
 // Await waits for the outcome of prediction h.ID. A final webhook stored
 // while nobody waited (ingest keeps them in JetStream; one direct get) is
 // the outcome at once, so a prediction that ended while its processor was
-// dead is not run again. Otherwise, when this process did not start the
-// prediction (a resume after a crash), Await re-attaches first with an
-// async PUT of the same id to h.Server: Cog answers 202 with the state of a
-// prediction in flight. Then it waits like Call, re-attaching after Quiet.
+// dead is not run again. Otherwise it waits like Call for the prediction's
+// webhooks, which Cog sends to ingest whichever process waits, re-attaching
+// (a PUT of the same id, to h.Server first) only after Quiet without one.
 // When ctx ends, Await returns without cancelling the prediction.
 func (p *cogProvider) Await(ctx context.Context, h Handle, req Request) (json.RawMessage, error) {
 	id := h.ID
@@ -95,35 +94,21 @@ func (p *cogProvider) Await(ctx context.Context, h Handle, req Request) (json.Ra
 	p.mu.Lock()
 	srv := p.placed[id]
 	p.mu.Unlock()
-	var pred cogPrediction
 	if srv == nil {
-		pred, srv, err = p.reattach(ctx, h, b)
-		if err != nil {
-			return nil, err
+		// A resume: the prediction was started by a process that died. Do
+		// not PUT it at once. Cog keeps no finished prediction, so a PUT
+		// that lands after its end but before its completed webhook is
+		// stored (ingest under load, a slow network) would start it again:
+		// the GPU paid twice. Cog sends that webhook to ingest whoever
+		// waits, so wait for it; only after Quiet without one does await
+		// re-attach (a PUT to the server holding the prediction first),
+		// which covers a webhook that never comes.
+		if held := p.serverOf(h.Server); held != nil {
+			p.place(id, held)
+			srv = held
 		}
 	}
-	return p.await(ctx, req.Job.ID, id, b, srv, pred, deliveries, progress)
-}
-
-// reattach sends the async PUT of h's prediction to the server that holds
-// it, or, when that server is gone from the configuration or has no slot
-// (so the prediction is not in flight there), wherever create finds one.
-func (p *cogProvider) reattach(ctx context.Context, h Handle, body []byte) (cogPrediction, *cogServer, error) {
-	if srv := p.serverOf(h.Server); srv != nil {
-		pred, err := p.put(ctx, srv, h.ID, body, true)
-		var se *StatusError
-		switch {
-		case err == nil:
-			p.place(h.ID, srv)
-			return pred, srv, nil
-		case ctx.Err() != nil:
-			return pred, nil, flow.Retryable(fmt.Errorf("cog provider: %w", ctx.Err()), 0)
-		case errors.As(err, &se) && se.StatusCode == http.StatusConflict:
-		case flow.IsTerminal(err):
-			return pred, nil, err
-		}
-	}
-	return p.create(ctx, h.ID, body, true)
+	return p.await(ctx, req.Job.ID, id, b, srv, cogPrediction{}, deliveries, progress)
 }
 
 func (p *cogProvider) serverOf(base string) *cogServer {
