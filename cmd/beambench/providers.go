@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -61,6 +62,9 @@ func runProviders(ctx context.Context, t *target, o *options, rep *reporter) err
 	}
 	if err := providersWaiting(ctx, t, o, rep); err != nil {
 		return fmt.Errorf("waiting: %w", err)
+	}
+	if o.provOutputMB <= 0 {
+		return nil
 	}
 	return providersOutputRange(ctx, t, o, rep)
 }
@@ -220,6 +224,11 @@ func providersWaiting(ctx context.Context, t *target, o *options, rep *reporter)
 	rssWait := rssNow()
 	m2, g2 := memNow()
 	split2 := memSplit
+	if o.provProfile != "" {
+		if err := writeProfiles(o.provProfile, "providers-waiting"); err != nil {
+			return err
+		}
+	}
 
 	fakePer := float64(int64(m1)-int64(m0)) / float64(n)
 	totalPer := float64(int64(m2)-int64(m1)) / float64(n)
@@ -231,6 +240,28 @@ func providersWaiting(ctx context.Context, t *target, o *options, rep *reporter)
 	rep.addVs("providers", "memory per waiting job (Go heap + stacks, processor's share)", (totalPer-fakePer)/1024, "KB/job",
 		fakePer/1024, params)
 	rep.add("providers", "all waits started", took.Seconds(), "s", map[string]any{"jobs": n, "workers": 32})
+	return nil
+}
+
+// writeProfiles writes this process's heap (after a GC) and goroutine
+// profiles into dir, named after what is measured.
+func writeProfiles(dir, name string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for _, prof := range []string{"heap", "goroutine"} {
+		f, err := os.Create(filepath.Join(dir, name+"."+prof+".pprof"))
+		if err != nil {
+			return err
+		}
+		err = pprof.Lookup(prof).WriteTo(f, 0)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
