@@ -127,6 +127,7 @@ func providersWaiting(ctx context.Context, t *target, o *options, rep *reporter)
 		}
 	}()
 	m0, g0 := memNow()
+	split0 := memSplit
 	// Baseline: the fake alone holding n predictions, created over HTTP.
 	base, baseSrv := heldFake(release)
 	defer baseSrv.Close()
@@ -234,9 +235,10 @@ func providersWaiting(ctx context.Context, t *target, o *options, rep *reporter)
 	totalPer := float64(int64(m2)-int64(m1)) / float64(n)
 	params := map[string]any{"jobs": n, "workers": 32, "poll": "10m", "fake_per_prediction_bytes": math.Round(fakePer),
 		"goroutines_per_job": math.Round(float64(g2-g1)/float64(n)*10) / 10, "fake_goroutines_per_prediction": math.Round(float64(g1-g0)/float64(n)*10) / 10,
-		"rss_mb":              rssWait >> 20,
-		"heap_per_job_bytes":  math.Round(float64(int64(split2[0])-int64(split1[0])) / float64(n)),
-		"stack_per_job_bytes": math.Round(float64(int64(split2[1])-int64(split1[1])) / float64(n))}
+		"rss_mb":                          rssWait >> 20,
+		"heap_per_job_bytes":              math.Round(float64(int64(split2[0])-int64(split1[0])) / float64(n)),
+		"stack_per_job_bytes":             math.Round(float64(int64(split2[1])-int64(split1[1])) / float64(n)),
+		"fake_stack_per_prediction_bytes": math.Round(float64(int64(split1[1])-int64(split0[1])) / float64(n))}
 	rep.addVs("providers", "memory per waiting job (Go heap + stacks, processor's share)", (totalPer-fakePer)/1024, "KB/job",
 		fakePer/1024, params)
 	rep.add("providers", "all waits started", took.Seconds(), "s", map[string]any{"jobs": n, "workers": 32})

@@ -166,11 +166,49 @@ func (p *Processor) park(jctx context.Context, d *delivery, timeout time.Duratio
 	rn := &runner{}
 	d.runner = rn
 	p.runners.Add(1)
-	go func() {
+	resume := func(result json.RawMessage, err error) {
 		defer p.runners.Done()
 		defer func() { rn.lease.Swap(nil).release() }()
-		then(p.awaitParked(jctx, w, timeout, start))
-	}()
+		then(result, err)
+	}
+	pk, ok := w.r.(provider.Parker)
+	if !ok {
+		go func() { resume(p.awaitParked(jctx, w, timeout, start)) }()
+		return
+	}
+	// No goroutine at all until something happens: the provider calls
+	// back on one of its own.
+	ctx, cancel := jctx, context.CancelFunc(func() {})
+	if timeout > 0 {
+		ctx, cancel = context.WithDeadline(jctx, start.Add(timeout))
+	}
+	var once sync.Once
+	done := func(result json.RawMessage, err error) {
+		once.Do(func() {
+			result, err = boundaryResult(ctx, jctx, timeout, result, err)
+			cancel()
+			resume(result, err)
+		})
+	}
+	if err := (flow.Boundary{}).Do(ctx, func(ctx context.Context) error {
+		pk.Park(ctx, w.h, w.req, done)
+		return nil
+	}); err != nil {
+		go done(nil, err) // Park panicked
+	}
+}
+
+// boundaryResult reports the end of a parked wait's ctx as flow.Boundary
+// would: the end of jctx (a DELETE, the end of the grace) as its error,
+// the end of the timeout as a *flow.TimeoutError.
+func boundaryResult(ctx, jctx context.Context, timeout time.Duration, result json.RawMessage, err error) (json.RawMessage, error) {
+	if err != nil && ctx.Err() != nil {
+		if jerr := jctx.Err(); jerr != nil {
+			return nil, jerr
+		}
+		return nil, &flow.TimeoutError{Timeout: timeout}
+	}
+	return result, err
 }
 
 // awaitParked is the call's boundary for a parked wait, on its goroutine:
@@ -194,14 +232,7 @@ func (p *Processor) awaitParked(jctx context.Context, w *parkedWait, timeout tim
 		}
 		return err
 	})
-	if err != nil && ctx.Err() != nil {
-		if jerr := jctx.Err(); jerr != nil {
-			err = jerr
-		} else {
-			err = &flow.TimeoutError{Timeout: timeout}
-		}
-	}
-	return result, err
+	return boundaryResult(ctx, jctx, timeout, result, err)
 }
 
 // rejoin ends d's detached wait: the runner waits for a worker to lend it
