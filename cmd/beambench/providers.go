@@ -157,6 +157,13 @@ func providersWaiting(ctx context.Context, t *target, o *options, rep *reporter)
 	}
 	m1, g1 := memNow()
 	split1 := memSplit
+	if o.provProfile != "" {
+		// The base of the profiles taken while the waits are held:
+		// go tool pprof -base providers-before.heap.pprof providers-waiting.heap.pprof
+		if err := writeProfiles(o.provProfile, "providers-before"); err != nil {
+			return err
+		}
+	}
 
 	// The processor under test, on devstack's NATS, serving its own kind.
 	fake, srv := heldFake(release)
