@@ -78,6 +78,7 @@ type options struct {
 	provWaiting    int           // providers: predictions awaited at once
 	provOutputMB   int           // providers: size of the output served with Range
 	provRangeReqs  int           // providers: Range requests per measurement
+	provProfile    string        // providers: folder for heap and goroutine profiles while the waits are held
 	deadline       time.Duration // whole run
 }
 
@@ -141,8 +142,9 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.pollJobs, "polling-jobs", o.pollJobs, "polling: jobs watched")
 	fs.DurationVar(&o.pollDur, "polling-duration", o.pollDur, "polling: how long they are watched")
 	fs.IntVar(&o.provWaiting, "providers-waiting", o.provWaiting, "providers: jobs awaiting held predictions at once on one processor")
-	fs.IntVar(&o.provOutputMB, "providers-output-mb", o.provOutputMB, "providers: MiB of the output served with Range")
+	fs.IntVar(&o.provOutputMB, "providers-output-mb", o.provOutputMB, "providers: MiB of the output served with Range (0: skip that half)")
 	fs.IntVar(&o.provRangeReqs, "providers-range-requests", o.provRangeReqs, "providers: Range requests (4 MiB windows) per measurement")
+	fs.StringVar(&o.provProfile, "providers-profile", "", "providers: write this process's heap and goroutine profiles, taken while the waits are held, into `dir`")
 	fs.DurationVar(&o.ingestDur, "ingest-duration", o.ingestDur, "ingest: length of each concurrency level")
 	fs.StringVar(&o.ingestClient, "ingest-client", o.ingestClient, "ingest: HTTP load generator: lean (one keep-alive connection per worker writing a prebuilt request and parsing the answer with net/http.ReadResponse, as wrk does) or std (net/http.Client)")
 	conc := fs.String("ingest-concurrency", "", "ingest: comma-separated concurrency levels (default 1,16,64; -short 1,8)")
@@ -194,6 +196,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	o, err := parse(args, stderr)
 	if err != nil {
 		return err
+	}
+	if o.provProfile != "" {
+		// Small allocations per waiting job show in the heap profile
+		// only when sampled finely; set before anything allocates much.
+		runtime.MemProfileRate = 512
 	}
 	return bench(ctx, &o, stdout, stderr)
 }

@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -61,6 +62,9 @@ func runProviders(ctx context.Context, t *target, o *options, rep *reporter) err
 	}
 	if err := providersWaiting(ctx, t, o, rep); err != nil {
 		return fmt.Errorf("waiting: %w", err)
+	}
+	if o.provOutputMB <= 0 {
+		return nil
 	}
 	return providersOutputRange(ctx, t, o, rep)
 }
@@ -123,6 +127,7 @@ func providersWaiting(ctx context.Context, t *target, o *options, rep *reporter)
 		}
 	}()
 	m0, g0 := memNow()
+	split0 := memSplit
 	// Baseline: the fake alone holding n predictions, created over HTTP.
 	base, baseSrv := heldFake(release)
 	defer baseSrv.Close()
@@ -152,6 +157,13 @@ func providersWaiting(ctx context.Context, t *target, o *options, rep *reporter)
 	}
 	m1, g1 := memNow()
 	split1 := memSplit
+	if o.provProfile != "" {
+		// The base of the profiles taken while the waits are held:
+		// go tool pprof -base providers-before.heap.pprof providers-waiting.heap.pprof
+		if err := writeProfiles(o.provProfile, "providers-before"); err != nil {
+			return err
+		}
+	}
 
 	// The processor under test, on devstack's NATS, serving its own kind.
 	fake, srv := heldFake(release)
@@ -220,17 +232,45 @@ func providersWaiting(ctx context.Context, t *target, o *options, rep *reporter)
 	rssWait := rssNow()
 	m2, g2 := memNow()
 	split2 := memSplit
+	if o.provProfile != "" {
+		if err := writeProfiles(o.provProfile, "providers-waiting"); err != nil {
+			return err
+		}
+	}
 
 	fakePer := float64(int64(m1)-int64(m0)) / float64(n)
 	totalPer := float64(int64(m2)-int64(m1)) / float64(n)
 	params := map[string]any{"jobs": n, "workers": 32, "poll": "10m", "fake_per_prediction_bytes": math.Round(fakePer),
 		"goroutines_per_job": math.Round(float64(g2-g1)/float64(n)*10) / 10, "fake_goroutines_per_prediction": math.Round(float64(g1-g0)/float64(n)*10) / 10,
-		"rss_mb":              rssWait >> 20,
-		"heap_per_job_bytes":  math.Round(float64(int64(split2[0])-int64(split1[0])) / float64(n)),
-		"stack_per_job_bytes": math.Round(float64(int64(split2[1])-int64(split1[1])) / float64(n))}
+		"rss_mb":                          rssWait >> 20,
+		"heap_per_job_bytes":              math.Round(float64(int64(split2[0])-int64(split1[0])) / float64(n)),
+		"stack_per_job_bytes":             math.Round(float64(int64(split2[1])-int64(split1[1])) / float64(n)),
+		"fake_stack_per_prediction_bytes": math.Round(float64(int64(split1[1])-int64(split0[1])) / float64(n))}
 	rep.addVs("providers", "memory per waiting job (Go heap + stacks, processor's share)", (totalPer-fakePer)/1024, "KB/job",
 		fakePer/1024, params)
 	rep.add("providers", "all waits started", took.Seconds(), "s", map[string]any{"jobs": n, "workers": 32})
+	return nil
+}
+
+// writeProfiles writes this process's heap (after a GC) and goroutine
+// profiles into dir, named after what is measured.
+func writeProfiles(dir, name string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for _, prof := range []string{"heap", "goroutine"} {
+		f, err := os.Create(filepath.Join(dir, name+"."+prof+".pprof"))
+		if err != nil {
+			return err
+		}
+		err = pprof.Lookup(prof).WriteTo(f, 0)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

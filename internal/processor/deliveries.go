@@ -53,6 +53,10 @@ type delivery struct {
 	// provider.Resumable, handles.go); atomic: the provider call may outlive
 	// the run's wait for it (the timeout abandons it).
 	handle atomic.Pointer[provider.Handle]
+	// wait is the Await a call that parks leaves for park (inflight.go):
+	// written by the call's boundary goroutine before it returns
+	// errParked, read by the run once the boundary returned it.
+	wait *parkedWait
 	// timing is what the provider reported of the run's terminal
 	// prediction (telemetry.go).
 	timing        atomic.Pointer[provider.Timing]

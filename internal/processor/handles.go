@@ -142,14 +142,18 @@ func (p *Processor) callRemote(sctx, ctx context.Context, d *delivery, r provide
 // unwatched.
 //
 // The wait holds no worker: the run detaches here, its handle stored, and
-// rejoins once Await returned (inflight.go).
+// parks — Await runs on a goroutine of its own, the run's goroutines end —
+// then rejoins once Await returned (inflight.go).
 func (p *Processor) awaitHandle(ctx, sctx context.Context, d *delivery, r provider.Resumable, h provider.Handle, req provider.Request) (json.RawMessage, error) {
 	d.handle.Store(&h)
 	if err := ctx.Err(); err != nil {
 		p.settleRemote(sctx, d, r, err, p.log.With("job", d.job.ID))
 		return nil, err
 	}
-	p.detach(d)
+	if p.detach(d) {
+		d.wait = &parkedWait{r: r, h: h, req: req}
+		return nil, errParked // call parks: the wait goes on without this goroutine
+	}
 	return r.Await(ctx, h, req)
 }
 

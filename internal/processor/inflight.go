@@ -2,9 +2,15 @@ package processor
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
+
+	"github.com/beamline/beamline/internal/provider"
+	"github.com/beamline/beamline/pkg/flow"
 )
 
 // Waits that hold no worker (docs/design.md#waiting-jobs-hold-no-worker).
@@ -120,12 +126,113 @@ func (p *Processor) serve(w *rejoin) {
 // detach gives d's worker back to the pool; d's runner goes on without one.
 // Called once d's remote work is stored (or while it waits for an
 // in-flight slot). A no-op after rejoin.
-func (p *Processor) detach(d *delivery) {
+func (p *Processor) detach(d *delivery) bool {
 	if d.runner == nil || !d.away.CompareAndSwap(0, 1) {
-		return
+		return false
 	}
 	p.m.detached.Inc()
 	d.runner.lease.Swap(nil).release()
+	return true
+}
+
+// Parked waits (docs/design.md#waiting-jobs-hold-no-worker). A detached
+// wait on a stored handle would keep two goroutines: the runner, blocked
+// deep in the run (whose stack the claim and the create grew), and the
+// call's boundary goroutine running Await. Instead the call parks: the
+// boundary goroutine leaves the Await it would make in d.wait and returns
+// errParked, the run returns (its deferred work kept, worker.go: unwind),
+// the runner goroutine ends, and one fresh goroutine awaits — a shallow
+// stack, holding only Await's frames — then rejoins and runs the rest of
+// the run on the worker lent to it, as the runner would have.
+
+// errParked is what the call's boundary returns when it parked; not an
+// outcome.
+var errParked = errors.New("processor: remote wait parked")
+
+// parkedWait is the Await a parked call makes.
+type parkedWait struct {
+	r   provider.Resumable
+	h   provider.Handle
+	req provider.Request
+}
+
+// park starts d's parked wait (d.wait) with the job's context jctx and
+// what is left of the call's timeout, and hands its outcome to then. The
+// wait gets a runner of its own: the ending runner goroutine still
+// releases the one it ran on.
+func (p *Processor) park(jctx context.Context, d *delivery, timeout time.Duration, start time.Time, then func(json.RawMessage, error)) {
+	w := d.wait
+	d.wait = nil
+	rn := &runner{}
+	d.runner = rn
+	p.runners.Add(1)
+	resume := func(result json.RawMessage, err error) {
+		defer p.runners.Done()
+		defer func() { rn.lease.Swap(nil).release() }()
+		then(result, err)
+	}
+	pk, ok := w.r.(provider.Parker)
+	if !ok {
+		go func() { resume(p.awaitParked(jctx, w, timeout, start)) }()
+		return
+	}
+	// No goroutine at all until something happens: the provider calls
+	// back on one of its own.
+	ctx, cancel := jctx, context.CancelFunc(func() {})
+	if timeout > 0 {
+		ctx, cancel = context.WithDeadline(jctx, start.Add(timeout))
+	}
+	var once sync.Once
+	done := func(result json.RawMessage, err error) {
+		once.Do(func() {
+			result, err = boundaryResult(ctx, jctx, timeout, result, err)
+			cancel()
+			resume(result, err)
+		})
+	}
+	if err := (flow.Boundary{}).Do(ctx, func(ctx context.Context) error {
+		pk.Park(ctx, w.h, w.req, done)
+		return nil
+	}); err != nil {
+		go done(nil, err) // Park panicked
+	}
+}
+
+// boundaryResult reports the end of a parked wait's ctx as flow.Boundary
+// would: the end of jctx (a DELETE, the end of the grace) as its error,
+// the end of the timeout as a *flow.TimeoutError.
+func boundaryResult(ctx, jctx context.Context, timeout time.Duration, result json.RawMessage, err error) (json.RawMessage, error) {
+	if err != nil && ctx.Err() != nil {
+		if jerr := jctx.Err(); jerr != nil {
+			return nil, jerr
+		}
+		return nil, &flow.TimeoutError{Timeout: timeout}
+	}
+	return result, err
+}
+
+// awaitParked is the call's boundary for a parked wait, on its goroutine:
+// a panic is a *flow.PanicError, the end of the timeout a
+// *flow.TimeoutError, the end of jctx (a DELETE, the end of the grace) its
+// error — as flow.Boundary reports them. Unlike it, the wait is not
+// abandoned when ctx ends: Await returns then (both providers' waits
+// select on ctx).
+func (p *Processor) awaitParked(jctx context.Context, w *parkedWait, timeout time.Duration, start time.Time) (json.RawMessage, error) {
+	ctx := jctx
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(jctx, start.Add(timeout))
+		defer cancel()
+	}
+	var result json.RawMessage
+	err := flow.Boundary{}.Do(ctx, func(ctx context.Context) error {
+		res, err := w.r.Await(ctx, w.h, w.req)
+		if err == nil {
+			result = res
+		}
+		return err
+	})
+	return boundaryResult(ctx, jctx, timeout, result, err)
 }
 
 // rejoin ends d's detached wait: the runner waits for a worker to lend it

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -169,6 +170,67 @@ func TestWaitsHoldNoWorker(t *testing.T) {
 	if v := counterValue(t, r, "beamline_provider_predictions_inflight", map[string]string{"provider": "replicate"}); v != 0 {
 		t.Fatalf("predictions in flight gauge %v after the end, want 0", v)
 	}
+}
+
+// TestParkedWaitsHoldNoGoroutine: 20 jobs awaiting held Replicate
+// predictions (polled every 2 s, no webhooks) leave no goroutine in their
+// runs, calls or waits between two polls: a parked wait is a struct on a
+// timer (docs/design.md#waiting-jobs-hold-no-worker). (Before, each held
+// two: the runner in run and the boundary goroutine in Await.) Then all
+// of them end.
+func TestParkedWaitsHoldNoGoroutine(t *testing.T) {
+	e := newEnv(t)
+	h := newHeldReplicate(t)
+	cfg := replicateConfig(t, h.url)
+	prov, err := provider.NewReplicate(provider.ReplicateConfig{
+		URL: h.url, Token: replicatefake.DefaultToken, Model: "black-forest-labs/flux-schnell",
+		PollMin: 2 * time.Second, PollMax: 2 * time.Second,
+		ExtraInput: func(req provider.Request) map[string]any {
+			return map[string]any{replicatefake.InputJob: req.Job.ID}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg = withProvider(cfg, prov)
+	cfg.Concurrency = 2
+	cfg.MaxPerUser = 1
+	r := e.start(cfg)
+	var jobs []envelope.Job
+	for i := range 20 {
+		j := userJob(fmt.Sprintf("u%02d", i), i)
+		jobs = append(jobs, j)
+		e.submit(j)
+	}
+	testutil.WaitFor(t, 20*time.Second, func() bool { return counterValue(t, r, "beamline_processor_detached", nil) == 20 },
+		func() string { return "not all 20 runs wait detached" })
+	var held int
+	testutil.WaitFor(t, 10*time.Second, func() bool {
+		held = waitGoroutines()
+		return held == 0
+	}, func() string {
+		return fmt.Sprintf("%d goroutines in runs, calls or waits while 20 waits are parked, want 0", held)
+	})
+	h.finish()
+	for _, j := range jobs {
+		e.waitStatus(j.ID, envelope.StatusSucceeded, 20*time.Second)
+	}
+	e.waitJobsEmpty()
+}
+
+// waitGoroutines counts the goroutines in a run, a provider call or a
+// Replicate wait.
+func waitGoroutines() int {
+	buf := make([]byte, 1<<22)
+	buf = buf[:runtime.Stack(buf, true)]
+	n := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "processor.(*Processor).run(") || strings.Contains(g, "processor.(*Processor).call(") ||
+			strings.Contains(g, "replicateProvider).Await(") || strings.Contains(g, "replicateWait)") {
+			n++
+		}
+	}
+	return n
 }
 
 // TestProviderInflightCaps: -provider-inflight 5 holds the predictions at

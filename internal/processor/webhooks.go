@@ -56,9 +56,18 @@ type Webhooks struct {
 	delivered *prometheus.CounterVec // api, result
 	since     time.Time              // where the consumer (re)starts
 	subs      map[string]map[chan provider.WebhookDelivery]struct{}
+	funcs     map[string]map[*webhookFunc]struct{}
 }
 
-var _ provider.WebhookSource = (*Webhooks)(nil)
+// webhookFunc is one WatchFunc.
+type webhookFunc struct {
+	fn func(provider.WebhookDelivery)
+}
+
+var (
+	_ provider.WebhookSource     = (*Webhooks)(nil)
+	_ provider.WebhookFuncSource = (*Webhooks)(nil)
+)
 
 // NewWebhooks returns the source whose URLs start with baseURL (the public
 // base URL of ingest, -webhook-url) and whose Cog tokens are keyed with key
@@ -72,9 +81,10 @@ func NewWebhooks(baseURL string, key []byte) (*Webhooks, error) {
 		return nil, fmt.Errorf("%w: webhooks need a key (provider.WebhookKey)", ErrInvalidConfig)
 	}
 	return &Webhooks{
-		base: strings.TrimSuffix(u.String(), "/"),
-		key:  append([]byte(nil), key...),
-		subs: map[string]map[chan provider.WebhookDelivery]struct{}{},
+		base:  strings.TrimSuffix(u.String(), "/"),
+		key:   append([]byte(nil), key...),
+		subs:  map[string]map[chan provider.WebhookDelivery]struct{}{},
+		funcs: map[string]map[*webhookFunc]struct{}{},
 	}, nil
 }
 
@@ -147,6 +157,28 @@ func (w *Webhooks) Watch(api, job string) (<-chan provider.WebhookDelivery, func
 	}
 }
 
+// WatchFunc implements provider.WebhookFuncSource: a parked wait
+// (provider.Parker) is handed its deliveries without a channel or a
+// goroutine. fn is called under w.mu, from dispatch.
+func (w *Webhooks) WatchFunc(api, job string, fn func(provider.WebhookDelivery)) func() {
+	f := &webhookFunc{fn: fn}
+	k := api + "." + job
+	w.mu.Lock()
+	if w.funcs[k] == nil {
+		w.funcs[k] = map[*webhookFunc]struct{}{}
+	}
+	w.funcs[k][f] = struct{}{}
+	w.mu.Unlock()
+	return func() {
+		w.mu.Lock()
+		delete(w.funcs[k], f)
+		if len(w.funcs[k]) == 0 {
+			delete(w.funcs, k)
+		}
+		w.mu.Unlock()
+	}
+}
+
 // errWebhooksUnbound: LastFinal before setup opened the stream.
 var errWebhooksUnbound = errors.New("processor: the WEBHOOKS stream is not open")
 
@@ -178,12 +210,15 @@ func (w *Webhooks) dispatch(subject string, body []byte) {
 	d := provider.WebhookDelivery{Body: body, Final: final}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	subs := w.subs[api+"."+job]
-	if len(subs) == 0 {
+	subs, funcs := w.subs[api+"."+job], w.funcs[api+"."+job]
+	if len(subs) == 0 && len(funcs) == 0 {
 		w.delivered.WithLabelValues(api, "not_waiting").Inc()
 		return
 	}
 	w.delivered.WithLabelValues(api, "delivered").Inc()
+	for f := range funcs {
+		f.fn(d)
+	}
 	for c := range subs {
 		select {
 		case c <- d:

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/beamline/beamline/internal/jobstore"
 	"github.com/beamline/beamline/internal/provider"
@@ -86,6 +87,10 @@ type runResult struct {
 	d    *delivery
 	held bool
 	err  error
+	// parked: the run waits detached on a goroutine of its own (park,
+	// inflight.go), which reports its result and hands its user's slot
+	// over when the wait ends; nothing is left to do here.
+	parked bool
 }
 
 // handle takes d from the ready queue to its Ack, Nak or Term: decoded and
@@ -96,13 +101,19 @@ type runResult struct {
 // released all the same: the user's other jobs are never stranded.
 func (p *Processor) handle(d *delivery, rn *runner) {
 	d.runner = rn
-	res := p.execute(d, p.dispatch)
-	for {
+	p.handOver(p.execute(d, p.dispatch), rn)
+}
+
+// handOver reports res and runs the deliveries its user's slot is handed
+// over to, on rn. A run that parked (park, inflight.go) does both itself
+// once its wait ends.
+func (p *Processor) handOver(res runResult, rn *runner) {
+	for !res.parked {
 		p.report(res)
 		if !res.held {
 			return
 		}
-		d = p.fair.done(res.d.job.User)
+		d := p.fair.done(res.d.job.User)
 		if d == nil {
 			return
 		}
@@ -110,7 +121,7 @@ func (p *Processor) handle(d *delivery, rn *runner) {
 		d.runner = rn
 		res = p.execute(d, func(d *delivery, res *runResult) {
 			res.held = true // handed over by the user's finished run
-			p.run(d)
+			p.run(d, res)
 		})
 	}
 }
@@ -169,7 +180,7 @@ func (p *Processor) dispatch(d *delivery, res *runResult) {
 		return
 	}
 	res.held = true
-	p.run(d)
+	p.run(d, res)
 }
 
 // decode reads the envelope; an invalid one is dead-lettered and termed.
@@ -200,13 +211,22 @@ func (p *Processor) decode(d *delivery) bool {
 	return true
 }
 
-// run is one attempt of a job whose user slot is held.
-func (p *Processor) run(d *delivery) {
+// run is one attempt of a job whose user slot is held. A run whose
+// remote call parks (inflight.go) sets res.parked and returns at once: the
+// rest of it — the outcome, and what its defers would do — runs on the
+// parked wait's goroutine when the wait ends (un holds those defers).
+func (p *Processor) run(d *delivery, res *runResult) {
 	j := d.job
+	var un unwind
+	defer func() {
+		if !res.parked {
+			un.run()
+		}
+	}()
 	// Store writes use a context that survives the start of a shutdown:
 	// a job finishing within the grace period must still record its end.
 	ctx, span := p.startAttempt(context.Background(), d)
-	defer span.End()
+	un.push(func() { span.End() })
 	log := p.log.With("job", j.ID, "user", j.User, "kind", j.Kind).With(telemetry.LogAttrs(ctx)...)
 	// Admission by the provider's breaker comes first, before the attempt
 	// is counted (the claim, or the running write): a run is counted only
@@ -233,13 +253,13 @@ func (p *Processor) run(d *delivery) {
 		p.nak(d, 0)
 		return
 	}
-	defer release()
+	un.push(release)
 	done, ok := p.admit(d)
 	if !ok {
 		p.nak(d, 0)
 		return
 	}
-	defer done(flow.ErrNotCalled)
+	un.push(func() { done(flow.ErrNotCalled) })
 
 	// Findable by a cancel notice before the run's first write (its claim,
 	// or the started write): ingest writes cancelled before it sends the
@@ -247,9 +267,9 @@ func (p *Processor) run(d *delivery) {
 	// the job terminal, and one arriving after it cancels jctx. No window
 	// where it is dropped.
 	jctx, cancel := context.WithCancel(p.jobBase)
-	defer cancel()
+	un.push(cancel)
 	p.deliveries.running(d, cancel)
-	defer p.deliveries.stopped(d)
+	un.push(func() { p.deliveries.stopped(d) })
 
 	// A first delivery claims the job without reading it (started.go).
 	// Any other run reads it: the attempt number is one more than the
@@ -289,7 +309,7 @@ func (p *Processor) run(d *delivery) {
 		delay = p.cfg.StartedDelay
 	}
 	d.start = p.newStarter(ctx, d, cancel, delay)
-	defer func() { _, _, _ = d.start.skipOrAwait() }()
+	un.push(func() { _, _, _ = d.start.skipOrAwait() })
 	if delay == 0 {
 		if snap, err := d.start.ensure(); err != nil {
 			p.startFailed(ctx, d, snap, err, log)
@@ -303,17 +323,48 @@ func (p *Processor) run(d *delivery) {
 		h(d)
 	}
 
-	result, callErr := p.call(ctx, jctx, d, done, release, log)
-	if callErr == nil {
-		result, callErr = p.keepOutputs(jctx, d, result, log)
+	outcome := func(result json.RawMessage, callErr error) {
+		if callErr == nil {
+			result, callErr = p.keepOutputs(jctx, d, result, log)
+		}
+		telemetry.RecordError(span, callErr)
+		_, snap, err := d.start.skipOrAwait()
+		if err != nil {
+			p.startFailed(ctx, d, snap, err, log)
+			return
+		}
+		p.finish(ctx, d, result, callErr, log)
 	}
-	telemetry.RecordError(span, callErr)
-	_, snap, err := d.start.skipOrAwait()
-	if err != nil {
-		p.startFailed(ctx, d, snap, err, log)
+	result, callErr, parked := p.call(ctx, jctx, d, done, release, log, func(result json.RawMessage, callErr error) {
+		// On the parked wait's goroutine: the rest of this run, in an
+		// error boundary of its own as execute gives a run, then its
+		// report and the hand-over of its user's slot.
+		rest := runResult{d: d, held: true}
+		rest.err = flow.Boundary{}.Do(context.Background(), func(context.Context) error {
+			defer un.run()
+			outcome(result, callErr)
+			return nil
+		})
+		p.handOver(rest, d.runner)
+	})
+	if parked {
+		res.parked = true
 		return
 	}
-	p.finish(ctx, d, result, callErr, log)
+	outcome(result, callErr)
+}
+
+// unwind is a run's deferred work, run in reverse order by whoever ends
+// the run: the run itself, or its parked wait (inflight.go).
+type unwind []func()
+
+func (u *unwind) push(f func()) { *u = append(*u, f) }
+
+func (u *unwind) run() {
+	for i := len(*u) - 1; i >= 0; i-- {
+		(*u)[i]()
+	}
+	*u = nil
 }
 
 // loaded checks the snapshot load read against the delivery and numbers the
@@ -385,13 +436,24 @@ func (p *Processor) admit(d *delivery) (done func(error), ok bool) {
 // (cancelled by cancel.<user>.<job>, or when the shutdown grace runs out).
 // Exactly one call per admission: never a retry here, since the run's
 // attempt is counted.
-func (p *Processor) call(actx, jctx context.Context, d *delivery, done func(error), release func(), log *slog.Logger) (json.RawMessage, error) {
+//
+// A remote call whose handle is stored parks (inflight.go): call returns
+// parked at once, and the call's outcome goes to then, on the parked
+// wait's goroutine, once the wait ends.
+func (p *Processor) call(actx, jctx context.Context, d *delivery, done func(error), release func(), log *slog.Logger, then func(json.RawMessage, error)) (json.RawMessage, error, bool) {
 	j := d.job
 	prov := p.kindProviders[j.Kind]
+	var un unwind
+	parked := false
+	defer func() {
+		if !parked {
+			un.run()
+		}
+	}()
 	jctx, span := p.startSpan(withSpanOf(jctx, actx), "provider call", attribute.String("beamline.provider", prov.Name()))
-	defer span.End()
+	un.push(func() { span.End() })
 	p.m.inflight.Inc()
-	defer p.m.inflight.Dec()
+	un.push(p.m.inflight.Dec)
 
 	// Progress writes carry the revision too: they are serial (one in
 	// flight per job) and the final write waits for them (prog.close).
@@ -414,10 +476,10 @@ func (p *Processor) call(actx, jctx context.Context, d *delivery, done func(erro
 			h(d, pct, err)
 		}
 	})
-	defer prog.close()
+	un.push(prog.close)
 	// Previews are stored apart and announced through prog (previews.go).
 	pvs := p.newPreviews(jctx, d, prog, log)
-	defer pvs.close()
+	un.push(pvs.close)
 
 	bd := flow.Boundary{Timeout: p.cfg.timeout(j.Kind)}
 	var result json.RawMessage
@@ -439,6 +501,27 @@ func (p *Processor) call(actx, jctx context.Context, d *delivery, done func(erro
 		}
 		return err
 	})
+	end := func(result json.RawMessage, err error) (json.RawMessage, error) {
+		defer un.run()
+		return p.callEnd(actx, d, r, remote, done, release, span, pvs, prog, start, result, err, log)
+	}
+	if errors.Is(err, errParked) {
+		parked = true
+		p.park(jctx, d, bd.Timeout, start, func(result json.RawMessage, err error) {
+			then(end(result, err))
+		})
+		return nil, nil, true
+	}
+	result, err = p.callEnd(actx, d, r, remote, done, release, span, pvs, prog, start, result, err, log)
+	return result, err, false
+}
+
+// callEnd is the end of call: the remote work settled and its slot freed,
+// the outcome reported and counted.
+func (p *Processor) callEnd(actx context.Context, d *delivery, r provider.Resumable, remote bool, done func(error), release func(),
+	span trace.Span, pvs *previews, prog *progress, start time.Time, result json.RawMessage, err error, log *slog.Logger) (json.RawMessage, error) {
+	j := d.job
+	prov := p.kindProviders[j.Kind]
 	if remote {
 		p.observeRemote(d, time.Since(start)) // telemetry.go
 		p.settleRemote(actx, d, r, err, log)

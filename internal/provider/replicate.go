@@ -457,84 +457,14 @@ func (p *replicateProvider) sameOrigin(u, path string) string {
 // until the next delivery. Only a delivery of prediction h.ID counts:
 // ingest checked its signature, not that it is about this job's work.
 func (p *replicateProvider) Await(ctx context.Context, h Handle, req Request) (json.RawMessage, error) {
-	progress := newRequestTracker(req)
-	p.mu.Lock()
-	done, ok := p.finished[h.ID]
-	delete(p.finished, h.ID)
-	p.mu.Unlock()
-	if ok {
-		return p.outcome(h.ID, done, progress)
+	type outcome struct {
+		res json.RawMessage
+		err error
 	}
-	var deliveries <-chan WebhookDelivery
-	if p.hooks != nil {
-		c, stop := p.hooks.Watch(envelope.WebhookReplicate, req.Job.ID)
-		defer stop()
-		deliveries = c
-		if d, ok, err := p.hooks.LastFinal(ctx, envelope.WebhookReplicate, req.Job.ID); err == nil && ok {
-			if pred, mine := replicateDelivery(h.ID, d); mine && pred.terminal() {
-				return p.outcome(h.ID, pred, progress)
-			}
-		}
-	}
-	getURL := p.sameOrigin(h.GetURL, "/v1/predictions/"+url.PathEscape(h.ID))
-	bad := 0
-	quiet := deliveries != nil
-	for try := 1; ; {
-		wait := flow.Backoff(try, p.pollMin, p.pollMax, 0.2, nil)
-		if quiet {
-			wait = p.quiet
-		}
-		pred, got, err := p.waitDelivery(ctx, h.ID, deliveries, wait)
-		if err != nil {
-			return nil, flow.Retryable(fmt.Errorf("replicate provider: prediction %s: %w", h.ID, err), 0)
-		}
-		if got {
-			if pred.terminal() {
-				return p.outcome(h.ID, pred, progress)
-			}
-			progress.fromLogs(pred.logs())
-			progress.output(pred.Output)
-			quiet = true
-			continue
-		}
-		// Nothing came for the whole wait: poll, and go on polling with
-		// backoff until a delivery comes.
-		quiet = false
-		pred, err = p.do(ctx, http.MethodGet, getURL, nil, 0)
-		var th *errThrottled
-		var se *StatusError
-		switch {
-		case err == nil:
-			bad = 0
-			if pred.ID != h.ID {
-				return nil, flow.Retryable(fmt.Errorf("%w: replicate answered prediction %q when asked for %q", ErrInvalidResponse, pred.ID, h.ID), 0)
-			}
-			if pred.terminal() {
-				return p.outcome(h.ID, pred, progress)
-			}
-			progress.fromLogs(pred.logs())
-			progress.output(pred.Output)
-			try++
-		case ctx.Err() != nil:
-			return nil, flow.Retryable(fmt.Errorf("replicate provider: prediction %s: %w", h.ID, ctx.Err()), 0)
-		case errors.As(err, &th):
-			if werr := p.pause(ctx, th.wait); werr != nil {
-				return nil, werr
-			}
-		case errors.As(err, &se) && se.StatusCode == http.StatusNotFound:
-			return nil, flow.Retryable(fmt.Errorf("%w: replicate prediction %s is gone: %w", ErrRemote, h.ID, se), 0)
-		case flow.IsTerminal(err):
-			return nil, err
-		case errors.Is(err, ErrInvalidResponse):
-			if bad++; bad >= DefaultReplicateBadAnswers {
-				return nil, err
-			}
-			try++
-		default:
-			// 5xx, a cut connection: the prediction runs on; poll again.
-			try++
-		}
-	}
+	c := make(chan outcome, 1)
+	p.Park(ctx, h, req, func(res json.RawMessage, err error) { c <- outcome{res, err} })
+	o := <-c
+	return o.res, o.err
 }
 
 // waitDelivery waits d for a webhook delivery of prediction id: got when

@@ -77,3 +77,15 @@ func AsResumable(p Provider) (Resumable, bool) {
 	}
 	return r, true
 }
+
+// Parker is a Resumable that can await its work without a goroutine while
+// nothing happens (docs/design.md#waiting-jobs-hold-no-worker): the
+// processor holds thousands of waits at once.
+type Parker interface {
+	Resumable
+	// Park waits for the work h names as Await does, but returns at once:
+	// done is called exactly once, never from within Park, on a goroutine
+	// that may block, with what Await would have returned. A panic of the
+	// wait is reported to done as a *flow.PanicError.
+	Park(ctx context.Context, h Handle, req Request, done func(json.RawMessage, error))
+}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/beamline/beamline/internal/auth"
 )
@@ -55,6 +56,42 @@ type WebhookSource interface {
 	// none. Call it after Watch, so a delivery stored in between is seen
 	// by one or the other.
 	LastFinal(ctx context.Context, api, job string) (d WebhookDelivery, ok bool, err error)
+}
+
+// WebhookFuncSource is a WebhookSource that can also hand the deliveries
+// of a job to a func, so a wait needs no goroutine reading a channel.
+type WebhookFuncSource interface {
+	// WatchFunc calls fn with each delivery for job from now on, until
+	// stop is called; fn must not block (it is called from the source's
+	// dispatch).
+	WatchFunc(api, job string, fn func(WebhookDelivery)) (stop func())
+}
+
+// watchFunc hands the deliveries of job to fn: with the source's
+// WatchFunc when it has one, else from its channel on a goroutine.
+func watchFunc(s WebhookSource, api, job string, fn func(WebhookDelivery)) (stop func()) {
+	if fs, ok := s.(WebhookFuncSource); ok {
+		return fs.WatchFunc(api, job, fn)
+	}
+	c, stopWatch := s.Watch(api, job)
+	quit := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case d := <-c:
+				fn(d)
+			case <-quit:
+				return
+			}
+		}
+	}()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			stopWatch()
+			close(quit)
+		})
+	}
 }
 
 // WebhookKey is the key of Cog webhook tokens: EnvWebhookKey when set,
