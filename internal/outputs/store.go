@@ -260,6 +260,9 @@ type Object struct {
 	bufOff int64
 	bufEnd int64
 	ahead  int64 // bytes the next sequential fetch asks for
+	want   int64 // bytes this fetch asks for
+	// The caller reads [expFrom, expTo) next (Expect).
+	expFrom, expTo int64
 	// seqs[k] is the stream sequence of chunk k, 0 while unknown; offs[k]
 	// its offset (a scanned object: chunks of any size).
 	seqs    []uint64
@@ -271,6 +274,13 @@ type Object struct {
 // bytes (a player's probe of a few bytes costs little), each sequential one
 // after it twice as many, up to natsx.DirectMaxBytes.
 const readAheadMin = 1 << 20
+
+// Expect tells o that the caller reads [from, to) next (the bytes of an
+// HTTP Range): a fetch within it asks for what is left of it (up to
+// natsx.DirectMaxBytes), neither less nor more.
+func (o *Object) Expect(from, to int64) {
+	o.expFrom, o.expTo = from, min(to, o.Info.Size)
+}
 
 // Seek implements io.Seeker.
 func (o *Object) Seek(offset int64, whence int) (int64, error) {
@@ -327,6 +337,10 @@ func (o *Object) fetch() error {
 	} else {
 		o.ahead = readAheadMin
 	}
+	o.want = o.ahead
+	if o.pos >= o.expFrom && o.pos < o.expTo {
+		o.want = min(o.expTo-o.pos, natsx.DirectMaxBytes)
+	}
 	if o.seqs == nil {
 		o.seqs = make([]uint64, o.Info.chunks)
 	}
@@ -366,7 +380,7 @@ func (o *Object) index(m *jetstream.RawStreamMsg) (int, error) {
 func (o *Object) fetchFull() error {
 	cs := o.Info.chunkSize
 	k := int(o.pos / cs)
-	n := min(int(max(o.ahead/cs, 1)), o.Info.chunks-k, natsx.DirectBatch)
+	n := min(int((o.pos+o.want-1)/cs)-k+1, o.Info.chunks-k, natsx.DirectBatch)
 	subj := o.chunkSubject()
 	overshot := false
 	for range o.Info.chunks + 2 {
@@ -455,7 +469,7 @@ func (o *Object) fetchScan() error {
 		}
 		from = o.seqs[i]
 	}
-	n := min(int(max(o.ahead/(128<<10), 1)), natsx.DirectBatch)
+	n := min(int(o.want/(128<<10))+1, natsx.DirectBatch)
 	for range o.Info.chunks + 1 {
 		var ferr error
 		got := 0
