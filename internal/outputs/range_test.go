@@ -176,10 +176,10 @@ func TestRangesServed(t *testing.T) {
 	}
 }
 
-// A range read of an object alone reads only its chunks from the range on:
-// with the first chunk hidden from every answer, the tail is still read.
-// (The noisy object: its chunks are not contiguous, and the read finds
-// them anyway, by the chunks' Nats-Num-Pending.)
+// A range read of an object alone reads only its chunks from the range on
+// (and, the first time, its first chunk: the proof that its chunks are
+// contiguous); the noisy object's chunks are not contiguous, and a read
+// finds them anyway, by the chunks' Nats-Num-Pending.
 func TestRangeReadsOnlyItsChunks(t *testing.T) {
 	st, js := rangeStore(t)
 	ctx := ctxT(t)
@@ -190,27 +190,46 @@ func TestRangeReadsOnlyItsChunks(t *testing.T) {
 	if _, err := st.Put(ctx, "j/alone", "video/mp4", bytes.NewReader(data)); err != nil {
 		t.Fatal(err)
 	}
-	info, err := st.Stat(ctx, "j/alone")
-	if err != nil {
-		t.Fatal(err)
-	}
-	first := info.metaSeq - uint64(info.chunks) // chunk 0 when contiguous
 	var seen []uint64
 	st.dr.Hide = func(m *jetstream.RawStreamMsg) bool {
 		seen = append(seen, m.Sequence)
-		return m.Sequence == first
+		return false
 	}
-	o := st.Reader(ctx, info)
-	defer o.Close()
 	off := int64(len(data) - 200<<10)
-	if _, err := o.Seek(off, io.SeekStart); err != nil {
-		t.Fatal(err)
+	tail := func(key string) *Info {
+		t.Helper()
+		info, err := st.Stat(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen = nil
+		o := st.Reader(ctx, info)
+		defer o.Close()
+		if _, err := o.Seek(off, io.SeekStart); err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(o)
+		if err != nil || !bytes.Equal(got, data[off:]) {
+			t.Fatalf("%s: tail: %d bytes, %v", key, len(got), err)
+		}
+		return &info
 	}
-	got, err := io.ReadAll(o)
-	if err != nil || !bytes.Equal(got, data[off:]) {
-		t.Fatalf("tail: %d bytes, %v", len(got), err)
+	info := tail("j/alone")
+	first := info.metaSeq - uint64(info.chunks)
+	k := uint64(off / info.chunkSize)
+	var want []uint64
+	for s := first + k; s < info.metaSeq; s++ {
+		want = append(want, s)
 	}
-	if k := int(off / info.chunkSize); len(seen) != info.chunks-k || seen[0] != first+uint64(k) {
-		t.Fatalf("read chunks at %v, want chunks %d.. from seq %d", seen, k, first+uint64(k))
+	if fmt.Sprint(seen) != fmt.Sprint(append([]uint64{first}, want...)) {
+		t.Fatalf("first read: chunks at %v, want the first and %v", seen, want)
+	}
+	tail("j/alone")
+	if fmt.Sprint(seen) != fmt.Sprint(want) {
+		t.Fatalf("second read: chunks at %v, want %v", seen, want)
+	}
+	tail("j/noisy")
+	if len(seen) > 8 {
+		t.Fatalf("noisy: read %d messages for the last 3 chunks: %v", len(seen), seen)
 	}
 }

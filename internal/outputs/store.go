@@ -7,6 +7,7 @@
 package outputs
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -15,6 +16,7 @@ import (
 	"io"
 	"sort"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -64,6 +66,38 @@ type Store struct {
 	obs      jetstream.ObjectStore
 	dr       *natsx.DirectReader // of the bucket's stream: Stat and Object
 	maxBytes int64
+	runs     runs
+}
+
+// runs remembers the objects whose chunks were found contiguous in the
+// stream: NUID → the first chunk's sequence. A NUID's chunks never change
+// (a Put under the same name makes a new NUID), so an entry stays true
+// while the chunks exist.
+type runs struct {
+	mu sync.Mutex
+	m  map[string]uint64
+}
+
+// maxRuns bounds runs; a full map starts again empty.
+const maxRuns = 4096
+
+func (r *runs) get(nuid string) uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.m[nuid]
+}
+
+func (r *runs) set(nuid string, first uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m == nil || len(r.m) >= maxRuns {
+		r.m = make(map[string]uint64)
+	}
+	if first == 0 {
+		delete(r.m, nuid)
+		return
+	}
+	r.m[nuid] = first
 }
 
 // stream is the bucket's stream.
@@ -239,7 +273,7 @@ func (s *Store) Open(ctx context.Context, key string) (*Object, error) {
 
 // Reader opens the output Stat described, reading with ctx.
 func (s *Store) Reader(ctx context.Context, info Info) *Object {
-	return &Object{ctx: ctx, dr: s.dr, Info: info}
+	return &Object{ctx: ctx, dr: s.dr, runs: &s.runs, Info: info}
 }
 
 // Object is a stored output opened for reading, an io.ReadSeeker for
@@ -253,6 +287,7 @@ type Object struct {
 	Info Info
 	ctx  context.Context
 	dr   *natsx.DirectReader
+	runs *runs
 	pos  int64 // where the caller reads next
 	// buf is the fetched bytes [bufOff, bufOff+len) as the chunks' own
 	// data, in order.
@@ -382,6 +417,14 @@ func (o *Object) fetchFull() error {
 	k := int(o.pos / cs)
 	n := min(int((o.pos+o.want-1)/cs)-k+1, o.Info.chunks-k, natsx.DirectBatch)
 	subj := o.chunkSubject()
+	if first, err := o.run(); err != nil {
+		return err
+	} else if first != 0 {
+		if ok, err := o.fetchRun(first, k, n); ok || err != nil {
+			return err
+		}
+		o.runs.set(o.Info.nuid, 0) // not a run after all: find the chunks
+	}
 	overshot := false
 	for range o.Info.chunks + 2 {
 		lo, hi := o.bounds(k)
@@ -434,6 +477,80 @@ func (o *Object) fetchFull() error {
 		}
 	}
 	return wrapf(ErrStore, "%s: chunk %d not found", o.Info.Key, k)
+}
+
+// run returns the sequence of the object's first chunk when its chunks are
+// contiguous, else 0. A Put's chunks, alone in the stream while it ran,
+// are the sequences just before its meta: then its first chunk is at
+// metaSeq-chunks, which one direct get by subject from there shows (the
+// chunk there is the object's first). Found once per object and process.
+func (o *Object) run() (uint64, error) {
+	if first := o.runs.get(o.Info.nuid); first != 0 {
+		return first, nil
+	}
+	if o.Info.metaSeq <= uint64(o.Info.chunks) {
+		return 0, nil
+	}
+	first := o.Info.metaSeq - uint64(o.Info.chunks)
+	var ierr error
+	contiguous := false
+	_, _, err := o.dr.Get(o.ctx, natsx.DirectGet{Seq: first, NextFor: o.chunkSubject(), Batch: 1, MaxBytes: 1}, func(m *jetstream.RawStreamMsg) bool {
+		var j int
+		j, ierr = o.index(m)
+		if ierr == nil {
+			o.seqs[j] = m.Sequence
+			contiguous = j == 0 && m.Sequence == first
+		}
+		return false
+	})
+	if err = cmp.Or(ierr, err); err != nil {
+		return 0, wrapf(ErrStore, "read %s: %v", o.Info.Key, err)
+	}
+	if !contiguous {
+		return 0, nil
+	}
+	o.runs.set(o.Info.nuid, first)
+	return first, nil
+}
+
+// fetchRun reads n chunks from chunk k of an object whose chunks are
+// contiguous from sequence first, with a direct get by sequence alone (no
+// subject: the server then counts the pending messages from its stream
+// state, where a subject filter makes it load the blocks before the
+// sequence). ok is false if a message is not the chunk due.
+func (o *Object) fetchRun(first uint64, k, n int) (ok bool, err error) {
+	cs := o.Info.chunkSize
+	subj := o.chunkSubject()
+	start := first + uint64(k)
+	var ferr error
+	ok = true
+	_, _, err = o.dr.Get(o.ctx, natsx.DirectGet{Seq: start, Batch: n, MaxBytes: n * int(cs)}, func(m *jetstream.RawStreamMsg) bool {
+		j := k + len(o.buf)
+		if m.Subject != subj || m.Sequence != start+uint64(len(o.buf)) {
+			ok = false
+			return false
+		}
+		if want := min(cs, o.Info.Size-int64(j)*cs); int64(len(m.Data)) != want {
+			ferr = wrapf(ErrStore, "%s: chunk %d is %d bytes, want %d", o.Info.Key, j, len(m.Data), want)
+			return false
+		}
+		o.seqs[j] = m.Sequence
+		o.buf = append(o.buf, m.Data)
+		return len(o.buf) < n
+	})
+	if ferr != nil {
+		return false, ferr
+	}
+	if err != nil {
+		return false, wrapf(ErrStore, "read %s: %v", o.Info.Key, err)
+	}
+	if !ok || len(o.buf) == 0 {
+		o.buf = nil
+		return false, nil
+	}
+	o.bufOff = int64(k) * cs
+	o.bufEnd = min(o.bufOff+int64(len(o.buf))*cs, o.Info.Size)
+	return true, nil
 }
 
 // bounds are the stream sequences chunk k can be at by the chunks seen:
