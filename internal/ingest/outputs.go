@@ -127,10 +127,9 @@ func (s *Service) output(w http.ResponseWriter, r *http.Request) {
 	}
 	// One range at most. ServeContent copies a multi-range answer on a
 	// goroutine of its own that can outlive this handler (and its Close of
-	// obj), and every backwards range restarts the object's stream from its
-	// first chunk: a request of many tiny ranges would read the object once
-	// per range. A multi-range request gets the whole object (200), which
-	// RFC 9110 allows; a player seeks with single ranges.
+	// obj), and a request of many tiny ranges would cost a round trip to
+	// JetStream per range. A multi-range request gets the whole object
+	// (200), which RFC 9110 allows; a player seeks with single ranges.
 	if strings.Contains(r.Header.Get("Range"), ",") {
 		r.Header.Del("Range")
 	}

@@ -77,6 +77,10 @@ func TestRangesServed(t *testing.T) {
 	if _, err := st.obs.Put(ctx, h, &shortReader{r: bytes.NewReader(data)}); err != nil {
 		t.Fatal(err)
 	}
+	// Put fills the chunks of a reader of short reads (a network body).
+	if _, err := st.Put(ctx, "j/shortput", "video/mp4", &shortReader{r: bytes.NewReader(data)}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := st.Put(ctx, "j/empty", "text/plain", bytes.NewReader(nil)); err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +129,7 @@ func TestRangesServed(t *testing.T) {
 		{fmt.Sprintf("bytes=%d-%d", 7*cs, 7*cs+(5<<20)), 7 * cs, size},
 		{fmt.Sprintf("bytes=%d-%d", 20*cs+1, 23*cs), 20*cs + 1, 23*cs + 1},
 	}
-	for _, key := range []string{"j/alone", "j/noisy", "j/short"} {
+	for _, key := range []string{"j/alone", "j/noisy", "j/short", "j/shortput"} {
 		info, err := st.Stat(ctx, key)
 		if err != nil {
 			t.Fatal(err)
