@@ -2,12 +2,14 @@ package outputs
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -64,9 +66,10 @@ func rangeStore(t *testing.T) (*Store, jetstream.JetStream) {
 // a range past the end is 416, and the ETag is the digest.
 func TestRangesServed(t *testing.T) {
 	st, js := rangeStore(t)
-	size := 3<<20 + 5
+	size := 1<<20 + 5 // 9 chunks, the last of 5 bytes
 	data := pattern(size)
-	ctx := ctxT(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
 	if _, err := st.Put(ctx, "j/alone", "video/mp4", bytes.NewReader(data)); err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +130,7 @@ func TestRangesServed(t *testing.T) {
 		{"bytes=-5", size - 5, size},
 		{fmt.Sprintf("bytes=-%d", cs+3), size - cs - 3, size},
 		{fmt.Sprintf("bytes=%d-%d", 7*cs, 7*cs+(5<<20)), 7 * cs, size},
-		{fmt.Sprintf("bytes=%d-%d", 20*cs+1, 23*cs), 20*cs + 1, 23*cs + 1},
+		{fmt.Sprintf("bytes=%d-%d", 6*cs+1, 8*cs), 6*cs + 1, 8*cs + 1},
 	}
 	for _, key := range []string{"j/alone", "j/noisy", "j/short", "j/shortput"} {
 		info, err := st.Stat(ctx, key)
@@ -165,7 +168,7 @@ func TestRangesServed(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for range 60 {
+		for range 30 {
 			off := rnd.IntN(size)
 			n := min(1+rnd.IntN(3*cs), size-off)
 			if _, err := o.Seek(int64(off), io.SeekStart); err != nil {

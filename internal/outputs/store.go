@@ -289,6 +289,11 @@ type Object struct {
 	dr   *natsx.DirectReader
 	runs *runs
 	pos  int64 // where the caller reads next
+	// batch is the open direct get of a contiguous object's chunks
+	// (fetchRun): chunk batchNext, at batchSeq, comes next.
+	batch     *natsx.Batch
+	batchNext int
+	batchSeq  uint64
 	// buf is the fetched bytes [bufOff, bufOff+len) as the chunks' own
 	// data, in order.
 	buf    [][]byte
@@ -341,8 +346,17 @@ func (o *Object) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	if o.pos < o.bufOff || o.pos >= o.bufEnd {
-		if err := o.fetch(); err != nil {
-			return 0, err
+		got := false
+		if o.batch != nil && o.pos == o.bufEnd {
+			var err error
+			if got, err = o.pull(); err != nil {
+				return 0, err
+			}
+		}
+		if !got {
+			if err := o.fetch(); err != nil {
+				return 0, err
+			}
 		}
 	}
 	n := 0
@@ -361,12 +375,14 @@ func (o *Object) Read(p []byte) (int, error) {
 
 // Close drops the fetched chunks.
 func (o *Object) Close() error {
+	o.closeBatch()
 	o.buf, o.bufOff, o.bufEnd = nil, 0, 0
 	return nil
 }
 
 // fetch reads the chunks from the one holding o.pos on into buf.
 func (o *Object) fetch() error {
+	o.closeBatch()
 	if o.pos == o.bufEnd && o.bufEnd > 0 { // sequential: read further ahead
 		o.ahead = min(2*o.ahead, natsx.DirectMaxBytes)
 	} else {
@@ -513,44 +529,55 @@ func (o *Object) run() (uint64, error) {
 	return first, nil
 }
 
-// fetchRun reads n chunks from chunk k of an object whose chunks are
-// contiguous from sequence first, with a direct get by sequence alone (no
-// subject: the server then counts the pending messages from its stream
+// fetchRun starts reading n chunks from chunk k of an object whose chunks
+// are contiguous from sequence first, with a direct get by sequence alone
+// (no subject: the server then counts the pending messages from its stream
 // state, where a subject filter makes it load the blocks before the
-// sequence). ok is false if a message is not the chunk due.
+// sequence). It waits for the first chunk only; Read takes the next ones
+// as they arrive (pull), writing one while the server sends the rest. ok is
+// false if the first message is not chunk k.
 func (o *Object) fetchRun(first uint64, k, n int) (ok bool, err error) {
 	cs := o.Info.chunkSize
-	subj := o.chunkSubject()
-	start := first + uint64(k)
-	var ferr error
-	ok = true
-	_, _, err = o.dr.Get(o.ctx, natsx.DirectGet{Seq: start, Batch: n, MaxBytes: n * int(cs)}, func(m *jetstream.RawStreamMsg) bool {
-		j := k + len(o.buf)
-		if m.Subject != subj || m.Sequence != start+uint64(len(o.buf)) {
-			ok = false
-			return false
-		}
-		if want := min(cs, o.Info.Size-int64(j)*cs); int64(len(m.Data)) != want {
-			ferr = wrapf(ErrStore, "%s: chunk %d is %d bytes, want %d", o.Info.Key, j, len(m.Data), want)
-			return false
-		}
-		o.seqs[j] = m.Sequence
-		o.buf = append(o.buf, m.Data)
-		return len(o.buf) < n
-	})
-	if ferr != nil {
-		return false, ferr
-	}
+	b, err := o.dr.Start(o.ctx, natsx.DirectGet{Seq: first + uint64(k), Batch: n, MaxBytes: n * int(cs)})
 	if err != nil {
 		return false, wrapf(ErrStore, "read %s: %v", o.Info.Key, err)
 	}
-	if !ok || len(o.buf) == 0 {
-		o.buf = nil
+	o.batch, o.batchNext, o.batchSeq = b, k, first+uint64(k)
+	if ok, err = o.pull(); !ok || err != nil {
+		o.closeBatch()
+	}
+	return ok, err
+}
+
+// pull takes the next chunk of the open batch into buf: false at the end
+// of the batch or when the message is not the chunk due.
+func (o *Object) pull() (bool, error) {
+	m, err := o.batch.Next()
+	if err != nil {
+		return false, wrapf(ErrStore, "read %s: %v", o.Info.Key, err)
+	}
+	if m == nil || m.Subject != o.chunkSubject() || m.Sequence != o.batchSeq {
 		return false, nil
 	}
-	o.bufOff = int64(k) * cs
-	o.bufEnd = min(o.bufOff+int64(len(o.buf))*cs, o.Info.Size)
+	cs, j := o.Info.chunkSize, o.batchNext
+	if want := min(cs, o.Info.Size-int64(j)*cs); int64(len(m.Data)) != want {
+		return false, wrapf(ErrStore, "%s: chunk %d is %d bytes, want %d", o.Info.Key, j, len(m.Data), want)
+	}
+	o.seqs[j] = m.Sequence
+	o.buf = append(o.buf[:0], m.Data)
+	o.bufOff = int64(j) * cs
+	o.bufEnd = o.bufOff + int64(len(m.Data))
+	o.batchNext++
+	o.batchSeq++
 	return true, nil
+}
+
+// closeBatch stops reading the open batch, if any.
+func (o *Object) closeBatch() {
+	if o.batch != nil {
+		o.batch.Close()
+		o.batch = nil
+	}
 }
 
 // bounds are the stream sequences chunk k can be at by the chunks seen:
