@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -161,9 +162,12 @@ func TestRangesServed(t *testing.T) {
 		t.Fatalf("empty: %d %q", code, body)
 	}
 
-	// Reads at random offsets of one Object, forwards and backwards.
+	// Reads at random offsets of one Object, forwards and backwards; with
+	// a replicated stream too (where an object not contiguous is scanned).
 	rnd := rand.New(rand.NewPCG(1, 2))
-	for _, key := range []string{"j/alone", "j/noisy", "j/short"} {
+	for _, key := range []string{"j/alone", "j/noisy", "j/short", "j/noisy+replicated"} {
+		key, replicated := strings.CutSuffix(key, "+replicated")
+		st.replicated = replicated
 		o, err := st.Open(ctx, key)
 		if err != nil {
 			t.Fatal(err)

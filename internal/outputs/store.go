@@ -67,6 +67,9 @@ type Store struct {
 	dr       *natsx.DirectReader // of the bucket's stream: Stat and Object
 	maxBytes int64
 	runs     runs
+	// replicated: the bucket's stream has replicas, any of which may
+	// answer a direct get while still catching up (see Object.fetchFull).
+	replicated bool
 }
 
 // runs remembers the objects whose chunks were found contiguous in the
@@ -124,7 +127,7 @@ func CreateStore(ctx context.Context, js jetstream.JetStream, cfg StoreConfig) (
 	if err != nil {
 		return nil, fmt.Errorf("outputs: create bucket %s: %w", Bucket, err)
 	}
-	return &Store{obs: obs, dr: natsx.NewDirectReader(js, stream), maxBytes: cfg.MaxBytes}, nil
+	return &Store{obs: obs, dr: natsx.NewDirectReader(js, stream), maxBytes: cfg.MaxBytes, replicated: cfg.Replicas > 1}, nil
 }
 
 // OpenStore binds to the bucket for reading (ingest). It fails with
@@ -134,7 +137,11 @@ func OpenStore(ctx context.Context, js jetstream.JetStream) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("outputs: open bucket %s: %w", Bucket, err)
 	}
-	return &Store{obs: obs, dr: natsx.NewDirectReader(js, stream)}, nil
+	st, err := obs.Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("outputs: open bucket %s: %w", Bucket, err)
+	}
+	return &Store{obs: obs, dr: natsx.NewDirectReader(js, stream), replicated: st.Replicas() > 1}, nil
 }
 
 // Key is the object name of output name of job: <job>/<name>.
@@ -273,7 +280,7 @@ func (s *Store) Open(ctx context.Context, key string) (*Object, error) {
 
 // Reader opens the output Stat described, reading with ctx.
 func (s *Store) Reader(ctx context.Context, info Info) *Object {
-	return &Object{ctx: ctx, dr: s.dr, runs: &s.runs, Info: info}
+	return &Object{ctx: ctx, dr: s.dr, runs: &s.runs, replicated: s.replicated, Info: info}
 }
 
 // Object is a stored output opened for reading, an io.ReadSeeker for
@@ -284,11 +291,12 @@ func (s *Store) Reader(ctx context.Context, info Info) *Object {
 // batch, and only the chunks the read needs (see Object.fetch). The batch
 // grows while the reads stay sequential.
 type Object struct {
-	Info Info
-	ctx  context.Context
-	dr   *natsx.DirectReader
-	runs *runs
-	pos  int64 // where the caller reads next
+	Info       Info
+	ctx        context.Context
+	dr         *natsx.DirectReader
+	runs       *runs
+	replicated bool
+	pos        int64 // where the caller reads next
 	// batch is the open direct get of a contiguous object's chunks
 	// (fetchRun): chunk batchNext, at batchSeq, comes next.
 	batch     *natsx.Batch
@@ -440,6 +448,13 @@ func (o *Object) fetchFull() error {
 			return err
 		}
 		o.runs.set(o.Info.nuid, 0) // not a run after all: find the chunks
+	}
+	if o.replicated {
+		// A replica still catching up counts fewer chunks after the
+		// one it answers, so its Nats-Num-Pending would name a later
+		// chunk than the one sent. The scan counts from the first
+		// chunk, and fails rather than mislabel.
+		return o.fetchScan()
 	}
 	overshot := false
 	for range o.Info.chunks + 2 {
