@@ -141,7 +141,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.pushDur, "push-duration", o.pushDur, "push: length of the latency run")
 	fs.IntVar(&o.pollJobs, "polling-jobs", o.pollJobs, "polling: jobs watched")
 	fs.DurationVar(&o.pollDur, "polling-duration", o.pollDur, "polling: how long they are watched")
-	fs.IntVar(&o.provWaiting, "providers-waiting", o.provWaiting, "providers: jobs awaiting held predictions at once on one processor")
+	fs.IntVar(&o.provWaiting, "providers-waiting", o.provWaiting, "providers: jobs awaiting held predictions at once on one processor (0: skip that half)")
 	fs.IntVar(&o.provOutputMB, "providers-output-mb", o.provOutputMB, "providers: MiB of the output served with Range (0: skip that half)")
 	fs.IntVar(&o.provRangeReqs, "providers-range-requests", o.provRangeReqs, "providers: Range requests (4 MiB windows) per measurement")
 	fs.StringVar(&o.provProfile, "providers-profile", "", "providers: write this process's heap and goroutine profiles, taken while the waits are held, into `dir`")

@@ -60,8 +60,10 @@ func runProviders(ctx context.Context, t *target, o *options, rep *reporter) err
 	if t.stack == nil {
 		return errors.New("providers needs the in-process devstack (its NATS for an in-process processor)")
 	}
-	if err := providersWaiting(ctx, t, o, rep); err != nil {
-		return fmt.Errorf("waiting: %w", err)
+	if o.provWaiting > 0 {
+		if err := providersWaiting(ctx, t, o, rep); err != nil {
+			return fmt.Errorf("waiting: %w", err)
+		}
 	}
 	if o.provOutputMB <= 0 {
 		return nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -126,12 +127,50 @@ func (s *Service) output(w http.ResponseWriter, r *http.Request) {
 	}
 	// One range at most. ServeContent copies a multi-range answer on a
 	// goroutine of its own that can outlive this handler (and its Close of
-	// obj), and every backwards range restarts the object's stream from its
-	// first chunk: a request of many tiny ranges would read the object once
-	// per range. A multi-range request gets the whole object (200), which
-	// RFC 9110 allows; a player seeks with single ranges.
+	// obj), and a request of many tiny ranges would cost a round trip to
+	// JetStream per range. A multi-range request gets the whole object
+	// (200), which RFC 9110 allows; a player seeks with single ranges.
 	if strings.Contains(r.Header.Get("Range"), ",") {
 		r.Header.Del("Range")
 	}
+	// The object fetches a range's chunks in one round trip when it knows
+	// the range (ServeContent parses it again and answers 416 and such).
+	if from, to, ok := rangeOf(r.Header.Get("Range"), obj.Info.Size); ok {
+		obj.Expect(from, to)
+	}
 	http.ServeContent(w, r, "", obj.Info.ModTime, obj)
+}
+
+// rangeOf is the bytes [from, to) of a single HTTP byte range of an object
+// of size bytes ("bytes=a-b", "bytes=a-", "bytes=-n"); ok is false for
+// anything else. It is only a read-ahead hint (Object.Expect):
+// http.ServeContent answers the request.
+func rangeOf(h string, size int64) (from, to int64, ok bool) {
+	spec, found := strings.CutPrefix(h, "bytes=")
+	if !found {
+		return 0, 0, false
+	}
+	a, b, found := strings.Cut(strings.TrimSpace(spec), "-")
+	if !found {
+		return 0, 0, false
+	}
+	if a == "" { // suffix: the last b bytes
+		n, err := strconv.ParseInt(b, 10, 64)
+		if err != nil || n <= 0 {
+			return 0, 0, false
+		}
+		return max(size-n, 0), size, true
+	}
+	from, err := strconv.ParseInt(a, 10, 64)
+	if err != nil || from < 0 || from >= size {
+		return 0, 0, false
+	}
+	if b == "" {
+		return from, size, true
+	}
+	last, err := strconv.ParseInt(b, 10, 64)
+	if err != nil || last < from {
+		return 0, 0, false
+	}
+	return from, min(last, size-1) + 1, true
 }

@@ -60,6 +60,27 @@ func TestOutputServedToItsOwner(t *testing.T) {
 	if r.Status != http.StatusPartialContent || !bytes.Equal(r.Body, video[len(video)-10:]) {
 		t.Fatalf("suffix Range: %d", r.Status)
 	}
+	// Ranges at and across chunk boundaries, to the end, open-ended, the
+	// last byte: the object's bytes (each fetched by the window's chunks).
+	for _, c := range []struct {
+		rng      string
+		from, to int
+	}{
+		{"bytes=131071-131072", 131071, 131073},
+		{"bytes=131072-262143", 131072, 262144},
+		{"bytes=1000-", 1000, len(video)},
+		{"bytes=262144-9999999", 262144, len(video)},
+		{"bytes=" + strconv.Itoa(len(video)-1) + "-", len(video) - 1, len(video)},
+	} {
+		r = h.do(http.MethodGet, path, nil, alice, withHeader("Range", c.rng))
+		if r.Status != http.StatusPartialContent || !bytes.Equal(r.Body, video[c.from:c.to]) {
+			t.Fatalf("Range %s: %d, %d bytes", c.rng, r.Status, len(r.Body))
+		}
+	}
+	r = h.do(http.MethodGet, path, nil, alice, withHeader("Range", "bytes="+strconv.Itoa(len(video))+"-"))
+	if r.Status != http.StatusRequestedRangeNotSatisfiable {
+		t.Fatalf("Range past the end: %d", r.Status)
+	}
 	// Several ranges: the whole object, never one stream restart per range.
 	r = h.do(http.MethodGet, path, nil, alice, withHeader("Range", "bytes=270000-270001,0-0,270000-270001"))
 	if r.Status != http.StatusOK || !bytes.Equal(r.Body, video) {
@@ -172,5 +193,30 @@ func TestOutputsKeySignsAndVerifies(t *testing.T) {
 	derived := outputs.NewSigner(testSecret)
 	if r := h.do(http.MethodGet, derived.URL(id, outputs.PreviewName, exp), nil); r.Status != http.StatusForbidden {
 		t.Fatalf("URL signed with the derived key: %d, want 403", r.Status)
+	}
+}
+
+func TestRangeOf(t *testing.T) {
+	for _, c := range []struct {
+		h        string
+		from, to int64
+		ok       bool
+	}{
+		{"bytes=0-0", 0, 1, true},
+		{"bytes=5-", 5, 100, true},
+		{"bytes=-5", 95, 100, true},
+		{"bytes=-500", 0, 100, true},
+		{"bytes=90-200", 90, 100, true},
+		{"bytes=100-", 0, 0, false},
+		{"bytes=3-2", 0, 0, false},
+		{"bytes=-0", 0, 0, false},
+		{"bytes=x-1", 0, 0, false},
+		{"items=0-1", 0, 0, false},
+		{"", 0, 0, false},
+	} {
+		from, to, ok := rangeOf(c.h, 100)
+		if from != c.from || to != c.to || ok != c.ok {
+			t.Errorf("%q: [%d, %d) %v, want [%d, %d) %v", c.h, from, to, ok, c.from, c.to, c.ok)
+		}
 	}
 }

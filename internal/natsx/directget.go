@@ -120,56 +120,106 @@ func (r *DirectReader) MultiLast(ctx context.Context, subjects []string, upTo ui
 // of the answer until the end of the batch (pending: how many more match),
 // "not found" (pending 0), or fn returns false (stopped).
 func (r *DirectReader) Get(ctx context.Context, req DirectGet, fn func(*jetstream.RawStreamMsg) bool) (pending uint64, stopped bool, err error) {
+	b, err := r.Start(ctx, req)
+	if err != nil {
+		return 0, false, err
+	}
+	defer b.Close()
+	for {
+		m, err := b.Next()
+		if err != nil || m == nil {
+			return b.Pending, false, err
+		}
+		if !fn(m) {
+			return 0, true, nil
+		}
+	}
+}
+
+// Batch is one direct-get request whose answer is read message by message
+// as it arrives (Next), so a caller can use the first messages while the
+// server still sends the rest. Close it when done.
+type Batch struct {
+	// Pending is, at the end of a batch, how many more messages match.
+	Pending uint64
+	ctx     context.Context
+	r       *DirectReader
+	multi   bool
+	ch      chan *nats.Msg
+	sub     *nats.Subscription
+	done    bool
+}
+
+// Start sends one direct-get request; Next reads its answer.
+func (r *DirectReader) Start(ctx context.Context, req DirectGet) (*Batch, error) {
 	// A channel sized for one answer (the batch and its end-of-batch
 	// status), not SubscribeSync's: that allocates a channel of
 	// SubChanLen (64Ki) slots, 512 KiB per read, and the notifier's
 	// sweeper reads every topic every few seconds while events flow — it
 	// was 92 % of the bytes allocated and most of the GC work under load.
 	inbox := r.nc.NewRespInbox()
-	ch := make(chan *nats.Msg, max(req.Batch, 1)+2)
-	ns, err := r.nc.ChanSubscribe(inbox, ch)
-	if err != nil {
-		return 0, false, err
+	b := &Batch{ctx: ctx, r: r, multi: len(req.MultiLast) > 0, ch: make(chan *nats.Msg, max(req.Batch, 1)+2)}
+	var err error
+	if b.sub, err = r.nc.ChanSubscribe(inbox, b.ch); err != nil {
+		return nil, err
 	}
-	defer func() { _ = ns.Unsubscribe() }()
-	b, _ := json.Marshal(req)
-	if err := r.nc.PublishRequest(r.subject, inbox, b); err != nil {
-		return 0, false, err
+	data, _ := json.Marshal(req)
+	if err := r.nc.PublishRequest(r.subject, inbox, data); err != nil {
+		b.Close()
+		return nil, err
 	}
-	for {
+	return b, nil
+}
+
+// Next returns the next message of the answer, nil at its end (the end of
+// the batch, or "not found": then Pending is 0).
+func (b *Batch) Next() (*jetstream.RawStreamMsg, error) {
+	for !b.done {
 		var m *nats.Msg
 		select {
-		case m = <-ch:
-		case <-ctx.Done():
-			return 0, false, fmt.Errorf("%w: %w", ErrDirectGet, ctx.Err())
+		case m = <-b.ch:
+		case <-b.ctx.Done():
+			b.done = true
+			return nil, fmt.Errorf("%w: %w", ErrDirectGet, b.ctx.Err())
 		}
 		if len(m.Data) == 0 && m.Header.Get("Status") != "" {
+			b.done = true
 			switch m.Header.Get("Status") {
 			case "404": // nothing matches
-				return 0, false, nil
+				return nil, nil
 			case "204": // end of batch
-				pending, _ := strconv.ParseUint(m.Header.Get("Nats-Num-Pending"), 10, 64)
-				return pending, false, nil
+				b.Pending, _ = strconv.ParseUint(m.Header.Get("Nats-Num-Pending"), 10, 64)
+				return nil, nil
 			case "503":
-				return 0, false, fmt.Errorf("%w: %w", ErrDirectGet, nats.ErrNoResponders)
+				return nil, fmt.Errorf("%w: %w", ErrDirectGet, nats.ErrNoResponders)
 			default:
-				return 0, false, fmt.Errorf("%w: status %s %s", ErrDirectGet, m.Header.Get("Status"), m.Header.Get("Description"))
+				return nil, fmt.Errorf("%w: status %s %s", ErrDirectGet, m.Header.Get("Status"), m.Header.Get("Description"))
 			}
 		}
 		sm, err := rawOf(m)
 		if err != nil {
-			return 0, false, err
+			b.done = true
+			return nil, err
 		}
-		if r.Hide != nil && r.Hide(sm) {
+		if b.r.Hide != nil && b.r.Hide(sm) {
 			// Answer like a replica that has not stored sm yet.
-			if len(req.MultiLast) > 0 {
+			if b.multi {
 				continue
 			}
-			return 0, false, nil
+			b.done = true
+			return nil, nil
 		}
-		if !fn(sm) {
-			return 0, true, nil
-		}
+		return sm, nil
+	}
+	return nil, nil
+}
+
+// Close stops reading the answer.
+func (b *Batch) Close() {
+	b.done = true
+	if b.sub != nil {
+		_ = b.sub.Unsubscribe()
+		b.sub = nil
 	}
 }
 

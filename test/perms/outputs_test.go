@@ -8,14 +8,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/beamline/beamline/internal/outputs"
 	"github.com/beamline/beamline/test/chaos/kit"
 )
 
 // The processor creates the outputs bucket and writes outputs (a rerun
 // replaces one, which purges the old chunks); ingest reads them (info, the
-// chunk stream, a range) through its API — each with its own user, without
-// one violation — and ingest cannot write one.
+// whole object, ranges: direct gets only) through its API — each with its
+// own user, without one violation — and ingest can neither write one nor
+// create a consumer on the bucket's stream.
 func TestOutputsWithLeastPrivilege(t *testing.T) {
 	p := startPipeline(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -30,12 +33,15 @@ func TestOutputsWithLeastPrivilege(t *testing.T) {
 	}
 	id := sub.Snapshot.ID
 	data := bytes.Repeat([]byte("beamline"), 40<<10) // 320 KiB, three chunks
+	for i := range data {
+		data[i] += byte(i / 4096) // offsets show
+	}
 	for range 2 {
 		if _, err := st.Put(ctx, outputs.Key(id, "0.png"), "image/png", bytes.NewReader(data)); err != nil {
 			t.Fatalf("processor puts an output: %v (violations %v)", err, p.processor.rec.violations())
 		}
 	}
-	for _, rng := range []string{"", "bytes=200000-200009"} {
+	for _, rng := range []string{"", "bytes=200000-200009", "bytes=-10", "bytes=131070-131073"} {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, p.ingestURL+"/v1/jobs/"+id+"/outputs/0.png", nil)
 		req.Header.Set("Authorization", "Bearer "+p.token)
 		if rng != "" {
@@ -47,22 +53,25 @@ func TestOutputsWithLeastPrivilege(t *testing.T) {
 		}
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		want := data
-		if rng != "" {
-			want = data[200000:200010]
-		}
+		want := map[string][]byte{"": data, "bytes=200000-200009": data[200000:200010], "bytes=-10": data[len(data)-10:],
+			"bytes=131070-131073": data[131070:131074]}[rng]
 		if resp.StatusCode/100 != 2 || !bytes.Equal(b, want) {
 			t.Fatalf("ingest serves the output (Range %q): %d, %d bytes (violations %v)", rng, resp.StatusCode, len(b), p.ingest.rec.violations())
 		}
 	}
 	p.noViolations(t)
 
+	short, cancel2 := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel2()
+	if _, err := p.ingest.js.CreateOrUpdateConsumer(short, "OBJ_outputs", jetstream.ConsumerConfig{}); err == nil {
+		t.Fatal("ingest created a consumer on OBJ_outputs")
+	}
 	ro, err := outputs.OpenStore(ctx, p.ingest.js)
 	if err != nil {
 		t.Fatal(err)
 	}
-	short, cancel2 := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel2()
+	short, cancel3 := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel3()
 	if _, err := ro.Put(short, outputs.Key(id, "1.png"), "image/png", bytes.NewReader([]byte("x"))); err == nil {
 		t.Fatal("ingest wrote an output")
 	}
