@@ -62,6 +62,9 @@ func runProviders(ctx context.Context, t *target, o *options, rep *reporter) err
 	if err := providersWaiting(ctx, t, o, rep); err != nil {
 		return fmt.Errorf("waiting: %w", err)
 	}
+	if err := providersWebhookPush(ctx, t, o, rep); err != nil {
+		return fmt.Errorf("webhook push: %w", err)
+	}
 	return providersOutputRange(ctx, t, o, rep)
 }
 
