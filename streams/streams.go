@@ -22,6 +22,12 @@ const (
 	Events    = "EVENTS"
 	DLQ       = "DLQ"
 	JobStatus = "job_status" // KV bucket; backing stream KV_job_status
+	// JobIndex holds each user's jobs in acceptance order
+	// (jobindex.<user>.<kind>), read newest first by GET /v1/jobs.
+	JobIndex = "JOBINDEX"
+	// Scheduled holds jobs not due yet (sched.<job>, JetStream message
+	// schedules) and their fired copies, which JOBS sources.
+	Scheduled = "SCHEDULED"
 	// JobHandles is the KV bucket of the handles of remote work
 	// (processor/kv_job_handles.json; backing stream KV_job_handles). Only
 	// the processor applies and uses it, and only when a provider resumes

@@ -28,7 +28,7 @@ func decodeStrict(t *testing.T, name string, v any) {
 func TestStreamFiles(t *testing.T) {
 	want := map[string]string{
 		"jobs.json": Jobs, "events.json": Events, "dlq.json": DLQ, "kv_job_status.json": "KV_" + JobStatus,
-		"webhooks.json": Webhooks,
+		"webhooks.json": Webhooks, "jobindex.json": JobIndex, "scheduled.json": Scheduled,
 	}
 	files, err := fs.Glob(FS, "*.json")
 	if err != nil {

@@ -53,6 +53,234 @@ function start(token) {
   // admin:presence: every user on a studio: or job: topic, with the topics.
   client.presence("admin:presence", renderOnline);
   setInterval(() => drawAll(Date.now()), 1000); // keep charts sliding even if a push is late
+  jobView(client, token);
+  dlqView(token);
+  schedView(token);
+  streamsView(token);
+}
+
+// streamsView: each stream's messages, bytes and retention
+// (GET /v1/admin/streams), read on open and on Refresh.
+function streamsView(token) {
+  const bytes = (n) => (n >= 1 << 30 ? (n / (1 << 30)).toFixed(1) + " GiB" : n >= 1 << 20 ? (n / (1 << 20)).toFixed(1) + " MiB" : n >= 1024 ? (n / 1024).toFixed(1) + " KiB" : n + " B");
+  async function load() {
+    try {
+      const data = await api(token, "GET", "/v1/admin/streams");
+      const table = $("streams-table");
+      const body = table.querySelector("tbody");
+      body.replaceChildren();
+      for (const st of data.streams) {
+        const tr = document.createElement("tr");
+        tr.dataset.stream = st.name;
+        cell(tr, st.name); cell(tr, String(st.messages)); cell(tr, bytes(st.bytes)); cell(tr, st.max_age || "no limit");
+        body.append(tr);
+      }
+      table.hidden = false;
+    } catch (err) { $("streams-refresh").title = `Cannot read the streams: ${err.message}`; }
+  }
+  $("streams-refresh").addEventListener("click", load);
+  load();
+}
+
+// schedView: a user's repeating schedules (GET /v1/schedules?user=), each
+// with a delete button.
+function schedView(token) {
+  const status = (t) => { $("sched-status").textContent = t; };
+  async function load() {
+    const user = $("sched-user").value.trim();
+    const q = user ? "?user=" + encodeURIComponent(user) : "";
+    try {
+      const data = await api(token, "GET", "/v1/schedules" + q);
+      const table = $("sched-table");
+      const body = table.querySelector("tbody");
+      body.replaceChildren();
+      for (const sc of data.schedules) {
+        const tr = document.createElement("tr");
+        tr.dataset.name = sc.name;
+        cell(tr, sc.name); cell(tr, sc.cron || "every " + sc.every); cell(tr, sc.time_zone || "UTC");
+        cell(tr, `${sc.job.kind} (${sc.job.priority || "normal"})`);
+        const td = document.createElement("td");
+        const b = document.createElement("button");
+        b.type = "button";
+        b.className = "link";
+        b.textContent = "Delete";
+        b.addEventListener("click", async () => {
+          if (!window.confirm(`Delete the schedule ${sc.name} of ${sc.user}? It fires no more.`)) return;
+          try {
+            await fetch(`/v1/schedules/${encodeURIComponent(sc.name)}?user=${encodeURIComponent(sc.user)}`,
+              { method: "DELETE", headers: { Authorization: "Bearer " + token } });
+          } finally { load(); }
+        });
+        td.append(b);
+        tr.append(td);
+        body.append(tr);
+      }
+      table.hidden = data.schedules.length === 0;
+      status(data.schedules.length ? `${data.schedules.length} schedule(s)` : "No schedules.");
+    } catch (err) { status(`Cannot list schedules: ${err.message}`); }
+  }
+  $("sched-form").addEventListener("submit", (e) => { e.preventDefault(); load(); });
+}
+
+// ingest's API, on this origin (devstack proxies it; in production a
+// gateway does).
+async function api(token, method, path, body) {
+  const headers = { Authorization: "Bearer " + token, Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const data = await res.json().catch(() => null);
+  if (!res.ok) throw new Error((data && data.error && `${data.error.code}: ${data.error.message}`) || `HTTP ${res.status}`);
+  return data;
+}
+
+const cell = (tr, text, cls) => {
+  const td = document.createElement("td");
+  td.textContent = text ?? "";
+  if (cls) td.className = cls;
+  tr.append(td);
+};
+
+// jobView: a job's timeline — every event, replayed from seq 0 and then
+// live, read from the notifier's Server-Sent Events (fetch, so the token
+// travels in a header) — and a user's recent jobs (GET /v1/jobs?user=).
+function jobView(client, token) {
+  let abort = null;
+  const status = (t) => { $("job-status").textContent = t; };
+  async function show(id) {
+    if (abort) abort.abort();
+    abort = new AbortController();
+    const table = $("job-timeline");
+    const body = table.querySelector("tbody");
+    body.replaceChildren();
+    table.hidden = true;
+    table.dataset.job = id;
+    status(`Reading job ${id}…`);
+    let res;
+    try {
+      res = await fetch(`/v1/jobs/${encodeURIComponent(id)}/events`, {
+        headers: { Authorization: "Bearer " + token, "Last-Event-ID": "0", Accept: "text/event-stream" },
+        signal: abort.signal,
+      });
+    } catch (e) { if (e.name !== "AbortError") status(`Cannot read job ${id}: ${e.message}`); return; }
+    if (!res.ok) {
+      const data = await res.json().catch(() => null);
+      status(`Job ${id}: ${(data && data.error && data.error.message) || res.status}`);
+      return;
+    }
+    table.hidden = false;
+    status(`Job ${id}`);
+    let prev = null;
+    const add = (ev, p) => {
+      const j = p.job || {};
+      const at = Date.parse(j.updated_at);
+      const tr = document.createElement("tr");
+      tr.dataset.status = j.status || "";
+      cell(tr, Number.isFinite(at) ? new Date(at).toISOString().replace("T", " ").replace("Z", "") : "");
+      cell(tr, ev);
+      cell(tr, j.status);
+      cell(tr, String(j.attempt ?? ""));
+      cell(tr, j.progress !== undefined ? j.progress + "%" : "");
+      cell(tr, prev !== null && Number.isFinite(at) ? `${((at - prev) / 1000).toFixed(3)} s` : "");
+      cell(tr, String(p.seq ?? j.seq ?? ""));
+      cell(tr, j.error, "err");
+      body.append(tr);
+      if (Number.isFinite(at)) prev = at;
+      status(`Job ${id}: ${j.status}${j.rerun_of ? ` (rerun of ${j.rerun_of})` : ""} · ${j.kind} · ${j.user}`);
+    };
+    const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buf = "";
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value;
+        let i;
+        while ((i = buf.indexOf("\n\n")) >= 0) {
+          const block = buf.slice(0, i);
+          buf = buf.slice(i + 2);
+          let ev = "message", data = "";
+          for (const line of block.split("\n")) {
+            if (line.startsWith("event:")) ev = line.slice(6).trim();
+            else if (line.startsWith("data:")) data += line.slice(5).trim();
+          }
+          if (!data) continue;
+          try { add(ev, JSON.parse(data)); } catch { /* not an event */ }
+        }
+      }
+    } catch (e) { if (e.name !== "AbortError") status(`Job ${id}: the stream ended (${e.message})`); }
+  }
+  $("job-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const id = $("job-id").value.trim();
+    if (id) show(id);
+  });
+  $("job-user-go").addEventListener("click", async () => {
+    const user = $("job-user").value.trim();
+    const list = $("job-recent");
+    list.replaceChildren();
+    if (!user) return;
+    try {
+      const page = await client.listJobs({ user, limit: 20 });
+      for (const j of page.jobs) {
+        const li = document.createElement("li");
+        const b = document.createElement("button");
+        b.type = "button";
+        b.textContent = `${j.id.slice(0, 8)} ${j.kind} ${j.status}`;
+        b.dataset.jobId = j.id;
+        b.addEventListener("click", () => { $("job-id").value = j.id; show(j.id); });
+        li.append(b);
+        list.append(li);
+      }
+      if (!page.jobs.length) status(`${user} has no recent jobs`);
+    } catch (err) { status(`Cannot list ${user}'s jobs: ${err.message}`); }
+  });
+}
+
+// dlqView: dead jobs by filter (GET /v1/admin/dlq) and a redrive of the
+// same filter, after a confirmation that says how many jobs it reruns.
+function dlqView(token) {
+  const status = (t) => { $("dlq-status").textContent = t; };
+  const filter = () => {
+    const f = {};
+    for (const k of ["kind", "user", "reason"]) {
+      const v = $("dlq-" + k).value.trim();
+      if (v) f[k] = v;
+    }
+    return f;
+  };
+  let shown = 0;
+  async function load() {
+    const f = filter();
+    const q = new URLSearchParams(f).toString();
+    try {
+      const data = await api(token, "GET", "/v1/admin/dlq" + (q ? "?" + q : ""));
+      const table = $("dlq-table");
+      const body = table.querySelector("tbody");
+      body.replaceChildren();
+      for (const d of data.jobs) {
+        const tr = document.createElement("tr");
+        tr.dataset.jobId = d.id;
+        cell(tr, d.id); cell(tr, d.user); cell(tr, d.kind); cell(tr, d.reason, "err");
+        cell(tr, String(d.attempts)); cell(tr, new Date(Date.parse(d.died_at)).toLocaleString());
+        body.append(tr);
+      }
+      shown = data.jobs.length;
+      table.hidden = shown === 0;
+      $("dlq-redrive").disabled = shown === 0;
+      status(shown ? `${shown} dead job${shown === 1 ? "" : "s"}${data.truncated ? " (more: narrow the filter)" : ""}` : "No dead jobs match.");
+    } catch (err) { status(`Cannot read the DLQ: ${err.message}`); }
+  }
+  $("dlq-form").addEventListener("submit", (e) => { e.preventDefault(); load(); });
+  $("dlq-redrive").addEventListener("click", async () => {
+    if (!window.confirm(`Rerun ${shown} dead job${shown === 1 ? "" : "s"} and remove ${shown === 1 ? "it" : "them"} from the DLQ?`)) return;
+    try {
+      const res = await api(token, "POST", "/v1/admin/dlq/redrive", { ...filter(), limit: Math.max(shown, 1) });
+      status(`Redriven ${res.redriven} of ${res.matched}${res.failed ? `; ${res.failed.length} failed` : ""}.`);
+      $("dlq-view").dataset.redriven = String(res.redriven);
+      await load();
+    } catch (err) { status(`Redrive failed: ${err.message}`); }
+  });
+  load();
 }
 
 function renderOnline(list) {

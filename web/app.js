@@ -25,6 +25,14 @@ function start(token) {
   });
   checkTokenWhenNotLive(client, token);
 
+  // Jobs that finished before the page opened are not in the user topic's
+  // join (it brings active jobs): list the recent ones, oldest first so
+  // the newest ends on top; live updates go on as usual.
+  client.listJobs({ limit: 50 }).then(
+    (page) => { for (const j of [...(page.jobs || [])].reverse()) render(j, { type: "snapshot", seq: j.seq }); },
+    (err) => setFormStatus(`Cannot list your jobs: ${err.message}`, true),
+  );
+
   const user = tokenSubject(token);
   if (user) $("jobs-title").textContent = `My jobs (${user})`;
 
@@ -84,6 +92,7 @@ function start(token) {
       jobs.set(job.id, entry);
       $("jobs").prepend(entry.el);
     }
+    if (job.seq < entry.job.seq) return; // an older read than what we show
     const prev = entry.job.status;
     entry.job = job;
     updateJobElement(entry.el, job);

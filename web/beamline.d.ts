@@ -1,8 +1,8 @@
 // Types for beamline.js, the browser client of Beamline's notifier and ingest API.
 
 export type JobStatus =
-  | "queued" | "running" | "retrying"
-  | "succeeded" | "failed" | "dead" | "cancelled";
+  | "scheduled" | "queued" | "running" | "retrying"
+  | "succeeded" | "failed" | "dead" | "cancelled" | "expired";
 
 export type Priority = "high" | "normal" | "low";
 
@@ -50,13 +50,35 @@ export interface Job {
   seq: number;
   created_at: string;
   updated_at: string;
+  /** When a scheduled job is due (status "scheduled" only). */
+  run_at?: string;
+  /** The job this one reruns. */
+  rerun_of?: string;
+}
+
+/** The query of GET /v1/jobs. */
+export interface ListQuery {
+  status?: JobStatus;
+  kind?: string;
+  /** 1–500, default 50. */
+  limit?: number;
+  /** The next_cursor of the previous page. */
+  cursor?: string;
+  /** Admin tokens only. */
+  user?: string;
+}
+
+/** A page of GET /v1/jobs. */
+export interface JobPage {
+  jobs: Job[];
+  next_cursor?: string;
 }
 
 /** Why a callback ran. */
 export interface UpdateInfo {
   /** "snapshot" (join reply or HTTP read), "submitted", or the event type. */
   type: "snapshot" | "submitted" | "started" | "progress" | "retrying"
-    | "succeeded" | "failed" | "dead" | "cancelled";
+    | "succeeded" | "failed" | "dead" | "cancelled" | "expired";
   seq: number;
   /** On a snapshot after a rejoin: whether missed events were replayed. */
   recovered?: boolean;
@@ -199,6 +221,8 @@ export interface Client {
   cancel(id: string, opts?: RequestOptions): Promise<Job>;
   /** GET /v1/jobs/{id}. */
   getJob(id: string, opts?: RequestOptions): Promise<Job>;
+  /** GET /v1/jobs: the caller's jobs, newest first, a page at a time. */
+  listJobs(query?: ListQuery, opts?: RequestOptions): Promise<JobPage>;
   /** Connection state changes; called at once with the current state. */
   onStatus(cb: (state: ConnectionState, info: StatusInfo) => void): Unsubscribe;
   /** Leave every topic and close for good. */

@@ -19,7 +19,7 @@
 // The demo pages read a dev token from the URL fragment; see app.js.
 
 /** Statuses after which a job never changes. */
-export const TERMINAL = Object.freeze(["succeeded", "failed", "dead", "cancelled"]);
+export const TERMINAL = Object.freeze(["succeeded", "failed", "dead", "cancelled", "expired"]);
 
 /** @param {string} status */
 export function isTerminal(status) {
@@ -725,6 +725,14 @@ export function connect(opts = {}) {
     return request("GET", "/v1/jobs/" + encodeURIComponent(id), undefined, ropts);
   }
 
+  /** GET /v1/jobs: a page of the caller's jobs, newest first ({jobs, next_cursor}). */
+  async function listJobs(query = {}, ropts) {
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries(query)) if (v !== undefined && v !== null && v !== "") q.set(k, String(v));
+    const qs = q.toString();
+    return request("GET", "/v1/jobs" + (qs ? "?" + qs : ""), undefined, ropts);
+  }
+
   function onStatus(cb) {
     statusListeners.add(cb);
     try { cb(state, {}); } catch (e) { console.error(e); }
@@ -766,6 +774,7 @@ export function connect(opts = {}) {
     submit,
     cancel,
     getJob,
+    listJobs,
     onStatus,
     close,
     get status() { return state; },

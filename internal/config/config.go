@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/beamline/beamline/internal/natsx"
 	"github.com/beamline/beamline/pkg/envelope"
@@ -18,6 +19,14 @@ import (
 
 // ErrInvalid is wrapped by every configuration error.
 var ErrInvalid = errors.New("config: invalid")
+
+// Default retentions (-events-max-age, -status-ttl, -dlq-max-age): what
+// streams/ says.
+const (
+	DefaultEventsMaxAge = 24 * time.Hour
+	DefaultStatusTTL    = 7 * 24 * time.Hour
+	DefaultDLQMaxAge    = 30 * 24 * time.Hour
+)
 
 // DefaultKinds is the kinds served out of the box.
 const DefaultKinds = "image,video"
@@ -92,7 +101,12 @@ type Common struct {
 	LogFormat string
 	LogLevel  string
 	Replicas  int
-	Kinds     string
+	// Retention of EVENTS, job_status (and JOBINDEX), and the DLQ,
+	// applied to the streams at start.
+	EventsMaxAge time.Duration
+	StatusTTL    time.Duration
+	DLQMaxAge    time.Duration
+	Kinds        string
 }
 
 // NewFlags is the flag set of a service binary: errors go to stderr and
@@ -111,6 +125,9 @@ func (c *Common) Register(fs *flag.FlagSet) {
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text (tint, coloured on a terminal) or json")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.IntVar(&c.Replicas, "replicas", 1, "stream replicas when applying streams/ (3 on a cluster)")
+	fs.DurationVar(&c.EventsMaxAge, "events-max-age", DefaultEventsMaxAge, "how long EVENTS keeps job events (replay to reconnecting clients), applied at start")
+	fs.DurationVar(&c.StatusTTL, "status-ttl", DefaultStatusTTL, "how long job_status keeps a job's snapshot (and JOBINDEX its list entry) after its last change, applied at start")
+	fs.DurationVar(&c.DLQMaxAge, "dlq-max-age", DefaultDLQMaxAge, "how long the DLQ keeps a dead job, applied at start")
 	kinds := os.Getenv(EnvKinds)
 	if kinds == "" {
 		kinds = DefaultKinds

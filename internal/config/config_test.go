@@ -6,6 +6,7 @@ import (
 	"io"
 	"reflect"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
@@ -100,6 +101,9 @@ func TestRegisterDefaultsAndFlags(t *testing.T) {
 	if c.NATSURL != "nats://u:p@example:4222" || c.LogFormat != "text" || c.LogLevel != "info" || c.Replicas != 1 || c.Kinds != DefaultKinds {
 		t.Fatalf("defaults = %+v", c)
 	}
+	if c.EventsMaxAge != 24*time.Hour || c.StatusTTL != 7*24*time.Hour || c.DLQMaxAge != 30*24*time.Hour {
+		t.Fatalf("default retentions = %+v (streams/ says 24h, 7 days, 30 days)", c)
+	}
 	ks, err := c.ParsedKinds()
 	if err != nil || len(ks) != 2 {
 		t.Fatalf("ParsedKinds = %v %v", ks, err)
@@ -109,11 +113,14 @@ func TestRegisterDefaultsAndFlags(t *testing.T) {
 	c = Common{}
 	fs = flag.NewFlagSet("x", flag.ContinueOnError)
 	c.Register(fs)
-	if err := fs.Parse([]string{"-replicas", "3", "-log-format", "json", "-log-level", "debug"}); err != nil {
+	if err := fs.Parse([]string{"-replicas", "3", "-log-format", "json", "-log-level", "debug", "-events-max-age", "2h", "-status-ttl", "36h", "-dlq-max-age", "240h"}); err != nil {
 		t.Fatal(err)
 	}
 	if c.Kinds != "audio=http" || c.Replicas != 3 || c.LogFormat != "json" {
 		t.Fatalf("parsed = %+v", c)
+	}
+	if o := c.StreamOptions(); o.Replicas != 3 || o.EventsMaxAge != 2*time.Hour || o.StatusTTL != 36*time.Hour || o.DLQMaxAge != 240*time.Hour {
+		t.Fatalf("stream options = %+v", o)
 	}
 	if _, err := c.Logger(io.Discard); err != nil {
 		t.Fatalf("Logger = %v", err)

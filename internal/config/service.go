@@ -122,13 +122,18 @@ func (c *Common) Connect(ctx context.Context, service string, log *slog.Logger) 
 	}
 	js, err := jetstream.New(nc)
 	if err == nil {
-		err = jsm.Setup(ctx, js, jsm.Options{Replicas: c.Replicas})
+		err = jsm.Setup(ctx, js, c.StreamOptions())
 	}
 	if err != nil {
 		nc.Close()
 		return nil, nil, err
 	}
 	return nc, js, nil
+}
+
+// StreamOptions are the flags' say in how streams/ is applied.
+func (c *Common) StreamOptions() jsm.Options {
+	return jsm.Options{Replicas: c.Replicas, EventsMaxAge: c.EventsMaxAge, StatusTTL: c.StatusTTL, DLQMaxAge: c.DLQMaxAge}
 }
 
 // NewRegistry is a binary's own metrics registry, with the Go runtime and

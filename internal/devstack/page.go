@@ -16,6 +16,9 @@ func (s *Stack) pageHandler() http.Handler {
 		proxy := httputil.NewSingleHostReverseProxy(target)
 		mux.Handle("/v1/jobs", proxy)
 		mux.Handle("/v1/jobs/", proxy)
+		mux.Handle("/v1/admin/", proxy)
+		mux.Handle("/v1/schedules", proxy)
+		mux.Handle("/v1/schedules/", proxy)
 	}
 	mux.Handle("/", webHandler())
 	return mux

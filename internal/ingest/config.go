@@ -16,6 +16,7 @@ import (
 const (
 	DefaultAddr           = "127.0.0.1:8080"
 	DefaultMaxBody        = 1 << 20 // 1 MiB
+	DefaultMaxBatchBody   = 16 << 20
 	DefaultMaxInFlight    = 256
 	DefaultRequestTimeout = 5 * time.Second
 	DefaultGrace          = 10 * time.Second
@@ -41,6 +42,9 @@ type Config struct {
 	OutputsKey []byte
 	// MaxBody bounds a request body; larger bodies get 413. Default 1 MiB.
 	MaxBody int64
+	// MaxBatchBody bounds a POST /v1/jobs/batch body; larger bodies get
+	// 413. Default 16 MiB.
+	MaxBatchBody int64
 	// MaxInFlight bounds the submissions handled at once; beyond it POST
 	// gets 429 with Retry-After. Default 256.
 	MaxInFlight int
@@ -80,6 +84,7 @@ type Config struct {
 func (c Config) withDefaults() (Config, error) {
 	c.Addr = cmp.Or(c.Addr, DefaultAddr)
 	c.MaxBody = cmp.Or(c.MaxBody, DefaultMaxBody)
+	c.MaxBatchBody = cmp.Or(c.MaxBatchBody, DefaultMaxBatchBody)
 	c.MaxInFlight = cmp.Or(c.MaxInFlight, DefaultMaxInFlight)
 	c.RequestTimeout = cmp.Or(c.RequestTimeout, DefaultRequestTimeout)
 	c.Grace = cmp.Or(c.Grace, DefaultGrace)
@@ -89,6 +94,8 @@ func (c Config) withDefaults() (Config, error) {
 	switch {
 	case c.MaxBody < 0:
 		return c, fmt.Errorf("%w: MaxBody must be > 0", ErrInvalidConfig)
+	case c.MaxBatchBody < 0:
+		return c, fmt.Errorf("%w: MaxBatchBody must be > 0", ErrInvalidConfig)
 	case c.MaxInFlight < 0:
 		return c, fmt.Errorf("%w: MaxInFlight must be > 0", ErrInvalidConfig)
 	case c.RequestTimeout < 0:

@@ -7,15 +7,40 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
-// submitRequest is the body of POST /v1/jobs.
+// submitRequest is the body of POST /v1/jobs, and one item of POST
+// /v1/jobs/batch.
 type submitRequest struct {
 	Kind     string            `json:"kind"`
 	Priority envelope.Priority `json:"priority"`
 	Input    json.RawMessage   `json:"input"`
+	// IdempotencyKey is a batch item's own key (a single submission sends
+	// the Idempotency-Key header instead and is refused with this field).
+	// Present but empty is refused, like an empty header.
+	IdempotencyKey *string `json:"idempotency_key,omitempty"`
+	// RunAt (RFC 3339) or DelayMs schedule the job for later
+	// (docs/design.md#scheduled-jobs); at most one of them.
+	RunAt   *string `json:"run_at,omitempty"`
+	DelayMs *int64  `json:"delay_ms,omitempty"`
+	// ExpiresInMs: a job not started this long after it is due ends
+	// expired (docs/design.md#expiring-jobs).
+	ExpiresInMs *int64 `json:"expires_in_ms,omitempty"`
+
+	runAt time.Time // RunAt, parsed
+	due   time.Time // when the job is due; zero: now (checkRequest)
+}
+
+// key is the request's idempotency key, "" without one.
+func (r submitRequest) key() string {
+	if r.IdempotencyKey == nil {
+		return ""
+	}
+	return *r.IdempotencyKey
 }
 
 var emptyObject = json.RawMessage(`{}`)
@@ -56,7 +81,69 @@ func decodeSubmit(b []byte) (submitRequest, error) {
 	default:
 		req.Input = in
 	}
+	if req.IdempotencyKey != nil {
+		if e := checkIdempotencyKey(*req.IdempotencyKey); e != nil {
+			return submitRequest{}, e
+		}
+	}
+	switch {
+	case req.RunAt != nil && req.DelayMs != nil:
+		return submitRequest{}, newError(http.StatusBadRequest, CodeInvalidSchedule, "give run_at or delay_ms, not both")
+	case req.RunAt != nil:
+		t, err := time.Parse(time.RFC3339Nano, *req.RunAt)
+		if err != nil {
+			return submitRequest{}, newError(http.StatusBadRequest, CodeInvalidSchedule, "run_at must be an RFC 3339 time, e.g. 2030-01-02T15:04:05Z")
+		}
+		req.runAt = t
+	case req.DelayMs != nil && *req.DelayMs < 0:
+		return submitRequest{}, newError(http.StatusBadRequest, CodeInvalidSchedule, "delay_ms must be >= 0")
+	}
+	if e := req.ExpiresInMs; e != nil && (*e < 1 || *e > MaxScheduleAhead.Milliseconds()) {
+		return submitRequest{}, newError(http.StatusBadRequest, CodeInvalidSchedule, "expires_in_ms must be 1 to "+strconv.FormatInt(MaxScheduleAhead.Milliseconds(), 10))
+	}
 	return req, nil
+}
+
+// MaxScheduleAhead is how far ahead a job may be scheduled.
+const MaxScheduleAhead = 365 * 24 * time.Hour
+
+// schedule sets req.due from run_at or delay_ms as of now: zero when the
+// job is due now (no schedule, or a time already past: it runs now), and a
+// 400 invalid_schedule beyond MaxScheduleAhead.
+func (req *submitRequest) schedule(now time.Time) *apiError {
+	var due time.Time
+	switch {
+	case req.RunAt != nil:
+		due = req.runAt
+	case req.DelayMs != nil:
+		if *req.DelayMs > MaxScheduleAhead.Milliseconds() {
+			return newError(http.StatusBadRequest, CodeInvalidSchedule, "delay_ms is more than a year")
+		}
+		due = now.Add(time.Duration(*req.DelayMs) * time.Millisecond)
+	default:
+		return nil
+	}
+	if due.After(now.Add(MaxScheduleAhead)) {
+		return newError(http.StatusBadRequest, CodeInvalidSchedule, "run_at is more than a year ahead")
+	}
+	if due.After(now) {
+		req.due = due.UTC()
+	}
+	return nil
+}
+
+// expiresAt is when the job expires if not started: expires_in_ms after
+// it is due (its run_at, or now); nil without expires_in_ms.
+func (req *submitRequest) expiresAt(now time.Time) *time.Time {
+	if req.ExpiresInMs == nil {
+		return nil
+	}
+	from := now
+	if !req.due.IsZero() {
+		from = req.due
+	}
+	at := from.Add(time.Duration(*req.ExpiresInMs) * time.Millisecond).UTC()
+	return &at
 }
 
 // jsonReason describes a decoding error without echoing the body.

@@ -49,13 +49,22 @@ func idempotencyKey(r *http.Request) (string, *apiError) {
 		return "", newError(http.StatusBadRequest, CodeInvalidIdempotencyKey, "Idempotency-Key must be sent once")
 	}
 	k := strings.TrimSpace(vals[0])
+	if e := checkIdempotencyKey(k); e != nil {
+		return "", e
+	}
+	return k, nil
+}
+
+// checkIdempotencyKey is the rule of every idempotency key, the header's
+// and a batch item's: 1 to 128 printable ASCII characters.
+func checkIdempotencyKey(k string) *apiError {
 	if k == "" || len(k) > MaxIdempotencyKeyLen {
-		return "", newError(http.StatusBadRequest, CodeInvalidIdempotencyKey, "Idempotency-Key must be 1 to 128 printable ASCII characters")
+		return newError(http.StatusBadRequest, CodeInvalidIdempotencyKey, "idempotency key must be 1 to 128 printable ASCII characters")
 	}
 	for i := 0; i < len(k); i++ {
 		if k[i] < 0x20 || k[i] > 0x7e {
-			return "", newError(http.StatusBadRequest, CodeInvalidIdempotencyKey, "Idempotency-Key must be 1 to 128 printable ASCII characters")
+			return newError(http.StatusBadRequest, CodeInvalidIdempotencyKey, "idempotency key must be 1 to 128 printable ASCII characters")
 		}
 	}
-	return k, nil
+	return nil
 }

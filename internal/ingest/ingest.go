@@ -1,6 +1,13 @@
 // Package ingest is Beamline's HTTP API for submitting and reading jobs:
 //
 //	POST   /v1/jobs       submit; 202 only after JetStream acknowledged the job
+//	POST   /v1/jobs/batch submit up to 1,000 jobs; an answer per item
+//	GET    /v1/jobs       the caller's jobs, newest first, cursor-paginated
+//	POST   /v1/jobs/{id}/rerun  a failed, dead, cancelled or expired job again
+//	GET    /v1/admin/dlq          dead jobs (admin)
+//	POST/GET /v1/schedules, DELETE /v1/schedules/{name}  repeating jobs
+//	POST   /v1/admin/dlq/redrive  rerun matching dead jobs (admin)
+//	GET    /v1/admin/streams      each stream's messages, bytes, retention (admin)
 //	GET    /v1/jobs/{id}  the job's status snapshot
 //	DELETE /v1/jobs/{id}  cancel a job that has not finished
 //	GET    /v1/jobs/{id}/outputs/{name}       a stored output of the job
@@ -36,6 +43,11 @@ import (
 // Route labels of beamline_ingest_requests_total.
 const (
 	routeSubmit = "submit"
+	routeBatch  = "batch"
+	routeList   = "list"
+	routeRerun  = "rerun"
+	routeDLQ    = "dlq"
+	routeSched  = "schedules"
 	routeGet    = "get"
 	routeCancel = "cancel"
 	routeOther  = "other"
@@ -153,6 +165,16 @@ func (s *Service) Run(ctx context.Context) error {
 	srv.WriteTimeout = s.cfg.RequestTimeout*3 + 30*time.Second
 	srv.ErrorLog = slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)
 	s.log.Info("ingest listening", "addr", ln.Addr().String(), "kinds", s.cfg.Kinds)
+	// Schedule firings become jobs (schedules.go) while ingest serves.
+	cronCtx, stopCron := context.WithCancel(ctx)
+	cronDone := make(chan struct{})
+	go func() {
+		defer close(cronDone)
+		if err := s.runCron(cronCtx); err != nil {
+			s.log.Error("schedule firings are not consumed: repeating schedules create no jobs", "err", err)
+		}
+	}()
+	defer func() { stopCron(); <-cronDone }()
 	err = ops.Serve(ctx, srv, ln, s.cfg.Grace)
 	if err != nil {
 		return fmt.Errorf("ingest: serve: %w", err)
@@ -165,6 +187,20 @@ func (s *Service) routes() http.Handler {
 	mux := http.NewServeMux()
 	m := s.metrics
 	mux.Handle("POST /v1/jobs", m.instrument(routeSubmit, s.traced(routeSubmit, http.HandlerFunc(s.submit))))
+	mux.Handle("GET /v1/jobs", m.instrument(routeList, s.traced(routeList, http.HandlerFunc(s.list))))
+	mux.Handle("POST /v1/jobs/batch", m.instrument(routeBatch, s.traced(routeBatch, http.HandlerFunc(s.batch))))
+	mux.Handle("POST /v1/schedules", m.instrument(routeSched, s.traced(routeSched, http.HandlerFunc(s.createSchedule))))
+	mux.Handle("GET /v1/schedules", m.instrument(routeSched, s.traced(routeSched, http.HandlerFunc(s.listSchedules))))
+	mux.Handle("DELETE /v1/schedules/{name}", m.instrument(routeSched, s.traced(routeSched, http.HandlerFunc(s.deleteSchedule))))
+	mux.Handle("/v1/schedules", m.instrument(routeOther, methodNotAllowed("GET, HEAD, POST")))
+	mux.Handle("/v1/schedules/{name}", m.instrument(routeOther, methodNotAllowed("DELETE")))
+	mux.Handle("GET /v1/admin/streams", m.instrument(routeDLQ, s.traced(routeDLQ, http.HandlerFunc(s.adminStreams))))
+	mux.Handle("GET /v1/admin/dlq", m.instrument(routeDLQ, s.traced(routeDLQ, http.HandlerFunc(s.dlq))))
+	mux.Handle("POST /v1/admin/dlq/redrive", m.instrument(routeDLQ, s.traced(routeDLQ, http.HandlerFunc(s.redrive))))
+	mux.Handle("/v1/admin/dlq", m.instrument(routeOther, methodNotAllowed("GET, HEAD")))
+	mux.Handle("/v1/admin/dlq/redrive", m.instrument(routeOther, methodNotAllowed("POST")))
+	mux.Handle("POST /v1/jobs/{id}/rerun", m.instrument(routeRerun, s.traced(routeRerun, http.HandlerFunc(s.rerun))))
+	mux.Handle("/v1/jobs/{id}/rerun", m.instrument(routeOther, methodNotAllowed("POST")))
 	mux.Handle("GET /v1/jobs/{id}", m.instrument(routeGet, s.traced(routeGet, http.HandlerFunc(s.get))))
 	mux.Handle("DELETE /v1/jobs/{id}", m.instrument(routeCancel, s.traced(routeCancel, http.HandlerFunc(s.cancel))))
 	mux.Handle("GET /v1/jobs/{id}/outputs/{name}", m.instrument(routeOutput, s.traced(routeOutput, http.HandlerFunc(s.output))))
@@ -180,7 +216,7 @@ func (s *Service) routes() http.Handler {
 	mux.Handle("/v1/webhooks/cog/{job}/{n}", m.instrument(routeOther, methodNotAllowed("POST")))
 	// The mux's own 404 and 405 answers are plain text; these keep every
 	// error JSON.
-	mux.Handle("/v1/jobs", m.instrument(routeOther, methodNotAllowed("POST")))
+	mux.Handle("/v1/jobs", m.instrument(routeOther, methodNotAllowed("GET, HEAD, POST")))
 	mux.Handle("/v1/jobs/{id}", m.instrument(routeOther, methodNotAllowed("GET, HEAD, DELETE")))
 	mux.Handle("/", m.instrument(routeOther, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, newError(http.StatusNotFound, CodeNotFound, "no such route"))

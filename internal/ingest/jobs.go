@@ -45,6 +45,9 @@ func (s *Service) cancel(w http.ResponseWriter, r *http.Request) {
 		writeError(w, unavailable())
 		return
 	}
+	if snap.Status == envelope.StatusScheduled {
+		s.unschedule(ctx, next) // the cancelled job never runs; its schedule goes too
+	}
 	log.Info("job cancelled", "by", p.User, "seq", next.Seq)
 	httpx.WriteJSON(w, http.StatusOK, next)
 }

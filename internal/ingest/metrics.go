@@ -20,6 +20,7 @@ type metrics struct {
 	webhooks        *prometheus.CounterVec   // api, result
 	webhooksDropped *prometheus.CounterVec   // api, reason
 	webhookLag      *prometheus.HistogramVec // api
+	unindexed       prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -58,8 +59,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "From a signed webhook's timestamp (when the provider sent it) to its storage in JetStream, by api.",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
 		}, []string{"api"}),
+		unindexed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "beamline_ingest_unindexed_total",
+			Help: "Jobs stored whose JOBINDEX entry could not be written (they run, but GET /v1/jobs does not list them).",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.submitted, m.rejected, m.inflight, m.webhooks, m.webhooksDropped, m.webhookLag} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.submitted, m.rejected, m.inflight, m.webhooks, m.webhooksDropped, m.webhookLag, m.unindexed} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/beamline/beamline/internal/auth"
@@ -33,19 +34,11 @@ func (s *Service) submit(w http.ResponseWriter, r *http.Request) {
 		s.reject(w, r, aerr)
 		return
 	}
-	select {
-	case s.slots <- struct{}{}:
-	default:
-		e := newError(http.StatusTooManyRequests, CodeOverloaded, "too many submissions in flight; retry later")
-		e.RetryAfter = retryInFlight
-		s.reject(w, r, e)
+	if aerr := s.acquireSlot(); aerr != nil {
+		s.reject(w, r, aerr)
 		return
 	}
-	s.metrics.inflight.Inc()
-	defer func() {
-		<-s.slots
-		s.metrics.inflight.Dec()
-	}()
+	defer s.releaseSlot()
 
 	key, aerr := idempotencyKey(r)
 	if aerr != nil {
@@ -57,49 +50,108 @@ func (s *Service) submit(w http.ResponseWriter, r *http.Request) {
 		s.reject(w, r, aerr)
 		return
 	}
+	req, aerr := s.checkRequest(body)
+	if aerr != nil {
+		s.reject(w, r, aerr)
+		return
+	}
+	if req.IdempotencyKey != nil {
+		s.reject(w, r, newError(http.StatusBadRequest, CodeInvalidIdempotencyKey, "idempotency_key is a batch item's field; send the Idempotency-Key header"))
+		return
+	}
+	req.IdempotencyKey = &key
+	job := newJob(p.User, req)
+	ctx := r.Context()
+	if key != "" {
+		snap, found, aerr := s.keyedExisting(ctx, job)
+		if aerr != nil {
+			s.reject(w, r, aerr)
+			return
+		}
+		if found {
+			s.accepted(w, snap)
+			return
+		}
+	}
+	s.publish(ctx, w, r, p, job, req.due)
+}
+
+// acquireSlot takes one of the MaxInFlight submission slots (a batch takes
+// one, as it is one request), or refuses with 429.
+func (s *Service) acquireSlot() *apiError {
+	select {
+	case s.slots <- struct{}{}:
+	default:
+		e := newError(http.StatusTooManyRequests, CodeOverloaded, "too many submissions in flight; retry later")
+		e.RetryAfter = retryInFlight
+		return e
+	}
+	s.metrics.inflight.Inc()
+	return nil
+}
+
+func (s *Service) releaseSlot() {
+	<-s.slots
+	s.metrics.inflight.Dec()
+}
+
+// checkRequest is every check of one job request, shared by POST /v1/jobs
+// and each item of POST /v1/jobs/batch: the body (decodeSubmit), then
+// whether the kind is served here.
+func (s *Service) checkRequest(body []byte) (submitRequest, *apiError) {
 	req, err := decodeSubmit(body)
 	if err != nil {
 		var e *apiError
 		if !errors.As(err, &e) {
 			e = newError(http.StatusBadRequest, CodeInvalidJSON, err.Error())
 		}
-		s.reject(w, r, e)
-		return
+		return req, e
 	}
 	if !s.kinds[req.Kind] {
-		s.reject(w, r, newError(http.StatusBadRequest, CodeUnknownKind, "kind "+req.Kind+" is not served here"))
-		return
+		return req, newError(http.StatusBadRequest, CodeUnknownKind, "kind "+req.Kind+" is not served here")
 	}
+	if e := req.schedule(time.Now()); e != nil {
+		return req, e
+	}
+	return req, nil
+}
 
+// newJob is the job of a checked request by user: its id derived from the
+// user and the request's idempotency key (keyedJobID), random without one.
+func newJob(user string, req submitRequest) envelope.Job {
+	now := time.Now().UTC()
 	job := envelope.Job{
-		User:      p.User,
+		User:      user,
 		Kind:      req.Kind,
 		Priority:  req.Priority,
 		Input:     req.Input,
-		CreatedAt: time.Now().UTC(),
+		CreatedAt: now,
+		ExpiresAt: req.expiresAt(now),
 	}
-	ctx := r.Context()
-	if key != "" {
-		job.ID = keyedJobID(p.User, key)
-		// Past the duplicate window JetStream would take the same id as a new
-		// message; the job as it is now (stored, or still queued in JOBS)
-		// answers a late retry instead. When that cannot be read, the
-		// retry is refused rather than risk running the job twice.
-		snap, err := s.existing(ctx, job.ID)
-		switch {
-		case err == nil:
-			s.log.Debug("idempotent retry answered from the job store", "job", job.ID, "user", p.User, "kind", snap.Kind)
-			s.accepted(w, snap)
-			return
-		case !errors.Is(err, jobstore.ErrNotFound):
-			s.log.Warn("keyed submission refused: its job could not be looked up", "job", job.ID, "user", p.User, "err", err)
-			s.reject(w, r, unavailable())
-			return
-		}
+	if k := req.key(); k != "" {
+		job.ID = keyedJobID(user, k)
 	} else {
 		job.ID = newJobID()
 	}
-	s.publish(ctx, w, r, p, job)
+	return job
+}
+
+// keyedExisting answers a keyed submission whose job already exists.
+// Past the duplicate window JetStream would take the same id as a new
+// message; the job as it is now (stored, or still queued in JOBS) answers a
+// late retry instead. When that cannot be read, the retry is refused (503)
+// rather than risk running the job twice.
+func (s *Service) keyedExisting(ctx context.Context, job envelope.Job) (envelope.Snapshot, bool, *apiError) {
+	snap, err := s.existing(ctx, job.ID)
+	switch {
+	case err == nil:
+		s.log.Debug("idempotent retry answered from the job store", "job", job.ID, "user", job.User, "kind", snap.Kind)
+		return snap, true, nil
+	case !errors.Is(err, jobstore.ErrNotFound):
+		s.log.Warn("keyed submission refused: its job could not be looked up", "job", job.ID, "user", job.User, "err", err)
+		return snap, false, unavailable()
+	}
+	return snap, false, nil
 }
 
 // publish writes the job to JOBS and answers 202 with its queued snapshot
@@ -107,16 +159,17 @@ func (s *Service) submit(w http.ResponseWriter, r *http.Request) {
 // durable write: no snapshot is stored for a queued job, whose state is its
 // JOBS message until a processor (or a cancel) writes it, and GET reads it
 // there (jobstore.Lookup). A refused job therefore leaves nothing behind.
-func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Request, p auth.Principal, job envelope.Job) {
+//
+// A job due later (due not zero) is written instead as its schedule message
+// in SCHEDULED, still one write; it answers status scheduled.
+func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Request, p auth.Principal, job envelope.Job, due time.Time) {
 	log := jobLog{log: s.log, ctx: ctx, job: job.ID, user: p.User, kind: job.Kind}
-	msg, err := envelope.NewJobMsg(job, s.cfg.Source, telemetry.Traceparent(ctx))
-	if err != nil {
-		if errors.Is(err, envelope.ErrTooLarge) {
-			s.reject(w, r, tooLarge("the job envelope exceeds "+byteSize(envelope.MaxSize)))
-			return
+	msg, stream, aerr := s.jobMsg(ctx, job, due)
+	if aerr != nil {
+		if aerr.Status >= 500 {
+			log.at(slog.LevelError, "building the job message failed", "err", aerr.Message)
 		}
-		log.at(slog.LevelError, "building the job message failed", "err", err)
-		s.reject(w, r, newError(http.StatusInternalServerError, CodeInternal, "the job could not be encoded"))
+		s.reject(w, r, aerr)
 		return
 	}
 	if !s.nc.IsConnected() {
@@ -125,7 +178,7 @@ func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Re
 		return
 	}
 	pctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
-	ack, err := s.js.PublishMsg(pctx, msg, jetstream.WithExpectStream(streams.Jobs))
+	ack, err := s.js.PublishMsg(pctx, msg, jetstream.WithExpectStream(stream))
 	cancel()
 	if err != nil {
 		aerr := classifyNATS(err)
@@ -138,15 +191,49 @@ func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Re
 		// stored first, as it is now.
 		snap, err := s.existing(context.WithoutCancel(ctx), job.ID)
 		if err != nil {
-			snap = envelope.NewSnapshot(job)
+			snap = acceptedSnapshot(job, due)
 		}
 		log.at(slog.LevelInfo, "duplicate submission", "seq", ack.Sequence)
+		s.index(ctx, job) // de-duplicated; repairs an entry a crash left out
 		s.accepted(w, snap)
 		return
 	}
 	s.metrics.submitted.WithLabelValues(job.Kind, string(job.Priority)).Inc()
-	log.at(slog.LevelInfo, "job accepted", "priority", string(job.Priority), "seq", ack.Sequence)
-	s.accepted(w, envelope.NewSnapshot(job))
+	log.at(slog.LevelInfo, "job accepted", "priority", string(job.Priority), "seq", ack.Sequence, "stream", stream)
+	s.index(ctx, job)
+	s.accepted(w, acceptedSnapshot(job, due))
+}
+
+// acceptedSnapshot is the snapshot of a job just stored: queued, or
+// scheduled when it is due later.
+func acceptedSnapshot(job envelope.Job, due time.Time) envelope.Snapshot {
+	if due.IsZero() {
+		return envelope.NewSnapshot(job)
+	}
+	return envelope.NewScheduledSnapshot(job, due)
+}
+
+// jobMsg is the message that stores a job and the stream it goes to: its
+// JOBS message (envelope.NewJobMsg), or for a job due later its schedule
+// message in SCHEDULED (envelope.NewScheduledJobMsg); or the answer to give
+// when the job cannot be one.
+func (s *Service) jobMsg(ctx context.Context, job envelope.Job, due time.Time) (*nats.Msg, string, *apiError) {
+	var msg *nats.Msg
+	var err error
+	stream := streams.Jobs
+	if due.IsZero() {
+		msg, err = envelope.NewJobMsg(job, s.cfg.Source, telemetry.Traceparent(ctx))
+	} else {
+		stream = streams.Scheduled
+		msg, err = envelope.NewScheduledJobMsg(job, s.cfg.Source, telemetry.Traceparent(ctx), due)
+	}
+	if err != nil {
+		if errors.Is(err, envelope.ErrTooLarge) {
+			return nil, "", tooLarge("the job envelope exceeds " + byteSize(envelope.MaxSize))
+		}
+		return nil, "", newError(http.StatusInternalServerError, CodeInternal, "the job could not be encoded: "+err.Error())
+	}
+	return msg, stream, nil
 }
 
 // jobLog writes records about one job with its job, user and kind (and
@@ -206,7 +293,11 @@ func checkJSON(r *http.Request) *apiError {
 
 // readBody reads at most MaxBody bytes.
 func (s *Service) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *apiError) {
-	limit := s.cfg.MaxBody
+	return s.readBodyLimit(w, r, s.cfg.MaxBody)
+}
+
+// readBodyLimit reads at most limit bytes.
+func (s *Service) readBodyLimit(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *apiError) {
 	if r.ContentLength > limit {
 		return nil, tooLarge("the body exceeds " + byteSize(limit))
 	}

@@ -33,7 +33,8 @@ const RevAbsent = ^uint64(0)
 // neither holds it.
 //
 // Reads, in order: job_status (direct, any replica), JOBS on its leader,
-// then job_status on its leader. The last read covers a processor that
+// SCHEDULED on its leader (a job not due yet is scheduled), then
+// job_status on its leader. The last read covers a processor that
 // stored the job and acked its message between the first two, and a
 // job_status replica that lags behind the leader.
 //
@@ -55,7 +56,35 @@ func (s *Store) Lookup(ctx context.Context, id string) (envelope.Snapshot, uint6
 			return envelope.NewSnapshot(job), RevAbsent, nil
 		}
 	}
+	if snap, ok, err := s.scheduled(ctx, id); err != nil || ok {
+		return snap, RevAbsent, err
+	}
 	return s.getOnLeader(ctx, id)
+}
+
+// scheduled reads a job that is not due yet from SCHEDULED: its schedule
+// message (status scheduled, with its run_at), or its fired copy that JOBS
+// has not sourced yet (queued). Both are read on the SCHEDULED leader.
+func (s *Store) scheduled(ctx context.Context, id string) (envelope.Snapshot, bool, error) {
+	m, err := natsx.GetOnLeader(ctx, s.js, streams.Scheduled, natsx.MsgGet{LastFor: envelope.ScheduleSubject(id)})
+	if err != nil {
+		return envelope.Snapshot{}, false, err
+	}
+	if m != nil {
+		_, job, err := envelope.DecodeJob(m.Data)
+		at, ok := envelope.ScheduledAt(m.Header)
+		if err == nil && ok && job.ID == id {
+			return envelope.NewScheduledSnapshot(job, at), true, nil
+		}
+	}
+	m, err = natsx.GetOnLeader(ctx, s.js, streams.Scheduled, natsx.MsgGet{LastFor: envelope.ScheduleFireLookup(id)})
+	if err != nil || m == nil {
+		return envelope.Snapshot{}, false, err
+	}
+	if _, job, err := envelope.DecodeJob(m.Data); err == nil && job.ID == id {
+		return envelope.NewSnapshot(job), true, nil
+	}
+	return envelope.Snapshot{}, false, nil
 }
 
 // jobOf decodes the job of a JOBS message found on id's subject; ok is

@@ -31,7 +31,7 @@ var (
 )
 
 // streamFiles are applied in this order.
-var streamFiles = []string{"jobs.json", "events.json", "dlq.json", "kv_job_status.json"}
+var streamFiles = []string{"scheduled.json", "jobs.json", "events.json", "dlq.json", "kv_job_status.json", "jobindex.json"}
 
 // templateKind is the kind whose committed consumer files serve as the
 // template for every other configured kind.
@@ -41,6 +41,26 @@ const templateKind = "image"
 type Options struct {
 	// Replicas overrides num_replicas of every stream (3 on a cluster).
 	Replicas int
+	// EventsMaxAge overrides how long EVENTS keeps events (file: 24 h).
+	EventsMaxAge time.Duration
+	// StatusTTL overrides how long job_status keeps a snapshot, and
+	// JOBINDEX a job's entry, after its last change (files: 7 days).
+	StatusTTL time.Duration
+	// DLQMaxAge overrides how long the DLQ keeps a dead job (file: 30 days).
+	DLQMaxAge time.Duration
+}
+
+// maxAge is the retention opts set for stream name, 0 to keep the file's.
+func (o Options) maxAge(name string) time.Duration {
+	switch name {
+	case streams.Events:
+		return o.EventsMaxAge
+	case "KV_" + streams.JobStatus, streams.JobIndex:
+		return o.StatusTTL
+	case streams.DLQ:
+		return o.DLQMaxAge
+	}
+	return 0
 }
 
 // Streams returns the stream definitions of streams/, with opts applied.
@@ -53,6 +73,12 @@ func Streams(opts Options) ([]jetstream.StreamConfig, error) {
 		}
 		if opts.Replicas > 0 {
 			cfg.Replicas = opts.Replicas
+		}
+		switch age := opts.maxAge(cfg.Name); {
+		case age < 0:
+			return nil, fmt.Errorf("%w: %s: a retention must be > 0, not %v", ErrDefinition, cfg.Name, age)
+		case age > 0:
+			cfg.MaxAge = age
 		}
 		out = append(out, cfg)
 	}
@@ -109,8 +135,8 @@ func readJSON(name string, v any) error {
 	return nil
 }
 
-// ApplyStreams creates or updates JOBS, EVENTS, DLQ and the job_status KV
-// bucket. It is safe to call from many processes at once.
+// ApplyStreams creates or updates JOBS, EVENTS, DLQ, the job_status KV
+// bucket and JOBINDEX. It is safe to call from many processes at once.
 func ApplyStreams(ctx context.Context, js jetstream.JetStream, opts Options) error {
 	cfgs, err := Streams(opts)
 	if err != nil {

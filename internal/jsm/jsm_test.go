@@ -18,7 +18,11 @@ import (
 	"github.com/beamline/beamline/streams"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	// JOBS sources SCHEDULED; the server may leave its source setup waiting
+	// for a consumer reply up to 30 s after a shutdown (nats-server stream.go).
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/nats-io/nats-server/v2/server.(*stream).trySetupSourceConsumer.func3"))
+}
 
 func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -139,8 +143,8 @@ func TestReplicasOverride(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(cfgs) != 4 {
-		t.Fatalf("%d stream definitions, want 4", len(cfgs))
+	if len(cfgs) != 6 {
+		t.Fatalf("%d stream definitions, want 6", len(cfgs))
 	}
 	for _, c := range cfgs {
 		if c.Replicas != 3 {
@@ -164,7 +168,8 @@ func TestReplicasOverride(t *testing.T) {
 	if err == nil {
 		t.Fatal("ApplyStreams with 3 replicas on a single server succeeded")
 	}
-	if msg := err.Error(); !strings.Contains(msg, "JOBS") || !strings.Contains(strings.ToLower(msg), "replicas") {
+	// SCHEDULED is applied first (JOBS sources it).
+	if msg := err.Error(); !strings.Contains(msg, "SCHEDULED") || !strings.Contains(strings.ToLower(msg), "replicas") {
 		t.Fatalf("error %q should name the stream and the replica problem", msg)
 	}
 	t.Logf("R3 on a single server: %v", err)
@@ -395,5 +400,36 @@ func TestJobStatusKV(t *testing.T) {
 		}
 	case <-ctx.Done():
 		t.Fatal("watch gave nothing")
+	}
+}
+
+// TestRetentionOptions: -events-max-age, -status-ttl and -dlq-max-age reach
+// the streams when they are applied (and again on a restart with other
+// values); a negative one is refused.
+func TestRetentionOptions(t *testing.T) {
+	js := newJS(t)
+	ctx := ctxT(t)
+	for _, opts := range []jsm.Options{
+		{EventsMaxAge: 2 * time.Hour, StatusTTL: 48 * time.Hour, DLQMaxAge: 72 * time.Hour},
+		{EventsMaxAge: 3 * time.Hour, StatusTTL: 24 * time.Hour, DLQMaxAge: 96 * time.Hour},
+	} {
+		if err := jsm.ApplyStreams(ctx, js, opts); err != nil {
+			t.Fatal(err)
+		}
+		for name, want := range map[string]time.Duration{
+			streams.Events: opts.EventsMaxAge, "KV_" + streams.JobStatus: opts.StatusTTL,
+			streams.JobIndex: opts.StatusTTL, streams.DLQ: opts.DLQMaxAge, streams.Jobs: 0,
+		} {
+			s, err := js.Stream(ctx, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := s.CachedInfo().Config.MaxAge; got != want {
+				t.Errorf("%s max_age %v, want %v", name, got, want)
+			}
+		}
+	}
+	if _, err := jsm.Streams(jsm.Options{DLQMaxAge: -time.Hour}); !errors.Is(err, jsm.ErrDefinition) {
+		t.Fatalf("negative retention: %v", err)
 	}
 }

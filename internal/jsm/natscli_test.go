@@ -21,7 +21,7 @@ func streamFiles(t *testing.T) (streamsDir string, files, consumers []string) {
 		t.Fatal(err)
 	}
 	files, err = filepath.Glob(filepath.Join(dir, "*.json"))
-	if err != nil || len(files) != 5 { // the four every binary applies, and WEBHOOKS
+	if err != nil || len(files) != 7 { // the four every binary applies, WEBHOOKS, JOBINDEX and SCHEDULED
 		t.Fatalf("stream files: %v %v", files, err)
 	}
 	consumers, err = filepath.Glob(filepath.Join(dir, "consumers", "*.json"))

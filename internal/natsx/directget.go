@@ -38,6 +38,9 @@ type DirectGet struct {
 	MaxBytes  int      `json:"max_bytes,omitempty"`
 	MultiLast []string `json:"multi_last,omitempty"`
 	UpToSeq   uint64   `json:"up_to_seq,omitempty"`
+	// StartTime starts a batch at the first message stored at or after
+	// it (instead of Seq).
+	StartTime *time.Time `json:"start_time,omitempty"`
 }
 
 // DirectReader reads one stream with batched direct gets: no consumer, one

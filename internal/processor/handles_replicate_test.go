@@ -3,11 +3,14 @@ package processor
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/beamline/beamline/internal/outputs"
 	"github.com/beamline/beamline/internal/provider"
 	"github.com/beamline/beamline/internal/provider/replicatefake"
 	"github.com/beamline/beamline/internal/testutil"
@@ -85,5 +88,69 @@ func TestCrashResumesTheReplicatePrediction(t *testing.T) {
 	}
 	if n := fake.CancelsTotal(); n != 0 {
 		t.Fatalf("%d cancels, want none", n)
+	}
+}
+
+// TestGoneOutputsStartANewPrediction: Replicate serves an output file for a
+// while only (the fake: once). A run that read it and crashed before it
+// stored the copy leaves the next run a 404 for the same prediction's
+// output. That is not the job's failure: the prediction is marked ended,
+// the run is retried, and a second prediction makes fresh outputs, which
+// are kept. (Before: the job ended failed, "output not available".)
+func TestGoneOutputsStartANewPrediction(t *testing.T) {
+	e := newEnv(t)
+	var predictions atomic.Int32
+	fake := replicatefake.New(replicatefake.Config{
+		Predict: func(ctx context.Context, r *replicatefake.Run) (json.RawMessage, error) {
+			url := r.File("out.png", "image/png", []byte("\x89PNG fresh "+r.ID))
+			if predictions.Add(1) == 1 {
+				// As if a crashed run had downloaded it already.
+				url += ".gone"
+			}
+			return json.Marshal(url)
+		},
+	})
+	srv := httptest.NewServer(fake)
+	t.Cleanup(srv.Close)
+	t.Cleanup(fake.Close)
+	prov, err := provider.NewReplicate(provider.ReplicateConfig{
+		URL: srv.URL, Token: replicatefake.DefaultToken, Model: "black-forest-labs/flux-schnell",
+		PollMin: time.Millisecond, PollMax: 20 * time.Millisecond,
+		ExtraInput: func(req provider.Request) map[string]any {
+			return map[string]any{replicatefake.InputJob: req.Job.ID}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, st := outputsConfig(t, e)
+	f, err := outputs.NewFetcher(outputs.FetchConfig{AllowPrivate: true}) // the fake is on 127.0.0.1
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(f.Close)
+	cfg.Outputs = &outputs.Keeper{Store: st, Fetcher: f}
+	cfg.Providers = map[string]provider.Provider{prov.Name(): prov}
+	cfg.DefaultProvider = prov.Name()
+	e.start(cfg)
+	j := newJob("alice", "image", envelope.PriorityNormal, nil)
+	e.submit(j)
+	var s envelope.Snapshot
+	testutil.WaitFor(t, 20*time.Second, func() bool { s = e.snapshot(j.ID); return s.Status.Terminal() },
+		func() string { return fmt.Sprintf("job still %s", s.Status) })
+	if s.Status != envelope.StatusSucceeded {
+		t.Fatalf("job ended %s (%s), want succeeded after a new prediction", s.Status, s.Error)
+	}
+	if n := fake.Created(j.ID); n != 2 {
+		t.Fatalf("%d predictions created, want 2 (the first one's output was gone)", n)
+	}
+	var out struct {
+		Output string `json:"output"`
+	}
+	if err := json.Unmarshal(s.Result, &out); err != nil || out.Output == "" {
+		t.Fatalf("result names no kept output: %s", s.Result)
+	}
+	if _, err := st.Stat(context.Background(), outputs.Key(j.ID, out.Output)); err != nil {
+		t.Fatalf("kept output: %v", err)
 	}
 }

@@ -3,10 +3,15 @@ package processor
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
+	"time"
 
+	"github.com/beamline/beamline/internal/outputs"
 	"github.com/beamline/beamline/internal/provider"
+	"github.com/beamline/beamline/pkg/flow"
 )
 
 // OutputKeeper stores the outputs a result names and returns the result
@@ -31,8 +36,32 @@ func (p *Processor) keepOutputs(jctx context.Context, d *delivery, result json.R
 	kept, err := p.cfg.Outputs.Keep(jctx, d.job.ID, result)
 	if err != nil {
 		log.Warn("outputs not stored", "err", err)
+		if errors.Is(err, outputs.ErrGone) {
+			return nil, p.outputsGone(jctx, d, err, log)
+		}
 		return nil, err
 	}
 	p.countOutputBytes(d, kept) // telemetry.go
 	return kept, nil
+}
+
+// outputsGone handles outputs the provider no longer serves (a 4xx: an
+// expired URL, or one served once and already read by a run that crashed
+// before it stored the copy). For a job's own remote work that is not the
+// job's failure: the work is marked ended, so the next run starts a new
+// prediction (Handle.Number+1) whose outputs are fresh, and the error is
+// retryable. Other providers' gone outputs stay terminal.
+func (p *Processor) outputsGone(jctx context.Context, d *delivery, err error, log *slog.Logger) error {
+	h := d.handle.Load()
+	if h == nil {
+		return err
+	}
+	ended := *h
+	ended.Ended = true
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(jctx), 10*time.Second)
+	defer cancel()
+	if perr := p.putHandle(ctx, d.job.ID, ended); perr != nil {
+		log.Warn("remote work not recorded as ended; the next run resumes it", "remote_id", h.ID, "err", perr)
+	}
+	return flow.Retryable(fmt.Errorf("processor: outputs of prediction %s are gone, a new prediction follows: %w", h.ID, err), 0)
 }

@@ -254,6 +254,9 @@ func (p *Processor) run(d *delivery) {
 	// A first delivery claims the job without reading it (started.go).
 	// Any other run reads it: the attempt number is one more than the
 	// stored snapshot's (see attempts.go).
+	if p.expired(ctx, d, log) {
+		return
+	}
 	claimed, err := p.claim(ctx, d)
 	if err == nil && !claimed {
 		err = p.load(ctx, d)

@@ -404,7 +404,21 @@ func (p *replicateProvider) Start(ctx context.Context, req Request) (Handle, err
 		return Handle{}, flow.Terminal(fmt.Errorf("replicate provider: encode request: %w", err))
 	}
 	for try := 1; ; try++ {
-		pred, err := p.do(ctx, http.MethodPost, target, b, p.wait)
+		// Once sent, a create is not cut short by ctx (a DELETE, the job
+		// timeout): Replicate may create the prediction anyway, and only its
+		// answer names it, so that the caller can cancel it (Call, the
+		// processor's settleRemote) instead of leaving it running, paid for
+		// and unwatched. Without sync mode the answer comes at once; the
+		// request is still bounded by RequestTimeout. A 429 pause is waited
+		// with ctx first.
+		sendCtx := ctx
+		if p.wait == 0 {
+			if err := p.waitPause(ctx); err != nil {
+				return Handle{}, err
+			}
+			sendCtx = context.WithoutCancel(ctx)
+		}
+		pred, err := p.do(sendCtx, http.MethodPost, target, b, p.wait)
 		var th *errThrottled
 		switch {
 		case err == nil:

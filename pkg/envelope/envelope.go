@@ -43,13 +43,14 @@ const (
 	TypeFailed    Type = "beamline.job.failed"
 	TypeDead      Type = "beamline.job.dead"
 	TypeCancelled Type = "beamline.job.cancelled"
+	TypeExpired   Type = "beamline.job.expired"
 )
 
 // Known reports whether t is one of the types above.
 func (t Type) Known() bool {
 	switch t {
 	case TypeSubmitted, TypeStarted, TypeProgress, TypeRetrying,
-		TypeSucceeded, TypeFailed, TypeDead, TypeCancelled:
+		TypeSucceeded, TypeFailed, TypeDead, TypeCancelled, TypeExpired:
 		return true
 	}
 	return false

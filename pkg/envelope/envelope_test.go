@@ -342,18 +342,18 @@ func TestTypeShortAndEventType(t *testing.T) {
 	for st, want := range map[Status]Type{
 		StatusQueued: TypeSubmitted, StatusRunning: TypeStarted, StatusRetrying: TypeRetrying,
 		StatusSucceeded: TypeSucceeded, StatusFailed: TypeFailed, StatusDead: TypeDead,
-		StatusCancelled: TypeCancelled, "bogus": "",
+		StatusCancelled: TypeCancelled, StatusExpired: TypeExpired, "bogus": "",
 	} {
 		if got := EventType(st); got != want {
 			t.Errorf("EventType(%q) = %q, want %q", st, got, want)
 		}
 	}
-	for _, st := range []Status{StatusSucceeded, StatusFailed, StatusDead, StatusCancelled} {
+	for _, st := range []Status{StatusSucceeded, StatusFailed, StatusDead, StatusCancelled, StatusExpired} {
 		if !st.Terminal() {
 			t.Errorf("%s not terminal", st)
 		}
 	}
-	for _, st := range []Status{StatusQueued, StatusRunning, StatusRetrying} {
+	for _, st := range []Status{StatusScheduled, StatusQueued, StatusRunning, StatusRetrying} {
 		if st.Terminal() {
 			t.Errorf("%s terminal", st)
 		}
@@ -363,7 +363,9 @@ func TestTypeShortAndEventType(t *testing.T) {
 // jobEqual compares jobs by value: times by instant, input by JSON meaning.
 func jobEqual(a, b Job) bool {
 	return a.ID == b.ID && a.User == b.User && a.Kind == b.Kind && a.Priority == b.Priority &&
-		a.CreatedAt.Equal(b.CreatedAt) && jsonEqual(a.Input, b.Input)
+		a.CreatedAt.Equal(b.CreatedAt) && jsonEqual(a.Input, b.Input) &&
+		(a.ExpiresAt == nil) == (b.ExpiresAt == nil) && (a.ExpiresAt == nil || a.ExpiresAt.Equal(*b.ExpiresAt)) &&
+		a.RerunOf == b.RerunOf
 }
 
 func snapshotEqual(a, b Snapshot) bool {
@@ -394,10 +396,14 @@ func TestEncodeJobMatchesEncode(t *testing.T) {
 	inputs := []string{"", `{}`, `{ "prompt" : "a <b> & \"c\"\n", "n": [1, 2.5e3, null, true] }`,
 		`{"é":"\u00e9 ✓","nested":{"a":{}}}`, "{\n\t\"x\": 1\n}"}
 	times := []time.Time{base.CreatedAt, time.Date(2031, 2, 3, 4, 5, 6, 7, time.FixedZone("x", 3600)), time.Unix(0, 0).UTC()}
-	for _, in := range inputs {
+	exp := time.Date(2032, 1, 2, 3, 4, 5, 6, time.UTC)
+	for k, in := range inputs {
 		for _, at := range times {
 			j := base
 			j.Input, j.CreatedAt = json.RawMessage(in), at
+			if k%2 == 1 { // the optional fields, on every other input
+				j.ExpiresAt, j.RerunOf = &exp, "old-job_1"
+			}
 			got, err := EncodeJob(j, `/svc "quoted" <html>`)
 			if err != nil {
 				t.Fatalf("EncodeJob(%q, %v): %v", in, at, err)
@@ -457,7 +463,7 @@ func TestEncodeJobKnowsEveryField(t *testing.T) {
 		}
 		return out
 	}
-	if got, want := tags(Job{}), []string{"id", "user", "kind", "priority", "input,omitempty", "created_at"}; !reflect.DeepEqual(got, want) {
+	if got, want := tags(Job{}), []string{"id", "user", "kind", "priority", "input,omitempty", "created_at", "expires_at,omitempty", "rerun_of,omitempty"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("Job fields %q; EncodeJob writes %q: update it", got, want)
 	}
 	if got, want := tags(Envelope{}), []string{"specversion", "id", "source", "type", "subject,omitempty", "time", "datacontenttype,omitempty", "data"}; !reflect.DeepEqual(got, want) {

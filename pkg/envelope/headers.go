@@ -2,6 +2,8 @@ package envelope
 
 import (
 	"strconv"
+	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 )
@@ -18,6 +20,21 @@ const (
 	// HeaderType carries the envelope type, for the same reason.
 	HeaderType = "Beamline-Type"
 )
+
+// JetStream message schedule headers (nats-server 2.12+, ADR-51) of a
+// scheduled job's schedule message.
+const (
+	HeaderSchedule       = "Nats-Schedule"
+	HeaderScheduleTarget = "Nats-Schedule-Target"
+	HeaderScheduleTTL    = "Nats-Schedule-TTL"
+	// HeaderScheduleTimeZone is the IANA zone of a cron schedule.
+	HeaderScheduleTimeZone = "Nats-Schedule-Time-Zone"
+)
+
+// FiredTTL is how long the fired copy of a scheduled job stays in
+// SCHEDULED (Nats-Schedule-TTL) once JOBS has sourced it; JOBS, without
+// per-message TTLs, ignores the header on its own copy.
+const FiredTTL = "168h"
 
 // Headers of a dead-lettered copy on dlq.<kind>; its body is the original
 // message body, unchanged, and its Nats-Msg-Id is dead:<job> (or
@@ -48,6 +65,33 @@ func NewJobMsg(j Job, source, traceparent string) (*nats.Msg, error) {
 		m.Header.Set(HeaderTraceparent, traceparent)
 	}
 	return m, nil
+}
+
+// NewScheduledJobMsg builds the schedule message of a job due at runAt:
+// subject sched.<job>, the same envelope as NewJobMsg, Nats-Msg-Id = job
+// id, and the message schedule "@at <runAt>" (RFC 3339 with nanoseconds:
+// the server parses the fraction, so the job is not due up to a second
+// early) whose target is ScheduleFireSubject.
+func NewScheduledJobMsg(j Job, source, traceparent string, runAt time.Time) (*nats.Msg, error) {
+	m, err := NewJobMsg(j, source, traceparent)
+	if err != nil {
+		return nil, err
+	}
+	m.Subject = ScheduleSubject(j.ID)
+	m.Header.Set(HeaderSchedule, "@at "+runAt.UTC().Format(time.RFC3339Nano))
+	m.Header.Set(HeaderScheduleTarget, ScheduleFireSubject(j.Priority, j.Kind, j.ID))
+	m.Header.Set(HeaderScheduleTTL, FiredTTL)
+	return m, nil
+}
+
+// ScheduledAt reads the due time of a schedule message ("@at <time>").
+func ScheduledAt(h nats.Header) (time.Time, bool) {
+	v, ok := strings.CutPrefix(h.Get(HeaderSchedule), "@at ")
+	if !ok {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	return t, err == nil
 }
 
 // NewEventMsg builds the NATS message of an event: subject

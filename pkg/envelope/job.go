@@ -16,6 +16,11 @@ type Job struct {
 	// Input is handed to the provider as it is. It must be a JSON object when set.
 	Input     json.RawMessage `json:"input,omitempty"`
 	CreatedAt time.Time       `json:"created_at"`
+	// ExpiresAt, when set, is when a job not started yet ends expired
+	// instead of running (checked when a processor takes it).
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	// RerunOf is the job this one reruns (POST /v1/jobs/{id}/rerun).
+	RerunOf string `json:"rerun_of,omitempty"`
 }
 
 // validateTokens checks what a job and its snapshots share: the id, the
@@ -43,6 +48,11 @@ func (j *Job) Validate() error {
 	}
 	if j.CreatedAt.IsZero() {
 		return fieldErr("created_at", ErrMissingAttribute, "")
+	}
+	if j.RerunOf != "" {
+		if err := ValidateID("rerun_of", j.RerunOf); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -127,7 +137,22 @@ func EncodeJob(j Job, source string) ([]byte, error) {
 	}
 	b = append(b, `,"created_at":"`...)
 	b = append(b, at...)
-	b = append(b, `"}}`...)
+	b = append(b, '"')
+	if j.ExpiresAt != nil {
+		exp, err := j.ExpiresAt.AppendText(tbuf[:0])
+		if err != nil {
+			return nil, fieldErr("expires_at", ErrMalformed, "%v", err)
+		}
+		b = append(b, `,"expires_at":"`...)
+		b = append(b, exp...)
+		b = append(b, '"')
+	}
+	if j.RerunOf != "" { // a validated token
+		b = append(b, `,"rerun_of":"`...)
+		b = append(b, j.RerunOf...)
+		b = append(b, '"')
+	}
+	b = append(b, `}}`...)
 	if len(b) > MaxSize {
 		return nil, fieldErr("envelope", ErrTooLarge, "%d bytes, limit %d", len(b), MaxSize)
 	}

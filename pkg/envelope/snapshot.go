@@ -8,11 +8,16 @@ import (
 
 // Status is where a job is in its lifecycle:
 //
-//	queued → running → (progress)* → succeeded | failed | retrying → running … | dead | cancelled
+//	[scheduled →] queued → running → (progress)* → succeeded | failed | retrying → running … | dead | cancelled
+//	queued → expired (not started before its expires_at)
+//
+// A job submitted with run_at or delay_ms is scheduled until it is due,
+// then queued; it may be cancelled while scheduled.
 type Status string
 
 // The statuses.
 const (
+	StatusScheduled Status = "scheduled"
 	StatusQueued    Status = "queued"
 	StatusRunning   Status = "running"
 	StatusRetrying  Status = "retrying"
@@ -20,17 +25,19 @@ const (
 	StatusFailed    Status = "failed"
 	StatusDead      Status = "dead"
 	StatusCancelled Status = "cancelled"
+	// StatusExpired: the job was not started before its expires_at.
+	StatusExpired Status = "expired"
 )
 
 // Terminal reports whether s is final: no later event may change it.
 func (s Status) Terminal() bool {
-	return s == StatusSucceeded || s == StatusFailed || s == StatusDead || s == StatusCancelled
+	return s == StatusSucceeded || s == StatusFailed || s == StatusDead || s == StatusCancelled || s == StatusExpired
 }
 
 // Valid reports whether s is one of the statuses.
 func (s Status) Valid() bool {
 	switch s {
-	case StatusQueued, StatusRunning, StatusRetrying:
+	case StatusScheduled, StatusQueued, StatusRunning, StatusRetrying:
 		return true
 	}
 	return s.Terminal()
@@ -61,6 +68,10 @@ type Snapshot struct {
 	// Replicate prediction), once a run awaited it; absent for jobs of
 	// other providers.
 	Remote *RemoteStats `json:"remote,omitempty"`
+	// RunAt is when a scheduled job is due (status scheduled only).
+	RunAt *time.Time `json:"run_at,omitempty"`
+	// RerunOf is the job this one reruns.
+	RerunOf string `json:"rerun_of,omitempty"`
 }
 
 // Preview names a running job's latest intermediate output, stored like
@@ -108,7 +119,18 @@ func NewSnapshot(j Job) Snapshot {
 		Status:    StatusQueued,
 		CreatedAt: j.CreatedAt,
 		UpdatedAt: j.CreatedAt,
+		RerunOf:   j.RerunOf,
 	}
+}
+
+// NewScheduledSnapshot is the snapshot (seq 0) of a job accepted to run at
+// runAt.
+func NewScheduledSnapshot(j Job, runAt time.Time) Snapshot {
+	s := NewSnapshot(j)
+	s.Status = StatusScheduled
+	at := runAt.UTC()
+	s.RunAt = &at
+	return s
 }
 
 // Validate checks the tokens, the status and the progress range.
@@ -213,6 +235,8 @@ func EventType(s Status) Type {
 		return TypeDead
 	case StatusCancelled:
 		return TypeCancelled
+	case StatusExpired:
+		return TypeExpired
 	}
 	return ""
 }

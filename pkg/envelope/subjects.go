@@ -12,6 +12,11 @@ const (
 	cancelToken = "cancel"
 	dlqToken    = "dlq"
 	hooksToken  = "webhooks"
+	indexToken  = "jobindex"
+	schedToken  = "sched"
+	fireToken   = "schedfire"
+	cronToken   = "cron"
+	cronFire    = "cronfire"
 )
 
 // LivePrefix is what the EVENTS stream puts before an event's subject when it
@@ -234,3 +239,42 @@ func ValidateRoom(room string) error {
 	}
 	return ValidateID("room", room)
 }
+
+// IndexSubject is where ingest records that it accepted a job of user and
+// kind (stream JOBINDEX, body the job id): jobindex.<user>.<kind>. A user's
+// jobs are read newest first from there (GET /v1/jobs).
+func IndexSubject(user, kind string) string { return indexToken + "." + user + "." + kind }
+
+// UserIndexFilter matches the index entries of every kind of a user:
+// jobindex.<user>.*.
+func UserIndexFilter(user string) string { return IndexSubject(user, "*") }
+
+// KVKeySubject is the subject of a key of the job_status bucket:
+// $KV.job_status.<key>.
+func KVKeySubject(bucket, key string) string { return "$KV." + bucket + "." + key }
+
+// ScheduleSubject holds a scheduled job's schedule message (stream
+// SCHEDULED) until it is due: sched.<job>. Its body is the job's submitted
+// envelope; its Nats-Schedule-Target is ScheduleFireSubject.
+func ScheduleSubject(job string) string { return schedToken + "." + job }
+
+// ScheduleFireSubject is where the server puts a scheduled job when it is
+// due: schedfire.<job>.<priority>.<kind>. JOBS sources these, rewritten to
+// JobMsgSubject (streams/jobs.json), so the job is then queued like any
+// other.
+func ScheduleFireSubject(p Priority, kind, job string) string {
+	return fireToken + "." + job + "." + string(p) + "." + kind
+}
+
+// ScheduleFireLookup matches the fired copy of one job whatever its
+// priority and kind: schedfire.<job>.*.*.
+func ScheduleFireLookup(job string) string { return fireToken + "." + job + ".*.*" }
+
+// CronSubject holds a user's repeating schedule (stream SCHEDULED, a cron
+// or @every message schedule): cron.<user>.<name>; the name is a token
+// like a job id.
+func CronSubject(user, name string) string { return cronToken + "." + user + "." + name }
+
+// CronFireSubject is where the server puts each firing of a schedule:
+// cronfire.<user>.<name>; ingest turns each into one job.
+func CronFireSubject(user, name string) string { return cronFire + "." + user + "." + name }
