@@ -79,6 +79,7 @@ type options struct {
 	provOutputMB   int           // providers: size of the output served with Range
 	provRangeReqs  int           // providers: Range requests per measurement
 	provProfile    string        // providers: folder for heap and goroutine profiles while the waits are held
+	provPushJobs   int           // providers: webhooks timed to the browser's push, one at a time
 	deadline       time.Duration // whole run
 }
 
@@ -89,7 +90,7 @@ func fullOptions() options {
 		pipeJobs: 50000, pipeRate: 200, pipeDur: 10 * time.Second,
 		pushClients: 15000, pushLatClients: 5000, pushRate: 2000, pushDur: 10 * time.Second,
 		pollJobs: 50, pollDur: 60 * time.Second, pollInterval: 2 * time.Second,
-		provWaiting: 10000, provOutputMB: 20, provRangeReqs: 40,
+		provWaiting: 10000, provOutputMB: 20, provRangeReqs: 40, provPushJobs: 200,
 		deadline: 20 * time.Minute,
 	}
 }
@@ -101,7 +102,7 @@ func shortOptions() options {
 		pipeJobs: 500, pipeRate: 100, pipeDur: 1500 * time.Millisecond,
 		pushClients: 100, pushLatClients: 50, pushRate: 200, pushDur: 1500 * time.Millisecond,
 		pollJobs: 5, pollDur: 5 * time.Second, pollInterval: 2 * time.Second,
-		provWaiting: 200, provOutputMB: 2, provRangeReqs: 8,
+		provWaiting: 200, provOutputMB: 2, provRangeReqs: 8, provPushJobs: 10,
 		deadline: 50 * time.Second,
 	}
 }
@@ -143,6 +144,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.pollDur, "polling-duration", o.pollDur, "polling: how long they are watched")
 	fs.IntVar(&o.provWaiting, "providers-waiting", o.provWaiting, "providers: jobs awaiting held predictions at once on one processor (0: skip that half)")
 	fs.IntVar(&o.provOutputMB, "providers-output-mb", o.provOutputMB, "providers: MiB of the output served with Range (0: skip that half)")
+	fs.IntVar(&o.provPushJobs, "providers-push", o.provPushJobs, "providers: webhooks timed from the provider to the browser's push, one at a time (0: skip)")
 	fs.IntVar(&o.provRangeReqs, "providers-range-requests", o.provRangeReqs, "providers: Range requests (4 MiB windows) per measurement")
 	fs.StringVar(&o.provProfile, "providers-profile", "", "providers: write this process's heap and goroutine profiles, taken while the waits are held, into `dir`")
 	fs.DurationVar(&o.ingestDur, "ingest-duration", o.ingestDur, "ingest: length of each concurrency level")

@@ -22,7 +22,7 @@ func TestShort(t *testing.T) {
 	o.pipeJobs, o.pipeRate, o.pipeDur = 200, 50, 600*time.Millisecond
 	o.pushClients, o.pushLatClients, o.pushRate, o.pushDur = 20, 10, 100, 600*time.Millisecond
 	o.pollJobs, o.pollDur = 3, 3*time.Second
-	o.provWaiting, o.provOutputMB, o.provRangeReqs = 100, 1, 4
+	o.provWaiting, o.provOutputMB, o.provRangeReqs, o.provPushJobs = 100, 1, 4, 5
 	o.deadline = 100 * time.Second
 
 	var out, errOut bytes.Buffer

@@ -65,6 +65,9 @@ func runProviders(ctx context.Context, t *target, o *options, rep *reporter) err
 			return fmt.Errorf("waiting: %w", err)
 		}
 	}
+	if err := providersWebhookPush(ctx, t, o, rep); err != nil {
+		return fmt.Errorf("webhook push: %w", err)
+	}
 	if o.provOutputMB <= 0 {
 		return nil
 	}

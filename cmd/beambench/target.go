@@ -20,6 +20,7 @@ import (
 	"github.com/beamline/beamline/internal/jobstore"
 	"github.com/beamline/beamline/internal/jsm"
 	"github.com/beamline/beamline/internal/processor"
+	"github.com/beamline/beamline/internal/provider/replicatefake"
 	"github.com/beamline/beamline/streams"
 )
 
@@ -68,6 +69,8 @@ func startTarget(ctx context.Context, o *options, log *slog.Logger) (*target, er
 			DataDir: dir, NATSPort: -1,
 			IngestAddr: "127.0.0.1:0", NotifierAddr: "127.0.0.1:0", ProcessorAddr: "127.0.0.1:0",
 			Secret: t.secret, Logger: quiet,
+			// Replicate's webhooks reach ingest (the providers scenario).
+			ReplicateWebhookSecret: replicatefake.DefaultWebhookSecret,
 			Tune: devstack.Tuning{Processor: func(c *processor.Config) {
 				c.Concurrency = o.procConcurrency
 				c.MaxPerUser = o.procConcurrency
