@@ -404,6 +404,11 @@ func TestDLQRedrive(t *testing.T) {
 	skipIfUnsupported(t, r)
 	r.ok(t)
 	dead := deadJobOf(t, st, st.Token, "image")
+	// The dead status is written before the DLQ copy (docs/design.md): wait
+	// for the copy, as an operator reading `dlq ls` first would.
+	testutil.WaitFor(t, 10*time.Second, func() bool {
+		return strings.Contains(run(t, admin, "dlq", "ls", "-o", "json").ok(t).stdout, dead.ID)
+	})
 	r = run(t, admin, "dlq", "redrive", "--kind", "image", "-o", "json").ok(t)
 	if !strings.Contains(r.stdout, "1") {
 		t.Errorf("redrive of one dead job %s: %s", dead.ID, r.stdout)

@@ -504,6 +504,14 @@ func (o *Object) fetchFull() error {
 			return nil
 		}
 		if got == 0 {
+			if guess > lo {
+				// No chunk of the object at or after the guess: chunk k is
+				// earlier (the object's last chunks were followed by
+				// another Put's messages before its meta). Probe from the
+				// lower bound.
+				overshot = true
+				continue
+			}
 			break
 		}
 	}
