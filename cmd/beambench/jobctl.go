@@ -131,30 +131,17 @@ func jobctlBatch(ctx context.Context, t *target, o *options, rep *reporter) erro
 
 		// The raw baseline: the same envelopes (one per item, same input),
 		// published asynchronously, each batch's PubAcks awaited together.
-		run := fmt.Sprintf("%x", time.Now().UnixNano()&0xffffffff)
-		start = time.Now()
-		for b := range batches {
-			for i := range size {
-				j := envelope.Job{ID: fmt.Sprintf("rb%s-%d-%d", run, b, i), User: "batchbench", Kind: rawKind,
-					Priority: envelope.PriorityNormal, Input: []byte(`{"n":` + strconv.Itoa(i) + `}`), CreatedAt: time.Now().UTC()}
-				m, err := envelope.NewJobMsg(j, "/beamline/beambench", "")
-				if err != nil {
-					return err
-				}
-				if err := publishAsync(ctx, t, m); err != nil {
-					return err
-				}
-			}
-			select {
-			case <-t.js.PublishAsyncComplete():
-			case <-time.After(time.Minute):
-				return errors.New("raw batch: PubAcks missing after a minute")
-			case <-ctx.Done():
-				return ctx.Err()
-			}
+		raw, err := rawBatches(ctx, t, batches, size, false)
+		if err != nil {
+			return err
 		}
-		raw := time.Since(start)
 		cpu2 := cpuTime()
+		// And the same with each job's JOBINDEX entry (the envelope again)
+		// behind it, as ingest writes them: what the second write costs.
+		raw2, err := rawBatches(ctx, t, batches, size, true)
+		if err != nil {
+			return err
+		}
 		n := float64(batches * size)
 		p := map[string]any{"batch": size, "batches": batches, "processor_paused": paused}
 		if t.stack != nil {
@@ -162,8 +149,48 @@ func jobctlBatch(ctx context.Context, t *target, o *options, rep *reporter) erro
 			p["cpu_us_per_raw_publish"] = perOp(cpu2-cpu1, n/raw.Seconds(), raw)
 		}
 		rep.addVs("jobctl", fmt.Sprintf("batch jobs/s, batches of %d", size), n/viaHTTP.Seconds(), "jobs/s", n/raw.Seconds(), p)
+		rep.addVs("jobctl", fmt.Sprintf("batch jobs/s, batches of %d, vs raw job+index", size), n/viaHTTP.Seconds(), "jobs/s", n/raw2.Seconds(),
+			map[string]any{"batch": size, "batches": batches, "baseline": "raw async publish of each job's JOBS message and its JOBINDEX entry"})
 	}
 	return nil
+}
+
+// rawBatches publishes batches×size no-op envelopes to JOBS (kind
+// benchraw, which nobody serves) asynchronously, awaiting each batch's
+// PubAcks together, and, with index, each one's JOBINDEX entry behind it;
+// it returns how long that took.
+func rawBatches(ctx context.Context, t *target, batches, size int, index bool) (time.Duration, error) {
+	run := fmt.Sprintf("%x", time.Now().UnixNano()&0xffffffff)
+	start := time.Now()
+	for b := range batches {
+		for i := range size {
+			j := envelope.Job{ID: fmt.Sprintf("rb%s-%d-%d", run, b, i), User: "batchbench", Kind: rawKind,
+				Priority: envelope.PriorityNormal, Input: []byte(`{"n":` + strconv.Itoa(i) + `}`), CreatedAt: time.Now().UTC()}
+			m, err := envelope.NewJobMsg(j, "/beamline/beambench", "")
+			if err != nil {
+				return 0, err
+			}
+			if err := publishAsync(ctx, t, m); err != nil {
+				return 0, err
+			}
+			if index {
+				e := nats.NewMsg(envelope.IndexSubject(j.User, j.Kind))
+				e.Data = m.Data
+				e.Header.Set(envelope.HeaderMsgID, j.ID)
+				if err := publishAsync(ctx, t, e); err != nil {
+					return 0, err
+				}
+			}
+		}
+		select {
+		case <-t.js.PublishAsyncComplete():
+		case <-time.After(time.Minute):
+			return 0, errors.New("raw batch: PubAcks missing after a minute")
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	return time.Since(start), nil
 }
 
 // firstEvents reads the user's events until n jobs have one, and returns
