@@ -338,33 +338,40 @@ func TestChaosJobControl(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// waitTerminal polls job_status until every job of ids is terminal or
+	// timeout passes; it returns the terminal snapshots and the rest.
+	waitTerminal := func(ids []string, timeout time.Duration) (map[string]envelope.Snapshot, []string) {
+		final := map[string]envelope.Snapshot{}
+		deadline := time.Now().Add(timeout)
+		pending := ids
+		for len(pending) > 0 && time.Now().Before(deadline) && ctx.Err() == nil {
+			var still []string
+			for _, id := range pending {
+				e, err := kv.Get(ctx, id)
+				if err != nil {
+					still = append(still, id)
+					continue
+				}
+				snap, err := envelope.DecodeSnapshot(e.Value())
+				if err != nil {
+					t.Fatalf("job %s: %v", id, err)
+				}
+				if !snap.Status.Terminal() {
+					still = append(still, id)
+					continue
+				}
+				final[id] = snap
+			}
+			if pending = still; len(pending) > 0 {
+				time.Sleep(250 * time.Millisecond)
+			}
+		}
+		return final, pending
+	}
 	all := append(slices.Clone(batchIDs), schedIDs...)
-	final := map[string]envelope.Snapshot{}
-	for pending := all; len(pending) > 0; {
-		var still []string
-		for _, id := range pending {
-			e, err := kv.Get(ctx, id)
-			if err != nil {
-				still = append(still, id)
-				continue
-			}
-			snap, err := envelope.DecodeSnapshot(e.Value())
-			if err != nil {
-				t.Fatalf("job %s: %v", id, err)
-			}
-			if !snap.Status.Terminal() {
-				still = append(still, id)
-				continue
-			}
-			final[id] = snap
-		}
-		pending = still
-		if len(pending) > 0 {
-			if ctx.Err() != nil {
-				t.Fatalf("%d jobs never ended (lost), e.g. %v", len(pending), pending[:min(5, len(pending))])
-			}
-			time.Sleep(250 * time.Millisecond)
-		}
+	final, pending := waitTerminal(all, time.Minute)
+	if len(pending) > 0 {
+		t.Fatalf("%d jobs never ended (lost), e.g. %v", len(pending), pending[:min(5, len(pending))])
 	}
 	// Every firing was turned into its job and acked: nothing pending on
 	// ingest's cron consumer (a firing whose ack was lost in the restart
@@ -399,6 +406,13 @@ func TestChaosJobControl(t *testing.T) {
 	if len(firings) < 5 {
 		t.Fatalf("the schedule fired %d times", len(firings))
 	}
+	// The firings' jobs end too (the last may still run); a firing that
+	// made no job is reported below.
+	var cronIDs []string
+	for _, f := range firings {
+		cronIDs = append(cronIDs, cronJobID(jcUser, jcSchedule, f.stored))
+	}
+	waitTerminal(cronIDs, 15*time.Second)
 
 	// Every job's events.
 	evs := map[string]*jcEvents{}
