@@ -1,5 +1,6 @@
 // Command beambench measures Beamline against raw NATS in the same run:
-// ingest submissions against raw JetStream publishes, processing against raw
+// ingest submissions against raw JetStream publishes, batches, scheduled jobs
+// and job lists (jobctl) against raw JetStream, processing against raw
 // consume+ack, WebSocket push latency against a raw core-NATS subscriber,
 // notifier memory per connection, and push against 2-second polling.
 //
@@ -48,7 +49,7 @@ func main() {
 }
 
 // scenarios in the order they run.
-var scenarios = []string{"ingest", "pipeline", "push", "polling", "providers"}
+var scenarios = []string{"ingest", "pipeline", "push", "polling", "providers", "jobctl"}
 
 // options are the sizes of every scenario; shortOptions and fullOptions
 // are the two presets, flags override single values.
@@ -81,6 +82,12 @@ type options struct {
 	provProfile    string        // providers: folder for heap and goroutine profiles while the waits are held
 	provPushJobs   int           // providers: webhooks timed to the browser's push, one at a time
 	deadline       time.Duration // whole run
+
+	jcBatchSizes []int // jobctl: POST /v1/jobs/batch sizes
+	jcBatchJobs  int   // jobctl: jobs per batch size
+	jcSchedJobs  int   // jobctl: scheduled jobs due within one second
+	jcListJobs   int   // jobctl: the listed user's jobs
+	jcListReqs   int   // jobctl: GET /v1/jobs requests
 }
 
 func fullOptions() options {
@@ -91,6 +98,7 @@ func fullOptions() options {
 		pushClients: 15000, pushLatClients: 5000, pushRate: 2000, pushDur: 10 * time.Second,
 		pollJobs: 50, pollDur: 60 * time.Second, pollInterval: 2 * time.Second,
 		provWaiting: 10000, provOutputMB: 20, provRangeReqs: 40, provPushJobs: 200,
+		jcBatchSizes: []int{100, 1000}, jcBatchJobs: 20000, jcSchedJobs: 10000, jcListJobs: 100000, jcListReqs: 300,
 		deadline: 20 * time.Minute,
 	}
 }
@@ -103,6 +111,7 @@ func shortOptions() options {
 		pushClients: 100, pushLatClients: 50, pushRate: 200, pushDur: 1500 * time.Millisecond,
 		pollJobs: 5, pollDur: 5 * time.Second, pollInterval: 2 * time.Second,
 		provWaiting: 200, provOutputMB: 2, provRangeReqs: 8, provPushJobs: 10,
+		jcBatchSizes: []int{100, 1000}, jcBatchJobs: 1000, jcSchedJobs: 200, jcListJobs: 2000, jcListReqs: 15,
 		deadline: 50 * time.Second,
 	}
 }
@@ -147,6 +156,10 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.provPushJobs, "providers-push", o.provPushJobs, "providers: webhooks timed from the provider to the browser's push, one at a time (0: skip)")
 	fs.IntVar(&o.provRangeReqs, "providers-range-requests", o.provRangeReqs, "providers: Range requests (4 MiB windows) per measurement")
 	fs.StringVar(&o.provProfile, "providers-profile", "", "providers: write this process's heap and goroutine profiles, taken while the waits are held, into `dir`")
+	fs.IntVar(&o.jcBatchJobs, "jobctl-batch-jobs", o.jcBatchJobs, "jobctl: jobs submitted per batch size (batches of 100 and 1,000)")
+	fs.IntVar(&o.jcSchedJobs, "jobctl-scheduled", o.jcSchedJobs, "jobctl: scheduled jobs due within the same second")
+	fs.IntVar(&o.jcListJobs, "jobctl-list-jobs", o.jcListJobs, "jobctl: jobs of the user whose list is read")
+	fs.IntVar(&o.jcListReqs, "jobctl-list-requests", o.jcListReqs, "jobctl: GET /v1/jobs requests measured")
 	fs.DurationVar(&o.ingestDur, "ingest-duration", o.ingestDur, "ingest: length of each concurrency level")
 	fs.StringVar(&o.ingestClient, "ingest-client", o.ingestClient, "ingest: HTTP load generator: lean (one keep-alive connection per worker writing a prebuilt request and parsing the answer with net/http.ReadResponse, as wrk does) or std (net/http.Client)")
 	conc := fs.String("ingest-concurrency", "", "ingest: comma-separated concurrency levels (default 1,16,64; -short 1,8)")
@@ -253,6 +266,8 @@ func bench(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 			err = runPolling(ctx, t, o, rep)
 		case "providers":
 			err = runProviders(ctx, t, o, rep)
+		case "jobctl":
+			err = runJobctl(ctx, t, o, rep)
 		}
 		n := rep.count(s)
 		log.Info("scenario done", "name", s, "figures", n, "took", time.Since(start).Round(time.Millisecond), "err", err)
