@@ -48,15 +48,15 @@ func Handler() http.Handler {
 // ClientHandler serves what every notifier serves: the client
 // (/beamline.js, the official Phoenix client it imports, /phoenix.mjs,
 // /react.js and their .d.ts), the dashboard (/admin and its
-// scripts) and the shared assets. The demo page (/, /index.html, /app.js)
-// is a devstack feature, or the notifier's -demo flag (Handler); here it
-// answers 404.
+// scripts) and the shared assets. The demo page (/, /index.html, /app.js,
+// /studio.js) is a devstack feature, or the notifier's -demo flag
+// (Handler); here it answers 404.
 func ClientHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { serve(w, r, false) })
 }
 
 // demoOnly are the files only the demo page uses.
-var demoOnly = map[string]bool{"index.html": true, "app.js": true}
+var demoOnly = map[string]bool{"index.html": true, "app.js": true, "studio.js": true}
 
 func serve(w http.ResponseWriter, r *http.Request, demo bool) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {

@@ -96,7 +96,7 @@ func TestClientHandlerLeavesOutTheDemo(t *testing.T) {
 			t.Errorf("GET %s = %d", p, rec.Code)
 		}
 	}
-	for _, p := range []string{"/", "/index.html", "/app.js"} {
+	for _, p := range []string{"/", "/index.html", "/app.js", "/studio.js"} {
 		if rec := get(t, h, http.MethodGet, p, nil); rec.Code != http.StatusNotFound {
 			t.Errorf("GET %s = %d, want 404", p, rec.Code)
 		}
