@@ -121,6 +121,10 @@ export function connect(opts = {}) {
         .then((ok) => {
           this.fetchingToken = false;
           if (closedByUser) return;
+          // Once a WebSocket proved itself on this page (it opened and
+          // answered a heartbeat), a later failure is an outage, not a
+          // blocked WebSocket: reconnect on WebSocket, do not fall back.
+          if (this.primaryPassedHealthCheck) this.longPollFallbackMs = 0;
           if (ok) super.connect();
           else this.reconnectTimer.scheduleTimeout();
         });
