@@ -2,6 +2,7 @@
 import { connect, isTerminal, tokenSubject } from "./beamline.js";
 import { pageToken, askForToken, forgetToken } from "./token.js";
 import { connectionIndicator } from "./conn.js";
+import { startStudio } from "./studio.js";
 
 const TOKEN_KEY = "beamline.token";
 const $ = (id) => document.getElementById(id);
@@ -20,6 +21,7 @@ function start(token) {
   connectionIndicator(client, $("conn"), $("conn-text"));
 
   const jobs = new Map(); // id -> {job, el}
+  const studio = startStudio(client, token); // shares our jobs with the room
   client.watchUser((job, info) => render(job, info), {
     onError: (reason) => setFormStatus(`Cannot watch your jobs: ${WATCH_ERRORS[reason] || reason}.`, true),
   });
@@ -98,6 +100,7 @@ function start(token) {
     const prev = entry.job.status;
     entry.job = job;
     updateJobElement(entry.el, job);
+    studio.share(job);
     if (prev !== job.status && info.type !== "snapshot") {
       announce(`Job ${shortId(job.id)} ${job.status}${job.error ? ": " + job.error : ""}`);
     }

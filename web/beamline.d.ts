@@ -107,14 +107,24 @@ export interface ConnectOptions {
   ingestURL?: string;
   /** User id for watchUser; default: the token's `sub`. */
   user?: string;
-  /** Default 30000. */
+  /** Heartbeat interval; a heartbeat unanswered for as long closes and reconnects. Default 30000. */
   heartbeatMs?: number;
-  /** Default 10000. */
+  /** Join and push reply timeout. Default 10000. */
   joinTimeoutMs?: number;
   /** Delay before reconnect attempt n (1-based). Default: exponential 100 ms…5 s with jitter. */
   reconnectAfterMs?: (attempt: number) => number;
-  /** WebSocket constructor (e.g. the `ws` package in Node). Default globalThis.WebSocket. */
+  /** WebSocket constructor (e.g. the `ws` package in Node). Default globalThis.WebSocket; without one, long-poll. */
   WebSocket?: unknown;
+  /** "longpoll" forces Phoenix long-poll (/socket/longpoll) from the start. */
+  transport?: "websocket" | "longpoll";
+  /**
+   * Fall back to long-poll when a WebSocket has not proved itself (opened and answered a
+   * heartbeat) within this many ms, or failed before opening; the fallback is remembered in
+   * sessionStorage. Default 2500 in a browser, 0 (off) elsewhere or when WebSocket is given.
+   */
+  longPollFallbackMs?: number;
+  /** The official Socket's logger: (kind, msg, data) => void. */
+  logger?: (kind: string, msg: string, data?: unknown) => void;
   /** fetch implementation. Default globalThis.fetch. */
   fetch?: typeof fetch;
 }
@@ -228,6 +238,8 @@ export interface Client {
   /** Leave every topic and close for good. */
   close(): void;
   readonly status: ConnectionState;
+  /** The transport in use: "longpoll" after a fallback or without WebSocket. */
+  readonly transport: "websocket" | "longpoll";
 }
 
 export function connect(opts?: ConnectOptions): Client;

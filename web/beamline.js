@@ -1,22 +1,30 @@
-// beamline.js — a small browser client for Beamline's notifier (Phoenix
-// Channels V2 JSON over WebSocket) and ingest HTTP API. Plain ES module, no
-// dependencies, no build step.
+// beamline.js — the browser client of Beamline's notifier (Phoenix Channels
+// V2 JSON) and ingest HTTP API. Plain ES module, no build step. It is built
+// on the official Phoenix client, vendored beside it as phoenix.mjs
+// (phoenix 1.8.16, MIT; see VENDORED.md).
 //
 //   import { connect } from "/beamline.js";
 //   const client = connect({ getToken: () => myApp.currentToken() });
 //   const stop = client.watchJob(id, (job) => render(job));
 //
-// The client keeps one WebSocket, sends heartbeats, reconnects with
-// exponential backoff and jitter, and rejoins every watched topic with the
-// last seq it has seen so the notifier replays exactly what was missed.
-// Updates are de-duplicated by seq, so callbacks never see an older or
-// repeated state of a job. When the notifier cannot replay (recovered:false)
-// the client takes the join snapshot instead, and for a user's jobs that
-// ended during the gap it reads their final state over HTTP.
+// From the official Socket and Channel it gets the heartbeats, reconnects
+// with backoff, channel rejoins with backoff, and the transport fallback:
+// when WebSockets are missing or blocked it talks long-poll to
+// /socket/longpoll. On top of them Beamline adds what a job feed needs:
+// every topic rejoins with the last seq it has seen (join params given as a
+// function, read at each join) so the notifier replays exactly what was
+// missed; updates are de-duplicated by seq, so callbacks never see an older
+// or repeated state of a job. When the notifier cannot replay
+// (recovered:false) the client takes the join snapshot instead, and for a
+// user's jobs that ended during the gap it reads their final state over
+// HTTP. A user topic's truncated job list is reported through onTruncated.
 //
 // Tokens: in production the host application supplies the token (`token` or
-// `getToken`, called again before every reconnect so it can be refreshed).
-// The demo pages read a dev token from the URL fragment; see app.js.
+// `getToken`, called again before every reconnect so it can be refreshed;
+// the Socket's params are a function that reads the latest one). The demo
+// pages read a dev token from the URL fragment; see app.js.
+
+import { Socket, LongPoll, Presence } from "./phoenix.mjs";
 
 /** Statuses after which a job never changes. */
 export const TERMINAL = Object.freeze(["succeeded", "failed", "dead", "cancelled", "expired"]);
@@ -50,35 +58,26 @@ export function tokenSubject(token) {
 
 const PERMANENT_JOIN_ERRORS = new Set(["unauthorized", "not_found", "invalid_topic", "forbidden"]);
 
-/** Default reconnect delay: exponential from 100 ms to 5 s with ±50% jitter. */
 /** presenceList turns a presence state into [{key, metas}], sorted by key. */
 export function presenceList(state) {
   return Object.keys(state).sort().map((key) => ({ key, metas: state[key].metas.slice() }));
 }
 
+/** Default reconnect delay: exponential from 100 ms to 5 s with ±50% jitter. */
 export function defaultBackoff(attempt) {
   const base = Math.min(5000, 100 * 2 ** Math.max(0, attempt - 1));
   return Math.round(base * (0.5 + Math.random()));
 }
 
-function defaultSocketURL() {
-  if (typeof location === "undefined") throw new Error("beamline: connect needs a url outside a browser");
-  return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/socket";
-}
-
-function websocketURL(url, token) {
-  let u = url || defaultSocketURL();
-  if (u.startsWith("/")) {
-    u = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + u;
-  } else if (u.startsWith("http")) {
-    u = "ws" + u.slice(4);
-  }
+// socketEndpoint turns the url option into what the official Socket takes:
+// "/socket" (same origin, it picks ws or wss) or "ws(s)://host/socket".
+function socketEndpoint(url) {
+  let u = url || "/socket";
+  if (u.startsWith("http")) u = "ws" + u.slice(4);
   u = u.replace(/\/+$/, "");
-  if (!u.endsWith("/websocket")) u += "/websocket";
-  const q = new URLSearchParams();
-  if (token) q.set("token", token);
-  q.set("vsn", "2.0.0");
-  return u + "?" + q.toString();
+  if (u.endsWith("/websocket")) u = u.slice(0, -"/websocket".length);
+  if (u.startsWith("/") && typeof location === "undefined") throw new Error("beamline: connect needs an absolute url outside a browser");
+  return u;
 }
 
 /**
@@ -90,27 +89,57 @@ export function connect(opts = {}) {
   const heartbeatMs = opts.heartbeatMs ?? 30000;
   const joinTimeoutMs = opts.joinTimeoutMs ?? 10000;
   const backoff = opts.reconnectAfterMs ?? defaultBackoff;
-  const WS = opts.WebSocket ?? globalThis.WebSocket;
   const ingestURL = (opts.ingestURL ?? "").replace(/\/+$/, "");
   const fetchImpl = opts.fetch ?? ((...a) => globalThis.fetch(...a));
   const getToken = opts.getToken ?? (() => opts.token);
+  // Transport: the given WebSocket constructor (the `ws` package in Node),
+  // else the platform's, else long-poll. In a browser the official client
+  // also falls back to long-poll when a WebSocket does not open in time.
+  const transport = opts.transport === "longpoll" ? LongPoll : (opts.WebSocket ?? globalThis.WebSocket ?? LongPoll);
+  const inBrowser = typeof window !== "undefined" && typeof document !== "undefined";
+  const longPollFallbackMs = opts.longPollFallbackMs ?? (inBrowser && !opts.WebSocket ? 2500 : 0);
 
-  let ws = null;
   let state = "connecting";
   let everOpened = false;
   let closedByUser = false;
-  let attempts = 0;
-  let refCounter = 0;
-  let reconnectTimer = null;
-  let heartbeatTimer = null;
-  let pendingHeartbeat = null;
-  let opening = false;
+  let openGen = 0; // counts opens: a "recovered" is for the latest one only
   let lastToken = opts.token;
   const statusListeners = new Set();
-  /** @type {Map<string, Channel>} */
+  /** @type {Map<string, Topic>} */
   const channels = new Map();
 
-  const nextRef = () => String(++refCounter);
+  // BeamlineSocket asks getToken before every connect (the first one and
+  // each reconnect of the official client), so a refreshed token is used.
+  class BeamlineSocket extends Socket {
+    connect() {
+      if (closedByUser || this.fetchingToken) return;
+      if (this.connection && !this.connection.ended) return;
+      this.fetchingToken = true;
+      Promise.resolve()
+        .then(() => getToken())
+        .then((t) => { lastToken = t; return true; }, (e) => { console.warn("beamline: getToken failed", e); return false; })
+        .then((ok) => {
+          this.fetchingToken = false;
+          if (closedByUser) return;
+          // Once a WebSocket proved itself on this page (it opened and
+          // answered a heartbeat), a later failure is an outage, not a
+          // blocked WebSocket: reconnect on WebSocket, do not fall back.
+          if (this.primaryPassedHealthCheck) this.longPollFallbackMs = 0;
+          if (ok) super.connect();
+          else this.reconnectTimer.scheduleTimeout();
+        });
+    }
+  }
+
+  const socket = new BeamlineSocket(socketEndpoint(opts.url), {
+    params: () => (lastToken ? { token: lastToken } : {}),
+    transport,
+    longPollFallbackMs: longPollFallbackMs > 0 ? longPollFallbackMs : undefined,
+    heartbeatIntervalMs: heartbeatMs,
+    timeout: joinTimeoutMs,
+    reconnectAfterMs: backoff,
+    logger: opts.logger,
+  });
 
   function setState(s, info = {}) {
     if (state === s && s !== "recovered") return;
@@ -120,142 +149,53 @@ export function connect(opts = {}) {
     }
   }
 
-  function send(frame) {
-    if (ws && ws.readyState === 1) {
-      ws.send(JSON.stringify(frame));
-      return true;
-    }
-    return false;
-  }
-
-  async function open() {
-    if (closedByUser || opening || ws) return;
-    opening = true;
-    let token;
-    try {
-      token = await getToken();
-    } catch (e) {
-      console.warn("beamline: getToken failed", e);
-      opening = false;
-      scheduleReconnect();
+  socket.onOpen(() => {
+    if (closedByUser) return;
+    const gen = ++openGen;
+    const wasReconnect = everOpened;
+    everOpened = true;
+    if (!wasReconnect) {
+      setState("open");
       return;
     }
-    opening = false;
-    if (closedByUser || ws) return;
-    lastToken = token;
-    let sock;
-    try {
-      sock = new WS(websocketURL(opts.url, token));
-    } catch (e) {
-      console.warn("beamline: cannot open WebSocket", e);
-      scheduleReconnect();
-      return;
-    }
-    ws = sock;
-    sock.onopen = () => {
-      if (sock !== ws) return;
-      attempts = 0;
-      const wasReconnect = everOpened;
-      everOpened = true;
-      startHeartbeat();
-      const rejoins = [...channels.values()].map((ch) => ch.join());
-      if (!wasReconnect) {
-        setState("open");
-        return;
-      }
-      // "recovered" once every topic has rejoined; resumed tells whether
-      // the notifier replayed what was missed (true) or we took snapshots.
-      Promise.all(rejoins).then((results) => {
-        if (sock !== ws || state === "closed") return;
-        setState("recovered", { resumed: results.every((r) => r !== false) });
-      });
-    };
-    sock.onmessage = (ev) => {
-      if (sock !== ws) return;
-      let frame;
-      try { frame = JSON.parse(ev.data); } catch { return; }
-      if (!Array.isArray(frame) || frame.length < 5) return;
-      dispatch(frame);
-    };
-    sock.onclose = (ev) => {
-      if (sock !== ws) return;
-      ws = null;
-      stopHeartbeat();
-      for (const ch of channels.values()) ch.socketClosed();
-      if (closedByUser) return;
-      setState(everOpened ? "reconnecting" : "connecting", { code: ev.code, reason: ev.reason });
-      scheduleReconnect();
-    };
-    sock.onerror = () => { /* onclose follows */ };
-  }
+    // The official channels rejoin now (their onOpen hooks run after this
+    // one). "recovered" once every topic has answered; resumed tells
+    // whether the notifier replayed what was missed (true) or we took
+    // snapshots.
+    const rejoins = [...channels.values()].map((ch) => ch.nextJoin());
+    Promise.all(rejoins).then((results) => {
+      if (gen !== openGen || closedByUser) return;
+      setState("recovered", { resumed: results.every((r) => r !== false) });
+    });
+  });
+  socket.onClose((ev) => {
+    if (closedByUser) return;
+    openGen++;
+    setState(everOpened ? "reconnecting" : "connecting", { code: ev?.code, reason: ev?.reason });
+  });
 
-  function scheduleReconnect() {
-    if (closedByUser || reconnectTimer) return;
-    attempts++;
-    if (everOpened) setState("reconnecting", { attempt: attempts });
-    reconnectTimer = setTimeout(() => { reconnectTimer = null; open(); }, backoff(attempts));
-  }
-
-  function reconnectNow() {
-    if (closedByUser || ws) return;
-    if (reconnectTimer) { clearTimeout(reconnectTimer); reconnectTimer = null; }
-    open();
-  }
-
-  function startHeartbeat() {
-    stopHeartbeat();
-    heartbeatTimer = setInterval(() => {
-      if (pendingHeartbeat) {
-        // No reply to the last one within an interval: the link is dead.
-        pendingHeartbeat = null;
-        if (ws) ws.close(1000, "heartbeat timeout");
-        return;
-      }
-      pendingHeartbeat = nextRef();
-      send([null, pendingHeartbeat, "phoenix", "heartbeat", {}]);
-    }, heartbeatMs);
-  }
-
-  function stopHeartbeat() {
-    if (heartbeatTimer) clearInterval(heartbeatTimer);
-    heartbeatTimer = null;
-    pendingHeartbeat = null;
-  }
-
-  function dispatch([joinRef, ref, topic, event, payload]) {
-    if (topic === "phoenix") {
-      if (event === "phx_reply" && ref === pendingHeartbeat) pendingHeartbeat = null;
-      return;
-    }
-    const ch = channels.get(topic);
-    if (!ch) return;
-    if (joinRef !== null && joinRef !== ch.joinRef) return; // addressed to an older join
-    ch.handle(ref, event, payload || {});
-  }
-
-  /** One joined topic with its listeners, resume position and join logic. */
-  class Channel {
+  /** One watched topic: its listeners, resume position and join logic over an official Channel. */
+  class Topic {
     constructor(topic, handlers) {
       this.topic = topic;
-      this.h = handlers; // {params(), onJoin(response), onPush(event, payload), onError(reason)}
+      this.h = handlers; // {params(), onJoin(response), onPush(event, payload)}
       this.listeners = new Set();
       this.errorListeners = new Set();
       this.seen = new Map(); // job id -> highest seq delivered on this topic
       this.latest = new Map(); // job id -> latest snapshot delivered
-      this.joinRef = null;
+      this.phx = null; // the official Channel of the current join
       this.joined = false;
-      this.pending = new Map(); // ref -> reply callback
-      this.rejoinTimer = null;
-      this.rejoinAttempts = 0;
       this.dead = false;
+      this.waiters = []; // nextJoin resolvers
       // Presence (docs/phoenix-protocol.md#8-presence): set by presence().
-      this.presence = null; // {device, meta, state, joinRef, pendingDiffs}
+      this.presence = null; // {device, meta, state}
       this.presenceListeners = new Set(); // {onSync, onJoin, onLeave}
       this.messageListeners = new Set(); // studio "msg" pushes
     }
 
     // params are the handlers' join params plus, when someone watches the
-    // topic's presence, what asks the notifier for presence frames.
+    // topic's presence, what asks the notifier for presence frames. The
+    // official Channel calls this at every (re)join.
     params() {
       const p = { ...this.h.params(this) };
       if (this.presence) {
@@ -265,59 +205,73 @@ export function connect(opts = {}) {
       return p;
     }
 
-    // onPresence applies presence_state / presence_diff as the official
-    // Presence class does: diffs wait for the state of the current join.
-    onPresence(event, payload) {
-      const pr = this.presence;
-      if (!pr) return;
-      if (event === "presence_state") {
-        const leaves = {};
-        const joins = {};
-        for (const [key, cur] of Object.entries(pr.state)) {
-          const next = payload[key];
-          const refs = new Set((next?.metas ?? []).map((m) => m.phx_ref));
-          const left = cur.metas.filter((m) => !refs.has(m.phx_ref));
-          if (left.length) leaves[key] = { metas: left };
-        }
-        for (const [key, next] of Object.entries(payload)) {
-          const refs = new Set((pr.state[key]?.metas ?? []).map((m) => m.phx_ref));
-          const joined = next.metas.filter((m) => !refs.has(m.phx_ref));
-          if (joined.length) joins[key] = { metas: joined };
-        }
-        pr.joinRef = this.joinRef;
-        this.applyDiff({ joins, leaves });
-        for (const d of pr.pendingDiffs) this.applyDiff(d);
-        pr.pendingDiffs = [];
-      } else {
-        if (pr.joinRef !== this.joinRef) { pr.pendingDiffs.push(payload); return; }
-        this.applyDiff(payload);
-      }
-      const list = presenceList(pr.state);
-      for (const l of this.presenceListeners) {
-        try { l.onSync?.(list); } catch (e) { console.error(e); }
-      }
+    // nextJoin resolves with the outcome of the next join reply: whether
+    // the topic resumed (false: a snapshot instead of a replay), or null.
+    nextJoin() {
+      if (this.dead) return Promise.resolve(null);
+      return new Promise((resolve) => this.waiters.push(resolve));
     }
 
-    applyDiff({ joins = {}, leaves = {} }) {
-      const st = this.presence.state;
-      for (const [key, p] of Object.entries(joins)) {
-        const cur = st[key];
-        const refs = new Set(p.metas.map((m) => m.phx_ref));
-        st[key] = { metas: [...(cur ? cur.metas.filter((m) => !refs.has(m.phx_ref)) : []), ...p.metas] };
-        for (const l of this.presenceListeners) {
-          try { l.onJoin?.(key, cur, p); } catch (e) { console.error(e); }
-        }
+    settle(v) {
+      const w = this.waiters;
+      this.waiters = [];
+      for (const r of w) r(v);
+    }
+
+    // join (re)creates the official Channel: at first, and when a topic
+    // needs new join params at once (presence added, a bare presence topic
+    // now watched). Reconnects do not come here: the official Channel
+    // rejoins by itself, reading params() again.
+    join() {
+      if (this.dead || closedByUser) return;
+      if (this.phx) {
+        const old = this.phx;
+        this.phx = null;
+        old.leave();
       }
-      for (const [key, p] of Object.entries(leaves)) {
-        const cur = st[key];
-        if (!cur) continue;
-        const refs = new Set(p.metas.map((m) => m.phx_ref));
-        cur.metas = cur.metas.filter((m) => !refs.has(m.phx_ref));
-        for (const l of this.presenceListeners) {
-          try { l.onLeave?.(key, cur, p); } catch (e) { console.error(e); }
-        }
-        if (cur.metas.length === 0) delete st[key];
+      this.joined = false;
+      const ch = socket.channel(this.topic, () => this.params());
+      this.phx = ch;
+      const mine = () => this.phx === ch;
+      if (this.presence) {
+        const pr = new Presence(ch);
+        pr.state = this.presence.state; // diffs of a rejoin apply to what we show
+        this.presence.state = pr.state;
+        pr.onJoin((key, cur, p) => { if (mine()) fan(this.presenceListeners, "onJoin", key, cur, p); });
+        pr.onLeave((key, cur, p) => { if (mine()) fan(this.presenceListeners, "onLeave", key, cur, p); });
+        pr.onSync(() => {
+          if (!mine()) return;
+          this.presence.state = pr.state;
+          const list = presenceList(pr.state);
+          fan(this.presenceListeners, "onSync", list);
+        });
       }
+      ch.on("job", (p) => { if (mine()) this.h.onPush(this, "job", p || {}); });
+      ch.on("metrics", (p) => { if (mine()) this.h.onPush(this, "metrics", p || {}); });
+      ch.on("msg", (p) => { if (mine()) emit(this.messageListeners, p); });
+      ch.onError(() => { if (mine()) this.joined = false; });
+      ch.join()
+        .receive("ok", (resp) => {
+          if (!mine()) return;
+          this.joined = true;
+          const r = resp || {};
+          this.h.onJoin(this, r);
+          // Topics without resume (admin:metrics) count as recovered.
+          this.settle(r.recovered !== false);
+        })
+        .receive("error", (resp) => {
+          if (!mine()) return;
+          const reason = (resp && resp.reason) || "error";
+          emit(this.errorListeners, reason);
+          if (PERMANENT_JOIN_ERRORS.has(reason)) {
+            // The official Channel would retry; a refusal like this stands.
+            this.dead = true;
+            this.phx = null;
+            ch.leave();
+          }
+          this.settle(null);
+        })
+        .receive("timeout", () => { if (mine()) this.settle(null); });
     }
 
     // push sends a client event on the joined topic and resolves with the
@@ -325,24 +279,15 @@ export function connect(opts = {}) {
     // notifier's reason ("rate limited", "message too large", …).
     push(event, payload) {
       return new Promise((resolve, reject) => {
-        if (!this.joined) { reject(new BeamlineError(0, "not_joined", "topic not joined yet")); return; }
-        const ref = nextRef();
-        const timer = setTimeout(() => {
-          if (this.pending.delete(ref)) reject(new BeamlineError(0, "timeout", event + " got no reply"));
-        }, joinTimeoutMs);
-        this.pending.set(ref, (reply) => {
-          clearTimeout(timer);
-          if (reply.status === "ok") resolve(reply.response || {});
-          else {
-            const reason = (reply.response && reply.response.reason) || reply.status;
+        if (!socket.isConnected()) { reject(new BeamlineError(0, "connection_closed", "not connected")); return; }
+        if (!this.joined || !this.phx) { reject(new BeamlineError(0, "not_joined", "topic not joined yet")); return; }
+        this.phx.push(event, payload)
+          .receive("ok", (r) => resolve(r || {}))
+          .receive("error", (r) => {
+            const reason = (r && r.reason) || "error";
             reject(new BeamlineError(0, reason, reason));
-          }
-        });
-        if (!send([this.joinRef, ref, this.topic, event, payload])) {
-          this.pending.delete(ref);
-          clearTimeout(timer);
-          reject(new BeamlineError(0, "connection_closed", "not connected"));
-        }
+          })
+          .receive("timeout", () => reject(new BeamlineError(0, "timeout", event + " got no reply")));
       });
     }
 
@@ -364,100 +309,17 @@ export function connect(opts = {}) {
       return true;
     }
 
-    // join resolves to whether the topic resumed (false: a snapshot was
-    // taken instead of a replay), or null on error.
-    join() {
-      if (this.dead) return Promise.resolve(null);
-      clearTimeout(this.rejoinTimer);
-      this.rejoinTimer = null;
-      const ref = nextRef();
-      this.joinRef = ref;
-      this.joined = false;
-      return new Promise((resolve) => {
-        const timer = setTimeout(() => {
-          if (!this.pending.has(ref)) return;
-          this.pending.delete(ref);
-          if (this.joinRef === ref) {
-            send([ref, nextRef(), this.topic, "phx_leave", {}]);
-            this.scheduleRejoin();
-          }
-          resolve(null);
-        }, joinTimeoutMs);
-        this.pending.set(ref, (reply) => {
-          clearTimeout(timer);
-          if (reply.status === "ok") {
-            this.joined = true;
-            this.rejoinAttempts = 0;
-            const resp = reply.response || {};
-            this.h.onJoin(this, resp);
-            // Topics without resume (admin:metrics) count as recovered.
-            resolve(resp.recovered !== false);
-            return;
-          }
-          const reason = (reply.response && reply.response.reason) || reply.status;
-          if (reason !== "connection_closed") {
-            emit(this.errorListeners, reason);
-            if (PERMANENT_JOIN_ERRORS.has(reason)) this.dead = true;
-            else this.scheduleRejoin();
-          }
-          resolve(null);
-        });
-        if (!send([ref, ref, this.topic, "phx_join", this.params()])) {
-          // Not connected: the socket's onopen rejoins every channel.
-          this.pending.delete(ref);
-          clearTimeout(timer);
-          resolve(null);
-        }
-      });
-    }
-
-    scheduleRejoin() {
-      if (this.dead || this.rejoinTimer || !ws) return;
-      const n = ++this.rejoinAttempts;
-      const delay = [1000, 2000, 5000][n - 1] ?? 10000;
-      this.rejoinTimer = setTimeout(() => {
-        this.rejoinTimer = null;
-        if (ws && ws.readyState === 1) this.join();
-      }, delay);
-    }
-
-    handle(ref, event, payload) {
-      if (event === "phx_reply") {
-        const cb = this.pending.get(ref);
-        if (cb) { this.pending.delete(ref); cb(payload); }
-        return;
-      }
-      if (event === "phx_error" || event === "phx_close") {
-        this.joined = false;
-        this.scheduleRejoin();
-        return;
-      }
-      if (event === "presence_state" || event === "presence_diff") {
-        this.onPresence(event, payload);
-        return;
-      }
-      if (event === "msg") {
-        emit(this.messageListeners, payload);
-        return;
-      }
-      this.h.onPush(this, event, payload);
-    }
-
-    socketClosed() {
-      this.joined = false;
-      clearTimeout(this.rejoinTimer);
-      this.rejoinTimer = null;
-      this.rejoinAttempts = 0;
-      const pending = [...this.pending.values()];
-      this.pending.clear();
-      for (const cb of pending) cb({ status: "error", response: { reason: "connection_closed" } });
-    }
-
     leave() {
       this.dead = true;
-      clearTimeout(this.rejoinTimer);
-      if (this.joinRef && this.joined) send([this.joinRef, nextRef(), this.topic, "phx_leave", {}]);
+      this.settle(null);
+      if (this.phx) { const ch = this.phx; this.phx = null; ch.leave(); }
       channels.delete(this.topic);
+    }
+  }
+
+  function fan(listeners, name, ...args) {
+    for (const l of listeners) {
+      try { l[name]?.(...args); } catch (e) { console.error(e); }
     }
   }
 
@@ -486,11 +348,11 @@ export function connect(opts = {}) {
   function watch(topic, makeHandlers, listener, onError, replayFilter = () => true) {
     let ch = channels.get(topic);
     if (!ch) {
-      ch = new Channel(topic, makeHandlers());
+      ch = new Topic(topic, makeHandlers());
       channels.set(topic, ch);
       ch.listeners.add(listener);
       if (onError) ch.errorListeners.add(onError);
-      if (ws && ws.readyState === 1) ch.join();
+      ch.join();
     } else if (ch.bare) {
       // Joined by presence() alone: take the real handlers and rejoin for
       // the topic's snapshot.
@@ -498,7 +360,7 @@ export function connect(opts = {}) {
       ch.bare = false;
       ch.listeners.add(listener);
       if (onError) ch.errorListeners.add(onError);
-      if (ws && ws.readyState === 1) ch.join();
+      ch.join();
     } else {
       ch.listeners.add(listener);
       if (onError) ch.errorListeners.add(onError);
@@ -527,15 +389,15 @@ export function connect(opts = {}) {
     let ch = channels.get(topic);
     const listener = { onSync, onJoin: popts.onJoin, onLeave: popts.onLeave };
     if (!ch) {
-      ch = new Channel(topic, { params: () => ({}), onJoin: () => {}, onPush: () => {} });
+      ch = new Topic(topic, { params: () => ({}), onJoin: () => {}, onPush: () => {} });
       ch.bare = true;
       channels.set(topic, ch);
     }
     if (popts.onError) ch.errorListeners.add(popts.onError);
     ch.presenceListeners.add(listener);
     if (!ch.presence) {
-      ch.presence = { device: popts.device ?? "web", meta: popts.meta, state: {}, joinRef: null, pendingDiffs: [] };
-      if (ws && ws.readyState === 1) ch.join(); // a watched job topic rejoins to ask for presence
+      ch.presence = { device: popts.device ?? "web", meta: popts.meta, state: {} };
+      ch.join(); // a watched job topic rejoins to ask for presence
     } else {
       try { onSync(presenceList(ch.presence.state)); } catch (e) { console.error(e); }
     }
@@ -741,29 +603,27 @@ export function connect(opts = {}) {
 
   function close() {
     closedByUser = true;
-    if (reconnectTimer) clearTimeout(reconnectTimer);
-    reconnectTimer = null;
-    stopHeartbeat();
     for (const ch of [...channels.values()]) ch.leave();
-    if (ws) { const s = ws; ws = null; s.close(1000, "client closed"); }
+    socket.disconnect(undefined, 1000, "client closed");
     setState("closed");
     if (typeof window !== "undefined" && window.removeEventListener) {
       window.removeEventListener("online", reconnectNow);
-      document.removeEventListener("visibilitychange", onVisible);
     }
   }
 
-  function onVisible() {
-    if (document.visibilityState === "visible") reconnectNow();
+  // Back online: try at once instead of waiting out the backoff (the
+  // official Socket already does so when the page comes back into view).
+  function reconnectNow() {
+    if (closedByUser || socket.isConnected()) return;
+    socket.reconnectTimer.reset();
+    socket.connect();
   }
 
   if (typeof window !== "undefined" && window.addEventListener) {
-    // Back online or back in view: try at once instead of waiting out the backoff.
     window.addEventListener("online", reconnectNow);
-    document.addEventListener("visibilitychange", onVisible);
   }
 
-  open();
+  socket.connect();
 
   return {
     watchJob,
@@ -778,5 +638,7 @@ export function connect(opts = {}) {
     onStatus,
     close,
     get status() { return state; },
+    /** "websocket" or "longpoll": the transport in use (after a fallback, long-poll). */
+    get transport() { return socket.transport === LongPoll ? "longpoll" : "websocket"; },
   };
 }

@@ -1,6 +1,7 @@
-// Package web holds Beamline's browser assets — the beamline.js client, its
-// React hook and types, the demo page and the admin dashboard — embedded in
-// the binary so the notifier can serve them with no build step and no CDN.
+// Package web holds Beamline's browser assets — the beamline.js client (on
+// the vendored official Phoenix client, phoenix.mjs), its React hook and
+// types, the demo page and the admin dashboard — embedded in the binary so
+// the notifier can serve them with no build step and no CDN.
 package web
 
 import (
@@ -16,7 +17,7 @@ import (
 	"github.com/beamline/beamline/internal/httpx"
 )
 
-//go:embed *.html *.js *.d.ts *.css *.svg
+//go:embed *.html *.js *.mjs *.d.ts *.css *.svg
 var files embed.FS
 
 // FS is the embedded asset tree (read-only).
@@ -27,6 +28,7 @@ var FS fs.FS = files
 var contentTypes = map[string]string{
 	".html": "text/html; charset=utf-8",
 	".js":   "text/javascript; charset=utf-8",
+	".mjs":  "text/javascript; charset=utf-8",
 	".ts":   "application/typescript; charset=utf-8",
 	".css":  "text/css; charset=utf-8",
 	".svg":  "image/svg+xml",
@@ -44,16 +46,17 @@ func Handler() http.Handler {
 }
 
 // ClientHandler serves what every notifier serves: the client
-// (/beamline.js, /react.js and their .d.ts), the dashboard (/admin and its
-// scripts) and the shared assets. The demo page (/, /index.html, /app.js)
-// is a devstack feature, or the notifier's -demo flag (Handler); here it
-// answers 404.
+// (/beamline.js, the official Phoenix client it imports, /phoenix.mjs,
+// /react.js and their .d.ts), the dashboard (/admin and its
+// scripts) and the shared assets. The demo page (/, /index.html, /app.js,
+// /studio.js) is a devstack feature, or the notifier's -demo flag
+// (Handler); here it answers 404.
 func ClientHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { serve(w, r, false) })
 }
 
 // demoOnly are the files only the demo page uses.
-var demoOnly = map[string]bool{"index.html": true, "app.js": true}
+var demoOnly = map[string]bool{"index.html": true, "app.js": true, "studio.js": true}
 
 func serve(w http.ResponseWriter, r *http.Request, demo bool) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {

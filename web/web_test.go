@@ -30,6 +30,7 @@ func TestServesPagesAndAssets(t *testing.T) {
 		{"/admin", "text/html; charset=utf-8", `src="/admin.js"`},
 		{"/beamline.js", "text/javascript; charset=utf-8", "export function connect"},
 		{"/react.js", "text/javascript; charset=utf-8", "export function createUseJob"},
+		{"/phoenix.mjs", "text/javascript; charset=utf-8", "phoenix 1.8.16"},
 		{"/beamline.d.ts", "application/typescript; charset=utf-8", "export interface Client"},
 		{"/style.css", "text/css; charset=utf-8", ":root"},
 		{"/favicon.svg", "image/svg+xml", "<svg"},
@@ -90,12 +91,12 @@ func TestErrorsAreJSON(t *testing.T) {
 // ClientHandler serves the client and the dashboard, not the demo page.
 func TestClientHandlerLeavesOutTheDemo(t *testing.T) {
 	h := web.ClientHandler()
-	for _, p := range []string{"/beamline.js", "/react.js", "/admin", "/admin.js", "/style.css"} {
+	for _, p := range []string{"/beamline.js", "/phoenix.mjs", "/react.js", "/admin", "/admin.js", "/style.css"} {
 		if rec := get(t, h, http.MethodGet, p, nil); rec.Code != http.StatusOK {
 			t.Errorf("GET %s = %d", p, rec.Code)
 		}
 	}
-	for _, p := range []string{"/", "/index.html", "/app.js"} {
+	for _, p := range []string{"/", "/index.html", "/app.js", "/studio.js"} {
 		if rec := get(t, h, http.MethodGet, p, nil); rec.Code != http.StatusNotFound {
 			t.Errorf("GET %s = %d, want 404", p, rec.Code)
 		}

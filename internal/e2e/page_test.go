@@ -103,6 +103,11 @@ func TestNotifierRestartRecovers(t *testing.T) {
 	tb.waitJS("the indicator to show recovered", `document.getElementById("conn").dataset.state === "recovered"`, 20*time.Second)
 	text := eval[string](tb, `document.getElementById("conn-text").textContent`)
 	t.Logf("indicator: %q", text)
+	// WebSockets worked before the restart: the client reconnects on one
+	// rather than falling back to long-poll (docs/phoenix-protocol.md#13-the-bundled-client-webbeamlinejs).
+	if tr := eval[string](tb, `window.beamline.transport`); tr != "websocket" {
+		t.Errorf("transport after the restart = %q, want websocket", tr)
+	}
 	tb.waitJS("the job's final state after the restart", fmt.Sprintf(`(() => {
 		const li = document.querySelector(%q);
 		return !!li && li.dataset.status === "succeeded" && li.querySelector(".bar").dataset.progress === "100";

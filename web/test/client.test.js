@@ -280,3 +280,16 @@ test("watchUser: a truncated join list is reported through onTruncated", async (
   assert.equal(truncated, 1, "one report for the one truncated join, none for the complete one");
   assert.deepEqual(seen, ["a"]);
 });
+
+test("getToken runs before every reconnect; the new token is in the URL", async (t) => {
+  let n = 0;
+  const srv = await fakeServer(() => {});
+  srv.wss.on("connection", (sock) => { if (srv.sockets.length === 1) setTimeout(() => sock.close(1012, "restart"), 20); });
+  const tokens = [];
+  const client = connect({ url: srv.url, WebSocket, reconnectAfterMs: fastBackoff, getToken: async () => { const tk = `tok${++n}`; tokens.push(tk); return tk; } });
+  t.after(() => { client.close(); return srv.close(); });
+  await until(() => srv.urls.length >= 2);
+  assert.match(srv.urls[0], /token=tok1&/);
+  assert.match(srv.urls[1], /token=tok2&/);
+  assert.deepEqual(tokens.slice(0, 2), ["tok1", "tok2"]);
+});

@@ -71,3 +71,44 @@ test("usePresence follows the list and stops on cleanup", () => {
   r.cleanups.forEach((c) => c && c());
   assert.ok(stopped);
 });
+
+test("presence() on a watched job topic rejoins with last_seq and presence params; no update repeats", async () => {
+  const wss = new WebSocketServer({ port: 0, host: "127.0.0.1" });
+  await new Promise((r) => wss.once("listening", r));
+  const frames = [];
+  const job = (seq) => ({ id: "j1", user: "alice", status: "running", progress: seq, seq });
+  wss.on("connection", (sock) => {
+    sock.on("message", (data) => {
+      const f = JSON.parse(String(data));
+      frames.push(f);
+      const [jr, ref, topic, event, payload] = f;
+      if (event !== "phx_join") return;
+      const send = (ev, p) => sock.send(JSON.stringify([jr, null, topic, ev, p]));
+      const resumed = payload.last_seq !== undefined;
+      sock.send(JSON.stringify([jr, ref, topic, "phx_reply", { status: "ok", response: { snapshot: job(resumed ? 3 : 2), recovered: resumed } }]));
+      if (!resumed) send("job", { type: "progress", job: job(3), seq: 3 });
+      else {
+        send("presence_state", { alice: { metas: [meta("a1")] } });
+        send("job", { type: "progress", job: job(3), seq: 3 }); // already seen
+        send("job", { type: "progress", job: job(4), seq: 4 });
+      }
+    });
+  });
+  const client = connect({ url: `ws://127.0.0.1:${wss.address().port}/socket`, token: "t", WebSocket });
+  const seen = [];
+  const stopJob = client.watchJob("j1", (j) => seen.push(j.seq));
+  await until(() => seen.includes(3));
+  const syncs = [];
+  const stopPresence = client.presence("job:j1", (l) => syncs.push(l.map((p) => p.key)));
+  await until(() => seen.includes(4) && syncs.length > 0);
+  const joins = frames.filter((f) => f[3] === "phx_join");
+  assert.equal(joins.length, 2);
+  assert.deepEqual(joins[1][4], { last_seq: 3, device: "web", presence: {} });
+  assert.deepEqual(seen, [2, 3, 4]);
+  assert.deepEqual(syncs.at(-1), ["alice"]);
+  stopPresence();
+  stopJob();
+  client.close();
+  for (const s of wss.clients) s.terminate();
+  await new Promise((r) => wss.close(r));
+});
