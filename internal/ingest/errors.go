@@ -40,6 +40,8 @@ const (
 	CodeQueueFull             = "queue_full"
 	CodeUnavailable           = "unavailable"
 	CodeInternal              = "internal"
+	CodeRangeNotSatisfiable   = "range_not_satisfiable"
+	CodePreconditionFailed    = "precondition_failed"
 )
 
 // Retry-After values, in whole seconds.

@@ -138,7 +138,44 @@ func (s *Service) output(w http.ResponseWriter, r *http.Request) {
 	if from, to, ok := rangeOf(r.Header.Get("Range"), obj.Info.Size); ok {
 		obj.Expect(from, to)
 	}
-	http.ServeContent(w, r, "", obj.Info.ModTime, obj)
+	http.ServeContent(&contentErrors{ResponseWriter: w}, r, "", obj.Info.ModTime, obj)
+}
+
+// contentErrors makes the errors http.ServeContent answers with (416 for a
+// range outside the output, 412 for a failed If-Match, 500 for a read that
+// failed before the first byte) JSON with a code, like every other error
+// of the API; its plain-text body is dropped. Content-Range (416's
+// "bytes */<size>") stays.
+type contentErrors struct {
+	http.ResponseWriter
+	failed bool
+}
+
+func (c *contentErrors) WriteHeader(status int) {
+	if status < 400 || c.failed {
+		c.ResponseWriter.WriteHeader(status)
+		return
+	}
+	c.failed = true
+	h := c.Header()
+	h.Del("Content-Type")
+	h.Del("Content-Length")
+	switch status {
+	case http.StatusRequestedRangeNotSatisfiable:
+		writeError(c.ResponseWriter, newError(status, CodeRangeNotSatisfiable,
+			"the range is outside the output (Content-Range says its size)"))
+	case http.StatusPreconditionFailed:
+		writeError(c.ResponseWriter, newError(status, CodePreconditionFailed, "If-Match does not name this output's ETag"))
+	default:
+		writeError(c.ResponseWriter, newError(status, CodeInternal, "the output could not be read"))
+	}
+}
+
+func (c *contentErrors) Write(b []byte) (int, error) {
+	if c.failed {
+		return len(b), nil // ServeContent's plain-text message; the JSON is written
+	}
+	return c.ResponseWriter.Write(b)
 }
 
 // rangeOf is the bytes [from, to) of a single HTTP byte range of an object

@@ -78,8 +78,9 @@ func TestOutputServedToItsOwner(t *testing.T) {
 		}
 	}
 	r = h.do(http.MethodGet, path, nil, alice, withHeader("Range", "bytes="+strconv.Itoa(len(video))+"-"))
-	if r.Status != http.StatusRequestedRangeNotSatisfiable {
-		t.Fatalf("Range past the end: %d", r.Status)
+	if r.Status != http.StatusRequestedRangeNotSatisfiable || !strings.Contains(string(r.Body), `"code":"range_not_satisfiable"`) ||
+		r.Header.Get("Content-Range") != "bytes */"+strconv.Itoa(len(video)) {
+		t.Fatalf("Range past the end: %d %q (Content-Range %q)", r.Status, r.Body, r.Header.Get("Content-Range"))
 	}
 	// Several ranges: the whole object, never one stream restart per range.
 	r = h.do(http.MethodGet, path, nil, alice, withHeader("Range", "bytes=270000-270001,0-0,270000-270001"))
