@@ -184,43 +184,13 @@ func providersWaiting(ctx context.Context, t *target, o *options, rep *reporter)
 	if err != nil {
 		return err
 	}
-	nc, err := nats.Connect(t.natsURL, nats.Name("beambench-processor"))
+	reg, stopProc, err := benchProcessor(ctx, t, providersKind, prov, processor.Config{
+		Concurrency: 32, MaxPerUser: 4, ProviderInflight: n,
+	}, true) // as a SIGKILL would: no hand-back writes for n jobs
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	reg := prometheus.NewRegistry()
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	p, err := processor.New(processor.Config{
-		Addr:             "127.0.0.1:0",
-		Kinds:            []config.Kind{{Name: providersKind, Provider: prov.Name()}},
-		Providers:        map[string]provider.Provider{prov.Name(): prov},
-		DefaultProvider:  prov.Name(),
-		Concurrency:      32,
-		MaxPerUser:       4,
-		ProviderInflight: n,
-		PollWait:         200 * time.Millisecond,
-	}, nc, js, quiet, reg)
-	if err != nil {
-		return err
-	}
-	pctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- p.Run(pctx) }()
-	defer func() {
-		// As a SIGKILL would: no hand-back writes for n jobs.
-		nc.Close()
-		stop()
-		<-done
-		for _, prio := range envelope.Priorities {
-			_ = t.js.DeleteConsumer(context.Background(), streams.Jobs, jsm.ConsumerName(prio, providersKind))
-		}
-		t.purge(context.Background(), "jobs.*."+providersKind+".>")
-	}()
+	defer stopProc()
 
 	start := time.Now()
 	if err := publishJobs(ctx, t, n, func(i int) (string, string) {
@@ -427,4 +397,47 @@ func providersOutputRange(ctx context.Context, t *target, o *options, rep *repor
 	rep.addVs("providers", "output served with Range (ingest, Object Store)", bestIngest, "MiB/s", bestLocal,
 		map[string]any{"size_mb": o.provOutputMB, "range_kb": window >> 10, "requests": len(offsets), "baseline": "http.ServeContent of a local file"})
 	return nil
+}
+
+// benchProcessor runs an in-process processor on the target's NATS serving
+// kind with prov (cfg gives the rest: concurrency, limits, webhooks), and
+// returns its registry and how to stop it: then the kind's consumers and
+// jobs are removed. killed stops it as a SIGKILL would (its connection
+// closed first: no hand-back writes).
+func benchProcessor(ctx context.Context, t *target, kind string, prov provider.Provider, cfg processor.Config, killed bool) (*prometheus.Registry, func(), error) {
+	nc, err := nats.Connect(t.natsURL, nats.Name("beambench-processor-"+kind))
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	cfg.Addr = "127.0.0.1:0"
+	cfg.Kinds = []config.Kind{{Name: kind, Provider: prov.Name()}}
+	cfg.Providers = map[string]provider.Provider{prov.Name(): prov}
+	cfg.DefaultProvider = prov.Name()
+	cfg.PollWait = 200 * time.Millisecond
+	reg := prometheus.NewRegistry()
+	p, err := processor.New(cfg, nc, js, slog.New(slog.NewTextHandler(io.Discard, nil)), reg)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	pctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- p.Run(pctx) }()
+	return reg, func() {
+		if killed {
+			nc.Close()
+		}
+		stop()
+		<-done
+		nc.Close()
+		for _, prio := range envelope.Priorities {
+			_ = t.js.DeleteConsumer(context.Background(), streams.Jobs, jsm.ConsumerName(prio, kind))
+		}
+		t.purge(context.Background(), "jobs.*."+kind+".>")
+	}, nil
 }

@@ -6,24 +6,18 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/beamline/beamline/internal/config"
-	"github.com/beamline/beamline/internal/jsm"
 	"github.com/beamline/beamline/internal/phoenix/phoenixtest"
 	"github.com/beamline/beamline/internal/processor"
 	"github.com/beamline/beamline/internal/provider"
 	"github.com/beamline/beamline/internal/provider/replicatefake"
 	"github.com/beamline/beamline/pkg/envelope"
-	"github.com/beamline/beamline/streams"
 )
 
 // The providers scenario's third figure (issue 13 §7): a webhook received
@@ -130,42 +124,13 @@ func providersWebhookPush(ctx context.Context, t *target, o *options, rep *repor
 	if err != nil {
 		return err
 	}
-	nc, err := nats.Connect(t.natsURL, nats.Name("beambench-processor-push"))
+	reg, stopProc, err := benchProcessor(ctx, t, providersPushKind, prov, processor.Config{
+		Concurrency: 8, MaxPerUser: n, ProviderInflight: n, Webhooks: hooks,
+	}, false)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	reg := prometheus.NewRegistry()
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	p, err := processor.New(processor.Config{
-		Addr:             "127.0.0.1:0",
-		Kinds:            []config.Kind{{Name: providersPushKind, Provider: prov.Name()}},
-		Providers:        map[string]provider.Provider{prov.Name(): prov},
-		DefaultProvider:  prov.Name(),
-		Concurrency:      8,
-		MaxPerUser:       n,
-		ProviderInflight: n,
-		PollWait:         200 * time.Millisecond,
-		Webhooks:         hooks,
-	}, nc, js, quiet, reg)
-	if err != nil {
-		return err
-	}
-	pctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- p.Run(pctx) }()
-	defer func() {
-		stop()
-		<-done
-		for _, prio := range envelope.Priorities {
-			_ = t.js.DeleteConsumer(context.Background(), streams.Jobs, jsm.ConsumerName(prio, providersPushKind))
-		}
-		t.purge(context.Background(), "jobs.*."+providersPushKind+".>")
-	}()
+	defer stopProc()
 
 	// The browser: one WebSocket joined to the user's topic.
 	user := "pushbench"
