@@ -25,19 +25,7 @@ import (
 // drive job events through a small control server started here. Skipped
 // when node or test/phoenix/node_modules is missing, unless CI=true.
 func TestPhoenixJSClient(t *testing.T) {
-	dir, err := filepath.Abs("../../test/phoenix")
-	if err != nil {
-		t.Fatal(err)
-	}
-	node, err := exec.LookPath("node")
-	_, modErr := os.Stat(filepath.Join(dir, "node_modules", "phoenix"))
-	if err != nil || modErr != nil {
-		msg := "node or test/phoenix/node_modules missing (run npm ci in test/phoenix)"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
+	dir, node := phoenixJS(t)
 	w := newWorld(t)
 	n := startNotifier(t, w, Config{unanswered: "unanswered"})
 	ctrl := controlServer(t, w, n)
@@ -186,4 +174,25 @@ func joinCount(t testing.TB, r *running, kind, result string) float64 {
 		}
 	}
 	return v
+}
+
+// phoenixJS returns test/phoenix (the official client's Node tests) and
+// the node binary; it skips the test when either is missing, unless
+// CI=true (.ci/run installs both).
+func phoenixJS(t *testing.T) (dir, node string) {
+	t.Helper()
+	dir, err := filepath.Abs("../../test/phoenix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, err = exec.LookPath("node")
+	_, modErr := os.Stat(filepath.Join(dir, "node_modules", "phoenix"))
+	if err != nil || modErr != nil {
+		msg := "node or test/phoenix/node_modules missing (run npm ci in test/phoenix)"
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	return dir, node
 }

@@ -21,19 +21,7 @@ import (
 // same name through the control server started here. Skipped like
 // TestPhoenixJSClient when node or node_modules is missing.
 func TestPhoenixJSPresence(t *testing.T) {
-	dir, err := filepath.Abs("../../test/phoenix")
-	if err != nil {
-		t.Fatal(err)
-	}
-	node, err := exec.LookPath("node")
-	_, modErr := os.Stat(filepath.Join(dir, "node_modules", "phoenix"))
-	if err != nil || modErr != nil {
-		msg := "node or test/phoenix/node_modules missing (run npm ci in test/phoenix)"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
+	dir, node := phoenixJS(t)
 	const interval = 400 * time.Millisecond
 	w := newWorld(t)
 	cfg := func(name string) Config { return Config{PresenceNode: name, PresenceInterval: interval} }
