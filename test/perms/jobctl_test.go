@@ -68,27 +68,8 @@ func TestIngestSchedulesWithItsOwnUser(t *testing.T) {
 	hc := &http.Client{Timeout: 10 * time.Second}
 	call := func(method, path, body string, want int) map[string]any {
 		t.Helper()
-		var rd io.Reader
-		if body != "" {
-			rd = bytes.NewReader([]byte(body))
-		}
-		req, err := http.NewRequestWithContext(ctx, method, p.ingestURL+path, rd)
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Authorization", "Bearer "+p.token)
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := hc.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != want {
-			t.Fatalf("%s %s: %d %s (ingest violations %v)", method, path, resp.StatusCode, b, p.ingest.rec.violations())
-		}
 		var v map[string]any
-		_ = json.Unmarshal(b, &v)
+		_ = json.Unmarshal(ingestCall(t, ctx, hc, p, method, path, body, want), &v)
 		return v
 	}
 	later := call(http.MethodPost, "/v1/jobs", `{"kind":"image","delay_ms":60000}`, http.StatusAccepted)["id"].(string)
@@ -174,26 +155,7 @@ func TestIngestRunsSchedulesWithItsOwnUser(t *testing.T) {
 	hc := &http.Client{Timeout: 10 * time.Second}
 	call := func(method, path, body string, want int) []byte {
 		t.Helper()
-		var rd io.Reader
-		if body != "" {
-			rd = bytes.NewReader([]byte(body))
-		}
-		req, err := http.NewRequestWithContext(ctx, method, p.ingestURL+path, rd)
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Authorization", "Bearer "+p.token)
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := hc.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != want {
-			t.Fatalf("%s %s: %d %s (ingest violations %v)", method, path, resp.StatusCode, b, p.ingest.rec.violations())
-		}
-		return b
+		return ingestCall(t, ctx, hc, p, method, path, body, want)
 	}
 	call(http.MethodPost, "/v1/schedules", `{"name":"tick","every":"1s","job":{"kind":"image","input":{"sim":{"duration_ms":10}}}}`, http.StatusCreated)
 	for {
@@ -211,4 +173,31 @@ func TestIngestRunsSchedulesWithItsOwnUser(t *testing.T) {
 	call(http.MethodGet, "/v1/schedules", "", http.StatusOK)
 	call(http.MethodDelete, "/v1/schedules/tick", "", http.StatusNoContent)
 	p.noViolations(t)
+}
+
+// ingestCall sends one API request to p's ingest with p's token and
+// returns the body, failing the test (with ingest's permission violations)
+// unless the status is want.
+func ingestCall(t *testing.T, ctx context.Context, hc *http.Client, p *pipeline, method, path, body string, want int) []byte {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = bytes.NewReader([]byte(body))
+	}
+	req, err := http.NewRequestWithContext(ctx, method, p.ingestURL+path, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+p.token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != want {
+		t.Fatalf("%s %s: %d %s (ingest violations %v)", method, path, resp.StatusCode, b, p.ingest.rec.violations())
+	}
+	return b
 }
