@@ -470,3 +470,67 @@ func TestEncodeJobKnowsEveryField(t *testing.T) {
 		t.Errorf("Envelope fields %q; EncodeJob writes %q: update it", got, want)
 	}
 }
+
+// TestAppendEnvelope: the event encoding that skips encoding/json writes
+// exactly what Envelope.Encode (json.Marshal) writes, so readers cannot
+// tell the two apart.
+func TestAppendEnvelope(t *testing.T) {
+	at := time.Date(2026, 12, 6, 4, 5, 6, 789000000, time.UTC)
+	snaps := []Snapshot{
+		{ID: "j1", User: "u1", Kind: "image", Priority: PriorityNormal, Status: StatusSucceeded, Seq: 1, UpdatedAt: at, Result: json.RawMessage(`{"a":"<b>&amp;"}`)},
+		{ID: "j-2_x", User: "alice", Kind: "video", Priority: PriorityHigh, Status: StatusRunning, Seq: 7, Progress: 40, Error: "héllo \"quoted\" \\ <tag> \u2028 \x01", UpdatedAt: at.In(time.FixedZone("x", 3600))},
+		{ID: "j3", User: "u", Kind: "k", Priority: PriorityLow, Status: StatusFailed, Seq: 2, UpdatedAt: time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC)},
+	}
+	for _, src := range []string{"/beamline/processor", "", "weird \"src\" <&>", "ünïcode"} {
+		for _, s := range snaps {
+			for _, typ := range []Type{TypeSucceeded, TypeProgress, TypeFailed} {
+				m, data, err := EncodeEventMsg(typ, s, src, "")
+				e, nerr := NewEvent(typ, s, src)
+				var want []byte
+				if nerr == nil {
+					want, nerr = e.Encode()
+				}
+				if (err == nil) != (nerr == nil) {
+					t.Fatalf("source %q snapshot %s: fast err %v, json err %v", src, s.ID, err, nerr)
+				}
+				if err != nil {
+					continue
+				}
+				if string(m.Data) != string(want) {
+					t.Errorf("source %q snapshot %s:\nfast %s\njson %s", src, s.ID, m.Data, want)
+				}
+				stored, _ := s.Marshal()
+				if string(data) != string(stored) {
+					t.Errorf("snapshot JSON %s, Marshal %s", data, stored)
+				}
+			}
+		}
+	}
+}
+
+func FuzzAppendEnvelope(f *testing.F) {
+	f.Add("/beamline/processor", "j1", "u1", "boom <x>", int64(1765000000123456789), []byte(`{"url":"a&b"}`))
+	f.Add("\x00\xff", "j", "u", "\u2028", int64(-62135596800), []byte(`null`))
+	f.Fuzz(func(t *testing.T, src, id, user, errText string, nanos int64, result []byte) {
+		s := Snapshot{ID: id, User: user, Kind: "image", Priority: PriorityNormal, Status: StatusFailed, Seq: 3,
+			Error: errText, UpdatedAt: time.Unix(0, nanos).UTC()}
+		if json.Valid(result) {
+			s.Result = result
+		}
+		if s.UpdatedAt.IsZero() {
+			return // the event's time would be time.Now, different in each call
+		}
+		m, _, err := EncodeEventMsg(TypeFailed, s, src, "")
+		e, nerr := NewEvent(TypeFailed, s, src)
+		var want []byte
+		if nerr == nil {
+			want, nerr = e.Encode()
+		}
+		if (err == nil) != (nerr == nil) {
+			t.Fatalf("fast err %v, json err %v", err, nerr)
+		}
+		if err == nil && string(m.Data) != string(want) {
+			t.Fatalf("fast %s\njson %s", m.Data, want)
+		}
+	})
+}

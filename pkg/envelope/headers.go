@@ -97,13 +97,29 @@ func ScheduledAt(h nats.Header) (time.Time, bool) {
 // NewEventMsg builds the NATS message of an event: subject
 // events.<user>.<job>, Nats-Msg-Id = EventID, and the Beamline-Seq header.
 func NewEventMsg(t Type, s Snapshot, source, traceparent string) (*nats.Msg, error) {
+	m, _, err := EncodeEventMsg(t, s, source, traceparent)
+	return m, err
+}
+
+// EncodeEventMsg is NewEventMsg that also returns the snapshot's JSON, the
+// event's data, byte for byte what s.Marshal returns: a writer that stores
+// the snapshot and announces it encodes it once. The envelope around it is
+// written without a second pass of encoding/json over the data
+// (appendEnvelope), byte for byte what Envelope.Encode writes.
+func EncodeEventMsg(t Type, s Snapshot, source, traceparent string) (*nats.Msg, []byte, error) {
 	e, err := NewEvent(t, s, source)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	b, err := e.Encode()
+	if err := e.validate(); err != nil {
+		return nil, nil, err
+	}
+	b, err := appendEnvelope(make([]byte, 0, len(e.Data)+256), e)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	if len(b) > MaxSize {
+		return nil, nil, fieldErr("envelope", ErrTooLarge, "%d bytes, limit %d", len(b), MaxSize)
 	}
 	m := nats.NewMsg(EventSubject(s.User, s.ID))
 	m.Data = b
@@ -113,7 +129,7 @@ func NewEventMsg(t Type, s Snapshot, source, traceparent string) (*nats.Msg, err
 	if traceparent != "" {
 		m.Header.Set(HeaderTraceparent, traceparent)
 	}
-	return m, nil
+	return m, e.Data, nil
 }
 
 // SeqOf reads the Beamline-Seq header; ok is false when it is absent or bad.
