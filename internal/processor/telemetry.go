@@ -1,6 +1,7 @@
 package processor
 
 import (
+	"bytes"
 	"encoding/json"
 	"strings"
 	"time"
@@ -95,11 +96,14 @@ func (p *Processor) countOutputBytes(d *delivery, kept json.RawMessage) {
 // outputBytes sums the size of every stored output (outputs.Output: its
 // url is /v1/jobs/<job>/outputs/<name>) in a kept result.
 func outputBytes(job string, kept json.RawMessage) int64 {
+	prefix := "/v1/jobs/" + job + "/outputs/"
+	if !bytes.Contains(kept, []byte(prefix)) {
+		return 0 // most results store no output: no decode
+	}
 	var v any
 	if json.Unmarshal(kept, &v) != nil {
 		return 0
 	}
-	prefix := "/v1/jobs/" + job + "/outputs/"
 	var sum int64
 	var walk func(any)
 	walk = func(v any) {
