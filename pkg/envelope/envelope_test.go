@@ -534,3 +534,19 @@ func FuzzAppendEnvelope(f *testing.F) {
 		}
 	})
 }
+
+// TestEventRefusesBadResult: a result that is not JSON is refused when the
+// event is built, naming the result, as Validate names it.
+func TestEventRefusesBadResult(t *testing.T) {
+	s := Snapshot{ID: "j1", User: "u1", Kind: "image", Priority: PriorityNormal, Status: StatusSucceeded, Seq: 1,
+		UpdatedAt: time.Now(), Result: json.RawMessage(`{"a":`)}
+	for name, err := range map[string]error{
+		"Validate":       s.Validate(),
+		"NewEvent":       func() error { _, err := NewEvent(TypeSucceeded, s, "/t"); return err }(),
+		"EncodeEventMsg": func() error { _, _, err := EncodeEventMsg(TypeSucceeded, s, "/t", ""); return err }(),
+	} {
+		if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "result") {
+			t.Errorf("%s: %v, want ErrMalformed naming the result", name, err)
+		}
+	}
+}

@@ -133,8 +133,14 @@ func NewScheduledSnapshot(j Job, runAt time.Time) Snapshot {
 	return s
 }
 
-// Validate checks the tokens, the status and the progress range.
-func (s *Snapshot) Validate() error {
+// Validate checks the tokens, the status and the progress range, and that
+// the result, if any, is JSON.
+func (s *Snapshot) Validate() error { return s.validate(true) }
+
+// validate is Validate; without checkResult it leaves the result to a
+// caller whose encoding/json pass checks it anyway (json.Valid was ~3 % of
+// the no-op pipeline's CPU, for a check made twice).
+func (s *Snapshot) validate(checkResult bool) error {
 	if err := validateTokens(s.ID, s.User, s.Kind, s.Priority); err != nil {
 		return err
 	}
@@ -144,7 +150,7 @@ func (s *Snapshot) Validate() error {
 	if s.Progress < 0 || s.Progress > 100 {
 		return fieldErr("progress", ErrMalformed, "%d is outside 0..100", s.Progress)
 	}
-	if len(s.Result) > 0 && !json.Valid(s.Result) {
+	if checkResult && len(s.Result) > 0 && !json.Valid(s.Result) {
 		return fieldErr("result", ErrMalformed, "not JSON")
 	}
 	if r := s.Remote; r != nil && (r.Starts < 0 || r.QueuedMS < 0 || r.RunMS < 0) {
@@ -165,7 +171,7 @@ func DecodeSnapshot(b []byte) (Snapshot, error) {
 	if err := json.Unmarshal(b, &s); err != nil {
 		return Snapshot{}, fieldErr("snapshot", ErrMalformed, "%v", err)
 	}
-	return s, s.Validate()
+	return s, s.validate(false) // Unmarshal checked the result
 }
 
 // EventID is the envelope id (and Nats-Msg-Id) of a job's event number seq.
@@ -178,11 +184,14 @@ func NewEvent(t Type, s Snapshot, source string) (*Envelope, error) {
 	if t == TypeSubmitted || !t.Known() {
 		return nil, fieldErr("type", ErrUnknownType, "%q is not an event type", string(t))
 	}
-	if err := s.Validate(); err != nil {
+	if err := s.validate(false); err != nil {
 		return nil, err
 	}
-	data, err := json.Marshal(s)
+	data, err := json.Marshal(s) // checks the result as Validate would
 	if err != nil {
+		if len(s.Result) > 0 && !json.Valid(s.Result) {
+			return nil, fieldErr("result", ErrMalformed, "not JSON")
+		}
 		return nil, fieldErr("data", ErrMalformed, "%v", err)
 	}
 	at := s.UpdatedAt
