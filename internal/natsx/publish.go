@@ -22,14 +22,21 @@ import (
 // pipeline's CPU (BENCHMARKS.md, run O). Headers go on m as for
 // PublishMsg (Nats-Msg-Id, Nats-Expected-Last-Subject-Sequence, …).
 func Publish(ctx context.Context, nc *nats.Conn, m *nats.Msg) (PubAck, error) {
+	request := func() (*nats.Msg, error) { return nc.RequestMsgWithContext(ctx, m) }
 	if _, ok := ctx.Deadline(); !ok {
 		// As jetstream's calls: a context with no deadline gets the
 		// default API timeout, so a lost reply does not wait forever.
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, PublishTimeout)
-		defer cancel()
+		if ctx.Done() == nil {
+			// One that cannot be cancelled either (the processor's
+			// writes): a plain timed request, no context to build.
+			request = func() (*nats.Msg, error) { return nc.RequestMsg(m, PublishTimeout) }
+		} else {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, PublishTimeout)
+			defer cancel()
+		}
 	}
-	resp, err := nc.RequestMsgWithContext(ctx, m)
+	resp, err := request()
 	for r := 0; errors.Is(err, nats.ErrNoResponders) && r < jetstream.DefaultPubRetryAttempts; r++ {
 		t := time.NewTimer(jetstream.DefaultPubRetryWait)
 		select {
@@ -37,7 +44,7 @@ func Publish(ctx context.Context, nc *nats.Conn, m *nats.Msg) (PubAck, error) {
 		case <-t.C:
 		}
 		t.Stop()
-		resp, err = nc.RequestMsgWithContext(ctx, m)
+		resp, err = request()
 	}
 	if errors.Is(err, nats.ErrNoResponders) {
 		return PubAck{}, jetstream.ErrNoStreamResponse
