@@ -7,6 +7,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/beamline/beamline/internal/natsx"
 	"github.com/beamline/beamline/pkg/envelope"
 	"github.com/beamline/beamline/streams"
 )
@@ -40,13 +41,21 @@ func (s *Service) indexEntryOf(job envelope.Job) (*nats.Msg, error) {
 }
 
 // index writes the entry of one accepted job and waits for its PubAck.
-// A failure is logged, not answered: the job is stored and runs.
-func (s *Service) index(ctx context.Context, job envelope.Job) {
+// body is the job's stored envelope, nil to encode it again. A failure is
+// logged, not answered: the job is stored and runs.
+func (s *Service) index(ctx context.Context, job envelope.Job, body []byte) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RequestTimeout)
 	defer cancel()
-	m, err := s.indexEntryOf(job)
+	var m *nats.Msg
+	var err error
+	if body != nil {
+		m = indexMsg(job, body)
+	} else {
+		m, err = s.indexEntryOf(job)
+	}
 	if err == nil {
-		_, err = s.js.PublishMsg(ctx, m, jetstream.WithExpectStream(streams.JobIndex))
+		m.Header.Set(jetstream.ExpectedStreamHeader, streams.JobIndex)
+		_, err = natsx.Publish(ctx, s.nc, m)
 	}
 	if err != nil {
 		s.metrics.unindexed.Inc()

@@ -318,7 +318,7 @@ func (s *Service) fire(ctx context.Context, m jetstream.Msg) {
 			if _, err := s.js.PublishMsg(fctx, msg, jetstream.WithExpectStream(streams.Jobs)); err != nil {
 				aerr = classifyNATS(err)
 			} else {
-				s.index(fctx, job)
+				s.index(fctx, job, nil)
 			}
 		}
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/beamline/beamline/internal/auth"
 	"github.com/beamline/beamline/internal/httpx"
 	"github.com/beamline/beamline/internal/jobstore"
+	"github.com/beamline/beamline/internal/natsx"
 	"github.com/beamline/beamline/internal/telemetry"
 	"github.com/beamline/beamline/pkg/envelope"
 	"github.com/beamline/beamline/streams"
@@ -178,7 +179,8 @@ func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Re
 		return
 	}
 	pctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
-	ack, err := s.js.PublishMsg(pctx, msg, jetstream.WithExpectStream(stream))
+	msg.Header.Set(jetstream.ExpectedStreamHeader, stream)
+	ack, err := natsx.Publish(pctx, s.nc, msg)
 	cancel()
 	if err != nil {
 		aerr := classifyNATS(err)
@@ -194,13 +196,13 @@ func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Re
 			snap = acceptedSnapshot(job, due)
 		}
 		log.at(slog.LevelInfo, "duplicate submission", "seq", ack.Sequence)
-		s.index(ctx, job) // de-duplicated; repairs an entry a crash left out
+		s.index(ctx, job, msg.Data) // de-duplicated; repairs an entry a crash left out
 		s.accepted(w, snap)
 		return
 	}
 	s.metrics.submitted.WithLabelValues(job.Kind, string(job.Priority)).Inc()
 	log.at(slog.LevelInfo, "job accepted", "priority", string(job.Priority), "seq", ack.Sequence, "stream", stream)
-	s.index(ctx, job)
+	s.index(ctx, job, msg.Data)
 	s.accepted(w, acceptedSnapshot(job, due))
 }
 
