@@ -2,7 +2,8 @@
 // ingest submissions against raw JetStream publishes, batches, scheduled jobs
 // and job lists (jobctl) against raw JetStream, processing against raw
 // consume+ack, WebSocket push latency against a raw core-NATS subscriber,
-// notifier memory per connection, and push against 2-second polling.
+// notifier memory per connection, push against 2-second polling, and
+// presence across two notifiers (a join/leave storm in one studio room).
 //
 // Each figure is printed as a JSON line
 // {"scenario","figure","value","unit","baseline","ratio","params"} and all of
@@ -49,7 +50,7 @@ func main() {
 }
 
 // scenarios in the order they run.
-var scenarios = []string{"ingest", "pipeline", "push", "polling", "providers", "jobctl"}
+var scenarios = []string{"ingest", "pipeline", "push", "polling", "providers", "jobctl", "presence"}
 
 // options are the sizes of every scenario; shortOptions and fullOptions
 // are the two presets, flags override single values.
@@ -88,6 +89,11 @@ type options struct {
 	jcSchedJobs  int   // jobctl: scheduled jobs due within one second
 	jcListJobs   int   // jobctl: the listed user's jobs
 	jcListReqs   int   // jobctl: GET /v1/jobs requests
+
+	presMembers int // presence: members of the room, half on each notifier
+	presChanges int // presence: joins and leaves of the storm
+	presRate    int // presence: changes per second
+	presChurn   int // presence: connections making the changes
 }
 
 func fullOptions() options {
@@ -99,6 +105,7 @@ func fullOptions() options {
 		pollJobs: 50, pollDur: 60 * time.Second, pollInterval: 2 * time.Second,
 		provWaiting: 10000, provOutputMB: 20, provRangeReqs: 40, provPushJobs: 200,
 		jcBatchSizes: []int{100, 1000}, jcBatchJobs: 20000, jcSchedJobs: 10000, jcListJobs: 100000, jcListReqs: 300,
+		presMembers: 1000, presChanges: 1000, presRate: 100, presChurn: 20,
 		deadline: 20 * time.Minute,
 	}
 }
@@ -112,7 +119,8 @@ func shortOptions() options {
 		pollJobs: 5, pollDur: 5 * time.Second, pollInterval: 2 * time.Second,
 		provWaiting: 200, provOutputMB: 2, provRangeReqs: 8, provPushJobs: 10,
 		jcBatchSizes: []int{100, 1000}, jcBatchJobs: 1000, jcSchedJobs: 200, jcListJobs: 2000, jcListReqs: 15,
-		deadline: 50 * time.Second,
+		presMembers: 100, presChanges: 100, presRate: 100, presChurn: 10,
+		deadline: 60 * time.Second,
 	}
 }
 
@@ -160,6 +168,10 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.jcSchedJobs, "jobctl-scheduled", o.jcSchedJobs, "jobctl: scheduled jobs due within the same second")
 	fs.IntVar(&o.jcListJobs, "jobctl-list-jobs", o.jcListJobs, "jobctl: jobs of the user whose list is read")
 	fs.IntVar(&o.jcListReqs, "jobctl-list-requests", o.jcListReqs, "jobctl: GET /v1/jobs requests measured")
+	fs.IntVar(&o.presMembers, "presence-members", o.presMembers, "presence: members of the one studio room, half on each of two notifiers")
+	fs.IntVar(&o.presChanges, "presence-changes", o.presChanges, "presence: joins and leaves of the storm")
+	fs.IntVar(&o.presRate, "presence-rate", o.presRate, "presence: changes per second")
+	fs.IntVar(&o.presChurn, "presence-churn", o.presChurn, "presence: connections making the changes (alternately joining and leaving)")
 	fs.DurationVar(&o.ingestDur, "ingest-duration", o.ingestDur, "ingest: length of each concurrency level")
 	fs.StringVar(&o.ingestClient, "ingest-client", o.ingestClient, "ingest: HTTP load generator: lean (one keep-alive connection per worker writing a prebuilt request and parsing the answer with net/http.ReadResponse, as wrk does) or std (net/http.Client)")
 	conc := fs.String("ingest-concurrency", "", "ingest: comma-separated concurrency levels (default 1,16,64; -short 1,8)")
@@ -268,6 +280,8 @@ func bench(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 			err = runProviders(ctx, t, o, rep)
 		case "jobctl":
 			err = runJobctl(ctx, t, o, rep)
+		case "presence":
+			err = runPresence(ctx, t, o, rep)
 		}
 		n := rep.count(s)
 		log.Info("scenario done", "name", s, "figures", n, "took", time.Since(start).Round(time.Millisecond), "err", err)

@@ -23,6 +23,7 @@ func TestShort(t *testing.T) {
 	o.pushClients, o.pushLatClients, o.pushRate, o.pushDur = 20, 10, 100, 600*time.Millisecond
 	o.pollJobs, o.pollDur = 3, 3*time.Second
 	o.provWaiting, o.provOutputMB, o.provRangeReqs, o.provPushJobs = 100, 1, 4, 5
+	o.presMembers, o.presChanges, o.presChurn = 40, 40, 8
 	o.deadline = 100 * time.Second
 
 	var out, errOut bytes.Buffer
