@@ -690,6 +690,12 @@ func (p *presence) stop() {
 		return
 	}
 	p.publishLocked(presMsg{Kind: presBye})
+	for _, t := range p.topics {
+		if t.timer != nil {
+			t.timer.Stop() // its subscribers are gone with the notifier
+			t.timer = nil
+		}
+	}
 	_ = p.nsub.Unsubscribe()
 	p.nsub = nil
 	_ = p.nc.Flush()
