@@ -43,8 +43,8 @@ import (
 //     presence subjects (joins only: a leave names its phx_ref, not the meta).
 //   - memory per presence: the growth of the notifiers' Go heap (after a
 //     GC) from the members connected to the members joined, over M. With
-//     -notifier-bin the two notifiers are separate processes and only
-//     their heaps count; in-process it is this process's heap, so the
+//     -notifier-bin the two notifiers are separate processes (run with
+//     -pprof, whose heap?gc=1 collects first) and only their heaps count; in-process it is this process's heap, so the
 //     members' client side of the joins is in it too (an upper bound).
 //   - NATS messages per change: what the notifiers published on
 //     beamline.presence.> during the storm (diffs and heartbeats), per change.
@@ -71,12 +71,21 @@ func presHeap(ns [2]*presNotifier) uint64 {
 // -notifier-bin, or a notifier.Service in this process.
 func startPresNotifier(ctx context.Context, t *target, o *options) (*presNotifier, error) {
 	if o.notifierBin != "" {
-		np, err := startNotifierProc(ctx, t, o)
+		// With -pprof on, a heap profile with gc=1 collects its garbage
+		// before /metrics reads its heap in use.
+		po := *o
+		if po.notifierProfile == "" {
+			po.notifierProfile = "-"
+		}
+		np, err := startNotifierProc(ctx, t, &po)
 		if err != nil {
 			return nil, err
 		}
 		return &presNotifier{url: np.url, stop: np.stop, cpu: np.cpu, heap: func() uint64 {
-			// The process collects on its own; /metrics reads its heap in use.
+			if resp, err := http.Get(np.pprof + "heap?gc=1"); err == nil {
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
 			return np.probe().heap
 		}}, nil
 	}
