@@ -48,6 +48,12 @@ type Config struct {
 	// MaxInFlight bounds the submissions handled at once; beyond it POST
 	// gets 429 with Retry-After. Default 256.
 	MaxInFlight int
+	// WebhookMaxInFlight bounds the provider webhooks handled at once, in
+	// a pool of their own (a webhook flood neither takes the submissions'
+	// slots nor is let through unbounded); beyond it POST /v1/webhooks/...
+	// gets 429 with Retry-After, which providers retry. Default
+	// DefaultMaxInFlight.
+	WebhookMaxInFlight int
 	// RequestTimeout bounds each NATS round trip of a request (the publish
 	// and its PubAck, a KV read or write). Default 5s.
 	RequestTimeout time.Duration
@@ -86,6 +92,7 @@ func (c Config) withDefaults() (Config, error) {
 	c.MaxBody = cmp.Or(c.MaxBody, DefaultMaxBody)
 	c.MaxBatchBody = cmp.Or(c.MaxBatchBody, DefaultMaxBatchBody)
 	c.MaxInFlight = cmp.Or(c.MaxInFlight, DefaultMaxInFlight)
+	c.WebhookMaxInFlight = cmp.Or(c.WebhookMaxInFlight, DefaultMaxInFlight)
 	c.RequestTimeout = cmp.Or(c.RequestTimeout, DefaultRequestTimeout)
 	c.Grace = cmp.Or(c.Grace, DefaultGrace)
 	c.Source = cmp.Or(c.Source, DefaultSource)
@@ -96,8 +103,8 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: MaxBody must be > 0", ErrInvalidConfig)
 	case c.MaxBatchBody < 0:
 		return c, fmt.Errorf("%w: MaxBatchBody must be > 0", ErrInvalidConfig)
-	case c.MaxInFlight < 0:
-		return c, fmt.Errorf("%w: MaxInFlight must be > 0", ErrInvalidConfig)
+	case c.MaxInFlight < 0 || c.WebhookMaxInFlight < 0:
+		return c, fmt.Errorf("%w: MaxInFlight and WebhookMaxInFlight must be > 0", ErrInvalidConfig)
 	case c.RequestTimeout < 0:
 		return c, fmt.Errorf("%w: RequestTimeout must be > 0", ErrInvalidConfig)
 	case c.WebhookMaxBody < 0 || c.WebhookTolerance < 0:
