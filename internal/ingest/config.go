@@ -14,13 +14,15 @@ import (
 
 // Defaults of Config's zero values.
 const (
-	DefaultAddr           = "127.0.0.1:8080"
-	DefaultMaxBody        = 1 << 20 // 1 MiB
-	DefaultMaxBatchBody   = 16 << 20
-	DefaultMaxInFlight    = 256
-	DefaultRequestTimeout = 5 * time.Second
-	DefaultGrace          = 10 * time.Second
-	DefaultSource         = "/beamline/ingest"
+	DefaultAddr         = "127.0.0.1:8080"
+	DefaultMaxBody      = 1 << 20 // 1 MiB
+	DefaultMaxBatchBody = 16 << 20
+	DefaultMaxInFlight  = 256
+	// DefaultOutputsCacheBytes is the default Config.OutputsCacheBytes.
+	DefaultOutputsCacheBytes = 64 << 20
+	DefaultRequestTimeout    = 5 * time.Second
+	DefaultGrace             = 10 * time.Second
+	DefaultSource            = "/beamline/ingest"
 )
 
 // Config configures the ingest service. Zero values are the documented
@@ -40,6 +42,11 @@ type Config struct {
 	// instead of a key derived from Secret ($BEAMLINE_OUTPUTS_KEY, shared
 	// with the processors that sign preview URLs; at least 16 bytes).
 	OutputsKey []byte
+	// OutputsCacheBytes bounds the chunks of recently served outputs kept
+	// in memory (outputs.Store.CacheChunks): a player seeking through a
+	// video reads them again without a round trip to JetStream. Default
+	// DefaultOutputsCacheBytes; negative: no cache.
+	OutputsCacheBytes int64
 	// MaxBody bounds a request body; larger bodies get 413. Default 1 MiB.
 	MaxBody int64
 	// MaxBatchBody bounds a POST /v1/jobs/batch body; larger bodies get
@@ -93,6 +100,7 @@ func (c Config) withDefaults() (Config, error) {
 	c.MaxBatchBody = cmp.Or(c.MaxBatchBody, DefaultMaxBatchBody)
 	c.MaxInFlight = cmp.Or(c.MaxInFlight, DefaultMaxInFlight)
 	c.WebhookMaxInFlight = cmp.Or(c.WebhookMaxInFlight, DefaultMaxInFlight)
+	c.OutputsCacheBytes = cmp.Or(c.OutputsCacheBytes, DefaultOutputsCacheBytes)
 	c.RequestTimeout = cmp.Or(c.RequestTimeout, DefaultRequestTimeout)
 	c.Grace = cmp.Or(c.Grace, DefaultGrace)
 	c.Source = cmp.Or(c.Source, DefaultSource)

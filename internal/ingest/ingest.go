@@ -119,6 +119,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 		metrics:   m,
 		slots:     make(chan struct{}, cfg.MaxInFlight),
 		hookSlots: make(chan struct{}, cfg.WebhookMaxInFlight),
+		outputs:   outputStore{cacheBytes: cfg.OutputsCacheBytes},
 		tracer:    telemetry.Tracer(cfg.TracerProvider),
 		signer:    outputs.NewSigner(cfg.Secret),
 	}
