@@ -14,7 +14,9 @@
 // fails unless each produced figures.
 //
 // "beambench push-clients" is the child process the push scenario spawns to
-// hold thousands of WebSocket connections outside its own file limit.
+// hold thousands of WebSocket connections outside its own file limit;
+// "beambench providers-processor" the processor whose memory the providers
+// scenario measures, in a process of its own.
 package main
 
 import (
@@ -163,7 +165,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.provOutputMB, "providers-output-mb", o.provOutputMB, "providers: MiB of the output served with Range (0: skip that half)")
 	fs.IntVar(&o.provPushJobs, "providers-push", o.provPushJobs, "providers: webhooks timed from the provider to the browser's push, one at a time (0: skip)")
 	fs.IntVar(&o.provRangeReqs, "providers-range-requests", o.provRangeReqs, "providers: Range requests (4 MiB windows) per measurement")
-	fs.StringVar(&o.provProfile, "providers-profile", "", "providers: write this process's heap and goroutine profiles, taken while the waits are held, into `dir`")
+	fs.StringVar(&o.provProfile, "providers-profile", "", "providers: write the measured processor process's heap and goroutine profiles (idle, and while the waits are held) into `dir`")
 	fs.IntVar(&o.jcBatchJobs, "jobctl-batch-jobs", o.jcBatchJobs, "jobctl: jobs submitted per batch size (batches of 100 and 1,000)")
 	fs.IntVar(&o.jcSchedJobs, "jobctl-scheduled", o.jcSchedJobs, "jobctl: scheduled jobs due within the same second")
 	fs.IntVar(&o.jcListJobs, "jobctl-list-jobs", o.jcListJobs, "jobctl: jobs of the user whose list is read")
@@ -177,7 +179,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	conc := fs.String("ingest-concurrency", "", "ingest: comma-separated concurrency levels (default 1,16,64; -short 1,8)")
 	fs.DurationVar(&o.deadline, "deadline", o.deadline, "bound on the whole run")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: beambench [flags]\n       beambench push-clients [flags]   (child process of the push scenario)\n\nMeasures Beamline against raw NATS in the same run; prints JSON lines and a Markdown table.\n\nFlags:\n")
+		fmt.Fprintf(fs.Output(), "Usage: beambench [flags]\n       beambench push-clients [flags]   (child process of the push scenario)\n       beambench providers-processor [flags]   (child process of the providers scenario)\n\nMeasures Beamline against raw NATS in the same run; prints JSON lines and a Markdown table.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -219,6 +221,9 @@ func parse(args []string, stderr io.Writer) (options, error) {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "push-clients" {
 		return runPushClients(ctx, args[1:], os.Stdin, stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "providers-processor" {
+		return runProvidersProcessor(ctx, args[1:], os.Stdin, stdout, stderr)
 	}
 	o, err := parse(args, stderr)
 	if err != nil {

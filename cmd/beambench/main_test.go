@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -100,4 +102,17 @@ func TestIngestClients(t *testing.T) {
 			t.Errorf("%s: %.0f jobs/s, %d rejected, %v", client, rate, rejected, err)
 		}
 	}
+}
+
+// TestMain lets the test binary be the providers scenario's child process
+// (it re-executes os.Executable(), this binary under go test).
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "providers-processor" {
+		if err := runProvidersProcessor(context.Background(), os.Args[2:], os.Stdin, os.Stdout, os.Stderr); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
 }
