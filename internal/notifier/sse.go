@@ -220,7 +220,7 @@ func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request) {
 func snapshotEvent(snap envelope.Snapshot) *event {
 	data, _ := json.Marshal(snap) // a validated snapshot always marshals
 	env := &envelope.Envelope{Type: jobstore.EventTypeOf(snap), Data: data}
-	return newJobEvent(env, snap, 0)
+	return newJobEvent(env, snap, 0, "")
 }
 
 // sseData returns payload as the one line an SSE data: field holds. A
