@@ -127,7 +127,7 @@ func (s *Service) batch(w http.ResponseWriter, r *http.Request) {
 	// Published together once all are checked. Publishing each between
 	// the checks (so JetStream stores the first while the next are
 	// checked) was slower with batches of 1,000 in every run of
-	// BENCHMARKS.md Run P, likely because nats.go's flusher then sends
+	// BENCHMARKS.md Run R, likely because nats.go's flusher then sends
 	// many small writes instead of a few large ones.
 	for _, i := range ready {
 		b.publish(i)
