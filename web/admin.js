@@ -182,6 +182,8 @@ function jobView(client, token) {
       cell(tr, j.progress !== undefined ? j.progress + "%" : "");
       cell(tr, prev !== null && Number.isFinite(at) ? `${((at - prev) / 1000).toFixed(3)} s` : "");
       cell(tr, String(p.seq ?? j.seq ?? ""));
+      cell(tr, j.provider || (j.remote && j.remote.provider) || "", "provider");
+      cell(tr, p.trace_id || "", "trace");
       cell(tr, j.error, "err");
       body.append(tr);
       if (Number.isFinite(at)) prev = at;

@@ -2,7 +2,8 @@
 // ingest submissions against raw JetStream publishes, batches, scheduled jobs
 // and job lists (jobctl) against raw JetStream, processing against raw
 // consume+ack, WebSocket push latency against a raw core-NATS subscriber,
-// notifier memory per connection, and push against 2-second polling.
+// notifier memory per connection, push against 2-second polling, and
+// presence across two notifiers (a join/leave storm in one studio room).
 //
 // Each figure is printed as a JSON line
 // {"scenario","figure","value","unit","baseline","ratio","params"} and all of
@@ -13,7 +14,9 @@
 // fails unless each produced figures.
 //
 // "beambench push-clients" is the child process the push scenario spawns to
-// hold thousands of WebSocket connections outside its own file limit.
+// hold thousands of WebSocket connections outside its own file limit;
+// "beambench providers-processor" the processor whose memory the providers
+// scenario measures, in a process of its own.
 package main
 
 import (
@@ -49,7 +52,7 @@ func main() {
 }
 
 // scenarios in the order they run.
-var scenarios = []string{"ingest", "pipeline", "push", "polling", "providers", "jobctl"}
+var scenarios = []string{"ingest", "pipeline", "push", "polling", "providers", "jobctl", "presence"}
 
 // options are the sizes of every scenario; shortOptions and fullOptions
 // are the two presets, flags override single values.
@@ -88,6 +91,11 @@ type options struct {
 	jcSchedJobs  int   // jobctl: scheduled jobs due within one second
 	jcListJobs   int   // jobctl: the listed user's jobs
 	jcListReqs   int   // jobctl: GET /v1/jobs requests
+
+	presMembers int // presence: members of the room, half on each notifier
+	presChanges int // presence: joins and leaves of the storm
+	presRate    int // presence: changes per second
+	presChurn   int // presence: connections making the changes
 }
 
 func fullOptions() options {
@@ -99,6 +107,7 @@ func fullOptions() options {
 		pollJobs: 50, pollDur: 60 * time.Second, pollInterval: 2 * time.Second,
 		provWaiting: 10000, provOutputMB: 20, provRangeReqs: 40, provPushJobs: 200,
 		jcBatchSizes: []int{100, 1000}, jcBatchJobs: 20000, jcSchedJobs: 10000, jcListJobs: 100000, jcListReqs: 300,
+		presMembers: 1000, presChanges: 1000, presRate: 100, presChurn: 20,
 		deadline: 20 * time.Minute,
 	}
 }
@@ -112,7 +121,8 @@ func shortOptions() options {
 		pollJobs: 5, pollDur: 5 * time.Second, pollInterval: 2 * time.Second,
 		provWaiting: 200, provOutputMB: 2, provRangeReqs: 8, provPushJobs: 10,
 		jcBatchSizes: []int{100, 1000}, jcBatchJobs: 1000, jcSchedJobs: 200, jcListJobs: 2000, jcListReqs: 15,
-		deadline: 50 * time.Second,
+		presMembers: 100, presChanges: 100, presRate: 100, presChurn: 10,
+		deadline: 60 * time.Second,
 	}
 }
 
@@ -155,17 +165,21 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.provOutputMB, "providers-output-mb", o.provOutputMB, "providers: MiB of the output served with Range (0: skip that half)")
 	fs.IntVar(&o.provPushJobs, "providers-push", o.provPushJobs, "providers: webhooks timed from the provider to the browser's push, one at a time (0: skip)")
 	fs.IntVar(&o.provRangeReqs, "providers-range-requests", o.provRangeReqs, "providers: Range requests (4 MiB windows) per measurement")
-	fs.StringVar(&o.provProfile, "providers-profile", "", "providers: write this process's heap and goroutine profiles, taken while the waits are held, into `dir`")
+	fs.StringVar(&o.provProfile, "providers-profile", "", "providers: write the measured processor process's heap and goroutine profiles (idle, and while the waits are held) into `dir`")
 	fs.IntVar(&o.jcBatchJobs, "jobctl-batch-jobs", o.jcBatchJobs, "jobctl: jobs submitted per batch size (batches of 100 and 1,000)")
 	fs.IntVar(&o.jcSchedJobs, "jobctl-scheduled", o.jcSchedJobs, "jobctl: scheduled jobs due within the same second")
 	fs.IntVar(&o.jcListJobs, "jobctl-list-jobs", o.jcListJobs, "jobctl: jobs of the user whose list is read")
 	fs.IntVar(&o.jcListReqs, "jobctl-list-requests", o.jcListReqs, "jobctl: GET /v1/jobs requests measured")
+	fs.IntVar(&o.presMembers, "presence-members", o.presMembers, "presence: members of the one studio room, half on each of two notifiers")
+	fs.IntVar(&o.presChanges, "presence-changes", o.presChanges, "presence: joins and leaves of the storm")
+	fs.IntVar(&o.presRate, "presence-rate", o.presRate, "presence: changes per second")
+	fs.IntVar(&o.presChurn, "presence-churn", o.presChurn, "presence: connections making the changes (alternately joining and leaving)")
 	fs.DurationVar(&o.ingestDur, "ingest-duration", o.ingestDur, "ingest: length of each concurrency level")
 	fs.StringVar(&o.ingestClient, "ingest-client", o.ingestClient, "ingest: HTTP load generator: lean (one keep-alive connection per worker writing a prebuilt request and parsing the answer with net/http.ReadResponse, as wrk does) or std (net/http.Client)")
 	conc := fs.String("ingest-concurrency", "", "ingest: comma-separated concurrency levels (default 1,16,64; -short 1,8)")
 	fs.DurationVar(&o.deadline, "deadline", o.deadline, "bound on the whole run")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: beambench [flags]\n       beambench push-clients [flags]   (child process of the push scenario)\n\nMeasures Beamline against raw NATS in the same run; prints JSON lines and a Markdown table.\n\nFlags:\n")
+		fmt.Fprintf(fs.Output(), "Usage: beambench [flags]\n       beambench push-clients [flags]   (child process of the push scenario)\n       beambench providers-processor [flags]   (child process of the providers scenario)\n\nMeasures Beamline against raw NATS in the same run; prints JSON lines and a Markdown table.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -207,6 +221,9 @@ func parse(args []string, stderr io.Writer) (options, error) {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "push-clients" {
 		return runPushClients(ctx, args[1:], os.Stdin, stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "providers-processor" {
+		return runProvidersProcessor(ctx, args[1:], os.Stdin, stdout, stderr)
 	}
 	o, err := parse(args, stderr)
 	if err != nil {
@@ -268,6 +285,8 @@ func bench(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 			err = runProviders(ctx, t, o, rep)
 		case "jobctl":
 			err = runJobctl(ctx, t, o, rep)
+		case "presence":
+			err = runPresence(ctx, t, o, rep)
 		}
 		n := rep.count(s)
 		log.Info("scenario done", "name", s, "figures", n, "took", time.Since(start).Round(time.Millisecond), "err", err)

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +25,7 @@ func TestShort(t *testing.T) {
 	o.pushClients, o.pushLatClients, o.pushRate, o.pushDur = 20, 10, 100, 600*time.Millisecond
 	o.pollJobs, o.pollDur = 3, 3*time.Second
 	o.provWaiting, o.provOutputMB, o.provRangeReqs, o.provPushJobs = 100, 1, 4, 5
+	o.presMembers, o.presChanges, o.presChurn = 40, 40, 8
 	o.deadline = 100 * time.Second
 
 	var out, errOut bytes.Buffer
@@ -99,4 +102,17 @@ func TestIngestClients(t *testing.T) {
 			t.Errorf("%s: %.0f jobs/s, %d rejected, %v", client, rate, rejected, err)
 		}
 	}
+}
+
+// TestMain lets the test binary be the providers scenario's child process
+// (it re-executes os.Executable(), this binary under go test).
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "providers-processor" {
+		if err := runProvidersProcessor(context.Background(), os.Args[2:], os.Stdin, os.Stdout, os.Stderr); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
 }

@@ -15,10 +15,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"runtime"
 	"runtime/pprof"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -38,14 +35,15 @@ import (
 // The providers scenario (issue 13 §7):
 //
 //   - waiting: N jobs of a Replicate model whose predictions the fake holds,
-//     on one in-process processor (polling every 10 minutes, so nothing but
-//     the waits costs anything). Memory per waiting job is the growth of
-//     this process's Go heap and stacks (after a GC) while the processor
-//     holds the N waits, less the same-run baseline: the growth of the
-//     same N predictions held by a second fake with no processor. What
-//     remains is the processor's share, with the client side of its HTTP
-//     connections and the embedded nats-server's bookkeeping of N un-acked
-//     messages (an upper bound of the processor's own cost).
+//     on one processor run as a process of its own ("beambench
+//     providers-processor", providers_proc.go) on devstack's NATS, polling
+//     every 10 minutes and waiting on webhooks (the fake sends each
+//     prediction's start webhook through ingest). Memory per waiting job is
+//     the growth of that process's resident set (after GCs, free pages
+//     returned to the OS) from the same process idle before the jobs (the
+//     same-run baseline) to the N waits held, over N; its Go heap and
+//     stacks likewise. The embedded nats-server, the fake and ingest are
+//     in beambench's process, not in the figure.
 //   - output: a 20 MB output served with Range (4 MiB windows at spread
 //     offsets, as a video player seeks) through ingest's
 //     GET /v1/jobs/{id}/outputs/{name} from the Object Store, against
@@ -74,41 +72,12 @@ func runProviders(ctx context.Context, t *target, o *options, rep *reporter) err
 	return providersOutputRange(ctx, t, o, rep)
 }
 
-// memNow is the Go heap in use plus goroutine stacks, after GCs (a GC
-// halves a stack that uses less than a quarter of it: a long wait sees
-// many).
-func memNow() (heapStack uint64, goroutines int) {
-	for range 6 {
-		runtime.GC()
-	}
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	memSplit = [2]uint64{ms.HeapInuse, ms.StackInuse}
-	return ms.HeapInuse + ms.StackInuse, runtime.NumGoroutine()
-}
-
-// memSplit is the heap and the stacks of the last memNow.
-var memSplit [2]uint64
-
-// rssNow is this process's resident set, in bytes (0 when unknown).
-func rssNow() uint64 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
-}
-
-// heldFake is a Replicate fake whose predictions wait until release.
-func heldFake(release <-chan struct{}) (*replicatefake.Server, *httptest.Server) {
+// heldFake is a Replicate fake whose predictions wait until release; with
+// a webhook secret it sends the webhooks a prediction asks for.
+func heldFake(release <-chan struct{}, webhookSecret string) (*replicatefake.Server, *httptest.Server) {
 	fake := replicatefake.New(replicatefake.Config{
-		StartDelay: func(map[string]json.RawMessage) time.Duration { return 0 },
+		StartDelay:    func(map[string]json.RawMessage) time.Duration { return 0 },
+		WebhookSecret: webhookSecret,
 		Predict: func(ctx context.Context, r *replicatefake.Run) (json.RawMessage, error) {
 			select {
 			case <-release:
@@ -124,73 +93,30 @@ func heldFake(release <-chan struct{}) (*replicatefake.Server, *httptest.Server)
 func providersWaiting(ctx context.Context, t *target, o *options, rep *reporter) error {
 	n := o.provWaiting
 	release := make(chan struct{})
-	defer func() {
-		select {
-		case <-release:
-		default:
-			close(release)
-		}
-	}()
-	m0, g0 := memNow()
-	split0 := memSplit
-	// Baseline: the fake alone holding n predictions, created over HTTP.
-	base, baseSrv := heldFake(release)
-	defer baseSrv.Close()
-	defer base.Close()
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-	defer client.CloseIdleConnections()
-	for i := range n {
-		body := fmt.Sprintf(`{"input":{"prompt":"x","%s":"base-%d"}}`, replicatefake.InputJob, i)
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, baseSrv.URL+"/v1/models/bench/held/predictions", strings.NewReader(body))
-		if err != nil {
-			return err
-		}
-		req.Header.Set("Authorization", "Bearer "+replicatefake.DefaultToken)
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := client.Do(req)
-		if err != nil {
-			return err
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode/100 != 2 {
-			return fmt.Errorf("baseline create: %d", resp.StatusCode)
-		}
-	}
-	if err := waitUntil(ctx, time.Minute, func() bool { return base.Running() == n }); err != nil {
-		return fmt.Errorf("baseline predictions running: %d of %d", base.Running(), n)
-	}
-	m1, g1 := memNow()
-	split1 := memSplit
-	if o.provProfile != "" {
-		// The base of the profiles taken while the waits are held:
-		// go tool pprof -base providers-before.heap.pprof providers-waiting.heap.pprof
-		if err := writeProfiles(o.provProfile, "providers-before"); err != nil {
-			return err
-		}
-	}
-
-	// The processor under test, on devstack's NATS, serving its own kind.
-	fake, srv := heldFake(release)
+	defer close(release)
+	fake, srv := heldFake(release, replicatefake.DefaultWebhookSecret)
 	defer srv.Close()
 	defer fake.Close()
-	prov, err := provider.NewReplicate(provider.ReplicateConfig{
-		URL: srv.URL, Token: replicatefake.DefaultToken, Model: "bench/held",
-		PollMin: 10 * time.Minute, PollMax: 10 * time.Minute,
-		ExtraInput: func(req provider.Request) map[string]any {
-			return map[string]any{replicatefake.InputJob: req.Job.ID}
-		},
-	})
+
+	// The processor under test, a process of its own on devstack's NATS.
+	child, err := startProcChild(t, srv.URL, n, o)
 	if err != nil {
 		return err
 	}
-	reg, stopProc, err := benchProcessor(ctx, t, providersKind, prov, processor.Config{
-		Concurrency: 32, MaxPerUser: 4, ProviderInflight: n,
-	}, true) // as a SIGKILL would: no hand-back writes for n jobs
+	defer func() {
+		child.stop()
+		for _, prio := range envelope.Priorities {
+			_ = t.js.DeleteConsumer(context.Background(), streams.Jobs, jsm.ConsumerName(prio, providersKind))
+		}
+		t.purge(context.Background(), "jobs.*."+providersKind+".>")
+	}()
+	// Baseline: the same process, started and idle (its pullers polling),
+	// before any job.
+	time.Sleep(2 * time.Second)
+	idle, err := child.ask(ctx, "measure providers-idle")
 	if err != nil {
 		return err
 	}
-	defer stopProc()
 
 	start := time.Now()
 	if err := publishJobs(ctx, t, n, func(i int) (string, string) {
@@ -198,31 +124,34 @@ func providersWaiting(ctx context.Context, t *target, o *options, rep *reporter)
 	}, providersKind); err != nil {
 		return err
 	}
+	var detached int
 	if err := waitUntil(ctx, 3*time.Minute, func() bool {
-		return fake.Running() == n && gathered(reg, "beamline_processor_detached") == float64(n)
+		m, err := child.ask(ctx, "detached")
+		detached = m.Detached
+		return err == nil && fake.Running() == n && detached == n
 	}); err != nil {
-		return fmt.Errorf("%d predictions running, %v runs detached, want %d", fake.Running(), gathered(reg, "beamline_processor_detached"), n)
+		return fmt.Errorf("%d predictions running, %d runs detached, want %d", fake.Running(), detached, n)
 	}
 	took := time.Since(start)
-	rssWait := rssNow()
-	m2, g2 := memNow()
-	split2 := memSplit
-	if o.provProfile != "" {
-		if err := writeProfiles(o.provProfile, "providers-waiting"); err != nil {
-			return err
-		}
+	// The start webhooks (one per prediction) reach the waits: let them
+	// land before measuring.
+	time.Sleep(3 * time.Second)
+	wait, err := child.ask(ctx, "measure providers-waiting")
+	if err != nil {
+		return err
 	}
 
-	fakePer := float64(int64(m1)-int64(m0)) / float64(n)
-	totalPer := float64(int64(m2)-int64(m1)) / float64(n)
-	params := map[string]any{"jobs": n, "workers": 32, "poll": "10m", "fake_per_prediction_bytes": math.Round(fakePer),
-		"goroutines_per_job": math.Round(float64(g2-g1)/float64(n)*10) / 10, "fake_goroutines_per_prediction": math.Round(float64(g1-g0)/float64(n)*10) / 10,
-		"rss_mb":                          rssWait >> 20,
-		"heap_per_job_bytes":              math.Round(float64(int64(split2[0])-int64(split1[0])) / float64(n)),
-		"stack_per_job_bytes":             math.Round(float64(int64(split2[1])-int64(split1[1])) / float64(n)),
-		"fake_stack_per_prediction_bytes": math.Round(float64(int64(split1[1])-int64(split0[1])) / float64(n))}
-	rep.addVs("providers", "memory per waiting job (Go heap + stacks, processor's share)", (totalPer-fakePer)/1024, "KB/job",
-		fakePer/1024, params)
+	per := func(a, b uint64) float64 { return float64(int64(b)-int64(a)) / float64(n) / 1024 }
+	params := map[string]any{"jobs": n, "workers": 32, "poll": "10m", "webhooks": true, "process": "beambench providers-processor (own process)",
+		"rss_idle_mb": idle.RSSSettled >> 20, "rss_waiting_mb": wait.RSSSettled >> 20, "rss_waiting_unsettled_mb": wait.RSS >> 20,
+		"heap_per_job_kb":    math.Round(per(idle.Heap, wait.Heap)*100) / 100,
+		"stack_per_job_kb":   math.Round(per(idle.Stack, wait.Stack)*100) / 100,
+		"goroutines_per_job": math.Round(float64(wait.Goroutines-idle.Goroutines)/float64(n)*10) / 10}
+	params["baseline"] = fmt.Sprintf("the same process idle before the jobs (RSS %.1f MiB, heap+stacks %.1f MiB), subtracted",
+		float64(idle.RSSSettled)/(1<<20), float64(idle.Heap+idle.Stack)/(1<<20))
+	rep.add("providers", "processor RSS per waiting job (own process, after GC)", per(idle.RSSSettled, wait.RSSSettled), "KB/job", params)
+	rep.add("providers", "processor Go heap + stacks per waiting job", per(idle.Heap+idle.Stack, wait.Heap+wait.Stack), "KB/job", params)
+	rep.add("providers", "processor RSS per waiting job (own process, as found)", per(idle.RSS, wait.RSS), "KB/job", params)
 	rep.add("providers", "all waits started", took.Seconds(), "s", map[string]any{"jobs": n, "workers": 32})
 	return nil
 }
@@ -395,7 +324,31 @@ func providersOutputRange(ctx context.Context, t *target, o *options, rep *repor
 		bestLocal = max(bestLocal, b)
 	}
 	rep.addVs("providers", "output served with Range (ingest, Object Store)", bestIngest, "MiB/s", bestLocal,
-		map[string]any{"size_mb": o.provOutputMB, "range_kb": window >> 10, "requests": len(offsets), "baseline": "http.ServeContent of a local file"})
+		map[string]any{"size_mb": o.provOutputMB, "range_kb": window >> 10, "requests": len(offsets), "baseline": "http.ServeContent of a local file",
+			"reads": "the same object again and again (warm: ingest's chunk cache holds it when it fits)"})
+
+	// Cold: a fresh object (its chunks in no cache) read once, in
+	// disjoint windows from its start, against the same windows of the
+	// local file.
+	cold := "1.mp4"
+	if _, err := st.Put(ctx, outputs.Key(id, cold), "video/mp4", bytes.NewReader(data)); err != nil {
+		return err
+	}
+	offsets = offsets[:0]
+	for off := 0; off+window <= size; off += window {
+		offsets = append(offsets, off)
+	}
+	coldIngest, err := measure(t.ingestURL+outputs.Path(id, cold), true)
+	if err != nil {
+		return err
+	}
+	coldLocal, err := measure(localURL, false)
+	if err != nil {
+		return err
+	}
+	rep.addVs("providers", "output served with Range, first read (ingest, Object Store)", coldIngest, "MiB/s", coldLocal,
+		map[string]any{"size_mb": o.provOutputMB, "range_kb": window >> 10, "requests": len(offsets), "baseline": "http.ServeContent of a local file",
+			"reads": "a fresh object read once in disjoint windows (after a warm-up read of its first window)"})
 	return nil
 }
 

@@ -26,6 +26,8 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 	addr := fs.String("addr", ingest.DefaultAddr, "listen address (API, /metrics, /healthz, /readyz)")
 	maxBody := fs.Int64("max-body", ingest.DefaultMaxBody, "largest request body in bytes (larger: 413)")
 	maxInFlight := fs.Int("max-inflight", ingest.DefaultMaxInFlight, "submissions handled at once (beyond: 429 with Retry-After)")
+	outputsCacheMB := fs.Int64("outputs-cache-mb", ingest.DefaultOutputsCacheBytes>>20, "MiB of recently served output chunks kept in memory, so seeks in a video are not a JetStream round trip each (0: none)")
+	maxInFlightHooks := fs.Int("max-inflight-webhooks", ingest.DefaultMaxInFlight, "provider webhooks handled at once, apart from submissions (beyond: 429 with Retry-After; providers retry)")
 	timeout := fs.Duration("request-timeout", ingest.DefaultRequestTimeout, "bound on each NATS round trip of a request (beyond: 503)")
 	corsOrigins := fs.String("cors-origins", "", "comma-separated browser origins (https://app.example.com) allowed to call the API from another origin; empty: none")
 	fs.Usage = func() {
@@ -74,15 +76,17 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 
 	return common.Serve(ctx, "ingest", log, func(d config.Deps) (config.Service, error) {
 		svc, err := ingest.New(ingest.Config{
-			Addr:           *addr,
-			Kinds:          config.KindNames(kinds),
-			Secret:         secret,
-			OutputsKey:     []byte(os.Getenv(outputs.EnvKey)),
-			MaxBody:        *maxBody,
-			MaxInFlight:    *maxInFlight,
-			RequestTimeout: *timeout,
-			CORSOrigins:    origins,
-			TracerProvider: d.Tracer,
+			Addr:               *addr,
+			Kinds:              config.KindNames(kinds),
+			Secret:             secret,
+			OutputsKey:         []byte(os.Getenv(outputs.EnvKey)),
+			MaxBody:            *maxBody,
+			MaxInFlight:        *maxInFlight,
+			WebhookMaxInFlight: *maxInFlightHooks,
+			OutputsCacheBytes:  cacheBytes(*outputsCacheMB),
+			RequestTimeout:     *timeout,
+			CORSOrigins:        origins,
+			TracerProvider:     d.Tracer,
 
 			ReplicateWebhookSecret: replicateSecret,
 			WebhookKey:             webhookKey,
@@ -92,4 +96,13 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 		}
 		return config.Service{Run: svc.Run}, nil
 	})
+}
+
+// cacheBytes is -outputs-cache-mb as Config.OutputsCacheBytes (whose 0
+// means the default, and a negative value none).
+func cacheBytes(mb int64) int64 {
+	if mb <= 0 {
+		return -1
+	}
+	return mb << 20
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"testing"
@@ -24,9 +25,27 @@ func waitJobStatus(t *testing.T, id, status string, d time.Duration) {
 }
 
 // The dashboard's job view: a user's recent jobs, and a job's timeline
-// with every event (a retry included), oldest first.
+// with every event (a retry included), oldest first, each naming its
+// provider and the trace of the request that submitted the job.
 func TestDashboardJobTimeline(t *testing.T) {
-	id := submitAPI(t, `{"prompt":"timeline","sim":{"steps":2,"duration_ms":200,"fail_times":1}}`)
+	if skipWhy != "" {
+		t.Skip(skipWhy) // no stack either
+	}
+	const traceID = "0af7651916cd43dd8448eb211c80319c"
+	req, _ := http.NewRequest(http.MethodPost, stack.IngestURL+"/v1/jobs", bytes.NewBufferString(
+		`{"kind":"image","priority":"normal","input":{"prompt":"timeline","sim":{"steps":2,"duration_ms":200,"fail_times":1}}}`))
+	req.Header.Set("Authorization", "Bearer "+stack.Token)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Traceparent", "00-"+traceID+"-b7ad6b7169203331-01")
+	resp, b := testutil.Do(t, http.DefaultClient, req)
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("POST /v1/jobs = %d %s", resp.StatusCode, b)
+	}
+	var job struct{ ID string }
+	if err := json.Unmarshal(b, &job); err != nil {
+		t.Fatal(err)
+	}
+	id := job.ID
 	waitJobStatus(t, id, "succeeded", 30*time.Second)
 	tb := openAdmin(t, stack.AdminToken, 60*time.Second)
 	tb.run("list dev's jobs", chromedp.SetValue(chromedp.CSS("#job-user"), "dev"), chromedp.Click(chromedp.CSS("#job-user-go")))
@@ -38,6 +57,15 @@ func TestDashboardJobTimeline(t *testing.T) {
 	})()`, 15*time.Second)
 	n := eval[int](tb, `document.querySelectorAll("#job-timeline tbody tr").length`)
 	t.Logf("timeline rows: %d", n)
+	// Every event the processor wrote names the sim provider and the
+	// submitting request's trace.
+	rows := eval[[]map[string]string](tb, `[...document.querySelectorAll("#job-timeline tbody tr")].map((r) => ({
+		status: r.dataset.status, provider: r.querySelector("td.provider").textContent, trace: r.querySelector("td.trace").textContent }))`)
+	for i, r := range rows {
+		if r["provider"] != "sim" || r["trace"] != traceID {
+			t.Errorf("row %d (%s): provider %q trace %q, want sim and %s", i, r["status"], r["provider"], r["trace"], traceID)
+		}
+	}
 	tb.screenshot("admin-job-timeline")
 }
 

@@ -102,115 +102,204 @@ func (s *Service) batch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
-	items := make([]batchItem, len(raws))
-	jobs := make([]envelope.Job, len(raws))
-	dues := make([]time.Time, len(raws))
-	var todo []int // items to publish
+	b := s.newBatchPub(ctx, len(raws), true)
+	var ready []int // the items to publish
 	for i, raw := range raws {
 		req, aerr := s.checkRequest(raw)
 		if aerr != nil {
-			items[i] = refusedItem(aerr)
+			b.items[i] = refusedItem(aerr)
 			continue
 		}
-		jobs[i], dues[i] = newJob(p.User, req), req.due
+		b.jobs[i], b.dues[i] = newJob(p.User, req), req.due
 		if req.key() != "" {
-			snap, found, aerr := s.keyedExisting(ctx, jobs[i])
+			snap, found, aerr := s.keyedExisting(ctx, b.jobs[i])
 			if aerr != nil {
-				items[i] = refusedItem(aerr)
+				b.items[i] = refusedItem(aerr)
 				continue
 			}
 			if found {
-				items[i] = acceptedItem(snap)
+				b.items[i] = acceptedItem(snap)
 				continue
 			}
 		}
-		todo = append(todo, i)
+		ready = append(ready, i)
 	}
-	s.publishBatch(ctx, todo, jobs, dues, items)
+	// Published together once all are checked. Publishing each between
+	// the checks (so JetStream stores the first while the next are
+	// checked) was slower with batches of 1,000 in every run of
+	// BENCHMARKS.md Run R, likely because nats.go's flusher then sends
+	// many small writes instead of a few large ones.
+	for _, i := range ready {
+		b.publish(i)
+	}
+	b.await()
 
-	resp := batchResponse{Jobs: items}
-	for _, it := range items {
+	accepted, refused := 0, 0
+	for _, it := range b.items {
 		if it.Job != nil {
-			resp.Accepted++
+			accepted++
 		} else {
-			resp.Refused++
+			refused++
 			s.metrics.rejected.WithLabelValues(it.Error.Code).Inc()
 		}
 	}
-	s.log.Info("batch answered", "user", p.User, "items", len(items), "accepted", resp.Accepted, "refused", resp.Refused)
-	httpx.WriteJSON(w, http.StatusOK, resp)
+	s.log.Info("batch answered", "user", p.User, "items", len(b.items), "accepted", accepted, "refused", refused)
+	writeBatch(w, accepted, refused, b.answer())
 }
 
-// publishBatch publishes the jobs of items todo asynchronously and waits for
-// their PubAcks together, within one RequestTimeout; it fills items[i].
-func (s *Service) publishBatch(ctx context.Context, todo []int, jobs []envelope.Job, dues []time.Time, items []batchItem) {
-	if len(todo) == 0 {
-		return
-	}
-	if !s.nc.IsConnected() {
-		for _, i := range todo {
-			items[i] = refusedItem(unavailable())
-		}
-		return
-	}
+// batchPub publishes the jobs of one batch as its items are checked and
+// awaits their PubAcks together (docs/design.md#batches).
+type batchPub struct {
+	s     *Service
+	ctx   context.Context
+	items []batchItem
+	jobs  []envelope.Job
+	dues  []time.Time
+	// encoded[i] is items[i] as JSON once known; for a published job,
+	// its accepted answer, encoded while the PubAcks are on their way and
+	// used if the PubAck confirms it.
+	encoded [][]byte
+	todo    []int // the items published
 	// Each job's index entry goes out right behind it, pipelined with the
 	// jobs rather than after their PubAcks (a batch is one round of
 	// PubAcks, not two). An entry whose job was then refused names a job
 	// that does not exist; the list skips it (docs/design.md#batches).
-	futures := make([]jetstream.PubAckFuture, len(items))
-	indexed := make([]jetstream.PubAckFuture, len(items))
-	for _, i := range todo {
-		msg, stream, aerr := s.jobMsg(ctx, jobs[i], dues[i])
-		if aerr != nil {
-			items[i] = refusedItem(aerr)
-			continue
-		}
-		f, err := s.js.PublishMsgAsync(msg, jetstream.WithExpectStream(stream))
-		if err != nil {
-			items[i] = refusedItem(classifyNATS(err))
-			continue
-		}
-		futures[i] = f
-		if indexed[i], err = s.js.PublishMsgAsync(indexMsg(jobs[i], msg.Data), jetstream.WithExpectStream(streams.JobIndex)); err != nil {
-			s.metrics.unindexed.Inc()
-			s.log.Warn("job not indexed: it will not be listed", "job", jobs[i].ID, "user", jobs[i].User, "err", err)
+	futures, indexed []jetstream.PubAckFuture
+	down             bool // NATS was disconnected at the first publish
+	checked          bool
+	encode           bool // answer with answer(): encode while awaiting
+}
+
+// newBatchPub is the publisher of n items; encode: its answer is written
+// with answer().
+func (s *Service) newBatchPub(ctx context.Context, n int, encode bool) *batchPub {
+	return &batchPub{
+		s: s, ctx: ctx, encode: encode,
+		items: make([]batchItem, n), jobs: make([]envelope.Job, n), dues: make([]time.Time, n),
+		encoded: make([][]byte, n),
+		futures: make([]jetstream.PubAckFuture, n), indexed: make([]jetstream.PubAckFuture, n),
+	}
+}
+
+// publish publishes job i and its index entry without waiting.
+func (b *batchPub) publish(i int) {
+	s := b.s
+	if !b.checked {
+		b.checked, b.down = true, !s.nc.IsConnected()
+	}
+	if b.down {
+		b.items[i] = refusedItem(unavailable())
+		return
+	}
+	msg, stream, aerr := s.jobMsg(b.ctx, b.jobs[i], b.dues[i])
+	if aerr != nil {
+		b.items[i] = refusedItem(aerr)
+		return
+	}
+	f, err := s.js.PublishMsgAsync(msg, jetstream.WithExpectStream(stream))
+	if err != nil {
+		b.items[i] = refusedItem(classifyNATS(err))
+		return
+	}
+	b.futures[i] = f
+	b.todo = append(b.todo, i)
+	if b.indexed[i], err = s.js.PublishMsgAsync(indexMsg(b.jobs[i], msg.Data), jetstream.WithExpectStream(streams.JobIndex)); err != nil {
+		s.metrics.unindexed.Inc()
+		s.log.Warn("job not indexed: it will not be listed", "job", b.jobs[i].ID, "user", b.jobs[i].User, "err", err)
+	}
+}
+
+// await encodes the published jobs' accepted answers, then waits for
+// their PubAcks within one RequestTimeout and fills items; the index
+// entries' PubAcks are awaited too (a list right after the answer shows
+// the batch's jobs).
+func (b *batchPub) await() {
+	if len(b.todo) == 0 {
+		return
+	}
+	s, ctx := b.s, b.ctx
+	if b.encode {
+		for _, i := range b.todo {
+			b.encoded[i] = encodeItem(acceptedItem(acceptedSnapshot(b.jobs[i], b.dues[i])))
 		}
 	}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RequestTimeout)
 	defer cancel()
-	defer s.awaitIndexed(wctx, todo, jobs, indexed)
-	for _, i := range todo {
-		f := futures[i]
-		if f == nil {
-			continue
-		}
-		job := jobs[i]
+	defer s.awaitIndexed(wctx, b.todo, b.jobs, b.indexed)
+	for _, i := range b.todo {
+		job := b.jobs[i]
 		log := jobLog{log: s.log, ctx: ctx, job: job.ID, user: job.User, kind: job.Kind}
 		select {
-		case ack := <-f.Ok():
+		case ack := <-b.futures[i].Ok():
 			if ack.Duplicate {
 				snap, err := s.existing(wctx, job.ID)
 				if err != nil {
-					snap = acceptedSnapshot(job, dues[i])
+					snap = acceptedSnapshot(job, b.dues[i])
 				}
 				log.at(slog.LevelInfo, "duplicate submission in a batch", "seq", ack.Sequence)
-				items[i] = acceptedItem(snap)
+				b.items[i], b.encoded[i] = acceptedItem(snap), nil
 				continue
 			}
 			s.metrics.submitted.WithLabelValues(job.Kind, string(job.Priority)).Inc()
 			log.at(slog.LevelDebug, "job accepted in a batch", "priority", string(job.Priority), "seq", ack.Sequence)
-			items[i] = acceptedItem(acceptedSnapshot(job, dues[i]))
-		case err := <-f.Err():
+			b.items[i] = acceptedItem(acceptedSnapshot(job, b.dues[i]))
+		case err := <-b.futures[i].Err():
 			log.at(slog.LevelWarn, "job of a batch not stored", "err", err)
-			items[i] = refusedItem(classifyNATS(err))
+			b.items[i], b.encoded[i] = refusedItem(classifyNATS(err)), nil
 		case <-wctx.Done():
 			// No PubAck in time: the job may or may not be stored. Like a
 			// single submission's timeout, it is refused (503); a retry
 			// with the same idempotency key finds it if it was stored.
 			log.at(slog.LevelWarn, "job of a batch: no PubAck in time")
-			items[i] = refusedItem(unavailable())
+			b.items[i], b.encoded[i] = refusedItem(unavailable()), nil
 		}
 	}
+}
+
+// answer is every item's JSON, in order.
+func (b *batchPub) answer() [][]byte {
+	for i, e := range b.encoded {
+		if e == nil {
+			b.encoded[i] = encodeItem(b.items[i])
+		}
+	}
+	return b.encoded
+}
+
+// encodeItem is one item of the answer as JSON.
+func encodeItem(it batchItem) []byte {
+	e, err := json.Marshal(it)
+	if err != nil { // a snapshot and an error detail always marshal
+		panic(err)
+	}
+	return e
+}
+
+// writeBatch writes the 200 answer, batchResponse, from its items'
+// JSON: the same bytes httpx.WriteJSON(batchResponse{…}) would write.
+func writeBatch(w http.ResponseWriter, accepted, refused int, items [][]byte) {
+	n := 64
+	for _, e := range items {
+		n += len(e) + 1
+	}
+	out := make([]byte, 0, n)
+	out = append(out, `{"accepted":`...)
+	out = strconv.AppendInt(out, int64(accepted), 10)
+	out = append(out, `,"refused":`...)
+	out = strconv.AppendInt(out, int64(refused), 10)
+	out = append(out, `,"jobs":[`...)
+	for i, e := range items {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, e...)
+	}
+	out = append(out, "]}\n"...)
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(out)
 }
 
 // awaitIndexed waits for the PubAcks of a batch's index entries.

@@ -3,9 +3,12 @@ package ingest
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/beamline/beamline/internal/httpx"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -153,5 +156,30 @@ func TestBatchRefusedAsAWhole(t *testing.T) {
 	}
 	if n := h.jobsCount(); n != MaxBatch {
 		t.Fatalf("JOBS holds %d messages, want %d (and none of the refused batches)", n, MaxBatch)
+	}
+}
+
+// TestBatchAnswerBytes: the answer written from its items' JSON (encoded
+// while the PubAcks are on their way) is byte for byte what encoding the
+// whole batchResponse would write.
+func TestBatchAnswerBytes(t *testing.T) {
+	due := time.Date(2026, 12, 6, 4, 0, 0, 0, time.UTC)
+	job := envelope.Job{ID: "j1", User: "alice", Kind: "image", Priority: envelope.PriorityNormal, CreatedAt: due.Add(-time.Hour)}
+	items := []batchItem{
+		acceptedItem(acceptedSnapshot(job, time.Time{})),
+		refusedItem(newError(http.StatusBadRequest, CodeUnknownKind, `kind "x" <is> not served`)),
+		acceptedItem(acceptedSnapshot(job, due)),
+	}
+	encoded := make([][]byte, len(items))
+	for i, it := range items {
+		encoded[i] = encodeItem(it)
+	}
+	rec := httptest.NewRecorder()
+	writeBatch(rec, 2, 1, encoded)
+	want := httptest.NewRecorder()
+	httpx.WriteJSON(want, http.StatusOK, batchResponse{Accepted: 2, Refused: 1, Jobs: items})
+	if rec.Body.String() != want.Body.String() || rec.Code != want.Code ||
+		rec.Header().Get("Content-Type") != want.Header().Get("Content-Type") {
+		t.Fatalf("answer\n%d %s\nwant\n%d %s", rec.Code, rec.Body, want.Code, want.Body)
 	}
 }

@@ -14,13 +14,15 @@ import (
 
 // Defaults of Config's zero values.
 const (
-	DefaultAddr           = "127.0.0.1:8080"
-	DefaultMaxBody        = 1 << 20 // 1 MiB
-	DefaultMaxBatchBody   = 16 << 20
-	DefaultMaxInFlight    = 256
-	DefaultRequestTimeout = 5 * time.Second
-	DefaultGrace          = 10 * time.Second
-	DefaultSource         = "/beamline/ingest"
+	DefaultAddr         = "127.0.0.1:8080"
+	DefaultMaxBody      = 1 << 20 // 1 MiB
+	DefaultMaxBatchBody = 16 << 20
+	DefaultMaxInFlight  = 256
+	// DefaultOutputsCacheBytes is the default Config.OutputsCacheBytes.
+	DefaultOutputsCacheBytes = 64 << 20
+	DefaultRequestTimeout    = 5 * time.Second
+	DefaultGrace             = 10 * time.Second
+	DefaultSource            = "/beamline/ingest"
 )
 
 // Config configures the ingest service. Zero values are the documented
@@ -40,6 +42,11 @@ type Config struct {
 	// instead of a key derived from Secret ($BEAMLINE_OUTPUTS_KEY, shared
 	// with the processors that sign preview URLs; at least 16 bytes).
 	OutputsKey []byte
+	// OutputsCacheBytes bounds the chunks of recently served outputs kept
+	// in memory (outputs.Store.CacheChunks): a player seeking through a
+	// video reads them again without a round trip to JetStream. Default
+	// DefaultOutputsCacheBytes; negative: no cache.
+	OutputsCacheBytes int64
 	// MaxBody bounds a request body; larger bodies get 413. Default 1 MiB.
 	MaxBody int64
 	// MaxBatchBody bounds a POST /v1/jobs/batch body; larger bodies get
@@ -48,6 +55,12 @@ type Config struct {
 	// MaxInFlight bounds the submissions handled at once; beyond it POST
 	// gets 429 with Retry-After. Default 256.
 	MaxInFlight int
+	// WebhookMaxInFlight bounds the provider webhooks handled at once, in
+	// a pool of their own (a webhook flood neither takes the submissions'
+	// slots nor is let through unbounded); beyond it POST /v1/webhooks/...
+	// gets 429 with Retry-After, which providers retry. Default
+	// DefaultMaxInFlight.
+	WebhookMaxInFlight int
 	// RequestTimeout bounds each NATS round trip of a request (the publish
 	// and its PubAck, a KV read or write). Default 5s.
 	RequestTimeout time.Duration
@@ -86,6 +99,8 @@ func (c Config) withDefaults() (Config, error) {
 	c.MaxBody = cmp.Or(c.MaxBody, DefaultMaxBody)
 	c.MaxBatchBody = cmp.Or(c.MaxBatchBody, DefaultMaxBatchBody)
 	c.MaxInFlight = cmp.Or(c.MaxInFlight, DefaultMaxInFlight)
+	c.WebhookMaxInFlight = cmp.Or(c.WebhookMaxInFlight, DefaultMaxInFlight)
+	c.OutputsCacheBytes = cmp.Or(c.OutputsCacheBytes, DefaultOutputsCacheBytes)
 	c.RequestTimeout = cmp.Or(c.RequestTimeout, DefaultRequestTimeout)
 	c.Grace = cmp.Or(c.Grace, DefaultGrace)
 	c.Source = cmp.Or(c.Source, DefaultSource)
@@ -96,8 +111,8 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: MaxBody must be > 0", ErrInvalidConfig)
 	case c.MaxBatchBody < 0:
 		return c, fmt.Errorf("%w: MaxBatchBody must be > 0", ErrInvalidConfig)
-	case c.MaxInFlight < 0:
-		return c, fmt.Errorf("%w: MaxInFlight must be > 0", ErrInvalidConfig)
+	case c.MaxInFlight < 0 || c.WebhookMaxInFlight < 0:
+		return c, fmt.Errorf("%w: MaxInFlight and WebhookMaxInFlight must be > 0", ErrInvalidConfig)
 	case c.RequestTimeout < 0:
 		return c, fmt.Errorf("%w: RequestTimeout must be > 0", ErrInvalidConfig)
 	case c.WebhookMaxBody < 0 || c.WebhookTolerance < 0:

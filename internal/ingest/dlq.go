@@ -233,22 +233,21 @@ func (s *Service) redrive(w http.ResponseWriter, r *http.Request) {
 	}
 	// The reruns, published together; a keyed retry's existing rerun
 	// (redriven before, its DLQ delete lost) answers for itself.
-	items := make([]batchItem, len(dead))
-	jobs := make([]envelope.Job, len(dead))
-	var todo []int
+	b := s.newBatchPub(ctx, len(dead), false)
 	for i, d := range dead {
-		jobs[i] = rerunJob(d.job)
-		snap, found, aerr := s.keyedExisting(ctx, jobs[i])
+		b.jobs[i] = rerunJob(d.job)
+		snap, found, aerr := s.keyedExisting(ctx, b.jobs[i])
 		switch {
 		case aerr != nil:
-			items[i] = refusedItem(aerr)
+			b.items[i] = refusedItem(aerr)
 		case found:
-			items[i] = acceptedItem(snap)
+			b.items[i] = acceptedItem(snap)
 		default:
-			todo = append(todo, i)
+			b.publish(i)
 		}
 	}
-	s.publishBatch(ctx, todo, jobs, make([]time.Time, len(dead)), items)
+	b.await()
+	items := b.items
 
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RequestTimeout)
 	defer cancel()

@@ -55,21 +55,22 @@ const (
 
 // Service is the ingest HTTP API.
 type Service struct {
-	cfg      Config
-	nc       *nats.Conn
-	js       jetstream.JetStream
-	store    *jobstore.Store
-	verifier *auth.Verifier
-	tokens   *tokenCache // tokens verified recently
-	kinds    map[string]bool
-	log      *slog.Logger
-	metrics  *metrics
-	gatherer prometheus.Gatherer
-	slots    chan struct{} // one per submission in flight
-	tracer   trace.Tracer
-	handler  http.Handler
-	outputs  outputStore     // the outputs bucket, bound on first use
-	signer   *outputs.Signer // signed output URLs
+	cfg       Config
+	nc        *nats.Conn
+	js        jetstream.JetStream
+	store     *jobstore.Store
+	verifier  *auth.Verifier
+	tokens    *tokenCache // tokens verified recently
+	kinds     map[string]bool
+	log       *slog.Logger
+	metrics   *metrics
+	gatherer  prometheus.Gatherer
+	slots     chan struct{} // one per submission in flight
+	hookSlots chan struct{} // one per webhook in flight
+	tracer    trace.Tracer
+	handler   http.Handler
+	outputs   outputStore     // the outputs bucket, bound on first use
+	signer    *outputs.Signer // signed output URLs
 	// replicateKey is the HMAC key of Replicate's webhook signatures; nil
 	// when they are not configured.
 	replicateKey []byte
@@ -108,17 +109,19 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 		return nil, fmt.Errorf("ingest: register metrics: %w", err)
 	}
 	s := &Service{
-		cfg:      cfg,
-		nc:       nc,
-		js:       js,
-		verifier: verifier,
-		tokens:   newTokenCache(tokenCacheSize, tokenCacheTTL),
-		kinds:    make(map[string]bool, len(cfg.Kinds)),
-		log:      log,
-		metrics:  m,
-		slots:    make(chan struct{}, cfg.MaxInFlight),
-		tracer:   telemetry.Tracer(cfg.TracerProvider),
-		signer:   outputs.NewSigner(cfg.Secret),
+		cfg:       cfg,
+		nc:        nc,
+		js:        js,
+		verifier:  verifier,
+		tokens:    newTokenCache(tokenCacheSize, tokenCacheTTL),
+		kinds:     make(map[string]bool, len(cfg.Kinds)),
+		log:       log,
+		metrics:   m,
+		slots:     make(chan struct{}, cfg.MaxInFlight),
+		hookSlots: make(chan struct{}, cfg.WebhookMaxInFlight),
+		outputs:   outputStore{cacheBytes: cfg.OutputsCacheBytes},
+		tracer:    telemetry.Tracer(cfg.TracerProvider),
+		signer:    outputs.NewSigner(cfg.Secret),
 	}
 	if len(cfg.OutputsKey) > 0 {
 		if s.signer, err = outputs.NewSignerKey(cfg.OutputsKey); err != nil {

@@ -11,11 +11,12 @@ import (
 // metrics are ingest's Prometheus series, registered on the Registerer New
 // is given.
 type metrics struct {
-	requests  *prometheus.CounterVec   // route, code
-	duration  *prometheus.HistogramVec // route
-	submitted *prometheus.CounterVec   // kind, priority
-	rejected  *prometheus.CounterVec   // reason
-	inflight  prometheus.Gauge
+	requests      *prometheus.CounterVec   // route, code
+	duration      *prometheus.HistogramVec // route
+	submitted     *prometheus.CounterVec   // kind, priority
+	rejected      *prometheus.CounterVec   // reason
+	inflight      prometheus.Gauge
+	hooksInflight prometheus.Gauge
 
 	webhooks        *prometheus.CounterVec   // api, result
 	webhooksDropped *prometheus.CounterVec   // api, reason
@@ -46,6 +47,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "beamline_ingest_inflight",
 			Help: "Submissions being handled now (bounded by -max-inflight).",
 		}),
+		hooksInflight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "beamline_ingest_webhooks_inflight",
+			Help: "Provider webhooks being handled now (bounded by -max-inflight-webhooks).",
+		}),
 		webhooks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "beamline_ingest_webhooks_total",
 			Help: "Webhook deliveries, by api (cog, replicate) and result: stored, duplicate (stored before), dropped, or refused_<error code>.",
@@ -64,7 +69,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Jobs stored whose JOBINDEX entry could not be written (they run, but GET /v1/jobs does not list them).",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.submitted, m.rejected, m.inflight, m.webhooks, m.webhooksDropped, m.webhookLag, m.unindexed} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.submitted, m.rejected, m.inflight, m.hooksInflight, m.webhooks, m.webhooksDropped, m.webhookLag, m.unindexed} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -24,8 +24,9 @@ const (
 // outputStore binds to the outputs bucket on first use: the processor
 // creates it, and ingest may start first.
 type outputStore struct {
-	mu sync.Mutex
-	st *outputs.Store
+	mu         sync.Mutex
+	st         *outputs.Store
+	cacheBytes int64 // Config.OutputsCacheBytes
 }
 
 func (o *outputStore) get(ctx context.Context, js jetstream.JetStream) (*outputs.Store, error) {
@@ -38,6 +39,7 @@ func (o *outputStore) get(ctx context.Context, js jetstream.JetStream) (*outputs
 	if err != nil {
 		return nil, err
 	}
+	st.CacheChunks(o.cacheBytes)
 	o.st = st
 	return st, nil
 }

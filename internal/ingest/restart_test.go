@@ -126,8 +126,8 @@ func TestJobControlSurvivesNATSRestart(t *testing.T) {
 		}
 	}
 	// No firing doubled: the cron jobs' ids are distinct by construction
-	// (name + fire second); what must not happen is two jobs for one
-	// second, which would show as more jobs than seconds.
+	// (one per Nats-Schedule-Next); what must not happen is two jobs for
+	// one firing, which would show as more jobs than seconds.
 	cron := h.listAll(alice, url.Values{"kind": {"video"}})
 	seconds := map[string]int{}
 	for _, id := range cron {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,7 +26,7 @@ import (
 // seconds, or @every) whose target is cronfire.<user>.<name>: the server
 // fires it, no timer of ours. Each firing is turned into one job by
 // ingest's durable consumer on cronfire.> (runCron), with an id derived
-// from the schedule's user and name and the fire time, so a redelivered
+// from the schedule's user, name and the firing's Nats-Schedule-Next (firingKey), so a redelivered
 // firing, or two ingests, make one job. docs/design.md#repeating-schedules
 
 // cronConsumer is the durable consumer of schedule firings, shared by
@@ -288,9 +289,29 @@ func (s *Service) runCron(ctx context.Context) error {
 	return nil
 }
 
-// fire makes the job of one firing: id from the schedule's user and name
-// and the fire time (the firing's stored time, to the second: cron and
-// @every fire on whole seconds), published like a keyed submission; acked
+// firingKey is the idempotency key of one firing, from what the server
+// stamps on the fired message itself rather than from when it was stored
+// (a stored time rounded to the second could merge two firings of an
+// "every 1s" schedule, or split none, as the fire lag drifts around the
+// half second): the schedule's name and creation time (a schedule created
+// again under the same name is another schedule) and the firing's
+// Nats-Schedule-Next, the time the server computed for the schedule's next
+// firing when it fired this one. The server fires a schedule at the time
+// the previous firing named and names a later one each time, so each
+// firing has its own value, and a redelivered firing (or one two ingests
+// race for) carries the same. A firing without the header (not fired by a
+// server: published by hand) falls back to its stream sequence, as unique
+// and as stable. next is what the key used, for the log.
+func firingKey(rec scheduleRecord, h nats.Header, streamSeq uint64) (key, next string) {
+	key = "beamline-schedule-v2\x00" + rec.Name + "\x00" + rec.CreatedAt.UTC().Format(time.RFC3339Nano) + "\x00"
+	if next = h.Get(envelope.HeaderScheduleNext); next != "" && next != envelope.ScheduleNextPurge {
+		return key + "next " + next, next
+	}
+	return key + "seq " + strconv.FormatUint(streamSeq, 10), ""
+}
+
+// fire makes the job of one firing: id from the schedule's user and the
+// firing's identity (firingKey), published like a keyed submission; acked
 // once stored, Nak'd to be retried otherwise.
 func (s *Service) fire(ctx context.Context, m jetstream.Msg) {
 	var rec scheduleRecord
@@ -302,14 +323,14 @@ func (s *Service) fire(ctx context.Context, m jetstream.Msg) {
 		}
 		return
 	}
-	at := meta.Timestamp.UTC().Round(time.Second)
-	key := "beamline-schedule\x00" + rec.Name + "\x00" + at.Format(time.RFC3339)
+	key, next := firingKey(rec, m.Headers(), meta.Sequence.Stream)
 	req := rec.Job
 	req.IdempotencyKey = &key
 	job := newJob(rec.User, req)
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RequestTimeout)
 	defer cancel()
-	log := s.log.With("schedule", rec.Name, "user", rec.User, "job", job.ID, "fire_time", at)
+	log := s.log.With("schedule", rec.Name, "user", rec.User, "job", job.ID,
+		"stored_at", meta.Timestamp.UTC(), "schedule_next", next, "stream_seq", meta.Sequence.Stream)
 	_, found, aerr := s.keyedExisting(fctx, job)
 	if aerr == nil && !found {
 		var msg *nats.Msg

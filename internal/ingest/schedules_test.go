@@ -1,13 +1,18 @@
 package ingest
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/url"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/beamline/beamline/internal/testutil"
+	"github.com/beamline/beamline/pkg/envelope"
+	"github.com/beamline/beamline/streams"
 )
 
 // TestScheduleFiresOneJobPerFiring: an @every schedule makes one job of
@@ -105,5 +110,75 @@ func TestScheduleRequestRefused(t *testing.T) {
 	r := h.do(http.MethodPost, "/v1/schedules", []byte(`{"name":"nightly","cron":"0 0 3 * * *","time_zone":"Europe/Paris",`+job+`}`), bearer(alice))
 	if r.Status != http.StatusCreated {
 		t.Fatalf("good cron: %d %s", r.Status, r.Body)
+	}
+}
+
+// TestScheduleEverySecondFiringIdentity: an "every 1s" schedule fires for
+// several seconds; every firing the server stored becomes exactly one job
+// (N firings, N distinct jobs: none merged, none doubled, however the fire
+// lag falls around the half second), and each firing delivered again makes
+// no second job.
+func TestScheduleEverySecondFiringIdentity(t *testing.T) {
+	h := newHarness(t, nil)
+	alice := token(t, "alice")
+	if r := h.do(http.MethodPost, "/v1/schedules", []byte(`{"name":"sec","every":"1s","job":{"kind":"video"}}`), bearer(alice)); r.Status != http.StatusCreated {
+		t.Fatalf("create: %d %s", r.Status, r.Body)
+	}
+	testutil.WaitFor(t, 20*time.Second, func() bool {
+		return len(h.listAll(alice, url.Values{"kind": {"video"}})) >= 6
+	}, "the schedule did not fire six times")
+	if r := h.do(http.MethodDelete, "/v1/schedules/sec", nil, bearer(alice)); r.Status != http.StatusNoContent {
+		t.Fatalf("delete: %d %s", r.Status, r.Body)
+	}
+	time.Sleep(1500 * time.Millisecond) // a firing in flight lands
+
+	ctx := context.Background()
+	subject := envelope.CronFireSubject("alice", "sec")
+	st, err := h.js.Stream(ctx, streams.Scheduled)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fired := int(info.State.Subjects[subject])
+	var ids []string
+	testutil.WaitFor(t, 10*time.Second, func() bool {
+		ids = h.listAll(alice, url.Values{"kind": {"video"}})
+		return len(ids) >= fired
+	}, "fewer jobs than firings")
+	distinct := map[string]bool{}
+	for _, id := range ids {
+		distinct[id] = true
+	}
+	if len(ids) != fired || len(distinct) != fired {
+		t.Fatalf("%d firings stored, %d jobs listed (%d distinct): want one job per firing", fired, len(ids), len(distinct))
+	}
+	t.Logf("%d firings, %d jobs", fired, len(ids))
+
+	// Every stored firing delivered again (as after a lost ack, or to a
+	// second ingest): the same jobs, no new one.
+	c, err := st.CreateConsumer(ctx, jetstream.ConsumerConfig{FilterSubject: subject, AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := c.Fetch(fired, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for m := range batch.Messages() {
+		if m.Headers().Get(envelope.HeaderScheduleNext) == "" {
+			t.Errorf("firing without %s: %v", envelope.HeaderScheduleNext, m.Headers())
+		}
+		h.svc.fire(ctx, m)
+		n++
+	}
+	if n != fired {
+		t.Fatalf("redelivered %d of %d firings", n, fired)
+	}
+	if again := h.listAll(alice, url.Values{"kind": {"video"}}); len(again) != fired {
+		t.Fatalf("after redelivering every firing: %d jobs, want %d", len(again), fired)
 	}
 }

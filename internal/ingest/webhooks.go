@@ -149,6 +149,28 @@ func decodeWebhookPrediction(b []byte) (webhookPrediction, error) {
 	return p, nil
 }
 
+// acquireWebhookSlot takes one of the WebhookMaxInFlight slots, or
+// refuses the delivery with 429 and Retry-After (false): overload is
+// refused, never dropped, and providers send a refused webhook again. The
+// slot is taken before the body is read, so slow senders count too.
+func (s *Service) acquireWebhookSlot(w http.ResponseWriter, api string) bool {
+	select {
+	case s.hookSlots <- struct{}{}:
+	default:
+		e := newError(http.StatusTooManyRequests, CodeOverloaded, "too many webhooks in flight; send it again later")
+		e.RetryAfter = retryInFlight
+		s.refuseWebhook(w, api, e)
+		return false
+	}
+	s.metrics.hooksInflight.Inc()
+	return true
+}
+
+func (s *Service) releaseWebhookSlot() {
+	<-s.hookSlots
+	s.metrics.hooksInflight.Dec()
+}
+
 // readWebhookBody reads the body under the size cap.
 func (s *Service) readWebhookBody(r *http.Request) ([]byte, error) {
 	b, err := io.ReadAll(io.LimitReader(r.Body, s.cfg.WebhookMaxBody+1))
@@ -168,6 +190,10 @@ func (s *Service) replicateWebhook(w http.ResponseWriter, r *http.Request) {
 		s.refuseWebhook(w, api, newError(http.StatusNotFound, CodeNotFound, "Replicate webhooks are not configured ($"+provider.EnvReplicateWebhookSecret+")"))
 		return
 	}
+	if !s.acquireWebhookSlot(w, api) {
+		return
+	}
+	defer s.releaseWebhookSlot()
 	job := r.URL.Query().Get("job")
 	if err := envelope.ValidateID("job", job); err != nil {
 		s.refuseWebhook(w, api, newError(http.StatusBadRequest, CodeInvalidID, "the job query parameter is not a job id"))
@@ -200,6 +226,10 @@ func (s *Service) cogWebhook(w http.ResponseWriter, r *http.Request) {
 		s.refuseWebhook(w, api, newError(http.StatusNotFound, CodeNotFound, "Cog webhooks are not configured ($"+provider.EnvWebhookKey+")"))
 		return
 	}
+	if !s.acquireWebhookSlot(w, api) {
+		return
+	}
+	defer s.releaseWebhookSlot()
 	job := r.PathValue("job")
 	n, nerr := provider.ParseCogWebhookNumber(r.PathValue("n"))
 	if envelope.ValidateID("job", job) != nil || nerr != nil {

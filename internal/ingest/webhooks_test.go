@@ -3,6 +3,7 @@ package ingest
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -14,6 +15,7 @@ import (
 	"github.com/beamline/beamline/internal/natstest"
 	"github.com/beamline/beamline/internal/provider"
 	"github.com/beamline/beamline/internal/provider/replicatefake"
+	"github.com/beamline/beamline/internal/testutil"
 	"github.com/beamline/beamline/pkg/envelope"
 	"github.com/beamline/beamline/streams"
 )
@@ -293,5 +295,80 @@ func BenchmarkCogWebhook(b *testing.B) {
 			b.Fatalf("webhook: %v %v", resp, err)
 		}
 		resp.Body.Close()
+	}
+}
+
+// TestWebhookInFlightLimit: with every webhook slot taken (here by a
+// provider slowly sending its body), the next delivery — Replicate's or
+// Cog's — gets 429 with Retry-After and a JSON error at once, and nothing
+// of it is stored: the provider sends it again. The pool is the webhooks'
+// own: a submission still goes through meanwhile. Once the slot is free
+// the same delivery is stored.
+func TestWebhookInFlightLimit(t *testing.T) {
+	h := newHarness(t, func(c *Config) {
+		c.ReplicateWebhookSecret = replicatefake.DefaultWebhookSecret
+		c.WebhookKey = testWebhookKey
+		c.WebhookMaxInFlight = 1
+	})
+	job := h.runningJob()
+	path := "/v1/webhooks/replicate?job=" + job
+	now := time.Now().Unix()
+	slowBody := []byte(`{"id":"pred1","status":"processing","logs":"10%"}`)
+	pr, pw := io.Pipe()
+	slow := mustRequest(t, http.MethodPost, h.url+path, pr)
+	slow.Header.Set("Content-Type", "application/json")
+	for _, o := range signed(t, replicatefake.DefaultWebhookSecret, "msg_slow", now, slowBody) {
+		o(slow)
+	}
+	done := make(chan int, 1)
+	go func() {
+		resp, err := h.client.Do(slow)
+		if err != nil {
+			done <- 0
+			return
+		}
+		resp.Body.Close()
+		done <- resp.StatusCode
+	}()
+	if _, err := pw.Write(slowBody[:10]); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 5*time.Second, func() bool { return h.metric("beamline_ingest_webhooks_inflight", nil) == 1 })
+
+	body := []byte(`{"id":"pred1","status":"succeeded","output":"x"}`)
+	refused := []response{
+		h.do(http.MethodPost, path, body, signed(t, replicatefake.DefaultWebhookSecret, "msg_1", now, body)...),
+		h.do(http.MethodPost, "/v1/webhooks/cog/"+job+"/1?token="+provider.CogWebhookToken(testWebhookKey, job, 1),
+			[]byte(`{"id":"`+provider.CogPredictionID(job, 1)+`","status":"succeeded","output":"x"}`)),
+	}
+	for _, r := range refused {
+		if r.Status != http.StatusTooManyRequests || r.errorCode(t) != CodeOverloaded || r.Header.Get("Retry-After") == "" {
+			t.Fatalf("webhook with no slot free = %d %s (Retry-After %q), want 429 %s with Retry-After", r.Status, r.Body, r.Header.Get("Retry-After"), CodeOverloaded)
+		}
+	}
+	if n := h.webhooksStored(); n != 0 {
+		t.Fatalf("stored %d deliveries while overloaded", n)
+	}
+	if r := h.submit(token(t, "alice"), `{"kind":"image"}`); r.Status != http.StatusAccepted {
+		t.Fatalf("a submission while the webhooks' slots are taken = %d %s", r.Status, r.Body)
+	}
+
+	if _, err := pw.Write(slowBody[10:]); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	select {
+	case code := <-done:
+		if code != http.StatusOK {
+			t.Fatalf("slow webhook: %d", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("slow webhook did not finish")
+	}
+	if a := h.webhookAnswer(h.do(http.MethodPost, path, body, signed(t, replicatefake.DefaultWebhookSecret, "msg_1", now, body)...)); a.Result != "stored" {
+		t.Fatalf("the refused delivery sent again = %+v", a)
+	}
+	if v := h.metric("beamline_ingest_webhooks_total", map[string]string{"api": "replicate", "result": "refused_" + CodeOverloaded}); v != 1 {
+		t.Fatalf("refused_overloaded counted = %v", v)
 	}
 }

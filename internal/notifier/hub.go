@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/beamline/beamline/internal/telemetry"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -277,14 +278,18 @@ func (h *hub) decode(m *jetstream.RawStreamMsg) *event {
 		h.log.Warn("undecodable event in stream", "subject", m.Subject, "stream_seq", m.Sequence, "err", err)
 		return nil
 	}
-	ev := newJobEvent(env, snap, m.Sequence)
+	ev := newJobEvent(env, snap, m.Sequence, m.Header.Get(envelope.HeaderTraceparent))
 	ev.trace = h.traceOf(m.Header)
 	return ev
 }
 
-func newJobEvent(env *envelope.Envelope, snap envelope.Snapshot, streamSeq uint64) *event {
+// newJobEvent is the push event of one job event. traceparent is the message's W3C traceparent header ("" when none): its
+// trace id goes on the payload as "trace_id", so a job's timeline names the
+// trace of every event (docs/design.md#a-jobs-timeline).
+func newJobEvent(env *envelope.Envelope, snap envelope.Snapshot, streamSeq uint64, traceparent string) *event {
 	short := env.Type.Short()
-	b := make([]byte, 0, len(env.Data)+96)
+	traceID := telemetry.TraceIDOf(traceparent)
+	b := make([]byte, 0, len(env.Data)+96+len(traceID))
 	b = append(b, `{"type":`...)
 	b = strconv.AppendQuote(b, short)
 	b = append(b, `,"job":`...)
@@ -293,6 +298,11 @@ func newJobEvent(env *envelope.Envelope, snap envelope.Snapshot, streamSeq uint6
 	b = strconv.AppendUint(b, snap.Seq, 10)
 	b = append(b, `,"stream_seq":`...)
 	b = strconv.AppendUint(b, streamSeq, 10)
+	if traceID != "" {
+		b = append(b, `,"trace_id":"`...)
+		b = append(b, traceID...)
+		b = append(b, '"')
+	}
 	b = append(b, '}')
 	return &event{
 		name: "job", payload: b, short: short, jobSeq: snap.Seq, streamSeq: streamSeq,

@@ -109,7 +109,7 @@ func (h *hub) onLive(ctx context.Context, t *topic, m *nats.Msg) {
 		h.log.Warn("undecodable live event", "subject", subject, "stream_seq", seq, "err", err)
 		return
 	}
-	ev := newJobEvent(env, snap, seq)
+	ev := newJobEvent(env, snap, seq, m.Header.Get(envelope.HeaderTraceparent))
 	ev.trace = h.traceOf(m.Header)
 	t.deliverStored(ev)
 }

@@ -66,6 +66,12 @@ const (
 	presMaxMeta = 4096
 	// presPartBytes bounds one part of a full copy.
 	presPartBytes = 256 << 10
+	// presDiffWindow is the least time between two presence_diff frames
+	// of one topic: a change within it of the last one waits for the
+	// window's end and goes out with the others of the window. A room of
+	// M members whose presence changes R times a second then costs at
+	// most M/presDiffWindow frames a second instead of M·R.
+	presDiffWindow = 20 * time.Millisecond
 )
 
 var errPresMsg = errors.New("presence: invalid message")
@@ -107,6 +113,12 @@ func decodePresMsg(b []byte) (presMsg, error) {
 type presTopic struct {
 	keys map[string]map[string]json.RawMessage // key → ref → meta
 	subs map[*sub]struct{}
+	// The diff fan-out is paced (docs/design.md#presence-diff-pacing):
+	// changes within presDiffWindow of the last presence_diff wait in
+	// pend and go out together when the window ends (timer).
+	pend    *topicDiff
+	flushed time.Time
+	timer   *time.Timer
 }
 
 // presNode is what this notifier holds of another one.
@@ -125,6 +137,7 @@ type presence struct {
 	node     string
 	start    int64
 	interval time.Duration
+	window   time.Duration // presDiffWindow (tests may change it)
 	now      func() time.Time
 
 	mu     sync.Mutex
@@ -142,7 +155,7 @@ func newPresence(nc *nats.Conn, log *slog.Logger, node string, interval time.Dur
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	return &presence{
-		nc: nc, log: log, node: node, start: time.Now().UnixNano(), interval: interval, now: time.Now,
+		nc: nc, log: log, node: node, start: time.Now().UnixNano(), interval: interval, now: time.Now, window: presDiffWindow,
 		refTag: hex.EncodeToString(b[:]),
 		topics: map[string]*presTopic{}, local: map[*sub]*presEntry{}, nodes: map[string]*presNode{},
 		admins: map[*sub]struct{}{},
@@ -243,26 +256,72 @@ func (p *presence) flushLocked(d diffs) {
 			sb.sink.deliver(sb, ev)
 		}
 	}
+	now := time.Now()
 	for name, pd := range d {
 		t := p.topics[name]
 		if t == nil {
 			continue
 		}
 		if len(t.subs) > 0 {
-			b := make([]byte, 0, 128)
-			b = append(b, `{"joins":`...)
-			b = appendPresences(b, pd.joins)
-			b = append(b, `,"leaves":`...)
-			b = appendPresences(b, pd.leaves)
-			b = append(b, '}')
-			ev := &event{name: "presence_diff", payload: b}
-			for sb := range t.subs {
-				sb.sink.deliver(sb, ev)
-			}
+			p.queueDiffLocked(t, pd, now)
 		}
 		if len(t.keys) == 0 && len(t.subs) == 0 {
 			delete(p.topics, name)
 		}
+	}
+}
+
+// queueDiffLocked adds pd to t's next presence_diff and sends it now, or
+// at the end of the window when one went out less than presDiffWindow
+// ago. Merged changes keep their order where it matters: a diff applies
+// its joins before its leaves, and a phx_ref never joins twice, so a
+// connection that joined and left within one window is in both and ends
+// up absent, and an update's new meta joins while its old one leaves.
+func (p *presence) queueDiffLocked(t *presTopic, pd *topicDiff, now time.Time) {
+	if t.pend == nil {
+		t.pend = &topicDiff{joins: map[string][]json.RawMessage{}, leaves: map[string][]json.RawMessage{}}
+	}
+	for k, l := range pd.joins {
+		t.pend.joins[k] = append(t.pend.joins[k], l...)
+	}
+	for k, l := range pd.leaves {
+		t.pend.leaves[k] = append(t.pend.leaves[k], l...)
+	}
+	if t.timer != nil {
+		return // the window's end sends it
+	}
+	if wait := t.flushed.Add(p.window).Sub(now); wait > 0 {
+		t.timer = time.AfterFunc(wait, func() {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			t.timer = nil
+			p.sendDiffLocked(t, time.Now())
+		})
+		return
+	}
+	p.sendDiffLocked(t, now)
+}
+
+// sendDiffLocked pushes t's pending diff to its subscribers here. Those
+// that subscribed after a change of it was made have it in their
+// presence_state already; the client applies a join it has and a leave
+// of what it lacks as no-ops (as it does its own join on Phoenix).
+func (p *presence) sendDiffLocked(t *presTopic, now time.Time) {
+	pd := t.pend
+	t.pend = nil
+	if pd == nil || len(t.subs) == 0 {
+		return
+	}
+	t.flushed = now
+	b := make([]byte, 0, 128)
+	b = append(b, `{"joins":`...)
+	b = appendPresences(b, pd.joins)
+	b = append(b, `,"leaves":`...)
+	b = appendPresences(b, pd.leaves)
+	b = append(b, '}')
+	ev := &event{name: "presence_diff", payload: b}
+	for sb := range t.subs {
+		sb.sink.deliver(sb, ev)
 	}
 }
 
@@ -291,18 +350,45 @@ func appendPresences(b []byte, m map[string][]json.RawMessage) []byte {
 	return append(b, '}')
 }
 
-// stateLocked encodes the topic's presence_state payload.
+// stateLocked encodes the topic's presence_state payload, as
+// appendPresences would, straight from the topic's keys: every join of a
+// big room encodes it, under the presence lock.
 func (t *presTopic) stateLocked() []byte {
-	m := make(map[string][]json.RawMessage, len(t.keys))
+	keys := make([]string, 0, len(t.keys))
+	size := 2
 	for k, refs := range t.keys {
-		l := make([]json.RawMessage, 0, len(refs))
+		keys = append(keys, k)
+		size += len(k) + 16
 		for _, meta := range refs {
+			size += len(meta) + 1
+		}
+	}
+	slices.Sort(keys)
+	b := make([]byte, 0, size)
+	b = append(b, '{')
+	var l []json.RawMessage
+	for i, k := range keys {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendQuote(b, k)
+		b = append(b, `:{"metas":[`...)
+		l = l[:0]
+		for _, meta := range t.keys[k] {
 			l = append(l, meta)
 		}
-		slices.SortFunc(l, func(a, b json.RawMessage) int { return bytes.Compare(a, b) })
-		m[k] = l
+		if len(l) > 1 {
+			slices.SortFunc(l, func(a, b json.RawMessage) int { return bytes.Compare(a, b) })
+		}
+		for j, meta := range l {
+			if j > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, meta...)
+		}
+		b = append(b, "]}"...)
 	}
-	return appendPresences(nil, m)
+	return append(b, '}')
 }
 
 // withTopic adds "topic" to a meta object: {"topic":…,"phx_ref":…}.
@@ -604,6 +690,12 @@ func (p *presence) stop() {
 		return
 	}
 	p.publishLocked(presMsg{Kind: presBye})
+	for _, t := range p.topics {
+		if t.timer != nil {
+			t.timer.Stop() // its subscribers are gone with the notifier
+			t.timer = nil
+		}
+	}
 	_ = p.nsub.Unsubscribe()
 	p.nsub = nil
 	_ = p.nc.Flush()

@@ -19,6 +19,9 @@ import (
 // (default 100) join/leave changes are made at about 100 a second on
 // notifier A; it logs the p50/p99 from a change to every member having
 // its diff, the NATS messages per change, and the heap per presence.
+// Each change waits for the last to reach every member, so diffs never
+// merge here; the storm itself (changes overlapping, two notifier
+// processes) is beambench's presence scenario (BENCHMARKS.md run Q).
 func TestPresenceFigures(t *testing.T) {
 	if os.Getenv("BEAMLINE_FIGURES") != "1" {
 		t.Skip("set BEAMLINE_FIGURES=1 to measure")

@@ -38,7 +38,7 @@ func (s *Service) replayJob(ctx context.Context, subject string, n, current, upT
 			}
 		}
 		if snap.Seq > n {
-			out = append(out, newJobEvent(env, snap, m.Sequence))
+			out = append(out, newJobEvent(env, snap, m.Sequence, m.Header.Get(envelope.HeaderTraceparent)))
 		}
 		if len(out) > maxReplay {
 			recovered = false
@@ -84,7 +84,7 @@ func (s *Service) replayUser(ctx context.Context, user string, n, upTo uint64) (
 		if _, ok := firstOf[m.Subject]; !ok {
 			firstOf[m.Subject] = snap.Seq
 		}
-		out = append(out, newJobEvent(env, snap, m.Sequence))
+		out = append(out, newJobEvent(env, snap, m.Sequence, m.Header.Get(envelope.HeaderTraceparent)))
 		if len(out) > maxReplay {
 			recovered = false
 			return false

@@ -19,6 +19,9 @@ import (
 // sseTokenExpired is the event that ends an SSE stream at its token's expiry.
 const sseTokenExpired = "token_expired"
 
+// sseDevice is the presence meta "device" of an SSE watcher.
+const sseDevice = "sse"
+
 // sseSink buffers one SSE stream's events; the handler goroutine writes them.
 type sseSink struct {
 	mu   sync.Mutex
@@ -169,6 +172,12 @@ func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request) {
 	if res.snapshot.Status.Terminal() && sent >= res.snapshot.Seq {
 		return
 	}
+	// A watcher whose stream stays open is present on job:<id> like a
+	// WebSocket watcher, device "sse", until the stream ends
+	// (docs/design.md#sse-watchers-in-presence). It never gets presence
+	// frames: SSE carries the job's events only.
+	s.presence.track(sb, presenceKey(p), localConn{onlineAt: time.Now().UnixMilli(), device: sseDevice}, nil, false)
+	defer s.presence.untrack(sb)
 	ping := time.NewTicker(25 * time.Second)
 	defer ping.Stop()
 	// The stream ends when the token does, with a token_expired event: the
@@ -211,7 +220,7 @@ func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request) {
 func snapshotEvent(snap envelope.Snapshot) *event {
 	data, _ := json.Marshal(snap) // a validated snapshot always marshals
 	env := &envelope.Envelope{Type: jobstore.EventTypeOf(snap), Data: data}
-	return newJobEvent(env, snap, 0)
+	return newJobEvent(env, snap, 0, "")
 }
 
 // sseData returns payload as the one line an SSE data: field holds. A

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/beamline/beamline/internal/jobstore"
+	"github.com/beamline/beamline/internal/jsm"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -223,4 +225,86 @@ func TestSSECaughtUpOnFinishedJob(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
+}
+
+// TestSSETimelineTraceAndProvider: the job-detail timeline reads
+// GET /v1/jobs/{id}/events from seq 0; every event names the trace of the
+// write that produced it (the trace id of its message's traceparent) and
+// the provider its snapshot records, replayed and live alike.
+func TestSSETimelineTraceAndProvider(t *testing.T) {
+	w := newWorld(t)
+	n := startNotifier(t, w, Config{})
+	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+	kv, err := jsm.JobStatus(context.Background(), w.js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	traced := jobstore.New(w.js, kv, jobstore.Config{Source: "/test",
+		Traceparent: func(context.Context) string { return "00-" + traceID + "-00f067aa0ba902b7-01" }})
+	id := w.newJob(t, "alice")
+	run := func(typ envelope.Type, m jobstore.Mutation) {
+		t.Helper()
+		if _, err := traced.Apply(context.Background(), id, nil, typ, func(s *envelope.Snapshot) error {
+			s.Provider = "sim"
+			return m(s)
+		}); err != nil {
+			t.Error(err)
+		}
+	}
+	run(envelope.TypeStarted, func(s *envelope.Snapshot) error {
+		s.Status, s.Attempt = envelope.StatusRunning, 1
+		return nil
+	})
+	run(envelope.TypeProgress, func(s *envelope.Snapshot) error { s.Progress = 50; return nil })
+
+	req, _ := http.NewRequest("GET", n.url+"/v1/jobs/"+id+"/events", nil)
+	req.Header.Set("Authorization", "Bearer "+token(t, "admin", true))
+	req.Header.Set("Last-Event-ID", "0")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	go run(envelope.TypeSucceeded, func(s *envelope.Snapshot) error {
+		s.Status, s.Progress = envelope.StatusSucceeded, 100
+		return nil
+	})
+	evs := readSSE(t, resp)
+	if len(evs) != 3 {
+		t.Fatalf("%d events, want started, progress, succeeded: %+v", len(evs), evs)
+	}
+	for _, e := range evs {
+		var p struct {
+			TraceID string `json:"trace_id"`
+			Job     envelope.Snapshot
+		}
+		if err := json.Unmarshal([]byte(e.data), &p); err != nil {
+			t.Fatalf("event %s: %v", e.id, err)
+		}
+		if p.TraceID != traceID || p.Job.Provider != "sim" {
+			t.Errorf("event %s (%s): trace_id %q provider %q, want %q and sim", e.id, e.event, p.TraceID, p.Job.Provider, traceID)
+		}
+	}
+
+	// An event without a traceparent has no trace_id at all.
+	id2 := w.newJob(t, "alice")
+	w.start(t, id2)
+	w.succeed(t, id2)
+	req2, _ := http.NewRequest("GET", n.url+"/v1/jobs/"+id2+"/events", nil)
+	req2.Header.Set("Authorization", "Bearer "+token(t, "alice", false))
+	req2.Header.Set("Last-Event-ID", "0")
+	resp2, err := http.DefaultClient.Do(req2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp2.Body.Close()
+	evs2 := readSSE(t, resp2)
+	if len(evs2) != 2 {
+		t.Fatalf("%d events replayed, want started and succeeded: %+v", len(evs2), evs2)
+	}
+	for _, e := range evs2 {
+		if strings.Contains(e.data, "trace_id") {
+			t.Errorf("event %s without a traceparent: %s", e.id, e.data)
+		}
+	}
 }

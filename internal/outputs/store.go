@@ -70,6 +70,15 @@ type Store struct {
 	// replicated: the bucket's stream has replicas, any of which may
 	// answer a direct get while still catching up (see Object.fetchFull).
 	replicated bool
+	cache      *chunkCache // nil: none (CacheChunks)
+}
+
+// CacheChunks keeps up to maxBytes of the chunks this store's readers
+// read in memory (chunkCache); ≤ 0: none. Call it before reading.
+func (s *Store) CacheChunks(maxBytes int64) {
+	if maxBytes > 0 {
+		s.cache = newChunkCache(maxBytes)
+	}
 }
 
 // runs remembers the objects whose chunks were found contiguous in the
@@ -280,7 +289,7 @@ func (s *Store) Open(ctx context.Context, key string) (*Object, error) {
 
 // Reader opens the output Stat described, reading with ctx.
 func (s *Store) Reader(ctx context.Context, info Info) *Object {
-	return &Object{ctx: ctx, dr: s.dr, runs: &s.runs, replicated: s.replicated, Info: info}
+	return &Object{ctx: ctx, dr: s.dr, runs: &s.runs, cache: s.cache, replicated: s.replicated, Info: info}
 }
 
 // Object is a stored output opened for reading, an io.ReadSeeker for
@@ -295,6 +304,7 @@ type Object struct {
 	ctx        context.Context
 	dr         *natsx.DirectReader
 	runs       *runs
+	cache      *chunkCache
 	replicated bool
 	pos        int64 // where the caller reads next
 	// batch is the open direct get of a contiguous object's chunks
@@ -356,12 +366,13 @@ func (o *Object) Read(p []byte) (int, error) {
 	if o.pos < o.bufOff || o.pos >= o.bufEnd {
 		got := false
 		if o.batch != nil && o.pos == o.bufEnd {
+			// The open batch sends this chunk next: take it from there.
 			var err error
 			if got, err = o.pull(); err != nil {
 				return 0, err
 			}
 		}
-		if !got {
+		if !got && !o.cached() {
 			if err := o.fetch(); err != nil {
 				return 0, err
 			}
@@ -379,6 +390,24 @@ func (o *Object) Read(p []byte) (int, error) {
 		off = end
 	}
 	return n, nil
+}
+
+// cached puts the cached chunk holding o.pos into buf, if there is one.
+// A batch still open (its chunks are not the ones read now) is closed.
+func (o *Object) cached() bool {
+	if !o.Info.full {
+		return false
+	}
+	k := int(o.pos / o.Info.chunkSize)
+	data, ok := o.cache.get(o.Info.nuid, k)
+	if !ok {
+		return false
+	}
+	o.closeBatch()
+	o.buf = append(o.buf[:0], data)
+	o.bufOff = int64(k) * o.Info.chunkSize
+	o.bufEnd = o.bufOff + int64(len(data))
+	return true
 }
 
 // Close drops the fetched chunks.
@@ -490,6 +519,7 @@ func (o *Object) fetchFull() error {
 				return false
 			}
 			o.buf = append(o.buf, m.Data)
+			o.cache.put(o.Info.nuid, j, m.Data)
 			return true
 		})
 		if ferr != nil {
@@ -587,6 +617,7 @@ func (o *Object) pull() (bool, error) {
 		return false, wrapf(ErrStore, "%s: chunk %d is %d bytes, want %d", o.Info.Key, j, len(m.Data), want)
 	}
 	o.seqs[j] = m.Sequence
+	o.cache.put(o.Info.nuid, j, m.Data)
 	o.buf = append(o.buf[:0], m.Data)
 	o.bufOff = int64(j) * cs
 	o.bufEnd = o.bufOff + int64(len(m.Data))

@@ -50,6 +50,10 @@ func TestFailTimesSucceedsOnLaterAttempt(t *testing.T) {
 		if ev.Status == envelope.StatusRetrying {
 			retrying++
 		}
+		// The job-detail timeline names the provider of every event.
+		if ev.Provider != "sim" {
+			t.Errorf("event seq %d (%s): provider %q, want sim", ev.Seq, ev.Status, ev.Provider)
+		}
 	}
 	if retrying != 2 {
 		t.Fatalf("%d retrying events, want 2", retrying)

@@ -177,20 +177,36 @@ func (p *Processor) park(jctx context.Context, d *delivery, timeout time.Duratio
 		return
 	}
 	// No goroutine at all until something happens: the provider calls
-	// back on one of its own.
-	ctx, cancel := jctx, context.CancelFunc(func() {})
-	if timeout > 0 {
-		ctx, cancel = context.WithDeadline(jctx, start.Add(timeout))
+	// back on one of its own. The wait gets jctx itself, not a deadline
+	// context of its own: a timer ends the wait at the timeout instead.
+	// Of 10,000 waits each such context would hold a timer, its Done
+	// channel and the children map of its AfterFunc (~0.5 KB); the
+	// provider's AfterFunc joins jctx's map, which the call's boundary
+	// made already. A wait ended by the timer stays registered at the
+	// provider until the run ends jctx (its unwind): what it reports then
+	// is dropped, and settleRemote has cancelled its work.
+	var (
+		ended atomic.Bool                // the first report wins; later ones return at once
+		timer atomic.Pointer[time.Timer] // set after it may have fired
+	)
+	finish := func(result json.RawMessage, err error) {
+		if !ended.CompareAndSwap(false, true) {
+			return
+		}
+		if t := timer.Load(); t != nil {
+			t.Stop()
+		}
+		resume(result, err)
 	}
-	var once sync.Once
 	done := func(result json.RawMessage, err error) {
-		once.Do(func() {
-			result, err = boundaryResult(ctx, jctx, timeout, result, err)
-			cancel()
-			resume(result, err)
-		})
+		finish(boundaryResult(jctx, jctx, timeout, result, err))
 	}
-	if err := (flow.Boundary{}).Do(ctx, func(ctx context.Context) error {
+	if timeout > 0 {
+		timer.Store(time.AfterFunc(time.Until(start.Add(timeout)), func() {
+			finish(nil, &flow.TimeoutError{Timeout: timeout})
+		}))
+	}
+	if err := (flow.Boundary{}).Do(jctx, func(ctx context.Context) error {
 		pk.Park(ctx, w.h, w.req, done)
 		return nil
 	}); err != nil {

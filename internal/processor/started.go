@@ -70,33 +70,51 @@ const (
 	startSkipped                   // the outcome came first: never written
 )
 
-// starter is the started write of one run.
+// starter is the started write of one run. It is kept small: a run that
+// waits on remote work holds it for the whole wait (docs/design.md#waiting-jobs-hold-no-worker),
+// so once the write is over it keeps neither its timer, nor a channel of
+// its own, nor the snapshot written (callers want that only on an error).
 type starter struct {
 	p      *Processor
 	ctx    context.Context
 	d      *delivery
 	cancel context.CancelFunc // stops the provider call when the write fails
 
-	mu    sync.Mutex
-	state startState
-	timer *time.Timer
-	done  chan struct{}
-	snap  envelope.Snapshot // the write's result
-	err   error
+	mu     sync.Mutex
+	state  startState
+	timer  *time.Timer
+	done   chan struct{}      // made when the write begins; closedChan once it is over
+	failed *envelope.Snapshot // the snapshot a failed write returned
+	err    error
 }
+
+// closedChan is the done of every write that is over.
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 // newStarter defers the started write of d by delay; delay ≤ 0 means now
 // (the caller then calls ensure).
 func (p *Processor) newStarter(ctx context.Context, d *delivery, cancel context.CancelFunc, delay time.Duration) *starter {
-	s := &starter{p: p, ctx: ctx, d: d, cancel: cancel, done: make(chan struct{})}
+	s := &starter{p: p, ctx: ctx, d: d, cancel: cancel}
 	if delay > 0 {
+		s.mu.Lock() // ensure, on the timer's goroutine, clears it
 		s.timer = time.AfterFunc(delay, func() { _, _ = s.ensure() })
+		s.mu.Unlock()
 	}
 	return s
 }
 
+// resultLocked is the write's outcome, once it is over (under mu).
+func (s *starter) resultLocked() (envelope.Snapshot, error) {
+	if s.failed != nil {
+		return *s.failed, s.err
+	}
+	return envelope.Snapshot{}, s.err
+}
+
 // ensure writes the start unless it was written or skipped, and returns the
-// write's result (errStartSkipped when the outcome came first).
+// write's result (errStartSkipped when the outcome came first). The
+// snapshot it returns is meaningful only with an error (the stored one a
+// terminal job has, for skipTerminal).
 func (s *starter) ensure() (envelope.Snapshot, error) {
 	s.mu.Lock()
 	switch s.state {
@@ -104,20 +122,35 @@ func (s *starter) ensure() (envelope.Snapshot, error) {
 		s.mu.Unlock()
 		return envelope.Snapshot{}, errStartSkipped
 	case startWriting:
+		done := s.done
 		s.mu.Unlock()
-		<-s.done
-		return s.snap, s.err
+		<-done
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.resultLocked()
 	}
 	s.state = startWriting
+	if s.timer != nil {
+		s.timer.Stop() // a no-op when it is what called
+		s.timer = nil
+	}
+	done := make(chan struct{})
+	s.done = done
 	s.mu.Unlock()
-	s.snap, s.err = s.p.writeStarted(s.ctx, s.d)
-	if s.err != nil {
+	snap, err := s.p.writeStarted(s.ctx, s.d)
+	if err != nil {
 		// The run must not go on as if started: stop the call; the
 		// worker acts on the error once the call returned.
 		s.cancel()
 	}
-	close(s.done)
-	return s.snap, s.err
+	s.mu.Lock()
+	if err != nil {
+		s.failed, s.err = &snap, err
+	}
+	s.done = closedChan
+	s.mu.Unlock()
+	close(done)
+	return snap, err
 }
 
 // skipOrAwait is called when the call is over (and, deferred, whenever the run
@@ -131,15 +164,20 @@ func (s *starter) skipOrAwait() (skipped bool, snap envelope.Snapshot, err error
 		s.state = startSkipped
 		if s.timer != nil {
 			s.timer.Stop()
+			s.timer = nil
 		}
 		fallthrough
 	case startSkipped:
 		s.mu.Unlock()
 		return true, envelope.Snapshot{}, nil
 	}
+	done := s.done
 	s.mu.Unlock()
-	<-s.done
-	return false, s.snap, s.err
+	<-done
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	snap, err = s.resultLocked()
+	return false, snap, err
 }
 
 // writeStarted stores running and announces it. The attempt is checked

@@ -59,16 +59,33 @@ func (d *delivery) remoteStats() *envelope.RemoteStats {
 	return r
 }
 
-// withRemoteStats makes a write of the run carry its remote telemetry, and
-// counts the job's starts when the write ends it.
+// withRemoteStats makes a write of the run carry its provider's name
+// (every event of the job's timeline says who served its attempt:
+// docs/design.md#a-jobs-timeline) and its remote telemetry, and counts the
+// job's starts when the write ends it.
 func (p *Processor) withRemoteStats(d *delivery, fn jobstore.Mutation) jobstore.Mutation {
+	name := ""
+	if prov := p.kindProviders[d.kind]; prov != nil {
+		name = prov.Name()
+	}
 	r := d.remoteStats()
 	if r == nil {
-		return fn
+		return func(s *envelope.Snapshot) error {
+			if err := fn(s); err != nil {
+				return err
+			}
+			if name != "" {
+				s.Provider = name
+			}
+			return nil
+		}
 	}
 	return func(s *envelope.Snapshot) error {
 		if err := fn(s); err != nil {
 			return err
+		}
+		if name != "" {
+			s.Provider = name
 		}
 		if s.Remote != nil && s.Remote.Provider == r.Provider {
 			r.Starts = max(r.Starts, s.Remote.Starts)

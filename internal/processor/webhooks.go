@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -56,7 +57,9 @@ type Webhooks struct {
 	delivered *prometheus.CounterVec // api, result
 	since     time.Time              // where the consumer (re)starts
 	subs      map[string]map[chan provider.WebhookDelivery]struct{}
-	funcs     map[string]map[*webhookFunc]struct{}
+	// funcs: a slice, not a set: a job has one wait at a time, and a map
+	// per waiting job would cost 10,000 waits ~2 MB.
+	funcs map[string][]*webhookFunc
 }
 
 // webhookFunc is one WatchFunc.
@@ -84,7 +87,7 @@ func NewWebhooks(baseURL string, key []byte) (*Webhooks, error) {
 		base:  strings.TrimSuffix(u.String(), "/"),
 		key:   append([]byte(nil), key...),
 		subs:  map[string]map[chan provider.WebhookDelivery]struct{}{},
-		funcs: map[string]map[*webhookFunc]struct{}{},
+		funcs: map[string][]*webhookFunc{},
 	}, nil
 }
 
@@ -164,18 +167,21 @@ func (w *Webhooks) WatchFunc(api, job string, fn func(provider.WebhookDelivery))
 	f := &webhookFunc{fn: fn}
 	k := api + "." + job
 	w.mu.Lock()
-	if w.funcs[k] == nil {
-		w.funcs[k] = map[*webhookFunc]struct{}{}
-	}
-	w.funcs[k][f] = struct{}{}
+	w.funcs[k] = append(w.funcs[k], f)
 	w.mu.Unlock()
 	return func() {
 		w.mu.Lock()
-		delete(w.funcs[k], f)
-		if len(w.funcs[k]) == 0 {
-			delete(w.funcs, k)
+		defer w.mu.Unlock()
+		fs := w.funcs[k]
+		i := slices.Index(fs, f)
+		if i < 0 {
+			return // stopped already
 		}
-		w.mu.Unlock()
+		if len(fs) == 1 {
+			delete(w.funcs, k)
+			return
+		}
+		w.funcs[k] = slices.Delete(fs, i, i+1)
 	}
 }
 
@@ -216,7 +222,7 @@ func (w *Webhooks) dispatch(subject string, body []byte) {
 		return
 	}
 	w.delivered.WithLabelValues(api, "delivered").Inc()
-	for f := range funcs {
+	for _, f := range funcs {
 		f.fn(d)
 	}
 	for c := range subs {

@@ -165,3 +165,40 @@ func TestReplicateWebhooksOutOfOrder(t *testing.T) {
 	}
 	e.checkSeqs(j, envelope.StatusSucceeded)
 }
+
+// TestParkedWaitTimesOut: a parked Replicate wait (webhooks, polls an hour
+// away) whose prediction never ends is ended by the job timeout: each
+// attempt times out, its prediction is cancelled at the provider, the next
+// attempt starts a new one, and the job ends dead after MaxDeliver runs.
+// The parked wait has no deadline context of its own (inflight.go, park):
+// only its timer can end it.
+func TestParkedWaitTimesOut(t *testing.T) {
+	e := newEnv(t)
+	rig := newReplicateRig(t, e)
+	tr := &http.Transport{}
+	t.Cleanup(tr.CloseIdleConnections)
+	hooks := e.webhooks(rig.ingestURL)
+	prov, err := provider.NewReplicate(provider.ReplicateConfig{
+		URL: rig.url, Token: replicatefake.DefaultToken, Model: "acme/painter",
+		Client: &http.Client{Transport: tr}, Webhooks: hooks, Quiet: time.Hour,
+		PollMin: time.Hour, PollMax: time.Hour,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := withProvider(baseConfig(t), prov)
+	cfg.Webhooks = hooks
+	cfg.MaxDeliver = 2
+	cfg.KindTimeouts = map[string]time.Duration{"image": 400 * time.Millisecond}
+	r := e.start(cfg)
+	j := replicateJob(`{"duration_ms":600000,"output":"never"}`)
+	e.submit(j)
+	e.waitStatus(j.ID, envelope.StatusDead, 20*time.Second)
+	if v := counterValue(t, r, "beamline_processor_job_timeouts_total", nil); v != 2 {
+		t.Fatalf("timeouts counted %v, want 2", v)
+	}
+	if rig.fake.CreatedTotal() != 2 || rig.fake.CancelsTotal() < 2 || rig.fake.Running() != 0 {
+		t.Fatalf("%d predictions created, %d cancels, %d running; want 2, ≥ 2, 0",
+			rig.fake.CreatedTotal(), rig.fake.CancelsTotal(), rig.fake.Running())
+	}
+}

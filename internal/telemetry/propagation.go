@@ -73,3 +73,30 @@ func ContextWithTraceparent(ctx context.Context, tp string) context.Context {
 func SpanContextOf(tp string) trace.SpanContext {
 	return trace.SpanContextFromContext(ContextWithTraceparent(context.Background(), tp))
 }
+
+// TraceIDOf returns the trace id of a W3C traceparent
+// ("00-<trace id>-<span id>-<flags>"): its 32 lower-case hex digits, a
+// substring of tp (no allocation), or "" when tp is not a valid
+// traceparent or its trace id is all zeros. The notifier puts it on every
+// push so a job's timeline names each event's trace.
+func TraceIDOf(tp string) string {
+	if len(tp) < 55 || tp[2] != '-' || tp[35] != '-' || tp[52] != '-' || tp[:2] == "ff" || (len(tp) > 55 && tp[55] != '-') {
+		return ""
+	}
+	id := tp[3:35]
+	zero := true
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		switch {
+		case c == '0':
+		case c >= '1' && c <= '9', c >= 'a' && c <= 'f':
+			zero = false
+		default:
+			return ""
+		}
+	}
+	if zero {
+		return ""
+	}
+	return id
+}

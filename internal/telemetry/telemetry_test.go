@@ -302,3 +302,23 @@ func TestTraceparentValidation(t *testing.T) {
 		}
 	}
 }
+
+// TestTraceIDOf: the trace id of a valid traceparent; "" for anything the
+// W3C format refuses (the timeline then shows no trace rather than junk).
+func TestTraceIDOf(t *testing.T) {
+	for tp, want := range map[string]string{
+		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01":   "4bf92f3577b34da6a3ce929d0e0e4736",
+		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x": "4bf92f3577b34da6a3ce929d0e0e4736",
+		"": "",
+		"00-00000000000000000000000000000000-00f067aa0ba902b7-01":  "",
+		"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01":  "",
+		"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01":  "",
+		"00-4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7-01":  "",
+		"00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01":   "",
+		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x": "",
+	} {
+		if got := TraceIDOf(tp); got != want {
+			t.Errorf("TraceIDOf(%q) = %q, want %q", tp, got, want)
+		}
+	}
+}

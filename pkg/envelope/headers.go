@@ -29,6 +29,12 @@ const (
 	HeaderScheduleTTL    = "Nats-Schedule-TTL"
 	// HeaderScheduleTimeZone is the IANA zone of a cron schedule.
 	HeaderScheduleTimeZone = "Nats-Schedule-Time-Zone"
+	// HeaderScheduleNext is set by the server on each message a repeating
+	// schedule fires: when the schedule fires next (RFC 3339, nanoseconds),
+	// or ScheduleNextPurge on a one-shot schedule's firing.
+	HeaderScheduleNext = "Nats-Schedule-Next"
+	// ScheduleNextPurge is HeaderScheduleNext on a one-shot firing.
+	ScheduleNextPurge = "purge"
 )
 
 // FiredTTL is how long the fired copy of a scheduled job stays in

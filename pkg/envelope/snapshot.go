@@ -72,6 +72,11 @@ type Snapshot struct {
 	RunAt *time.Time `json:"run_at,omitempty"`
 	// RerunOf is the job this one reruns.
 	RerunOf string `json:"rerun_of,omitempty"`
+	// Provider names the provider that runs (or ran) the job's latest
+	// attempt ("sim", "cog", "replicate:owner/name"), set by the processor
+	// with running and kept by the attempt's later events, so each event of
+	// a job's timeline says who served it; absent before the first start.
+	Provider string `json:"provider,omitempty"`
 }
 
 // Preview names a running job's latest intermediate output, stored like

@@ -142,12 +142,13 @@ func submitBatches(ctx context.Context, t *testing.T, hc *http.Client, base, tok
 	}
 }
 
-// cronJobID is the id ingest gives the job of a schedule firing stored at
-// fired: keyedJobID(user, "beamline-schedule\x00" + name + "\x00" + the
-// fire second), docs/design.md#repeating-schedules. Written out here so
-// the test checks the contract instead of calling the code under test.
-func cronJobID(user, name string, fired time.Time) string {
-	key := "beamline-schedule\x00" + name + "\x00" + fired.UTC().Round(time.Second).Format(time.RFC3339)
+// cronJobID is the id ingest gives the job of a schedule firing:
+// keyedJobID(user, "beamline-schedule-v2\x00" + name + "\x00" + the
+// schedule's created_at + "\x00next " + the firing's Nats-Schedule-Next),
+// docs/design.md#repeating-schedules. Written out here so the test checks
+// the contract instead of calling the code under test.
+func cronJobID(user, name string, created time.Time, next string) string {
+	key := "beamline-schedule-v2\x00" + name + "\x00" + created.UTC().Format(time.RFC3339Nano) + "\x00next " + next
 	h := sha256.New()
 	h.Write([]byte("beamline-idempotency-v1\x00" + user + "\x00" + key))
 	enc := base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
@@ -390,6 +391,8 @@ func TestChaosJobControl(t *testing.T) {
 	type firing struct {
 		stored  time.Time // when the server stored it (the fire time)
 		nominal time.Time // the cron time it stands for: its Nats-Schedule-Next less a period
+		next    string    // its Nats-Schedule-Next as stored
+		created time.Time // its schedule's created_at (the firing's body is the schedule)
 	}
 	var firings []firing
 	readAll(ctx, t, js, streams.Scheduled, envelope.CronFireSubject(jcUser, jcSchedule), func(m jetstream.Msg) {
@@ -397,11 +400,18 @@ func TestChaosJobControl(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		next, err := time.Parse(time.RFC3339Nano, m.Headers().Get("Nats-Schedule-Next"))
+		raw := m.Headers().Get("Nats-Schedule-Next")
+		next, err := time.Parse(time.RFC3339Nano, raw)
 		if err != nil {
 			t.Fatalf("firing without Nats-Schedule-Next: %v", err)
 		}
-		firings = append(firings, firing{stored: meta.Timestamp, nominal: next.Add(-jcPeriod)})
+		var sched struct {
+			CreatedAt time.Time `json:"created_at"`
+		}
+		if err := json.Unmarshal(m.Data(), &sched); err != nil {
+			t.Fatalf("firing body: %v", err)
+		}
+		firings = append(firings, firing{stored: meta.Timestamp, nominal: next.Add(-jcPeriod), next: raw, created: sched.CreatedAt})
 	})
 	if len(firings) < 5 {
 		t.Fatalf("the schedule fired %d times", len(firings))
@@ -410,7 +420,7 @@ func TestChaosJobControl(t *testing.T) {
 	// made no job is reported below.
 	var cronIDs []string
 	for _, f := range firings {
-		cronIDs = append(cronIDs, cronJobID(jcUser, jcSchedule, f.stored))
+		cronIDs = append(cronIDs, cronJobID(jcUser, jcSchedule, f.created, f.next))
 	}
 	waitTerminal(cronIDs, 15*time.Second)
 
@@ -507,7 +517,7 @@ func TestChaosJobControl(t *testing.T) {
 	// the schedule's kind exists.
 	cronJobs := map[string]int{}
 	for _, f := range firings {
-		id := cronJobID(jcUser, jcSchedule, f.stored)
+		id := cronJobID(jcUser, jcSchedule, f.created, f.next)
 		cronJobs[id]++
 		e := evs[id]
 		switch {

@@ -48,6 +48,7 @@ package replicatefake
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -194,6 +195,7 @@ type Server struct {
 
 	hookFaults WebhookFaults
 	hookSeq    int
+	hookIDs    string // prefix of this server's webhook-ids
 	hooksSent  int
 	hooksOK    int
 }
@@ -266,6 +268,10 @@ func New(cfg Config) *Server {
 		cfg: cfg, ctx: ctx, cancel: cancel,
 		preds: map[string]*prediction{}, created: map[string]int{}, cancels: map[string]int{},
 		files: map[string]*file{}, served: map[string]int{},
+		// Unique per server, as Replicate's are: ingest de-duplicates
+		// deliveries by webhook-id, and two fakes (a test's or a
+		// benchmark's) may send through the same ingest.
+		hookIDs: "msg_" + rand.Text()[:12] + "_",
 	}
 }
 

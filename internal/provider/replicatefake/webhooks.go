@@ -111,7 +111,7 @@ func (s *Server) webhookLocked(p *prediction, event string) {
 	if f := s.hookFaults.Drop; f != nil && f(event, p.hookN) {
 		return
 	}
-	p.pending = append(p.pending, delivery{id: "msg_fake" + strconv.Itoa(s.hookSeq), event: event, body: p.snapshot()})
+	p.pending = append(p.pending, delivery{id: s.hookIDs + strconv.Itoa(s.hookSeq), event: event, body: p.snapshot()})
 }
 
 // flush sends the prediction's queued deliveries (all of them, newest
