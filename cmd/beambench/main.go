@@ -147,7 +147,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (and in-process devstack) to `file`")
 	fs.StringVar(&o.pprofAddr, "pprof", "", "serve net/http/pprof of this process (and in-process devstack) on `addr`, e.g. 127.0.0.1:6060")
 	fs.StringVar(&o.notifierBin, "notifier-bin", "", "path of a built cmd/notifier: push runs it as a separate process on devstack's NATS and reads its RSS and Go heap")
-	fs.StringVar(&o.notifierProfile, "notifier-profile", "", "push with -notifier-bin: write the notifier process's heap and goroutine profiles (idle clients) and CPU profile (latency run) into `dir`")
+	fs.StringVar(&o.notifierProfile, "notifier-profile", "", "with -notifier-bin: push writes the notifier process's heap and goroutine profiles (idle clients) and CPU profile (latency run) into `dir`; presence writes each notifier's CPU profile over the storm (presence-cpu-0/1.pb.gz)")
 	fs.IntVar(&o.clientProcs, "client-procs", 0, "push: child processes holding the WebSocket clients (0: in this process when ≤ 2,000 clients, else ⌈clients/conns-per-proc⌉)")
 	fs.IntVar(&o.connsPerProc, "conns-per-proc", o.connsPerProc, "push: most WebSocket connections per child process")
 	fs.IntVar(&o.procConcurrency, "proc-concurrency", o.procConcurrency, "in-process processor concurrency (also its MaxPerUser)")

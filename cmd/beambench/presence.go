@@ -56,6 +56,7 @@ type presNotifier struct {
 	self bool          // in this process: its heap is this process's
 	cpu  func() time.Duration
 	stop func()
+	proc *notifierProc // with -notifier-bin (nil in-process)
 }
 
 // presHeap is the two notifiers' Go heap: the sum of two processes', or
@@ -81,7 +82,7 @@ func startPresNotifier(ctx context.Context, t *target, o *options) (*presNotifie
 		if err != nil {
 			return nil, err
 		}
-		return &presNotifier{url: np.url, stop: np.stop, cpu: np.cpu, heap: func() uint64 {
+		return &presNotifier{url: np.url, stop: np.stop, cpu: np.cpu, proc: np, heap: func() uint64 {
 			if resp, err := http.Get(np.pprof + "heap?gc=1"); err == nil {
 				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
@@ -320,6 +321,21 @@ func runPresence(ctx context.Context, t *target, o *options, rep *reporter) erro
 	joinedAs := make([]int, churnN) // the join change of a connection in the room
 	measuring.Store(true)
 	counting.Store(true)
+	if o.notifierProfile != "" && o.notifierBin != "" {
+		// Each notifier's CPU profile over the storm (-notifier-profile).
+		secs := fmt.Sprintf("seconds=%d", max(1, (changes+rate-1)/rate))
+		var wg sync.WaitGroup
+		for i, n := range ns {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := n.proc.profile(o.notifierProfile, "profile", secs, fmt.Sprintf("presence-cpu-%d.pb.gz", i)); err != nil {
+					t.log.Warn("notifier profile", "err", err)
+				}
+			}()
+		}
+		defer wg.Wait()
+	}
 	cpu0, self0 := presCPU(ns), cpuTime()
 	start := time.Now()
 	tick := time.NewTicker(time.Millisecond)
