@@ -92,10 +92,11 @@ type options struct {
 	jcListJobs   int   // jobctl: the listed user's jobs
 	jcListReqs   int   // jobctl: GET /v1/jobs requests
 
-	presMembers int // presence: members of the room, half on each notifier
-	presChanges int // presence: joins and leaves of the storm
-	presRate    int // presence: changes per second
-	presChurn   int // presence: connections making the changes
+	presMembers int    // presence: members of the room, half on each notifier
+	presChanges int    // presence: joins and leaves of the storm
+	presRate    int    // presence: changes per second
+	presChurn   int    // presence: connections making the changes
+	presClient  string // presence: the members' WebSocket client, lean or std
 }
 
 func fullOptions() options {
@@ -107,7 +108,7 @@ func fullOptions() options {
 		pollJobs: 50, pollDur: 60 * time.Second, pollInterval: 2 * time.Second,
 		provWaiting: 10000, provOutputMB: 20, provRangeReqs: 40, provPushJobs: 200,
 		jcBatchSizes: []int{100, 1000}, jcBatchJobs: 20000, jcSchedJobs: 10000, jcListJobs: 100000, jcListReqs: 300,
-		presMembers: 1000, presChanges: 1000, presRate: 100, presChurn: 20,
+		presMembers: 1000, presChanges: 1000, presRate: 100, presChurn: 20, presClient: "lean",
 		deadline: 20 * time.Minute,
 	}
 }
@@ -121,7 +122,7 @@ func shortOptions() options {
 		pollJobs: 5, pollDur: 5 * time.Second, pollInterval: 2 * time.Second,
 		provWaiting: 200, provOutputMB: 2, provRangeReqs: 8, provPushJobs: 10,
 		jcBatchSizes: []int{100, 1000}, jcBatchJobs: 1000, jcSchedJobs: 200, jcListJobs: 2000, jcListReqs: 15,
-		presMembers: 100, presChanges: 100, presRate: 100, presChurn: 10,
+		presMembers: 100, presChanges: 100, presRate: 100, presChurn: 10, presClient: "lean",
 		deadline: 60 * time.Second,
 	}
 }
@@ -148,7 +149,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (and in-process devstack) to `file`")
 	fs.StringVar(&o.pprofAddr, "pprof", "", "serve net/http/pprof of this process (and in-process devstack) on `addr`, e.g. 127.0.0.1:6060")
 	fs.StringVar(&o.notifierBin, "notifier-bin", "", "path of a built cmd/notifier: push runs it as a separate process on devstack's NATS and reads its RSS and Go heap")
-	fs.StringVar(&o.notifierProfile, "notifier-profile", "", "push with -notifier-bin: write the notifier process's heap and goroutine profiles (idle clients) and CPU profile (latency run) into `dir`")
+	fs.StringVar(&o.notifierProfile, "notifier-profile", "", "with -notifier-bin: push writes the notifier process's heap and goroutine profiles (idle clients) and CPU profile (latency run) into `dir`; presence writes each notifier's CPU profile over the storm (presence-cpu-0/1.pb.gz)")
 	fs.IntVar(&o.clientProcs, "client-procs", 0, "push: child processes holding the WebSocket clients (0: in this process when ≤ 2,000 clients, else ⌈clients/conns-per-proc⌉)")
 	fs.IntVar(&o.connsPerProc, "conns-per-proc", o.connsPerProc, "push: most WebSocket connections per child process")
 	fs.IntVar(&o.procConcurrency, "proc-concurrency", o.procConcurrency, "in-process processor concurrency (also its MaxPerUser)")
@@ -174,6 +175,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.presChanges, "presence-changes", o.presChanges, "presence: joins and leaves of the storm")
 	fs.IntVar(&o.presRate, "presence-rate", o.presRate, "presence: changes per second")
 	fs.IntVar(&o.presChurn, "presence-churn", o.presChurn, "presence: connections making the changes (alternately joining and leaving)")
+	fs.StringVar(&o.presClient, "presence-client", o.presClient, "presence: the members' WebSocket client: lean (reads the frames itself, finds a presence_diff's changes by a byte search, skips every other frame without copying it) or std (phoenixtest, gorilla/websocket, every frame decoded)")
 	fs.DurationVar(&o.ingestDur, "ingest-duration", o.ingestDur, "ingest: length of each concurrency level")
 	fs.StringVar(&o.ingestClient, "ingest-client", o.ingestClient, "ingest: HTTP load generator: lean (one keep-alive connection per worker writing a prebuilt request and parsing the answer with net/http.ReadResponse, as wrk does) or std (net/http.Client)")
 	conc := fs.String("ingest-concurrency", "", "ingest: comma-separated concurrency levels (default 1,16,64; -short 1,8)")
@@ -187,6 +189,9 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.ingestClient != "lean" && o.ingestClient != "std" {
 		return o, fmt.Errorf("-ingest-client: %q is neither lean nor std", o.ingestClient)
+	}
+	if o.presClient != "lean" && o.presClient != "std" {
+		return o, fmt.Errorf("-presence-client: %q is neither lean nor std", o.presClient)
 	}
 	if *conc != "" {
 		o.ingestConc = nil

@@ -73,6 +73,12 @@ func TestParse(t *testing.T) {
 	if _, err := parse([]string{"-ingest-client", "curl"}, &errOut); err == nil {
 		t.Error("-ingest-client curl accepted")
 	}
+	if o, err := parse([]string{"-presence-client", "std"}, &errOut); err != nil || o.presClient != "std" {
+		t.Errorf("-presence-client std: %+v %v", o, err)
+	}
+	if _, err := parse([]string{"-presence-client", "ws"}, &errOut); err == nil {
+		t.Error("-presence-client ws accepted")
+	}
 }
 
 func TestQuantile(t *testing.T) {
@@ -115,4 +121,24 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
+}
+
+// Both presence member clients join the room and see every change of a
+// small storm: the scenario fails when a change reaches no member.
+func TestShortPresenceClients(t *testing.T) {
+	for _, client := range []string{"lean", "std"} {
+		o := shortOptions()
+		o.scenarios = []string{"presence"}
+		o.presMembers, o.presChanges, o.presChurn, o.presClient = 10, 20, 4, client
+		var out, errOut bytes.Buffer
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		err := bench(ctx, &o, &out, &errOut)
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: bench: %v\nstderr:\n%s", client, err, errOut.String())
+		}
+		if !strings.Contains(out.String(), `"member_client":"`+client+`"`) || !strings.Contains(out.String(), `"not_reaching_all":0`) {
+			t.Errorf("%s: want every change to reach every member, got:\n%s", client, out.String())
+		}
+	}
 }

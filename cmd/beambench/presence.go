@@ -56,6 +56,7 @@ type presNotifier struct {
 	self bool          // in this process: its heap is this process's
 	cpu  func() time.Duration
 	stop func()
+	proc *notifierProc // with -notifier-bin (nil in-process)
 }
 
 // presHeap is the two notifiers' Go heap: the sum of two processes', or
@@ -81,7 +82,7 @@ func startPresNotifier(ctx context.Context, t *target, o *options) (*presNotifie
 		if err != nil {
 			return nil, err
 		}
-		return &presNotifier{url: np.url, stop: np.stop, cpu: np.cpu, heap: func() uint64 {
+		return &presNotifier{url: np.url, stop: np.stop, cpu: np.cpu, proc: np, heap: func() uint64 {
 			if resp, err := http.Get(np.pprof + "heap?gc=1"); err == nil {
 				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
@@ -266,30 +267,32 @@ func runPresence(ctx context.Context, t *target, o *options, rep *reporter) erro
 
 	// The members connect (half on each notifier), then the heap is read,
 	// then they join.
-	clients := make([]*phoenixtest.Client, members)
+	clients := make([]presMember, members)
 	defer func() {
 		for _, c := range clients {
 			if c != nil {
-				c.Abort()
+				c.abort()
 			}
 		}
 	}()
 	var measuring atomic.Bool
-	onFrame := func(f *phoenixtest.Frame, at time.Time) {
-		if f.Event == "presence_diff" && measuring.Load() {
-			ct.onDiff(f.Payload, at.UnixNano())
+	onDiff := func(b []byte, at time.Time) {
+		if measuring.Load() {
+			ct.onDiff(b, at.UnixNano())
 		}
 	}
 	if err := parallel(ctx, members, 32, func(i int) error {
-		c, err := dialWS(ctx, ns[i%2].url, tokenFor(fmt.Sprintf("m%d", i)), nil, onFrame)
-		clients[i] = c
+		c, err := dialMember(ctx, o.presClient, ns[i%2].url, tokenFor(fmt.Sprintf("m%d", i)), onDiff)
+		if err == nil {
+			clients[i] = c
+		}
 		return err
 	}); err != nil {
 		return fmt.Errorf("presence: connect members: %w", err)
 	}
 	heap0 := presHeap(ns)
 	joinStart := time.Now()
-	if err := parallel(ctx, members, 32, func(i int) error { return joinWS(ctx, clients[i], topic) }); err != nil {
+	if err := parallel(ctx, members, 32, func(i int) error { return clients[i].join(ctx, topic) }); err != nil {
 		return fmt.Errorf("presence: join members: %w", err)
 	}
 	// Every member is on both notifiers' view before the storm.
@@ -318,6 +321,21 @@ func runPresence(ctx context.Context, t *target, o *options, rep *reporter) erro
 	joinedAs := make([]int, churnN) // the join change of a connection in the room
 	measuring.Store(true)
 	counting.Store(true)
+	if o.notifierProfile != "" && o.notifierBin != "" {
+		// Each notifier's CPU profile over the storm (-notifier-profile).
+		secs := fmt.Sprintf("seconds=%d", max(1, (changes+rate-1)/rate))
+		var wg sync.WaitGroup
+		for i, n := range ns {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := n.proc.profile(o.notifierProfile, "profile", secs, fmt.Sprintf("presence-cpu-%d.pb.gz", i)); err != nil {
+					t.log.Warn("notifier profile", "err", err)
+				}
+			}()
+		}
+		defer wg.Wait()
+	}
 	cpu0, self0 := presCPU(ns), cpuTime()
 	start := time.Now()
 	tick := time.NewTicker(time.Millisecond)
@@ -388,7 +406,7 @@ func runPresence(ctx context.Context, t *target, o *options, rep *reporter) erro
 	if len(lat) == 0 {
 		return fmt.Errorf("presence: %w: no change reached every member (%d changes)", errNoFigures, changes)
 	}
-	p := map[string]any{"members": members, "notifiers": 2, "changes": changes, "changes_per_s": rate,
+	p := map[string]any{"members": members, "member_client": o.presClient, "notifiers": 2, "changes": changes, "changes_per_s": rate,
 		"storm_s": round(stormTook.Seconds()), "churn_conns": churnN, "not_reaching_all": missed,
 		"baseline": "change → raw core-NATS subscriber (joins)"}
 	slices.Sort(lat)
@@ -406,7 +424,7 @@ func runPresence(ctx context.Context, t *target, o *options, rep *reporter) erro
 	if ns[0].self {
 		what = "this process: the notifiers, the members and the churn connections"
 	}
-	cp := map[string]any{"cpu_s": round(cpu.Seconds()), "changes": changes, "members": members, "of": what}
+	cp := map[string]any{"cpu_s": round(cpu.Seconds()), "changes": changes, "members": members, "of": what, "member_client": o.presClient}
 	if !ns[0].self {
 		// The members' side, on the same cores: their reads and decoding,
 		// the churn connections, devstack's NATS server.

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -352,31 +353,37 @@ func appendPresences(b []byte, m map[string][]json.RawMessage) []byte {
 
 // stateLocked encodes the topic's presence_state payload, as
 // appendPresences would, straight from the topic's keys: every join of a
-// big room encodes it, under the presence lock.
+// big room encodes it, under the presence lock. Each key's refs are read
+// once (into one flat slice of metas), not once to size the buffer and
+// again to encode: iterating a key's small map costs more than copying
+// its meta, and a storm's joins each encode the whole room.
 func (t *presTopic) stateLocked() []byte {
-	keys := make([]string, 0, len(t.keys))
+	type keyMetas struct {
+		key        string
+		start, end int // its metas in metas
+	}
+	keys := make([]keyMetas, 0, len(t.keys))
+	metas := make([]json.RawMessage, 0, len(t.keys))
 	size := 2
 	for k, refs := range t.keys {
-		keys = append(keys, k)
+		start := len(metas)
 		size += len(k) + 16
 		for _, meta := range refs {
+			metas = append(metas, meta)
 			size += len(meta) + 1
 		}
+		keys = append(keys, keyMetas{key: k, start: start, end: len(metas)})
 	}
-	slices.Sort(keys)
+	slices.SortFunc(keys, func(a, b keyMetas) int { return strings.Compare(a.key, b.key) })
 	b := make([]byte, 0, size)
 	b = append(b, '{')
-	var l []json.RawMessage
-	for i, k := range keys {
+	for i, km := range keys {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = strconv.AppendQuote(b, k)
+		b = strconv.AppendQuote(b, km.key)
 		b = append(b, `:{"metas":[`...)
-		l = l[:0]
-		for _, meta := range t.keys[k] {
-			l = append(l, meta)
-		}
+		l := metas[km.start:km.end]
 		if len(l) > 1 {
 			slices.SortFunc(l, func(a, b json.RawMessage) int { return bytes.Compare(a, b) })
 		}
