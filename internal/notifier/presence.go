@@ -278,7 +278,22 @@ func (p *presence) flushLocked(d diffs) {
 // its joins before its leaves, and a phx_ref never joins twice, so a
 // connection that joined and left within one window is in both and ends
 // up absent, and an update's new meta joins while its old one leaves.
+//
+// A phx_ref may join again after it left, though: a peer notifier dropped
+// for missed heartbeats (expire) comes back with the same refs. Merged
+// with the leave still pending, that join would be applied first and the
+// leave would then remove it for good; so a join of a key with a leave
+// pending sends the pending diff at once, and the join goes in the next.
 func (p *presence) queueDiffLocked(t *presTopic, pd *topicDiff, now time.Time) {
+	if t.pend != nil {
+		for k := range pd.joins {
+			if len(t.pend.leaves[k]) > 0 {
+				p.stopDiffTimerLocked(t)
+				p.sendDiffLocked(t, now)
+				break
+			}
+		}
+	}
 	if t.pend == nil {
 		t.pend = &topicDiff{joins: map[string][]json.RawMessage{}, leaves: map[string][]json.RawMessage{}}
 	}
@@ -301,6 +316,27 @@ func (p *presence) queueDiffLocked(t *presTopic, pd *topicDiff, now time.Time) {
 		return
 	}
 	p.sendDiffLocked(t, now)
+}
+
+// unsubLocked removes sb from t's subscribers here. Changes are queued
+// only while t has some, so once the last one is gone what is pending is
+// dropped: sent to a later subscriber it would lack the changes made
+// meanwhile and undo what that subscriber's presence_state has right.
+func (p *presence) unsubLocked(t *presTopic, sb *sub) {
+	delete(t.subs, sb)
+	if len(t.subs) == 0 {
+		p.stopDiffTimerLocked(t)
+		t.pend = nil
+	}
+}
+
+// stopDiffTimerLocked stops the timer of t's pending diff, if any. A timer
+// that already fired waits for p.mu and then finds nothing pending.
+func (p *presence) stopDiffTimerLocked(t *presTopic) {
+	if t.timer != nil {
+		t.timer.Stop()
+		t.timer = nil
+	}
 }
 
 // sendDiffLocked pushes t's pending diff to its subscribers here. Those
@@ -510,7 +546,7 @@ func (p *presence) untrack(sb *sub) {
 	}
 	delete(p.local, sb)
 	if t := p.topics[e.Topic]; t != nil {
-		delete(t.subs, sb)
+		p.unsubLocked(t, sb)
 	}
 	d := diffs{}
 	p.leaveLocked(d, *e)
@@ -698,10 +734,7 @@ func (p *presence) stop() {
 	}
 	p.publishLocked(presMsg{Kind: presBye})
 	for _, t := range p.topics {
-		if t.timer != nil {
-			t.timer.Stop() // its subscribers are gone with the notifier
-			t.timer = nil
-		}
+		p.stopDiffTimerLocked(t) // its subscribers are gone with the notifier
 	}
 	_ = p.nsub.Unsubscribe()
 	p.nsub = nil
