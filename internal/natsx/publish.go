@@ -49,6 +49,11 @@ func Publish(ctx context.Context, nc *nats.Conn, m *nats.Msg) (PubAck, error) {
 	if errors.Is(err, nats.ErrNoResponders) {
 		return PubAck{}, jetstream.ErrNoStreamResponse
 	}
+	if errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
+		// nc.RequestMsg's timeout: a deadline, as jetstream.PublishMsg
+		// reports it.
+		err = fmt.Errorf("%w: %w", context.DeadlineExceeded, err)
+	}
 	if err != nil {
 		return PubAck{}, err
 	}
@@ -91,7 +96,7 @@ func ParsePubAck(b []byte) (PubAck, error) {
 	return PubAck{Stream: resp.Stream, Sequence: resp.Sequence, Duplicate: resp.Duplicate}, nil
 }
 
-// parsePubAckFast reads {"stream":"…","seq":N[,"domain":"…"][,"duplicate":true|false]}
+// parsePubAckFast reads {"stream":"…"[,"domain":"…"],"seq":N[,"duplicate":true|false]}
 // exactly as nats-server writes it (no spaces, no escapes in the names);
 // false for anything else.
 func parsePubAckFast(b []byte) (PubAck, bool) {
@@ -105,7 +110,8 @@ func parsePubAckFast(b []byte) (PubAck, bool) {
 		return a, false
 	}
 	a.Stream = string(rest[:i])
-	if rest, ok = cutPrefix(rest[i+1:], `,"seq":`); !ok {
+	rest = skipDomain(rest[i+1:]) // nats-server writes the domain before seq
+	if rest, ok = cutPrefix(rest, `,"seq":`); !ok {
 		return a, false
 	}
 	n := 0
@@ -117,20 +123,26 @@ func parsePubAckFast(b []byte) (PubAck, bool) {
 		return a, false
 	}
 	a.Sequence = seq
-	rest = rest[n:]
-	if r, ok := cutPrefix(rest, `,"domain":"`); ok {
-		i := bytes.IndexByte(r, '"')
-		if i < 0 || bytes.IndexByte(r[:i], '\\') >= 0 {
-			return a, false
-		}
-		rest = r[i+1:]
-	}
+	rest = skipDomain(rest[n:])
 	if r, ok := cutPrefix(rest, `,"duplicate":true`); ok {
 		a.Duplicate, rest = true, r
 	} else if r, ok := cutPrefix(rest, `,"duplicate":false`); ok {
 		rest = r
 	}
 	return a, string(rest) == "}"
+}
+
+// skipDomain skips a leading ,"domain":"…" (with no escapes in it).
+func skipDomain(b []byte) []byte {
+	r, ok := cutPrefix(b, `,"domain":"`)
+	if !ok {
+		return b
+	}
+	i := bytes.IndexByte(r, '"')
+	if i < 0 || bytes.IndexByte(r[:i], '\\') >= 0 {
+		return b // left for encoding/json
+	}
+	return r[i+1:]
 }
 
 func cutPrefix(b []byte, p string) ([]byte, bool) {

@@ -25,6 +25,7 @@ func TestParsePubAck(t *testing.T) {
 		{in: `{"stream":"EVENTS","seq":42}`, want: natsx.PubAck{Stream: "EVENTS", Sequence: 42}},
 		{in: `{"stream":"EVENTS","seq":7,"duplicate":true}`, want: natsx.PubAck{Stream: "EVENTS", Sequence: 7, Duplicate: true}},
 		{in: `{"stream":"KV_job_status","domain":"hub","seq":3}`, want: natsx.PubAck{Stream: "KV_job_status", Sequence: 3}},
+		{in: `{"stream":"S","domain":"hub","seq":4,"duplicate":true}`, want: natsx.PubAck{Stream: "S", Sequence: 4, Duplicate: true}},
 		{in: `{"stream":"S","seq":3,"domain":"hub","duplicate":false}`, want: natsx.PubAck{Stream: "S", Sequence: 3}},
 		{in: `{ "stream": "S", "seq": 9 }`, want: natsx.PubAck{Stream: "S", Sequence: 9}},
 		{in: `{"stream":"S","seq":9,"val":"1"}`, want: natsx.PubAck{Stream: "S", Sequence: 9}},
@@ -85,10 +86,14 @@ func TestPublish(t *testing.T) {
 	if !errors.As(err, &apiErr) || apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence {
 		t.Fatalf("compare-and-set on a subject with a message: %v, want code 10071", err)
 	}
-	short, cancelShort := context.WithTimeout(ctx, 600*time.Millisecond)
-	defer cancelShort()
-	if _, err = natsx.Publish(short, nc, nats.NewMsg("nostream.x")); !errors.Is(err, jetstream.ErrNoStreamResponse) {
+	// No stream: retried as nats.go retries (a leader being elected
+	// answers "no responders" for a moment), then ErrNoStreamResponse.
+	start := time.Now()
+	if _, err = natsx.Publish(ctx, nc, nats.NewMsg("nostream.x")); !errors.Is(err, jetstream.ErrNoStreamResponse) {
 		t.Fatalf("publish to no stream: %v, want ErrNoStreamResponse", err)
+	}
+	if took, min := time.Since(start), time.Duration(jetstream.DefaultPubRetryAttempts)*jetstream.DefaultPubRetryWait; took < min {
+		t.Fatalf("publish to no stream gave up after %v, want %d retries %v apart", took, jetstream.DefaultPubRetryAttempts, jetstream.DefaultPubRetryWait)
 	}
 }
 
