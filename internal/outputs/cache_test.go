@@ -95,3 +95,36 @@ func TestChunkCacheBound(t *testing.T) {
 		t.Fatalf("a chunk larger than the bound was cached (used %d)", c.used)
 	}
 }
+
+// Two objects read at the same chunk indexes each get their own bytes
+// back from the cache: entries are keyed by the object, not only by the
+// chunk's index.
+func TestChunkCacheKeepsObjectsApart(t *testing.T) {
+	st, _ := rangeStore(t)
+	st.CacheChunks(8 << 20)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	a, b := pattern(300<<10), bytes.Repeat([]byte("B"), 300<<10)
+	for name, data := range map[string][]byte{"j/a": a, "j/b": b} {
+		if _, err := st.Put(ctx, name, "video/mp4", bytes.NewReader(data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ia, err := st.Stat(ctx, "j/a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ib, err := st.Stat(ctx, "j/b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	from, to := int64(10), int64(200<<10)
+	for round := range 2 { // the second round reads from the cache
+		if got, err := readRange(t, st, ia, from, to); err != nil || !bytes.Equal(got, a[from:to]) {
+			t.Fatalf("round %d: object a: %v", round, err)
+		}
+		if got, err := readRange(t, st, ib, from, to); err != nil || !bytes.Equal(got, b[from:to]) {
+			t.Fatalf("round %d: object b read back other bytes (or failed: %v)", round, err)
+		}
+	}
+}
