@@ -112,12 +112,9 @@ func (w *replicateWait) stream(ctx context.Context, url string) {
 				w.kickLocked()
 			}
 		case "done", "error":
-			// The outcome is the prediction's: read it now.
-			w.gen++ // the pending timer no longer counts
-			if w.timer != nil {
-				w.timer.Stop()
-			}
-			w.due = true
+			// The outcome is the prediction's: read it now (after the
+			// poll under way, if any, which may have missed the end).
+			w.pollNow = true
 			w.kickLocked()
 		}
 	})

@@ -44,6 +44,9 @@ type replicateWait struct {
 	stopWatch func()
 	stopCtx   func() bool
 	preview   json.RawMessage // the newest stream output not reported yet
+	// pollNow asks for a poll at once (the stream said done or error);
+	// unlike due, re-arming the timer does not clear it.
+	pollNow bool
 
 	// The stream goroutine (Stream): cancelled and waited for by finish.
 	stopStream  context.CancelFunc
@@ -198,7 +201,7 @@ func (w *replicateWait) steps() (json.RawMessage, error, bool) {
 				w.queue = nil
 			}
 		}
-		due := !got && w.due
+		due := !got && (w.due || w.pollNow)
 		pv := w.preview
 		w.preview = nil
 		if !got && !due && pv == nil {
@@ -207,7 +210,7 @@ func (w *replicateWait) steps() (json.RawMessage, error, bool) {
 			return nil, nil, false
 		}
 		if due {
-			w.due = false
+			w.due, w.pollNow = false, false
 		}
 		w.mu.Unlock()
 		if pv != nil {
