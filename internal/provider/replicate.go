@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -104,6 +105,17 @@ type ReplicateConfig struct {
 	// Quiet is how long a prediction with webhooks may stay silent before
 	// the call polls it. Default DefaultReplicateQuiet.
 	Quiet time.Duration
+	// Stream, when set, creates predictions with "stream": true and reads
+	// their urls.stream (server-sent events) while waiting: output events
+	// become previews (Request.Preview) and done or error polls the
+	// prediction at once. The stream only accelerates the wait: the
+	// outcome is always the prediction's (GET), and a stream that fails
+	// (a non-200, a cut connection) leaves the wait to webhooks and polls,
+	// as without it. A resumed wait (another run) has no stream.
+	Stream bool
+	// Logger logs what goes wrong without failing a job (a stream that
+	// ended early). Default slog.Default().
+	Logger *slog.Logger
 }
 
 // ReplicateConfigFromEnv returns a ReplicateConfig with the token from
@@ -166,8 +178,11 @@ func NewReplicate(cfg ReplicateConfig) (Provider, error) {
 		client: cfg.Client, name: cfg.Name, drop: cfg.DropKeys, extra: cfg.ExtraInput, token: cfg.Token,
 		wait: cfg.Wait, maxResponse: cfg.MaxResponse, reqTimeout: cfg.RequestTimeout,
 		pollMin: cfg.PollMin, pollMax: cfg.PollMax, now: cfg.Now,
-		hooks: cfg.Webhooks, quiet: cfg.Quiet,
-		finished: map[string]replicatePrediction{},
+		hooks: cfg.Webhooks, quiet: cfg.Quiet, stream: cfg.Stream, log: cfg.Logger,
+		finished: map[string]replicatePrediction{}, streams: map[string]string{},
+	}
+	if p.log == nil {
+		p.log = slog.Default()
 	}
 	if cfg.URL == "" {
 		cfg.URL = DefaultReplicateURL
@@ -246,12 +261,17 @@ type replicateProvider struct {
 	now         func() time.Time
 	hooks       WebhookSource
 	quiet       time.Duration
+	stream      bool
+	log         *slog.Logger
 
 	mu          sync.Mutex
 	pausedUntil time.Time // a 429 pauses every call until then
 	// finished holds the predictions a create answered already finished
 	// (sync mode, Wait), until Await or Cancel takes them.
 	finished map[string]replicatePrediction
+	// streams holds the urls.stream of predictions this provider created
+	// with Stream, until Park or Cancel takes them.
+	streams map[string]string
 }
 
 var _ Resumable = (*replicateProvider)(nil)
@@ -394,6 +414,9 @@ func (p *replicateProvider) Start(ctx context.Context, req Request) (Handle, err
 		body["webhook"] = p.hooks.URL(envelope.WebhookReplicate, req.Job.ID, max(req.Prediction, 1))
 		body["webhook_events_filter"] = []string{"start", "output", "logs", "completed"}
 	}
+	if p.stream {
+		body["stream"] = true
+	}
 	target := p.base + "/v1/models/" + p.model + "/predictions"
 	if p.version != "" {
 		body["version"] = p.version
@@ -429,6 +452,14 @@ func (p *replicateProvider) Start(ctx context.Context, req Request) (Handle, err
 				p.mu.Lock()
 				p.finished[h.ID] = pred
 				p.mu.Unlock()
+			} else if su := pred.URLs["stream"]; p.stream && su != "" {
+				// Followed on the API's origin only, as get and cancel
+				// (it carries the token); elsewhere the wait polls.
+				if p.sameOrigin(su, "") == su {
+					p.mu.Lock()
+					p.streams[h.ID] = su
+					p.mu.Unlock()
+				}
 			}
 			return h, nil
 		case errors.As(err, &th):
@@ -617,6 +648,7 @@ func (p *replicateProvider) outcome(id string, pred replicatePrediction, progres
 func (p *replicateProvider) Cancel(ctx context.Context, h Handle) error {
 	p.mu.Lock()
 	delete(p.finished, h.ID)
+	delete(p.streams, h.ID)
 	p.mu.Unlock()
 	target := p.sameOrigin(h.CancelURL, "/v1/predictions/"+url.PathEscape(h.ID)+"/cancel")
 	_, err := p.do(ctx, http.MethodPost, target, nil, 0)

@@ -43,6 +43,14 @@ type replicateWait struct {
 	timer     *time.Timer
 	stopWatch func()
 	stopCtx   func() bool
+	preview   json.RawMessage // the newest stream output not reported yet
+	// pollNow asks for a poll at once (the stream said done or error);
+	// unlike due, re-arming the timer does not clear it.
+	pollNow bool
+
+	// The stream goroutine (Stream): cancelled and waited for by finish.
+	stopStream  context.CancelFunc
+	streamEnded chan struct{}
 
 	// Only the stepping goroutine reads and writes these.
 	try, bad int
@@ -60,6 +68,8 @@ func (p *replicateProvider) Park(ctx context.Context, h Handle, req Request, don
 	p.mu.Lock()
 	pred, ok := p.finished[h.ID]
 	delete(p.finished, h.ID)
+	streamURL := p.streams[h.ID]
+	delete(p.streams, h.ID)
 	p.mu.Unlock()
 	if ok {
 		go w.finishWith(func() (json.RawMessage, error) { return p.outcome(h.ID, pred, w.progress) })
@@ -89,6 +99,11 @@ func (p *replicateProvider) Park(ctx context.Context, h Handle, req Request, don
 	w.mu.Lock()
 	w.stopCtx = stop
 	ended := w.ended
+	if streamURL != "" && !ended {
+		sctx, cancel := context.WithCancel(ctx)
+		w.stopStream, w.streamEnded = cancel, make(chan struct{})
+		go w.stream(sctx, streamURL)
+	}
 	w.mu.Unlock()
 	if ended {
 		stop()
@@ -186,16 +201,24 @@ func (w *replicateWait) steps() (json.RawMessage, error, bool) {
 				w.queue = nil
 			}
 		}
-		due := !got && w.due
-		if !got && !due {
+		due := !got && (w.due || w.pollNow)
+		pv := w.preview
+		w.preview = nil
+		if !got && !due && pv == nil {
 			w.stepping = false
 			w.mu.Unlock()
 			return nil, nil, false
 		}
 		if due {
-			w.due = false
+			w.due, w.pollNow = false, false
 		}
 		w.mu.Unlock()
+		if pv != nil {
+			w.progress.output(pv)
+			if !got && !due {
+				continue
+			}
+		}
 
 		if got {
 			pred, mine := replicateDelivery(w.id, d)
@@ -292,12 +315,17 @@ func (w *replicateWait) finish(res json.RawMessage, err error) {
 		w.timer.Stop()
 	}
 	stopWatch, stopCtx := w.stopWatch, w.stopCtx
+	stopStream, streamEnded := w.stopStream, w.streamEnded
 	w.mu.Unlock()
 	if stopWatch != nil {
 		stopWatch()
 	}
 	if stopCtx != nil {
 		stopCtx()
+	}
+	if stopStream != nil {
+		stopStream()
+		<-streamEnded // no goroutine outlives the wait
 	}
 	w.done(res, err)
 }

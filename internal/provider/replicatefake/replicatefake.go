@@ -39,6 +39,10 @@
 //     output, logs, completed) are echoed on the prediction and delivered,
 //     signed with Standard Webhooks headers (see webhooks.go); deliveries
 //     can be dropped, duplicated, reordered or forged (WebhookFaults).
+//   - docs/streaming: a create with "stream": true gets urls.stream, a
+//     server-sent events endpoint (GET /v1/streams/{id}, same bearer token)
+//     sending output, error and done events (see stream.go); CutStreams
+//     and Fault{Route: RouteStream} break it.
 //
 // Replicate's create is not idempotent: every accepted POST starts a new
 // prediction. Created counts them per job (the model's input key
@@ -151,6 +155,7 @@ func (r *Run) Log(line string) {
 func (r *Run) Output(out json.RawMessage) {
 	r.s.mu.Lock()
 	r.p.Output = out
+	r.p.streamLocked("output", outputEvent(out))
 	r.s.webhookLocked(r.p, "output")
 	r.s.mu.Unlock()
 	r.s.flush(r.p)
@@ -198,6 +203,9 @@ type Server struct {
 	hookIDs    string // prefix of this server's webhook-ids
 	hooksSent  int
 	hooksOK    int
+
+	streams    int   // stream requests answered 200
+	streamCuts []int // CutStreams, for the next stream requests
 }
 
 type prediction struct {
@@ -223,8 +231,10 @@ type prediction struct {
 	cancel  context.CancelFunc
 	done    chan struct{}
 	started time.Time
-	hookN   int        // webhook deliveries so far (for WebhookFaults.Drop)
-	pending []delivery // webhook deliveries not sent yet
+	hookN   int           // webhook deliveries so far (for WebhookFaults.Drop)
+	pending []delivery    // webhook deliveries not sent yet
+	events  []streamEvent // the stream's events so far (urls.stream)
+	changed chan struct{} // closed and replaced when events grow
 }
 
 func (p *prediction) terminal() bool {
@@ -403,6 +413,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if !s.fault(w, RouteGet) {
 			s.get(w, parts[2])
 		}
+	case r.Method == http.MethodGet && len(parts) == 3 && parts[0] == "v1" && parts[1] == "streams":
+		if !s.fault(w, RouteStream) {
+			s.serveStream(w, r, parts[2])
+		}
 	case r.Method == http.MethodPost && len(parts) == 4 && parts[0] == "v1" && parts[1] == "predictions" && parts[3] == "cancel":
 		if !s.fault(w, RouteCancel) {
 			s.cancelPrediction(w, parts[2])
@@ -555,7 +569,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, model string) {
 			"cancel": base + "/v1/predictions/" + id + "/cancel",
 		},
 		Webhook: body.Webhook, WebhookEventsFilter: body.WebhookEventsFilter,
-		base: base, cancel: cancel, done: make(chan struct{}),
+		base: base, cancel: cancel, done: make(chan struct{}), changed: make(chan struct{}),
 	}
 	if body.Stream {
 		p.URLs["stream"] = base + "/v1/streams/" + id
@@ -648,6 +662,7 @@ func (s *Server) run(ctx context.Context, r *Run) {
 	if !p.started.IsZero() {
 		p.Metrics["predict_time"] = now.Sub(p.started).Seconds()
 	}
+	p.endStreamLocked()
 	p.cancel()
 	close(p.done)
 }
