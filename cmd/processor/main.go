@@ -32,6 +32,8 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.StringVar(&providerName, "provider", "sim", "default provider: sim, http or cog (per kind: -kinds video=cog,image=replicate:owner/name)")
 	fs.StringVar(&cogURLs, "cog-url", "", "Cog servers of the cog provider, URL[,URL...] (default "+provider.DefaultCogURL+")")
 	fs.StringVar(&replicateURL, "replicate-url", provider.DefaultReplicateURL, "Replicate API base of replicate:<model> providers (token from $"+provider.EnvReplicateToken+")")
+	replicateStream := fs.Bool("replicate-stream", false,
+		"create Replicate predictions with \"stream\": true and read their server-sent events while waiting: output events become previews, done fetches the prediction at once (webhooks and polls go on; the outcome always comes from the prediction)")
 	fs.StringVar(&webhookURL, "webhook-url", "",
 		"public base URL of ingest that Cog and Replicate send webhooks to (e.g. https://api.example.com); empty: no webhooks, Replicate is polled and Cog answers synchronously. Cog tokens are keyed with $"+provider.EnvWebhookKey+", or else derived from $BEAMLINE_AUTH_SECRET")
 	fs.StringVar(&httpURL, "http-url", os.Getenv(provider.EnvHTTPURL), "URL of the http provider (default $"+provider.EnvHTTPURL+")")
@@ -112,6 +114,8 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 	pcfg.Cog.URLs = provider.ParseCogURLs(cogURLs)
 	pcfg.Replicate = provider.ReplicateConfigFromEnv(os.Getenv)
 	pcfg.Replicate.URL = replicateURL
+	pcfg.Replicate.Stream = *replicateStream
+	pcfg.Replicate.Logger = log
 	if webhookURL != "" {
 		// The same key function as ingest's, so the tokens match.
 		key, err := provider.WebhookKey(os.Getenv)
