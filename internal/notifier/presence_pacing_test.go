@@ -16,8 +16,16 @@ type recordSink struct {
 }
 
 type presenceDiffFrame struct {
-	Joins  map[string]struct{ Metas []struct{ Ref string `json:"phx_ref"` } } `json:"joins"`
-	Leaves map[string]struct{ Metas []struct{ Ref string `json:"phx_ref"` } } `json:"leaves"`
+	Joins  map[string]presenceMetas `json:"joins"`
+	Leaves map[string]presenceMetas `json:"leaves"`
+}
+
+type presenceMetas struct {
+	Metas []presenceRef `json:"metas"`
+}
+
+type presenceRef struct {
+	Ref string `json:"phx_ref"`
 }
 
 func (r *recordSink) deliver(_ *sub, ev *event) {
