@@ -75,22 +75,24 @@ func TestOneTraceAcrossServices(t *testing.T) {
 	mu.Unlock()
 
 	// Spans from the three services, all in the submission's trace; the
-	// notifier's pushes end once the frames are written.
+	// notifier's pushes end once the frames are written, and an attempt's
+	// span once its run has acked, after the terminal state is readable:
+	// wait for both attempts' spans.
 	names := []string{"ingest submit", "processor attempt", "provider call", "job store write", "notifier push"}
 	testutil.WaitFor(t, 10*time.Second, func() bool {
-		seen := map[string]bool{}
+		seen := map[string]int{}
 		for _, s := range exp.GetSpans() {
 			if s.SpanContext.TraceID() == want {
-				seen[s.Name] = true
+				seen[s.Name]++
 			}
 		}
 		for _, n := range names {
-			if !seen[n] {
+			if seen[n] == 0 {
 				return false
 			}
 		}
-		return true
-	})
+		return seen["processor attempt"] >= 2
+	}, "every service's spans and both attempts' in the trace")
 	attempts := 0
 	for _, s := range exp.GetSpans() {
 		if s.Name == "processor attempt" && s.SpanContext.TraceID() == want {
