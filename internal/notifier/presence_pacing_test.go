@@ -12,24 +12,11 @@ import (
 // recordSink keeps the presence_diff payloads delivered to a subscriber.
 type recordSink struct {
 	mu     sync.Mutex
-	frames []presenceDiffFrame
-}
-
-type presenceDiffFrame struct {
-	Joins  map[string]presenceMetas `json:"joins"`
-	Leaves map[string]presenceMetas `json:"leaves"`
-}
-
-type presenceMetas struct {
-	Metas []presenceRef `json:"metas"`
-}
-
-type presenceRef struct {
-	Ref string `json:"phx_ref"`
+	frames []presDiffT
 }
 
 func (r *recordSink) deliver(_ *sub, ev *event) {
-	var f presenceDiffFrame
+	var f presDiffT
 	if err := json.Unmarshal(ev.payload, &f); err != nil {
 		panic(err)
 	}
@@ -40,32 +27,18 @@ func (r *recordSink) deliver(_ *sub, ev *event) {
 
 func (r *recordSink) end(*sub, string, []byte) {}
 
-func (r *recordSink) got() []presenceDiffFrame {
+func (r *recordSink) got() []presDiffT {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Clone(r.frames)
 }
 
-// view applies frames as phoenix.js's Presence.syncDiff does: a frame's
-// joins first, then its leaves; it returns the refs present per key.
+// view applies the frames received, in order, as phoenix.js does
+// (applyDiff): the refs present per key.
 func (r *recordSink) view() map[string][]string {
 	v := map[string][]string{}
 	for _, f := range r.got() {
-		for k, p := range f.Joins {
-			for _, m := range p.Metas {
-				if !slices.Contains(v[k], m.Ref) {
-					v[k] = append(v[k], m.Ref)
-				}
-			}
-		}
-		for k, p := range f.Leaves {
-			for _, m := range p.Metas {
-				v[k] = slices.DeleteFunc(v[k], func(r string) bool { return r == m.Ref })
-				if len(v[k]) == 0 {
-					delete(v, k)
-				}
-			}
-		}
+		applyDiff(v, f)
 	}
 	return v
 }
