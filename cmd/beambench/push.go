@@ -87,21 +87,27 @@ func runPush(ctx context.Context, t *target, o *options, rep *reporter) error {
 		}
 		rep.add("push", "notifier RSS per idle connection", (float64(after.rss)-float64(before.rss))/float64(connected)/1024, "KiB", p)
 		rep.add("push", "notifier Go heap per idle connection", (float64(after.heap)-float64(before.heap))/float64(connected)/1024, "KiB", p)
-		for _, name := range []string{"heap", "goroutine"} {
-			if err := np.profile(o.notifierProfile, name, "", name+".pb.gz"); err != nil {
+		// gc=1: the heap profile after a collection, which also settles
+		// the allocation counts of the connecting phase, so that the
+		// latency run's allocs profile below holds only its own.
+		for name, query := range map[string]string{"heap": "gc=1", "goroutine": ""} {
+			if err := np.profile(o.notifierProfile, name, query, name+".pb.gz"); err != nil {
 				t.log.Warn("notifier profile", "err", err)
 			}
 		}
 	}
-	profiled := make(chan struct{})
-	go func() {
-		defer close(profiled)
-		secs := fmt.Sprintf("seconds=%d", max(1, int(o.pushDur.Seconds())))
-		if err := np.profile(o.notifierProfile, "profile", secs, "cpu.pb.gz"); err != nil {
-			t.log.Warn("notifier profile", "err", err)
-		}
-	}()
-	defer func() { <-profiled }()
+	// The CPU profile and the allocations (a delta profile) of the
+	// latency run, taken side by side.
+	var profiled sync.WaitGroup
+	secs := fmt.Sprintf("seconds=%d", max(1, int(o.pushDur.Seconds())))
+	for name, file := range map[string]string{"profile": "cpu.pb.gz", "allocs": "allocs.pb.gz"} {
+		profiled.Go(func() {
+			if err := np.profile(o.notifierProfile, name, secs, file); err != nil {
+				t.log.Warn("notifier profile", "err", err)
+			}
+		})
+	}
+	defer profiled.Wait()
 
 	raw := newLatencies(1 << 21)
 	var rawN atomic.Int64

@@ -136,6 +136,7 @@ type presence struct {
 	nc       *nats.Conn
 	log      *slog.Logger
 	node     string
+	subject  string // node's own subject, envelope.PresenceSubject(node)
 	start    int64
 	interval time.Duration
 	window   time.Duration // presDiffWindow (tests may change it)
@@ -156,7 +157,7 @@ func newPresence(nc *nats.Conn, log *slog.Logger, node string, interval time.Dur
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	return &presence{
-		nc: nc, log: log, node: node, start: time.Now().UnixNano(), interval: interval, now: time.Now, window: presDiffWindow,
+		nc: nc, log: log, node: node, subject: envelope.PresenceSubject(node), start: time.Now().UnixNano(), interval: interval, now: time.Now, window: presDiffWindow,
 		refTag: hex.EncodeToString(b[:]),
 		topics: map[string]*presTopic{}, local: map[*sub]*presEntry{}, nodes: map[string]*presNode{},
 		admins: map[*sub]struct{}{},
@@ -473,7 +474,7 @@ func (p *presence) publishLocked(m presMsg) {
 	if err != nil {
 		return
 	}
-	if err := p.nc.Publish(envelope.PresenceSubject(p.node), b); err != nil {
+	if err := p.nc.Publish(p.subject, b); err != nil {
 		p.log.Debug("presence: publish failed; the next heartbeat heals it", "err", err)
 	}
 }
@@ -497,6 +498,14 @@ func (p *presence) publishSyncLocked() {
 
 // receive applies a message from another notifier.
 func (p *presence) receive(msg *nats.Msg) {
+	if msg.Subject == p.subject {
+		// Ours (the wildcard delivers them back), or a former
+		// incarnation's: ignored below anyway, so not decoded. A
+		// heartbeat is the full copy of this node's presences, and
+		// decoding it every interval for nothing was a quarter of the
+		// bytes a busy notifier allocated (BENCHMARKS.md Run V).
+		return
+	}
 	m, err := decodePresMsg(msg.Data)
 	if err != nil {
 		p.log.Warn("presence: dropping an invalid message", "subject", msg.Subject, "err", err)
