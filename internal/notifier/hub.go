@@ -273,12 +273,12 @@ func (h *hub) streamTopics() []*topic {
 // whose stream_seq is lower than one already pushed). stream_seq is not a
 // safe resume point; the client de-duplicates the overlap per job by seq.
 func (h *hub) decode(m *jetstream.RawStreamMsg) *event {
-	env, snap, err := envelope.DecodeEvent(m.Data)
+	head, err := envelope.DecodeEventHead(m.Data)
 	if err != nil {
 		h.log.Warn("undecodable event in stream", "subject", m.Subject, "stream_seq", m.Sequence, "err", err)
 		return nil
 	}
-	ev := newJobEvent(env, snap, m.Sequence, m.Header.Get(envelope.HeaderTraceparent))
+	ev := newJobEvent(head, m.Sequence, m.Header.Get(envelope.HeaderTraceparent))
 	ev.trace = h.traceOf(m.Header)
 	return ev
 }
@@ -286,16 +286,16 @@ func (h *hub) decode(m *jetstream.RawStreamMsg) *event {
 // newJobEvent is the push event of one job event. traceparent is the message's W3C traceparent header ("" when none): its
 // trace id goes on the payload as "trace_id", so a job's timeline names the
 // trace of every event (docs/design.md#a-jobs-timeline).
-func newJobEvent(env *envelope.Envelope, snap envelope.Snapshot, streamSeq uint64, traceparent string) *event {
-	short := env.Type.Short()
+func newJobEvent(head envelope.EventHead, streamSeq uint64, traceparent string) *event {
+	short := head.Type.Short()
 	traceID := telemetry.TraceIDOf(traceparent)
-	b := make([]byte, 0, len(env.Data)+96+len(traceID))
+	b := make([]byte, 0, len(head.Data)+96+len(traceID))
 	b = append(b, `{"type":`...)
 	b = strconv.AppendQuote(b, short)
 	b = append(b, `,"job":`...)
-	b = append(b, env.Data...)
+	b = append(b, head.Data...)
 	b = append(b, `,"seq":`...)
-	b = strconv.AppendUint(b, snap.Seq, 10)
+	b = strconv.AppendUint(b, head.Seq, 10)
 	b = append(b, `,"stream_seq":`...)
 	b = strconv.AppendUint(b, streamSeq, 10)
 	if traceID != "" {
@@ -305,7 +305,7 @@ func newJobEvent(env *envelope.Envelope, snap envelope.Snapshot, streamSeq uint6
 	}
 	b = append(b, '}')
 	return &event{
-		name: "job", payload: b, short: short, jobSeq: snap.Seq, streamSeq: streamSeq,
-		at: env.Time, terminal: snap.Status.Terminal(),
+		name: "job", payload: b, short: short, jobSeq: head.Seq, streamSeq: streamSeq,
+		at: head.Time, terminal: head.Status.Terminal(),
 	}
 }

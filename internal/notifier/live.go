@@ -104,12 +104,12 @@ func (h *hub) onLive(ctx context.Context, t *topic, m *nats.Msg) {
 		}
 	}
 	t.advance(subject, seq)
-	env, snap, err := envelope.DecodeEvent(m.Data)
+	head, err := envelope.DecodeEventHead(m.Data)
 	if err != nil {
 		h.log.Warn("undecodable live event", "subject", subject, "stream_seq", seq, "err", err)
 		return
 	}
-	ev := newJobEvent(env, snap, seq, m.Header.Get(envelope.HeaderTraceparent))
+	ev := newJobEvent(head, seq, m.Header.Get(envelope.HeaderTraceparent))
 	ev.trace = h.traceOf(m.Header)
 	t.deliverStored(ev)
 }

@@ -26,19 +26,19 @@ func (s *Service) replayJob(ctx context.Context, subject string, n, current, upT
 	var out []*event
 	recovered, first := true, true
 	err := s.events.readConfirmed(ctx, subject, 1, upTo, func(m *jetstream.RawStreamMsg) bool {
-		env, snap, err := envelope.DecodeEvent(m.Data)
+		head, err := envelope.DecodeEventHead(m.Data)
 		if err != nil {
 			return true
 		}
 		if first {
 			first = false
-			if snap.Seq > n+1 {
+			if head.Seq > n+1 {
 				recovered = false
 				return false
 			}
 		}
-		if snap.Seq > n {
-			out = append(out, newJobEvent(env, snap, m.Sequence, m.Header.Get(envelope.HeaderTraceparent)))
+		if head.Seq > n {
+			out = append(out, newJobEvent(head, m.Sequence, m.Header.Get(envelope.HeaderTraceparent)))
 		}
 		if len(out) > maxReplay {
 			recovered = false
@@ -77,14 +77,14 @@ func (s *Service) replayUser(ctx context.Context, user string, n, upTo uint64) (
 	recovered := true
 	firstOf := map[string]uint64{} // job subject → job seq of its first replayed event
 	err = s.events.readConfirmed(ctx, envelope.UserEventsSubject(user), n+1, upTo, func(m *jetstream.RawStreamMsg) bool {
-		env, snap, err := envelope.DecodeEvent(m.Data)
+		head, err := envelope.DecodeEventHead(m.Data)
 		if err != nil {
 			return true
 		}
 		if _, ok := firstOf[m.Subject]; !ok {
-			firstOf[m.Subject] = snap.Seq
+			firstOf[m.Subject] = head.Seq
 		}
-		out = append(out, newJobEvent(env, snap, m.Sequence, m.Header.Get(envelope.HeaderTraceparent)))
+		out = append(out, newJobEvent(head, m.Sequence, m.Header.Get(envelope.HeaderTraceparent)))
 		if len(out) > maxReplay {
 			recovered = false
 			return false

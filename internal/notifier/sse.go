@@ -219,8 +219,8 @@ func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request) {
 // snapshotEvent is a push payload built from a stored snapshot.
 func snapshotEvent(snap envelope.Snapshot) *event {
 	data, _ := json.Marshal(snap) // a validated snapshot always marshals
-	env := &envelope.Envelope{Type: jobstore.EventTypeOf(snap), Data: data}
-	return newJobEvent(env, snap, 0, "")
+	head := envelope.EventHead{Type: jobstore.EventTypeOf(snap), Data: data, ID: snap.ID, Seq: snap.Seq, Status: snap.Status}
+	return newJobEvent(head, 0, "")
 }
 
 // sseData returns payload as the one line an SSE data: field holds. A

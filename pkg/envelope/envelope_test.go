@@ -550,3 +550,32 @@ func TestEventRefusesBadResult(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkDecodeEvent compares decoding a whole event with decoding what a
+// push needs of it (DecodeEventHead): go test -run XXX -bench DecodeEvent -benchmem ./pkg/envelope
+func BenchmarkDecodeEvent(b *testing.B) {
+	now := time.Now().UTC()
+	s := Snapshot{ID: "01JABCDEF0123456789XYZ", User: "alice", Kind: "image", Priority: PriorityNormal, Status: StatusSucceeded,
+		Progress: 100, Attempt: 1, Result: json.RawMessage(`{"outputs":["https://example.com/a.png"],"seed":42}`), Seq: 3,
+		CreatedAt: now, UpdatedAt: now, Provider: "sim"}
+	m, err := NewEventMsg(TypeSucceeded, s, "/beamline/processor", "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("full", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, _, err := DecodeEvent(m.Data); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("head", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := DecodeEventHead(m.Data); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -89,9 +89,20 @@ func FuzzDecodeJob(f *testing.F) {
 func FuzzDecodeEvent(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		e, s, err := DecodeEvent(b)
+		h, herr := DecodeEventHead(b)
+		if herr != nil {
+			checkClassified(t, herr)
+		}
 		if err != nil {
 			checkClassified(t, err)
 			return
+		}
+		// What DecodeEvent accepts, DecodeEventHead accepts alike.
+		if herr != nil {
+			t.Fatalf("DecodeEventHead refused what DecodeEvent accepted: %v", herr)
+		}
+		if h.Type != e.Type || !h.Time.Equal(e.Time) || !bytes.Equal(h.Data, e.Data) || h.ID != s.ID || h.Seq != s.Seq || h.Status != s.Status {
+			t.Fatalf("DecodeEventHead = %+v; DecodeEvent = %+v %+v", h, e, s)
 		}
 		if e.Type == TypeSubmitted || !e.Type.Known() {
 			t.Fatalf("DecodeEvent accepted type %q", e.Type)
