@@ -184,3 +184,57 @@ func TestReplicateStreamErrorEvent(t *testing.T) {
 		t.Errorf("took %v: the error event did not fetch the prediction at once", took)
 	}
 }
+
+// TestReplicateStreamResumed: a wait resumed by another provider (another
+// process, after a crash) has no create answer to take urls.stream from:
+// it opens the stream named by the first prediction it polls, so previews
+// and the prompt end at done come back after a restart too.
+func TestReplicateStreamResumed(t *testing.T) {
+	// Ten partial outputs 40ms apart: the first poll (after PollMin) sees
+	// the prediction running, long before it ends.
+	e := newReplicateEnv(t, replicatefake.Config{
+		Validate: func(map[string]json.RawMessage) error { return nil },
+		Predict: func(ctx context.Context, r *replicatefake.Run) (json.RawMessage, error) {
+			var parts []string
+			for i := 1; i <= 10; i++ {
+				if err := flow.Sleep(ctx, 40*time.Millisecond); err != nil {
+					return nil, err
+				}
+				parts = append(parts, fmt.Sprintf("p%d", i))
+				b, _ := json.Marshal(parts)
+				r.Output(b)
+			}
+			return json.RawMessage(`["final"]`), nil
+		},
+	})
+	streamed := func(c *provider.ReplicateConfig) {
+		c.Stream = true
+		c.PollMin, c.PollMax = 50*time.Millisecond, 10*time.Second // after the first poll, only done ends the wait soon
+	}
+	a := e.provider(t, streamed).(provider.Resumable)
+	req := provider.Request{Job: cogJob("job-sr", `{}`), Attempt: 1}
+	h, err := a.Start(context.Background(), req)
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	// a crashes here: it never awaits. b resumes the handle.
+	var pv previews
+	req.Preview = pv.add
+	b := e.provider(t, streamed).(provider.Resumable)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	t0 := time.Now()
+	out, err := b.Await(ctx, h, req)
+	if err != nil || string(out) != `["final"]` {
+		t.Fatalf("Await = %s, %v", out, err)
+	}
+	if n := e.fake.Streams(); n != 1 {
+		t.Fatalf("streams read = %d, want 1: the resumed wait did not open the prediction's stream", n)
+	}
+	if took := time.Since(t0); took > 5*time.Second {
+		t.Fatalf("took %v: the stream's done did not end the wait before the next poll", took)
+	}
+	if got := pv.list(); len(got) < 2 {
+		t.Errorf("previews = %q, want the stream's partial outputs", got)
+	}
+}

@@ -49,8 +49,10 @@ type replicateWait struct {
 	pollNow bool
 
 	// The stream goroutine (Stream): cancelled and waited for by finish.
+	// streamed: one was started (a wait reads a prediction's stream once).
 	stopStream  context.CancelFunc
 	streamEnded chan struct{}
+	streamed    bool
 
 	// Only the stepping goroutine reads and writes these.
 	try, bad int
@@ -99,15 +101,40 @@ func (p *replicateProvider) Park(ctx context.Context, h Handle, req Request, don
 	w.mu.Lock()
 	w.stopCtx = stop
 	ended := w.ended
-	if streamURL != "" && !ended {
-		sctx, cancel := context.WithCancel(ctx)
-		w.stopStream, w.streamEnded = cancel, make(chan struct{})
-		go w.stream(sctx, streamURL)
+	if streamURL != "" {
+		w.startStreamLocked(streamURL)
 	}
 	w.mu.Unlock()
 	if ended {
 		stop()
 	}
+}
+
+// startStreamLocked starts reading the prediction's stream at url, unless
+// the wait ended or already read one. w.mu is held.
+func (w *replicateWait) startStreamLocked(url string) {
+	if w.ended || w.streamed {
+		return
+	}
+	w.streamed = true
+	sctx, cancel := context.WithCancel(w.ctx)
+	w.stopStream, w.streamEnded = cancel, make(chan struct{})
+	go w.stream(sctx, url)
+}
+
+// streamFrom starts reading the stream pred names, for a wait that has
+// none: a wait resumed by another process (after a crash or a restart) does
+// not know the urls.stream of the create's answer, and learns it from the
+// first prediction it sees, polled or delivered. Followed on the API's
+// origin only, as at the create.
+func (w *replicateWait) streamFrom(pred replicatePrediction) {
+	su := pred.URLs["stream"]
+	if !w.p.stream || su == "" || w.p.sameOrigin(su, "") != su {
+		return
+	}
+	w.mu.Lock()
+	w.startStreamLocked(su)
+	w.mu.Unlock()
 }
 
 // wait is how long to wait for a delivery before polling.
@@ -231,6 +258,7 @@ func (w *replicateWait) steps() (json.RawMessage, error, bool) {
 			}
 			w.progress.fromLogs(pred.logs())
 			w.progress.output(pred.Output)
+			w.streamFrom(pred)
 			w.quiet = true
 			w.rearm()
 			continue
@@ -253,6 +281,7 @@ func (w *replicateWait) steps() (json.RawMessage, error, bool) {
 			}
 			w.progress.fromLogs(pred.logs())
 			w.progress.output(pred.Output)
+			w.streamFrom(pred)
 			w.try++
 		case w.ctx.Err() != nil:
 			return nil, flow.Retryable(fmt.Errorf("replicate provider: prediction %s: %w", w.id, w.ctx.Err()), 0), true
