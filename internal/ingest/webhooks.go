@@ -87,18 +87,8 @@ func ParseWebhookSecret(s string) ([]byte, error) {
 // over "<id>.<ts>.<body>", and ts (Unix seconds) is within tolerance of
 // now. The error is the *apiError to answer.
 func verifyStandardWebhook(key []byte, id, ts, sigs string, body []byte, now time.Time, tolerance time.Duration) error {
-	if id == "" || ts == "" || sigs == "" {
-		return newError(http.StatusBadRequest, CodeInvalidWebhook, "webhook-id, webhook-timestamp and webhook-signature are required")
-	}
-	if len(id) > 256 || len(sigs) > 4096 {
-		return newError(http.StatusBadRequest, CodeInvalidWebhook, "webhook headers too long")
-	}
-	sec, err := strconv.ParseInt(ts, 10, 64)
-	if err != nil {
-		return newError(http.StatusBadRequest, CodeInvalidWebhook, "webhook-timestamp is not Unix seconds")
-	}
-	if d := now.Sub(time.Unix(sec, 0)); d > tolerance || d < -tolerance {
-		return newError(http.StatusUnauthorized, CodeStaleWebhook, "webhook-timestamp is more than "+tolerance.String()+" from now")
+	if err := checkStandardWebhookHeaders(id, ts, sigs, now, tolerance); err != nil {
+		return err
 	}
 	m := hmac.New(sha256.New, key)
 	m.Write([]byte(id + "." + ts + "."))
@@ -115,6 +105,27 @@ func verifyStandardWebhook(key []byte, id, ts, sigs string, body []byte, now tim
 		}
 	}
 	return newError(http.StatusUnauthorized, CodeInvalidSignature, "no webhook-signature entry matches")
+}
+
+// checkStandardWebhookHeaders is the part of verifyStandardWebhook that
+// needs no body: the three headers present and bounded, the timestamp
+// within tolerance of now. A delivery that fails it is refused before it
+// takes an in-flight slot or has its body read.
+func checkStandardWebhookHeaders(id, ts, sigs string, now time.Time, tolerance time.Duration) error {
+	if id == "" || ts == "" || sigs == "" {
+		return newError(http.StatusBadRequest, CodeInvalidWebhook, "webhook-id, webhook-timestamp and webhook-signature are required")
+	}
+	if len(id) > 256 || len(sigs) > 4096 {
+		return newError(http.StatusBadRequest, CodeInvalidWebhook, "webhook headers too long")
+	}
+	sec, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil {
+		return newError(http.StatusBadRequest, CodeInvalidWebhook, "webhook-timestamp is not Unix seconds")
+	}
+	if d := now.Sub(time.Unix(sec, 0)); d > tolerance || d < -tolerance {
+		return newError(http.StatusUnauthorized, CodeStaleWebhook, "webhook-timestamp is more than "+tolerance.String()+" from now")
+	}
+	return nil
 }
 
 // webhookPrediction is what ingest reads of a delivery: a prediction
@@ -152,7 +163,10 @@ func decodeWebhookPrediction(b []byte) (webhookPrediction, error) {
 // acquireWebhookSlot takes one of the WebhookMaxInFlight slots, or
 // refuses the delivery with 429 and Retry-After (false): overload is
 // refused, never dropped, and providers send a refused webhook again. The
-// slot is taken before the body is read, so slow senders count too.
+// slot is taken before the body is read, so slow senders count too, and
+// after every check that needs no body (the job, Cog's URL token,
+// Replicate's signature headers and timestamp), so a request that could
+// never be stored takes none.
 func (s *Service) acquireWebhookSlot(w http.ResponseWriter, api string) bool {
 	select {
 	case s.hookSlots <- struct{}{}:
@@ -190,23 +204,28 @@ func (s *Service) replicateWebhook(w http.ResponseWriter, r *http.Request) {
 		s.refuseWebhook(w, api, newError(http.StatusNotFound, CodeNotFound, "Replicate webhooks are not configured ($"+provider.EnvReplicateWebhookSecret+")"))
 		return
 	}
-	if !s.acquireWebhookSlot(w, api) {
-		return
-	}
-	defer s.releaseWebhookSlot()
 	job := r.URL.Query().Get("job")
 	if err := envelope.ValidateID("job", job); err != nil {
 		s.refuseWebhook(w, api, newError(http.StatusBadRequest, CodeInvalidID, "the job query parameter is not a job id"))
 		return
 	}
+	id := r.Header.Get("webhook-id")
+	ts := r.Header.Get("webhook-timestamp")
+	sigs := r.Header.Get("webhook-signature")
+	if err := checkStandardWebhookHeaders(id, ts, sigs, time.Now(), s.cfg.WebhookTolerance); err != nil {
+		s.refuseWebhook(w, api, err)
+		return
+	}
+	if !s.acquireWebhookSlot(w, api) {
+		return
+	}
+	defer s.releaseWebhookSlot()
 	b, err := s.readWebhookBody(r)
 	if err != nil {
 		s.refuseWebhook(w, api, err)
 		return
 	}
-	id := r.Header.Get("webhook-id")
-	ts := r.Header.Get("webhook-timestamp")
-	if err := verifyStandardWebhook(s.replicateKey, id, ts, r.Header.Get("webhook-signature"), b, time.Now(), s.cfg.WebhookTolerance); err != nil {
+	if err := verifyStandardWebhook(s.replicateKey, id, ts, sigs, b, time.Now(), s.cfg.WebhookTolerance); err != nil {
 		s.refuseWebhook(w, api, err)
 		return
 	}
@@ -226,10 +245,6 @@ func (s *Service) cogWebhook(w http.ResponseWriter, r *http.Request) {
 		s.refuseWebhook(w, api, newError(http.StatusNotFound, CodeNotFound, "Cog webhooks are not configured ($"+provider.EnvWebhookKey+")"))
 		return
 	}
-	if !s.acquireWebhookSlot(w, api) {
-		return
-	}
-	defer s.releaseWebhookSlot()
 	job := r.PathValue("job")
 	n, nerr := provider.ParseCogWebhookNumber(r.PathValue("n"))
 	if envelope.ValidateID("job", job) != nil || nerr != nil {
@@ -240,6 +255,10 @@ func (s *Service) cogWebhook(w http.ResponseWriter, r *http.Request) {
 		s.refuseWebhook(w, api, newError(http.StatusForbidden, CodeForbidden, "wrong webhook token"))
 		return
 	}
+	if !s.acquireWebhookSlot(w, api) {
+		return
+	}
+	defer s.releaseWebhookSlot()
 	b, err := s.readWebhookBody(r)
 	if err != nil {
 		s.refuseWebhook(w, api, err)

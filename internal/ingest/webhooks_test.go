@@ -346,6 +346,25 @@ func TestWebhookInFlightLimit(t *testing.T) {
 			t.Fatalf("webhook with no slot free = %d %s (Retry-After %q), want 429 %s with Retry-After", r.Status, r.Body, r.Header.Get("Retry-After"), CodeOverloaded)
 		}
 	}
+	// A delivery that could never be stored takes no slot: with none free
+	// it is refused for what is wrong with it, not with 429.
+	unauthenticated := []struct {
+		name   string
+		r      response
+		status int
+		code   string
+	}{
+		{"Cog, wrong token", h.do(http.MethodPost, "/v1/webhooks/cog/"+job+"/1?token=wrong",
+			[]byte(`{"id":"`+provider.CogPredictionID(job, 1)+`","status":"succeeded"}`)), http.StatusForbidden, CodeForbidden},
+		{"Replicate, stale timestamp", h.do(http.MethodPost, path, body, signed(t, replicatefake.DefaultWebhookSecret, "msg_2", now-3600, body)...),
+			http.StatusUnauthorized, CodeStaleWebhook},
+		{"Replicate, unsigned", h.do(http.MethodPost, path, body), http.StatusBadRequest, CodeInvalidWebhook},
+	}
+	for _, u := range unauthenticated {
+		if u.r.Status != u.status || u.r.errorCode(t) != u.code {
+			t.Fatalf("%s with no slot free = %d %s, want %d %s", u.name, u.r.Status, u.r.Body, u.status, u.code)
+		}
+	}
 	if n := h.webhooksStored(); n != 0 {
 		t.Fatalf("stored %d deliveries while overloaded", n)
 	}
