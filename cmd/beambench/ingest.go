@@ -54,9 +54,11 @@ func runIngest(ctx context.Context, t *target, o *options, rep *reporter) error 
 			return err
 		}
 		cpu1 := cpuTime()
-		rawRate, err := ingestRaw(ctx, t, c, o.ingestDur)
-		if err != nil {
-			return err
+		var rawRate float64
+		if !o.ingestNoRaw {
+			if rawRate, err = ingestRaw(ctx, t, c, o.ingestDur); err != nil {
+				return err
+			}
 		}
 		cpu2 := cpuTime()
 		p := map[string]any{"concurrency": c, "duration_s": o.ingestDur.Seconds(), "processor_paused": paused, "rejected_429": rejected, "http_client": o.ingestClient}

@@ -62,6 +62,7 @@ type options struct {
 	ingestURL, notifierURL, natsURL string
 	procConcurrency                 int
 	cpuProfile, pprofAddr           string
+	memProfile                      string // allocation profile written at the end
 	notifierBin                     string // run the notifier as a separate process (push memory)
 	notifierProfile                 string // folder for the separate notifier's heap and CPU profiles
 	clientProcs, connsPerProc       int
@@ -69,6 +70,7 @@ type options struct {
 	ingestConc     []int
 	ingestDur      time.Duration
 	ingestClient   string
+	ingestNoRaw    bool // ingest: HTTP submissions only (a profile of them alone)
 	pipeJobs       int
 	pipeRate       int
 	pipeDur        time.Duration
@@ -147,6 +149,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.notifierURL, "notifier", "", "notifier base URL of running binaries")
 	fs.StringVar(&o.natsURL, "nats", "", "NATS URL of running binaries")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (and in-process devstack) to `file`")
+	fs.StringVar(&o.memProfile, "memprofile", "", "write the allocation profile of this process (and in-process devstack) at the end of the run to `file` (go tool pprof -sample_index=alloc_space)")
 	fs.StringVar(&o.pprofAddr, "pprof", "", "serve net/http/pprof of this process (and in-process devstack) on `addr`, e.g. 127.0.0.1:6060")
 	fs.StringVar(&o.notifierBin, "notifier-bin", "", "path of a built cmd/notifier: push runs it as a separate process on devstack's NATS and reads its RSS and Go heap")
 	fs.StringVar(&o.notifierProfile, "notifier-profile", "", "with -notifier-bin: push writes the notifier process's heap and goroutine profiles (idle clients) and CPU profile (latency run) into `dir`; presence writes each notifier's CPU profile over the storm (presence-cpu-0/1.pb.gz)")
@@ -178,6 +181,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.presClient, "presence-client", o.presClient, "presence: the members' WebSocket client: lean (reads the frames itself, finds a presence_diff's changes by a byte search, skips every other frame without copying it) or std (phoenixtest, gorilla/websocket, every frame decoded)")
 	fs.DurationVar(&o.ingestDur, "ingest-duration", o.ingestDur, "ingest: length of each concurrency level")
 	fs.StringVar(&o.ingestClient, "ingest-client", o.ingestClient, "ingest: HTTP load generator: lean (one keep-alive connection per worker writing a prebuilt request and parsing the answer with net/http.ReadResponse, as wrk does) or std (net/http.Client)")
+	fs.BoolVar(&o.ingestNoRaw, "ingest-no-raw", false, "ingest: skip the raw-publish baseline (no baseline nor ratio then), e.g. for a -cpuprofile or -memprofile of the HTTP submissions alone")
 	conc := fs.String("ingest-concurrency", "", "ingest: comma-separated concurrency levels (default 1,16,64; -short 1,8)")
 	fs.DurationVar(&o.deadline, "deadline", o.deadline, "bound on the whole run")
 	fs.Usage = func() {
@@ -242,6 +246,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return bench(ctx, &o, stdout, stderr)
 }
 
+// writeAllocs writes the allocation profile (every allocation since the
+// start, sampled) to path.
+func writeAllocs(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
 // bench runs the chosen scenarios against a target and prints the table.
 func bench(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -258,6 +276,13 @@ func bench(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 			return err
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if o.memProfile != "" {
+		defer func() {
+			if err := writeAllocs(o.memProfile); err != nil {
+				log.Warn("memprofile", "err", err)
+			}
+		}()
 	}
 	if o.pprofAddr != "" {
 		runtime.SetMutexProfileFraction(100)

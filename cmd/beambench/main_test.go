@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -107,6 +108,31 @@ func TestIngestClients(t *testing.T) {
 		if err != nil || rate <= 0 || rejected != 0 {
 			t.Errorf("%s: %.0f jobs/s, %d rejected, %v", client, rate, rejected, err)
 		}
+	}
+}
+
+// -ingest-no-raw measures the HTTP submissions alone (no baseline, so no
+// ratio) and -memprofile writes an allocation profile at the end.
+func TestIngestNoRawMemprofile(t *testing.T) {
+	o := shortOptions()
+	o.scenarios, o.ingestConc, o.ingestDur, o.ingestNoRaw = []string{"ingest"}, []int{2}, 300*time.Millisecond, true
+	o.memProfile = filepath.Join(t.TempDir(), "allocs.pb.gz")
+	var out, errOut bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := bench(ctx, &o, &out, &errOut); err != nil {
+		t.Fatalf("bench: %v\nstderr:\n%s", err, errOut.String())
+	}
+	var res Result
+	line, _, _ := strings.Cut(out.String(), "\n")
+	if err := json.Unmarshal([]byte(line), &res); err != nil {
+		t.Fatalf("%q: %v", line, err)
+	}
+	if res.Value <= 0 || res.Baseline == nil || *res.Baseline != 0 || res.Ratio != nil {
+		t.Errorf("want submissions and no baseline: %s", line)
+	}
+	if fi, err := os.Stat(o.memProfile); err != nil || fi.Size() == 0 {
+		t.Errorf("memprofile: %v", err)
 	}
 }
 

@@ -32,11 +32,17 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 		status = http.StatusInternalServerError
 		b = []byte(internalBody)
 	}
+	WriteJSONLine(w, status, append(b, '\n'))
+}
+
+// WriteJSONLine is WriteJSON for an answer already encoded: line is one
+// JSON value followed by a newline, as WriteJSON writes it.
+func WriteJSONLine(w http.ResponseWriter, status int, line []byte) {
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(status)
-	_, _ = w.Write(append(b, '\n'))
+	_, _ = w.Write(line)
 }
 
 // WriteError writes the error body {"error":{"code","message"}} with status.

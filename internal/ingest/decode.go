@@ -51,17 +51,12 @@ var emptyObject = json.RawMessage(`{}`)
 // Whether the kind is served is the caller's question. Errors are *apiError
 // with status 400.
 func decodeSubmit(b []byte) (submitRequest, error) {
-	var req submitRequest
-	if t := bytes.TrimSpace(b); len(t) == 0 || t[0] != '{' {
-		return submitRequest{}, newError(http.StatusBadRequest, CodeInvalidJSON, "body must be a JSON object")
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		return submitRequest{}, newError(http.StatusBadRequest, CodeInvalidJSON, "body is not a valid job request: "+jsonReason(err))
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return submitRequest{}, newError(http.StatusBadRequest, CodeInvalidJSON, "body holds more than one JSON value")
+	req, ok := decodeSubmitPlain(b)
+	if !ok {
+		var err error
+		if req, err = decodeSubmitJSON(b); err != nil {
+			return submitRequest{}, err
+		}
 	}
 	if err := envelope.ValidateKind(req.Kind); err != nil {
 		return submitRequest{}, newError(http.StatusBadRequest, CodeInvalidKind, fieldMessage(err))
@@ -102,6 +97,164 @@ func decodeSubmit(b []byte) (submitRequest, error) {
 		return submitRequest{}, newError(http.StatusBadRequest, CodeInvalidSchedule, "expires_in_ms must be 1 to "+strconv.FormatInt(MaxScheduleAhead.Milliseconds(), 10))
 	}
 	return req, nil
+}
+
+// decodeSubmitJSON is the JSON step of decodeSubmit: one object of
+// submitRequest's fields and nothing after it.
+func decodeSubmitJSON(b []byte) (submitRequest, error) {
+	var req submitRequest
+	if t := bytes.TrimSpace(b); len(t) == 0 || t[0] != '{' {
+		return submitRequest{}, newError(http.StatusBadRequest, CodeInvalidJSON, "body must be a JSON object")
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return submitRequest{}, newError(http.StatusBadRequest, CodeInvalidJSON, "body is not a valid job request: "+jsonReason(err))
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return submitRequest{}, newError(http.StatusBadRequest, CodeInvalidJSON, "body holds more than one JSON value")
+	}
+	return req, nil
+}
+
+// decodeSubmitPlain is decodeSubmitJSON for the body nearly every client
+// sends, read without encoding/json's decoder (a reader, a buffer copy and
+// reflection per submission): one object whose keys are "kind",
+// "priority" and "input", each at most once and spelt exactly so, kind and
+// priority strings of printable ASCII with no escape, and input a JSON
+// object (checked with json.Valid). Anything else, valid or not, returns
+// false and goes to decodeSubmitJSON, which then decides and words any
+// error. What it accepts, decodeSubmitJSON decodes to the same request
+// (FuzzDecodeSubmitPlain); Input is a slice of b.
+func decodeSubmitPlain(b []byte) (submitRequest, bool) {
+	var req submitRequest
+	i := skipWS(b, 0)
+	if i >= len(b) || b[i] != '{' {
+		return req, false
+	}
+	i = skipWS(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		return req, skipWS(b, i+1) == len(b)
+	}
+	var seen [3]bool
+	for {
+		key, j, ok := plainString(b, i)
+		if !ok {
+			return req, false
+		}
+		i = skipWS(b, j)
+		if i >= len(b) || b[i] != ':' {
+			return req, false
+		}
+		i = skipWS(b, i+1)
+		var field int
+		switch key {
+		case "kind":
+			field = 0
+		case "priority":
+			field = 1
+		case "input":
+			field = 2
+		default:
+			return req, false
+		}
+		if seen[field] {
+			return req, false
+		}
+		seen[field] = true
+		if field == 2 {
+			end, ok := objectEnd(b, i)
+			if !ok || !json.Valid(b[i:end]) {
+				return req, false
+			}
+			req.Input = b[i:end:end]
+			i = end
+		} else {
+			v, j, ok := plainString(b, i)
+			if !ok {
+				return req, false
+			}
+			if field == 0 {
+				req.Kind = v
+			} else {
+				req.Priority = envelope.Priority(v)
+			}
+			i = j
+		}
+		i = skipWS(b, i)
+		if i >= len(b) {
+			return req, false
+		}
+		switch b[i] {
+		case ',':
+			i = skipWS(b, i+1)
+		case '}':
+			return req, skipWS(b, i+1) == len(b)
+		default:
+			return req, false
+		}
+	}
+}
+
+// skipWS returns the index of the first byte of b from i on that is not
+// JSON whitespace.
+func skipWS(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// plainString reads the JSON string starting at b[i] when it holds only
+// printable ASCII and no escape; it returns its content and the index after
+// its closing quote.
+func plainString(b []byte, i int) (string, int, bool) {
+	if i >= len(b) || b[i] != '"' {
+		return "", 0, false
+	}
+	for j := i + 1; j < len(b); j++ {
+		switch c := b[j]; {
+		case c == '"':
+			return string(b[i+1 : j]), j + 1, true
+		case c < 0x20, c >= 0x7f, c == '\\':
+			return "", 0, false
+		}
+	}
+	return "", 0, false
+}
+
+// objectEnd returns the index after the JSON object starting at b[i] (its
+// braces matched outside strings); whether it is valid JSON is the
+// caller's question.
+func objectEnd(b []byte, i int) (int, bool) {
+	if i >= len(b) || b[i] != '{' {
+		return 0, false
+	}
+	depth, in := 0, false
+	for j := i; j < len(b); j++ {
+		c := b[j]
+		if in {
+			switch c {
+			case '\\':
+				j++
+			case '"':
+				in = false
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			in = true
+		case '{', '[':
+			depth++
+		case '}', ']':
+			depth--
+			if depth == 0 {
+				return j + 1, c == '}'
+			}
+		}
+	}
+	return 0, false
 }
 
 // MaxScheduleAhead is how far ahead a job may be scheduled.

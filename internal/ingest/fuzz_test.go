@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
@@ -118,6 +119,36 @@ func FuzzRangeOf(f *testing.F) {
 		from, to, ok := rangeOf(h, size)
 		if ok && (from < 0 || to > size || from >= to) {
 			t.Fatalf("%q of %d: [%d, %d)", h, size, from, to)
+		}
+	})
+}
+
+// FuzzDecodeSubmitPlain: what decodeSubmitPlain accepts, encoding/json's
+// decoder (decodeSubmitJSON) accepts too and decodes to the same request.
+func FuzzDecodeSubmitPlain(f *testing.F) {
+	for _, s := range []string{
+		`{"kind":"image","input":{}}`,
+		` {"input" : {"a":[1,{"b":"}"}],"c":"\"{"} , "priority":"high","kind":"image"} `,
+		`{"kind":"image","priority":"urgent","input":{"x":1}}`,
+		`{}`, `{"kind":"image","kind":"video"}`, `{"KIND":"image"}`, `{"kind":"im\u0061ge"}`,
+		`{"kind":"image","input":{"a":1}}}`, `{"kind":"image","input":{"a":}}`, `{"kind":"image","input":null}`,
+		`{"kind":"image"} {}`, `{"kind":"image",}`, `{"kind":1}`, `{"kind":"image","delay_ms":5}`,
+		"{\"kind\":\"\xff\"}", `{"kind":"image","input":{"a":"\"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		plain, ok := decodeSubmitPlain(b)
+		if !ok {
+			return
+		}
+		slow, err := decodeSubmitJSON(b)
+		if err != nil {
+			t.Fatalf("%q: plain accepted, the decoder refused: %v", b, err)
+		}
+		if plain.Kind != slow.Kind || plain.Priority != slow.Priority || string(plain.Input) != string(bytes.TrimSpace(slow.Input)) ||
+			(plain.Input == nil) != (slow.Input == nil) || slow.IdempotencyKey != nil || slow.RunAt != nil || slow.DelayMs != nil || slow.ExpiresInMs != nil {
+			t.Fatalf("%q: plain %+v, decoder %+v", b, plain, slow)
 		}
 	})
 }

@@ -3,6 +3,7 @@ package ingest
 import (
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -102,6 +103,7 @@ func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter 
 // instrument counts and times the requests of one route.
 func (m *metrics) instrument(route string, h http.Handler) http.Handler {
 	dur := m.duration.WithLabelValues(route)
+	count := routeCounters{vec: m.requests, route: route}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w}
@@ -110,6 +112,29 @@ func (m *metrics) instrument(route string, h http.Handler) http.Handler {
 			rec.code = http.StatusOK
 		}
 		dur.Observe(time.Since(start).Seconds())
-		m.requests.WithLabelValues(route, strconv.Itoa(rec.code)).Inc()
+		count.of(rec.code).Inc()
 	})
+}
+
+// routeCounters are one route's children of beamline_ingest_requests_total,
+// one per status code, each looked up in the vector (label values hashed,
+// the code formatted) the first time the route answers with that code and
+// remembered, so that a series appears exactly when it did before: on its
+// first request.
+type routeCounters struct {
+	vec   *prometheus.CounterVec
+	route string
+	codes [600]atomic.Pointer[prometheus.Counter]
+}
+
+func (c *routeCounters) of(code int) prometheus.Counter {
+	if code < 0 || code >= len(c.codes) {
+		return c.vec.WithLabelValues(c.route, strconv.Itoa(code))
+	}
+	if p := c.codes[code].Load(); p != nil {
+		return *p
+	}
+	ctr := c.vec.WithLabelValues(c.route, strconv.Itoa(code))
+	c.codes[code].Store(&ctr)
+	return ctr
 }

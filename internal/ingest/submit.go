@@ -269,6 +269,10 @@ func (s *Service) existing(ctx context.Context, id string) (envelope.Snapshot, e
 
 func (s *Service) accepted(w http.ResponseWriter, snap envelope.Snapshot) {
 	w.Header().Set("Location", "/v1/jobs/"+snap.ID)
+	if b, ok := appendSnapshotJSON(make([]byte, 0, snapshotJSONSize), &snap); ok {
+		httpx.WriteJSONLine(w, http.StatusAccepted, b)
+		return
+	}
 	httpx.WriteJSON(w, http.StatusAccepted, snap)
 }
 
@@ -286,6 +290,9 @@ func (s *Service) reject(w http.ResponseWriter, r *http.Request, e *apiError) {
 // checkJSON requires Content-Type application/json (parameters allowed).
 func checkJSON(r *http.Request) *apiError {
 	ct := r.Header.Get("Content-Type")
+	if ct == "application/json" {
+		return nil // what nearly every client sends: nothing to parse
+	}
 	mt, _, err := mime.ParseMediaType(ct)
 	if ct == "" || err != nil || mt != "application/json" {
 		return newError(http.StatusUnsupportedMediaType, CodeUnsupportedMediaType, "Content-Type must be application/json")

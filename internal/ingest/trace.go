@@ -19,8 +19,21 @@ import (
 // span's traceparent: telemetry.Traceparent(ctx). With tracing off the
 // provider is a no-op and an incoming traceparent travels on unchanged.
 
-// traced wraps the handler of one route in its server span.
+// traced wraps the handler of one route in its server span. Without a
+// TracerProvider there is no span to make: the request's traceparent, when
+// it has one, is only extracted so that it travels on, and a request
+// without one goes to h as it is (no context, span or status recorder per
+// request).
 func (s *Service) traced(route string, h http.Handler) http.Handler {
+	if s.cfg.TracerProvider == nil {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if _, ok := r.Header["Traceparent"]; !ok {
+				h.ServeHTTP(w, r)
+				return
+			}
+			h.ServeHTTP(w, r.WithContext(telemetry.Propagator().Extract(r.Context(), propagation.HeaderCarrier(r.Header))))
+		})
+	}
 	name := "ingest " + route
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx := telemetry.Propagator().Extract(r.Context(), propagation.HeaderCarrier(r.Header))
