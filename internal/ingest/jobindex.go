@@ -13,16 +13,19 @@ import (
 	"github.com/beamline/beamline/streams"
 )
 
-// A job is listed (GET /v1/jobs) through its entry in JOBINDEX:
-// jobindex.<user>.<kind>, body the job's submitted envelope (what a rerun
-// runs again: JOBS forgets a job once it is done), Nats-Msg-Id the job id.
-// A single submission writes the entry after the job's PubAck, so it
-// names a stored job; a batch pipelines each entry right behind its job,
-// and an entry whose job was then refused is skipped by the list (no such
-// job). A job whose entry was not written (ingest died between the
-// two writes, or JOBINDEX refused it) is still run and readable by id, just
-// not listed. A keyed retry writes the entry again (de-duplicated within
-// the window), which repairs such a gap. docs/design.md#listing-a-users-jobs
+// A job is listed (GET /v1/jobs) through its entry in JOBINDEX,
+// jobindex.<user>.<kind>. A single submission, a schedule's firing, a
+// rerun and a batch's keyed item write an entry of their own: body the
+// job's submitted envelope (what a rerun runs again: JOBS forgets a job
+// once it is done), Nats-Msg-Id the job id, written after the job's
+// PubAck (a batch's right behind its job), so a keyed retry writes it
+// again (de-duplicated within the window), which repairs a missing one.
+// A batch's unkeyed items share bundles (envelope.HeaderIndexBundle): one
+// entry per (user, kind) and chunk, pipelined behind the jobs; a job the
+// bundle names but JOBS refused is skipped by the list (no such job). A
+// job whose entry was not written (ingest died between the two writes, or
+// JOBINDEX refused it) is still run and readable by id, just not listed.
+// docs/design.md#listing-a-users-jobs
 
 // indexMsg is the JOBINDEX entry of job, whose stored message is body.
 func indexMsg(job envelope.Job, body []byte) *nats.Msg {

@@ -416,13 +416,22 @@ func (ix jobIndex) lastBelow(ctx context.Context, before uint64) (*jetstream.Raw
 		req.UpToSeq = before - 1
 	}
 	var last *jetstream.RawStreamMsg
-	_, _, err := ix.r.Get(ctx, req, func(m *jetstream.RawStreamMsg) bool {
-		if last == nil || m.Sequence > last.Sequence {
-			last = m
-		}
-		return true
-	})
-	return last, err
+	get := func() error {
+		_, _, err := ix.r.Get(ctx, req, func(m *jetstream.RawStreamMsg) bool {
+			if (before == 0 || m.Sequence < before) && (last == nil || m.Sequence > last.Sequence) {
+				last = m
+			}
+			return true
+		})
+		return err
+	}
+	if err := get(); err != nil || last != nil || req.UpToSeq == 0 {
+		return last, err
+	}
+	// The server answers nothing when up_to_seq lies past the stream's
+	// last seq (a cursor of a purged stream): then every entry is below.
+	req.UpToSeq = 0
+	return last, get()
 }
 
 // at is the entry at seq, nil if it is gone.
