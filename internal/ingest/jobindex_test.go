@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/beamline/beamline/pkg/envelope"
@@ -287,4 +288,79 @@ func TestListBundleCursors(t *testing.T) {
 		}
 		return out
 	}(), reversed(ids))
+}
+
+// TestListManyBundles: a user whose entries are mostly bundles of 100,
+// with a single entry between each two and many other users' entries in
+// between, pages correctly across bundle and single boundaries in a few
+// reads; the log shows how long a page took.
+func TestListManyBundles(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	const bundles, per, othersEach = 60, 100, 150
+	var aliceIDs []string // oldest first
+	pub := func(m *nats.Msg) {
+		if _, err := h.js.PublishMsgAsync(m, jetstream.WithExpectStream(streams.JobIndex)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := 0
+	newJob := func(user string) envelope.Job {
+		n++
+		return envelope.Job{ID: fmt.Sprintf("j%07d", n), User: user, Kind: "image", Priority: envelope.PriorityNormal, CreatedAt: time.Now().UTC()}
+	}
+	for range bundles {
+		var body []byte
+		for range per {
+			j := newJob("alice")
+			body = envelope.AppendIndexRecord(body, j.ID, []byte(`{}`))
+			aliceIDs = append(aliceIDs, j.ID)
+		}
+		m := nats.NewMsg(envelope.IndexSubject("alice", "image"))
+		m.Data = body
+		m.Header.Set(envelope.HeaderIndexBundle, fmt.Sprint(per))
+		pub(m)
+		j := newJob("alice")
+		pub(indexMsg(j, []byte(j.ID)))
+		aliceIDs = append(aliceIDs, j.ID)
+		for range othersEach {
+			o := newJob("other")
+			pub(indexMsg(o, []byte(o.ID)))
+		}
+		select {
+		case <-h.js.PublishAsyncComplete():
+		case <-time.After(time.Minute):
+			t.Fatal("index entries not acknowledged")
+		}
+	}
+	kv, err := h.js.KeyValue(ctx, streams.JobStatus)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const pages, limit = 6, 45
+	newest := reversed(aliceIDs)[:pages*limit]
+	for _, id := range newest {
+		snap := envelope.NewSnapshot(envelope.Job{ID: id, User: "alice", Kind: "image", Priority: envelope.PriorityNormal, CreatedAt: time.Now().UTC()})
+		snap.Status, snap.Seq = envelope.StatusSucceeded, 1
+		b, _ := snap.Marshal()
+		if _, err := kv.Put(ctx, id, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	alice := token(t, "alice")
+	var got []string
+	q := url.Values{"limit": {fmt.Sprint(limit)}}
+	for page := range pages {
+		start := time.Now()
+		r, lr := h.list(alice, q)
+		t.Logf("page %d (cursor %q) of a user with %d jobs in %d entries among %d: %v", page, q.Get("cursor"), len(aliceIDs), 2*bundles, n, time.Since(start))
+		if r.Status != http.StatusOK || len(lr.Jobs) != limit || lr.NextCursor == "" {
+			t.Fatalf("page %d: %d, %d jobs, cursor %q", page, r.Status, len(lr.Jobs), lr.NextCursor)
+		}
+		for _, j := range lr.Jobs {
+			got = append(got, j.ID)
+		}
+		q.Set("cursor", lr.NextCursor)
+	}
+	sameIDs(t, "the newest pages", got, newest)
 }

@@ -300,9 +300,19 @@ func (l *lister) push(jobs []indexEntry) {
 func (l *lister) next(ctx context.Context, n int) ([]indexEntry, error) {
 	for len(l.pending) < n && !l.done && l.reads < maxListReads {
 		l.reads++
-		if l.entries == 0 {
-			// Nothing read yet: the newest entry below the position, in
-			// one request (the last entry of each subject up to there).
+		if l.before == 1 {
+			l.done = true
+			break
+		}
+		w := (n - len(l.pending)) * l.entries
+		w = (w + max(l.jobs, 1) - 1) / max(l.jobs, 1) // ceil(need / density)
+		if l.entries < densitySamples {
+			w = min(w, firstWindowCap)
+		}
+		if w <= 1 {
+			// Nothing read yet, or one entry may do: the newest entry
+			// below the position, in one request (the last entry of each
+			// subject up to there).
 			m, err := l.ix.lastBelow(ctx, l.before)
 			if err != nil {
 				return nil, err
@@ -314,16 +324,6 @@ func (l *lister) next(ctx context.Context, n int) ([]indexEntry, error) {
 			l.took(m)
 			continue
 		}
-		if l.before <= 1 {
-			l.done = true
-			break
-		}
-		w := (n - len(l.pending)) * l.entries
-		w = (w + max(l.jobs, 1) - 1) / max(l.jobs, 1) // ceil(need / density)
-		if l.entries < densitySamples {
-			w = min(w, firstWindowCap)
-		}
-		w = max(w, 1)
 		msgs, err := l.ix.pageBefore(ctx, l.before, w)
 		if err != nil {
 			return nil, err
