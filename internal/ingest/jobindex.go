@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"strconv"
+	"sync"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -183,4 +184,114 @@ func (x *indexBundler) await(ctx context.Context, s *Service) {
 func (s *Service) notIndexed(user, kind string, n int, err error) {
 	s.metrics.unindexed.Add(float64(n))
 	s.log.Warn("jobs not indexed: they will not be listed", "user", user, "kind", kind, "jobs", n, "err", err)
+}
+
+// indexCommits is a group commit of the index entries of unkeyed single
+// submissions, per (user, kind): while one entry of a subject awaits its
+// PubAck, the entries of later submissions queue; when it returns, the
+// first of them writes them all as one bundle (or a single entry if alone)
+// and hands the next queue on the same way. Each submission still answers
+// only after its own entry's PubAck. No goroutine of its own: the writer
+// is always one of the waiting requests. docs/design.md#listing-a-users-jobs
+type indexCommits struct {
+	mu     sync.Mutex
+	queues map[string]*indexQueue // present: a write of that subject is in flight
+}
+
+// indexQueue is what waits behind a subject's write in flight.
+type indexQueue struct{ waiting []*indexWaiter }
+
+// indexWaiter is one submission's entry waiting to be written.
+type indexWaiter struct {
+	job  envelope.Job
+	body []byte
+	// done gets nil once the entry was written (or given up), or the
+	// queue this waiter is to write next (itself first).
+	done chan []*indexWaiter
+}
+
+// indexTogether writes the entry of one accepted unkeyed job (body its
+// stored envelope) together with the entries of concurrent submissions
+// of the same user and kind, and returns once it was written. A failure is
+// logged and counted, not answered: the job is stored and runs.
+func (s *Service) indexTogether(ctx context.Context, job envelope.Job, body []byte) {
+	c := &s.commits
+	key := job.User + "\x00" + job.Kind
+	me := &indexWaiter{job: job, body: body}
+	c.mu.Lock()
+	if c.queues == nil {
+		c.queues = make(map[string]*indexQueue)
+	}
+	q, busy := c.queues[key]
+	if !busy {
+		c.queues[key] = &indexQueue{}
+	} else {
+		me.done = make(chan []*indexWaiter, 1)
+		q.waiting = append(q.waiting, me)
+	}
+	c.mu.Unlock()
+	turn := []*indexWaiter{me}
+	if busy {
+		if turn = <-me.done; turn == nil {
+			return // written by another submission
+		}
+	}
+	// This submission writes turn, then hands what queued meanwhile on.
+	s.writeEntries(ctx, turn)
+	c.mu.Lock()
+	q = c.queues[key]
+	next := q.waiting
+	q.waiting = nil
+	if len(next) == 0 {
+		delete(c.queues, key)
+	}
+	c.mu.Unlock()
+	for _, w := range turn {
+		if w != me {
+			w.done <- nil
+		}
+	}
+	if len(next) > 0 {
+		next[0].done <- next
+	}
+}
+
+// writeEntries writes the entries of ws (jobs of one user and kind): a
+// single entry for one job, else bundles of at most maxBundleJobs jobs and
+// about maxBundleBytes, each awaited before the next.
+func (s *Service) writeEntries(ctx context.Context, ws []*indexWaiter) {
+	if len(ws) == 1 {
+		s.index(ctx, ws[0].job, ws[0].body)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RequestTimeout)
+	defer cancel()
+	user, kind := ws[0].job.User, ws[0].job.Kind
+	for len(ws) > 0 {
+		n, size := 0, 0
+		for n < len(ws) && n < maxBundleJobs {
+			rs := envelope.IndexRecordSize(ws[n].job.ID, ws[n].body)
+			if n > 0 && size+rs > maxBundleBytes {
+				break
+			}
+			n, size = n+1, size+rs
+		}
+		chunk := ws[:n]
+		ws = ws[n:]
+		if n == 1 {
+			s.index(ctx, chunk[0].job, chunk[0].body)
+			continue
+		}
+		body := make([]byte, 0, size)
+		for _, w := range chunk {
+			body = envelope.AppendIndexRecord(body, w.job.ID, w.body)
+		}
+		m := nats.NewMsg(envelope.IndexSubject(user, kind))
+		m.Data = body
+		m.Header.Set(envelope.HeaderIndexBundle, strconv.Itoa(n))
+		m.Header.Set(jetstream.ExpectedStreamHeader, streams.JobIndex)
+		if _, err := natsx.Publish(ctx, s.nc, m); err != nil {
+			s.notIndexed(user, kind, n, err)
+		}
+	}
 }
