@@ -74,9 +74,6 @@ type Service struct {
 	// replicateKey is the HMAC key of Replicate's webhook signatures; nil
 	// when they are not configured.
 	replicateKey []byte
-	// commits coalesces the index entries of concurrent unkeyed single
-	// submissions per (user, kind) (docs/design.md#listing-a-users-jobs).
-	commits indexCommits
 }
 
 // New builds the service. It opens the job_status KV bucket, so the streams

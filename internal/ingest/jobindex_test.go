@@ -7,7 +7,6 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -364,60 +363,4 @@ func TestListManyBundles(t *testing.T) {
 		q.Set("cursor", lr.NextCursor)
 	}
 	sameIDs(t, "the newest pages", got, newest)
-}
-
-// TestSinglesShareEntries: concurrent unkeyed single submissions of one
-// user and kind share index entries (a group commit per subject), each
-// answered after its entry is stored: every job is listed once, right
-// after its 202; keyed submissions keep an entry each.
-func TestSinglesShareEntries(t *testing.T) {
-	h := newHarness(t, func(c *Config) { c.RequestTimeout = 10 * time.Second })
-	alice := token(t, "alice")
-	const workers, each = 32, 8
-	var mu sync.Mutex
-	var ids []string
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range each {
-				var opts []reqOpt
-				if w == 0 {
-					opts = append(opts, withHeader("Idempotency-Key", fmt.Sprintf("k-%d", i)))
-				}
-				r := h.submit(alice, fmt.Sprintf(`{"kind":"image","input":{"w":%d,"i":%d}}`, w, i), opts...)
-				if r.Status != http.StatusAccepted {
-					t.Errorf("submit: %d %s", r.Status, r.Body)
-					return
-				}
-				id := r.snapshot(t).ID
-				// Listed as soon as answered: its entry is stored.
-				if i == each-1 {
-					found := false
-					for _, j := range h.listAll(alice, url.Values{"limit": {"500"}}) {
-						found = found || j == id
-					}
-					if !found {
-						t.Errorf("job %s answered but not listed", id)
-					}
-				}
-				mu.Lock()
-				ids = append(ids, id)
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	got := h.listAll(alice, url.Values{"limit": {"37"}})
-	noDuplicates(t, "list", got)
-	sameSet(t, "list", got, ids)
-	n := h.streamMsgs(streams.JobIndex)
-	t.Logf("%d jobs in %d index entries", len(ids), n)
-	if n >= uint64(len(ids)) {
-		t.Fatalf("%d entries for %d concurrent submissions: none shared", n, len(ids))
-	}
-	if n < each {
-		t.Fatalf("%d entries: the %d keyed submissions need one each", n, each)
-	}
 }

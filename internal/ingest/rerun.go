@@ -66,7 +66,7 @@ func (s *Service) rerun(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info("rerun", "job", old.ID, "rerun", job.ID, "by", p.User)
-	s.publish(ctx, w, r, p, job, time.Time{}, true)
+	s.publish(ctx, w, r, p, job, time.Time{})
 }
 
 // rerunJobID is the id of the rerun of job old: derived from it alone.

@@ -74,7 +74,7 @@ func (s *Service) submit(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	s.publish(ctx, w, r, p, job, req.due, key != "")
+	s.publish(ctx, w, r, p, job, req.due)
 }
 
 // acquireSlot takes one of the MaxInFlight submission slots (a batch takes
@@ -163,12 +163,7 @@ func (s *Service) keyedExisting(ctx context.Context, job envelope.Job) (envelope
 //
 // A job due later (due not zero) is written instead as its schedule message
 // in SCHEDULED, still one write; it answers status scheduled.
-//
-// keyed: the job's id derives from a key (an Idempotency-Key, a rerun's
-// old id), so its index entry is its own (its Nats-Msg-Id de-duplicates a
-// retry's); an unkeyed job's entry may share a bundle with concurrent
-// submissions' (indexCommits).
-func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Request, p auth.Principal, job envelope.Job, due time.Time, keyed bool) {
+func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Request, p auth.Principal, job envelope.Job, due time.Time) {
 	log := jobLog{log: s.log, ctx: ctx, job: job.ID, user: p.User, kind: job.Kind}
 	msg, stream, aerr := s.jobMsg(ctx, job, due)
 	if aerr != nil {
@@ -207,11 +202,7 @@ func (s *Service) publish(ctx context.Context, w http.ResponseWriter, r *http.Re
 	}
 	s.metrics.submitted.WithLabelValues(job.Kind, string(job.Priority)).Inc()
 	log.at(slog.LevelInfo, "job accepted", "priority", string(job.Priority), "seq", ack.Sequence, "stream", stream)
-	if keyed {
-		s.index(ctx, job, msg.Data)
-	} else {
-		s.indexTogether(ctx, job, msg.Data)
-	}
+	s.index(ctx, job, msg.Data)
 	s.accepted(w, acceptedSnapshot(job, due))
 }
 
