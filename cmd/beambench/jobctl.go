@@ -340,8 +340,39 @@ func jobctlList(ctx context.Context, t *target, o *options, rep *reporter) error
 	run := fmt.Sprintf("%x", time.Now().UnixNano()&0xffffffff)
 	// Index entries and succeeded snapshots written straight to JOBINDEX
 	// and job_status, as ingest and the processor write them: a user with
-	// n finished jobs, among others' entries (one in six).
+	// n finished jobs, among others' entries (one in six), the user's
+	// jobs in single entries (as single submissions write them) or in
+	// bundles of per jobs (as a batch writes them).
+	per := min(max(o.jcListBundle, 1), 100)
 	start := time.Now()
+	var bundle []byte
+	inBundle, entries := 0, 0
+	publishEntry := func(m *nats.Msg) error {
+		entries++
+		if err := publishAsync(ctx, t, m); err != nil {
+			return err
+		}
+		if entries%2000 == 1999 {
+			select {
+			case <-t.js.PublishAsyncComplete():
+			case <-time.After(time.Minute):
+				return errors.New("index entries: PubAcks missing after a minute")
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return nil
+	}
+	flush := func() error {
+		if inBundle == 0 {
+			return nil
+		}
+		m := nats.NewMsg(envelope.IndexSubject(user, "image"))
+		m.Data = bundle
+		m.Header.Set(envelope.HeaderIndexBundle, strconv.Itoa(inBundle))
+		bundle, inBundle = nil, 0
+		return publishEntry(m)
+	}
 	for i := range n + others {
 		u := user
 		if i%6 == 5 && others > 0 {
@@ -353,30 +384,33 @@ func jobctlList(ctx context.Context, t *target, o *options, rep *reporter) error
 		if err != nil {
 			return err
 		}
-		m := nats.NewMsg(envelope.IndexSubject(j.User, j.Kind))
-		m.Data = body
-		m.Header.Set(envelope.HeaderMsgID, j.ID)
 		snap := envelope.NewSnapshot(j)
 		snap.Status, snap.Seq = envelope.StatusSucceeded, 1
 		sb, err := snap.Marshal()
 		if err != nil {
 			return err
 		}
-		if err := publishAsync(ctx, t, m); err != nil {
-			return err
-		}
 		if err := publishAsync(ctx, t, &nats.Msg{Subject: envelope.KVKeySubject(streams.JobStatus, j.ID), Data: sb}); err != nil {
 			return err
 		}
-		if i%2000 == 1999 {
-			select {
-			case <-t.js.PublishAsyncComplete():
-			case <-time.After(time.Minute):
-				return errors.New("index entries: PubAcks missing after a minute")
-			case <-ctx.Done():
-				return ctx.Err()
+		if u == user && per > 1 {
+			bundle = envelope.AppendIndexRecord(bundle, j.ID, body)
+			if inBundle++; inBundle == per {
+				if err := flush(); err != nil {
+					return err
+				}
 			}
+			continue
 		}
+		m := nats.NewMsg(envelope.IndexSubject(j.User, j.Kind))
+		m.Data = body
+		m.Header.Set(envelope.HeaderMsgID, j.ID)
+		if err := publishEntry(m); err != nil {
+			return err
+		}
+	}
+	if err := flush(); err != nil {
+		return err
 	}
 	select {
 	case <-t.js.PublishAsyncComplete():
@@ -389,7 +423,7 @@ func jobctlList(ctx context.Context, t *target, o *options, rep *reporter) error
 		return err
 	}
 	state := st.CachedInfo().State
-	lo := state.LastSeq - uint64(n+others) + 200 // deep enough for a full page
+	lo := state.LastSeq - uint64(entries) + 200 // deep enough for a full page
 	tok := t.token(user)
 	rnd := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 14))
 	kvStream := "KV_" + streams.JobStatus
@@ -429,10 +463,17 @@ func jobctlList(ctx context.Context, t *target, o *options, rep *reporter) error
 		from := max(state.FirstSeq, lo+rnd.Uint64N(state.LastSeq-lo)-300)
 		t0 = time.Now()
 		var keys []string
-		if _, _, err := rdIndex.Get(ctx, natsx.DirectGet{Seq: from, NextFor: envelope.UserIndexFilter(user), Batch: 50, MaxBytes: natsx.DirectMaxBytes},
+		if _, _, err := rdIndex.Get(ctx, natsx.DirectGet{Seq: from, NextFor: envelope.UserIndexFilter(user), Batch: (50+per-1)/per + 1, MaxBytes: natsx.DirectMaxBytes},
 			func(m *jetstream.RawStreamMsg) bool {
-				keys = append(keys, envelope.KVKeySubject(streams.JobStatus, m.Header.Get(envelope.HeaderMsgID)))
-				return true
+				if m.Header.Get(envelope.HeaderIndexBundle) == "" {
+					keys = append(keys, envelope.KVKeySubject(streams.JobStatus, m.Header.Get(envelope.HeaderMsgID)))
+				} else if recs, err := envelope.DecodeIndexBundle(m.Data); err == nil {
+					for _, r := range recs {
+						keys = append(keys, envelope.KVKeySubject(streams.JobStatus, r.ID))
+					}
+				}
+				keys = keys[:min(len(keys), 50)]
+				return len(keys) < 50
 			}); err != nil {
 			return err
 		}
@@ -446,8 +487,8 @@ func jobctlList(ctx context.Context, t *target, o *options, rep *reporter) error
 			return fmt.Errorf("raw page: %d entries, %d snapshots", len(keys), got)
 		}
 	}
-	p := map[string]any{"user_jobs": n, "other_entries": others, "requests": len(api), "first_page_requests": firstPage,
-		"limit": 50, "fill_s": fill.Seconds(), "baseline": "direct get of 50 entries + multi_last of their snapshots"}
+	p := map[string]any{"user_jobs": n, "jobs_per_entry": per, "index_entries": entries, "other_entries": others, "requests": len(api), "first_page_requests": firstPage,
+		"limit": 50, "fill_s": fill.Seconds(), "baseline": "direct get of 50 jobs' entries + multi_last of their snapshots"}
 	rep.addVs("jobctl", "GET /v1/jobs p50", quantileMS(api, .5), "ms", quantileMS(raw, .5), p)
 	rep.addVs("jobctl", "GET /v1/jobs p99", quantileMS(api, .99), "ms", quantileMS(raw, .99), p)
 	return nil

@@ -93,6 +93,7 @@ type options struct {
 	jcSchedJobs  int   // jobctl: scheduled jobs due within one second
 	jcListJobs   int   // jobctl: the listed user's jobs
 	jcListReqs   int   // jobctl: GET /v1/jobs requests
+	jcListBundle int   // jobctl: the listed user's jobs per index entry (1: single entries; a batch bundles up to 100)
 
 	presMembers int    // presence: members of the room, half on each notifier
 	presChanges int    // presence: joins and leaves of the storm
@@ -109,7 +110,7 @@ func fullOptions() options {
 		pushClients: 15000, pushLatClients: 5000, pushRate: 2000, pushDur: 10 * time.Second,
 		pollJobs: 50, pollDur: 60 * time.Second, pollInterval: 2 * time.Second,
 		provWaiting: 10000, provOutputMB: 20, provRangeReqs: 40, provPushJobs: 200,
-		jcBatchSizes: []int{100, 1000}, jcBatchJobs: 20000, jcSchedJobs: 10000, jcListJobs: 100000, jcListReqs: 300,
+		jcBatchSizes: []int{100, 1000}, jcBatchJobs: 20000, jcSchedJobs: 10000, jcListJobs: 100000, jcListReqs: 300, jcListBundle: 1,
 		presMembers: 1000, presChanges: 1000, presRate: 100, presChurn: 20, presClient: "lean",
 		deadline: 20 * time.Minute,
 	}
@@ -123,7 +124,7 @@ func shortOptions() options {
 		pushClients: 100, pushLatClients: 50, pushRate: 200, pushDur: 1500 * time.Millisecond,
 		pollJobs: 5, pollDur: 5 * time.Second, pollInterval: 2 * time.Second,
 		provWaiting: 200, provOutputMB: 2, provRangeReqs: 8, provPushJobs: 10,
-		jcBatchSizes: []int{100, 1000}, jcBatchJobs: 1000, jcSchedJobs: 200, jcListJobs: 2000, jcListReqs: 15,
+		jcBatchSizes: []int{100, 1000}, jcBatchJobs: 1000, jcSchedJobs: 200, jcListJobs: 2000, jcListReqs: 15, jcListBundle: 1,
 		presMembers: 100, presChanges: 100, presRate: 100, presChurn: 10, presClient: "lean",
 		deadline: 60 * time.Second,
 	}
@@ -174,6 +175,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.jcSchedJobs, "jobctl-scheduled", o.jcSchedJobs, "jobctl: scheduled jobs due within the same second")
 	fs.IntVar(&o.jcListJobs, "jobctl-list-jobs", o.jcListJobs, "jobctl: jobs of the user whose list is read")
 	fs.IntVar(&o.jcListReqs, "jobctl-list-requests", o.jcListReqs, "jobctl: GET /v1/jobs requests measured")
+	fs.IntVar(&o.jcListBundle, "jobctl-list-bundle", o.jcListBundle, "jobctl: the listed user's jobs per JOBINDEX entry, 1 (single entries, as single submissions write them) to 100 (bundles, as a batch writes them)")
 	fs.IntVar(&o.presMembers, "presence-members", o.presMembers, "presence: members of the one studio room, half on each of two notifiers")
 	fs.IntVar(&o.presChanges, "presence-changes", o.presChanges, "presence: joins and leaves of the storm")
 	fs.IntVar(&o.presRate, "presence-rate", o.presRate, "presence: changes per second")

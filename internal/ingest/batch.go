@@ -112,6 +112,7 @@ func (s *Service) batch(w http.ResponseWriter, r *http.Request) {
 		}
 		b.jobs[i], b.dues[i] = newJob(p.User, req), req.due
 		if req.key() != "" {
+			b.keyed[i] = true
 			snap, found, aerr := s.keyedExisting(ctx, b.jobs[i])
 			if aerr != nil {
 				b.items[i] = refusedItem(aerr)
@@ -164,7 +165,12 @@ type batchPub struct {
 	// jobs rather than after their PubAcks (a batch is one round of
 	// PubAcks, not two). An entry whose job was then refused names a job
 	// that does not exist; the list skips it (docs/design.md#batches).
+	// A keyed item's entry is its own (Nats-Msg-Id the job id, so a
+	// keyed retry de-duplicates it and repairs a missing one); the other
+	// items' entries are bundled per (user, kind), one bundle per chunk.
+	keyed            []bool
 	futures, indexed []jetstream.PubAckFuture
+	bundler          indexBundler
 	down             bool // NATS was disconnected at the first publish
 	checked          bool
 	encode           bool // answer with answer(): encode while awaiting
@@ -176,7 +182,7 @@ func (s *Service) newBatchPub(ctx context.Context, n int, encode bool) *batchPub
 	return &batchPub{
 		s: s, ctx: ctx, encode: encode,
 		items: make([]batchItem, n), jobs: make([]envelope.Job, n), dues: make([]time.Time, n),
-		encoded: make([][]byte, n),
+		encoded: make([][]byte, n), keyed: make([]bool, n),
 		futures: make([]jetstream.PubAckFuture, n), indexed: make([]jetstream.PubAckFuture, n),
 	}
 }
@@ -203,6 +209,10 @@ func (b *batchPub) publish(i int) {
 	}
 	b.futures[i] = f
 	b.todo = append(b.todo, i)
+	if !b.keyed[i] {
+		b.bundler.add(s, b.jobs[i], msg.Data)
+		return
+	}
 	if b.indexed[i], err = s.js.PublishMsgAsync(indexMsg(b.jobs[i], msg.Data), jetstream.WithExpectStream(streams.JobIndex)); err != nil {
 		s.metrics.unindexed.Inc()
 		s.log.Warn("job not indexed: it will not be listed", "job", b.jobs[i].ID, "user", b.jobs[i].User, "err", err)
@@ -218,6 +228,7 @@ func (b *batchPub) await() {
 		return
 	}
 	s, ctx := b.s, b.ctx
+	b.bundler.flush(s)
 	if b.encode {
 		for _, i := range b.todo {
 			b.encoded[i] = encodeItem(acceptedItem(acceptedSnapshot(b.jobs[i], b.dues[i])))
@@ -225,6 +236,7 @@ func (b *batchPub) await() {
 	}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RequestTimeout)
 	defer cancel()
+	defer b.bundler.await(wctx, s)
 	defer s.awaitIndexed(wctx, b.todo, b.jobs, b.indexed)
 	for _, i := range b.todo {
 		job := b.jobs[i]

@@ -235,7 +235,7 @@ func (s *Service) redrive(w http.ResponseWriter, r *http.Request) {
 	// (redriven before, its DLQ delete lost) answers for itself.
 	b := s.newBatchPub(ctx, len(dead), false)
 	for i, d := range dead {
-		b.jobs[i] = rerunJob(d.job)
+		b.jobs[i], b.keyed[i] = rerunJob(d.job), true // its entry is its own, as a rerun's
 		snap, found, aerr := s.keyedExisting(ctx, b.jobs[i])
 		switch {
 		case aerr != nil:

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -37,6 +38,7 @@ type listQuery struct {
 	status envelope.Status
 	limit  int
 	before uint64 // JOBINDEX seq the page ends below; 0: the newest
+	idx    int    // with before: the bundle at before's jobs before idx come first
 }
 
 // listResponse is GET /v1/jobs's answer: the jobs newest first, and the
@@ -89,11 +91,11 @@ func parseListQuery(q url.Values, self string, admin bool) (listQuery, *apiError
 		lq.limit = n
 	}
 	if c := q.Get("cursor"); c != "" {
-		n, err := strconv.ParseUint(c, 10, 64)
-		if err != nil || n < 2 {
+		seq, idx, ok := parseCursor(c)
+		if !ok {
 			return lq, newError(http.StatusBadRequest, CodeInvalidCursor, "cursor is not one this API gave")
 		}
-		lq.before = n
+		lq.before, lq.idx = seq, idx
 	}
 	return lq, nil
 }
@@ -127,93 +129,321 @@ func (s *Service) list(w http.ResponseWriter, r *http.Request) {
 	httpx.WriteJSON(w, http.StatusOK, resp)
 }
 
-// listJobs reads pages of index entries newest first until limit jobs
-// matched, the index is exhausted or maxListScan entries were read.
+// listJobs reads a user's jobs newest first from the cursor on until
+// limit jobs matched, the index is exhausted or maxListScan jobs were
+// looked at.
 func (s *Service) listJobs(ctx context.Context, lq listQuery) (listResponse, error) {
 	filter := envelope.UserIndexFilter(lq.user)
 	if lq.kind != "" {
 		filter = envelope.IndexSubject(lq.user, lq.kind)
 	}
-	ix := jobIndex{r: natsx.NewDirectReader(s.js, streams.JobIndex), filter: filter}
+	l := newLister(jobIndex{r: natsx.NewDirectReader(s.js, streams.JobIndex), filter: filter})
 	resp := listResponse{Jobs: []envelope.Snapshot{}}
-	before := lq.before
-	if before == 0 {
-		last, err := ix.last(ctx)
-		if err != nil || last == 0 {
-			return resp, err
-		}
-		before = last + 1
+	if err := l.start(ctx, lq.before, lq.idx); err != nil {
+		return resp, err
 	}
+	seen := make(map[string]bool)
 	scanned := 0
 	for {
 		want := lq.limit - len(resp.Jobs)
 		if lq.status != "" {
 			want = max(want, min(lq.limit*4, MaxListLimit)) // most may not match
 		}
-		entries, older, err := ix.pageBefore(ctx, before, want)
+		refs, err := l.next(ctx, want)
 		if err != nil {
 			return resp, err
 		}
-		scanned += len(entries)
-		snaps, err := s.snapshotsOf(ctx, entries)
+		scanned += len(refs)
+		snaps, err := s.snapshotsOf(ctx, refs)
 		if err != nil {
 			return resp, err
 		}
-		for i, e := range entries {
+		for i, e := range refs {
 			snap, ok := snaps[e.id]
-			if !ok || (lq.status != "" && snap.Status != lq.status) {
+			if !ok || seen[e.id] || (lq.status != "" && snap.Status != lq.status) {
 				continue
 			}
+			seen[e.id] = true
 			resp.Jobs = append(resp.Jobs, snap)
 			if len(resp.Jobs) == lq.limit {
-				if i < len(entries)-1 || older {
-					resp.NextCursor = strconv.FormatUint(e.seq, 10)
+				if i < len(refs)-1 || l.more(ctx) {
+					resp.NextCursor = e.cursor()
 				}
 				return resp, nil
 			}
 		}
-		if !older || len(entries) == 0 {
+		if !l.more(ctx) {
 			return resp, nil
 		}
-		before = entries[len(entries)-1].seq
-		if scanned >= maxListScan {
-			resp.NextCursor = strconv.FormatUint(before, 10)
+		if len(refs) == 0 || scanned >= maxListScan || l.reads >= maxListReads {
+			resp.NextCursor = l.cursor()
 			return resp, nil
 		}
 	}
 }
 
-// indexEntry is one JOBINDEX message: a job and where it is in the stream.
+// indexEntry is one job named by JOBINDEX and where: the stream seq of
+// its entry and, in a bundle, its place there (0 for a single entry).
 type indexEntry struct {
 	seq uint64
+	idx int
 	id  string
+}
+
+// cursor is the cursor of the page that follows this job: "<seq>" for
+// the first job of an entry (the jobs of the entries below seq; the
+// format of the single entries' cursors, which stays valid), else
+// "<seq>.<idx>" (the bundle's jobs before idx, then the entries below).
+func (e indexEntry) cursor() string {
+	if e.idx == 0 {
+		return strconv.FormatUint(e.seq, 10)
+	}
+	return strconv.FormatUint(e.seq, 10) + "." + strconv.Itoa(e.idx)
+}
+
+// parseCursor reads a cursor given by cursor(): seq must be at least 2
+// for "<seq>" (something lies below it), idx at least 1 for
+// "<seq>.<idx>".
+func parseCursor(c string) (seq uint64, idx int, ok bool) {
+	sq, ix, bundled := strings.Cut(c, ".")
+	seq, err := strconv.ParseUint(sq, 10, 64)
+	if err != nil || sq == "" || sq[0] == '+' {
+		return 0, 0, false
+	}
+	if !bundled {
+		return seq, 0, seq >= 2
+	}
+	idx, err = strconv.Atoi(ix)
+	if err != nil || ix == "" || ix[0] == '+' || ix[0] == '-' || idx < 1 || idx >= maxBundleJobs*16 || seq < 1 {
+		return 0, 0, false
+	}
+	return seq, idx, true
+}
+
+// entryJobs are the jobs an index entry names, oldest first: a bundle's
+// records, or a single entry's job (its Nats-Msg-Id). A bundle that does
+// not decode names none (and is logged by no one: it is skipped).
+func entryJobs(m *jetstream.RawStreamMsg) []indexEntry {
+	if m.Header.Get(envelope.HeaderIndexBundle) == "" {
+		return []indexEntry{{seq: m.Sequence, id: m.Header.Get(envelope.HeaderMsgID)}}
+	}
+	recs, err := envelope.DecodeIndexBundle(m.Data)
+	if err != nil {
+		return nil
+	}
+	out := make([]indexEntry, len(recs))
+	for i, r := range recs {
+		out[i] = indexEntry{seq: m.Sequence, idx: i, id: r.ID}
+	}
+	return out
+}
+
+// Bounds of one list request's reads of JOBINDEX.
+const (
+	// maxListReads bounds the windows of entries one request reads.
+	maxListReads = 12
+	// firstWindowCap bounds a window while fewer than densitySamples
+	// entries were seen: a first guess of the jobs per entry may be far
+	// off (singles seen, bundles below), and an entry may hold up to
+	// maxBundleJobs jobs.
+	firstWindowCap = 64
+	densitySamples = 8
+)
+
+// lister hands out a filter's jobs newest first, from a cursor on. It
+// reads the entries below the position in windows sized by the jobs per
+// entry seen so far: a page of limit jobs reads about limit/density
+// entries, not limit entries.
+type lister struct {
+	ix jobIndex
+	// before: every entry below it is still to read; 0 while nothing was
+	// read and no cursor given (the newest entry is next).
+	before  uint64
+	pending []indexEntry // read, not yet handed out, newest first
+	// jobs and entries read, for the density.
+	jobs, entries int
+	reads         int
+	done          bool       // no entry below before
+	oldest        uint64     // the filter's first seq, once known
+	last          indexEntry // the last job handed out, if handed
+	handed        bool
+}
+
+func newLister(ix jobIndex) *lister { return &lister{ix: ix} }
+
+// start positions l below cursor (before, idx): with idx > 0, the jobs of
+// the bundle at before that precede idx come first.
+func (l *lister) start(ctx context.Context, before uint64, idx int) error {
+	l.before = before
+	if idx == 0 {
+		return nil
+	}
+	m, err := l.ix.at(ctx, before)
+	if err != nil || m == nil {
+		return err // the entry aged out: go on below it
+	}
+	jobs := entryJobs(m)
+	l.push(jobs[:min(idx, len(jobs))])
+	l.jobs, l.entries = len(jobs), 1 // a sample of the density
+	return nil
+}
+
+// push adds the jobs of one entry (oldest first) to pending, newest first.
+func (l *lister) push(jobs []indexEntry) {
+	for i := len(jobs) - 1; i >= 0; i-- {
+		l.pending = append(l.pending, jobs[i])
+	}
+}
+
+// next returns up to n jobs, newest first; fewer only when the index has
+// no more or the reads' bound was reached.
+func (l *lister) next(ctx context.Context, n int) ([]indexEntry, error) {
+	for len(l.pending) < n && !l.done && l.reads < maxListReads {
+		l.reads++
+		if l.before == 1 {
+			l.done = true
+			break
+		}
+		w := (n - len(l.pending)) * l.entries
+		w = (w + max(l.jobs, 1) - 1) / max(l.jobs, 1) // ceil(need / density)
+		if l.entries < densitySamples {
+			w = min(w, firstWindowCap)
+		}
+		if w <= 1 {
+			// Nothing read yet, or one entry may do: the newest entry
+			// below the position, in one request (the last entry of each
+			// subject up to there).
+			m, err := l.ix.lastBelow(ctx, l.before)
+			if err != nil {
+				return nil, err
+			}
+			if m == nil {
+				l.done = true
+				break
+			}
+			l.took(m)
+			continue
+		}
+		msgs, err := l.ix.pageBefore(ctx, l.before, w)
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range msgs {
+			l.took(m)
+		}
+		if len(msgs) < w {
+			l.done = true
+		}
+	}
+	k := min(n, len(l.pending))
+	out := l.pending[:k:k]
+	l.pending = l.pending[k:]
+	if k > 0 {
+		l.last, l.handed = out[k-1], true
+	}
+	return out, nil
+}
+
+// cursor is where the jobs not handed out yet begin: below the last job
+// handed out, or, when none was, below before.
+func (l *lister) cursor() string {
+	if l.handed {
+		return l.last.cursor()
+	}
+	return strconv.FormatUint(l.before, 10)
+}
+
+// took adds entry m, the newest below before, to pending.
+func (l *lister) took(m *jetstream.RawStreamMsg) {
+	jobs := entryJobs(m)
+	l.push(jobs)
+	l.jobs += len(jobs)
+	l.entries++
+	l.before = m.Sequence
+}
+
+// more says whether jobs remain after those handed out.
+func (l *lister) more(ctx context.Context) bool {
+	if len(l.pending) > 0 {
+		return true
+	}
+	if l.done {
+		return false
+	}
+	if l.before == 0 {
+		return true // nothing read yet
+	}
+	if l.before == 1 {
+		return false
+	}
+	if l.oldest == 0 {
+		_, first, err := l.ix.count(ctx, 1)
+		if err != nil {
+			return true // a cursor to an empty page at worst
+		}
+		if first == 0 {
+			return false
+		}
+		l.oldest = first
+	}
+	return l.oldest < l.before
 }
 
 // jobIndex reads one filter (a user's, or a user's and kind's) of JOBINDEX.
 //
-// Direct gets read forward only, so a page of the newest n entries below
-// seq C is found by counting: count(X), the entries at or after X, is one
-// direct get of batch 1 (the first entry at or after X, and the server's
-// count of those after it). The page starts at the largest X with
-// count(X) - count(C) >= n, found by galloping down from C and then
+// Direct gets read forward only, so a window of the newest n entries
+// below seq C is found by counting: count(X), the entries at or after X,
+// is one direct get of batch 1 (the first entry at or after X, and the
+// server's count of those after it). The window starts at the largest X
+// with count(X) - count(C) >= n, found by galloping down from C and then
 // bisecting; then one batched direct get reads it. The cost grows with the
-// logarithm of how far back the page lies in the stream, never with how
+// logarithm of how far back the window lies in the stream, never with how
 // many jobs the user has. docs/design.md#listing-a-users-jobs
 type jobIndex struct {
 	r      *natsx.DirectReader
 	filter string
 }
 
-// last is the stream seq of the newest entry, 0 when there is none: the
-// newest of the last entries of each of the filter's subjects (one per
-// kind), in one batched request.
-func (ix jobIndex) last(ctx context.Context) (uint64, error) {
-	var seq uint64
-	_, _, err := ix.r.Get(ctx, natsx.DirectGet{MultiLast: []string{ix.filter}, Batch: maxKindsPerUser}, func(m *jetstream.RawStreamMsg) bool {
-		seq = max(seq, m.Sequence)
-		return true
+// lastBelow is the newest entry below seq before (0: the newest of all),
+// nil when there is none: the newest of the last entries of each of the
+// filter's subjects (one per kind) up to before-1, in one request.
+func (ix jobIndex) lastBelow(ctx context.Context, before uint64) (*jetstream.RawStreamMsg, error) {
+	if before == 1 {
+		return nil, nil
+	}
+	req := natsx.DirectGet{MultiLast: []string{ix.filter}, Batch: maxKindsPerUser, MaxBytes: natsx.DirectMaxBytes}
+	if before > 1 {
+		req.UpToSeq = before - 1
+	}
+	var last *jetstream.RawStreamMsg
+	get := func() error {
+		_, _, err := ix.r.Get(ctx, req, func(m *jetstream.RawStreamMsg) bool {
+			if (before == 0 || m.Sequence < before) && (last == nil || m.Sequence > last.Sequence) {
+				last = m
+			}
+			return true
+		})
+		return err
+	}
+	if err := get(); err != nil || last != nil || req.UpToSeq == 0 {
+		return last, err
+	}
+	// The server answers nothing when up_to_seq lies past the stream's
+	// last seq (a cursor of a purged stream): then every entry is below.
+	req.UpToSeq = 0
+	return last, get()
+}
+
+// at is the entry at seq, nil if it is gone.
+func (ix jobIndex) at(ctx context.Context, seq uint64) (*jetstream.RawStreamMsg, error) {
+	var got *jetstream.RawStreamMsg
+	_, _, err := ix.r.Get(ctx, natsx.DirectGet{Seq: seq, NextFor: ix.filter, Batch: 1}, func(m *jetstream.RawStreamMsg) bool {
+		if m.Sequence == seq {
+			got = m
+		}
+		return false
 	})
-	return seq, err
+	return got, err
 }
 
 // count is the number of entries at or after seq x, and the seq of the
@@ -229,12 +459,12 @@ func (ix jobIndex) count(ctx context.Context, x uint64) (n, first uint64, err er
 	return pending + 1, first, nil
 }
 
-// pageBefore returns up to n entries below seq before, newest first, and
-// whether older entries remain.
-func (ix jobIndex) pageBefore(ctx context.Context, before uint64, n int) ([]indexEntry, bool, error) {
+// pageBefore returns the n newest entries below seq before (fewer when
+// there are not that many), newest first.
+func (ix jobIndex) pageBefore(ctx context.Context, before uint64, n int) ([]*jetstream.RawStreamMsg, error) {
 	cBefore, _, err := ix.count(ctx, before)
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
 	need := uint64(n)
 	// Gallop: lo is a seq with at least n entries in [lo, before), or 1.
@@ -248,7 +478,7 @@ func (ix jobIndex) pageBefore(ctx context.Context, before uint64, n int) ([]inde
 		x := hi - span
 		c, first, err := ix.count(ctx, x)
 		if err != nil {
-			return nil, false, err
+			return nil, err
 		}
 		if c-cBefore >= need {
 			lo = first
@@ -266,7 +496,7 @@ func (ix jobIndex) pageBefore(ctx context.Context, before uint64, n int) ([]inde
 	}
 	cLo, firstLo, err := ix.count(ctx, lo)
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
 	if cLo-cBefore >= need {
 		// Bisect for the largest x with at least n entries in [x, before).
@@ -275,7 +505,7 @@ func (ix jobIndex) pageBefore(ctx context.Context, before uint64, n int) ([]inde
 			mid := lo + (hi-lo)/2
 			c, first, err := ix.count(ctx, mid)
 			if err != nil {
-				return nil, false, err
+				return nil, err
 			}
 			if c-cBefore >= need {
 				lo = max(mid, first)
@@ -289,10 +519,10 @@ func (ix jobIndex) pageBefore(ctx context.Context, before uint64, n int) ([]inde
 	}
 	// Read [lo, before): one batch, more when max_bytes cut it short
 	// (entries hold the jobs' envelopes).
-	entries := make([]indexEntry, 0, n)
-	for next, done := lo, false; !done && len(entries) < n; {
+	msgs := make([]*jetstream.RawStreamMsg, 0, n)
+	for next, done := lo, false; !done && len(msgs) < n; {
 		got := 0
-		_, _, err = ix.r.Get(ctx, natsx.DirectGet{Seq: next, NextFor: ix.filter, Batch: n - len(entries), MaxBytes: natsx.DirectMaxBytes},
+		_, _, err = ix.r.Get(ctx, natsx.DirectGet{Seq: next, NextFor: ix.filter, Batch: n - len(msgs), MaxBytes: natsx.DirectMaxBytes},
 			func(m *jetstream.RawStreamMsg) bool {
 				if m.Sequence >= before {
 					done = true
@@ -300,29 +530,21 @@ func (ix jobIndex) pageBefore(ctx context.Context, before uint64, n int) ([]inde
 				}
 				got++
 				next = m.Sequence + 1
-				entries = append(entries, indexEntry{seq: m.Sequence, id: m.Header.Get(envelope.HeaderMsgID)})
+				msgs = append(msgs, m)
 				return true
 			})
 		if err != nil {
-			return nil, false, err
+			return nil, err
 		}
 		if got == 0 {
 			break
 		}
 	}
 	// Newest first.
-	for i, j := 0, len(entries)-1; i < j; i, j = i+1, j-1 {
-		entries[i], entries[j] = entries[j], entries[i]
+	for i, j := 0, len(msgs)-1; i < j; i, j = i+1, j-1 {
+		msgs[i], msgs[j] = msgs[j], msgs[i]
 	}
-	older := false
-	if len(entries) > 0 && entries[len(entries)-1].seq > 1 {
-		c1, _, err := ix.count(ctx, 1)
-		if err != nil {
-			return nil, false, err
-		}
-		older = c1-cBefore > uint64(len(entries))
-	}
-	return entries, older, nil
+	return msgs, nil
 }
 
 // snapshotsOf reads the current snapshot of each entry's job: one batched

@@ -91,6 +91,10 @@ func newHarnessOn(t *testing.T, srv *server.Server, nc *nats.Conn, js jetstream.
 	done := make(chan error, 1)
 	go func() { done <- h.svc.Run(ctx) }()
 	t.Cleanup(func() {
+		// Idle connections first: one the client dialed but never used
+		// (concurrent requests race for connections) is "new" to the
+		// server, which waits 5 s before its shutdown counts it idle.
+		tr.CloseIdleConnections()
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("Run: %v", err)

@@ -87,7 +87,9 @@ func rerunJob(old envelope.Job) envelope.Job {
 
 // jobEnvelope reads a job's submitted envelope from its JOBINDEX entry,
 // found from the job's creation time: the entry is written right after
-// the job's PubAck, so it lies a few entries after that time.
+// the job's PubAck (a batch's right behind its jobs), so it lies a few
+// entries after that time. The entry is the job's own or a bundle that
+// names it.
 func (s *Service) jobEnvelope(ctx context.Context, snap envelope.Snapshot) (envelope.Job, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	defer cancel()
@@ -102,10 +104,16 @@ func (s *Service) jobEnvelope(ctx context.Context, snap envelope.Snapshot) (enve
 		pending, _, err := r.Get(ctx, req, func(m *jetstream.RawStreamMsg) bool {
 			got++
 			req.Seq, req.StartTime = m.Sequence+1, nil
-			if m.Header.Get(envelope.HeaderMsgID) != snap.ID {
+			body := m.Data
+			if m.Header.Get(envelope.HeaderIndexBundle) != "" {
+				// A bundle of a batch's jobs: the job's own record.
+				if body = bundledEnvelope(m.Data, snap.ID); body == nil {
+					return true
+				}
+			} else if m.Header.Get(envelope.HeaderMsgID) != snap.ID {
 				return true
 			}
-			_, j, err := envelope.DecodeJob(m.Data)
+			_, j, err := envelope.DecodeJob(body)
 			if err != nil || j.ID != snap.ID {
 				decodeErr = true
 				return false
@@ -125,4 +133,19 @@ func (s *Service) jobEnvelope(ctx context.Context, snap envelope.Snapshot) (enve
 		return job, errInputGone
 	}
 	return job, nil
+}
+
+// bundledEnvelope is the envelope of job id in a bundle's body, nil when
+// the bundle does not name it (or does not decode).
+func bundledEnvelope(body []byte, id string) []byte {
+	recs, err := envelope.DecodeIndexBundle(body)
+	if err != nil {
+		return nil
+	}
+	for _, r := range recs {
+		if r.ID == id {
+			return r.Envelope
+		}
+	}
+	return nil
 }

@@ -241,8 +241,9 @@ func ValidateRoom(room string) error {
 }
 
 // IndexSubject is where ingest records that it accepted a job of user and
-// kind (stream JOBINDEX, body the job id): jobindex.<user>.<kind>. A user's
-// jobs are read newest first from there (GET /v1/jobs).
+// kind (stream JOBINDEX; an entry names one job or, as a bundle, several:
+// see HeaderIndexBundle): jobindex.<user>.<kind>. A user's jobs are read
+// newest first from there (GET /v1/jobs).
 func IndexSubject(user, kind string) string { return indexToken + "." + user + "." + kind }
 
 // UserIndexFilter matches the index entries of every kind of a user:
