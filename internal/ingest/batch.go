@@ -11,9 +11,11 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/beamline/beamline/internal/httpx"
+	"github.com/beamline/beamline/internal/natsx"
 	"github.com/beamline/beamline/pkg/envelope"
 	"github.com/beamline/beamline/streams"
 )
@@ -168,12 +170,16 @@ type batchPub struct {
 	// A keyed item's entry is its own (Nats-Msg-Id the job id, so a
 	// keyed retry de-duplicates it and repairs a missing one); the other
 	// items' entries are bundled per (user, kind), one bundle per chunk.
-	keyed            []bool
-	futures, indexed []jetstream.PubAckFuture
-	bundler          indexBundler
-	down             bool // NATS was disconnected at the first publish
-	checked          bool
-	encode           bool // answer with answer(): encode while awaiting
+	keyed []bool
+	// pb publishes them all and collects their PubAcks; acks[i] and
+	// indexed[i] are the indexes in pb of item i's job and of its own
+	// index entry (-1: none).
+	pb            *natsx.PubBatch
+	acks, indexed []int
+	bundler       indexBundler
+	down          bool // NATS was disconnected at the first publish
+	checked       bool
+	encode        bool // answer with answer(): encode while awaiting
 }
 
 // newBatchPub is the publisher of n items; encode: its answer is written
@@ -183,8 +189,16 @@ func (s *Service) newBatchPub(ctx context.Context, n int, encode bool) *batchPub
 		s: s, ctx: ctx, encode: encode,
 		items: make([]batchItem, n), jobs: make([]envelope.Job, n), dues: make([]time.Time, n),
 		encoded: make([][]byte, n), keyed: make([]bool, n),
-		futures: make([]jetstream.PubAckFuture, n), indexed: make([]jetstream.PubAckFuture, n),
 	}
+}
+
+// publishAsync publishes m to stream without waiting: its index in b.pb.
+func (b *batchPub) publishAsync(m *nats.Msg, stream string) (int, error) {
+	if m.Header == nil {
+		m.Header = nats.Header{}
+	}
+	m.Header.Set(jetstream.ExpectedStreamHeader, stream)
+	return b.pb.Publish(m)
 }
 
 // publish publishes job i and its index entry without waiting.
@@ -192,6 +206,16 @@ func (b *batchPub) publish(i int) {
 	s := b.s
 	if !b.checked {
 		b.checked, b.down = true, !s.nc.IsConnected()
+		if !b.down {
+			// Every item's job and at most one index entry each.
+			pb, err := natsx.NewPubBatch(s.nc, 2*len(b.items))
+			if err != nil {
+				s.log.Warn("batch: subscribing for PubAcks failed", "err", err)
+				b.down = true
+			}
+			b.pb, b.bundler.pb = pb, pb
+			b.acks, b.indexed = make([]int, len(b.items)), make([]int, len(b.items))
+		}
 	}
 	if b.down {
 		b.items[i] = refusedItem(unavailable())
@@ -202,18 +226,18 @@ func (b *batchPub) publish(i int) {
 		b.items[i] = refusedItem(aerr)
 		return
 	}
-	f, err := s.js.PublishMsgAsync(msg, jetstream.WithExpectStream(stream))
+	k, err := b.publishAsync(msg, stream)
 	if err != nil {
 		b.items[i] = refusedItem(classifyNATS(err))
 		return
 	}
-	b.futures[i] = f
+	b.acks[i], b.indexed[i] = k, -1
 	b.todo = append(b.todo, i)
 	if !b.keyed[i] {
 		b.bundler.add(s, b.jobs[i], msg.Data)
 		return
 	}
-	if b.indexed[i], err = s.js.PublishMsgAsync(indexMsg(b.jobs[i], msg.Data), jetstream.WithExpectStream(streams.JobIndex)); err != nil {
+	if b.indexed[i], err = b.publishAsync(indexMsg(b.jobs[i], msg.Data), streams.JobIndex); err != nil {
 		s.metrics.unindexed.Inc()
 		s.log.Warn("job not indexed: it will not be listed", "job", b.jobs[i].ID, "user", b.jobs[i].User, "err", err)
 	}
@@ -224,6 +248,9 @@ func (b *batchPub) publish(i int) {
 // entries' PubAcks are awaited too (a list right after the answer shows
 // the batch's jobs).
 func (b *batchPub) await() {
+	if b.pb != nil {
+		defer b.pb.Close()
+	}
 	if len(b.todo) == 0 {
 		return
 	}
@@ -236,13 +263,15 @@ func (b *batchPub) await() {
 	}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RequestTimeout)
 	defer cancel()
-	defer b.bundler.await(wctx, s)
-	defer s.awaitIndexed(wctx, b.todo, b.jobs, b.indexed)
+	b.pb.Wait(wctx)
+	b.bundler.await(wctx, s)
+	s.awaitIndexed(wctx, b.pb, b.todo, b.jobs, b.indexed)
 	for _, i := range b.todo {
 		job := b.jobs[i]
 		log := jobLog{log: s.log, ctx: ctx, job: job.ID, user: job.User, kind: job.Kind}
-		select {
-		case ack := <-b.futures[i].Ok():
+		ack, err := b.pb.Result(wctx, b.acks[i])
+		switch {
+		case err == nil:
 			if ack.Duplicate {
 				snap, err := s.existing(wctx, job.ID)
 				if err != nil {
@@ -255,15 +284,15 @@ func (b *batchPub) await() {
 			s.metrics.submitted.WithLabelValues(job.Kind, string(job.Priority)).Inc()
 			log.at(slog.LevelDebug, "job accepted in a batch", "priority", string(job.Priority), "seq", ack.Sequence)
 			b.items[i] = acceptedItem(acceptedSnapshot(job, b.dues[i]))
-		case err := <-b.futures[i].Err():
-			log.at(slog.LevelWarn, "job of a batch not stored", "err", err)
-			b.items[i], b.encoded[i] = refusedItem(classifyNATS(err)), nil
-		case <-wctx.Done():
+		case wctx.Err() != nil && errors.Is(err, wctx.Err()):
 			// No PubAck in time: the job may or may not be stored. Like a
 			// single submission's timeout, it is refused (503); a retry
 			// with the same idempotency key finds it if it was stored.
 			log.at(slog.LevelWarn, "job of a batch: no PubAck in time")
 			b.items[i], b.encoded[i] = refusedItem(unavailable()), nil
+		default:
+			log.at(slog.LevelWarn, "job of a batch not stored", "err", err)
+			b.items[i], b.encoded[i] = refusedItem(classifyNATS(err)), nil
 		}
 	}
 }
@@ -314,21 +343,14 @@ func writeBatch(w http.ResponseWriter, accepted, refused int, items [][]byte) {
 	_, _ = w.Write(out)
 }
 
-// awaitIndexed waits for the PubAcks of a batch's index entries.
-func (s *Service) awaitIndexed(ctx context.Context, todo []int, jobs []envelope.Job, indexed []jetstream.PubAckFuture) {
+// awaitIndexed reads the PubAcks of a batch's own index entries (keyed
+// items'), which pb waited for.
+func (s *Service) awaitIndexed(ctx context.Context, pb *natsx.PubBatch, todo []int, jobs []envelope.Job, indexed []int) {
 	for _, i := range todo {
-		f := indexed[i]
-		if f == nil {
+		if indexed[i] < 0 {
 			continue
 		}
-		var err error
-		select {
-		case <-f.Ok():
-		case err = <-f.Err():
-		case <-ctx.Done():
-			err = ctx.Err()
-		}
-		if err != nil {
+		if _, err := pb.Result(ctx, indexed[i]); err != nil {
 			s.metrics.unindexed.Inc()
 			s.log.Warn("job not indexed: it will not be listed", "job", jobs[i].ID, "user", jobs[i].User, "err", err)
 		}

@@ -86,9 +86,10 @@ type indexBundle struct {
 	body       []byte
 }
 
-// sentBundle is a bundle published, awaiting its PubAck.
+// sentBundle is a bundle published, awaiting its PubAck (its index in
+// the batch's PubBatch).
 type sentBundle struct {
-	f          jetstream.PubAckFuture
+	k          int
 	user, kind string
 	n          int
 }
@@ -97,6 +98,7 @@ type sentBundle struct {
 // each as soon as it is full (pipelined behind its jobs), the rest at
 // flush.
 type indexBundler struct {
+	pb    *natsx.PubBatch // the batch's publisher
 	last  *indexBundle
 	open  map[string]*indexBundle
 	order []*indexBundle
@@ -153,26 +155,21 @@ func (x *indexBundler) send(s *Service, g *indexBundle) {
 		m.Data = g.body
 		m.Header.Set(envelope.HeaderIndexBundle, strconv.Itoa(g.n))
 	}
-	f, err := s.js.PublishMsgAsync(m, jetstream.WithExpectStream(streams.JobIndex))
+	m.Header.Set(jetstream.ExpectedStreamHeader, streams.JobIndex)
+	k, err := x.pb.Publish(m)
 	if err != nil {
 		s.notIndexed(g.user, g.kind, g.n, err)
 	} else {
-		x.sent = append(x.sent, sentBundle{f: f, user: g.user, kind: g.kind, n: g.n})
+		x.sent = append(x.sent, sentBundle{k: k, user: g.user, kind: g.kind, n: g.n})
 	}
 	g.n, g.body, g.first, g.firstEnv = 0, nil, envelope.Job{}, nil
 }
 
-// await waits for the PubAcks of the bundles sent.
+// await reads the PubAcks of the bundles sent, which the batch's
+// PubBatch waited for.
 func (x *indexBundler) await(ctx context.Context, s *Service) {
 	for _, b := range x.sent {
-		var err error
-		select {
-		case <-b.f.Ok():
-		case err = <-b.f.Err():
-		case <-ctx.Done():
-			err = ctx.Err()
-		}
-		if err != nil {
+		if _, err := x.pb.Result(ctx, b.k); err != nil {
 			s.notIndexed(b.user, b.kind, b.n, err)
 		}
 	}

@@ -108,3 +108,85 @@ func FuzzParsePubAck(f *testing.F) {
 		}
 	})
 }
+
+// TestPubBatch publishes a batch without waiting and reads each message's
+// outcome as PublishMsgAsync's futures would give it: stored, duplicate,
+// refused, no stream, and none in time.
+func TestPubBatch(t *testing.T) {
+	nc := natstest.Connect(t, natstest.Start(t))
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "B", Subjects: []string{"b.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	// A core subscriber that never answers: a message to it gets no PubAck.
+	if _, err := nc.Subscribe("silent", func(*nats.Msg) {}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := natsx.NewPubBatch(nc, 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	msg := func(subj, id, stream string) *nats.Msg {
+		m := nats.NewMsg(subj)
+		m.Data = []byte(subj)
+		if id != "" {
+			m.Header.Set(jetstream.MsgIDHeader, id)
+		}
+		if stream != "" {
+			m.Header.Set(jetstream.ExpectedStreamHeader, stream)
+		}
+		return m
+	}
+	var idx []int
+	for _, m := range []*nats.Msg{
+		msg("b.1", "one", "B"),
+		msg("b.2", "", "B"),
+		msg("b.1", "one", "B"),    // the first again: a duplicate
+		msg("b.3", "", "OTHER"),   // refused: the stream is B
+		msg("nostream.x", "", ""), // no responders
+		msg("silent", "", ""),     // never answered
+	} {
+		i, err := b.Publish(m)
+		if err != nil {
+			t.Fatalf("Publish %s: %v", m.Subject, err)
+		}
+		idx = append(idx, i)
+	}
+	if _, err := b.Publish(msg("b.4", "", "")); !errors.Is(err, natsx.ErrPubBatchFull) {
+		t.Fatalf("a 7th publish into a batch of 6: %v, want ErrPubBatchFull", err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer wcancel()
+	b.Wait(wctx)
+
+	if a, err := b.Result(wctx, idx[0]); err != nil || a.Stream != "B" || a.Sequence != 1 || a.Duplicate {
+		t.Errorf("first: %+v, %v; want B seq 1", a, err)
+	}
+	if a, err := b.Result(wctx, idx[1]); err != nil || a.Sequence != 2 || a.Duplicate {
+		t.Errorf("second: %+v, %v; want seq 2", a, err)
+	}
+	if a, err := b.Result(wctx, idx[2]); err != nil || a.Sequence != 1 || !a.Duplicate {
+		t.Errorf("same Nats-Msg-Id again: %+v, %v; want a duplicate of seq 1", a, err)
+	}
+	var apiErr *jetstream.APIError
+	if _, err := b.Result(wctx, idx[3]); !errors.As(err, &apiErr) || apiErr.ErrorCode != 10060 { // JSStreamNotMatchErr
+		t.Errorf("wrong expected stream: %v, want an APIError with code 10060 (expected stream does not match)", err)
+	}
+	if _, err := b.Result(wctx, idx[4]); !errors.Is(err, jetstream.ErrNoStreamResponse) {
+		t.Errorf("no stream: %v, want ErrNoStreamResponse", err)
+	}
+	if _, err := b.Result(wctx, idx[5]); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("never answered: %v, want the wait's deadline", err)
+	}
+	if n, err := js.Stream(ctx, "B"); err != nil {
+		t.Fatal(err)
+	} else if info, err := n.Info(ctx); err != nil || info.State.Msgs != 2 {
+		t.Fatalf("stream B holds %v messages (%v), want 2", info.State.Msgs, err)
+	}
+}
