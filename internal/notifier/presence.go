@@ -501,9 +501,8 @@ func (p *presence) receive(msg *nats.Msg) {
 	if msg.Subject == p.subject {
 		// Ours (the wildcard delivers them back), or a former
 		// incarnation's: ignored below anyway, so not decoded. A
-		// heartbeat is the full copy of this node's presences, and
-		// decoding it every interval for nothing was a quarter of the
-		// bytes a busy notifier allocated (BENCHMARKS.md Run V).
+		// heartbeat is the full copy of this node's presences, which it
+		// decoded every interval for nothing (BENCHMARKS.md Run V).
 		return
 	}
 	m, err := decodePresMsg(msg.Data)
