@@ -110,7 +110,7 @@ func fullOptions() options {
 		pushClients: 15000, pushLatClients: 5000, pushRate: 2000, pushDur: 10 * time.Second,
 		pollJobs: 50, pollDur: 60 * time.Second, pollInterval: 2 * time.Second,
 		provWaiting: 10000, provOutputMB: 20, provRangeReqs: 40, provPushJobs: 200,
-		jcBatchSizes: []int{100, 1000}, jcBatchJobs: 20000, jcSchedJobs: 10000, jcListJobs: 100000, jcListReqs: 300, jcListBundle: 1,
+		jcBatchSizes: []int{100, 1000}, jcBatchJobs: 60000, jcSchedJobs: 10000, jcListJobs: 100000, jcListReqs: 300, jcListBundle: 1,
 		presMembers: 1000, presChanges: 1000, presRate: 100, presChurn: 20, presClient: "lean",
 		deadline: 20 * time.Minute,
 	}
