@@ -31,22 +31,8 @@ func (h *harness) list(tok string, q url.Values) (response, listResponse) {
 // listAll follows next_cursor to the end and returns the ids in order.
 func (h *harness) listAll(tok string, q url.Values) []string {
 	h.t.Helper()
-	var ids []string
-	for range 1000 {
-		r, lr := h.list(tok, q)
-		if r.Status != http.StatusOK {
-			h.t.Fatalf("list %v: %d %s", q, r.Status, r.Body)
-		}
-		for _, j := range lr.Jobs {
-			ids = append(ids, j.ID)
-		}
-		if lr.NextCursor == "" {
-			return ids
-		}
-		q.Set("cursor", lr.NextCursor)
-	}
-	h.t.Fatal("list: more than 1000 pages")
-	return nil
+	ids, _ := h.listPages(tok, q)
+	return ids
 }
 
 // submitN submits n jobs of kind for tok through one batch and returns

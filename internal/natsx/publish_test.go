@@ -54,19 +54,27 @@ func TestParsePubAck(t *testing.T) {
 	}
 }
 
-// TestPublish stores, de-duplicates and refuses as jetstream.PublishMsg
-// does, against a real server.
-func TestPublish(t *testing.T) {
+// withStream starts a server with a stream name on subjects and connects
+// to it.
+func withStream(ctx context.Context, t *testing.T, name, subjects string) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
 	nc := natstest.Connect(t, natstest.Start(t))
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "P", Subjects: []string{"p.>"}}); err != nil {
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{subjects}}); err != nil {
 		t.Fatal(err)
 	}
+	return nc, js
+}
+
+// TestPublish stores, de-duplicates and refuses as jetstream.PublishMsg
+// does, against a real server.
+func TestPublish(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	nc, _ := withStream(ctx, t, "P", "p.>")
 	m := nats.NewMsg("p.a")
 	m.Data = []byte("one")
 	m.Header.Set(jetstream.MsgIDHeader, "a-1")
@@ -113,16 +121,9 @@ func FuzzParsePubAck(f *testing.F) {
 // outcome as PublishMsgAsync's futures would give it: stored, duplicate,
 // refused, no stream, and none in time.
 func TestPubBatch(t *testing.T) {
-	nc := natstest.Connect(t, natstest.Start(t))
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "B", Subjects: []string{"b.>"}}); err != nil {
-		t.Fatal(err)
-	}
+	nc, js := withStream(ctx, t, "B", "b.>")
 	// A core subscriber that never answers: a message to it gets no PubAck.
 	if _, err := nc.Subscribe("silent", func(*nats.Msg) {}); err != nil {
 		t.Fatal(err)
