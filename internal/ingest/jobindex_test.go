@@ -333,20 +333,9 @@ func TestListManyBundles(t *testing.T) {
 			t.Fatal("index entries not acknowledged")
 		}
 	}
-	kv, err := h.js.KeyValue(ctx, streams.JobStatus)
-	if err != nil {
-		t.Fatal(err)
-	}
 	const pages, limit = 6, 45
 	newest := reversed(aliceIDs)[:pages*limit]
-	for _, id := range newest {
-		snap := envelope.NewSnapshot(envelope.Job{ID: id, User: "alice", Kind: "image", Priority: envelope.PriorityNormal, CreatedAt: time.Now().UTC()})
-		snap.Status, snap.Seq = envelope.StatusSucceeded, 1
-		b, _ := snap.Marshal()
-		if _, err := kv.Put(ctx, id, b); err != nil {
-			t.Fatal(err)
-		}
-	}
+	h.putSucceeded(ctx, "alice", newest)
 	alice := token(t, "alice")
 	var got []string
 	q := url.Values{"limit": {fmt.Sprint(limit)}}

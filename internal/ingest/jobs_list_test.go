@@ -35,6 +35,24 @@ func (h *harness) listAll(tok string, q url.Values) []string {
 	return ids
 }
 
+// putSucceeded writes a succeeded snapshot of each of user's ids (image
+// jobs), as the processor would, straight into job_status.
+func (h *harness) putSucceeded(ctx context.Context, user string, ids []string) {
+	h.t.Helper()
+	kv, err := h.js.KeyValue(ctx, streams.JobStatus)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	for _, id := range ids {
+		snap := envelope.NewSnapshot(envelope.Job{ID: id, User: user, Kind: "image", Priority: envelope.PriorityNormal, CreatedAt: time.Now().UTC()})
+		snap.Status, snap.Seq = envelope.StatusSucceeded, 1
+		b, _ := snap.Marshal()
+		if _, err := kv.Put(ctx, id, b); err != nil {
+			h.t.Fatal(err)
+		}
+	}
+}
+
 // submitN submits n jobs of kind for tok through one batch and returns
 // their ids in submission order.
 func (h *harness) submitN(tok, kind string, n int) []string {
@@ -200,18 +218,7 @@ func TestListManyJobs(t *testing.T) {
 			}
 		}
 	}
-	kv, err := h.js.KeyValue(ctx, streams.JobStatus)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, id := range aliceIDs[len(aliceIDs)-120:] {
-		snap := envelope.NewSnapshot(envelope.Job{ID: id, User: "alice", Kind: "image", Priority: envelope.PriorityNormal, CreatedAt: time.Now().UTC()})
-		snap.Status, snap.Seq = envelope.StatusSucceeded, 1
-		b, _ := snap.Marshal()
-		if _, err := kv.Put(ctx, id, b); err != nil {
-			t.Fatal(err)
-		}
-	}
+	h.putSucceeded(ctx, "alice", aliceIDs[len(aliceIDs)-120:])
 	alice := token(t, "alice")
 	var cursor string
 	for page := range 4 {
