@@ -151,6 +151,10 @@ type presence struct {
 	admins map[*sub]struct{} // admin:presence subscribers
 	nodes  map[string]*presNode
 	nsub   *nats.Subscription
+	// merged counts the refs of every topic's keys (the merged view's
+	// presences), kept by joinLocked and leaveLocked: the metric reads it
+	// instead of walking 15,000 maps under mu at every gather.
+	merged int
 }
 
 func newPresence(nc *nats.Conn, log *slog.Logger, node string, interval time.Duration) *presence {
@@ -210,6 +214,9 @@ func (p *presence) joinLocked(d diffs, e presEntry) {
 		refs = map[string]json.RawMessage{}
 		t.keys[e.Key] = refs
 	}
+	if _, had := refs[e.Ref]; !had {
+		p.merged++
+	}
 	refs[e.Ref] = e.Meta
 	pd := d.of(e.Topic)
 	pd.joins[e.Key] = append(pd.joins[e.Key], e.Meta)
@@ -226,6 +233,7 @@ func (p *presence) leaveLocked(d diffs, e presEntry) {
 		return
 	}
 	delete(t.keys[e.Key], e.Ref)
+	p.merged--
 	if len(t.keys[e.Key]) == 0 {
 		delete(t.keys, e.Key)
 	}
@@ -721,13 +729,7 @@ func registerPresenceMetrics(reg prometheus.Registerer, p *presence) error {
 		if !all {
 			return float64(len(p.local))
 		}
-		n := 0
-		for _, t := range p.topics {
-			for _, refs := range t.keys {
-				n += len(refs)
-			}
-		}
-		return float64(n)
+		return float64(p.merged)
 	}
 	for _, c := range []prometheus.Collector{
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{

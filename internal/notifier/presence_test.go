@@ -310,6 +310,9 @@ func TestPresenceAcrossNotifiers(t *testing.T) {
 	if took := time.Since(start); took > 2*interval {
 		t.Fatalf("alice left on B %v after A died, want ≤ 2 heartbeats (%v)", took, 2*interval)
 	}
+	if got := testutil.GatheredValue(t, b.reg, "beamline_notifier_presences", map[string]string{"scope": "all"}); got != 1 {
+		t.Errorf("B's presences{scope=all} after alice left = %v, want 1", got)
+	}
 
 	// A comes back under its name; alice reconnects to it.
 	ln, err := net.Listen("tcp", addr)
@@ -332,6 +335,11 @@ func TestPresenceAcrossNotifiers(t *testing.T) {
 	got := b.svc.presence.list()
 	if len(got) != 2 {
 		t.Fatalf("B lists %d presences after A's restart, want 2: %+v", len(got), got)
+	}
+	for _, n := range []*running{b, a2} {
+		if got := testutil.GatheredValue(t, n.reg, "beamline_notifier_presences", map[string]string{"scope": "all"}); got != 2 {
+			t.Errorf("presences{scope=all} after A's restart and the heartbeats = %v, want 2", got)
+		}
 	}
 }
 
