@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -53,13 +52,8 @@ func decodeBatch(b []byte) ([]json.RawMessage, *apiError) {
 		return nil, newError(http.StatusBadRequest, CodeInvalidJSON, `body must be a JSON object {"jobs":[…]}`)
 	}
 	var req batchRequest
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		return nil, newError(http.StatusBadRequest, CodeInvalidJSON, "body is not a valid batch: "+jsonReason(err))
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, newError(http.StatusBadRequest, CodeInvalidJSON, "body holds more than one JSON value")
+	if aerr := decodeStrict(b, &req, "batch"); aerr != nil {
+		return nil, aerr
 	}
 	switch n := len(req.Jobs); {
 	case n == 0:

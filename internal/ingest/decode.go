@@ -99,6 +99,21 @@ func decodeSubmit(b []byte) (submitRequest, error) {
 	return req, nil
 }
 
+// decodeStrict decodes b into v: exactly one JSON value, no field v does
+// not have. A failure is the 400 invalid_json that names what b should
+// have been ("body is not a valid <what>: …").
+func decodeStrict(b []byte, v any, what string) *apiError {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return newError(http.StatusBadRequest, CodeInvalidJSON, "body is not a valid "+what+": "+jsonReason(err))
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return newError(http.StatusBadRequest, CodeInvalidJSON, "body holds more than one JSON value")
+	}
+	return nil
+}
+
 // decodeSubmitJSON is the JSON step of decodeSubmit: one object of
 // submitRequest's fields and nothing after it.
 func decodeSubmitJSON(b []byte) (submitRequest, error) {
@@ -106,13 +121,8 @@ func decodeSubmitJSON(b []byte) (submitRequest, error) {
 	if t := bytes.TrimSpace(b); len(t) == 0 || t[0] != '{' {
 		return submitRequest{}, newError(http.StatusBadRequest, CodeInvalidJSON, "body must be a JSON object")
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		return submitRequest{}, newError(http.StatusBadRequest, CodeInvalidJSON, "body is not a valid job request: "+jsonReason(err))
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return submitRequest{}, newError(http.StatusBadRequest, CodeInvalidJSON, "body holds more than one JSON value")
+	if aerr := decodeStrict(b, &req, "job request"); aerr != nil {
+		return submitRequest{}, aerr
 	}
 	return req, nil
 }

@@ -1,11 +1,8 @@
 package ingest
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -203,14 +200,8 @@ func (s *Service) redrive(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var f dlqFilter
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&f); err != nil {
-		writeError(w, newError(http.StatusBadRequest, CodeInvalidJSON, "body is not a valid filter: "+jsonReason(err)))
-		return
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		writeError(w, newError(http.StatusBadRequest, CodeInvalidJSON, "body holds more than one JSON value"))
+	if aerr := decodeStrict(body, &f, "filter"); aerr != nil {
+		writeError(w, aerr)
 		return
 	}
 	if aerr := f.check(); aerr != nil {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -62,13 +61,8 @@ func (s *Service) decodeSchedule(b []byte, user string) (scheduleRecord, *apiErr
 	if t := bytes.TrimSpace(b); len(t) == 0 || t[0] != '{' {
 		return scheduleRecord{}, newError(http.StatusBadRequest, CodeInvalidJSON, "body must be a JSON object")
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		return scheduleRecord{}, newError(http.StatusBadRequest, CodeInvalidJSON, "body is not a valid schedule: "+jsonReason(err))
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return scheduleRecord{}, newError(http.StatusBadRequest, CodeInvalidJSON, "body holds more than one JSON value")
+	if aerr := decodeStrict(b, &req, "schedule"); aerr != nil {
+		return scheduleRecord{}, aerr
 	}
 	if err := envelope.ValidateID("name", req.Name); err != nil {
 		return scheduleRecord{}, newError(http.StatusBadRequest, CodeInvalidName, "name must be 1 to 64 of A-Z a-z 0-9 _ - (no '.', '*', '>' or space)")

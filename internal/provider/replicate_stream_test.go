@@ -17,22 +17,29 @@ import (
 
 // streamModel reports three partial outputs ["p1"], ["p1","p2"], ... 20ms
 // apart, then fails with input "fail" or returns ["final"].
-func streamModel(ctx context.Context, r *replicatefake.Run) (json.RawMessage, error) {
-	var parts []string
-	for i := 1; i <= 3; i++ {
-		if err := flow.Sleep(ctx, 20*time.Millisecond); err != nil {
-			return nil, err
+var streamModel = partsModel(3, 20*time.Millisecond)
+
+// partsModel is a model that reports n partial outputs ["p1"],
+// ["p1","p2"], ... gap apart, then fails with input "fail" or returns
+// ["final"].
+func partsModel(n int, gap time.Duration) func(context.Context, *replicatefake.Run) (json.RawMessage, error) {
+	return func(ctx context.Context, r *replicatefake.Run) (json.RawMessage, error) {
+		var parts []string
+		for i := 1; i <= n; i++ {
+			if err := flow.Sleep(ctx, gap); err != nil {
+				return nil, err
+			}
+			parts = append(parts, fmt.Sprintf("p%d", i))
+			b, _ := json.Marshal(parts)
+			r.Output(b)
 		}
-		parts = append(parts, fmt.Sprintf("p%d", i))
-		b, _ := json.Marshal(parts)
-		r.Output(b)
+		var fail string
+		_ = json.Unmarshal(r.Input["fail"], &fail)
+		if fail != "" {
+			return nil, errors.New(fail)
+		}
+		return json.RawMessage(`["final"]`), nil
 	}
-	var fail string
-	_ = json.Unmarshal(r.Input["fail"], &fail)
-	if fail != "" {
-		return nil, errors.New(fail)
-	}
-	return json.RawMessage(`["final"]`), nil
 }
 
 func newStreamEnv(t *testing.T) *replicateEnv {
@@ -194,18 +201,7 @@ func TestReplicateStreamResumed(t *testing.T) {
 	// the prediction running, long before it ends.
 	e := newReplicateEnv(t, replicatefake.Config{
 		Validate: func(map[string]json.RawMessage) error { return nil },
-		Predict: func(ctx context.Context, r *replicatefake.Run) (json.RawMessage, error) {
-			var parts []string
-			for i := 1; i <= 10; i++ {
-				if err := flow.Sleep(ctx, 40*time.Millisecond); err != nil {
-					return nil, err
-				}
-				parts = append(parts, fmt.Sprintf("p%d", i))
-				b, _ := json.Marshal(parts)
-				r.Output(b)
-			}
-			return json.RawMessage(`["final"]`), nil
-		},
+		Predict:  partsModel(10, 40*time.Millisecond),
 	})
 	streamed := func(c *provider.ReplicateConfig) {
 		c.Stream = true
