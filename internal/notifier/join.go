@@ -128,7 +128,9 @@ func (c *session) join(f phoenix.Frame) {
 			c.cond.Wait()
 		}
 	}
+	c.batching = true
 	end := sb.handOver(res.replay, room, func(ev *event) { c.enqueueLocked(c.pushFrame(sb, ev)) })
+	c.batching = false
 	if end != nil { // the server ended the topic meanwhile
 		c.enqueueLocked(outFrame{data: c.endFrame(sb, *end)})
 	}

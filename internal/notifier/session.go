@@ -35,6 +35,9 @@ type session struct {
 	spare  []outFrame
 	closed bool
 	disc   disconnect // why it closed
+	// batching is set while a join queues its replay: the transport
+	// then writes the queue in batches, not a write per frame.
+	batching bool
 }
 
 // init sets up a new session of p on t; the transport allocates it, with

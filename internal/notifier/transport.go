@@ -10,13 +10,13 @@ import "time"
 // The goroutine that reads the client (or waits for it) runs the
 // transport's loop under session.run, which tears the session down when it
 // returns. It hands every inbound frame to session.receive, holding
-// session.in, and writes what session.take returns, reporting each frame
-// written with session.sent. A transport that streams frames as they are
-// queued leaves that to a burstWriter (writer.go) and implements
-// frameWriter. Another WebSocket library implements it all in one file,
-// as websocket.go does for gorilla/websocket: the upgrade handler, a read
-// loop that returns why reading ended (interrupt makes it return: an
-// expired read deadline, a cancelled context), writeFrame, and close.
+// session.in, and writes what is queued, reporting each frame written with
+// session.sent. The WebSocket transport writes in wake, inline, or on a
+// writer goroutine of its own (writer.go); another WebSocket library
+// implements it all in one file, as websocket.go and writer.go do for
+// gorilla/websocket: the upgrade handler, a read loop that returns why
+// reading ended (interrupt makes it return: an expired read deadline, a
+// cancelled context), the writes, and close.
 type transport interface {
 	// loop runs on the goroutine that session.run starts for the
 	// transport: it reads the client (or waits for the session to end)
@@ -24,8 +24,9 @@ type transport interface {
 	// reading ended.
 	loop() disconnect
 	// wake tells the transport that frames are queued: session.take
-	// returns them. It is called with the session's lock held, so it
-	// must neither block nor call into the session.
+	// returns them (or the transport takes c.queue itself, in wake). It
+	// is called with the session's lock held, so it must neither block
+	// nor call a session method that takes the lock.
 	wake()
 	// interrupt tells the transport that the session failed: it stops
 	// reading (or waiting), so that session.run returns and tears the
@@ -42,6 +43,7 @@ type transport interface {
 type outFrame struct {
 	data   []byte
 	binary bool
+	pong   bool      // a WebSocket pong (binary and pong: wsOpPong wins)
 	at     time.Time // event time, for the latency metric (zero: not an event)
 	trace  eventTrace
 }

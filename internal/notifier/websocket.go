@@ -6,21 +6,26 @@ import (
 	"io"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/beamline/beamline/internal/httpx"
 	"github.com/gorilla/websocket"
 )
 
-// wsTransport is the WebSocket transport (gorilla/websocket). Its reader
-// goroutine reads and hands over frames in order; a writer goroutine
-// (burstWriter) exists only while frames are queued, so an idle connection
-// costs its read buffer and one parked goroutine.
+// wsTransport is the WebSocket transport (gorilla/websocket for the
+// upgrade and the reading). Its reader goroutine reads and hands over
+// frames in order; frames are written inline or by a writer goroutine that
+// exists only while it has something to write (writer.go), so an idle
+// connection costs its read buffer and one parked goroutine.
 type wsTransport struct {
-	c  *session
-	ws *websocket.Conn
+	c   *session
+	ws  *websocket.Conn
+	raw syscall.RawConn // for inline writes; nil: the writer goroutine writes everything
 
-	writer burstWriter
+	w wsWriter
+	// peerClose is the close code the client sent, echoed in close.
+	peerClose int
 }
 
 var readBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
@@ -59,8 +64,13 @@ func (s *Service) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		t wsTransport
 	}{}
 	c, t := &both.c, &both.t
-	t.c, t.ws = c, ws
+	t.c, t.ws, t.raw = c, ws, rawConn(ws.NetConn())
 	c.init(s, p, t)
+	// Every frame is written by wsWriter, which frames it itself: the
+	// pong and the close reply too, so none is written into the middle of
+	// another (gorilla's own handlers write on the socket directly).
+	ws.SetPingHandler(t.onPing)
+	ws.SetCloseHandler(t.onClose)
 	if !s.addConn(c) {
 		d := disconnectShutdown
 		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(d.code, d.reason), time.Now().Add(time.Second))
@@ -137,16 +147,19 @@ func (t *wsTransport) receive(binary bool, data []byte) {
 	<-done
 }
 
-// wake starts the writer unless it runs.
-func (t *wsTransport) wake() { t.writer.kick(t.c, t) }
+// onPing queues the pong (gorilla calls it on the reader goroutine).
+func (t *wsTransport) onPing(data string) error {
+	t.c.mu.Lock()
+	t.c.enqueueLocked(outFrame{data: []byte(data), pong: true})
+	t.c.mu.Unlock()
+	return nil
+}
 
-func (t *wsTransport) writeFrame(f outFrame, deadline time.Time) error {
-	_ = t.ws.SetWriteDeadline(deadline) // gorilla only stores it for the write
-	mt := websocket.TextMessage
-	if f.binary {
-		mt = websocket.BinaryMessage
-	}
-	return t.ws.WriteMessage(mt, f.data)
+// onClose remembers the client's close code for close to echo; reading
+// then ends with a *websocket.CloseError.
+func (t *wsTransport) onClose(code int, _ string) error {
+	t.peerClose = code
+	return nil
 }
 
 // interrupt wakes the reader by expiring its read deadline.
@@ -155,26 +168,38 @@ func (t *wsTransport) interrupt() {
 }
 
 // close sends the close frame, stops the writer and closes the socket.
+// The close frame is d's, or the echo of the client's own close.
 func (t *wsTransport) close(d disconnect) {
+	conn := t.ws.NetConn()
+	// A writer stuck on a client that does not read gives up within a
+	// second; the close frame is then not sent either.
+	_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+	t.waitWriter()
+	var payload []byte
+	switch {
+	case d.code != closeNone:
+		payload = websocket.FormatCloseMessage(d.code, d.reason)
+	case t.peerClose != 0:
+		payload = websocket.FormatCloseMessage(t.peerClose, "")
+	}
+	t.c.mu.Lock()
+	midFrame := t.w.rest != nil
+	t.c.mu.Unlock()
+	if payload != nil && !midFrame {
+		_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = conn.Write(appendWSFrame(nil, wsOpClose, payload))
+	}
 	if d.code != closeNone {
-		// The writer may be stuck on a client that does not read; the
-		// control write then times out and the socket is closed anyway.
-		_ = t.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(d.code, d.reason), time.Now().Add(time.Second))
 		// Half-close and drain until the client answers (or 500ms), so
 		// unread input does not turn our close into a reset that loses the
 		// close frame.
-		if tc, ok := t.ws.NetConn().(interface{ CloseWrite() error }); ok {
+		if tc, ok := conn.(interface{ CloseWrite() error }); ok {
 			_ = tc.CloseWrite()
 		}
-		_ = t.ws.NetConn().SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-		_, _ = io.Copy(io.Discard, io.LimitReader(t.ws.NetConn(), 1<<20))
+		_ = conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		_, _ = io.Copy(io.Discard, io.LimitReader(conn, 1<<20))
 	}
-	_ = t.ws.NetConn().SetWriteDeadline(time.Now())
-	t.writer.wait(t.c)
 	_ = t.ws.Close()
 }
 
-var (
-	_ transport   = (*wsTransport)(nil)
-	_ frameWriter = (*wsTransport)(nil)
-)
+var _ transport = (*wsTransport)(nil)

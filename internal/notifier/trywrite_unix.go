@@ -1,0 +1,53 @@
+//go:build unix
+
+package notifier
+
+import (
+	"errors"
+	"net"
+	"syscall"
+)
+
+// tryWrite makes one non-blocking write of b to rc and returns how much
+// of it went out; a full socket buffer is not an error, just a short
+// count.
+func tryWrite(rc syscall.RawConn, b []byte) (int, error) {
+	var n int
+	var werr error
+	err := rc.Write(func(fd uintptr) bool {
+		for n < len(b) {
+			m, err := syscall.Write(int(fd), b[n:])
+			if m > 0 {
+				n += m
+			}
+			if err == syscall.EINTR {
+				continue
+			}
+			if err != nil && !errors.Is(err, syscall.EAGAIN) {
+				werr = err
+			}
+			if err != nil || m <= 0 {
+				break
+			}
+		}
+		return true // never wait for the socket to be writable
+	})
+	if err == nil {
+		err = werr
+	}
+	return n, err
+}
+
+// rawConn returns conn's raw connection for tryWrite, nil when it has
+// none (a TLS connection, say).
+func rawConn(conn net.Conn) syscall.RawConn {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
+}
