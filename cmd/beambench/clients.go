@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
@@ -22,22 +23,91 @@ const envClientToken = "BEAMLINE_BENCH_TOKEN"
 // clientSet is a set of WebSocket clients, each joined to one job topic,
 // recording publish→receipt latency of the pushes they get.
 type clientSet struct {
-	conns    []*phoenixtest.Client
+	conns    []benchClient
 	lat      *latencies
 	received atomic.Int64
 	failed   int
 	firstErr error
 }
 
+// benchClient is one of the push scenario's WebSocket clients.
+type benchClient interface {
+	heartbeat()
+	close()
+	abort()
+}
+
+// stdClient is phoenixtest's client (gorilla/websocket, every frame
+// decoded into a phoenixtest.Frame and the push's JSON decoded again).
+type stdClient struct{ c *phoenixtest.Client }
+
+func (s stdClient) heartbeat() { s.c.Heartbeat() }
+func (s stdClient) close()     { s.c.Close() }
+func (s stdClient) abort()     { s.c.Abort() }
+
+// leanJobEvent marks a job push for a lean client; leanUpdatedAt precedes
+// the snapshot's updated_at, the event's publish time.
+var (
+	leanJobEvent  = []byte(`,"job",`)
+	leanUpdatedAt = []byte(`"updated_at":"`)
+)
+
+// leanPushTime returns the updated_at of the job push frame b.
+func leanPushTime(b []byte) (time.Time, bool) {
+	i := bytes.Index(b, leanUpdatedAt)
+	if i < 0 {
+		return time.Time{}, false
+	}
+	b = b[i+len(leanUpdatedAt):]
+	j := bytes.IndexByte(b, '"')
+	if j < 0 {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(time.RFC3339Nano, string(b[:j]))
+	return t, err == nil
+}
+
 // openClients connects one client per id (conc dials at a time) and joins
 // job:<id>. It returns with whatever connected; failed counts the rest.
-func openClients(ctx context.Context, notifierURL, token string, ids []string, conc int) *clientSet {
+// lean clients are leanMembers (presence_lean.go): they read the frames
+// themselves and find a push's updated_at by a byte search, so that the
+// clients' own CPU and garbage, on the machine's two cores with the
+// notifier, weigh less on what they measure; std clients are phoenixtest's.
+func openClients(ctx context.Context, notifierURL, token string, ids []string, conc int, lean bool) *clientSet {
 	cs := &clientSet{lat: newLatencies(1 << 21)}
 	onPush := func(f *phoenixtest.Frame, at time.Time) {
 		if p, ok := decodeJobPush(f); ok {
 			cs.received.Add(1)
 			cs.lat.add(at.Sub(p.Job.UpdatedAt))
 		}
+	}
+	onLean := func(b []byte, at time.Time) {
+		if t, ok := leanPushTime(b); ok {
+			cs.received.Add(1)
+			cs.lat.add(at.Sub(t))
+		}
+	}
+	dial := func(id string) (benchClient, error) {
+		if lean {
+			m, err := dialLeanMember(ctx, notifierURL, token, leanJobEvent, onLean)
+			if err != nil {
+				return nil, err
+			}
+			if err := m.join(ctx, "job:"+id); err != nil {
+				m.abort()
+				return nil, err
+			}
+			return m, nil
+		}
+		c, err := dialWS(ctx, notifierURL, token, nil, onPush)
+		if err != nil {
+			return nil, err
+		}
+		if err := joinWS(ctx, c, "job:"+id); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return stdClient{c}, nil
 	}
 	var mu sync.Mutex
 	sem := make(chan struct{}, conc)
@@ -50,12 +120,7 @@ func openClients(ctx context.Context, notifierURL, token string, ids []string, c
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			c, err := dialWS(ctx, notifierURL, token, nil, onPush)
-			if err == nil {
-				if err = joinWS(ctx, c, "job:"+id); err != nil {
-					c.Close()
-				}
-			}
+			c, err := dial(id)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -85,7 +150,7 @@ func (cs *clientSet) heartbeats(ctx context.Context) {
 				return
 			case <-time.After(step):
 			}
-			c.Heartbeat()
+			c.heartbeat()
 		}
 	}
 }
@@ -98,7 +163,7 @@ func (cs *clientSet) close() {
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			c.Close()
+			c.close()
 		}()
 	}
 	wg.Wait()
@@ -128,6 +193,7 @@ func runPushClients(ctx context.Context, args []string, stdin io.Reader, stdout,
 	count := fs.Int("count", 0, "number of clients (each joins job:<prefix><index>)")
 	conc := fs.Int("dial-concurrency", 64, "dials in flight")
 	limit := fs.Duration("max-life", 30*time.Minute, "exit after this long whatever happens")
+	lean := fs.Bool("lean", false, "lean clients (see -push-client)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -142,7 +208,7 @@ func runPushClients(ctx context.Context, args []string, stdin io.Reader, stdout,
 	for i := range ids {
 		ids[i] = fmt.Sprintf("%s%d", *prefix, *from+i)
 	}
-	cs := openClients(ctx, *notifierURL, token, ids, *conc)
+	cs := openClients(ctx, *notifierURL, token, ids, *conc, *lean)
 	ready := childReady{Ready: len(cs.conns), Failed: cs.failed}
 	if cs.firstErr != nil {
 		ready.Err = cs.firstErr.Error()
@@ -173,7 +239,7 @@ func runPushClients(ctx context.Context, args []string, stdin io.Reader, stdout,
 	cs.lat.mu.Unlock()
 	err := enc.Encode(res)
 	for _, c := range cs.conns {
-		c.Abort()
+		c.abort()
 	}
 	return err
 }

@@ -78,6 +78,7 @@ type options struct {
 	pushLatClients int // receiving events (latency figure)
 	pushRate       int
 	pushDur        time.Duration
+	pushClient     string
 	pollJobs       int
 	pollDur        time.Duration
 	pollInterval   time.Duration
@@ -111,7 +112,7 @@ func fullOptions() options {
 		pollJobs: 50, pollDur: 60 * time.Second, pollInterval: 2 * time.Second,
 		provWaiting: 10000, provOutputMB: 20, provRangeReqs: 40, provPushJobs: 200,
 		jcBatchSizes: []int{100, 1000}, jcBatchJobs: 60000, jcSchedJobs: 10000, jcListJobs: 100000, jcListReqs: 300, jcListBundle: 1,
-		presMembers: 1000, presChanges: 1000, presRate: 100, presChurn: 20, presClient: "lean",
+		presMembers: 1000, presChanges: 1000, presRate: 100, presChurn: 20, presClient: "lean", pushClient: "lean",
 		deadline: 20 * time.Minute,
 	}
 }
@@ -125,7 +126,7 @@ func shortOptions() options {
 		pollJobs: 5, pollDur: 5 * time.Second, pollInterval: 2 * time.Second,
 		provWaiting: 200, provOutputMB: 2, provRangeReqs: 8, provPushJobs: 10,
 		jcBatchSizes: []int{100, 1000}, jcBatchJobs: 1000, jcSchedJobs: 200, jcListJobs: 2000, jcListReqs: 15, jcListBundle: 1,
-		presMembers: 100, presChanges: 100, presRate: 100, presChurn: 10, presClient: "lean",
+		presMembers: 100, presChanges: 100, presRate: 100, presChurn: 10, presClient: "lean", pushClient: "lean",
 		deadline: 60 * time.Second,
 	}
 }
@@ -180,6 +181,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.presChanges, "presence-changes", o.presChanges, "presence: joins and leaves of the storm")
 	fs.IntVar(&o.presRate, "presence-rate", o.presRate, "presence: changes per second")
 	fs.IntVar(&o.presChurn, "presence-churn", o.presChurn, "presence: connections making the changes (alternately joining and leaving)")
+	fs.StringVar(&o.pushClient, "push-client", o.pushClient, "push: the WebSocket clients: lean (read the frames themselves, find a job push's updated_at by a byte search, skip every other frame) or std (phoenixtest, gorilla/websocket, every frame decoded)")
 	fs.StringVar(&o.presClient, "presence-client", o.presClient, "presence: the members' WebSocket client: lean (reads the frames itself, finds a presence_diff's changes by a byte search, skips every other frame without copying it) or std (phoenixtest, gorilla/websocket, every frame decoded)")
 	fs.DurationVar(&o.ingestDur, "ingest-duration", o.ingestDur, "ingest: length of each concurrency level")
 	fs.StringVar(&o.ingestClient, "ingest-client", o.ingestClient, "ingest: HTTP load generator: lean (one keep-alive connection per worker writing a prebuilt request and parsing the answer with net/http.ReadResponse, as wrk does) or std (net/http.Client)")
@@ -195,6 +197,9 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.ingestClient != "lean" && o.ingestClient != "std" {
 		return o, fmt.Errorf("-ingest-client: %q is neither lean nor std", o.ingestClient)
+	}
+	if o.pushClient != "lean" && o.pushClient != "std" {
+		return o, fmt.Errorf("-push-client: %q is neither lean nor std", o.pushClient)
 	}
 	if o.presClient != "lean" && o.presClient != "std" {
 		return o, fmt.Errorf("-presence-client: %q is neither lean nor std", o.presClient)

@@ -48,7 +48,7 @@ func (m stdMember) abort()                                       { m.c.Abort() }
 // std: the change markers are the same in both) and the time it was read.
 func dialMember(ctx context.Context, kind, base, token string, onDiff func(b []byte, at time.Time)) (presMember, error) {
 	if kind == "lean" {
-		return dialLeanMember(ctx, base, token, onDiff)
+		return dialLeanMember(ctx, base, token, leanDiffEvent, onDiff)
 	}
 	c, err := dialWS(ctx, base, token, nil, func(f *phoenixtest.Frame, at time.Time) {
 		if f.Event == "presence_diff" {
@@ -76,6 +76,7 @@ type leanMember struct {
 	r      *bufio.Reader
 	wmu    sync.Mutex
 	wbuf   []byte
+	event  []byte // the event marker of the frames handed to onDiff, e.g. leanDiffEvent
 	onDiff func(b []byte, at time.Time)
 	joined chan error // the outcome of the join (one value)
 	done   chan struct{}
@@ -83,8 +84,10 @@ type leanMember struct {
 }
 
 // dialLeanMember opens the WebSocket by hand (no compression offered) and
-// starts the member's reader.
-func dialLeanMember(ctx context.Context, base, token string, onDiff func(b []byte, at time.Time)) (*leanMember, error) {
+// starts the member's reader, which hands the frames of event (a marker
+// such as leanDiffEvent) to onDiff. The push scenario's lean clients are
+// leanMembers too, handed the job pushes (leanJobEvent).
+func dialLeanMember(ctx context.Context, base, token string, event []byte, onDiff func(b []byte, at time.Time)) (*leanMember, error) {
 	u, err := url.Parse(phoenixtest.URL(base, token))
 	if err != nil {
 		return nil, err
@@ -115,7 +118,7 @@ func dialLeanMember(ctx context.Context, base, token string, onDiff func(b []byt
 		return nil, fmt.Errorf("dial notifier: upgrade refused (HTTP %s)", resp.Status)
 	}
 	_ = conn.SetDeadline(time.Time{})
-	m := &leanMember{c: conn, r: r, onDiff: onDiff, joined: make(chan error, 1), done: make(chan struct{})}
+	m := &leanMember{c: conn, r: r, event: event, onDiff: onDiff, joined: make(chan error, 1), done: make(chan struct{})}
 	go m.read()
 	return m, nil
 }
@@ -240,7 +243,7 @@ func (m *leanMember) readFrames() error {
 			if err != nil {
 				return err
 			}
-			collect = bytes.Contains(peek, leanDiffEvent)
+			collect = bytes.Contains(peek, m.event)
 			msg = msg[:0]
 			if joinAwaited && bytes.HasPrefix(peek, leanJoinReplyPrefix) && bytes.Contains(peek, leanReplyEvent) {
 				joinAwaited = false
@@ -280,6 +283,17 @@ func grow(b []byte, n int) []byte {
 	nb := make([]byte, len(b)+n, 2*(len(b)+n))
 	copy(nb, b)
 	return nb
+}
+
+// heartbeat sends a Phoenix heartbeat (its reply is skipped).
+func (m *leanMember) heartbeat() { _ = m.write(0x1, leanHeartbeat) }
+
+var leanHeartbeat = []byte(`[null,"hb","phoenix","heartbeat",{}]`)
+
+// close sends a close frame and closes the connection.
+func (m *leanMember) close() {
+	_ = m.write(0x8, []byte{0x03, 0xe8}) // 1000, normal closure
+	m.abort()
 }
 
 func (m *leanMember) abort() {

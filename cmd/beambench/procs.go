@@ -37,12 +37,12 @@ type localSet struct {
 	cancel context.CancelFunc
 }
 
-func localClients(ctx context.Context, notifierURL, tok, prefix string, k int) (pushClients, error) {
+func localClients(ctx context.Context, notifierURL, tok, prefix string, k int, lean bool) (pushClients, error) {
 	ids := make([]string, k)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("%s%d", prefix, i)
 	}
-	cs := openClients(ctx, notifierURL, tok, ids, 32)
+	cs := openClients(ctx, notifierURL, tok, ids, 32, lean)
 	hctx, cancel := context.WithCancel(ctx)
 	go cs.heartbeats(hctx)
 	return &localSet{cs: cs, cancel: cancel}, nil
@@ -67,7 +67,7 @@ type childSet struct{ kids []*child }
 
 // spawnClients starts procs children of this executable, each holding its
 // share of the k clients, and waits until every one reported ready.
-func spawnClients(ctx context.Context, notifierURL, tok, prefix string, k, procs int, log *slog.Logger) (pushClients, error) {
+func spawnClients(ctx context.Context, notifierURL, tok, prefix string, k, procs int, lean bool, log *slog.Logger) (pushClients, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -77,7 +77,7 @@ func spawnClients(ctx context.Context, notifierURL, tok, prefix string, k, procs
 	for from := 0; from < k; from += per {
 		n := min(per, k-from)
 		cmd := exec.Command(exe, "push-clients", "-notifier", notifierURL, "-prefix", prefix,
-			"-from", strconv.Itoa(from), "-count", strconv.Itoa(n))
+			"-from", strconv.Itoa(from), "-count", strconv.Itoa(n), "-lean="+strconv.FormatBool(lean))
 		cmd.Env = append(os.Environ(), envClientToken+"="+tok)
 		cmd.Stderr = os.Stderr
 		stdin, err := cmd.StdinPipe()

@@ -59,9 +59,9 @@ func runPush(ctx context.Context, t *target, o *options, rep *reporter) error {
 	var err error
 	connStart := time.Now()
 	if procs > 0 {
-		clients, err = spawnClients(ctx, notifierURL, tok, prefix, k, procs, t.log)
+		clients, err = spawnClients(ctx, notifierURL, tok, prefix, k, procs, o.pushClient == "lean", t.log)
 	} else {
-		clients, err = localClients(ctx, notifierURL, tok, prefix, k)
+		clients, err = localClients(ctx, notifierURL, tok, prefix, k, o.pushClient == "lean")
 	}
 	if err != nil {
 		return err
@@ -96,11 +96,12 @@ func runPush(ctx context.Context, t *target, o *options, rep *reporter) error {
 			}
 		}
 	}
-	// The CPU profile and the allocations (a delta profile) of the
-	// latency run, taken side by side.
+	// The CPU profile, the allocations (a delta profile) and an execution
+	// trace of the latency run, taken side by side (go tool trace
+	// -pprof=sched trace.out: where the notifier's goroutines waited).
 	var profiled sync.WaitGroup
 	secs := fmt.Sprintf("seconds=%d", max(1, int(o.pushDur.Seconds())))
-	for name, file := range map[string]string{"profile": "cpu.pb.gz", "allocs": "allocs.pb.gz"} {
+	for name, file := range map[string]string{"profile": "cpu.pb.gz", "allocs": "allocs.pb.gz", "trace": "trace.out"} {
 		profiled.Go(func() {
 			if err := np.profile(o.notifierProfile, name, secs, file); err != nil {
 				t.log.Warn("notifier profile", "err", err)
@@ -123,6 +124,22 @@ func runPush(ctx context.Context, t *target, o *options, rep *reporter) error {
 	}
 	defer sub.Unsubscribe()
 	sub.SetPendingLimits(-1, -1)
+	// The same events as the notifier gets them: re-published by EVENTS
+	// once stored. The core baseline above gets each as the server routes
+	// the publish, before JetStream has stored it; this one shows what of
+	// the push's latency is the store and the re-publish, not the notifier.
+	live := newLatencies(1 << 21)
+	lsub, err := t.nc.Subscribe(envelope.LiveSubject(envelope.UserEventsSubject(user)), func(m *nats.Msg) {
+		at := time.Now()
+		if _, snap, err := envelope.DecodeEvent(m.Data); err == nil {
+			live.add(at.Sub(snap.UpdatedAt))
+		}
+	})
+	if err != nil {
+		return err
+	}
+	defer lsub.Unsubscribe()
+	lsub.SetPendingLimits(-1, -1)
 	t.nc.Flush()
 
 	cpu0 := np.cpu()
@@ -148,6 +165,11 @@ func runPush(ctx context.Context, t *target, o *options, rep *reporter) error {
 	rep.addVs("push", "publish→push p50", lat.quantile(0.50), "ms", raw.quantile(0.50), p)
 	rep.addVs("push", "publish→push p99", lat.quantile(0.99), "ms", raw.quantile(0.99), p)
 	rep.addVs("push", "publish→push p99.9", lat.quantile(0.999), "ms", raw.quantile(0.999), p)
+	if live.len() > 0 {
+		rep.addVs("push", "publish→re-published (raw live subscriber) p50", live.quantile(0.50), "ms", raw.quantile(0.50), p)
+		rep.addVs("push", "publish→re-published (raw live subscriber) p99", live.quantile(0.99), "ms", raw.quantile(0.99), p)
+		rep.addVs("push", "publish→re-published (raw live subscriber) p99.9", live.quantile(0.999), "ms", raw.quantile(0.999), p)
+	}
 	if np != nil && sent > 0 {
 		// The notifier's user+system CPU while the events were published
 		// (10 ms ticks), per event published.
