@@ -117,6 +117,19 @@ func pipelineRate(ctx context.Context, t *target, o *options, rep *reporter) err
 		p["cpu_cores_used_in_process"] = round(cores)
 	}
 	rep.addVs("pipeline", "processing rate (no-op jobs)", rate, "jobs/s", raw, p)
+	if o.pipeFloor {
+		// What any design pays for its durable writes per job, measured
+		// beside the processor: one (an outcome, no claim), the claim and
+		// the outcome, and today's three with the event.
+		for _, w := range []int{1, 2, 3} {
+			f, err := rawFloor(ctx, t, n, w, o.procConcurrency)
+			if err != nil {
+				return err
+			}
+			rep.addVs("pipeline", fmt.Sprintf("write floor: consume, %d awaited durable write(s), ack", w), f, "jobs/s", raw,
+				map[string]any{"jobs": n, "workers": o.procConcurrency, "processor_rate_ratio": round(rate / f)})
+		}
+	}
 	return nil
 }
 
