@@ -18,6 +18,7 @@ import (
 	"github.com/beamline/beamline/internal/jsm"
 	"github.com/beamline/beamline/internal/ops"
 	"github.com/beamline/beamline/internal/provider"
+	"github.com/beamline/beamline/internal/telemetry"
 	"github.com/beamline/beamline/pkg/envelope"
 	"github.com/beamline/beamline/pkg/flow"
 	"github.com/beamline/beamline/streams"
@@ -95,6 +96,9 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 	if err != nil {
 		return nil, fmt.Errorf("processor: metrics: %w", err)
 	}
+	// Every run makes a logger of its job (worker.go) and most never log:
+	// their attributes are formatted only if they do.
+	log = slog.New(telemetry.DeferAttrs(log.Handler()))
 	p := &Processor{
 		cfg: c, nc: nc, js: js, log: log, m: m,
 		deliveries:    newDeliveries(log),

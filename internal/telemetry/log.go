@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
+	"sync"
 
 	"github.com/lmittmann/tint"
 	"go.opentelemetry.io/otel/trace"
@@ -68,4 +70,55 @@ func (h traceHandler) WithAttrs(as []slog.Attr) slog.Handler {
 
 func (h traceHandler) WithGroup(name string) slog.Handler {
 	return traceHandler{h.Handler.WithGroup(name)}
+}
+
+// DeferAttrs wraps h so that Logger.With costs only remembering its
+// attributes: tint and slog's own handlers format them at WithAttrs, ahead
+// of every record, which is wasted on a logger made per job (the
+// processor's) that logs nothing when the job just succeeds. The wrapped
+// handler formats them the first time the logger logs, and its output is
+// the same as h's.
+func DeferAttrs(h slog.Handler) slog.Handler {
+	if d, ok := h.(*deferredAttrs); ok {
+		return d
+	}
+	return &deferredAttrs{base: h}
+}
+
+type deferredAttrs struct {
+	base  slog.Handler
+	attrs []slog.Attr
+	once  sync.Once
+	h     slog.Handler // base with attrs, built by once
+}
+
+func (d *deferredAttrs) handler() slog.Handler {
+	d.once.Do(func() {
+		d.h = d.base
+		if len(d.attrs) > 0 {
+			d.h = d.base.WithAttrs(d.attrs)
+		}
+	})
+	return d.h
+}
+
+// Enabled asks the base handler: a level does not depend on attributes.
+func (d *deferredAttrs) Enabled(ctx context.Context, l slog.Level) bool {
+	return d.base.Enabled(ctx, l)
+}
+
+func (d *deferredAttrs) Handle(ctx context.Context, r slog.Record) error {
+	return d.handler().Handle(ctx, r)
+}
+
+func (d *deferredAttrs) WithAttrs(as []slog.Attr) slog.Handler {
+	if len(as) == 0 {
+		return d
+	}
+	return &deferredAttrs{base: d.base, attrs: append(slices.Clip(d.attrs), as...)}
+}
+
+// WithGroup formats what it has: the group's attributes go inside it.
+func (d *deferredAttrs) WithGroup(name string) slog.Handler {
+	return DeferAttrs(d.handler().WithGroup(name))
 }

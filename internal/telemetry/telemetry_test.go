@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lmittmann/tint"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -319,6 +320,44 @@ func TestTraceIDOf(t *testing.T) {
 	} {
 		if got := TraceIDOf(tp); got != want {
 			t.Errorf("TraceIDOf(%q) = %q, want %q", tp, got, want)
+		}
+	}
+}
+
+// TestDeferAttrs: a logger on DeferAttrs writes what one on the handler
+// itself writes, through With chains, groups and levels.
+func TestDeferAttrs(t *testing.T) {
+	noTime := func(_ []string, a slog.Attr) slog.Attr {
+		if a.Key == slog.TimeKey {
+			return slog.Attr{}
+		}
+		return a
+	}
+	for _, kind := range []string{"text", "json", "tint"} {
+		var want, got bytes.Buffer
+		mk := func(w *bytes.Buffer) slog.Handler {
+			switch kind {
+			case "json":
+				return slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo, ReplaceAttr: noTime})
+			case "tint":
+				return tint.NewHandler(w, &tint.Options{Level: slog.LevelInfo, NoColor: true, ReplaceAttr: noTime})
+			}
+			return slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo, ReplaceAttr: noTime})
+		}
+		for _, l := range []*slog.Logger{slog.New(mk(&want)), slog.New(DeferAttrs(mk(&got)))} {
+			job := l.With("job", "j1", "user", "alice").With(slog.Int("attempt", 2))
+			job.Debug("not written")
+			job.Info("job will be retried", "err", "boom")
+			job.Info("again", "n", 1)
+			job.WithGroup("call").With("provider", "sim").Warn("slow", "ms", 1200)
+			l.Info("plain")
+			l.With().Error("no attrs")
+		}
+		if got.String() != want.String() {
+			t.Errorf("%s: DeferAttrs wrote\n%s\nthe handler itself\n%s", kind, got.String(), want.String())
+		}
+		if !strings.Contains(want.String(), "j1") || strings.Contains(want.String(), "not written") {
+			t.Fatalf("%s: unexpected output %s", kind, want.String())
 		}
 	}
 }
