@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -359,5 +360,24 @@ func TestDeferAttrs(t *testing.T) {
 		if !strings.Contains(want.String(), "j1") || strings.Contains(want.String(), "not written") {
 			t.Fatalf("%s: unexpected output %s", kind, want.String())
 		}
+	}
+}
+
+// BenchmarkJobLogger is the processor's logger per job (worker.go): With
+// the job's attributes, then nothing logged (a job that succeeds).
+func BenchmarkJobLogger(b *testing.B) {
+	base := tint.NewHandler(io.Discard, &tint.Options{NoColor: true})
+	for _, c := range []struct {
+		name string
+		h    slog.Handler
+	}{{"tint", base}, {"deferred", DeferAttrs(base)}} {
+		b.Run(c.name, func(b *testing.B) {
+			l := slog.New(c.h).With("component", "processor")
+			b.ReportAllocs()
+			for b.Loop() {
+				job := l.With("job", "01JBEAMLINEJOBID00000000", "user", "alice", "kind", "image").With("attempt", 1)
+				_ = job
+			}
+		})
 	}
 }
