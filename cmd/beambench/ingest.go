@@ -15,8 +15,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/beamline/beamline/pkg/envelope"
+	"github.com/beamline/beamline/streams"
 )
 
 // noopBody is what every ingest submission sends: a sim job of duration 0.
@@ -46,7 +48,7 @@ func runIngest(ctx context.Context, t *target, o *options, rep *reporter) error 
 			t.log.Warn("restart processor", "err", err)
 		}
 	}()
-	tok := t.token("ingestbench")
+	tok := t.token(ingestBenchUser)
 	for _, c := range o.ingestConc {
 		cpu0 := cpuTime()
 		httpRate, rejected, err := ingestHTTP(ctx, t, tok, c, o.ingestDur, o.ingestClient)
@@ -56,7 +58,7 @@ func runIngest(ctx context.Context, t *target, o *options, rep *reporter) error 
 		cpu1 := cpuTime()
 		var rawRate float64
 		if !o.ingestNoRaw {
-			if rawRate, err = ingestRaw(ctx, t, c, o.ingestDur); err != nil {
+			if rawRate, err = ingestRaw(ctx, t, c, o.ingestDur, 1); err != nil {
 				return err
 			}
 		}
@@ -70,9 +72,30 @@ func runIngest(ctx context.Context, t *target, o *options, rep *reporter) error 
 			p["cpu_us_per_raw_publish"] = perOp(cpu2-cpu1, rawRate, o.ingestDur)
 		}
 		rep.addVs("ingest", fmt.Sprintf("submissions/s c=%d", c), httpRate, "jobs/s", rawRate, p)
+		if o.ingestFloor && !o.ingestNoRaw {
+			// The two writes a submission makes, and nothing else.
+			floor, err := ingestRaw(ctx, t, c, o.ingestDur, 2)
+			if err != nil {
+				return err
+			}
+			rep.addVs("ingest", fmt.Sprintf("write floor c=%d: the job and its index entry, 2 awaited publishes", c), floor, "jobs/s", rawRate,
+				map[string]any{"concurrency": c, "duration_s": o.ingestDur.Seconds(), "submissions_ratio": round(httpRate / floor)})
+		}
+	}
+	if o.ingestFloor && !o.ingestNoRaw {
+		s, err := t.js.Stream(ctx, streams.JobIndex)
+		if err == nil {
+			err = s.Purge(context.WithoutCancel(ctx), jetstream.WithPurgeSubject(envelope.IndexSubject(ingestBenchUser, rawKind)))
+		}
+		if err != nil {
+			t.log.Warn("purge", "stream", streams.JobIndex, "err", err)
+		}
 	}
 	return nil
 }
+
+// ingestBenchUser is the user of the ingest scenario's jobs.
+const ingestBenchUser = "ingestbench"
 
 // ingestHTTP posts no-op jobs from c workers for d and returns accepted/s.
 // Each worker is one keep-alive connection with one request in flight.
@@ -201,8 +224,10 @@ func leanPost(t *target, tok string) poster {
 // message ingest publishes for a no-op job — its envelope encoded once per
 // worker, then sent with a fresh job subject and Nats-Msg-Id each time, as
 // ingest's are — for d, and returns publishes/s. Encoding the envelope is
-// ingest's work, not NATS's, so the baseline does not repeat it.
-func ingestRaw(ctx context.Context, t *target, c int, d time.Duration) (float64, error) {
+// ingest's work, not NATS's, so the baseline does not repeat it. With
+// writes = 2 each job's index entry follows, awaited too, as ingest writes
+// it (the write floor of a submission), and the rate is of jobs.
+func ingestRaw(ctx context.Context, t *target, c int, d time.Duration, writes int) (float64, error) {
 	var ok, seq atomic.Int64
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
@@ -214,7 +239,7 @@ func ingestRaw(ctx context.Context, t *target, c int, d time.Duration) (float64,
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			j := envelope.Job{ID: fmt.Sprintf("raw%d", now.UnixNano()), User: "ingestbench", Kind: rawKind,
+			j := envelope.Job{ID: fmt.Sprintf("raw%d", now.UnixNano()), User: ingestBenchUser, Kind: rawKind,
 				Priority: envelope.PriorityNormal, Input: []byte(`{}`), CreatedAt: time.Now().UTC()}
 			tmpl, err := envelope.NewJobMsg(j, "/beamline/ingest", "")
 			if err != nil {
@@ -231,6 +256,16 @@ func ingestRaw(ctx context.Context, t *target, c int, d time.Duration) (float64,
 						firstErr.CompareAndSwap(nil, err)
 					}
 					continue
+				}
+				if writes >= 2 {
+					ix := &nats.Msg{Subject: envelope.IndexSubject(j.User, j.Kind), Data: tmpl.Data, Header: nats.Header{}}
+					ix.Header.Set(envelope.HeaderMsgID, id)
+					if _, err := t.js.PublishMsg(ctx, ix); err != nil {
+						if ctx.Err() == nil {
+							firstErr.CompareAndSwap(nil, err)
+						}
+						continue
+					}
 				}
 				ok.Add(1)
 			}

@@ -73,6 +73,7 @@ type options struct {
 	ingestNoRaw    bool // ingest: HTTP submissions only (a profile of them alone)
 	pipeJobs       int
 	pipeFloor      bool
+	ingestFloor    bool
 	pipeRate       int
 	pipeDur        time.Duration
 	pushClients    int // connected (memory figure)
@@ -187,6 +188,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.presClient, "presence-client", o.presClient, "presence: the members' WebSocket client: lean (reads the frames itself, finds a presence_diff's changes by a byte search, skips every other frame without copying it) or std (phoenixtest, gorilla/websocket, every frame decoded)")
 	fs.DurationVar(&o.ingestDur, "ingest-duration", o.ingestDur, "ingest: length of each concurrency level")
 	fs.StringVar(&o.ingestClient, "ingest-client", o.ingestClient, "ingest: HTTP load generator: lean (one keep-alive connection per worker writing a prebuilt request and parsing the answer with net/http.ReadResponse, as wrk does) or std (net/http.Client)")
+	fs.BoolVar(&o.ingestFloor, "ingest-floor", true, "ingest: also measure the write floor (the job and its index entry published and awaited one after the other, no HTTP) at each concurrency")
 	fs.BoolVar(&o.ingestNoRaw, "ingest-no-raw", false, "ingest: skip the raw-publish baseline (no baseline nor ratio then), e.g. for a -cpuprofile or -memprofile of the HTTP submissions alone")
 	conc := fs.String("ingest-concurrency", "", "ingest: comma-separated concurrency levels (default 1,16,64; -short 1,8)")
 	fs.DurationVar(&o.deadline, "deadline", o.deadline, "bound on the whole run")
