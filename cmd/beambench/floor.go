@@ -10,10 +10,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/beamline/beamline/internal/jsm"
-	"github.com/beamline/beamline/pkg/envelope"
-	"github.com/beamline/beamline/streams"
 )
 
 // floorStream is the scratch stream of the write floors, created for the
@@ -46,19 +42,8 @@ func rawFloor(ctx context.Context, t *target, n, writes, conc int) (float64, err
 	}, rawKind); err != nil {
 		return 0, err
 	}
-	cfg, err := jsm.Consumer(envelope.PriorityNormal, rawKind)
-	if err != nil {
-		return 0, err
-	}
-	cfg.Durable, cfg.Name, cfg.Description = "beambench-floor", "beambench-floor", "beambench write floor"
-	cons, err := t.js.CreateOrUpdateConsumer(ctx, streams.Jobs, cfg)
-	if err != nil {
-		return 0, err
-	}
-	defer t.js.DeleteConsumer(context.WithoutCancel(ctx), streams.Jobs, cfg.Durable)
-
 	tl := &tally{want: n, done: make(chan struct{})}
-	work := make(chan jetstream.Msg, cfg.MaxAckPending)
+	work := make(chan jetstream.Msg, 4*conc)
 	wctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	var errMu sync.Mutex
@@ -84,28 +69,18 @@ func rawFloor(ctx context.Context, t *target, n, writes, conc int) (float64, err
 		})
 	}
 	defer func() { stop(); wg.Wait() }()
-	cc, err := cons.Consume(func(m jetstream.Msg) {
+	rate, got, err := consumeJobs(ctx, t, "beambench-floor", tl, time.Minute+time.Duration(n)*200*time.Microsecond, func(m jetstream.Msg) {
 		select {
 		case work <- m:
 		case <-wctx.Done():
 		}
-	}, jetstream.PullMaxMessages(cfg.MaxAckPending))
-	if err != nil {
-		return 0, err
-	}
-	defer cc.Stop()
-	select {
-	case <-tl.done:
-	case <-time.After(time.Minute + time.Duration(n)*200*time.Microsecond):
-	case <-ctx.Done():
-	}
-	got, first, last := tl.snapshot()
-	if got < 2 {
+	})
+	if err == nil && got < 2 {
 		errMu.Lock()
 		defer errMu.Unlock()
-		return 0, fmt.Errorf("floor (%d writes): %d of %d done; first error: %v", writes, got, n, firstErr)
+		err = fmt.Errorf("floor (%d writes): %d of %d done; first error: %v", writes, got, n, firstErr)
 	}
-	return float64(got-1) / last.Sub(first).Seconds(), nil
+	return rate, err
 }
 
 // floorJob is one job of rawFloor: its writes in order, each awaited, then

@@ -181,35 +181,48 @@ func rawConsumeAck(ctx context.Context, t *target, n int) (float64, error) {
 	}, rawKind); err != nil {
 		return 0, err
 	}
-	cfg, err := jsm.Consumer(envelope.PriorityNormal, rawKind) // the processor's settings and filters
-	if err != nil {
-		return 0, err
-	}
-	cfg.Durable, cfg.Name, cfg.Description = "beambench-raw", "beambench-raw", "beambench raw consume+ack"
-	cons, err := t.js.CreateOrUpdateConsumer(ctx, streams.Jobs, cfg)
-	if err != nil {
-		return 0, err
-	}
-	defer t.js.DeleteConsumer(context.WithoutCancel(ctx), streams.Jobs, cfg.Durable)
 	tl := &tally{want: n, done: make(chan struct{})}
-	cc, err := cons.Consume(func(m jetstream.Msg) {
+	rate, got, err := consumeJobs(ctx, t, "beambench-raw", tl, time.Minute+time.Duration(n)*100*time.Microsecond, func(m jetstream.Msg) {
 		m.Ack()
 		tl.hit(time.Now())
-	}, jetstream.PullMaxMessages(cfg.MaxAckPending))
+	})
+	if err == nil && got < 2 {
+		err = fmt.Errorf("raw consume: %d of %d acked", got, n)
+	}
+	return rate, err
+}
+
+// consumeJobs consumes the rawKind jobs with a durable consumer configured
+// like the processor's (its settings and filters) named name, handing each
+// message to handle, until tl has counted all it wants, limit passes or
+// ctx ends. It returns the rate of tl's hits, first to last, and their
+// number (the rate is 0 below two).
+func consumeJobs(ctx context.Context, t *target, name string, tl *tally, limit time.Duration, handle func(jetstream.Msg)) (float64, int, error) {
+	cfg, err := jsm.Consumer(envelope.PriorityNormal, rawKind)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
+	}
+	cfg.Durable, cfg.Name, cfg.Description = name, name, "beambench: "+name
+	cons, err := t.js.CreateOrUpdateConsumer(ctx, streams.Jobs, cfg)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer t.js.DeleteConsumer(context.WithoutCancel(ctx), streams.Jobs, cfg.Durable)
+	cc, err := cons.Consume(handle, jetstream.PullMaxMessages(cfg.MaxAckPending))
+	if err != nil {
+		return 0, 0, err
 	}
 	defer cc.Stop()
 	select {
 	case <-tl.done:
-	case <-time.After(time.Minute + time.Duration(n)*100*time.Microsecond):
+	case <-time.After(limit):
 	case <-ctx.Done():
 	}
 	got, first, last := tl.snapshot()
 	if got < 2 {
-		return 0, fmt.Errorf("raw consume: %d of %d acked", got, n)
+		return 0, got, nil
 	}
-	return float64(got-1) / last.Sub(first).Seconds(), nil
+	return float64(got-1) / last.Sub(first).Seconds(), got, nil
 }
 
 // pipelineLatency submits no-op jobs over HTTP at a fixed rate and times
