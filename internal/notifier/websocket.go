@@ -183,9 +183,9 @@ func (t *wsTransport) close(d disconnect) {
 		payload = websocket.FormatCloseMessage(t.peerClose, "")
 	}
 	t.c.mu.Lock()
-	midFrame := t.w.rest != nil
+	broken := t.w.broken || t.w.rest != nil // a frame may be cut short
 	t.c.mu.Unlock()
-	if payload != nil && !midFrame {
+	if payload != nil && !broken {
 		_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
 		_, _ = conn.Write(appendWSFrame(nil, wsOpClose, payload))
 	}

@@ -33,6 +33,7 @@ import (
 type wsWriter struct {
 	running atomic.Bool // someone writes to the socket (or is about to)
 	rest    *wsRest     // an inline write's unwritten end (c.mu)
+	broken  bool        // a write failed, maybe mid-frame: nothing may follow (c.mu)
 }
 
 // wsRest is the end of an inline write that would have blocked, and the
@@ -145,31 +146,30 @@ func (t *wsTransport) run() {
 	c := t.c
 	defer c.s.wg.Done()
 	conn := t.ws.NetConn()
-	write := func(b []byte, frames []outFrame) bool {
+	write := func(b []byte, frames []outFrame) {
 		_ = conn.SetWriteDeadline(time.Now().Add(c.s.cfg.WriteTimeout))
 		if _, err := conn.Write(b); err != nil {
+			c.mu.Lock()
+			t.w.broken = true
+			c.mu.Unlock()
 			d := disconnectWriteError
 			if isTimeout(err) {
 				d = disconnectSlowConsumer
 			}
 			c.fail(d)
-			return false
+			return
 		}
 		for _, f := range frames {
 			c.sent(f)
 		}
-		return true
 	}
 	for {
 		c.mu.Lock()
 		rest := t.w.rest
 		t.w.rest = nil
 		c.mu.Unlock()
-		if rest != nil && !write(rest.data, rest.frames) {
-			// Mid-frame: nothing can follow on this connection.
-			c.mu.Lock()
-			t.w.rest = rest
-			c.mu.Unlock()
+		if rest != nil {
+			write(rest.data, rest.frames)
 		}
 		batch := c.take()
 		if batch == nil {
