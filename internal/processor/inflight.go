@@ -99,18 +99,77 @@ func (r *rejoinQueue) pop() *rejoin {
 
 // lend runs d on a runner goroutine with this worker's lease and returns
 // when the lease is released: the run (and its hand-overs) ended, or it
-// detached to wait.
+// detached to wait. The runner is an idle one from the pool when one
+// waits, a new goroutine otherwise.
 func (p *Processor) lend(d *delivery) {
 	rn := &runner{}
 	l := newLease()
 	rn.lease.Store(l)
-	p.runners.Add(1)
-	go func() {
-		defer p.runners.Done()
-		defer func() { rn.lease.Swap(nil).release() }()
-		p.handle(d, rn)
-	}()
+	t := runTask{d: d, rn: rn}
+	select {
+	case p.idle.tasks <- t:
+	default:
+		p.runners.Add(1)
+		go p.runnerLoop(p.idle, t)
+	}
 	<-l.released
+}
+
+// A runner goroutine, once its run ends, waits a while for the next
+// delivery a worker lends (runnerPool) instead of ending. A run goes deep
+// (decoding the job, the store's writes, encoding the event), and a fresh
+// goroutine grows its stack to that depth, copying it each time it
+// doubles: 8 % of the pipeline's CPU per no-op job (BENCHMARKS.md, Run W)
+// before runners were kept. A runner waits runnerIdle at most, and not at
+// all once the pool drains: the drain's wait for every runner then ends
+// with the runs.
+const runnerIdle = 2 * time.Second
+
+// runnerPool is where idle runners wait: tasks is unbuffered, so a lend
+// hands its delivery to a runner only if one is waiting at that moment.
+// One per run of the worker pool (runWorkers); quit is closed when its
+// workers are done.
+type runnerPool struct {
+	tasks chan runTask
+	quit  chan struct{}
+}
+
+func newRunnerPool() *runnerPool {
+	return &runnerPool{tasks: make(chan runTask), quit: make(chan struct{})}
+}
+
+// runTask is one delivery lent to a runner.
+type runTask struct {
+	d  *delivery
+	rn *runner
+}
+
+// runnerLoop runs t, then the tasks lent to it while it waits in pool.
+func (p *Processor) runnerLoop(pool *runnerPool, t runTask) {
+	defer p.runners.Done()
+	var idle *time.Timer
+	for {
+		p.runTask(t)
+		if idle == nil {
+			idle = time.NewTimer(runnerIdle)
+		} else {
+			idle.Reset(runnerIdle)
+		}
+		select {
+		case t = <-pool.tasks:
+		case <-idle.C:
+			return
+		case <-pool.quit:
+			idle.Stop()
+			return
+		}
+	}
+}
+
+// runTask runs one delivery and releases the lease its run holds.
+func (p *Processor) runTask(t runTask) {
+	defer func() { t.rn.lease.Swap(nil).release() }()
+	p.handle(t.d, t.rn)
 }
 
 // serve lends this worker to a runner that rejoins, if it still waits.

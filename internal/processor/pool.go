@@ -56,6 +56,8 @@ func (p *Processor) runHeartbeats(ctx context.Context) error {
 // pool drains (drain) and returns nil.
 func (p *Processor) runWorkers(ctx context.Context) error {
 	stopPick := make(chan struct{})
+	pool := newRunnerPool()
+	p.idle = pool
 	specs := make([]flow.ChildSpec, p.cfg.Concurrency)
 	for i := range specs {
 		specs[i] = flow.ChildSpec{
@@ -78,6 +80,7 @@ func (p *Processor) runWorkers(ctx context.Context) error {
 	go func() { done <- sup.Run(supCtx) }()
 	select {
 	case err := <-done:
+		close(pool.quit)
 		return err
 	case <-ctx.Done():
 	}
@@ -86,6 +89,7 @@ func (p *Processor) runWorkers(ctx context.Context) error {
 	all := make(chan struct{})
 	go func() {
 		<-done
+		close(pool.quit) // no worker lends any more: idle runners end
 		p.runners.Wait()
 		close(all)
 	}()
