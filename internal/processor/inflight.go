@@ -99,18 +99,18 @@ func (r *rejoinQueue) pop() *rejoin {
 
 // lend runs d on a runner goroutine with this worker's lease and returns
 // when the lease is released: the run (and its hand-overs) ended, or it
-// detached to wait. The runner is an idle one from the pool when one
-// waits, a new goroutine otherwise.
-func (p *Processor) lend(d *delivery) {
+// detached to wait. The runner is an idle one from pool when one waits, a
+// new goroutine otherwise.
+func (p *Processor) lend(d *delivery, pool *runnerPool) {
 	rn := &runner{}
 	l := newLease()
 	rn.lease.Store(l)
 	t := runTask{d: d, rn: rn}
 	select {
-	case p.idle.tasks <- t:
+	case pool.tasks <- t:
 	default:
 		p.runners.Add(1)
-		go p.runnerLoop(p.idle, t)
+		go p.runnerLoop(pool, t)
 	}
 	<-l.released
 }
@@ -120,22 +120,26 @@ func (p *Processor) lend(d *delivery) {
 // (decoding the job, the store's writes, encoding the event), and a fresh
 // goroutine grows its stack to that depth, copying it each time it
 // doubles: 8 % of the pipeline's CPU per no-op job (BENCHMARKS.md, Run W)
-// before runners were kept. A runner waits runnerIdle at most, and not at
-// all once the pool drains: the drain's wait for every runner then ends
-// with the runs.
+// before runners were kept. A runner waits runnerIdle at most; not at all
+// when as many runners as there are workers wait already (runs that
+// detached end together when their waits do, each with a deep stack), nor
+// once the pool drains: the drain's wait for every runner then ends with
+// the runs.
 const runnerIdle = 2 * time.Second
 
 // runnerPool is where idle runners wait: tasks is unbuffered, so a lend
 // hands its delivery to a runner only if one is waiting at that moment.
-// One per run of the worker pool (runWorkers); quit is closed when its
-// workers are done.
+// One per run of the worker pool (runWorkers), handed to its workers;
+// quit is closed when they are done.
 type runnerPool struct {
 	tasks chan runTask
 	quit  chan struct{}
+	idle  atomic.Int64 // runners waiting, at most max
+	max   int64
 }
 
-func newRunnerPool() *runnerPool {
-	return &runnerPool{tasks: make(chan runTask), quit: make(chan struct{})}
+func newRunnerPool(workers int) *runnerPool {
+	return &runnerPool{tasks: make(chan runTask), quit: make(chan struct{}), max: int64(workers)}
 }
 
 // runTask is one delivery lent to a runner.
@@ -148,8 +152,18 @@ type runTask struct {
 func (p *Processor) runnerLoop(pool *runnerPool, t runTask) {
 	defer p.runners.Done()
 	var idle *time.Timer
+	defer func() {
+		if idle != nil {
+			idle.Stop()
+		}
+	}()
 	for {
 		p.runTask(t)
+		t = runTask{} // what it ran is not kept alive while it waits
+		if pool.idle.Add(1) > pool.max {
+			pool.idle.Add(-1)
+			return
+		}
 		if idle == nil {
 			idle = time.NewTimer(runnerIdle)
 		} else {
@@ -157,10 +171,12 @@ func (p *Processor) runnerLoop(pool *runnerPool, t runTask) {
 		}
 		select {
 		case t = <-pool.tasks:
+			pool.idle.Add(-1)
 		case <-idle.C:
+			pool.idle.Add(-1)
 			return
 		case <-pool.quit:
-			idle.Stop()
+			pool.idle.Add(-1)
 			return
 		}
 	}
@@ -200,9 +216,10 @@ func (p *Processor) detach(d *delivery) bool {
 // call's boundary goroutine running Await. Instead the call parks: the
 // boundary goroutine leaves the Await it would make in d.wait and returns
 // errParked, the run returns (its deferred work kept, worker.go: unwind),
-// the runner goroutine ends, and one fresh goroutine awaits — a shallow
-// stack, holding only Await's frames — then rejoins and runs the rest of
-// the run on the worker lent to it, as the runner would have.
+// the runner goroutine is done with it (it ends, or waits idle for another
+// delivery: runnerLoop), and one fresh goroutine awaits — a shallow stack,
+// holding only Await's frames — then rejoins and runs the rest of the run
+// on the worker lent to it, as the runner would have.
 
 // errParked is what the call's boundary returns when it parked; not an
 // outcome.

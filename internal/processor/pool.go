@@ -56,15 +56,14 @@ func (p *Processor) runHeartbeats(ctx context.Context) error {
 // pool drains (drain) and returns nil.
 func (p *Processor) runWorkers(ctx context.Context) error {
 	stopPick := make(chan struct{})
-	pool := newRunnerPool()
-	p.idle = pool
+	pool := newRunnerPool(p.cfg.Concurrency)
 	specs := make([]flow.ChildSpec, p.cfg.Concurrency)
 	for i := range specs {
 		specs[i] = flow.ChildSpec{
 			Name:     fmt.Sprintf("worker:%d", i+1),
 			Restart:  flow.Transient,
 			Shutdown: p.poolShutdown(),
-			Run:      func(ctx context.Context) error { return p.work(ctx, stopPick) },
+			Run:      func(ctx context.Context) error { return p.work(ctx, stopPick, pool) },
 		}
 	}
 	sup, err := flow.NewSupervisor(flow.SupervisorConfig{Name: "workers", OnEvent: p.onSupervisorEvent}, specs...)

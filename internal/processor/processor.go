@@ -40,7 +40,6 @@ type Processor struct {
 	ready      readyQueues
 	rejoins    *rejoinQueue              // runners back from a detached wait (inflight.go)
 	runners    sync.WaitGroup            // every runner goroutine; the drain waits for them
-	idle       *runnerPool               // runner goroutines waiting for their next delivery (inflight.go)
 	inflight   map[string]*inflightLimit // by provider name: Config.ProviderInflight
 	health     map[string]*healthState   // by provider name, of HealthCheckers (health.go)
 

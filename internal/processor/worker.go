@@ -59,7 +59,7 @@ import (
 // Each is run on a runner goroutine the worker lends itself to (lend,
 // inflight.go) until the run ends or waits detached; runners that rejoin
 // after such a wait are served first.
-func (p *Processor) work(ctx context.Context, stop <-chan struct{}) error {
+func (p *Processor) work(ctx context.Context, stop <-chan struct{}, pool *runnerPool) error {
 	r := newWRR(p.cfg.PriorityWeights)
 	for {
 		if h := p.hooks.beforePick; h != nil {
@@ -71,7 +71,7 @@ func (p *Processor) work(ctx context.Context, stop <-chan struct{}) error {
 			p.serve(w)
 		case d != nil:
 			d.credits.release(1)
-			p.lend(d)
+			p.lend(d, pool)
 		default:
 			return nil
 		}
