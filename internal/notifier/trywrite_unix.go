@@ -38,11 +38,18 @@ func tryWrite(rc syscall.RawConn, b []byte) (int, error) {
 	return n, err
 }
 
-// rawConn returns conn's raw connection for tryWrite, nil when it has
-// none (a TLS connection, say).
+// rawConn returns conn's raw connection for tryWrite, nil when it is not
+// a plain TCP or Unix socket: a TLS connection, or a listener's wrapper
+// whose Write does more than write (counting, limiting), which inline
+// writes would go around.
 func rawConn(conn net.Conn) syscall.RawConn {
-	sc, ok := conn.(syscall.Conn)
-	if !ok {
+	var sc syscall.Conn
+	switch c := conn.(type) {
+	case *net.TCPConn:
+		sc = c
+	case *net.UnixConn:
+		sc = c
+	default:
 		return nil
 	}
 	rc, err := sc.SyscallConn()

@@ -172,8 +172,13 @@ func (t *wsTransport) interrupt() {
 func (t *wsTransport) close(d disconnect) {
 	conn := t.ws.NetConn()
 	// A writer stuck on a client that does not read gives up within a
-	// second; the close frame is then not sent either.
-	_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+	// second, and one about to write will not wait longer; the close frame
+	// is then not sent either.
+	stopBy := time.Now().Add(time.Second)
+	t.c.mu.Lock()
+	t.w.stopBy = stopBy
+	t.c.mu.Unlock()
+	_ = conn.SetWriteDeadline(stopBy)
 	t.waitWriter()
 	var payload []byte
 	switch {

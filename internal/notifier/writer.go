@@ -29,11 +29,20 @@ import (
 //
 // Only one of them writes at a time: running is the right to write to the
 // socket, taken by compare-and-set. Every frame goes through here, pongs
-// and the close frame too, so no frame is ever cut by another.
+// and the close frame too, so no frame is ever cut by another — with one
+// exception we do not control: on a protocol error of the client (an
+// unmasked frame, a bad opcode or close code) gorilla writes its 1002
+// close itself, on the reader goroutine, and the connection ends. Only
+// that client's stream can suffer.
+//
+// An inline write reports its frames (the push metrics, a traced event's
+// span) under the session's lock, on the goroutine that queued them: a
+// tracer whose span processor exports synchronously slows the lanes.
 type wsWriter struct {
 	running atomic.Bool // someone writes to the socket (or is about to)
 	rest    *wsRest     // an inline write's unwritten end (c.mu)
 	broken  bool        // a write failed, maybe mid-frame: nothing may follow (c.mu)
+	stopBy  time.Time   // set by close: no write may last beyond it (c.mu)
 }
 
 // wsRest is the end of an inline write that would have blocked, and the
@@ -147,7 +156,13 @@ func (t *wsTransport) run() {
 	defer c.s.wg.Done()
 	conn := t.ws.NetConn()
 	write := func(b []byte, frames []outFrame) {
-		_ = conn.SetWriteDeadline(time.Now().Add(c.s.cfg.WriteTimeout))
+		c.mu.Lock()
+		dl := time.Now().Add(c.s.cfg.WriteTimeout)
+		if !t.w.stopBy.IsZero() && t.w.stopBy.Before(dl) {
+			dl = t.w.stopBy // the session is closing: give up with it
+		}
+		c.mu.Unlock()
+		_ = conn.SetWriteDeadline(dl)
 		if _, err := conn.Write(b); err != nil {
 			c.mu.Lock()
 			t.w.broken = true
