@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -21,6 +20,7 @@ import (
 	"time"
 
 	"github.com/beamline/beamline/internal/auth"
+	"github.com/beamline/beamline/internal/freeport"
 )
 
 // pushClients is the push scenario's clients, in this process or in children.
@@ -237,12 +237,10 @@ type notifierProc struct {
 }
 
 func startNotifierProc(ctx context.Context, t *target, o *options) (*notifierProc, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
 	}
-	addr := ln.Addr().String()
-	ln.Close()
 	args := []string{"-nats", t.natsURL, "-addr", addr, "-log-level", "warn"}
 	var pprofAddr string
 	if o.notifierProfile != "" {
@@ -278,15 +276,9 @@ func startNotifierProc(ctx context.Context, t *target, o *options) (*notifierPro
 	}
 }
 
-// freeAddr returns a loopback address with a port free a moment ago.
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
-}
+// freeAddr returns a loopback address with a port free a moment ago,
+// outside the ephemeral range (see package freeport).
+func freeAddr() (string, error) { return freeport.Addr() }
 
 // profile saves the notifier's pprof profile name (query: e.g.
 // "seconds=10") to dir/<file>; a no-op unless it runs with -pprof.

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/beamline/beamline/internal/auth"
 	"github.com/beamline/beamline/internal/config"
+	"github.com/beamline/beamline/internal/freeport"
 	"github.com/beamline/beamline/internal/natstest"
 	"github.com/beamline/beamline/internal/provider"
 	"github.com/beamline/beamline/internal/testutil"
@@ -70,12 +70,10 @@ func TestRuns(t *testing.T) {
 	secret := "0123456789abcdef0123"
 	t.Setenv(auth.EnvSecret, secret)
 	srv := natstest.Start(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Addr() // for run to take
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close() // the port is free again for run to take
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var out testutil.Buffer

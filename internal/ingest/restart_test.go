@@ -2,7 +2,6 @@ package ingest
 
 import (
 	"context"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -12,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/beamline/beamline/internal/freeport"
 	"github.com/beamline/beamline/internal/jsm"
 	"github.com/beamline/beamline/internal/natsx"
 	"github.com/beamline/beamline/internal/testutil"
@@ -25,11 +25,16 @@ import (
 // event each), and no cron firing makes two jobs.
 func TestJobControlSurvivesNATSRestart(t *testing.T) {
 	dir := t.TempDir()
-	srv, err := natsx.RunEmbedded(natsx.EmbeddedConfig{Port: -1, StoreDir: dir})
+	// The server comes back on this port, chosen outside the ephemeral range
+	// so that no outgoing connection takes it while NATS is down.
+	port, err := freeport.Port()
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := srv.Addr().(*net.TCPAddr).Port
+	srv, err := natsx.RunEmbedded(natsx.EmbeddedConfig{Port: port, StoreDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
 	stopped := false
 	t.Cleanup(func() {
 		if !stopped {

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 
+	"github.com/beamline/beamline/internal/freeport"
 	"github.com/beamline/beamline/internal/testutil"
 )
 
@@ -73,12 +74,17 @@ func TestRunEmbeddedNeedsStoreDir(t *testing.T) {
 // data is still there.
 func TestConnectReconnectsAfterRestart(t *testing.T) {
 	dir := t.TempDir()
-	srv, err := RunEmbedded(EmbeddedConfig{Port: -1, StoreDir: dir, ServerName: "n1"})
+	// The server comes back on this port, chosen outside the ephemeral range
+	// so that no outgoing connection takes it while NATS is down.
+	port, err := freeport.Port()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := RunEmbedded(EmbeddedConfig{Port: port, StoreDir: dir, ServerName: "n1"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
-	port := srv.Addr().(*net.TCPAddr).Port
 
 	var logs testutil.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
@@ -157,12 +163,10 @@ func TestConnectGivesUpWithCtxAndHidesPassword(t *testing.T) {
 
 // Services may start before the server: Connect waits for it.
 func TestConnectWaitsForServer(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := freeport.Port()
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

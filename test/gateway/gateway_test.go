@@ -31,6 +31,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/beamline/beamline/internal/devstack/devstacktest"
+	"github.com/beamline/beamline/internal/freeport"
 	"github.com/beamline/beamline/internal/httpx"
 	"github.com/beamline/beamline/internal/notifier"
 	"github.com/beamline/beamline/internal/phoenix/phoenixtest"
@@ -45,12 +46,11 @@ const repo = "../.."
 
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freeport.Port()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 // runNotifier starts one notifier on the stack's NATS, serving the client

@@ -1,15 +1,14 @@
 package telemetry_test
 
 import (
-	"net"
 	"net/http"
-	"strconv"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/beamline/beamline/internal/devstack"
+	"github.com/beamline/beamline/internal/freeport"
 	"github.com/beamline/beamline/internal/natsx"
 	"github.com/beamline/beamline/internal/testutil"
 )
@@ -25,7 +24,13 @@ func TestReadinessFlipsWithNATS(t *testing.T) {
 		}
 	})
 	var dir string
-	st := start(t, func(c *devstack.Config) { dir = c.DataDir })
+	// The server comes back on its port: one outside the ephemeral range,
+	// so no client's outgoing connection takes it while NATS is down.
+	port, err := freeport.Port()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := start(t, func(c *devstack.Config) { dir, c.NATSPort = c.DataDir, port })
 	urls := []string{st.IngestURL, st.ProcessorURL, st.NotifierURL}
 	ready := func(u string) int {
 		resp, err := http.Get(u + "/readyz")
@@ -41,15 +46,12 @@ func TestReadinessFlipsWithNATS(t *testing.T) {
 		}
 	}
 
-	_, portS, _ := net.SplitHostPort(st.NATS.Addr().String())
-	port, _ := strconv.Atoi(portS)
 	st.NATS.Shutdown()
 	st.NATS.WaitForShutdown()
 	for _, u := range urls {
 		testutil.WaitFor(t, 10*time.Second, func() bool { return ready(u) == http.StatusServiceUnavailable })
 	}
 
-	var err error
 	again, err = natsx.RunEmbedded(natsx.EmbeddedConfig{Port: port, StoreDir: dir, ServerName: "devstack"})
 	if err != nil {
 		t.Fatal(err)

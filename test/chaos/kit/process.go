@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -15,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/beamline/beamline/internal/freeport"
 )
 
 // packages are the binaries BuildBinaries and Build know, by output name.
@@ -52,15 +53,16 @@ func Build(t testing.TB, names ...string) string {
 	return dir
 }
 
-// FreePort returns a port of 127.0.0.1 that was free a moment ago.
+// FreePort returns a port of 127.0.0.1 that was free a moment ago, for a
+// child process to bind; it is outside the ephemeral range, so no outgoing
+// connection takes it meanwhile (see package freeport).
 func FreePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freeport.Port()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 // Users are the nats.conf users (ingest, processor, notifier, admin) and
