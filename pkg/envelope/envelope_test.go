@@ -452,6 +452,93 @@ func TestEncodeJobMatchesEncode(t *testing.T) {
 	}
 }
 
+// DecodeJob reads what EncodeJob writes with its own scanner (scanJob), not
+// encoding/json, and makes of it exactly what encoding/json makes. A job
+// that falls back to encoding/json decodes the same, only slower, so this
+// also checks that EncodeJob's output does take the scanner.
+func TestScanJobMatchesJSON(t *testing.T) {
+	base := testJob()
+	exp := time.Date(2032, 1, 2, 3, 4, 5, 6, time.FixedZone("x", -7200))
+	for k, in := range []string{"", `{}`, `{"prompt":"a } ] \\\" { [ <b> & é","n":[1,{"m":[]}]}`, "{\n\t\"x\": 1\n}"} {
+		j := base
+		j.Input = json.RawMessage(in)
+		if k%2 == 1 {
+			j.ExpiresAt, j.RerunOf = &exp, "old-job_1"
+		}
+		b, err := EncodeJob(j, "/beamline/ingest")
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, sj, ok := scanJob(b)
+		if !ok {
+			t.Fatalf("scanJob does not read EncodeJob's output:\n%s", b)
+		}
+		we, wj, err := decodeJobJSON(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(e, we) || !reflect.DeepEqual(sj, wj) {
+			t.Fatalf("scanJob differs from encoding/json on\n%s\n%+v %+v\n%+v %+v", b, e, sj, we, wj)
+		}
+		ge, gj, err := DecodeJob(b)
+		if err != nil || !reflect.DeepEqual(ge, we) || !reflect.DeepEqual(gj, wj) {
+			t.Fatalf("DecodeJob differs from encoding/json (%v)", err)
+		}
+		// The job's input is its own bytes: appending to it leaves the
+		// envelope's data as it was.
+		if len(gj.Input) > 0 {
+			data := string(ge.Data)
+			_ = append(gj.Input, "garbage"...)
+			if string(ge.Data) != data {
+				t.Fatal("appending to the job's input wrote into the envelope's data")
+			}
+		}
+	}
+	// What the scanner does not read is left to encoding/json.
+	good, err := EncodeJob(base, "/beamline/ingest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range map[string][]byte{
+		"escaped source":  []byte(strings.Replace(string(good), `"/beamline/ingest"`, `"/beamline\/ingest"`, 1)),
+		"white space":     []byte(strings.Replace(string(good), `,"id":`, `, "id":`, 1)),
+		"trailing space":  append(append([]byte{}, good...), ' '),
+		"trailing object": append(append([]byte{}, good...), "{}"...),
+		"bad input":       []byte(strings.Replace(string(good), `"priority":"normal"`, `"priority":"normal","input":{"a":tru}`, 1)),
+	} {
+		if _, _, ok := scanJob(b); ok {
+			t.Errorf("%s: scanJob read %s", name, b)
+		}
+		e, j, err := DecodeJob(b)
+		we, wj, werr := decodeJobJSON(b)
+		if (err == nil) != (werr == nil) || !reflect.DeepEqual(e, we) || !reflect.DeepEqual(j, wj) {
+			t.Errorf("%s: DecodeJob = %v, encoding/json = %v", name, err, werr)
+		}
+	}
+}
+
+func BenchmarkDecodeJob(b *testing.B) {
+	j := testJob()
+	j.Input = json.RawMessage(`{"prompt":"a lighthouse at dusk, oil on canvas","steps":30,"seed":42}`)
+	msg, err := EncodeJob(j, "/beamline/ingest")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, bc := range []struct {
+		name string
+		fn   func([]byte) (*Envelope, Job, error)
+	}{{"scan", DecodeJob}, {"encoding-json", decodeJobJSON}} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, _, err := bc.fn(msg); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
 // EncodeJob spells out every field of Job and Envelope by hand: a field
 // added to either must be added there too. This fails until it is.
 func TestEncodeJobKnowsEveryField(t *testing.T) {

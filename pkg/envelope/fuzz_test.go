@@ -3,6 +3,7 @@ package envelope
 import (
 	"bytes"
 	"errors"
+	"reflect"
 	"testing"
 )
 
@@ -56,6 +57,12 @@ func FuzzDecode(f *testing.F) {
 func FuzzDecodeJob(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		e, j, err := DecodeJob(b)
+		// DecodeJob's scanner is encoding/json for the layout it reads.
+		se, sj, serr := decodeJobJSON(b)
+		if (err == nil) != (serr == nil) || (err != nil && err.Error() != serr.Error()) ||
+			!reflect.DeepEqual(e, se) || !reflect.DeepEqual(j, sj) {
+			t.Fatalf("DecodeJob differs from encoding/json:\n%+v %+v %v\n%+v %+v %v", e, j, err, se, sj, serr)
+		}
 		if err != nil {
 			checkClassified(t, err)
 			return

@@ -162,6 +162,22 @@ func EncodeJob(j Job, source string) ([]byte, error) {
 // DecodeJob decodes a submitted envelope and validates its job. The envelope
 // id must equal the job id, so a message cannot claim one id and carry another.
 func DecodeJob(b []byte) (*Envelope, Job, error) {
+	if len(b) > MaxSize {
+		return nil, Job{}, fieldErr("envelope", ErrTooLarge, "%d bytes, limit %d", len(b), MaxSize)
+	}
+	e, j, ok := scanJob(b)
+	if !ok {
+		return decodeJobJSON(b)
+	}
+	if err := e.validate(); err != nil {
+		return nil, Job{}, err
+	}
+	return checkJob(e, j)
+}
+
+// decodeJobJSON is DecodeJob with encoding/json, for any layout scanJob
+// does not read.
+func decodeJobJSON(b []byte) (*Envelope, Job, error) {
 	e, err := Decode(b)
 	if err != nil {
 		return nil, Job{}, err
@@ -172,6 +188,14 @@ func DecodeJob(b []byte) (*Envelope, Job, error) {
 	var j Job
 	if err := json.Unmarshal(e.Data, &j); err != nil {
 		return nil, Job{}, fieldErr("data", ErrMalformed, "%v", err)
+	}
+	return checkJob(e, j)
+}
+
+// checkJob is what DecodeJob asks of a decoded envelope and job.
+func checkJob(e *Envelope, j Job) (*Envelope, Job, error) {
+	if e.Type != TypeSubmitted {
+		return nil, Job{}, fieldErr("type", ErrUnknownType, "%q is not %q", string(e.Type), string(TypeSubmitted))
 	}
 	if err := j.Validate(); err != nil {
 		return nil, Job{}, err
