@@ -2,7 +2,7 @@ package envelope
 
 import (
 	"encoding/json"
-	"fmt"
+	"strconv"
 	"time"
 )
 
@@ -165,7 +165,8 @@ func (s *Snapshot) validate(checkResult bool) error {
 }
 
 // Marshal encodes a snapshot (for the KV bucket).
-func (s *Snapshot) Marshal() ([]byte, error) { return json.Marshal(s) }
+// It writes what json.Marshal writes, without its reflection.
+func (s *Snapshot) Marshal() ([]byte, error) { return marshalSnapshot(s) }
 
 // DecodeSnapshot parses and validates a snapshot from the KV bucket.
 func DecodeSnapshot(b []byte) (Snapshot, error) {
@@ -181,7 +182,7 @@ func DecodeSnapshot(b []byte) (Snapshot, error) {
 
 // EventID is the envelope id (and Nats-Msg-Id) of a job's event number seq.
 // Publishing the same event twice is therefore de-duplicated by JetStream.
-func EventID(job string, seq uint64) string { return fmt.Sprintf("%s:%d", job, seq) }
+func EventID(job string, seq uint64) string { return job + ":" + strconv.FormatUint(seq, 10) }
 
 // NewEvent wraps a snapshot in an event envelope of type t. The envelope id
 // is EventID(s.ID, s.Seq).
@@ -192,7 +193,7 @@ func NewEvent(t Type, s Snapshot, source string) (*Envelope, error) {
 	if err := s.validate(false); err != nil {
 		return nil, err
 	}
-	data, err := json.Marshal(s) // checks the result as Validate would
+	data, err := marshalSnapshot(&s) // checks the result as Validate would
 	if err != nil {
 		if len(s.Result) > 0 && !json.Valid(s.Result) {
 			return nil, fieldErr("result", ErrMalformed, "not JSON")
