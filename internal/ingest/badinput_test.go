@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/beamline/beamline/internal/auth"
+	"github.com/beamline/beamline/pkg/envelope"
 )
 
 // noneToken is an unsigned ("alg": "none") token for alice that does not
@@ -68,6 +69,9 @@ func TestBadInput(t *testing.T) {
 		{"priority with dot", "POST", "/v1/jobs", `{"kind":"image","priority":"high.x"}`, []reqOpt{bearer(alice)}, 400, CodeInvalidPriority},
 		{"input not an object", "POST", "/v1/jobs", `{"kind":"image","input":[1]}`, []reqOpt{bearer(alice)}, 400, CodeInvalidInput},
 		{"input a string", "POST", "/v1/jobs", `{"kind":"image","input":"x"}`, []reqOpt{bearer(alice)}, 400, CodeInvalidInput},
+		{"input nested too deep", "POST", "/v1/jobs", `{"kind":"image","input":{"a":` + nested(envelope.MaxInputDepth) + `}}`, []reqOpt{bearer(alice)}, 400, CodeInvalidInput},
+		{"input nested to encoding/json's limit", "POST", "/v1/jobs", `{"kind":"image","input":{"a":` + nested(9998) + `}}`, []reqOpt{bearer(alice)}, 400, CodeInvalidInput},
+		{"input nested past encoding/json's limit", "POST", "/v1/jobs", `{"kind":"image","input":{"a":` + nested(9999) + `}}`, []reqOpt{bearer(alice)}, 400, CodeInvalidJSON},
 		{"idempotency key too long", "POST", "/v1/jobs", `{"kind":"image"}`, []reqOpt{bearer(alice), withHeader("Idempotency-Key", strings.Repeat("k", 129))}, 400, CodeInvalidIdempotencyKey},
 		{"idempotency key not printable", "POST", "/v1/jobs", `{"kind":"image"}`, []reqOpt{bearer(alice), withHeader("Idempotency-Key", "a\tb")}, 400, CodeInvalidIdempotencyKey},
 		{"no token", "POST", "/v1/jobs", `{"kind":"image"}`, nil, 401, CodeUnauthorized},
@@ -146,3 +150,20 @@ func TestAdminReadsAnyJob(t *testing.T) {
 		t.Fatalf("%d %s", g.Status, g.Body)
 	}
 }
+
+// TestInputAtTheDepthLimit: an input nested exactly envelope.MaxInputDepth
+// levels is accepted and runs (the processor decodes it); one level more
+// is the 400 TestBadInput checks.
+func TestInputAtTheDepthLimit(t *testing.T) {
+	h := newHarness(t, nil)
+	h.startProcessor()
+	alice := token(t, "alice")
+	r := h.submit(alice, `{"kind":"image","input":{"a":`+nested(envelope.MaxInputDepth-1)+`}}`)
+	if r.Status != http.StatusAccepted {
+		t.Fatalf("input at the limit: %d %s", r.Status, r.Body)
+	}
+	h.waitStatus(alice, r.snapshot(t).ID, envelope.StatusSucceeded)
+}
+
+// nested is n arrays, one inside the other.
+func nested(n int) string { return strings.Repeat("[", n) + strings.Repeat("]", n) }

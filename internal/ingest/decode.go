@@ -74,6 +74,9 @@ func decodeSubmit(b []byte) (submitRequest, error) {
 	case in[0] != '{':
 		return submitRequest{}, newError(http.StatusBadRequest, CodeInvalidInput, "input must be a JSON object")
 	default:
+		if err := envelope.ValidateInput(in); err != nil {
+			return submitRequest{}, newError(http.StatusBadRequest, CodeInvalidInput, fieldMessage(err))
+		}
 		req.Input = in
 	}
 	if req.IdempotencyKey != nil {
@@ -256,7 +259,9 @@ func objectEnd(b []byte, i int) (int, bool) {
 		case '"':
 			in = true
 		case '{', '[':
-			depth++
+			if depth++; depth > envelope.MaxInputDepth {
+				return 0, false // encoding/json's path, and ValidateInput, say why
+			}
 		case '}', ']':
 			depth--
 			if depth == 0 {

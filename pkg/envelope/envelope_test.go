@@ -494,20 +494,46 @@ func TestScanJobMatchesJSON(t *testing.T) {
 			}
 		}
 	}
+	// An input at the depth limit takes the scanner; one level more is
+	// refused by EncodeJob, and by DecodeJob as encoding/json's path does.
+	nest := func(n int) string { return strings.Repeat("[", n) + strings.Repeat("]", n) }
+	deep := base
+	deep.Input = json.RawMessage(`{"a":` + nest(MaxInputDepth-1) + `}`)
+	atLimit, err := EncodeJob(deep, "/beamline/ingest")
+	if err != nil {
+		t.Fatalf("input at the depth limit: %v", err)
+	}
+	if _, _, ok := scanJob(atLimit); !ok {
+		t.Fatal("scanJob does not read an input at the depth limit")
+	}
+	deep.Input = json.RawMessage(`{"a":` + nest(MaxInputDepth) + `}`)
+	if _, err := EncodeJob(deep, "/beamline/ingest"); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("input past the depth limit: %v, want ErrMalformed", err)
+	}
+	tooDeep := strings.Replace(string(atLimit), nest(MaxInputDepth-1), nest(MaxInputDepth), 1)
+	if _, _, err := DecodeJob([]byte(tooDeep)); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("DecodeJob of an input past the depth limit: %v, want ErrMalformed", err)
+	}
+
 	// What the scanner does not read is left to encoding/json.
 	good, err := EncodeJob(base, "/beamline/ingest")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for name, b := range map[string][]byte{
-		"escaped source":  []byte(strings.Replace(string(good), `"/beamline/ingest"`, `"/beamline\/ingest"`, 1)),
-		"white space":     []byte(strings.Replace(string(good), `,"id":`, `, "id":`, 1)),
-		"trailing space":  append(append([]byte{}, good...), ' '),
-		"trailing object": append(append([]byte{}, good...), "{}"...),
-		"bad input":       []byte(strings.Replace(string(good), `"priority":"normal"`, `"priority":"normal","input":{"a":tru}`, 1)),
+		// json.Valid counts depth from the input, encoding/json from the
+		// envelope: the scanner must not accept what the envelope's
+		// depth limit refuses.
+		"input at encoding/json's limit":   []byte(strings.Replace(string(atLimit), nest(MaxInputDepth-1), nest(9997), 1)),
+		"input past encoding/json's limit": []byte(strings.Replace(string(atLimit), nest(MaxInputDepth-1), nest(9998), 1)),
+		"escaped source":                   []byte(strings.Replace(string(good), `"/beamline/ingest"`, `"/beamline\/ingest"`, 1)),
+		"white space":                      []byte(strings.Replace(string(good), `,"id":`, `, "id":`, 1)),
+		"trailing space":                   append(append([]byte{}, good...), ' '),
+		"trailing object":                  append(append([]byte{}, good...), "{}"...),
+		"bad input":                        []byte(strings.Replace(string(good), `"priority":"normal"`, `"priority":"normal","input":{"a":tru}`, 1)),
 	} {
 		if _, _, ok := scanJob(b); ok {
-			t.Errorf("%s: scanJob read %s", name, b)
+			t.Errorf("%s: scanJob read %.300s", name, b)
 		}
 		e, j, err := DecodeJob(b)
 		we, wj, werr := decodeJobJSON(b)

@@ -23,6 +23,53 @@ type Job struct {
 	RerunOf string `json:"rerun_of,omitempty"`
 }
 
+// MaxInputDepth bounds how deeply a job's input nests (objects and arrays
+// inside the input object, which is level 1). encoding/json refuses a
+// document nested deeper than 10,000 levels, and the input travels inside
+// a request body, a batch and an envelope: an input accepted near that
+// limit could not be decoded by the processor that must run it.
+const MaxInputDepth = 256
+
+// ValidateInput checks a job's input, valid JSON already: a JSON object
+// nested at most MaxInputDepth levels.
+func ValidateInput(raw json.RawMessage) error {
+	if !isObject(raw) {
+		return fieldErr("input", ErrMalformed, "must be a JSON object")
+	}
+	if jsonDepth(raw) > MaxInputDepth {
+		return fieldErr("input", ErrMalformed, "nested deeper than %d levels", MaxInputDepth)
+	}
+	return nil
+}
+
+// jsonDepth is how deeply the objects and arrays of valid JSON nest.
+func jsonDepth(raw []byte) int {
+	depth, most, inStr := 0, 0, false
+	for k := 0; k < len(raw); k++ {
+		c := raw[k]
+		if inStr {
+			switch c {
+			case '\\':
+				k++
+			case '"':
+				inStr = false
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			inStr = true
+		case '{', '[':
+			if depth++; depth > most {
+				most = depth
+			}
+		case '}', ']':
+			depth--
+		}
+	}
+	return most
+}
+
 // validateTokens checks what a job and its snapshots share: the id, the
 // user, the kind and the priority.
 func validateTokens(id, user, kind string, prio Priority) error {
@@ -43,8 +90,10 @@ func (j *Job) Validate() error {
 	if err := validateTokens(j.ID, j.User, j.Kind, j.Priority); err != nil {
 		return err
 	}
-	if len(j.Input) > 0 && !isObject(j.Input) {
-		return fieldErr("input", ErrMalformed, "must be a JSON object")
+	if len(j.Input) > 0 {
+		if err := ValidateInput(j.Input); err != nil {
+			return err
+		}
 	}
 	if j.CreatedAt.IsZero() {
 		return fieldErr("created_at", ErrMissingAttribute, "")

@@ -147,7 +147,9 @@ func (c *jobScanner) time() time.Time {
 }
 
 // object consumes a JSON object by its brackets and strings, not checking
-// what is between them: scanJob has json.Valid check that.
+// what is between them: scanJob has json.Valid check that. An object
+// nested deeper than MaxInputDepth is left to encoding/json, whose depth
+// limit counts from the envelope, not from the input as json.Valid's does.
 func (c *jobScanner) object() {
 	if c.bad || c.i >= len(c.b) || c.b[c.i] != '{' {
 		c.bad = true
@@ -169,7 +171,10 @@ func (c *jobScanner) object() {
 		case '"':
 			inStr = true
 		case '{', '[':
-			depth++
+			if depth++; depth > MaxInputDepth {
+				c.bad = true
+				return
+			}
 		case '}', ']':
 			depth--
 			if depth == 0 {
