@@ -26,21 +26,21 @@ const floorStream = "BEAMBENCH_FLOOR"
 // writes = 3 an event with a Nats-Msg-Id; then ack. No decoding, no
 // provider, no bookkeeping: the cost of the writes alone. It returns jobs
 // per second, first to last ack.
-func rawFloor(ctx context.Context, t *target, n, writes, conc int) (float64, error) {
+func rawFloor(ctx context.Context, t *target, n, writes, conc int) (float64, *tally, error) {
 	defer t.purge(context.WithoutCancel(ctx), rawSubjects)
 	_, err := t.js.CreateStream(ctx, jetstream.StreamConfig{
 		Name: floorStream, Subjects: []string{"beambench.floor.>"}, Storage: jetstream.FileStorage,
 		MaxMsgsPerSubject: 1, Duplicates: 2 * time.Minute,
 	})
 	if err != nil {
-		return 0, fmt.Errorf("floor stream: %w", err)
+		return 0, nil, fmt.Errorf("floor stream: %w", err)
 	}
 	defer t.js.DeleteStream(context.WithoutCancel(ctx), floorStream)
 	run := fmt.Sprintf("%x", time.Now().UnixNano()&0xffffffff)
 	if err := publishJobs(ctx, t, n, func(i int) (string, string) {
 		return fmt.Sprintf("pf%d", i%pipelineUsers), fmt.Sprintf("pf%s-%d", run, i)
 	}, rawKind); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	tl := &tally{want: n, done: make(chan struct{})}
 	work := make(chan jetstream.Msg, 4*conc)
@@ -80,7 +80,7 @@ func rawFloor(ctx context.Context, t *target, n, writes, conc int) (float64, err
 		defer errMu.Unlock()
 		err = fmt.Errorf("floor (%d writes): %d of %d done; first error: %v", writes, got, n, firstErr)
 	}
-	return rate, err
+	return rate, tl, err
 }
 
 // floorJob is one job of rawFloor: its writes in order, each awaited, then

@@ -168,3 +168,26 @@ func TestShortPresenceClients(t *testing.T) {
 		}
 	}
 }
+
+// TestTallyTail: the last 1 % is timed from the hit that completed 99 %
+// of the run to the last hit.
+func TestTallyTail(t *testing.T) {
+	tl := &tally{want: 200, done: make(chan struct{})}
+	t0 := time.Unix(1000, 0)
+	for i := range 200 {
+		at := t0.Add(time.Duration(i) * time.Millisecond)
+		if i == 199 {
+			at = t0.Add(30 * time.Second) // a straggler, as after ack_wait
+		}
+		tl.hit(at)
+	}
+	tail, _ := tl.tail()
+	if want := 30*time.Second - 197*time.Millisecond; tail != want {
+		t.Fatalf("tail %v, want %v (from hit 198 to the last)", tail, want)
+	}
+	select {
+	case <-tl.done:
+	default:
+		t.Fatal("done not closed after want hits")
+	}
+}

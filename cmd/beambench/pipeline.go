@@ -38,6 +38,8 @@ type tally struct {
 	mu          sync.Mutex
 	n, want     int
 	first, last time.Time
+	at99        time.Time // when 99 % of want had come
+	redelivered int       // messages delivered more than once (consumeJobs)
 	done        chan struct{}
 }
 
@@ -49,9 +51,24 @@ func (t *tally) hit(at time.Time) {
 	}
 	t.n++
 	t.last = at
+	if t.n == (t.want*99+99)/100 {
+		t.at99 = at
+	}
 	if t.n == t.want {
 		close(t.done)
 	}
+}
+
+// tail is how long the last 1 % took, and the redeliveries counted: a rate
+// that collapses with a long tail and redeliveries is messages that waited
+// for ack_wait, not a slower stream.
+func (t *tally) tail() (time.Duration, int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.at99.IsZero() {
+		return 0, t.redelivered
+	}
+	return t.last.Sub(t.at99), t.redelivered
 }
 
 func (t *tally) snapshot() (int, time.Time, time.Time) {
@@ -106,13 +123,16 @@ func pipelineRate(ctx context.Context, t *target, o *options, rep *reporter) err
 	}
 	rate := float64(got-1) / last.Sub(first).Seconds()
 
-	raw, err := rawConsumeAck(ctx, t, n)
+	raw, rawTally, err := rawConsumeAck(ctx, t, n)
 	if err != nil {
 		return err
 	}
+	tail, _ := tl.tail()
+	rawTail, rawRedelivered := rawTally.tail()
 	p := map[string]any{"jobs": n, "finished": got, "processor_paused_while_publishing": paused,
 		"concurrency": o.procConcurrency, "users": pipelineUsers, "publish_s": round(pubTook.Seconds()),
-		"start_to_last_s": round(last.Sub(start).Seconds())}
+		"start_to_last_s": round(last.Sub(start).Seconds()), "last_1pct_s": round(tail.Seconds()),
+		"raw_last_1pct_s": round(rawTail.Seconds()), "raw_redelivered": rawRedelivered}
 	if t.stack != nil {
 		p["cpu_cores_used_in_process"] = round(cores)
 	}
@@ -122,12 +142,14 @@ func pipelineRate(ctx context.Context, t *target, o *options, rep *reporter) err
 		// beside the processor: one (an outcome, no claim), the claim and
 		// the outcome, and today's three with the event.
 		for _, w := range []int{1, 2, 3} {
-			f, err := rawFloor(ctx, t, n, w, o.procConcurrency)
+			f, ftl, err := rawFloor(ctx, t, n, w, o.procConcurrency)
 			if err != nil {
 				return err
 			}
+			ftail, fre := ftl.tail()
 			rep.addVs("pipeline", fmt.Sprintf("write floor: consume, %d awaited durable write(s), ack", w), f, "jobs/s", raw,
-				map[string]any{"jobs": n, "workers": o.procConcurrency, "processor_rate_ratio": round(rate / f)})
+				map[string]any{"jobs": n, "workers": o.procConcurrency, "processor_rate_ratio": round(rate / f),
+					"last_1pct_s": round(ftail.Seconds()), "redelivered": fre})
 		}
 	}
 	return nil
@@ -173,13 +195,13 @@ func publishJobs(ctx context.Context, t *target, n int, name func(i int) (user, 
 // them with a consumer configured like the processor's (explicit ack, the
 // same max_ack_pending), acking each at once. It returns acks per second,
 // first delivery to last ack.
-func rawConsumeAck(ctx context.Context, t *target, n int) (float64, error) {
+func rawConsumeAck(ctx context.Context, t *target, n int) (float64, *tally, error) {
 	defer t.purge(context.WithoutCancel(ctx), rawSubjects)
 	run := fmt.Sprintf("%x", time.Now().UnixNano()&0xffffffff)
 	if err := publishJobs(ctx, t, n, func(i int) (string, string) {
 		return fmt.Sprintf("pr%d", i%pipelineUsers), fmt.Sprintf("pr%s-%d", run, i)
 	}, rawKind); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	tl := &tally{want: n, done: make(chan struct{})}
 	rate, got, err := consumeJobs(ctx, t, "beambench-raw", tl, time.Minute+time.Duration(n)*100*time.Microsecond, func(m jetstream.Msg) {
@@ -189,7 +211,7 @@ func rawConsumeAck(ctx context.Context, t *target, n int) (float64, error) {
 	if err == nil && got < 2 {
 		err = fmt.Errorf("raw consume: %d of %d acked", got, n)
 	}
-	return rate, err
+	return rate, tl, err
 }
 
 // consumeJobs consumes the rawKind jobs with a durable consumer configured
@@ -208,7 +230,14 @@ func consumeJobs(ctx context.Context, t *target, name string, tl *tally, limit t
 		return 0, 0, err
 	}
 	defer t.js.DeleteConsumer(context.WithoutCancel(ctx), streams.Jobs, cfg.Durable)
-	cc, err := cons.Consume(handle, jetstream.PullMaxMessages(cfg.MaxAckPending))
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		if md, err := m.Metadata(); err == nil && md.NumDelivered > 1 {
+			tl.mu.Lock()
+			tl.redelivered++
+			tl.mu.Unlock()
+		}
+		handle(m)
+	}, jetstream.PullMaxMessages(cfg.MaxAckPending))
 	if err != nil {
 		return 0, 0, err
 	}
