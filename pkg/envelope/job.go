@@ -36,38 +36,10 @@ func ValidateInput(raw json.RawMessage) error {
 	if !isObject(raw) {
 		return fieldErr("input", ErrMalformed, "must be a JSON object")
 	}
-	if jsonDepth(raw) > MaxInputDepth {
+	if _, depth, _ := objectSpan(bytes.TrimLeft(raw, " \t\r\n"), 0); depth > MaxInputDepth {
 		return fieldErr("input", ErrMalformed, "nested deeper than %d levels", MaxInputDepth)
 	}
 	return nil
-}
-
-// jsonDepth is how deeply the objects and arrays of valid JSON nest.
-func jsonDepth(raw []byte) int {
-	depth, most, inStr := 0, 0, false
-	for k := 0; k < len(raw); k++ {
-		c := raw[k]
-		if inStr {
-			switch c {
-			case '\\':
-				k++
-			case '"':
-				inStr = false
-			}
-			continue
-		}
-		switch c {
-		case '"':
-			inStr = true
-		case '{', '[':
-			if depth++; depth > most {
-				most = depth
-			}
-		case '}', ']':
-			depth--
-		}
-	}
-	return most
 }
 
 // validateTokens checks what a job and its snapshots share: the id, the

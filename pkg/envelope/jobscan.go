@@ -146,18 +146,35 @@ func (c *jobScanner) time() time.Time {
 	return t
 }
 
-// object consumes a JSON object by its brackets and strings, not checking
-// what is between them: scanJob has json.Valid check that. An object
-// nested deeper than MaxInputDepth is left to encoding/json, whose depth
-// limit counts from the envelope, not from the input as json.Valid's does.
+// object consumes a JSON object (scanJob has json.Valid check what lies
+// between its brackets). An object nested deeper than MaxInputDepth is
+// left to encoding/json, whose depth limit counts from the envelope, not
+// from the input as json.Valid's does.
 func (c *jobScanner) object() {
-	if c.bad || c.i >= len(c.b) || c.b[c.i] != '{' {
+	if c.bad {
+		return
+	}
+	end, depth, ok := objectSpan(c.b, c.i)
+	if !ok || depth > MaxInputDepth {
 		c.bad = true
 		return
 	}
-	depth, inStr := 0, false
-	for k := c.i; k < len(c.b); k++ {
-		ch := c.b[k]
+	c.i = end
+}
+
+// objectSpan finds the JSON object that starts at b[i] by its brackets
+// and strings, not checking what lies between them: where it ends, and how
+// deeply its objects and arrays nest (the object itself is level 1, and
+// the depth is as far as b went when ok is false). ok is false when no
+// object starts at i, a bracket closes the object with ']', or b ends
+// inside it.
+func objectSpan(b []byte, i int) (end, depth int, ok bool) {
+	if i >= len(b) || b[i] != '{' {
+		return 0, 0, false
+	}
+	level, inStr := 0, false
+	for k := i; k < len(b); k++ {
+		ch := b[k]
 		if inStr {
 			switch ch {
 			case '\\':
@@ -171,21 +188,14 @@ func (c *jobScanner) object() {
 		case '"':
 			inStr = true
 		case '{', '[':
-			if depth++; depth > MaxInputDepth {
-				c.bad = true
-				return
+			if level++; level > depth {
+				depth = level
 			}
 		case '}', ']':
-			depth--
-			if depth == 0 {
-				if ch != '}' {
-					c.bad = true
-					return
-				}
-				c.i = k + 1
-				return
+			if level--; level == 0 {
+				return k + 1, depth, ch == '}'
 			}
 		}
 	}
-	c.bad = true
+	return 0, depth, false
 }
