@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/beamline/beamline/internal/jsonscan"
 	"github.com/beamline/beamline/pkg/envelope"
 )
 
@@ -176,8 +177,10 @@ func decodeSubmitPlain(b []byte) (submitRequest, bool) {
 		}
 		seen[field] = true
 		if field == 2 {
-			end, ok := objectEnd(b, i)
-			if !ok || !json.Valid(b[i:end]) {
+			// Deeper than a job's input may nest: encoding/json's path,
+			// and ValidateInput, say why.
+			end, depth, ok := jsonscan.ObjectSpan(b, i)
+			if !ok || depth > envelope.MaxInputDepth || !json.Valid(b[i:end]) {
 				return req, false
 			}
 			req.Input = b[i:end:end]
@@ -234,42 +237,6 @@ func plainString(b []byte, i int) (string, int, bool) {
 		}
 	}
 	return "", 0, false
-}
-
-// objectEnd returns the index after the JSON object starting at b[i] (its
-// braces matched outside strings); whether it is valid JSON is the
-// caller's question.
-func objectEnd(b []byte, i int) (int, bool) {
-	if i >= len(b) || b[i] != '{' {
-		return 0, false
-	}
-	depth, in := 0, false
-	for j := i; j < len(b); j++ {
-		c := b[j]
-		if in {
-			switch c {
-			case '\\':
-				j++
-			case '"':
-				in = false
-			}
-			continue
-		}
-		switch c {
-		case '"':
-			in = true
-		case '{', '[':
-			if depth++; depth > envelope.MaxInputDepth {
-				return 0, false // encoding/json's path, and ValidateInput, say why
-			}
-		case '}', ']':
-			depth--
-			if depth == 0 {
-				return j + 1, c == '}'
-			}
-		}
-	}
-	return 0, false
 }
 
 // MaxScheduleAhead is how far ahead a job may be scheduled.

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"time"
+
+	"github.com/beamline/beamline/internal/jsonscan"
 )
 
 // Job is the data of a beamline.job.submitted envelope: what a service asks
@@ -36,7 +38,7 @@ func ValidateInput(raw json.RawMessage) error {
 	if !isObject(raw) {
 		return fieldErr("input", ErrMalformed, "must be a JSON object")
 	}
-	if _, depth, _ := objectSpan(bytes.TrimLeft(raw, " \t\r\n"), 0); depth > MaxInputDepth {
+	if _, depth, _ := jsonscan.ObjectSpan(bytes.TrimLeft(raw, " \t\r\n"), 0); depth > MaxInputDepth {
 		return fieldErr("input", ErrMalformed, "nested deeper than %d levels", MaxInputDepth)
 	}
 	return nil

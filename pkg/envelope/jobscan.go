@@ -3,6 +3,8 @@ package envelope
 import (
 	"encoding/json"
 	"time"
+
+	"github.com/beamline/beamline/internal/jsonscan"
 )
 
 // scanJob reads b when it has exactly the layout EncodeJob writes: the
@@ -154,48 +156,10 @@ func (c *jobScanner) object() {
 	if c.bad {
 		return
 	}
-	end, depth, ok := objectSpan(c.b, c.i)
+	end, depth, ok := jsonscan.ObjectSpan(c.b, c.i)
 	if !ok || depth > MaxInputDepth {
 		c.bad = true
 		return
 	}
 	c.i = end
-}
-
-// objectSpan finds the JSON object that starts at b[i] by its brackets
-// and strings, not checking what lies between them: where it ends, and how
-// deeply its objects and arrays nest (the object itself is level 1, and
-// the depth is as far as b went when ok is false). ok is false when no
-// object starts at i, a bracket closes the object with ']', or b ends
-// inside it.
-func objectSpan(b []byte, i int) (end, depth int, ok bool) {
-	if i >= len(b) || b[i] != '{' {
-		return 0, 0, false
-	}
-	level, inStr := 0, false
-	for k := i; k < len(b); k++ {
-		ch := b[k]
-		if inStr {
-			switch ch {
-			case '\\':
-				k++ // the escaped byte cannot end the string
-			case '"':
-				inStr = false
-			}
-			continue
-		}
-		switch ch {
-		case '"':
-			inStr = true
-		case '{', '[':
-			if level++; level > depth {
-				depth = level
-			}
-		case '}', ']':
-			if level--; level == 0 {
-				return k + 1, depth, ch == '}'
-			}
-		}
-	}
-	return 0, depth, false
 }
