@@ -91,12 +91,16 @@ func ConsumerName(p envelope.Priority, kind string) string {
 	return "proc-" + string(p) + "-" + kind
 }
 
-// ConsumerFilters are the subjects the consumer for p and kind takes: the
-// kind's queue subject jobs.<priority>.<kind> and the job subjects under it,
-// jobs.<priority>.<kind>.<job> (envelope.JobMsgSubject).
+// ConsumerFilters are the subjects the consumer for p and kind takes:
+// jobs.<priority>.<kind>.* (envelope.JobFilter), which holds the job
+// subjects and, through JOBS's subject transform, the jobs published to the
+// kind's queue subject. One filter, not two: with several, nats-server's
+// next-message lookup walks every subject of JOBS, one per queued job, so a
+// bigger backlog costs more per job (BENCHMARKS.md, runs X and Y).
+// ApplyConsumer adds the queue subject itself only while JOBS still holds
+// messages stored under it before the transform existed.
 func ConsumerFilters(p envelope.Priority, kind string) []string {
-	q := envelope.JobSubject(p, kind)
-	return []string{q, q + ".*"}
+	return []string{envelope.JobFilter(p, kind)}
 }
 
 // Consumer returns the definition of the durable consumer for p and kind:
@@ -195,11 +199,38 @@ func ApplyConsumer(ctx context.Context, js jetstream.JetStream, p envelope.Prior
 	if mutate != nil {
 		mutate(&cfg)
 	}
+	stranded, err := queueSubjectHolds(ctx, js, p, kind)
+	if err != nil {
+		return nil, err
+	}
+	if stranded {
+		cfg.FilterSubjects = append(cfg.FilterSubjects, envelope.JobSubject(p, kind))
+	}
 	c, err := js.CreateOrUpdateConsumer(ctx, streams.Jobs, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("%w: consumer %s: %w", rejected(err), cfg.Durable, err)
 	}
 	return c, nil
+}
+
+// queueSubjectHolds reports whether JOBS holds messages under the queue
+// subject of p and kind itself (jobs.<priority>.<kind>): ones stored by a
+// JOBS from before its subject transform, which the one filter of
+// ConsumerFilters does not match. The consumer takes them too while they
+// last; re-applied once they are gone (a processor's restart), it narrows to
+// the one filter. Nothing can be stored there again while the transform is
+// in place.
+func queueSubjectHolds(ctx context.Context, js jetstream.JetStream, p envelope.Priority, kind string) (bool, error) {
+	q := envelope.JobSubject(p, kind)
+	s, err := js.Stream(ctx, streams.Jobs)
+	if err != nil {
+		return false, fmt.Errorf("%w: look up stream %s: %w", rejected(err), streams.Jobs, err)
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(q))
+	if err != nil {
+		return false, fmt.Errorf("%w: count %s in stream %s: %w", errTransient, q, streams.Jobs, err)
+	}
+	return info.State.Subjects[q] > 0, nil
 }
 
 // rejected classifies a failed create or update: the server refusing the

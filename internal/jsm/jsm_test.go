@@ -250,7 +250,7 @@ func TestApplyConsumer(t *testing.T) {
 			if cfg.Durable != name || c.CachedInfo().Name != name || jsm.ConsumerName(p, kind) != name {
 				t.Errorf("durable = %q, want %q", cfg.Durable, name)
 			}
-			if want := []string{envelope.JobSubject(p, kind), envelope.JobSubject(p, kind) + ".*"}; !reflect.DeepEqual(cfg.FilterSubjects, want) || cfg.FilterSubject != "" {
+			if want := []string{envelope.JobSubject(p, kind) + ".*"}; !reflect.DeepEqual(cfg.FilterSubjects, want) || cfg.FilterSubject != "" {
 				t.Errorf("%s filters = %q %q, want %q", name, cfg.FilterSubject, cfg.FilterSubjects, want)
 			}
 			if cfg.AckPolicy != jetstream.AckExplicitPolicy || cfg.AckWait != 30*time.Second ||
@@ -281,7 +281,8 @@ func TestApplyConsumer(t *testing.T) {
 		t.Fatal(err)
 	}
 	for m := range batch.Messages() {
-		if m.Subject() != "jobs.normal.audio" {
+		// Published to the queue's subject, stored under its QueueToken.
+		if m.Subject() != "jobs.normal.audio."+envelope.QueueToken {
 			t.Errorf("audio consumer got %s", m.Subject())
 		}
 		if err := m.Ack(); err != nil {
@@ -333,7 +334,7 @@ func TestConsumerDefinitions(t *testing.T) {
 			t.Fatal(err)
 		}
 		q := "jobs." + string(p) + ".audio"
-		if aud.Durable != "proc-"+string(p)+"-audio" || !reflect.DeepEqual(aud.FilterSubjects, []string{q, q + ".*"}) {
+		if aud.Durable != "proc-"+string(p)+"-audio" || !reflect.DeepEqual(aud.FilterSubjects, []string{q + ".*"}) {
 			t.Errorf("derived %s: %+v", p, aud)
 		}
 		aud.Durable, aud.FilterSubjects, aud.Description = img.Durable, img.FilterSubjects, img.Description
@@ -431,5 +432,86 @@ func TestRetentionOptions(t *testing.T) {
 	}
 	if _, err := jsm.Streams(jsm.Options{DLQMaxAge: -time.Hour}); !errors.Is(err, jsm.ErrDefinition) {
 		t.Fatalf("negative retention: %v", err)
+	}
+}
+
+// A JOBS from before its subject transform stored jobs published to a
+// queue's subject under that subject itself. The consumer takes them while
+// they last, and narrows to its one filter once they are gone.
+func TestConsumerTakesQueueMessagesStoredBeforeTheTransform(t *testing.T) {
+	_, _, js := natstest.StartWithStreams(t)
+	ctx := ctxT(t)
+	jobsCfg := func() jetstream.StreamConfig {
+		cfgs, err := jsm.Streams(jsm.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range cfgs {
+			if c.Name == streams.Jobs {
+				return c
+			}
+		}
+		t.Fatal("no JOBS definition")
+		return jetstream.StreamConfig{}
+	}
+	old := jobsCfg()
+	if old.SubjectTransform == nil {
+		t.Fatal("JOBS has no subject transform")
+	}
+	old.SubjectTransform = nil
+	if _, err := js.UpdateStream(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	publish := func(subj string) {
+		t.Helper()
+		if _, err := js.Publish(ctx, subj, []byte(subj)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish("jobs.normal.image")    // stored as it is: the old definition
+	publish("jobs.normal.image.j1") // a job subject
+	if err := jsm.ApplyStreams(ctx, js, jsm.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	publish("jobs.normal.image") // stored under the QueueToken
+
+	fetchAll := func(c jetstream.Consumer, n int) []string {
+		t.Helper()
+		var got []string
+		batch, err := c.Fetch(n, jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for m := range batch.Messages() {
+			got = append(got, m.Subject())
+			if err := m.DoubleAck(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return got
+	}
+	c, err := jsm.ApplyConsumer(ctx, js, envelope.PriorityNormal, "image", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := c.CachedInfo().Config.FilterSubjects, []string{"jobs.normal.image.*", "jobs.normal.image"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("filters with a stranded queue message = %q, want %q", got, want)
+	}
+	want := []string{"jobs.normal.image", "jobs.normal.image.j1", "jobs.normal.image." + envelope.QueueToken}
+	if got := fetchAll(c, 10); !reflect.DeepEqual(got, want) {
+		t.Fatalf("delivered %q, want %q", got, want)
+	}
+
+	// Drained: re-applied, the consumer narrows, and still takes the queue.
+	c, err = jsm.ApplyConsumer(ctx, js, envelope.PriorityNormal, "image", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := c.CachedInfo().Config.FilterSubjects, []string{"jobs.normal.image.*"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("filters once drained = %q, want %q", got, want)
+	}
+	publish("jobs.normal.image")
+	if got, want := fetchAll(c, 10), []string{"jobs.normal.image." + envelope.QueueToken}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("delivered %q after narrowing, want %q", got, want)
 	}
 }

@@ -82,6 +82,27 @@ func TestJobPublishedStraightIsTracked(t *testing.T) {
 	}
 }
 
+// A job published to its queue's subject, as publishers from before the
+// one-write submission do, is stored by JOBS under the QueueToken and runs
+// like any other on the consumer's one filter.
+func TestJobPublishedToTheQueueSubjectRuns(t *testing.T) {
+	e := newEnv(t)
+	e.start(baseConfig(t))
+	j := newJob("bob", "image", envelope.PriorityLow, map[string]any{"steps": 1})
+	m, err := envelope.NewJobMsg(j, "/test", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Subject = envelope.JobSubject(j.Priority, j.Kind)
+	if _, err := e.js.PublishMsg(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	s := e.waitStatus(j.ID, envelope.StatusSucceeded, 10*time.Second)
+	if s.User != "bob" || s.Kind != "image" || s.Priority != envelope.PriorityLow {
+		t.Fatalf("snapshot %+v", s)
+	}
+}
+
 func TestMalformedMessageGoesToDLQAndConsumerGoesOn(t *testing.T) {
 	e := newEnv(t)
 	r := e.start(baseConfig(t))

@@ -58,7 +58,7 @@ func (p *Processor) publishDLQ(ctx context.Context, d *delivery, msgID, reason s
 	}
 	m.Header.Set(envelope.HeaderDeadReason, strings.ToValidUTF8(strings.ReplaceAll(reason, "\n", " "), "?"))
 	m.Header.Set(envelope.HeaderAttempts, strconv.Itoa(d.attempt))
-	m.Header.Set(envelope.HeaderOriginalSubject, d.msg.Subject())
+	m.Header.Set(envelope.HeaderOriginalSubject, envelope.PublishedJobSubject(d.msg.Subject()))
 	m.Header.Set(envelope.HeaderMsgID, msgID)
 	if tp := d.msg.Headers().Get(envelope.HeaderTraceparent); tp != "" {
 		m.Header.Set(envelope.HeaderTraceparent, tp)

@@ -28,10 +28,33 @@ const LivePrefix = "live."
 const CancelFilter = cancelToken + ".*.*"
 
 // JobSubject is the queue of a priority and kind: jobs.<priority>.<kind>.
-// The processor's consumer for them takes this subject and the job subjects
-// under it (JobMsgSubject). A job published here is accepted and processed
-// like any other, but it cannot be read before a processor picks it up.
+// A job published here (as publishers from before the one-write submission
+// do) is accepted and processed like any other, but it cannot be read before
+// a processor picks it up. JOBS does not store it under this subject: its
+// subject transform (streams/jobs.json) appends QueueToken, so every message
+// JOBS holds has four tokens and the processor's consumer for a priority and
+// kind needs one filter, JobFilter.
 func JobSubject(p Priority, kind string) string { return jobsToken + "." + string(p) + "." + kind }
+
+// QueueToken is the fourth token under which JOBS stores a job published to
+// its queue's subject (JobSubject): jobs.<priority>.<kind>.~queue. It is not
+// a job id: ValidateID refuses '~', so no job subject can collide with it.
+const QueueToken = "~queue"
+
+// JobFilter matches every message JOBS stores for a priority and kind,
+// jobs.<priority>.<kind>.*: the job subjects (JobMsgSubject) and the queue's
+// stored subject (QueueToken). It is the filter of the processor's consumer.
+func JobFilter(p Priority, kind string) string { return JobSubject(p, kind) + ".*" }
+
+// PublishedJobSubject is the subject a JOBS message was published to, given
+// the subject JOBS stored it under: a queue's stored subject loses its
+// QueueToken; any other subject is returned as it is.
+func PublishedJobSubject(stored string) string {
+	if q, ok := strings.CutSuffix(stored, "."+QueueToken); ok {
+		return q
+	}
+	return stored
+}
 
 // JobMsgSubject is the subject a job is published to:
 // jobs.<priority>.<kind>.<job>. The job id in the subject is what lets a
@@ -126,7 +149,9 @@ func DLQSubject(kind string) string { return dlqToken + "." + kind }
 func DLQMarkerKey(job string) string { return dlqToken + "." + job }
 
 // ParseJobSubject splits jobs.<priority>.<kind>[.<job>], validating every
-// token; job is empty for a job published to its queue's subject.
+// token; job is empty for a job published to its queue's subject, whether
+// as published (jobs.<priority>.<kind>) or as JOBS stores it
+// (jobs.<priority>.<kind>.~queue, QueueToken).
 func ParseJobSubject(subject string) (p Priority, kind, job string, err error) {
 	parts := strings.Split(subject, ".")
 	if (len(parts) != 3 && len(parts) != 4) || parts[0] != jobsToken {
@@ -139,7 +164,7 @@ func ParseJobSubject(subject string) (p Priority, kind, job string, err error) {
 	if err := ValidateKind(kind); err != nil {
 		return "", "", "", err
 	}
-	if len(parts) == 4 {
+	if len(parts) == 4 && parts[3] != QueueToken {
 		job = parts[3]
 		if err := ValidateID("job", job); err != nil {
 			return "", "", "", err

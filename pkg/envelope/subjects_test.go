@@ -94,10 +94,32 @@ func TestParseCancelSubject(t *testing.T) {
 	}
 }
 
+func TestJobFilterAndPublishedSubject(t *testing.T) {
+	if got := JobFilter(PriorityNormal, "image"); got != "jobs.normal.image.*" {
+		t.Errorf("JobFilter = %q", got)
+	}
+	if ValidateID("job", QueueToken) == nil {
+		t.Errorf("QueueToken %q is a valid job id: a job subject could collide with it", QueueToken)
+	}
+	for stored, want := range map[string]string{
+		"jobs.normal.image.~queue": "jobs.normal.image",
+		"jobs.normal.image.j1":     "jobs.normal.image.j1",
+		"jobs.normal.image":        "jobs.normal.image",
+	} {
+		if got := PublishedJobSubject(stored); got != want {
+			t.Errorf("PublishedJobSubject(%q) = %q, want %q", stored, got, want)
+		}
+	}
+}
+
 func TestParseJobSubject(t *testing.T) {
 	p, kind, id, err := ParseJobSubject("jobs.low.video")
 	if err != nil || p != PriorityLow || kind != "video" || id != "" {
 		t.Fatalf("ParseJobSubject(queue) = %q %q %q %v", p, kind, id, err)
+	}
+	p, kind, id, err = ParseJobSubject("jobs.low.video.~queue")
+	if err != nil || p != PriorityLow || kind != "video" || id != "" {
+		t.Fatalf("ParseJobSubject(stored queue) = %q %q %q %v", p, kind, id, err)
 	}
 	p, kind, id, err = ParseJobSubject("jobs.high.image.j-1")
 	if err != nil || p != PriorityHigh || kind != "image" || id != "j-1" {
@@ -107,6 +129,7 @@ func TestParseJobSubject(t *testing.T) {
 		"", "jobs", "jobs.low", "jobs.low.video.x.y", "events.low.video",
 		"jobs.urgent.video", "jobs.low.Video", "jobs.low.*", "jobs.>", "jobs..video",
 		"jobs.low.video.*", "jobs.low.video.>", "jobs.low.video.", "jobs.*.*.j1",
+		"jobs.low.video.~queue.x", "jobs.low.video.~other", "jobs.low.video.~",
 	} {
 		if _, _, _, err := ParseJobSubject(s); !errors.Is(err, ErrInvalidToken) {
 			t.Errorf("ParseJobSubject(%q) = %v, want ErrInvalidToken", s, err)
