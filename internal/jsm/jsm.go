@@ -224,7 +224,14 @@ func queueSubjectHolds(ctx context.Context, js jetstream.JetStream, p envelope.P
 	q := envelope.JobSubject(p, kind)
 	s, err := js.Stream(ctx, streams.Jobs)
 	if err != nil {
-		return false, fmt.Errorf("%w: look up stream %s: %w", rejected(err), streams.Jobs, err)
+		// Only a missing JOBS is the definition's problem; an outage (no
+		// meta leader, the stream offline) is transient, and a puller
+		// re-applying its consumer must keep backing off in place.
+		cause := errTransient
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			cause = ErrIncompatible
+		}
+		return false, fmt.Errorf("%w: look up stream %s: %w", cause, streams.Jobs, err)
 	}
 	info, err := s.Info(ctx, jetstream.WithSubjectFilter(q))
 	if err != nil {

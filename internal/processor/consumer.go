@@ -78,6 +78,10 @@ func (u *puller) run(ctx context.Context) error {
 		return err
 	}
 	u.p.setConsumer(u.name(), cons)
+	if f := cons.CachedInfo().Config.FilterSubjects; len(f) > 1 {
+		u.log.Warn("consumer also takes the queue subject: JOBS holds jobs stored under it before its subject transform; a processor restart after they ran narrows it to one filter",
+			"consumer", u.name(), "filters", f)
+	}
 	failures := 0
 	var failingSince time.Time
 	for {

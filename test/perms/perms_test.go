@@ -342,6 +342,7 @@ func TestForbiddenActionsFail(t *testing.T) {
 		refusedSubscribe(t, ingestC, "jobs.*.*.*")
 		refusedPublish(t, ingestC, "dlq.image")
 		refusedPublish(t, ingestC, "jobs.normal.image") // only job subjects, jobs.<priority>.<kind>.<job>
+		refusedPublish(t, ingestC, "jobs.normal.image."+envelope.QueueToken)
 	})
 
 	t.Run("processor", func(t *testing.T) {
