@@ -94,11 +94,13 @@ func ConsumerName(p envelope.Priority, kind string) string {
 // ConsumerFilters are the subjects the consumer for p and kind takes:
 // jobs.<priority>.<kind>.* (envelope.JobFilter), which holds the job
 // subjects and, through JOBS's subject transform, the jobs published to the
-// kind's queue subject. One filter, not two: with several, nats-server's
-// next-message lookup walks every subject of JOBS, one per queued job, so a
-// bigger backlog costs more per job (BENCHMARKS.md, runs X and Y).
-// ApplyConsumer adds the queue subject itself only while JOBS still holds
-// messages stored under it before the transform existed.
+// kind's queue subject. One filter, not two: a lookup that starts at the
+// stream's first message walks every subject of JOBS (one per queued job),
+// and with several filters nats-server intersects them with that walk, at
+// about three times the cost of matching one (BENCHMARKS.md, run Y).
+// ApplyConsumer adds the queue subject itself when, as it applies the
+// consumer, JOBS still holds messages stored under it before the transform
+// existed.
 func ConsumerFilters(p envelope.Priority, kind string) []string {
 	return []string{envelope.JobFilter(p, kind)}
 }
