@@ -73,6 +73,7 @@ type options struct {
 	ingestNoRaw    bool // ingest: HTTP submissions only (a profile of them alone)
 	pipeJobs       int
 	pipeFloor      bool
+	pipeRaw        bool
 	ingestFloor    bool
 	pipeRate       int
 	pipeDur        time.Duration
@@ -161,6 +162,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.connsPerProc, "conns-per-proc", o.connsPerProc, "push: most WebSocket connections per child process")
 	fs.IntVar(&o.procConcurrency, "proc-concurrency", o.procConcurrency, "in-process processor concurrency (also its MaxPerUser)")
 	fs.IntVar(&o.pipeJobs, "pipeline-jobs", o.pipeJobs, "pipeline: no-op jobs published beforehand")
+	fs.BoolVar(&o.pipeRaw, "pipeline-raw", true, "pipeline: also measure the raw consume+ack baseline (false: the processor's rate alone, e.g. for a CPU profile of its consume only; implies -pipeline-floor=false)")
 	fs.BoolVar(&o.pipeFloor, "pipeline-floor", true, "pipeline: also measure the write floors (a consumer like the processor's whose workers make 2, then 3, awaited durable compare-and-set writes per message before the ack, nothing else)")
 	fs.IntVar(&o.pipeRate, "pipeline-rate", o.pipeRate, "pipeline: HTTP submissions per second for the latency run")
 	fs.DurationVar(&o.pipeDur, "pipeline-duration", o.pipeDur, "pipeline: length of the latency run")

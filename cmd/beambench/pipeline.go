@@ -122,20 +122,24 @@ func pipelineRate(ctx context.Context, t *target, o *options, rep *reporter) err
 		return fmt.Errorf("pipeline: %d of %d jobs reached a terminal state within %s", got, n, limit)
 	}
 	rate := float64(got-1) / last.Sub(first).Seconds()
+	tail, _ := tl.tail()
+	p := map[string]any{"jobs": n, "finished": got, "processor_paused_while_publishing": paused,
+		"concurrency": o.procConcurrency, "users": pipelineUsers, "publish_s": round(pubTook.Seconds()),
+		"start_to_last_s": round(last.Sub(start).Seconds()), "last_1pct_s": round(tail.Seconds())}
+	if t.stack != nil {
+		p["cpu_cores_used_in_process"] = round(cores)
+	}
+	if !o.pipeRaw {
+		rep.add("pipeline", "processing rate (no-op jobs)", rate, "jobs/s", p)
+		return nil
+	}
 
 	raw, rawTally, err := rawConsumeAck(ctx, t, n)
 	if err != nil {
 		return err
 	}
-	tail, _ := tl.tail()
 	rawTail, rawRedelivered := rawTally.tail()
-	p := map[string]any{"jobs": n, "finished": got, "processor_paused_while_publishing": paused,
-		"concurrency": o.procConcurrency, "users": pipelineUsers, "publish_s": round(pubTook.Seconds()),
-		"start_to_last_s": round(last.Sub(start).Seconds()), "last_1pct_s": round(tail.Seconds()),
-		"raw_last_1pct_s": round(rawTail.Seconds()), "raw_redelivered": rawRedelivered}
-	if t.stack != nil {
-		p["cpu_cores_used_in_process"] = round(cores)
-	}
+	p["raw_last_1pct_s"], p["raw_redelivered"] = round(rawTail.Seconds()), rawRedelivered
 	rep.addVs("pipeline", "processing rate (no-op jobs)", rate, "jobs/s", raw, p)
 	if o.pipeFloor {
 		// What any design pays for its durable writes per job, measured
