@@ -2,12 +2,14 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -260,32 +262,44 @@ func consumeJobs(ctx context.Context, t *target, name string, tl *tally, limit t
 
 // pipelineLatency submits no-op jobs over HTTP at a fixed rate and times
 // each from just before its POST to its terminal push on a WebSocket joined
-// to the user's topic.
+// to the user's topic. It also splits each job's time into stages by the
+// timestamps the pushes carry (every part runs on this machine's clock), and
+// reports them for the slowest 1 % beside all jobs: where the tail is.
 func pipelineLatency(ctx context.Context, t *target, o *options, rep *reporter) error {
 	user := fmt.Sprintf("pl%x", time.Now().UnixNano()&0xffffff)
 	tok := t.token(user)
 	var mu sync.Mutex
-	sent := map[string]time.Time{}
-	seen := map[string]time.Time{}
+	jobs := map[string]*jobTimes{}
+	var done []*jobTimes
 	lat := newLatencies(1 << 20)
-	match := func(id string) { // mu held
-		if s, ok := sent[id]; ok {
-			if r, ok := seen[id]; ok {
-				lat.add(r.Sub(s))
-				delete(sent, id)
-				delete(seen, id)
-			}
+	get := func(id string) *jobTimes { // mu held
+		j := jobs[id]
+		if j == nil {
+			j = &jobTimes{}
+			jobs[id] = j
+		}
+		return j
+	}
+	match := func(id string, j *jobTimes) { // mu held
+		if !j.sent.IsZero() && !j.read.IsZero() {
+			lat.add(j.read.Sub(j.sent))
+			done = append(done, j)
+			delete(jobs, id)
 		}
 	}
 	ws, err := dialWS(ctx, t.notifierURL, tok, nil, func(f *phoenixtest.Frame, at time.Time) {
 		p, ok := decodeJobPush(f)
-		if !ok || !p.Job.Status.Terminal() {
+		if !ok {
 			return
 		}
 		mu.Lock()
-		seen[p.Job.ID] = at
-		match(p.Job.ID)
-		mu.Unlock()
+		defer mu.Unlock()
+		j := get(p.Job.ID)
+		if p.Job.Status.Terminal() {
+			j.id, j.streamSeq = p.Job.ID, p.StreamSeq
+			j.created, j.terminal, j.read = p.Job.CreatedAt, p.Job.UpdatedAt, at
+			match(p.Job.ID, j)
+		}
 	})
 	if err != nil {
 		return err
@@ -315,9 +329,11 @@ func pipelineLatency(ctx context.Context, t *target, o *options, rep *reporter) 
 				failed.Add(1)
 				return
 			}
+			accepted := time.Now()
 			mu.Lock()
-			sent[id] = s
-			match(id)
+			j := get(id)
+			j.sent, j.accepted = s, accepted
+			match(id, j)
 			mu.Unlock()
 		}()
 	}
@@ -333,7 +349,102 @@ func pipelineLatency(ctx context.Context, t *target, o *options, rep *reporter) 
 	rep.add("pipeline", "submit→terminal push p50", lat.quantile(0.50), "ms", p)
 	rep.add("pipeline", "submit→terminal push p99", lat.quantile(0.99), "ms", p)
 	rep.add("pipeline", "submit→terminal push p99.9", lat.quantile(0.999), "ms", p)
+	mu.Lock()
+	defer mu.Unlock()
+	reportStages(ctx, t, rep, done, start)
 	return nil
+}
+
+// jobTimes is one latency job's timeline: sent, accepted and read by the
+// bench; created and terminal stamped by ingest and the processor. (A no-op
+// job's running is not pushed: the processor defers a start, and skips it
+// when the run ends first, docs/design.md.)
+type jobTimes struct {
+	id                   string
+	streamSeq            uint64 // the terminal event's EVENTS sequence
+	sent, accepted, read time.Time
+	created, terminal    time.Time
+}
+
+// stages splits a job's submit → terminal push into its parts; ok is false
+// when a stamp is missing.
+func (j *jobTimes) stages() (s [4]time.Duration, ok bool) {
+	if j.created.IsZero() || j.terminal.IsZero() {
+		return s, false
+	}
+	return [4]time.Duration{
+		j.created.Sub(j.sent),     // the request reaching ingest's handler
+		j.terminal.Sub(j.created), // stored, delivered, claimed and run
+		j.read.Sub(j.terminal),    // outcome and event stored, pushed and read
+		j.accepted.Sub(j.sent),    // the 202, for comparison
+	}, true
+}
+
+var stageNames = [4]string{
+	"POST → ingest stamps created_at",
+	"created_at → processor stamps the outcome (stored, delivered, claimed, run)",
+	"outcome stamped → push read (outcome and event stored, pushed)",
+	"POST → 202 read",
+}
+
+// reportStages reports each stage's median over the slowest 0.2 % of done
+// (at least two jobs: the samples that make the p99.9) beside its median and
+// p99 over all of them, and the slowest jobs' stages with the times their
+// terminal snapshot and event were stored (JetStream's own stamps, read
+// back after the run).
+func reportStages(ctx context.Context, t *target, rep *reporter, done []*jobTimes, start time.Time) {
+	type row struct {
+		total time.Duration
+		s     [4]time.Duration
+		j     *jobTimes
+	}
+	var rows []row
+	for _, j := range done {
+		if s, ok := j.stages(); ok {
+			rows = append(rows, row{j.read.Sub(j.sent), s, j})
+		}
+	}
+	if len(rows) < 100 {
+		return
+	}
+	slices.SortFunc(rows, func(a, b row) int { return cmp.Compare(b.total, a.total) })
+	tail := max(2, len(rows)/500)
+	for i, name := range stageNames {
+		all := make([]time.Duration, len(rows))
+		for k, r := range rows {
+			all[k] = r.s[i]
+		}
+		slow := slices.Clone(all[:tail])
+		rep.add("pipeline", "p99.9 tail stage: "+name, quantileMS(slow, 0.5), "ms", map[string]any{
+			"jobs":              tail,
+			"of":                len(rows),
+			"tail_total_p50_ms": round(float64(rows[tail/2].total) / 1e6),
+			"all_p50_ms":        round(quantileMS(all, 0.5)),
+			"all_p99_ms":        round(quantileMS(all, 0.99)),
+		})
+	}
+	events, err := t.js.Stream(ctx, streams.Events)
+	if err != nil {
+		t.log.Warn("reading the slowest jobs' store times", "err", err)
+	}
+	for k, r := range rows[:min(3, len(rows))] {
+		p := map[string]any{"job": r.j.id, "sent_at_s": round(r.j.sent.Sub(start).Seconds())}
+		for i, name := range stageNames {
+			p[name] = round(ms(r.s[i]))
+		}
+		// Where "outcome stamped → push read" went: the outcome's KV write,
+		// the event's store, and the re-publish → notifier → socket → read.
+		if e, err := t.kv.Get(ctx, r.j.id); err == nil {
+			p["outcome stamped → snapshot stored (KV)"] = round(ms(e.Created().Sub(r.j.terminal)))
+			if events != nil {
+				if m, err := events.GetMsg(ctx, r.j.streamSeq); err == nil {
+					p["snapshot stored → event stored (EVENTS)"] = round(ms(m.Time.Sub(e.Created())))
+					p["event stored → push read"] = round(ms(r.j.read.Sub(m.Time)))
+				}
+			}
+		}
+		rep.add("pipeline", fmt.Sprintf("slowest job %d: submit→terminal push", k+1), ms(r.total), "ms", p)
+	}
 }
 
 // submit posts one job and returns its id.

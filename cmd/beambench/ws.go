@@ -50,11 +50,13 @@ func countingDial(c *byteCounter) func(ctx context.Context, network, addr string
 
 // jobPush is the payload of a "job" push.
 type jobPush struct {
-	Type string `json:"type"`
-	Job  struct {
+	Type      string `json:"type"`
+	StreamSeq uint64 `json:"stream_seq"`
+	Job       struct {
 		ID        string          `json:"id"`
 		Status    envelope.Status `json:"status"`
 		Seq       uint64          `json:"seq"`
+		CreatedAt time.Time       `json:"created_at"`
 		UpdatedAt time.Time       `json:"updated_at"`
 	} `json:"job"`
 }
