@@ -85,6 +85,19 @@ func (r *DirectReader) ReadFrom(ctx context.Context, subject string, seq uint64,
 	}
 }
 
+// ReadBatch calls fn for the messages on subject (may be a wildcard) stored
+// at or after seq, in stream order: one round trip, at most DirectBatch
+// messages. next is the seq to continue from and more whether the stream
+// holds more matching messages after them (as the answering server stored
+// it). A caller that must not hold a lock across round trips reads this way.
+func (r *DirectReader) ReadBatch(ctx context.Context, subject string, seq uint64, fn func(*jetstream.RawStreamMsg)) (next uint64, more bool, err error) {
+	next, more, _, err = r.readOnce(ctx, subject, max(seq, 1), func(m *jetstream.RawStreamMsg) bool {
+		fn(m)
+		return true
+	})
+	return next, more, err
+}
+
 // readOnce reads one batch from seq. next is the seq to continue from, more
 // whether the stream holds more matching messages, stopped whether fn
 // returned false.

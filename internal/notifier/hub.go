@@ -36,6 +36,7 @@ type hubShard struct {
 type hubStream interface {
 	info(ctx context.Context) (*jetstream.StreamInfo, error)
 	readFrom(ctx context.Context, subject string, seq uint64, fn func(*jetstream.RawStreamMsg) bool) (end bool, err error)
+	readBatch(ctx context.Context, subject string, seq uint64, fn func(*jetstream.RawStreamMsg)) (next uint64, more bool, err error)
 	lastStreamSeqUpTo(ctx context.Context, subjects []string, upTo uint64) (map[string]uint64, error)
 	nextOnLeader(ctx context.Context, filter string, seq uint64) (uint64, error)
 }
@@ -51,9 +52,10 @@ type hubConfig struct {
 	subscriptions prometheus.Gauge // core NATS subscriptions held
 	// traceOf reads an event's trace context from its message's headers.
 	traceOf func(h interface{ Get(string) string }) eventTrace
-	// reconcileEvery, beforeRefill and laneDepth: see Config.
+	// reconcileEvery, beforeRefill, sweepBatch and laneDepth: see Config.
 	reconcileEvery time.Duration
 	beforeRefill   func()
+	sweepBatch     func(topic string)
 	laneDepth      int
 }
 

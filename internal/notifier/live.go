@@ -136,16 +136,22 @@ func (h *hub) catchUp(ctx context.Context, timeout time.Duration, t *topic, filt
 			return false
 		}
 		top = max(top, m.Sequence)
-		if m.Sequence <= t.floor(m.Subject) {
-			return true
-		}
-		late := m.Sequence < t.pos
-		t.advance(m.Subject, m.Sequence)
-		if ev := h.decode(m); ev != nil {
-			ev.late = late
-			t.deliverStored(ev)
-		}
+		h.deliverRead(t, m)
 		return true
 	})
 	return top, end, err
+}
+
+// deliverRead delivers m, read from the stream, unless the topic already
+// handled it (live, or by an earlier read). t.mu is held.
+func (h *hub) deliverRead(t *topic, m *jetstream.RawStreamMsg) {
+	if m.Sequence <= t.floor(m.Subject) {
+		return
+	}
+	late := m.Sequence < t.pos
+	t.advance(m.Subject, m.Sequence)
+	if ev := h.decode(m); ev != nil {
+		ev.late = late
+		t.deliverStored(ev)
+	}
 }

@@ -100,7 +100,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, log *slog.Logger, re
 	s.events.direct.Hide = cfg.hideDirect
 	s.hub = newHub(hubConfig{
 		ctx: ctx, nc: nc, stream: s.events, log: s.log, subscriptions: m.subscriptions, traceOf: s.traceOf,
-		reconcileEvery: cfg.reconcileEvery, beforeRefill: cfg.beforeRefill, laneDepth: cfg.laneDepth,
+		reconcileEvery: cfg.reconcileEvery, beforeRefill: cfg.beforeRefill, sweepBatch: cfg.sweepBatch, laneDepth: cfg.laneDepth,
 	})
 	s.presence = newPresence(nc, s.log, cfg.PresenceNode, cfg.PresenceInterval)
 	if err := registerPresenceMetrics(reg, s.presence); err != nil {

@@ -46,6 +46,17 @@ func (e *eventsReader) readFrom(ctx context.Context, subject string, seq uint64,
 	return end, nil
 }
 
+// readBatch reads one batch of the messages on subject from seq
+// (natsx.DirectReader.ReadBatch): next is the seq to continue from, more
+// whether the stream holds more.
+func (e *eventsReader) readBatch(ctx context.Context, subject string, seq uint64, fn func(*jetstream.RawStreamMsg)) (next uint64, more bool, err error) {
+	next, more, err = e.direct.ReadBatch(ctx, subject, seq, fn)
+	if err != nil {
+		return 0, false, fmt.Errorf("%w: %w", errStreamRead, err)
+	}
+	return next, more, nil
+}
+
 // multiLast calls fn with the last message at or below stream seq upTo of
 // each of subjects that has one.
 func (e *eventsReader) multiLast(ctx context.Context, subjects []string, upTo uint64, fn func(*jetstream.RawStreamMsg)) error {

@@ -5,6 +5,9 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/beamline/beamline/internal/natsx"
 	"github.com/beamline/beamline/internal/phoenix"
 	"github.com/beamline/beamline/pkg/envelope"
 )
@@ -181,50 +184,107 @@ func (h *hub) settle(ctx context.Context, t *topic, stored, last, first uint64) 
 // retried on the next sweep tick; after catchUpAttempts failures in a row
 // the topic's channels are errored so that clients rejoin and replay from
 // their last_seq instead of living with a silent gap.
+//
+// t.mu is not held across the read's round trips (sweepRead): a user
+// topic's sweep reads every event since its watermark, hundreds to
+// thousands on a busy one, and the topic's live events must not wait for it.
+// Only the sweeper moves the watermark, so reading from it unlocked is safe.
 func (h *hub) reconcile(ctx context.Context, t *topic, last, first uint64) {
+	t.mu.Lock()
+	if t.ended || t.finished {
+		t.mu.Unlock()
+		return
+	}
+	if last != 0 && t.mark >= last {
+		t.prune(first)
+		t.mu.Unlock()
+		return
+	}
+	mark := t.mark
+	t.mu.Unlock()
+
+	// Everything on the filter from mark+1 up to read is read, in order,
+	// as the answering server stored it, once sweepRead returns no error.
+	read, err := h.sweepRead(ctx, t, mark+1)
+	readOK := err == nil
+	proven := read
+	if readOK && last > read {
+		var next uint64
+		lctx, cancel := context.WithTimeout(ctx, sweepReadTimeout)
+		next, err = h.stream.nextOnLeader(lctx, t.subject, read+1)
+		cancel()
+		switch {
+		case err != nil:
+		case next == 0 || next > last:
+			proven = last
+		default:
+			// The answer came from a replica that lacks event next: read
+			// again on the next tick.
+			t.stale.Store(true)
+		}
+	}
+
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.ended || t.finished {
 		return
 	}
-	if last == 0 || t.mark < last {
-		top, end, err := h.catchUp(ctx, sweepReadTimeout, t, t.subject, t.mark+1, 0)
-		if err == nil && end {
-			// Everything on the filter from mark+1 up to top was read, in
-			// order, as the answering server stored it.
-			read := max(t.mark, top)
-			if last > read {
-				var next uint64
-				lctx, cancel := context.WithTimeout(ctx, sweepReadTimeout)
-				next, err = h.stream.nextOnLeader(lctx, t.subject, read+1)
-				cancel()
-				switch {
-				case err != nil:
-				case next == 0 || next > last:
-					read = last
-				default:
-					// The answer came from a replica that lacks event
-					// next: read again on the next tick.
-					t.stale.Store(true)
-				}
-			}
-			t.mark = read
+	if readOK {
+		t.mark = max(t.mark, proven)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return // shutting down
 		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return // shutting down
-			}
-			t.fails++
-			h.log.Warn("reconciling a topic: reading the events stream", "topic", t.name, "attempt", t.fails, "err", err)
-			if t.fails >= catchUpAttempts {
-				h.log.Error("cannot read missed events; erroring the topic's channels so clients rejoin and replay", "topic", t.name)
-				h.endLocked(t, phoenix.EventError, phoenix.ErrorReason("stream unavailable"))
-				return
-			}
-			t.stale.Store(true)
+		t.fails++
+		h.log.Warn("reconciling a topic: reading the events stream", "topic", t.name, "attempt", t.fails, "err", err)
+		if t.fails >= catchUpAttempts {
+			h.log.Error("cannot read missed events; erroring the topic's channels so clients rejoin and replay", "topic", t.name)
+			h.endLocked(t, phoenix.EventError, phoenix.ErrorReason("stream unavailable"))
 			return
 		}
-		t.fails = 0
+		t.stale.Store(true)
+		return
 	}
+	t.fails = 0
 	t.prune(first)
+}
+
+// sweepRead reads t's filter from seq from to the end of the stream, one
+// batch per round trip with t.mu released, and delivers each batch's events
+// the topic has not handled (deliverRead) under t.mu; the live path skips
+// what it delivers and it skips what the live path delivered. read is the
+// highest seq read (from-1 when nothing was). It stops early, without
+// error, when the topic ends.
+func (h *hub) sweepRead(ctx context.Context, t *topic, from uint64) (read uint64, err error) {
+	ctx, cancel := context.WithTimeout(ctx, sweepReadTimeout)
+	defer cancel()
+	read = from - 1
+	batch := make([]*jetstream.RawStreamMsg, 0, natsx.DirectBatch)
+	for seq := from; ; {
+		if hook := h.sweepBatch; hook != nil {
+			hook(t.name)
+		}
+		batch = batch[:0]
+		next, more, err := h.stream.readBatch(ctx, t.subject, seq, func(m *jetstream.RawStreamMsg) {
+			batch = append(batch, m)
+		})
+		if err != nil {
+			return read, err
+		}
+		t.mu.Lock()
+		if t.ended || t.finished {
+			t.mu.Unlock()
+			return read, nil
+		}
+		for _, m := range batch {
+			h.deliverRead(t, m)
+			read = max(read, m.Sequence)
+		}
+		t.mu.Unlock()
+		if !more {
+			return read, nil
+		}
+		seq = next
+	}
 }

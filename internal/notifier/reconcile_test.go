@@ -139,6 +139,58 @@ func TestLostLastEventIsReconciled(t *testing.T) {
 	cu.quiet("user:alice", 100*time.Millisecond)
 }
 
+// TestSweepDoesNotHoldUpLiveEvents: a topic's live events go out while the
+// reconciliation sweep is reading its filter from the stream (a busy user
+// topic's sweep reads every event since its watermark; holding the topic's
+// lock across those round trips delayed its pushes by tens of ms, the
+// pipeline's submit→terminal p99.9), and the sweep's read, once it goes on,
+// pushes nothing twice.
+func TestSweepDoesNotHoldUpLiveEvents(t *testing.T) {
+	w := newWorld(t)
+	var armed atomic.Bool
+	entered := make(chan struct{})
+	release := make(chan struct{})
+	n := startNotifier(t, w, Config{reconcileEvery: 100 * time.Millisecond, sweepBatch: func(topic string) {
+		if topic != "user:alice" || !armed.CompareAndSwap(true, false) {
+			return
+		}
+		close(entered)
+		select {
+		case <-release:
+		case <-time.After(20 * time.Second):
+		}
+	}})
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	c := dial(t, n, token(t, "alice", false))
+	c.join("user:alice", nil)
+	id := w.newJob(t, "alice")
+	w.start(t, id)
+	c.pushes("user:alice", 1)
+
+	armed.Store(true) // the next sweep of user:alice reads from its watermark
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no sweep read user:alice")
+	}
+	w.succeed(t, id)
+	start := time.Now()
+	if p := c.pushes("user:alice", 1); p[0].Type != "succeeded" {
+		t.Fatalf("%+v", p)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("the live push waited %v for the sweep", d)
+	}
+	close(release)
+	c.quiet("user:alice", 500*time.Millisecond)
+}
+
 // TestUserTopicForgetsFinishedJobs: the per-subject positions of a user
 // topic do not grow with every job while it stays joined.
 func TestUserTopicForgetsFinishedJobs(t *testing.T) {
