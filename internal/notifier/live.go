@@ -86,9 +86,14 @@ func (h *hub) onLive(ctx context.Context, t *topic, m *nats.Msg) {
 			return
 		}
 	}
-	t.live = max(t.live, seq)
+	// t.live moves only past a message handled: a drop noticed later reads
+	// from it on, so a message whose gap could not be filled (left to the
+	// sweeper) must be read again then, not skipped, or the events the
+	// drop recovery delivers after it would raise its subject's floor past
+	// it and the sweeper would skip it too.
 	floor := t.floor(subject)
 	if seq <= floor {
+		t.live = max(t.live, seq)
 		return // before the topic began, or already read from the stream
 	}
 	if prev > floor {
@@ -103,6 +108,7 @@ func (h *hub) onLive(ctx context.Context, t *topic, m *nats.Msg) {
 			return
 		}
 	}
+	t.live = max(t.live, seq)
 	t.advance(subject, seq)
 	head, err := envelope.DecodeEventHead(m.Data)
 	if err != nil {

@@ -86,6 +86,56 @@ func TestLiveGapOnJobTopicIsFilled(t *testing.T) {
 	c.quiet("job:"+id, 100*time.Millisecond)
 }
 
+// TestDropAfterUnfilledGapSkipsNothing: a live message whose gap could not
+// be filled (the read came from a replica that lacks the missed event) is
+// left to the sweeper unhandled; a drop noticed before the sweep comes must
+// read from it on, not from after it: delivering the later events first
+// would raise the job's position past the missed ones and every later read
+// would skip them (a silent gap).
+func TestDropAfterUnfilledGapSkipsNothing(t *testing.T) {
+	w := newWorld(t)
+	var lag lagging
+	// No periodic sweep during the test: only the one the lane asks for.
+	n := startNotifier(t, w, Config{laneDepth: 1, reconcileEvery: time.Hour, hideDirect: lag.hide})
+	id := w.newJob(t, "alice")
+	c := dial(t, n, token(t, "alice", false))
+	c.join("job:"+id, nil)
+	tp := topicOf(t, n, "job:"+id)
+	l := laneOf(n, tp)
+	w.start(t, id) // seq 1
+	c.pushes("job:"+id, 1)
+
+	missed := lastSeq(t, w) + 1
+	lag.from.Store(missed)
+	setRepublish(t, w, false)
+	w.progress(t, id, 10) // seq 2, stored at missed, not re-published
+	setRepublish(t, w, true)
+	w.progress(t, id, 20) // seq 3: its gap cannot be read, left to the sweeper
+	testutil.WaitFor(t, 5*time.Second, func() bool { d, _ := tp.nsub.Delivered(); return d == 2 && len(l.ch) == 0 })
+	// The sweep the lane asked for runs on the next tick (≤ 1 s) and reads
+	// nothing new from the lagging replica; let it pass.
+	testutil.WaitFor(t, 5*time.Second, func() bool { return !tp.stale.Load() })
+	time.Sleep(300 * time.Millisecond)
+	lag.from.Store(0) // the replica caught up
+
+	release := starve(t, tp)
+	w.progress(t, id, 30) // seq 4: taken by the lane, which waits for the lock
+	testutil.WaitFor(t, 5*time.Second, func() bool { d, _ := tp.nsub.Delivered(); return d == 3 && len(l.ch) == 0 })
+	w.progress(t, id, 40) // seq 5: pending in the lane
+	testutil.WaitFor(t, 5*time.Second, func() bool { return len(l.ch) == 1 })
+	w.progress(t, id, 50) // seq 6: dropped
+	testutil.WaitFor(t, 5*time.Second, func() bool { d, _ := tp.nsub.Dropped(); return d >= 1 })
+	release()
+
+	got := c.pushes("job:"+id, 5)
+	for i, p := range got {
+		if p.Seq != uint64(i+2) {
+			t.Fatalf("push %d has seq %d: %+v", i, p.Seq, got)
+		}
+	}
+	c.quiet("job:"+id, 200*time.Millisecond)
+}
+
 // TestLiveGapOnUserTopicIsFilled: on a user topic the missed event of one
 // job is pushed even though a later event of another job went out first
 // (it is late, not a duplicate), and each job's events stay in order.
