@@ -114,8 +114,8 @@ type Config struct {
 	// beforeRefill, when set, runs before the topics are refilled after a
 	// NATS reconnect (tests only).
 	beforeRefill func()
-	// sweepBatch, when set, runs before each batch a sweep reads of a
-	// topic's filter, without the topic's lock (tests only).
+	// sweepBatch, when set, runs after a sweep read a batch of a topic's
+	// filter and before it delivers it under the topic's lock (tests only).
 	sweepBatch func(topic string)
 	// userScanMax and userScanTime bound the open-jobs scan of a user:
 	// join (defaults 10000 jobs, 3s; tests shrink them).

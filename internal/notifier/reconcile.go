@@ -205,7 +205,10 @@ func (h *hub) reconcile(ctx context.Context, t *topic, last, first uint64) {
 
 	// Everything on the filter from mark+1 up to read is read, in order,
 	// as the answering server stored it, once sweepRead returns no error.
-	read, err := h.sweepRead(ctx, t, mark+1)
+	read, stopped, err := h.sweepRead(ctx, t, mark+1)
+	if stopped {
+		return // the topic ended or finished meanwhile
+	}
 	readOK := err == nil
 	proven := read
 	if readOK && last > read {
@@ -253,29 +256,29 @@ func (h *hub) reconcile(ctx context.Context, t *topic, last, first uint64) {
 // sweepRead reads t's filter from seq from to the end of the stream, one
 // batch per round trip with t.mu released, and delivers each batch's events
 // the topic has not handled (deliverRead) under t.mu; the live path skips
-// what it delivers and it skips what the live path delivered. read is the
-// highest seq read (from-1 when nothing was). It stops early, without
-// error, when the topic ends.
-func (h *hub) sweepRead(ctx context.Context, t *topic, from uint64) (read uint64, err error) {
+// what it delivers and it skips what the live path delivered meanwhile.
+// read is the highest seq read (from-1 when nothing was); stopped reports
+// that the topic ended or finished during the read.
+func (h *hub) sweepRead(ctx context.Context, t *topic, from uint64) (read uint64, stopped bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, sweepReadTimeout)
 	defer cancel()
 	read = from - 1
 	batch := make([]*jetstream.RawStreamMsg, 0, natsx.DirectBatch)
 	for seq := from; ; {
-		if hook := h.sweepBatch; hook != nil {
-			hook(t.name)
-		}
 		batch = batch[:0]
 		next, more, err := h.stream.readBatch(ctx, t.subject, seq, func(m *jetstream.RawStreamMsg) {
 			batch = append(batch, m)
 		})
 		if err != nil {
-			return read, err
+			return read, false, err
+		}
+		if hook := h.sweepBatch; hook != nil {
+			hook(t.name)
 		}
 		t.mu.Lock()
 		if t.ended || t.finished {
 			t.mu.Unlock()
-			return read, nil
+			return read, true, nil
 		}
 		for _, m := range batch {
 			h.deliverRead(t, m)
@@ -283,7 +286,7 @@ func (h *hub) sweepRead(ctx context.Context, t *topic, from uint64) (read uint64
 		}
 		t.mu.Unlock()
 		if !more {
-			return read, nil
+			return read, false, nil
 		}
 		seq = next
 	}
