@@ -355,6 +355,10 @@ func pipelineLatency(ctx context.Context, t *target, o *options, rep *reporter) 
 	return nil
 }
 
+// processStart is about when the process started (package init), to set a
+// slow job beside the runtime's GC trace.
+var processStart = time.Now()
+
 // jobTimes is one latency job's timeline: sent, accepted and read by the
 // bench; created and terminal stamped by ingest and the processor. (A no-op
 // job's running is not pushed: the processor defers a start, and skips it
@@ -428,7 +432,9 @@ func reportStages(ctx context.Context, t *target, rep *reporter, done []*jobTime
 		t.log.Warn("reading the slowest jobs' store times", "err", err)
 	}
 	for k, r := range rows[:min(3, len(rows))] {
-		p := map[string]any{"job": r.j.id, "sent_at_s": round(r.j.sent.Sub(start).Seconds())}
+		p := map[string]any{"job": r.j.id, "sent_at_s": round(r.j.sent.Sub(start).Seconds()),
+			// Beside GODEBUG=gctrace=1's @<seconds since the process started>.
+			"sent_since_process_start_s": round(r.j.sent.Sub(processStart).Seconds())}
 		for i, name := range stageNames {
 			p[name] = round(ms(r.s[i]))
 		}
